@@ -1,0 +1,306 @@
+//! rustls configurations for mesh mTLS.
+//!
+//! Both sides: TLS 1.3 only, ALPN `h2`, aws-lc-rs. The server requires a client certificate that
+//! chains to the trust bundle and carries one SPIFFE id in an accepted trust domain; the identity
+//! is then read with [`peer_identity`] and handed to authorization. The client verifies the
+//! server's chain and requires its SPIFFE id to equal the expected identity **exactly** (no DNS
+//! names, no wildcards). Certificates are resolved from a [`CertStore`] on every handshake, so
+//! rotation needs no new configuration.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::cert::{certs_from_pem, certs_to_pem, identity_of, provider};
+use crate::{CertStore, Error, SpiffeId, TrustDomain};
+
+/// ALPN protocol spoken over mesh mTLS (HBONE is HTTP/2).
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The set of root certificates mesh peers are verified against.
+#[derive(Clone)]
+pub struct TrustBundle {
+    roots: Arc<RootCertStore>,
+    ders: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TrustBundle({} roots)", self.ders.len())
+    }
+}
+
+impl TrustBundle {
+    /// Builds a bundle from DER root certificates.
+    pub fn from_der(ders: Vec<CertificateDer<'static>>) -> Result<Self, Error> {
+        let mut roots = RootCertStore::empty();
+        for der in &ders {
+            roots.add(der.clone())?;
+        }
+        Ok(TrustBundle {
+            roots: Arc::new(roots),
+            ders: Arc::new(ders),
+        })
+    }
+
+    /// Builds a bundle from PEM text holding one or more certificates.
+    pub fn from_pem(text: &str) -> Result<Self, Error> {
+        Self::from_der(certs_from_pem(text)?)
+    }
+
+    /// The roots as DER.
+    pub fn certificates(&self) -> &[CertificateDer<'static>] {
+        &self.ders
+    }
+
+    /// The roots as PEM.
+    pub fn to_pem(&self) -> String {
+        certs_to_pem(&self.ders)
+    }
+}
+
+/// Verifies that `chain` (leaf first) chains to `bundle` and is valid now for TLS client or
+/// server use. Returns the leaf's SPIFFE id.
+pub fn verify_chain(
+    bundle: &TrustBundle,
+    chain: &[CertificateDer<'_>],
+) -> Result<SpiffeId, Error> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| Error::BadCertificate("empty chain".into()))?;
+    let parsed = ParsedCertificate::try_from(leaf)?;
+    verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &bundle.roots,
+        &chain[1..],
+        UnixTime::now(),
+        provider().signature_verification_algorithms.all,
+    )?;
+    identity_of(leaf)
+}
+
+/// The SPIFFE identity of a verified TLS peer, from its leaf certificate's URI SAN.
+pub fn peer_identity(peer_certs: Option<&[CertificateDer<'_>]>) -> Result<SpiffeId, Error> {
+    let leaf = peer_certs
+        .and_then(|c| c.first())
+        .ok_or_else(|| Error::BadCertificate("peer presented no certificate".into()))?;
+    identity_of(leaf)
+}
+
+/// A server configuration presenting `certs`' current certificate and requiring client
+/// certificates chained to `bundle` whose SPIFFE id is in one of `trust_domains`.
+pub fn server_config(
+    certs: Arc<CertStore>,
+    bundle: &TrustBundle,
+    trust_domains: Vec<TrustDomain>,
+) -> Result<Arc<ServerConfig>, Error> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider.clone())
+        .build()?;
+    let verifier = Arc::new(SpiffeClientVerifier {
+        inner,
+        trust_domains,
+    });
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(StoreResolver(certs)));
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A client configuration presenting `certs`' current certificate and accepting only a server
+/// whose chain verifies against `bundle` and whose SPIFFE id equals `expected`.
+pub fn client_config(
+    certs: Arc<CertStore>,
+    bundle: &TrustBundle,
+    expected: SpiffeId,
+) -> Result<Arc<ClientConfig>, Error> {
+    let provider = provider();
+    let verifier = Arc::new(SpiffeServerVerifier {
+        roots: bundle.roots.clone(),
+        expected,
+        provider: provider.clone(),
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(StoreResolver(certs)));
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct StoreResolver(Arc<CertStore>);
+
+impl ResolvesServerCert for StoreResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().certified_key().clone())
+    }
+}
+
+impl ResolvesClientCert for StoreResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().certified_key().clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct VerifyError(String);
+
+fn app_error(msg: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(VerifyError(
+        msg,
+    )))))
+}
+
+/// Client-certificate verifier: webpki chain verification plus a SPIFFE id in an accepted
+/// trust domain.
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domains: Vec<TrustDomain>,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id = identity_of(end_entity).map_err(|e| app_error(e.to_string()))?;
+        if !self
+            .trust_domains
+            .iter()
+            .any(|td| td.as_str() == id.trust_domain_str())
+        {
+            return Err(app_error(format!(
+                "client identity {id} is not in an accepted trust domain"
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+}
+
+/// Server-certificate verifier: webpki chain verification, then the SPIFFE id must equal the
+/// expected identity exactly. The TLS server name is not used (HBONE connects by IP).
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let id = identity_of(end_entity).map_err(|e| app_error(e.to_string()))?;
+        if id != self.expected {
+            return Err(app_error(format!(
+                "server identity {id} is not the expected {}",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The configuration only enables TLS 1.3.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
