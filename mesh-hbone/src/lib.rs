@@ -1,1 +1,49 @@
-//! placeholder
+//! HBONE: HTTP/2 CONNECT tunnels over mutual TLS, as Istio's ztunnel speaks them.
+//!
+//! - [`Pool`]: the client. Pools connections per (source identity, destination identity,
+//!   HBONE address), at most 100 tunnels each, closing idle ones; verifies the server's SPIFFE
+//!   id exactly; sends `CONNECT <ip:port>` with `Forwarded`, `baggage` and `traceparent`.
+//! - [`accept_tls`] + [`serve_connection`]: the server. Answers 400 itself for malformed
+//!   requests and hands each CONNECT to the caller to accept (200) or refuse (401, 503, …).
+//! - [`copy_bidirectional`]: the byte pump between a tunnel and a plain stream, half-close
+//!   aware, with connection-owned buffers (no per-chunk allocation).
+//!
+//! See `examples/tunnel.rs` for a client and server in one process.
+
+mod error;
+pub mod headers;
+mod pool;
+mod server;
+mod stream;
+
+pub use error::{Error, Side};
+pub use pool::{ConnectRequest, Pool, PoolConfig};
+pub use server::{ConnInfo, InboundConnect, accept_tls, serve_connection};
+pub use stream::{ByteCounter, CopyStats, H2Stream, copy_bidirectional};
+
+/// The HBONE port.
+pub const HBONE_PORT: u16 = 15008;
+
+/// HTTP/2 settings shared by client and server.
+#[derive(Debug, Clone)]
+pub struct H2Settings {
+    /// Most concurrent tunnels the server allows per connection (Istio: 100).
+    pub max_concurrent_streams: u32,
+    /// Initial flow-control window of a tunnel. Large so one tunnel can fill a fast link.
+    pub stream_window: u32,
+    /// Initial flow-control window of a connection.
+    pub connection_window: u32,
+    /// Largest HTTP/2 frame we accept.
+    pub max_frame_size: u32,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        H2Settings {
+            max_concurrent_streams: 100,
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_frame_size: 256 * 1024,
+        }
+    }
+}

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 
@@ -83,8 +83,7 @@ impl LocalCa {
                 reason: format!("key file has mode {mode:04o}; it must be 0600"),
             });
         }
-        let cert_pem =
-            std::fs::read_to_string(&cert_path).map_err(|e| Error::io(&cert_path, e))?;
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| Error::io(&cert_path, e))?;
         let key_pem = std::fs::read_to_string(&key_path).map_err(|e| Error::io(&key_path, e))?;
         let root = certs_from_pem(&cert_pem)
             .map_err(|e| Error::BadStateFile {
@@ -208,7 +207,10 @@ impl LocalCa {
 }
 
 impl CertProvider for LocalCa {
-    fn fetch_certificate<'a>(&'a self, id: &'a SpiffeId) -> BoxFuture<'a, Result<WorkloadCert, Error>> {
+    fn fetch_certificate<'a>(
+        &'a self,
+        id: &'a SpiffeId,
+    ) -> BoxFuture<'a, Result<WorkloadCert, Error>> {
         Box::pin(async move { self.issue(id) })
     }
 }
@@ -275,9 +277,7 @@ mod tests {
         let err = LocalCa::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("must be 0600"), "{err}");
         std::fs::remove_file(dir.path().join(ROOT_CERT_FILE)).unwrap();
-        let err = LocalCa::load_or_create(dir.path())
-            .unwrap_err()
-            .to_string();
+        let err = LocalCa::load_or_create(dir.path()).unwrap_err().to_string();
         assert!(err.contains("refusing to replace the root"), "{err}");
     }
 

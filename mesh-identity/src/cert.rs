@@ -173,8 +173,8 @@ pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Erro
 
 /// Parses every `CERTIFICATE` block of a PEM text.
 pub fn certs_from_pem(text: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let blocks =
-        pem::parse_many(text).map_err(|e| Error::BadCertificate(format!("certificate PEM: {e}")))?;
+    let blocks = pem::parse_many(text)
+        .map_err(|e| Error::BadCertificate(format!("certificate PEM: {e}")))?;
     let certs: Vec<_> = blocks
         .into_iter()
         .filter(|b| b.tag() == "CERTIFICATE")

@@ -32,6 +32,4 @@ pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::{
     BoxFuture, CertManager, CertProvider, CertStore, RotationPolicy, refresh_delay, retry_delay,
 };
-pub use tls::{
-    ALPN_H2, TrustBundle, client_config, peer_identity, server_config, verify_chain,
-};
+pub use tls::{ALPN_H2, TrustBundle, client_config, peer_identity, server_config, verify_chain};

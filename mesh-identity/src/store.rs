@@ -349,11 +349,17 @@ mod tests {
         }
         let calls = p.calls.load(Ordering::SeqCst);
         assert!(calls >= 4, "retried: {calls}");
-        assert!(Arc::ptr_eq(&first, &store.current()), "old cert still served");
+        assert!(
+            Arc::ptr_eq(&first, &store.current()),
+            "old cert still served"
+        );
         p.fail.store(false, Ordering::SeqCst);
         tokio::time::advance(Duration::from_secs(60)).await;
         settle().await;
-        assert!(!Arc::ptr_eq(&first, &store.current()), "renewed after recovery");
+        assert!(
+            !Arc::ptr_eq(&first, &store.current()),
+            "renewed after recovery"
+        );
         mgr.shutdown().await;
     }
 }

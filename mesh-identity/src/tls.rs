@@ -72,10 +72,7 @@ impl TrustBundle {
 
 /// Verifies that `chain` (leaf first) chains to `bundle` and is valid now for TLS client or
 /// server use. Returns the leaf's SPIFFE id.
-pub fn verify_chain(
-    bundle: &TrustBundle,
-    chain: &[CertificateDer<'_>],
-) -> Result<SpiffeId, Error> {
+pub fn verify_chain(bundle: &TrustBundle, chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Error> {
     let leaf = chain
         .first()
         .ok_or_else(|| Error::BadCertificate("empty chain".into()))?;

@@ -1,0 +1,88 @@
+//! The crate's error type.
+
+use std::net::SocketAddr;
+
+/// Where an error came from: the side to blame, for logs, response flags and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The peer that sent us the request or bytes.
+    Downstream,
+    /// The peer we connected to.
+    Upstream,
+    /// This process.
+    Internal,
+}
+
+/// HBONE client and server errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// TCP connect to the HBONE peer failed or timed out.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The HBONE address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (including identity verification).
+    #[error("tls handshake with {addr}: {source}")]
+    Tls {
+        /// The peer address.
+        addr: SocketAddr,
+        /// The cause; a rustls error is inside for verification failures.
+        source: std::io::Error,
+    },
+    /// The TLS peer did not negotiate ALPN `h2`.
+    #[error("{addr} did not negotiate ALPN h2")]
+    Alpn {
+        /// The peer address.
+        addr: SocketAddr,
+    },
+    /// Building the TLS configuration failed.
+    #[error("tls configuration: {0}")]
+    Identity(#[from] mesh_identity::Error),
+    /// HTTP/2 protocol or stream error.
+    #[error("http/2: {0}")]
+    H2(#[from] h2::Error),
+    /// The HBONE peer answered the CONNECT with a non-200 status.
+    #[error("CONNECT {authority} via {addr} answered {status}")]
+    Status {
+        /// The HBONE address.
+        addr: SocketAddr,
+        /// The requested authority.
+        authority: String,
+        /// The status received.
+        status: http::StatusCode,
+    },
+    /// I/O on the plain side of a tunnel.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The pool or server is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl Error {
+    /// Which side caused the error.
+    pub fn side(&self) -> Side {
+        match self {
+            Error::Connect { .. }
+            | Error::Tls { .. }
+            | Error::Alpn { .. }
+            | Error::Status { .. } => Side::Upstream,
+            Error::H2(_) | Error::Io(_) => Side::Downstream,
+            Error::Identity(_) | Error::Shutdown => Side::Internal,
+        }
+    }
+
+    /// Whether retrying the same request on a new connection may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Status { status, .. } => *status == http::StatusCode::SERVICE_UNAVAILABLE,
+            Error::H2(e) => e.is_go_away() || e.is_io(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The HBONE server: mutual TLS, then HTTP/2, then one CONNECT per tunnel.
+//!
+//! The library answers what it can decide alone (400 for a request that is not `CONNECT` or
+//! whose `:authority` is not `ip:port`) and hands every well-formed CONNECT to the caller as an
+//! [`InboundConnect`], which the caller [`accept`](InboundConnect::accept)s (200, then bytes) or
+//! [`refuse`](InboundConnect::refuse)s (401, 503 …). No byte is read from or written to the tunnel
+//! before the 200 is sent.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderMap, Method, Response, StatusCode};
+use mesh_identity::{SpiffeId, peer_identity};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
+
+use crate::headers::ConnectHeaders;
+use crate::{Error, H2Settings, H2Stream};
+
+/// Facts about an accepted, authenticated HBONE connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's verified SPIFFE identity.
+    pub peer_identity: SpiffeId,
+    /// The client's TCP address.
+    pub peer_addr: SocketAddr,
+    /// Our local address the client connected to.
+    pub local_addr: SocketAddr,
+}
+
+/// A well-formed CONNECT request waiting for the caller's decision.
+#[derive(Debug)]
+pub struct InboundConnect {
+    /// The connection it arrived on.
+    pub conn: Arc<ConnInfo>,
+    /// The requested destination (`:authority`).
+    pub authority: SocketAddr,
+    /// The request headers as sent.
+    pub headers: HeaderMap,
+    respond: SendResponse<Bytes>,
+    body: RecvStream,
+}
+
+impl InboundConnect {
+    /// The decoded `Forwarded`, `baggage` and `traceparent` headers.
+    pub fn connect_headers(&self) -> ConnectHeaders {
+        ConnectHeaders::from_header_map(&self.headers)
+    }
+
+    /// Answers 200 and returns the tunnel.
+    pub fn accept(mut self) -> Result<H2Stream, Error> {
+        let send = self
+            .respond
+            .send_response(status_response(StatusCode::OK), false)?;
+        Ok(H2Stream::new(send, self.body, None))
+    }
+
+    /// Answers `status` (e.g. 401 denied, 503 upstream unavailable) and ends the stream.
+    pub fn refuse(mut self, status: StatusCode) {
+        if let Err(e) = self.respond.send_response(status_response(status), true) {
+            debug!(error = %e, "could not send refusal");
+        }
+    }
+}
+
+fn status_response(status: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r
+}
+
+/// Completes the TLS handshake on an accepted TCP connection (within `timeout`) and reads the
+/// client's verified identity. Refuses peers that do not negotiate ALPN `h2`.
+pub async fn accept_tls(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> Result<(TlsStream<TcpStream>, ConnInfo), Error> {
+    let peer_addr = tcp.peer_addr()?;
+    let local_addr = tcp.local_addr()?;
+    let _ = tcp.set_nodelay(true);
+    let handshake = TlsAcceptor::from(config).accept(tcp);
+    let tls = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            return Err(Error::Tls {
+                addr: peer_addr,
+                source: e,
+            });
+        }
+        Err(_) => {
+            return Err(Error::Tls {
+                addr: peer_addr,
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+            });
+        }
+    };
+    let (_, session) = tls.get_ref();
+    if session.alpn_protocol() != Some(mesh_identity::ALPN_H2) {
+        return Err(Error::Alpn { addr: peer_addr });
+    }
+    let peer_identity = peer_identity(session.peer_certificates())?;
+    Ok((
+        tls,
+        ConnInfo {
+            peer_identity,
+            peer_addr,
+            local_addr,
+        },
+    ))
+}
+
+/// Serves HTTP/2 on an authenticated connection until the client closes it or `cancel` fires
+/// (then GOAWAY is sent and open tunnels may finish). Each well-formed CONNECT is passed to
+/// `handler` on its own task; the tasks are owned here and aborted when the connection ends.
+pub async fn serve_connection<IO, F, Fut>(
+    io: IO,
+    info: ConnInfo,
+    settings: &H2Settings,
+    cancel: CancellationToken,
+    handler: F,
+) -> Result<(), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(InboundConnect) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut conn = h2::server::Builder::new()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame_size)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let info = Arc::new(info);
+    let mut tunnels = JoinSet::new();
+    let mut shutting_down = false;
+    let result = loop {
+        tokio::select! {
+            accepted = conn.accept() => match accepted {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(Error::H2(e)),
+                Some(Ok((req, mut respond))) => {
+                    if req.method() != Method::CONNECT {
+                        debug!(method = %req.method(), "not CONNECT: 400");
+                        let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
+                        continue;
+                    }
+                    let authority = req
+                        .uri()
+                        .authority()
+                        .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+                    let Some(authority) = authority else {
+                        debug!(uri = %req.uri(), "authority is not ip:port: 400");
+                        let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
+                        continue;
+                    };
+                    let (parts, body) = req.into_parts();
+                    let span = tracing::debug_span!("hbone_stream", %authority, src.identity = %info.peer_identity);
+                    let fut = handler(InboundConnect {
+                        conn: info.clone(),
+                        authority,
+                        headers: parts.headers,
+                        respond,
+                        body,
+                    });
+                    tunnels.spawn(fut.instrument(span));
+                }
+            },
+            Some(_) = tunnels.join_next(), if !tunnels.is_empty() => {}
+            () = cancel.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                conn.graceful_shutdown();
+            }
+        }
+    };
+    tunnels.abort_all();
+    while tunnels.join_next().await.is_some() {}
+    result
+}
