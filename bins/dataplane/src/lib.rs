@@ -1,1 +1,2 @@
-//! placeholder
+//! The shared data-plane core.
+pub mod config;

@@ -1,0 +1,698 @@
+//! The local mesh config: a multi-document YAML file of Istio resources (plus two small kinds of
+//! our own), validated whole into an immutable [`MeshState`].
+//!
+//! Every problem found is reported, each naming the file, the document, the field and the
+//! reason: `mesh.yaml: document 3 (WorkloadEntry demo/echo): spec.address: "1.2.3" is not an IP
+//! address`. Nothing is applied unless the whole file is valid.
+
+pub mod model;
+mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mesh_identity::{SpiffeId, TrustDomain};
+use serde::de::DeserializeOwned;
+
+pub use self::model::*;
+pub use self::state::{Endpoint, MeshState, Node, Service, ServicePort, Workload};
+
+/// Default HBONE port.
+pub const DEFAULT_HBONE_PORT: u16 = 15008;
+/// Default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Which document, e.g. `document 2 (WorkloadEntry demo/echo)`.
+    pub location: String,
+    /// The field path, e.g. `spec.ports[0].number`.
+    pub field: String,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+/// A rejected config file: every problem found in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The problems.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", self.file.display(), issue.location)?;
+            if !issue.field.is_empty() {
+                write!(f, ": {}", issue.field)?;
+            }
+            write!(f, ": {}", issue.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a mesh config file.
+pub fn load_file(path: &Path) -> Result<MeshState, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        issues: vec![ConfigIssue {
+            location: "file".into(),
+            field: String::new(),
+            reason: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse(path, &text)
+}
+
+/// Validates mesh config text; `file` is used in error messages.
+pub fn parse(file: &Path, text: &str) -> Result<MeshState, ConfigError> {
+    let mut v = Validator::default();
+    // YAML 1.2 booleans only: `n`, `no`, `on` stay strings (a Node named `n` is not `false`).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple_with_options(text, options)
+    {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                issues: vec![ConfigIssue {
+                    location: "YAML".into(),
+                    field: String::new(),
+                    reason: e.to_string(),
+                }],
+            });
+        }
+    };
+    let mut raw = Raw::default();
+    for (i, doc) in docs.into_iter().enumerate() {
+        raw.add(&mut v, i + 1, doc);
+    }
+    let state = compile(&mut v, raw);
+    if v.issues.is_empty() {
+        Ok(state)
+    } else {
+        Err(ConfigError {
+            file: file.to_owned(),
+            issues: v.issues,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator {
+    fn err(&mut self, location: &str, field: impl Into<String>, reason: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            location: location.to_owned(),
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+struct Named<S> {
+    location: String,
+    name: String,
+    namespace: String,
+    spec: S,
+}
+
+#[derive(Default)]
+struct Raw {
+    workloads: Vec<Named<WorkloadEntrySpec>>,
+    services: Vec<Named<ServiceEntrySpec>>,
+    nodes: Vec<Named<NodeSpec>>,
+    mesh: Option<Named<MeshConfigSpec>>,
+}
+
+// Istio fields of the supported kinds that this mesh does not implement yet; named in errors.
+const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
+    ("weight", "WorkloadEntry weights are not supported yet"),
+    ("locality", "locality is not supported yet"),
+    ("network", "multiple networks are not supported yet"),
+    (
+        "endpoints",
+        "inline endpoints are not supported; declare WorkloadEntry resources and a workloadSelector",
+    ),
+    (
+        "exportTo",
+        "exportTo is not supported; every service is visible mesh-wide",
+    ),
+    ("subjectAltNames", "subjectAltNames is not supported yet"),
+];
+
+fn explain_serde(e: &str) -> String {
+    for (field, why) in UNSUPPORTED_FIELDS {
+        if e.contains(&format!("unknown field `{field}`")) {
+            return format!("unsupported Istio field `{field}`: {why}");
+        }
+    }
+    e.to_owned()
+}
+
+fn typed<S: DeserializeOwned>(
+    v: &mut Validator,
+    location: &str,
+    doc: serde_json::Value,
+) -> Option<Doc<S>> {
+    match serde_path_to_error::deserialize::<_, Doc<S>>(doc) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            v.err(location, field, explain_serde(&e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+fn str_field<'a>(doc: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = doc;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str()
+}
+
+impl Raw {
+    fn add(&mut self, v: &mut Validator, index: usize, doc: serde_json::Value) {
+        if doc.is_null() {
+            return;
+        }
+        let kind = str_field(&doc, &["kind"]).unwrap_or("").to_owned();
+        let api = str_field(&doc, &["apiVersion"]).unwrap_or("").to_owned();
+        let ns = str_field(&doc, &["metadata", "namespace"]).unwrap_or("default");
+        let name = str_field(&doc, &["metadata", "name"]).unwrap_or("?");
+        let location = format!("document {index} ({kind} {ns}/{name})");
+        if !doc.is_object() {
+            v.err(
+                &location,
+                "",
+                "a document must be a mapping with apiVersion, kind, metadata, spec",
+            );
+            return;
+        }
+        if kind.is_empty() {
+            v.err(&location, "kind", "missing");
+            return;
+        }
+        let want_api: &[&str] = match kind.as_str() {
+            "WorkloadEntry" | "ServiceEntry" => NETWORKING_VERSIONS,
+            "Node" | "MeshConfig" => &[LOCAL_API_VERSION],
+            k if NOT_YET_SUPPORTED_KINDS.contains(&k) => {
+                v.err(
+                    &location,
+                    "kind",
+                    format!("{k} is not supported yet by this data plane"),
+                );
+                return;
+            }
+            k => {
+                v.err(
+                    &location,
+                    "kind",
+                    format!(
+                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, or {LOCAL_GROUP} Node / MeshConfig)"
+                    ),
+                );
+                return;
+            }
+        };
+        if !want_api.contains(&api.as_str()) {
+            v.err(
+                &location,
+                "apiVersion",
+                format!("{api:?} is not valid for {kind} (expected one of {want_api:?})"),
+            );
+            return;
+        }
+        match kind.as_str() {
+            "WorkloadEntry" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.workloads.push(named(v, &location, d));
+                }
+            }
+            "ServiceEntry" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.services.push(named(v, &location, d));
+                }
+            }
+            "Node" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.nodes.push(named(v, &location, d));
+                }
+            }
+            _ => {
+                if let Some(d) = typed::<MeshConfigSpec>(v, &location, doc) {
+                    if self.mesh.is_some() {
+                        v.err(&location, "kind", "only one MeshConfig is allowed");
+                    } else {
+                        self.mesh = Some(named(v, &location, d));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn named<S>(v: &mut Validator, location: &str, d: Doc<S>) -> Named<S> {
+    let namespace = d.metadata.namespace.unwrap_or_else(|| "default".into());
+    if !is_dns_subdomain(&d.metadata.name) {
+        v.err(
+            location,
+            "metadata.name",
+            format!(
+                "{:?} is not a valid name (lowercase letters, digits, '-', '.')",
+                d.metadata.name
+            ),
+        );
+    }
+    if !is_dns_label(&namespace) {
+        v.err(
+            location,
+            "metadata.namespace",
+            format!("{namespace:?} is not a valid namespace (lowercase letters, digits, '-', at most 63)"),
+        );
+    }
+    Named {
+        location: location.to_owned(),
+        name: d.metadata.name,
+        namespace,
+        spec: d.spec,
+    }
+}
+
+/// RFC 1123 label: what Kubernetes requires of a namespace.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 subdomain: what Kubernetes requires of most names.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn parse_port(v: &mut Validator, location: &str, field: &str, n: u32) -> Option<u16> {
+    match u16::try_from(n) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            v.err(location, field, format!("{n} is not a port (1-65535)"));
+            None
+        }
+    }
+}
+
+fn parse_ip(v: &mut Validator, location: &str, field: &str, s: &str) -> Option<IpAddr> {
+    match s.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => {
+            v.err(location, field, format!("{s:?} is the unspecified address"));
+            None
+        }
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            v.err(
+                location,
+                field,
+                format!("{s:?} is not an IP address (host names are not supported here)"),
+            );
+            None
+        }
+    }
+}
+
+const PROTOCOLS: &[&str] = &[
+    "HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TLS", "TCP", "MONGO", "MYSQL", "REDIS",
+];
+
+fn compile(v: &mut Validator, raw: Raw) -> MeshState {
+    let trust_domain = match raw.mesh.as_ref().and_then(|m| m.spec.trust_domain.clone()) {
+        None => default_trust_domain(),
+        Some(td) => match td.parse::<TrustDomain>() {
+            Ok(td) => td,
+            Err(e) => {
+                let loc = raw
+                    .mesh
+                    .as_ref()
+                    .map(|m| m.location.as_str())
+                    .unwrap_or("MeshConfig");
+                v.err(loc, "spec.trustDomain", format!("{td:?}: {e}"));
+                default_trust_domain()
+            }
+        },
+    };
+
+    // Nodes first: a workload's HBONE address depends on its node.
+    let mut node_of: HashMap<(String, String), (String, u16)> = HashMap::new();
+    let mut node_names = HashSet::new();
+    let mut node_addrs: HashMap<IpAddr, String> = HashMap::new();
+    let mut node_specs = Vec::new();
+    let wl_keys: HashSet<(String, String)> = raw
+        .workloads
+        .iter()
+        .map(|w| (w.namespace.clone(), w.name.clone()))
+        .collect();
+    for n in &raw.nodes {
+        if !node_names.insert(n.name.clone()) {
+            v.err(
+                &n.location,
+                "metadata.name",
+                format!("duplicate Node {:?}", n.name),
+            );
+        }
+        let addr = parse_ip(v, &n.location, "spec.address", &n.spec.address);
+        if let Some(a) = addr {
+            if let Some(other) = node_addrs.insert(a, n.name.clone()) {
+                v.err(
+                    &n.location,
+                    "spec.address",
+                    format!("{a} is also the address of Node {other:?}"),
+                );
+            }
+        }
+        let hbone_port = match n.spec.hbone_port {
+            None => Some(DEFAULT_HBONE_PORT),
+            Some(p) => parse_port(v, &n.location, "spec.hbonePort", p),
+        };
+        for (i, w) in n.spec.workloads.iter().enumerate() {
+            let (ns, name) = w.split_once('/').unwrap_or(("default", w.as_str()));
+            let key = (ns.to_owned(), name.to_owned());
+            let field = format!("spec.workloads[{i}]");
+            if !wl_keys.contains(&key) {
+                v.err(&n.location, field, format!("no WorkloadEntry {ns}/{name}"));
+            } else if let Some((other, _)) = node_of.get(&key) {
+                v.err(
+                    &n.location,
+                    field,
+                    format!("{ns}/{name} is already on Node {other:?}"),
+                );
+            } else {
+                node_of.insert(
+                    key,
+                    (n.name.clone(), hbone_port.unwrap_or(DEFAULT_HBONE_PORT)),
+                );
+            }
+        }
+        node_specs.push((n, addr, hbone_port));
+    }
+
+    let mut workloads = Vec::new();
+    let mut by_ip: HashMap<IpAddr, Arc<Workload>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for w in &raw.workloads {
+        let loc = &w.location;
+        if !seen.insert((w.namespace.clone(), w.name.clone())) {
+            v.err(
+                loc,
+                "metadata.name",
+                format!("duplicate WorkloadEntry {}/{}", w.namespace, w.name),
+            );
+        }
+        let Some(address) = parse_ip(v, loc, "spec.address", &w.spec.address) else {
+            continue;
+        };
+        let sa = w
+            .spec
+            .service_account
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let identity = match SpiffeId::new(&trust_domain, &w.namespace, &sa) {
+            Ok(id) => id,
+            Err(e) => {
+                v.err(
+                    loc,
+                    "spec.serviceAccount",
+                    format!("{sa:?} does not form a valid SPIFFE id: {e}"),
+                );
+                continue;
+            }
+        };
+        let mut ports = BTreeMap::new();
+        for (name, p) in &w.spec.ports {
+            if let Some(p) = parse_port(v, loc, &format!("spec.ports.{name}"), *p) {
+                ports.insert(name.clone(), p);
+            }
+        }
+        let node = node_of.get(&(w.namespace.clone(), w.name.clone()));
+        let wl = Arc::new(Workload {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            address,
+            labels: w.spec.labels.clone(),
+            service_account: sa,
+            identity,
+            ports,
+            node: node.map(|(n, _)| n.clone()),
+            hbone_addr: node.map(|(_, p)| SocketAddr::new(address, *p)),
+        });
+        if let Some(other) = by_ip.get(&address) {
+            v.err(
+                loc,
+                "spec.address",
+                format!(
+                    "{address} is also the address of WorkloadEntry {}",
+                    other.key()
+                ),
+            );
+            continue;
+        }
+        if let Some(n) = node_addrs.get(&address) {
+            v.err(
+                loc,
+                "spec.address",
+                format!("{address} is the address of Node {n:?}"),
+            );
+        }
+        by_ip.insert(address, wl.clone());
+        workloads.push(wl);
+    }
+
+    let mut service_ports = Vec::new();
+    let mut by_vip: HashMap<SocketAddr, Arc<ServicePort>> = HashMap::new();
+    let mut by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>> = HashMap::new();
+    let mut host_owner: HashMap<String, String> = HashMap::new();
+    let mut seen = HashSet::new();
+    for s in &raw.services {
+        let loc = &s.location;
+        let key = format!("{}/{}", s.namespace, s.name);
+        if !seen.insert(key.clone()) {
+            v.err(
+                loc,
+                "metadata.name",
+                format!("duplicate ServiceEntry {key}"),
+            );
+        }
+        match s.spec.location.as_deref() {
+            None | Some("MESH_INTERNAL") => {}
+            Some(other) => v.err(
+                loc,
+                "spec.location",
+                format!("{other:?} is not supported (only MESH_INTERNAL)"),
+            ),
+        }
+        match s.spec.resolution.as_deref() {
+            None | Some("STATIC") => {}
+            Some(other) => v.err(
+                loc,
+                "spec.resolution",
+                format!("{other:?} is not supported (only STATIC)"),
+            ),
+        }
+        if s.spec.hosts.is_empty() {
+            v.err(loc, "spec.hosts", "at least one host is required");
+        }
+        let mut hosts = Vec::new();
+        for (i, h) in s.spec.hosts.iter().enumerate() {
+            if !is_hostname(h) {
+                v.err(
+                    loc,
+                    format!("spec.hosts[{i}]"),
+                    format!("{h:?} is not a host name (wildcards are not supported)"),
+                );
+                continue;
+            }
+            let h = h.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(owner) = host_owner.insert(h.clone(), key.clone()) {
+                if owner != key {
+                    v.err(
+                        loc,
+                        format!("spec.hosts[{i}]"),
+                        format!("{h} is also a host of ServiceEntry {owner}"),
+                    );
+                }
+            }
+            hosts.push(h);
+        }
+        let mut vips = Vec::new();
+        for (i, a) in s.spec.addresses.iter().enumerate() {
+            if let Some(ip) = parse_ip(v, loc, &format!("spec.addresses[{i}]"), a) {
+                vips.push(ip);
+            }
+        }
+        if s.spec.ports.is_empty() {
+            v.err(loc, "spec.ports", "at least one port is required");
+        }
+        let service = Arc::new(Service {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            hosts: hosts.clone(),
+            vips: vips.clone(),
+        });
+        let selected: Vec<&Arc<Workload>> = match &s.spec.workload_selector {
+            Some(sel) => workloads
+                .iter()
+                .filter(|w| {
+                    sel.labels
+                        .iter()
+                        .all(|(k, val)| w.labels.get(k) == Some(val))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut numbers = HashSet::new();
+        for (i, p) in s.spec.ports.iter().enumerate() {
+            let field = format!("spec.ports[{i}]");
+            let Some(number) = parse_port(v, loc, &format!("{field}.number"), p.number) else {
+                continue;
+            };
+            if !numbers.insert(number) {
+                v.err(
+                    loc,
+                    format!("{field}.number"),
+                    format!("port {number} is listed twice"),
+                );
+            }
+            if p.name.is_empty() {
+                v.err(loc, format!("{field}.name"), "a port name is required");
+            }
+            let protocol = p
+                .protocol
+                .clone()
+                .unwrap_or_else(|| "TCP".into())
+                .to_ascii_uppercase();
+            if !PROTOCOLS.contains(&protocol.as_str()) {
+                v.err(
+                    loc,
+                    format!("{field}.protocol"),
+                    format!("{protocol:?} is not a known protocol ({PROTOCOLS:?})"),
+                );
+            }
+            let target = match p.target_port {
+                Some(t) => parse_port(v, loc, &format!("{field}.targetPort"), t).unwrap_or(number),
+                None => number,
+            };
+            // Istio: a WorkloadEntry port named like the service port wins over targetPort.
+            let endpoints = selected
+                .iter()
+                .map(|w| Endpoint {
+                    workload: (*w).clone(),
+                    port: w.ports.get(&p.name).copied().unwrap_or(target),
+                })
+                .collect();
+            let sp = Arc::new(ServicePort::new(
+                service.clone(),
+                number,
+                p.name.clone(),
+                protocol,
+                endpoints,
+            ));
+            for vip in &vips {
+                let addr = SocketAddr::new(*vip, number);
+                if by_vip.insert(addr, sp.clone()).is_some() {
+                    v.err(
+                        loc,
+                        "spec.addresses",
+                        format!("{addr} is used by another ServiceEntry"),
+                    );
+                }
+                if by_ip.contains_key(vip) {
+                    v.err(
+                        loc,
+                        "spec.addresses",
+                        format!("{vip} is also a workload address"),
+                    );
+                }
+            }
+            for h in &hosts {
+                by_host
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(number, sp.clone());
+            }
+            service_ports.push(sp);
+        }
+    }
+
+    let mut nodes = HashMap::new();
+    for (n, addr, hbone_port) in node_specs {
+        let (Some(address), Some(hbone_port)) = (addr, hbone_port) else {
+            continue;
+        };
+        let local: Vec<Arc<Workload>> = workloads
+            .iter()
+            .filter(|w| w.node.as_deref() == Some(n.name.as_str()))
+            .cloned()
+            .collect();
+        nodes.insert(
+            n.name.clone(),
+            Arc::new(Node {
+                name: n.name.clone(),
+                address,
+                hbone_port,
+                service_listeners: n.spec.service_listeners,
+                workloads: local,
+            }),
+        );
+    }
+
+    MeshState {
+        trust_domain,
+        nodes,
+        workloads,
+        service_ports,
+        by_ip,
+        by_vip,
+        by_host,
+    }
+}
+
+fn default_trust_domain() -> TrustDomain {
+    #[allow(clippy::expect_used)]
+    // DEFAULT_TRUST_DOMAIN is a constant valid trust domain (checked by the unit tests).
+    DEFAULT_TRUST_DOMAIN
+        .parse()
+        .expect("default trust domain is valid")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! The YAML resources of the local mesh file, with Istio's apiVersion, kind and field names.
+//!
+//! Every struct denies unknown fields: a typo or an Istio field this mesh does not support is an
+//! error naming the field, never silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// API group of the few kinds that Istio has no equivalent for.
+pub const LOCAL_GROUP: &str = "dataplane.mesh.dev";
+/// apiVersion of those kinds.
+pub const LOCAL_API_VERSION: &str = "dataplane.mesh.dev/v1alpha1";
+/// Istio networking apiVersions accepted for WorkloadEntry and ServiceEntry.
+pub const NETWORKING_VERSIONS: &[&str] = &[
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+/// Kubernetes object metadata (the subset a mesh file needs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Object name.
+    pub name: String,
+    /// Namespace; `default` when absent.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Object labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Object annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One document: `apiVersion`, `kind`, `metadata`, `spec`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Doc<S> {
+    /// apiVersion as written.
+    pub api_version: String,
+    /// kind as written.
+    pub kind: String,
+    /// metadata.
+    pub metadata: Metadata,
+    /// spec.
+    pub spec: S,
+}
+
+/// `networking.istio.io/v1` `WorkloadEntry` spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadEntrySpec {
+    /// The workload's IP address.
+    pub address: String,
+    /// Named ports overriding a service port's target (by port name).
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    /// Workload labels, matched by `ServiceEntry.workloadSelector`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Service account: the identity is `spiffe://<td>/ns/<namespace>/sa/<serviceAccount>`.
+    #[serde(default)]
+    pub service_account: Option<String>,
+}
+
+/// `networking.istio.io/v1` `ServiceEntry` spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceEntrySpec {
+    /// Host names of the service.
+    pub hosts: Vec<String>,
+    /// Virtual IPs of the service.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Service ports.
+    pub ports: Vec<ServicePortSpec>,
+    /// `MESH_INTERNAL` (the only supported value).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// `STATIC` (the only supported value).
+    #[serde(default)]
+    pub resolution: Option<String>,
+    /// Selects the `WorkloadEntry`s that back this service.
+    #[serde(default)]
+    pub workload_selector: Option<WorkloadSelector>,
+}
+
+/// A `ServiceEntry` port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePortSpec {
+    /// The service port.
+    pub number: u32,
+    /// Protocol: HTTP, HTTPS, HTTP2, GRPC, TLS, TCP, MONGO, MYSQL, REDIS (default TCP).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Port name (required, as in Istio).
+    pub name: String,
+    /// Port on the endpoints (default: `number`).
+    #[serde(default)]
+    pub target_port: Option<u32>,
+}
+
+/// `workloadSelector`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSelector {
+    /// Labels a workload must all carry.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `dataplane.mesh.dev/v1alpha1` `Node`: a ztunnel "node" and the workloads it runs.
+/// Istio has no kind for this (Kubernetes knows which node runs a pod).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// The node's own address: the ztunnel binds its SOCKS5 (and later admin) ports there.
+    pub address: String,
+    /// Port of the HBONE listener the node's ztunnel opens on each local workload's address.
+    #[serde(default)]
+    pub hbone_port: Option<u32>,
+    /// Workloads on this node: `namespace/name` (or `name` in `default`) of `WorkloadEntry`s.
+    #[serde(default)]
+    pub workloads: Vec<String>,
+    /// Bind every service VIP:port on this node so unprivileged local clients can connect to
+    /// services directly. At most one node per host can do this.
+    #[serde(default)]
+    pub service_listeners: bool,
+}
+
+/// `dataplane.mesh.dev/v1alpha1` `MeshConfig`: mesh-wide settings (Istio keeps these in its
+/// `MeshConfig`, a ConfigMap rather than a resource kind).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshConfigSpec {
+    /// The SPIFFE trust domain (default `cluster.local`).
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+}
+
+/// Istio and Gateway API kinds that a later release will accept; rejected by name until then.
+pub const NOT_YET_SUPPORTED_KINDS: &[&str] = &[
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+    "RequestAuthentication",
+    "VirtualService",
+    "DestinationRule",
+    "Gateway",
+    "HTTPRoute",
+    "Sidecar",
+    "EnvoyFilter",
+    "Telemetry",
+    "WorkloadGroup",
+];

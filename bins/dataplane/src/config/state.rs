@@ -1,0 +1,171 @@
+//! The compiled, immutable mesh state: what the data path reads.
+//!
+//! Built once per config load and published with one `ArcSwap` store; lookups are hash-map
+//! indexes built here (by workload IP, by service VIP:port, by hostname:port), never scans.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mesh_identity::{SpiffeId, TrustDomain};
+
+/// A workload (`WorkloadEntry`).
+#[derive(Debug)]
+pub struct Workload {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// IP address.
+    pub address: IpAddr,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Service account.
+    pub service_account: String,
+    /// SPIFFE identity.
+    pub identity: SpiffeId,
+    /// Named port overrides.
+    pub ports: BTreeMap<String, u16>,
+    /// The node running it, if any (a workload on no node is outside the mesh: plaintext).
+    pub node: Option<String>,
+    /// Where its node's ztunnel accepts HBONE for it (`address:hbonePort`), if on a node.
+    pub hbone_addr: Option<SocketAddr>,
+}
+
+impl Workload {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A service (`ServiceEntry`).
+#[derive(Debug)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Host names.
+    pub hosts: Vec<String>,
+    /// VIPs.
+    pub vips: Vec<IpAddr>,
+}
+
+/// One endpoint of a service port: a workload and the port to reach it on.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The workload.
+    pub workload: Arc<Workload>,
+    /// Its port for this service port.
+    pub port: u16,
+}
+
+/// A service port with its endpoints resolved at config time.
+#[derive(Debug)]
+pub struct ServicePort {
+    /// The service.
+    pub service: Arc<Service>,
+    /// Service port number.
+    pub port: u16,
+    /// Port name.
+    pub name: String,
+    /// Declared protocol (upper case).
+    pub protocol: String,
+    /// Endpoints, in config order.
+    pub endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+}
+
+impl ServicePort {
+    pub(crate) fn new(
+        service: Arc<Service>,
+        port: u16,
+        name: String,
+        protocol: String,
+        endpoints: Vec<Endpoint>,
+    ) -> Self {
+        ServicePort {
+            service,
+            port,
+            name,
+            protocol,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks the next endpoint round-robin (ztunnel balances L4 connections evenly).
+    pub fn pick(&self) -> Option<&Endpoint> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        self.endpoints.get(i)
+    }
+}
+
+/// A ztunnel node.
+#[derive(Debug)]
+pub struct Node {
+    /// Name.
+    pub name: String,
+    /// Its own address.
+    pub address: IpAddr,
+    /// HBONE port on each local workload address.
+    pub hbone_port: u16,
+    /// Whether it binds service VIP listeners.
+    pub service_listeners: bool,
+    /// Its workloads.
+    pub workloads: Vec<Arc<Workload>>,
+}
+
+/// The whole compiled mesh.
+#[derive(Debug)]
+pub struct MeshState {
+    /// Trust domain of workload identities.
+    pub trust_domain: TrustDomain,
+    /// Nodes by name.
+    pub nodes: HashMap<String, Arc<Node>>,
+    /// All workloads, in config order.
+    pub workloads: Vec<Arc<Workload>>,
+    /// All service ports, in config order.
+    pub service_ports: Vec<Arc<ServicePort>>,
+    pub(crate) by_ip: HashMap<IpAddr, Arc<Workload>>,
+    pub(crate) by_vip: HashMap<SocketAddr, Arc<ServicePort>>,
+    pub(crate) by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>>,
+}
+
+impl MeshState {
+    /// The workload at `ip`.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(&ip)
+    }
+
+    /// The service port at `vip:port`.
+    pub fn service_by_vip(&self, addr: SocketAddr) -> Option<&Arc<ServicePort>> {
+        self.by_vip.get(&addr)
+    }
+
+    /// The service port for `host:port` (host names as in `ServiceEntry.hosts`).
+    pub fn service_by_host(&self, host: &str, port: u16) -> Option<&Arc<ServicePort>> {
+        // Host names are case-insensitive; the index holds lower case.
+        let ports = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_host.get(&host.to_ascii_lowercase())
+        } else {
+            self.by_host.get(host)
+        };
+        ports?.get(&port)
+    }
+
+    /// Every VIP:port with its service port (for service listeners).
+    pub fn vips(&self) -> impl Iterator<Item = (&SocketAddr, &Arc<ServicePort>)> {
+        self.by_vip.iter()
+    }
+
+    /// The node `name`.
+    pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
+        self.nodes.get(name)
+    }
+}
