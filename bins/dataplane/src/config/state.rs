@@ -38,6 +38,32 @@ impl Workload {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Istio's canonical service: `service.istio.io/canonical-name`, else
+    /// `app.kubernetes.io/name`, else `app`, else the workload name.
+    pub fn canonical_service(&self) -> &str {
+        [
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ]
+        .iter()
+        .find_map(|k| self.labels.get(*k))
+        .map_or(self.name.as_str(), String::as_str)
+    }
+
+    /// Istio's canonical revision: `service.istio.io/canonical-revision`, else
+    /// `app.kubernetes.io/version`, else `version`, else `latest`.
+    pub fn canonical_revision(&self) -> &str {
+        [
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ]
+        .iter()
+        .find_map(|k| self.labels.get(*k))
+        .map_or("latest", String::as_str)
+    }
 }
 
 /// A service (`ServiceEntry`).

@@ -1,0 +1,31 @@
+//! The core's error type.
+
+use std::net::SocketAddr;
+
+use crate::config::ConfigError;
+
+/// Errors starting or running a proxy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The mesh config was rejected.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The config has no `Node` with the requested name.
+    #[error("the mesh config has no Node named {0:?}")]
+    UnknownNode(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Certificates or TLS configuration.
+    #[error("identity: {0}")]
+    Identity(#[from] mesh_identity::Error),
+    /// The async runtime or another OS facility failed.
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}

@@ -1,0 +1,105 @@
+//! Inbound: HBONE from other nodes to a local workload. The listener's address picks the
+//! workload (and so the certificate); a CONNECT must name that same workload (400 otherwise),
+//! and is answered 503 when the application does not accept the connection.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use mesh_hbone::{InboundConnect, accept_tls, serve_connection};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Ctx;
+
+/// Serves one HBONE connection: TLS, then HTTP/2, then each CONNECT.
+pub(super) async fn serve(
+    ctx: Arc<Ctx>,
+    tcp: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    cancel: CancellationToken,
+) {
+    let peer = tcp.peer_addr().ok();
+    let (stream, info) = match accept_tls(tcp, tls, ctx.cfg.handshake_timeout).await {
+        Ok(x) => x,
+        Err(e) => {
+            // Plaintext, no client certificate, an untrusted CA or a foreign trust domain.
+            return warn!(src.addr = ?peer, error = %e, "inbound HBONE refused");
+        }
+    };
+    debug!(src.identity = %info.peer_identity, "inbound HBONE connection");
+    let settings = ctx.cfg.pool.h2.clone();
+    let result = serve_connection(stream, info, &settings, cancel, |req| {
+        let ctx = ctx.clone();
+        async move { connect(ctx, req).await }
+    })
+    .await;
+    if let Err(e) = result {
+        debug!(error = %e, "inbound HBONE connection ended with error");
+    }
+}
+
+async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
+    let start = tokio::time::Instant::now();
+    let authority = req.authority;
+    let src_identity = req.conn.peer_identity.clone();
+    let state = ctx.state.load_full();
+    let local_ip = req.conn.local_addr.ip();
+    let dst = match state.workload_by_ip(authority.ip()) {
+        Some(w) if w.node.as_deref() == Some(ctx.node.name.as_str()) && w.address == local_ip => {
+            w.clone()
+        }
+        _ => {
+            warn!(
+                %authority,
+                src.identity = %src_identity,
+                "CONNECT to an address that is not this listener's workload: 400"
+            );
+            return req.refuse(StatusCode::BAD_REQUEST);
+        }
+    };
+    drop(state);
+    let upstream = match tokio::time::timeout(
+        ctx.cfg.connect_timeout,
+        TcpStream::connect(authority),
+    )
+    .await
+    {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            warn!(%authority, error = %e, dst.workload = %dst.key(), "application refused: 503");
+            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        Err(_) => {
+            warn!(%authority, dst.workload = %dst.key(), "application connect timed out: 503");
+            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let client = req.connect_headers().client;
+    let tunnel = match req.accept() {
+        Ok(t) => t,
+        Err(e) => return debug!(error = %e, "tunnel closed before 200"),
+    };
+    let mut upstream = upstream;
+    let (mut r, mut w) = upstream.split();
+    let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &()).await;
+    let (to_app, from_app, error) = match &result {
+        Ok(s) => (s.tunnel_to_plain, s.plain_to_tunnel, None),
+        Err(e) => (0, 0, Some(e.to_string())),
+    };
+    info!(
+        target: "access",
+        direction = "inbound",
+        src.addr = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        src.identity = %src_identity,
+        dst.addr = %authority,
+        dst.workload = %dst.key(),
+        dst.identity = %dst.identity,
+        bytes_received = to_app,
+        bytes_sent = from_app,
+        duration_ms = start.elapsed().as_millis() as u64,
+        error = error.as_deref().unwrap_or("-"),
+        "connection complete"
+    );
+}

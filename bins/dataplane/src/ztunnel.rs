@@ -1,0 +1,170 @@
+//! The ztunnel role: command-line settings and the process main loop, shared by the `ztunnel`
+//! binary and `meshctl ztunnel`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_identity::LocalCa;
+use tracing::{error, info};
+
+use crate::Error;
+use crate::proxy::{Proxy, ProxyConfig};
+
+/// Parses `250ms`, `30s`, `10m`, `24h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 10m, 24h)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+/// ztunnel settings. Every port and address can be set so several ztunnels share one host.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ZtunnelArgs {
+    /// Mesh config file (multi-document YAML of WorkloadEntry, ServiceEntry, Node, MeshConfig).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Name of the `Node` in the config that this ztunnel is. Its workloads get their
+    /// identities here; its address hosts the SOCKS5 port.
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+    /// State directory of the local CA (create it with `meshctl ca init --dir DIR`).
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: PathBuf,
+    /// SOCKS5 port on the node address; 0 disables SOCKS5.
+    #[arg(long, default_value_t = 15080, value_name = "PORT")]
+    pub socks5_port: u16,
+    /// SOCKS5 listen address, overriding `<node address>:<socks5-port>`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub socks5_addr: Option<SocketAddr>,
+    /// Lifetime of workload certificates issued by the local CA (renewed at half-life).
+    #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    pub cert_ttl: Duration,
+    /// Data-plane worker threads.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub worker_threads: usize,
+    /// Limit for connecting to a destination (HBONE peer or local application).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+    /// How long open connections may finish after SIGTERM/SIGINT before they are closed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Duration,
+    /// Close pooled HBONE connections that carried no tunnel for this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub pool_idle_timeout: Duration,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `info,access=warn`);
+    /// `RUST_LOG` overrides it.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    pub log: String,
+}
+
+/// Installs the stderr log subscriber. Safe to call once per process.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a ztunnel until SIGINT or SIGTERM. Exit code 0 on a clean stop, 2 on a bad config,
+/// 1 on other start-up failures.
+pub fn main(args: ZtunnelArgs) -> ExitCode {
+    init_logging(&args.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads.max(1))
+        .thread_name("ztunnel-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Config(e)) => {
+            error!("invalid mesh config:\n{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            error!(error = %e, "ztunnel failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: ZtunnelArgs) -> Result<(), Error> {
+    let state = crate::config::load_file(&args.config)?;
+    let node = state
+        .node(&args.node)
+        .cloned()
+        .ok_or_else(|| Error::UnknownNode(args.node.clone()))?;
+    let ca = LocalCa::load(&args.ca_dir)?.with_ttl(args.cert_ttl);
+    let bundle = ca.trust_bundle()?;
+    let socks5_addr = match (args.socks5_addr, args.socks5_port) {
+        (Some(a), _) => Some(a),
+        (None, 0) => None,
+        (None, p) => Some(SocketAddr::new(node.address, p)),
+    };
+    let mut cfg = ProxyConfig {
+        node: args.node.clone(),
+        socks5_addr,
+        connect_timeout: args.connect_timeout,
+        drain_timeout: args.drain_timeout,
+        ..ProxyConfig::default()
+    };
+    cfg.pool.idle_timeout = args.pool_idle_timeout;
+    cfg.pool.connect_timeout = args.connect_timeout;
+    let proxy = Proxy::start(cfg, state, Arc::new(ca), bundle).await?;
+    shutdown_signal().await?;
+    info!("shutting down");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+}
