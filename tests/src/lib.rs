@@ -1,1 +1,407 @@
-//! placeholder
+//! Test harness for end-to-end tests that drive the real binaries (`ztunnel`, `meshctl`).
+//!
+//! Each test uses its own loopback block `127.<block>.0.0/16` so tests run in parallel without
+//! port conflicts: nodes at `127.<b>.0.N`, workloads at `127.<b>.1.N`, VIPs at `127.<b>.2.N`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    unreachable_pub,
+    missing_docs
+)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_identity::LocalCa;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Path of a workspace binary, built by `cargo test --workspace` / `cargo nextest run`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("MESH_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            // target/<profile>/deps/<test-binary> → target/<profile>
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().to_owned()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace first (cargo build --workspace) or set MESH_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A running process whose stderr is collected.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `cmd`, collecting stderr; waits until a line contains `ready` (if given).
+    pub fn start(name: &str, mut cmd: Command, ready: Option<&str>) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("NO_COLOR", "1");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = logs.clone();
+        let want = ready.map(str::to_owned);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(w) = &want {
+                    if line.contains(w.as_str()) {
+                        let _ = tx.send(());
+                    }
+                }
+                let mut l = l2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let p = Proc {
+            name: name.to_owned(),
+            child,
+            logs,
+        };
+        if ready.is_some() && rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("{name} did not become ready; logs:\n{}", p.logs());
+        }
+        p
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then wait up to 10 s; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- logs of {} ----\n{}", self.name, self.logs());
+        }
+    }
+}
+
+/// A mesh of ztunnel processes sharing a local CA and a config file in a temp dir.
+pub struct TestMesh {
+    pub dir: tempfile::TempDir,
+    pub ca: LocalCa,
+    pub config: PathBuf,
+    pub procs: Vec<Proc>,
+}
+
+impl TestMesh {
+    pub fn new(config_yaml: &str) -> TestMesh {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = LocalCa::load_or_create(dir.path().join("ca")).unwrap();
+        let config = dir.path().join("mesh.yaml");
+        std::fs::write(&config, config_yaml).unwrap();
+        TestMesh {
+            dir,
+            ca,
+            config,
+            procs: Vec::new(),
+        }
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// Starts the ztunnel for `node` and waits until it is ready.
+    pub fn ztunnel(&mut self, node: &str, extra: &[&str]) -> &Proc {
+        let mut cmd = Command::new(bin("ztunnel"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(node)
+            .arg("--ca-dir")
+            .arg(self.ca_dir())
+            .arg("--log")
+            .arg("debug,h2=info,rustls=info")
+            .args(extra);
+        self.procs.push(Proc::start(
+            &format!("ztunnel {node}"),
+            cmd,
+            Some("ztunnel ready"),
+        ));
+        self.procs.last().unwrap()
+    }
+
+    pub fn logs(&self, node: &str) -> String {
+        let name = format!("ztunnel {node}");
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(Proc::logs)
+            .unwrap_or_default()
+    }
+}
+
+/// Addresses of the standard two-node test mesh in block `b`.
+#[derive(Debug, Clone, Copy)]
+pub struct Net {
+    pub b: u8,
+}
+
+impl Net {
+    pub fn node_a(&self) -> IpAddr {
+        format!("127.{}.0.1", self.b).parse().unwrap()
+    }
+    pub fn node_b(&self) -> IpAddr {
+        format!("127.{}.0.2", self.b).parse().unwrap()
+    }
+    pub fn client(&self) -> IpAddr {
+        format!("127.{}.1.10", self.b).parse().unwrap()
+    }
+    pub fn server(&self) -> IpAddr {
+        format!("127.{}.1.20", self.b).parse().unwrap()
+    }
+    pub fn app(&self) -> SocketAddr {
+        SocketAddr::new(self.server(), 9000)
+    }
+    pub fn hbone(&self) -> SocketAddr {
+        SocketAddr::new(self.server(), 15008)
+    }
+    pub fn vip(&self) -> SocketAddr {
+        format!("127.{}.2.1:9000", self.b).parse().unwrap()
+    }
+    pub fn socks(&self) -> SocketAddr {
+        SocketAddr::new(self.node_a(), 15080)
+    }
+
+    /// Two nodes: `a` runs `ns/client` and binds service VIPs, `b` runs `ns/server` whose app
+    /// listens on port 9000 behind service `server.ns.svc` (VIP 127.b.2.1:9000).
+    pub fn config(&self) -> String {
+        format!(
+            r#"apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: a}}
+spec: {{address: {a}, serviceListeners: true, workloads: [ns/client]}}
+---
+apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: b}}
+spec: {{address: {nb}, workloads: [ns/server]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: ns}}
+spec: {{address: {c}, serviceAccount: client, labels: {{app: client}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: server, namespace: ns}}
+spec: {{address: {s}, serviceAccount: server, labels: {{app: server}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: server, namespace: ns}}
+spec:
+  hosts: [server.ns.svc]
+  addresses: [{vip}]
+  ports: [{{number: 9000, name: tcp, protocol: TCP}}]
+  workloadSelector: {{labels: {{app: server}}}}
+"#,
+            a = self.node_a(),
+            nb = self.node_b(),
+            c = self.client(),
+            s = self.server(),
+            vip = self.vip().ip(),
+        )
+    }
+}
+
+/// Connects to `dst` from source address `src`.
+pub async fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = if dst.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    s.bind(SocketAddr::new(src, 0))?;
+    s.connect(dst).await
+}
+
+/// SOCKS5 CONNECT to a host name through `proxy`, from `src`. Returns the stream after a
+/// success reply, or the reply code.
+pub async fn socks5_connect(
+    src: IpAddr,
+    proxy: SocketAddr,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, u8> {
+    let mut s = connect_from(src, proxy).await.map_err(|_| 0xff)?;
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut g = [0u8; 2];
+    s.read_exact(&mut g).await.unwrap();
+    assert_eq!(g, [5, 0]);
+    let mut req = vec![5, 1, 0, 3, host.len() as u8];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).await.map_err(|_| 0xfe)?;
+    if rep[1] == 0 { Ok(s) } else { Err(rep[1]) }
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut v);
+    v
+}
+
+pub fn sha256(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// What a [`SinkServer`] connection received, and the hash of what it sent.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub received_sha: [u8; 32],
+    pub received_len: usize,
+    pub sent_sha: [u8; 32],
+}
+
+/// A server that, on each connection, reads until EOF while sending `payload` and then
+/// shutting down its write half; reports each exchange.
+pub async fn sink_server(
+    addr: SocketAddr,
+    payload: Arc<Vec<u8>>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Exchange> {
+    let l = TcpListener::bind(addr).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (tx, payload) = (tx.clone(), payload.clone());
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let read = async {
+                    let mut got = Vec::new();
+                    r.read_to_end(&mut got).await.map(|_| got)
+                };
+                let write = async {
+                    w.write_all(&payload).await?;
+                    w.shutdown().await
+                };
+                let (got, wrote) = tokio::join!(read, write);
+                if let (Ok(got), Ok(())) = (got, wrote) {
+                    let _ = tx.send(Exchange {
+                        received_sha: sha256(&got),
+                        received_len: got.len(),
+                        sent_sha: sha256(&payload),
+                    });
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// A TCP echo server; returns a counter of accepted connections.
+pub async fn echo_server(addr: SocketAddr) -> Arc<std::sync::atomic::AtomicUsize> {
+    let l = TcpListener::bind(addr).await.unwrap();
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    n
+}
+
+/// Sends `data`, half-closes, reads until EOF.
+pub async fn exchange(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let read = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    tokio::join!(write, read).1
+}
+
+/// Established TCP connections whose local address is `addr` (the server side of `addr`),
+/// from /proc/net/tcp.
+pub fn established_to(addr: SocketAddr) -> usize {
+    let IpAddr::V4(ip) = addr.ip() else {
+        panic!("IPv4 only")
+    };
+    let o = ip.octets();
+    let want = format!(
+        "{:02X}{:02X}{:02X}{:02X}:{:04X}",
+        o[3],
+        o[2],
+        o[1],
+        o[0],
+        addr.port()
+    );
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "01"
+        })
+        .count()
+}
+
+/// Runs `meshctl` with `args`; returns (success, stdout, stderr).
+pub fn meshctl(args: &[&str], cwd: &Path) -> (bool, String, String) {
+    let out = Command::new(bin("meshctl"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
