@@ -100,13 +100,12 @@ impl Baggage {
 /// Builds the `Forwarded` value: `for="<addr>"` and `;host=<host>` when known.
 pub fn forwarded_value(client: SocketAddr, host: Option<&str>) -> Option<HeaderValue> {
     let mut s = format!("for=\"{client}\"");
-    if let Some(h) = host {
-        if !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
-        {
-            let _ = write!(s, ";host={h}");
-        }
+    if let Some(h) = host
+        && !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+    {
+        let _ = write!(s, ";host={h}");
     }
     HeaderValue::from_str(&s).ok()
 }
@@ -181,10 +180,10 @@ impl ConnectHeaders {
     /// Encodes into a header map.
     pub fn to_header_map(&self) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(3);
-        if let Some(c) = self.client {
-            if let Some(v) = forwarded_value(c, self.host.as_deref()) {
-                h.insert(FORWARDED, v);
-            }
+        if let Some(c) = self.client
+            && let Some(v) = forwarded_value(c, self.host.as_deref())
+        {
+            h.insert(FORWARDED, v);
         }
         if let Some(v) = self.baggage.to_header_value() {
             h.insert(BAGGAGE, v);

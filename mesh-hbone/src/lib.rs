@@ -10,6 +10,8 @@
 //!
 //! See `examples/tunnel.rs` for a client and server in one process.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod headers;
 mod pool;

@@ -189,10 +189,11 @@ impl Pool {
                 drop(dial_lock);
                 if result.is_err() {
                     let mut slots = self.lock();
-                    if let Some(slot) = slots.get(&key) {
-                        if slot.conns.is_empty() && Arc::strong_count(&slot.dial) == 1 {
-                            slots.remove(&key);
-                        }
+                    if let Some(slot) = slots.get(&key)
+                        && slot.conns.is_empty()
+                        && Arc::strong_count(&slot.dial) == 1
+                    {
+                        slots.remove(&key);
                     }
                 }
                 result?

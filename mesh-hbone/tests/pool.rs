@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 //! Pool behaviour against an in-process HBONE server: stream cap per connection, idle close,
 //! exact identity verification.
 

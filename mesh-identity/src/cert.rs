@@ -62,13 +62,13 @@ impl WorkloadCert {
             .first()
             .ok_or_else(|| Error::BadCertificate("empty certificate chain".into()))?;
         let info = parse_leaf(leaf)?;
-        if let Some(expected) = expected {
-            if &info.identity != expected {
-                return Err(Error::IdentityMismatch {
-                    expected: expected.clone(),
-                    actual: info.identity.to_string(),
-                });
-            }
+        if let Some(expected) = expected
+            && &info.identity != expected
+        {
+            return Err(Error::IdentityMismatch {
+                expected: expected.clone(),
+                actual: info.identity.to_string(),
+            });
         }
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.clone()));
         let certified = CertifiedKey::from_der(chain.clone(), key, &provider())?;

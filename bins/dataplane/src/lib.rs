@@ -7,6 +7,8 @@
 //! - [`socks5`]: the SOCKS5 handshake.
 //! - [`ztunnel`]: the ztunnel command line and process main.
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod error;
 pub mod proxy;

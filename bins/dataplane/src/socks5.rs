@@ -107,10 +107,10 @@ pub fn parse_greeting(buf: &[u8]) -> Result<Option<usize>, Socks5Error> {
 /// Parses the request `VER CMD RSV ATYP DST.ADDR DST.PORT`. `Ok(None)`: need more bytes.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Target, usize)>, Socks5Error> {
     if buf.len() < 4 {
-        if let Some(&v) = buf.first() {
-            if v != 5 {
-                return Err(Socks5Error::Version(v));
-            }
+        if let Some(&v) = buf.first()
+            && v != 5
+        {
+            return Err(Socks5Error::Version(v));
         }
         return Ok(None);
     }

@@ -391,14 +391,14 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             );
         }
         let addr = parse_ip(v, &n.location, "spec.address", &n.spec.address);
-        if let Some(a) = addr {
-            if let Some(other) = node_addrs.insert(a, n.name.clone()) {
-                v.err(
-                    &n.location,
-                    "spec.address",
-                    format!("{a} is also the address of Node {other:?}"),
-                );
-            }
+        if let Some(a) = addr
+            && let Some(other) = node_addrs.insert(a, n.name.clone())
+        {
+            v.err(
+                &n.location,
+                "spec.address",
+                format!("{a} is also the address of Node {other:?}"),
+            );
         }
         let hbone_port = match n.spec.hbone_port {
             None => Some(DEFAULT_HBONE_PORT),
@@ -542,14 +542,14 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
                 continue;
             }
             let h = h.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(owner) = host_owner.insert(h.clone(), key.clone()) {
-                if owner != key {
-                    v.err(
-                        loc,
-                        format!("spec.hosts[{i}]"),
-                        format!("{h} is also a host of ServiceEntry {owner}"),
-                    );
-                }
+            if let Some(owner) = host_owner.insert(h.clone(), key.clone())
+                && owner != key
+            {
+                v.err(
+                    loc,
+                    format!("spec.hosts[{i}]"),
+                    format!("{h} is also a host of ServiceEntry {owner}"),
+                );
             }
             hosts.push(h);
         }

@@ -141,10 +141,10 @@ async fn proxy(
             };
             reply(&mut tcp, socks, Reply::Success).await;
             let mut tunnel = tunnel;
-            if !early.is_empty() {
-                if let Err(e) = tunnel.write_all(&early).await {
-                    return debug!(error = %e, "early data");
-                }
+            if !early.is_empty()
+                && let Err(e) = tunnel.write_all(&early).await
+            {
+                return debug!(error = %e, "early data");
             }
             let (mut r, mut w) = tcp.split();
             let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &()).await;
