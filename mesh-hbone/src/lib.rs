@@ -49,3 +49,15 @@ impl Default for H2Settings {
         }
     }
 }
+
+/// Turns on TCP keepalive so a peer that vanished without a FIN or RST is detected (after about
+/// 30 s idle + 3 × 10 s probes) instead of holding its tunnels open for ever.
+pub(crate) fn set_keepalive(tcp: &tokio::net::TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot enable TCP keepalive");
+    }
+}

@@ -172,49 +172,81 @@ impl Pool {
             dst: req.destination_identity.clone(),
             addr: req.hbone_addr,
         };
-        let (send, slot) = match self.checkout(&key) {
-            Some(c) => c,
-            None => {
-                let dial_lock = self.lock().entry(key.clone()).or_default().dial.clone();
-                let result = {
-                    let _dialing = dial_lock.lock().await;
-                    match self.checkout(&key) {
-                        Some(c) => Ok(c),
-                        None => match self.dial(&key, &req).await {
-                            Ok(()) => self.checkout(&key).ok_or(Error::Shutdown),
-                            Err(e) => Err(e),
-                        },
-                    }
-                };
-                drop(dial_lock);
-                if result.is_err() {
-                    let mut slots = self.lock();
-                    if let Some(slot) = slots.get(&key)
-                        && slot.conns.is_empty()
-                        && Arc::strong_count(&slot.dial) == 1
-                    {
-                        slots.remove(&key);
-                    }
+        // A pooled connection may have died (GOAWAY, reset) since its last use: such a
+        // failure marks it closed and the request is tried once more on a fresh connection.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (send, slot) = self.checkout_or_dial(&key, &req).await?;
+            match self.open_stream(send, slot, &req).await {
+                Err((Error::H2(e), conn)) if attempt == 1 && (e.is_go_away() || e.is_io()) => {
+                    debug!(error = %e, "pooled connection is dead; retrying on a new one");
+                    conn.closed.store(true, Ordering::Release);
                 }
-                result?
+                Err((e, _)) => return Err(e),
+                Ok(stream) => return Ok(stream),
+            }
+        }
+    }
+
+    async fn checkout_or_dial(
+        &self,
+        key: &Key,
+        req: &ConnectRequest,
+    ) -> Result<(SendRequest<Bytes>, StreamSlot), Error> {
+        if let Some(c) = self.checkout(key) {
+            return Ok(c);
+        }
+        let dial_lock = self.lock().entry(key.clone()).or_default().dial.clone();
+        let result = {
+            let _dialing = dial_lock.lock().await;
+            match self.checkout(key) {
+                Some(c) => Ok(c),
+                None => match self.dial(key, req).await {
+                    Ok(()) => self.checkout(key).ok_or(Error::Shutdown),
+                    Err(e) => Err(e),
+                },
             }
         };
-        let mut send = send.ready().await?;
+        drop(dial_lock);
+        if result.is_err() {
+            let mut slots = self.lock();
+            if let Some(slot) = slots.get(key)
+                && slot.conns.is_empty()
+                && Arc::strong_count(&slot.dial) == 1
+            {
+                slots.remove(key);
+            }
+        }
+        result
+    }
+
+    async fn open_stream(
+        &self,
+        send: SendRequest<Bytes>,
+        slot: StreamSlot,
+        req: &ConnectRequest,
+    ) -> Result<H2Stream, (Error, Arc<Conn>)> {
+        let conn = slot.0.clone();
+        let fail = |e: Error| (e, conn.clone());
+        let mut send = send.ready().await.map_err(|e| fail(e.into()))?;
         let mut request = Request::new(());
         *request.method_mut() = Method::CONNECT;
         *request.uri_mut() = http::Uri::builder()
             .authority(req.authority.to_string())
             .build()
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        *request.headers_mut() = req.headers;
-        let (response, stream) = send.send_request(request, false)?;
-        let response = response.await?;
+            .map_err(|e| fail(Error::Io(std::io::Error::other(e))))?;
+        *request.headers_mut() = req.headers.clone();
+        let (response, stream) = send
+            .send_request(request, false)
+            .map_err(|e| fail(e.into()))?;
+        let response = response.await.map_err(|e| fail(e.into()))?;
         if response.status() != StatusCode::OK {
-            return Err(Error::Status {
+            return Err(fail(Error::Status {
                 addr: req.hbone_addr,
                 authority: req.authority.to_string(),
                 status: response.status(),
-            });
+            }));
         }
         Ok(H2Stream::new(
             stream,
@@ -232,6 +264,7 @@ impl Pool {
                 .await
                 .map_err(|source| Error::Connect { addr, source })?;
             let _ = tcp.set_nodelay(true);
+            crate::set_keepalive(&tcp);
             let tls = TlsConnector::from(tls_cfg)
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)
                 .await
@@ -280,7 +313,8 @@ impl Pool {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let idle_timeout = self.inner.cfg.idle_timeout;
-        let tick = idle_timeout / 4;
+        // Never spin: check at least every 100 ms, whatever the configured timeout.
+        let tick = (idle_timeout / 4).max(Duration::from_millis(100));
         let mut idle_for = Duration::ZERO;
         let mut last_opened = conn.opened.load(Ordering::Relaxed);
         loop {

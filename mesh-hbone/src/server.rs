@@ -27,6 +27,8 @@ use tracing::{Instrument, debug};
 use crate::headers::ConnectHeaders;
 use crate::{Error, H2Settings, H2Stream};
 
+const H2_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Facts about an accepted, authenticated HBONE connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -89,6 +91,7 @@ pub async fn accept_tls(
     let peer_addr = tcp.peer_addr()?;
     let local_addr = tcp.local_addr()?;
     let _ = tcp.set_nodelay(true);
+    crate::set_keepalive(&tcp);
     let handshake = TlsAcceptor::from(config).accept(tcp);
     let tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
@@ -135,13 +138,20 @@ where
     F: Fn(InboundConnect) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut conn = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_frame_size(settings.max_frame_size)
-        .handshake::<_, Bytes>(io)
-        .await?;
+        .handshake::<_, Bytes>(io);
+    let mut conn = tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "HTTP/2 handshake timed out",
+            ))
+        })??;
     let info = Arc::new(info);
     let mut tunnels = JoinSet::new();
     let mut shutting_down = false;

@@ -117,6 +117,12 @@ impl AsyncWrite for H2Stream {
             return Poll::Ready(Ok(0));
         }
         let this = &mut *self;
+        if this.eos_sent {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            )));
+        }
         this.send.reserve_capacity(data.len());
         match ready!(this.send.poll_capacity(cx)) {
             Some(Ok(n)) if n > 0 => {
@@ -283,6 +289,9 @@ async fn tunnel_to_plain<W: AsyncWrite + Unpin>(
         }
     }
     // Half-close: the tunnel's sender finished, so finish our write side of the plain stream.
-    w.shutdown().await?;
-    Ok(total)
+    // The plain peer may already have closed completely; the transfer is still complete.
+    match w.shutdown().await {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(total),
+    }
 }

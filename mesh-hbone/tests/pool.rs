@@ -126,6 +126,12 @@ async fn caps_streams_per_connection_and_closes_idle() {
         let mut back = String::new();
         t.read_to_string(&mut back).await.unwrap();
         assert_eq!(back, msg);
+        let e = t.write_all(b"late").await.unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write after shutdown fails fast"
+        );
     }
     drop(tunnels);
     tokio::time::sleep(Duration::from_millis(700)).await;

@@ -25,6 +25,10 @@ pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 pub const ROOT_KEY_FILE: &str = "root-key.pem";
 /// Default lifetime of a workload certificate (Istio's default).
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest workload certificate lifetime the CA issues (renewal runs at half of it).
+pub const MIN_CERT_TTL: Duration = Duration::from_secs(10);
+/// Longest workload certificate lifetime the CA issues.
+pub const MAX_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 // Back-date certificates a little so that peers with slightly slow clocks accept them.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -191,6 +195,14 @@ impl LocalCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        if !(MIN_CERT_TTL..=MAX_CERT_TTL).contains(&ttl) {
+            return Err(Error::Provider {
+                id: id.clone(),
+                reason: format!(
+                    "certificate lifetime {ttl:?} is outside {MIN_CERT_TTL:?}..={MAX_CERT_TTL:?}"
+                ),
+            });
+        }
         let now = SystemTime::now();
         params.not_before = (now - CLOCK_SKEW).into();
         params.not_after = (now + ttl).into();

@@ -27,7 +27,9 @@ mod spiffe;
 mod store;
 mod tls;
 
-pub use ca::{DEFAULT_CERT_TTL, LocalCa, ROOT_CERT_FILE, ROOT_KEY_FILE};
+pub use ca::{
+    DEFAULT_CERT_TTL, LocalCa, MAX_CERT_TTL, MIN_CERT_TTL, ROOT_CERT_FILE, ROOT_KEY_FILE,
+};
 pub use cert::{WorkloadCert, certs_from_pem, certs_to_pem, identity_of, provider};
 pub use error::Error;
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};

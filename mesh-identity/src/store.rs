@@ -62,6 +62,8 @@ impl CertStore {
     }
 }
 
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
 /// When to renew: at half of the certificate's lifetime (as Istio's ztunnel does).
 pub fn refresh_delay(now: SystemTime, not_before: SystemTime, not_after: SystemTime) -> Duration {
     let life = not_after.duration_since(not_before).unwrap_or_default();
@@ -207,7 +209,9 @@ async fn rotate(
 ) {
     loop {
         let cert = store.current();
-        let delay = refresh_delay(SystemTime::now(), cert.not_before(), cert.not_after());
+        // At least a second between renewals, whatever the lifetime: never a tight loop.
+        let delay =
+            refresh_delay(SystemTime::now(), cert.not_before(), cert.not_after()).max(MIN_REFRESH);
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(delay) => {}

@@ -113,7 +113,9 @@ async fn proxy(
                 authority,
                 headers,
             };
-            let tunnel = match tokio::time::timeout(timeout, ctx.pool.connect(req)).await {
+            // The pool bounds the dial itself by the same timeout; this bound adds the CONNECT
+            // round trip, so a slow dial reports the pool's own error.
+            let tunnel = match tokio::time::timeout(timeout * 2, ctx.pool.connect(req)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     let r = match &e {
