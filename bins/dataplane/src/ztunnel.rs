@@ -89,6 +89,7 @@ pub fn init_logging(filter: &str) {
 /// 1 on other start-up failures.
 pub fn main(args: ZtunnelArgs) -> ExitCode {
     init_logging(&args.log);
+    raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))
         .thread_name("ztunnel-worker")
@@ -111,6 +112,20 @@ pub fn main(args: ZtunnelArgs) -> ExitCode {
             error!(error = %e, "ztunnel failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A node proxy holds two sockets per proxied connection: raise the soft open-file limit to
+/// the hard limit, as Istio's ztunnel does, so a busy node does not hit EMFILE at 1024.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+        _ => {}
     }
 }
 

@@ -1,6 +1,7 @@
 //! meshctl: the mesh's command-line tool: a local demo mesh, the local CA, config validation,
 //! and a ztunnel runner.
 
+mod bench;
 mod demo;
 
 use std::io::Write;
@@ -37,6 +38,8 @@ struct Cli {
 enum Cmd {
     /// Start a local mesh on loopback: a CA, two ztunnel nodes, an echo service and a client.
     Demo(demo::DemoArgs),
+    /// Measure latency, throughput, CPU and memory of each proxy path against direct.
+    Bench(bench::BenchArgs),
     /// Local CA operations.
     Ca {
         #[command(subcommand)]
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Ztunnel(args) => mesh_dataplane::ztunnel::main(args),
         Cmd::Demo(args) => demo::main(args),
+        Cmd::Bench(args) => bench::main(args),
         Cmd::Validate { file } => match mesh_dataplane::config::load_file(&file) {
             Ok(state) => {
                 say!(

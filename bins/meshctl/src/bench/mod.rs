@@ -1,0 +1,502 @@
+//! `meshctl bench`: latency, throughput, CPU and memory of every proxy path against the direct
+//! baseline, on loopback, with the real proxy processes; plus an instruction-count mode.
+//!
+//! Method (after Istio's published one): HTTP/1.1 echo of a 1 KB payload at a fixed rate over
+//! 4 keep-alive connections, open-loop; added latency is a path's percentile minus the direct
+//! path's, measured in the same run. Throughput: one and eight TCP streams pushing data. Cost:
+//! proxy CPU seconds (user+sys, /proc) per 1000 requests and RSS. Idle tunnels: RSS growth per
+//! open idle connection. Churn: one request per new connection.
+
+mod load;
+mod topology;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use mesh_dataplane::ztunnel::parse_duration;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use self::topology::{CLIENT, HTTP_PORT, ProxyOpts, SERVER, TCP_PORT, Topology};
+use crate::say;
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Topologies to measure, in order (direct is the baseline for added latency).
+    #[arg(long, value_delimiter = ',', default_value = "direct,ztunnel-pair")]
+    topologies: Vec<Topology>,
+    /// A smoke run: short phases and few idle tunnels.
+    #[arg(long)]
+    quick: bool,
+    /// Length of the latency phase.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Requests per second in the latency phase.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Client connections in the latency phase.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Request and response body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Length of each throughput phase.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    throughput_duration: Duration,
+    /// Length of the connection-churn phase.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    churn_duration: Duration,
+    /// Idle tunnels opened for the memory-per-tunnel figure.
+    #[arg(long, default_value_t = 1000)]
+    idle_tunnels: usize,
+    /// Worker threads of each proxy.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Log filter of the proxies (as shipped: info, with one access log line per connection).
+    #[arg(long, default_value = "info")]
+    proxy_log: String,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Instruction-count mode: run the ztunnel pair under callgrind and report instructions per
+    /// request (from runs of N and 2N requests, so start-up cancels out). Needs valgrind.
+    #[arg(long, value_name = "N")]
+    callgrind: Option<u64>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+}
+
+impl Percentiles {
+    fn of(samples: &mut [f64]) -> Percentiles {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| -> f64 {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[i] / 1000.0
+        };
+        Percentiles {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+
+    fn minus(&self, o: &Percentiles) -> Percentiles {
+        Percentiles {
+            p50: self.p50 - o.p50,
+            p90: self.p90 - o.p90,
+            p99: self.p99 - o.p99,
+            p999: self.p999 - o.p999,
+        }
+    }
+}
+
+/// The figures of one topology.
+#[derive(Debug, Clone, Default, Serialize)]
+struct TopoResult {
+    topology: String,
+    requests_ok: u64,
+    requests_failed: u64,
+    latency_ms: Percentiles,
+    added_latency_ms: Option<Percentiles>,
+    throughput_1_stream_gbps: f64,
+    throughput_8_streams_gbps: f64,
+    /// Proxy CPU seconds per 1000 requests, all proxies of the path together.
+    cpu_s_per_1000_requests: Option<f64>,
+    /// vCPU used by the proxies at the latency phase's rate.
+    vcpu_at_rate: Option<f64>,
+    rss_steady_mb: Option<f64>,
+    rss_peak_mb: Option<f64>,
+    idle_tunnel_kib: Option<f64>,
+    churn_connections_per_s: f64,
+    churn_failed: u64,
+    churn_cpu_s_per_1000_connections: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    date_unix: u64,
+    cpus: usize,
+    cpu_model: String,
+    rate: u64,
+    connections: usize,
+    payload: usize,
+    duration_s: f64,
+    workers: usize,
+    results: Vec<TopoResult>,
+    instructions_per_request: Option<f64>,
+}
+
+pub(crate) fn main(mut args: BenchArgs) -> ExitCode {
+    if args.quick {
+        args.duration = args.duration.min(Duration::from_secs(3));
+        args.throughput_duration = args.throughput_duration.min(Duration::from_secs(1));
+        args.churn_duration = args.churn_duration.min(Duration::from_secs(1));
+        args.idle_tunnels = args.idle_tunnels.min(100);
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::fail(format!("{e:#}")),
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    mesh_dataplane::ztunnel::raise_fd_limit();
+    let dir = tempfile::tempdir()?;
+    // The server workload: an HTTP echo and a TCP sink, on their own runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(start_servers())?;
+    let opts = ProxyOpts {
+        workers: args.workers,
+        log: args.proxy_log.clone(),
+        wrapper: Vec::new(),
+    };
+    let mut results = Vec::new();
+    for topo in &args.topologies {
+        say!("== {}: setting up", topo.name());
+        let r = measure(*topo, dir.path(), &opts, args)
+            .with_context(|| format!("topology {}", topo.name()))?;
+        results.push(r);
+    }
+    if let Some(base) = results
+        .iter()
+        .find(|r| r.topology == "direct")
+        .map(|r| r.latency_ms)
+    {
+        for r in results.iter_mut().filter(|r| r.topology != "direct") {
+            r.added_latency_ms = Some(r.latency_ms.minus(&base));
+        }
+    }
+    let instructions_per_request = match args.callgrind {
+        Some(n) => Some(callgrind(dir.path(), args, n)?),
+        None => None,
+    };
+    let report = Report {
+        date_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model: cpu_model(),
+        rate: args.rate,
+        connections: args.connections,
+        payload: args.payload,
+        duration_s: args.duration.as_secs_f64(),
+        workers: args.workers,
+        results,
+        instructions_per_request,
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+        say!("figures written to {}", path.display());
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+fn mb(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn measure(
+    topo: Topology,
+    dir: &std::path::Path,
+    opts: &ProxyOpts,
+    args: &BenchArgs,
+) -> anyhow::Result<TopoResult> {
+    let mut path = topology::setup(topo, dir, opts)?;
+    let proxied = !path.procs.is_empty();
+    let mut r = TopoResult {
+        topology: topo.name().into(),
+        ..Default::default()
+    };
+    // Warm-up: connections, pools, caches.
+    let _ = load::latency(
+        CLIENT,
+        path.http,
+        args.rate,
+        args.connections,
+        Duration::from_secs(1),
+        args.payload,
+    );
+
+    say!("   latency: {} rps × {:?}", args.rate, args.duration);
+    let before = topology::total_stat(&path.procs);
+    let mut lat = load::latency(
+        CLIENT,
+        path.http,
+        args.rate,
+        args.connections,
+        args.duration,
+        args.payload,
+    );
+    let after = topology::total_stat(&path.procs);
+    r.requests_ok = lat.ok;
+    r.requests_failed = lat.errors;
+    r.latency_ms = Percentiles::of(&mut lat.samples_us);
+    if proxied && lat.ok > 0 {
+        let cpu = after.cpu_s - before.cpu_s;
+        r.cpu_s_per_1000_requests = Some(cpu / (lat.ok as f64 / 1000.0));
+        r.vcpu_at_rate = Some(cpu / args.duration.as_secs_f64());
+        r.rss_steady_mb = Some(mb(after.rss));
+    }
+
+    say!(
+        "   throughput: 1 and 8 streams × {:?}",
+        args.throughput_duration
+    );
+    r.throughput_1_stream_gbps = load::throughput(CLIENT, path.tcp, 1, args.throughput_duration)?;
+    r.throughput_8_streams_gbps = load::throughput(CLIENT, path.tcp, 8, args.throughput_duration)?;
+
+    say!(
+        "   churn: new connection per request × {:?}",
+        args.churn_duration
+    );
+    let before = topology::total_stat(&path.procs);
+    let (ok, failed) = load::churn(CLIENT, path.http, 4, args.churn_duration);
+    let after = topology::total_stat(&path.procs);
+    r.churn_connections_per_s = ok as f64 / args.churn_duration.as_secs_f64();
+    r.churn_failed = failed;
+    if proxied && ok > 0 {
+        r.churn_cpu_s_per_1000_connections =
+            Some((after.cpu_s - before.cpu_s) / (ok as f64 / 1000.0));
+    }
+
+    if proxied {
+        say!("   idle tunnels: {}", args.idle_tunnels);
+        // Let churned connections finish closing so they do not count.
+        std::thread::sleep(Duration::from_millis(500));
+        let before = topology::total_stat(&path.procs);
+        let conns = load::open_idle(CLIENT, path.http, args.idle_tunnels)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let after = topology::total_stat(&path.procs);
+        r.idle_tunnel_kib =
+            Some(after.rss.saturating_sub(before.rss) as f64 / 1024.0 / args.idle_tunnels as f64);
+        drop(conns);
+        r.rss_peak_mb = Some(mb(topology::total_stat(&path.procs).hwm));
+    }
+    for p in &mut path.procs {
+        p.stop();
+    }
+    Ok(r)
+}
+
+/// Instructions per request through the ztunnel pair: callgrind totals of both proxies for
+/// 2N requests minus those for N, over N.
+fn callgrind(dir: &std::path::Path, args: &BenchArgs, n: u64) -> anyhow::Result<f64> {
+    let mut totals = Vec::new();
+    for (i, count) in [n, 2 * n].into_iter().enumerate() {
+        let out = dir.join(format!("cg{i}"));
+        std::fs::create_dir_all(&out)?;
+        let opts = ProxyOpts {
+            workers: args.workers,
+            log: args.proxy_log.clone(),
+            wrapper: vec![
+                "valgrind".into(),
+                "--tool=callgrind".into(),
+                format!(
+                    "--callgrind-out-file={}/callgrind.{{node}}.out",
+                    out.display()
+                ),
+            ],
+        };
+        say!("== callgrind: {count} requests through the ztunnel pair");
+        let mut path = topology::setup(Topology::ZtunnelPair, dir, &opts)?;
+        load::sequential(CLIENT, path.http, count, args.payload)?;
+        for p in &mut path.procs {
+            p.stop();
+        }
+        let mut total = 0u64;
+        for node in ["a", "b"] {
+            let f = out.join(format!("callgrind.{node}.out"));
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?;
+            let v = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("totals:")
+                        .or_else(|| l.strip_prefix("summary:"))
+                })
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .with_context(|| format!("no totals in {}", f.display()))?;
+            total += v;
+        }
+        totals.push(total);
+    }
+    if totals[1] <= totals[0] {
+        bail!("callgrind totals did not grow with the request count: {totals:?}");
+    }
+    Ok((totals[1] - totals[0]) as f64 / n as f64)
+}
+
+fn print_table(r: &Report) {
+    let cols: Vec<&TopoResult> = r.results.iter().collect();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\n{} rps, {} connections, {} B payload, {:.0} s, proxies with {} workers; {} × {}\n\n",
+        r.rate, r.connections, r.payload, r.duration_s, r.workers, r.cpus, r.cpu_model
+    ));
+    out.push_str("| metric |");
+    for c in &cols {
+        out.push_str(&format!(" {} |", c.topology));
+    }
+    out.push_str("\n|---|");
+    for _ in &cols {
+        out.push_str("---|");
+    }
+    out.push('\n');
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
+    type Row<'a> = (&'a str, Box<dyn Fn(&TopoResult) -> String>);
+    let rows: Vec<Row> = vec![
+        (
+            "requests ok / failed",
+            Box::new(|c| format!("{} / {}", c.requests_ok, c.requests_failed)),
+        ),
+        (
+            "latency p50 / p90 / p99 / p99.9 (ms)",
+            Box::new(|c| {
+                let l = c.latency_ms;
+                format!("{:.3} / {:.3} / {:.3} / {:.3}", l.p50, l.p90, l.p99, l.p999)
+            }),
+        ),
+        (
+            "added p50 / p90 / p99 / p99.9 (ms)",
+            Box::new(|c| match c.added_latency_ms {
+                Some(l) => format!("{:.3} / {:.3} / {:.3} / {:.3}", l.p50, l.p90, l.p99, l.p999),
+                None => "-".into(),
+            }),
+        ),
+        (
+            "throughput 1 stream (Gb/s)",
+            Box::new(|c| format!("{:.2}", c.throughput_1_stream_gbps)),
+        ),
+        (
+            "throughput 8 streams (Gb/s)",
+            Box::new(|c| format!("{:.2}", c.throughput_8_streams_gbps)),
+        ),
+        (
+            "proxy CPU s / 1000 req",
+            Box::new(move |c| opt(c.cpu_s_per_1000_requests, 4)),
+        ),
+        (
+            "proxy vCPU at rate",
+            Box::new(move |c| opt(c.vcpu_at_rate, 3)),
+        ),
+        (
+            "proxy RSS steady / peak (MB)",
+            Box::new(move |c| format!("{} / {}", opt(c.rss_steady_mb, 1), opt(c.rss_peak_mb, 1))),
+        ),
+        (
+            "memory per idle tunnel (KiB)",
+            Box::new(move |c| opt(c.idle_tunnel_kib, 2)),
+        ),
+        (
+            "churn (conn/s, failed)",
+            Box::new(|c| format!("{:.0} ({})", c.churn_connections_per_s, c.churn_failed)),
+        ),
+        (
+            "churn proxy CPU s / 1000 conn",
+            Box::new(move |c| opt(c.churn_cpu_s_per_1000_connections, 3)),
+        ),
+    ];
+    for (name, f) in rows {
+        out.push_str(&format!("| {name} |"));
+        for c in &cols {
+            out.push_str(&format!(" {} |", f(c)));
+        }
+        out.push('\n');
+    }
+    if let Some(ipr) = r.instructions_per_request {
+        out.push_str(&format!(
+            "\ninstructions per request (ztunnel pair, callgrind): {ipr:.0}\n"
+        ));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+}
+
+async fn start_servers() -> anyhow::Result<()> {
+    let http = TcpListener::bind(SocketAddr::new(SERVER, HTTP_PORT))
+        .await
+        .with_context(|| format!("bind {SERVER}:{HTTP_PORT}"))?;
+    let tcp = TcpListener::bind(SocketAddr::new(SERVER, TCP_PORT))
+        .await
+        .with_context(|| format!("bind {SERVER}:{TCP_PORT}"))?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = http.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body = if req.method() == hyper::Method::POST {
+                        req.into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default()
+                    } else {
+                        Bytes::from_static(b"ok")
+                    };
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(body)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => total += n as u64,
+                        Err(_) => return,
+                    }
+                }
+                let _ = s.write_all(total.to_string().as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! Benchmark topologies: how a client reaches the server, and the proxy processes in between.
+//!
+//! Adding a topology: a variant, its name, and a branch in [`setup`] that starts its proxies
+//! (from this same executable, `meshctl ztunnel …`) and says where the client connects.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A path from client to server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Topology {
+    /// Client → server, no mesh: the baseline.
+    Direct,
+    /// Client → ztunnel A → HBONE/mTLS → ztunnel B → server.
+    ZtunnelPair,
+}
+
+impl Topology {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Topology::Direct => "direct",
+            Topology::ZtunnelPair => "ztunnel-pair",
+        }
+    }
+}
+
+const fn ip(c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 60, c, d))
+}
+
+/// The client workload's address (load comes from here).
+pub(crate) const CLIENT: IpAddr = ip(1, 10);
+/// The server workload's address.
+pub(crate) const SERVER: IpAddr = ip(1, 20);
+/// The service VIP.
+const VIP: IpAddr = ip(2, 1);
+/// HTTP echo port.
+pub(crate) const HTTP_PORT: u16 = 8080;
+/// TCP sink port.
+pub(crate) const TCP_PORT: u16 = 5001;
+
+fn mesh_config() -> String {
+    format!(
+        r#"apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: a}}
+spec: {{address: {a}, serviceListeners: true, workloads: [bench/client]}}
+---
+apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: b}}
+spec: {{address: {b}, workloads: [bench/server]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: bench}}
+spec: {{address: {CLIENT}, serviceAccount: client, labels: {{app: client}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: server, namespace: bench}}
+spec: {{address: {SERVER}, serviceAccount: server, labels: {{app: server}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: server, namespace: bench}}
+spec:
+  hosts: [server.bench.svc]
+  addresses: [{VIP}]
+  ports:
+  - {{number: {HTTP_PORT}, name: http, protocol: HTTP}}
+  - {{number: {TCP_PORT}, name: tcp, protocol: TCP}}
+  workloadSelector: {{labels: {{app: server}}}}
+"#,
+        a = ip(0, 1),
+        b = ip(0, 2),
+    )
+}
+
+/// A proxy process of a topology.
+pub(crate) struct ProxyProc {
+    child: Child,
+}
+
+impl ProxyProc {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait (30 s, for valgrind to write its output), then SIGKILL.
+    pub(crate) fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..600 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProxyProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A running topology.
+pub(crate) struct RunningPath {
+    /// Where HTTP clients connect.
+    pub(crate) http: SocketAddr,
+    /// Where TCP throughput clients connect.
+    pub(crate) tcp: SocketAddr,
+    /// The proxies on the path.
+    pub(crate) procs: Vec<ProxyProc>,
+}
+
+/// How to start the proxies.
+pub(crate) struct ProxyOpts {
+    pub(crate) workers: usize,
+    pub(crate) log: String,
+    /// Prefix command, e.g. `valgrind --tool=callgrind --callgrind-out-file=… `; `{node}` in
+    /// an argument is replaced by the node name.
+    pub(crate) wrapper: Vec<String>,
+}
+
+pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Result<RunningPath> {
+    match topo {
+        Topology::Direct => Ok(RunningPath {
+            http: SocketAddr::new(SERVER, HTTP_PORT),
+            tcp: SocketAddr::new(SERVER, TCP_PORT),
+            procs: Vec::new(),
+        }),
+        Topology::ZtunnelPair => {
+            let ca = dir.join("ca");
+            mesh_identity::LocalCa::load_or_create(&ca)?;
+            let config = dir.join("mesh.yaml");
+            std::fs::write(&config, mesh_config())?;
+            let mut procs = Vec::new();
+            for node in ["b", "a"] {
+                procs.push(start_ztunnel(node, &config, &ca, opts)?);
+            }
+            Ok(RunningPath {
+                http: SocketAddr::new(VIP, HTTP_PORT),
+                tcp: SocketAddr::new(VIP, TCP_PORT),
+                procs,
+            })
+        }
+    }
+}
+
+fn start_ztunnel(
+    node: &str,
+    config: &Path,
+    ca: &PathBuf,
+    opts: &ProxyOpts,
+) -> anyhow::Result<ProxyProc> {
+    let exe = std::env::current_exe()?;
+    let mut argv: Vec<String> = opts
+        .wrapper
+        .iter()
+        .map(|a| a.replace("{node}", node))
+        .collect();
+    argv.push(exe.to_string_lossy().into_owned());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .arg("ztunnel")
+        .arg("--config")
+        .arg(config)
+        .arg("--node")
+        .arg(node)
+        .arg("--ca-dir")
+        .arg(ca)
+        .arg("--socks5-port")
+        .arg("0")
+        .arg("--worker-threads")
+        .arg(opts.workers.to_string())
+        .arg("--log")
+        .arg(&opts.log)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("start {argv:?}"))?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining stderr for the life of the proxy so its logging never blocks.
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("ztunnel ready") {
+                let _ = tx.send(Ok(()));
+            } else if seen.len() < 50 {
+                seen.push(line);
+            }
+        }
+        let _ = tx.send(Err(seen.join("\n")));
+    });
+    let proc = ProxyProc { child };
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok(())) => Ok(proc),
+        Ok(Err(logs)) => bail!("ztunnel {node} exited before ready:\n{logs}"),
+        Err(_) => bail!("ztunnel {node} not ready after 120 s"),
+    }
+}
+
+/// CPU seconds (user + system) and RSS / peak RSS (bytes) of a process, from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ProcStat {
+    pub(crate) cpu_s: f64,
+    pub(crate) rss: u64,
+    pub(crate) hwm: u64,
+}
+
+pub(crate) fn proc_stat(pid: u32) -> ProcStat {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut out = ProcStat::default();
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+            let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            out.cpu_s = (utime + stime) / ticks;
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        for line in status.lines() {
+            let kb = |l: &str| -> u64 {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+                    * 1024
+            };
+            if line.starts_with("VmRSS:") {
+                out.rss = kb(line);
+            } else if line.starts_with("VmHWM:") {
+                out.hwm = kb(line);
+            }
+        }
+    }
+    out
+}
+
+/// Sum of the stats of several processes.
+pub(crate) fn total_stat(procs: &[ProxyProc]) -> ProcStat {
+    procs.iter().fold(ProcStat::default(), |acc, p| {
+        let s = proc_stat(p.pid());
+        ProcStat {
+            cpu_s: acc.cpu_s + s.cpu_s,
+            rss: acc.rss + s.rss,
+            hwm: acc.hwm + s.hwm,
+        }
+    })
+}
