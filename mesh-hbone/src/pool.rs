@@ -265,8 +265,9 @@ impl Pool {
                 .map_err(|source| Error::Connect { addr, source })?;
             let _ = tcp.set_nodelay(true);
             crate::set_keepalive(&tcp);
+            let io = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, tcp);
             let tls = TlsConnector::from(tls_cfg)
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .connect(ServerName::IpAddress(addr.ip().into()), io)
                 .await
                 .map_err(|source| Error::Tls { addr, source })?;
             if tls.get_ref().1.alpn_protocol() != Some(mesh_identity::ALPN_H2) {

@@ -87,12 +87,13 @@ pub async fn accept_tls(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
-) -> Result<(TlsStream<TcpStream>, ConnInfo), Error> {
+) -> Result<(TlsStream<crate::BufferedTcp>, ConnInfo), Error> {
     let peer_addr = tcp.peer_addr()?;
     let local_addr = tcp.local_addr()?;
     let _ = tcp.set_nodelay(true);
     crate::set_keepalive(&tcp);
-    let handshake = TlsAcceptor::from(config).accept(tcp);
+    let io = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, tcp);
+    let handshake = TlsAcceptor::from(config).accept(io);
     let tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

@@ -40,6 +40,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Measure latency, throughput, CPU and memory of each proxy path against direct.
     Bench(bench::BenchArgs),
+    /// A plain TCP forwarder used by `bench` as the relay-pair floor (not part of the mesh).
+    #[command(hide = true)]
+    BenchRelay(bench::RelayArgs),
     /// Local CA operations.
     Ca {
         #[command(subcommand)]
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Cmd::Ztunnel(args) => mesh_dataplane::ztunnel::main(args),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Bench(args) => bench::main(args),
+        Cmd::BenchRelay(args) => bench::relay_main(args),
         Cmd::Validate { file } => match mesh_dataplane::config::load_file(&file) {
             Ok(state) => {
                 say!(

@@ -233,7 +233,8 @@ impl Proxy {
                             let _ = tcp.set_nodelay(true);
                             let conn = handler(tcp, peer);
                             let force = force.clone();
-                            let span = tracing::info_span!("conn", kind, %peer);
+                            // debug level: an enabled span costs an enter/exit on every poll.
+                            let span = tracing::debug_span!("conn", kind, %peer);
                             tasks.spawn(
                                 async move {
                                     tokio::select! {

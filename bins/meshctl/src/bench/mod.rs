@@ -33,7 +33,11 @@ use crate::say;
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BenchArgs {
     /// Topologies to measure, in order (direct is the baseline for added latency).
-    #[arg(long, value_delimiter = ',', default_value = "direct,ztunnel-pair")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,relay-pair,ztunnel-pair"
+    )]
     topologies: Vec<Topology>,
     /// A smoke run: short phases and few idle tunnels.
     #[arg(long)]
@@ -72,6 +76,9 @@ pub(crate) struct BenchArgs {
     /// request (from runs of N and 2N requests, so start-up cancels out). Needs valgrind.
     #[arg(long, value_name = "N")]
     callgrind: Option<u64>,
+    /// Keep the callgrind output files here (for `callgrind_annotate`), instead of a temp dir.
+    #[arg(long, value_name = "DIR")]
+    callgrind_dir: Option<PathBuf>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -323,7 +330,11 @@ fn measure(
 fn callgrind(dir: &std::path::Path, args: &BenchArgs, n: u64) -> anyhow::Result<f64> {
     let mut totals = Vec::new();
     for (i, count) in [n, 2 * n].into_iter().enumerate() {
-        let out = dir.join(format!("cg{i}"));
+        let out = args
+            .callgrind_dir
+            .clone()
+            .unwrap_or_else(|| dir.to_owned())
+            .join(format!("cg{i}"));
         std::fs::create_dir_all(&out)?;
         let opts = ProxyOpts {
             workers: args.workers,
@@ -499,4 +510,49 @@ async fn start_servers() -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// `meshctl bench-relay`: a plain TCP forwarder for the relay-pair floor topology.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RelayArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    to: SocketAddr,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
+
+pub(crate) fn relay_main(args: RelayArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return crate::fail(e),
+    };
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let l = TcpListener::bind(args.listen).await?;
+        say!("ready");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            let (mut down, _) = tokio::select! {
+                _ = term.recv() => return Ok(()),
+                r = l.accept() => r?,
+            };
+            let to = args.to;
+            tokio::spawn(async move {
+                let _ = down.set_nodelay(true);
+                if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                    let _ = up.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::fail(e),
+    }
 }

@@ -19,6 +19,10 @@ pub(crate) enum Topology {
     Direct,
     /// Client → ztunnel A → HBONE/mTLS → ztunnel B → server.
     ZtunnelPair,
+    /// Client → relay → relay → server: two plain TCP forwarders (tokio, same worker count, no
+    /// TLS, no HTTP/2). Not a mesh: the floor that any two-proxy path pays on this machine for
+    /// the extra process hops, against which the ztunnel pair's own cost can be read.
+    RelayPair,
 }
 
 impl Topology {
@@ -26,6 +30,7 @@ impl Topology {
         match self {
             Topology::Direct => "direct",
             Topology::ZtunnelPair => "ztunnel-pair",
+            Topology::RelayPair => "relay-pair",
         }
     }
 }
@@ -142,6 +147,23 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
             tcp: SocketAddr::new(SERVER, TCP_PORT),
             procs: Vec::new(),
         }),
+        Topology::RelayPair => {
+            let hop = |c: u8, port: u16| SocketAddr::new(ip(3, c), port);
+            let mut procs = Vec::new();
+            for port in [HTTP_PORT, TCP_PORT] {
+                procs.push(start_relay(
+                    hop(2, port),
+                    SocketAddr::new(SERVER, port),
+                    opts,
+                )?);
+                procs.push(start_relay(hop(1, port), hop(2, port), opts)?);
+            }
+            Ok(RunningPath {
+                http: hop(1, HTTP_PORT),
+                tcp: hop(1, TCP_PORT),
+                procs,
+            })
+        }
         Topology::ZtunnelPair => {
             let ca = dir.join("ca");
             mesh_identity::LocalCa::load_or_create(&ca)?;
@@ -187,7 +209,8 @@ fn start_ztunnel(
         .arg("--worker-threads")
         .arg(opts.workers.to_string())
         .arg("--log")
-        .arg(&opts.log)
+        // Whatever the filter, keep the core's start-up lines: readiness is read from them.
+        .arg(format!("{},mesh_dataplane::proxy=info", opts.log))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -213,6 +236,31 @@ fn start_ztunnel(
         Ok(Err(logs)) => bail!("ztunnel {node} exited before ready:\n{logs}"),
         Err(_) => bail!("ztunnel {node} not ready after 120 s"),
     }
+}
+
+fn start_relay(listen: SocketAddr, to: SocketAddr, opts: &ProxyOpts) -> anyhow::Result<ProxyProc> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args([
+            "bench-relay",
+            "--listen",
+            &listen.to_string(),
+            "--to",
+            &to.to_string(),
+        ])
+        .arg("--workers")
+        .arg(opts.workers.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if !line.contains("ready") {
+        bail!("relay {listen} → {to} did not start");
+    }
+    Ok(ProxyProc { child })
 }
 
 /// CPU seconds (user + system) and RSS / peak RSS (bytes) of a process, from /proc.
