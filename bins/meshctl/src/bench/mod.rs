@@ -133,6 +133,8 @@ struct TopoResult {
     /// vCPU used by the proxies at the latency phase's rate.
     vcpu_at_rate: Option<f64>,
     rss_steady_mb: Option<f64>,
+    /// Private (anonymous) part of the steady RSS; the rest is the binary's shared file pages.
+    anon_steady_mb: Option<f64>,
     rss_peak_mb: Option<f64>,
     idle_tunnel_kib: Option<f64>,
     churn_connections_per_s: f64,
@@ -283,6 +285,7 @@ fn measure(
         r.cpu_s_per_1000_requests = Some(cpu / (lat.ok as f64 / 1000.0));
         r.vcpu_at_rate = Some(cpu / args.duration.as_secs_f64());
         r.rss_steady_mb = Some(mb(after.rss));
+        r.anon_steady_mb = Some(mb(after.anon));
     }
 
     say!(
@@ -314,8 +317,9 @@ fn measure(
         let conns = load::open_idle(CLIENT, path.http, args.idle_tunnels)?;
         std::thread::sleep(Duration::from_millis(500));
         let after = topology::total_stat(&path.procs);
+        // Private memory: the binary's file pages do not grow with tunnels.
         r.idle_tunnel_kib =
-            Some(after.rss.saturating_sub(before.rss) as f64 / 1024.0 / args.idle_tunnels as f64);
+            Some(after.anon.saturating_sub(before.anon) as f64 / 1024.0 / args.idle_tunnels as f64);
         drop(conns);
         r.rss_peak_mb = Some(mb(topology::total_stat(&path.procs).hwm));
     }
@@ -433,6 +437,10 @@ fn print_table(r: &Report) {
         (
             "proxy RSS steady / peak (MB)",
             Box::new(move |c| format!("{} / {}", opt(c.rss_steady_mb, 1), opt(c.rss_peak_mb, 1))),
+        ),
+        (
+            "proxy private (anon) RSS steady (MB)",
+            Box::new(move |c| opt(c.anon_steady_mb, 1)),
         ),
         (
             "memory per idle tunnel (KiB)",

@@ -269,6 +269,8 @@ pub(crate) struct ProcStat {
     pub(crate) cpu_s: f64,
     pub(crate) rss: u64,
     pub(crate) hwm: u64,
+    /// Private (anonymous) resident memory: RSS minus the shared binary's file pages.
+    pub(crate) anon: u64,
 }
 
 pub(crate) fn proc_stat(pid: u32) -> ProcStat {
@@ -300,6 +302,8 @@ pub(crate) fn proc_stat(pid: u32) -> ProcStat {
                 out.rss = kb(line);
             } else if line.starts_with("VmHWM:") {
                 out.hwm = kb(line);
+            } else if line.starts_with("RssAnon:") {
+                out.anon = kb(line);
             }
         }
     }
@@ -314,6 +318,7 @@ pub(crate) fn total_stat(procs: &[ProxyProc]) -> ProcStat {
             cpu_s: acc.cpu_s + s.cpu_s,
             rss: acc.rss + s.rss,
             hwm: acc.hwm + s.hwm,
+            anon: acc.anon + s.anon,
         }
     })
 }
