@@ -25,7 +25,7 @@ fn bench_quick_reports_every_topology() {
         dir.path(),
     );
     assert!(ok, "bench failed:\n{out}\n{err}");
-    assert!(out.contains("| metric | direct | ztunnel-pair |"), "{out}");
+    assert!(out.contains("| metric | direct | relay-pair | ztunnel-pair |"), "{out}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = report["results"].as_array().unwrap();
@@ -33,7 +33,7 @@ fn bench_quick_reports_every_topology() {
         .iter()
         .map(|r| r["topology"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["direct", "ztunnel-pair"]);
+    assert_eq!(names, ["direct", "relay-pair", "ztunnel-pair"]);
     for r in results {
         let name = r["topology"].as_str().unwrap();
         assert_eq!(
@@ -58,7 +58,7 @@ fn bench_quick_reports_every_topology() {
         );
         assert_eq!(r["churn_failed"], 0, "{name}");
     }
-    let pair = &results[1];
+    let pair = &results[2];
     assert!(pair["added_latency_ms"]["p50"].is_f64());
     assert!(pair["cpu_s_per_1000_requests"].as_f64().unwrap() >= 0.0);
     assert!(pair["rss_steady_mb"].as_f64().unwrap() > 1.0);
