@@ -25,7 +25,10 @@ fn bench_quick_reports_every_topology() {
         dir.path(),
     );
     assert!(ok, "bench failed:\n{out}\n{err}");
-    assert!(out.contains("| metric | direct | relay-pair | ztunnel-pair |"), "{out}");
+    assert!(
+        out.contains("| metric | direct | relay-pair | ztunnel-pair |"),
+        "{out}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = report["results"].as_array().unwrap();
