@@ -31,7 +31,7 @@ pub(super) async fn serve(
     let settings = ctx.cfg.pool.h2.clone();
     let result = serve_connection(stream, info, &settings, cancel, |req| {
         let ctx = ctx.clone();
-        async move { connect(ctx, req).await }
+        connect(ctx, req)
     })
     .await;
     if let Err(e) = result {

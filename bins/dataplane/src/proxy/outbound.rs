@@ -115,7 +115,10 @@ async fn proxy(
             };
             // The pool bounds the dial itself by the same timeout; this bound adds the CONNECT
             // round trip, so a slow dial reports the pool's own error.
-            let tunnel = match tokio::time::timeout(timeout * 2, ctx.pool.connect(req)).await {
+            // Boxed: the dial's state is large and short-lived; inline it would stay in every
+            // idle tunnel's task for the tunnel's whole life.
+            let connect = Box::pin(ctx.pool.connect(req));
+            let tunnel = match tokio::time::timeout(timeout * 2, connect).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     let r = match &e {
