@@ -1,0 +1,36 @@
+//! Istio `AuthorizationPolicy` for the mesh: the spec as users write it ([`istio`]), the policy
+//! model with Istio's L4 matching semantics ([`Policy`]), and a per-workload index compiled at
+//! config time ([`PolicyIndex`]) that decides a connection without scanning every policy.
+//!
+//! The decision core is synchronous and allocation-free on the allow path: inputs in
+//! ([`Connection`]), [`Decision`] out. No tokio, no I/O.
+//!
+//! ```
+//! use mesh_authz::{Connection, PolicyIndex, WorkloadRef, istio::AuthorizationPolicySpec};
+//! let spec: AuthorizationPolicySpec = serde_json::from_str(r#"{
+//!   "selector": {"matchLabels": {"app": "db"}},
+//!   "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/web"]}}]}]
+//! }"#).unwrap();
+//! let policy = spec.to_policy("shop", "db-from-web", "istio-system").unwrap();
+//! let labels = [("app".to_string(), "db".to_string())].into_iter().collect();
+//! let db = WorkloadRef { key: "shop/db", namespace: "shop", labels: &labels };
+//! let index = PolicyIndex::build(&[policy], [db], "istio-system");
+//! let conn = |principal| Connection {
+//!     source_ip: "10.0.0.1".parse().unwrap(), remote_ip: None,
+//!     source_principal: Some(principal), source_namespace: Some("shop"),
+//!     destination_ip: "10.0.0.2".parse().unwrap(), destination_port: 5432,
+//! };
+//! assert!(index.evaluate("shop/db", &conn("cluster.local/ns/shop/sa/web")).is_allowed());
+//! assert!(!index.evaluate("shop/db", &conn("cluster.local/ns/shop/sa/other")).is_allowed());
+//! ```
+
+#![warn(missing_docs)]
+
+mod index;
+pub mod istio;
+mod model;
+
+pub use index::{Decision, PolicyIndex, WorkloadRef};
+pub use model::{
+    Action, Condition, Connection, Operation, Policy, Rule, Scope, Source, StringMatch,
+};

@@ -1,0 +1,255 @@
+//! The policy model and its L4 matching semantics (Istio's).
+//!
+//! - Values within a field are ORed, the fields of a source/operation are ANDed, the entries of
+//!   `from` (and of `to`) are ORed, and `from`, `to` and every `when` condition are ANDed.
+//! - A policy matches when any of its rules matches; no rules match nothing.
+//! - `not*` fields match when none of their values match. A connection without a principal
+//!   (plaintext) matches no `principals`/`namespaces` value and every `not*` of them.
+//! - HTTP-only fields at L4 (Istio's ztunnel translation): an ALLOW rule using them never
+//!   matches; a DENY rule is enforced without them (more restrictive).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// ALLOW or DENY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Allow matching connections; once any ALLOW policy applies, others are denied.
+    Allow,
+    /// Deny matching connections; evaluated before ALLOW.
+    Deny,
+}
+
+/// Which workloads a policy applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Root namespace, no selector: every workload of the mesh.
+    Mesh,
+    /// No selector: every workload of the policy's namespace.
+    Namespace,
+    /// Workloads carrying all these labels: in the policy's namespace, or in every namespace
+    /// when the policy is in the root namespace.
+    Selector(BTreeMap<String, String>),
+}
+
+/// A string match with Istio's `*` wildcards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringMatch {
+    /// `*`: any non-empty value.
+    Presence,
+    /// `abc*`.
+    Prefix(String),
+    /// `*abc`.
+    Suffix(String),
+    /// `abc`.
+    Exact(String),
+}
+
+impl StringMatch {
+    /// Parses Istio's syntax: `*`, `prefix*`, `*suffix` or an exact value.
+    pub fn parse(s: &str) -> StringMatch {
+        if s == "*" {
+            StringMatch::Presence
+        } else if let Some(rest) = s.strip_prefix('*') {
+            StringMatch::Suffix(rest.to_owned())
+        } else if let Some(rest) = s.strip_suffix('*') {
+            StringMatch::Prefix(rest.to_owned())
+        } else {
+            StringMatch::Exact(s.to_owned())
+        }
+    }
+
+    /// Whether `v` (absent: no value) matches.
+    pub fn matches(&self, v: Option<&str>) -> bool {
+        let Some(v) = v else { return false };
+        match self {
+            StringMatch::Presence => !v.is_empty(),
+            StringMatch::Prefix(p) => v.starts_with(p.as_str()),
+            StringMatch::Suffix(s) => v.ends_with(s.as_str()),
+            StringMatch::Exact(e) => v == e,
+        }
+    }
+}
+
+/// A `from[].source`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Source {
+    pub principals: Vec<StringMatch>,
+    pub not_principals: Vec<StringMatch>,
+    pub namespaces: Vec<StringMatch>,
+    pub not_namespaces: Vec<StringMatch>,
+    pub ip_blocks: Vec<IpNet>,
+    pub not_ip_blocks: Vec<IpNet>,
+    pub remote_ip_blocks: Vec<IpNet>,
+    pub not_remote_ip_blocks: Vec<IpNet>,
+}
+
+/// A `to[].operation` (its L4 part).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Operation {
+    pub ports: Vec<u16>,
+    pub not_ports: Vec<u16>,
+}
+
+/// A `when` condition on an L4 attribute: (values, notValues).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Condition {
+    SourceIp(Vec<IpNet>, Vec<IpNet>),
+    SourcePrincipal(Vec<StringMatch>, Vec<StringMatch>),
+    SourceNamespace(Vec<StringMatch>, Vec<StringMatch>),
+    DestinationIp(Vec<IpNet>, Vec<IpNet>),
+    DestinationPort(Vec<u16>, Vec<u16>),
+}
+
+/// A rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// Sources, any of which matches (empty: any source).
+    pub from: Vec<Source>,
+    /// Operations, any of which matches (empty: any operation).
+    pub to: Vec<Operation>,
+    /// Conditions, all of which must match.
+    pub when: Vec<Condition>,
+    /// HTTP-only fields the rule uses (names, for logs); see the module docs.
+    pub http_only: Vec<String>,
+}
+
+/// An authorization policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Which workloads it applies to.
+    pub scope: Scope,
+    /// ALLOW or DENY.
+    pub action: Action,
+    /// Rules; empty matches nothing.
+    pub rules: Vec<Rule>,
+}
+
+/// The L4 facts of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    /// The peer address of the connection.
+    pub source_ip: IpAddr,
+    /// The original client address (`Forwarded`), when known; else `source_ip` is used.
+    pub remote_ip: Option<IpAddr>,
+    /// The authenticated principal, `<trust-domain>/ns/<ns>/sa/<sa>`; `None` for plaintext.
+    pub source_principal: Option<&'a str>,
+    /// The authenticated namespace; `None` for plaintext.
+    pub source_namespace: Option<&'a str>,
+    /// Destination address.
+    pub destination_ip: IpAddr,
+    /// Destination port.
+    pub destination_port: u16,
+}
+
+fn any_str(m: &[StringMatch], v: Option<&str>) -> bool {
+    m.iter().any(|m| m.matches(v))
+}
+
+fn any_ip(n: &[IpNet], ip: IpAddr) -> bool {
+    n.iter().any(|n| n.contains(&ip))
+}
+
+/// `values` must match (when there are any) and `not_values` must not.
+fn pos_neg(values_hit: Option<bool>, not_hit: bool) -> bool {
+    values_hit.unwrap_or(true) && !not_hit
+}
+
+fn opt(empty: bool, hit: impl FnOnce() -> bool) -> Option<bool> {
+    if empty { None } else { Some(hit()) }
+}
+
+impl Source {
+    fn matches(&self, c: &Connection<'_>) -> bool {
+        let remote = c.remote_ip.unwrap_or(c.source_ip);
+        pos_neg(
+            opt(self.principals.is_empty(), || {
+                any_str(&self.principals, c.source_principal)
+            }),
+            any_str(&self.not_principals, c.source_principal),
+        ) && pos_neg(
+            opt(self.namespaces.is_empty(), || {
+                any_str(&self.namespaces, c.source_namespace)
+            }),
+            any_str(&self.not_namespaces, c.source_namespace),
+        ) && pos_neg(
+            opt(self.ip_blocks.is_empty(), || {
+                any_ip(&self.ip_blocks, c.source_ip)
+            }),
+            any_ip(&self.not_ip_blocks, c.source_ip),
+        ) && pos_neg(
+            opt(self.remote_ip_blocks.is_empty(), || {
+                any_ip(&self.remote_ip_blocks, remote)
+            }),
+            any_ip(&self.not_remote_ip_blocks, remote),
+        )
+    }
+}
+
+impl Operation {
+    fn matches(&self, c: &Connection<'_>) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&c.destination_port))
+            && !self.not_ports.contains(&c.destination_port)
+    }
+}
+
+impl Condition {
+    fn matches(&self, c: &Connection<'_>) -> bool {
+        fn both<T>(v: &[T], n: &[T], hit: impl Fn(&[T]) -> bool) -> bool {
+            pos_neg(opt(v.is_empty(), || hit(v)), hit(n))
+        }
+        match self {
+            Condition::SourceIp(v, n) => both(v, n, |x| any_ip(x, c.source_ip)),
+            Condition::DestinationIp(v, n) => both(v, n, |x| any_ip(x, c.destination_ip)),
+            Condition::DestinationPort(v, n) => both(v, n, |x| x.contains(&c.destination_port)),
+            Condition::SourcePrincipal(v, n) => both(v, n, |x| any_str(x, c.source_principal)),
+            Condition::SourceNamespace(v, n) => both(v, n, |x| any_str(x, c.source_namespace)),
+        }
+    }
+}
+
+impl Rule {
+    /// Whether the rule matches `c` for a policy with `action` (see the module docs for
+    /// HTTP-only fields).
+    pub fn matches(&self, action: Action, c: &Connection<'_>) -> bool {
+        if action == Action::Allow && !self.http_only.is_empty() {
+            return false;
+        }
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(c)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(c)))
+            && self.when.iter().all(|w| w.matches(c))
+    }
+}
+
+impl Policy {
+    /// Whether any rule matches.
+    pub fn matches(&self, c: &Connection<'_>) -> bool {
+        self.rules.iter().any(|r| r.matches(self.action, c))
+    }
+
+    /// Whether the policy applies to a workload in `namespace` with `labels`.
+    pub fn applies_to(
+        &self,
+        root_namespace: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        match &self.scope {
+            Scope::Mesh => true,
+            Scope::Namespace => self.namespace == namespace,
+            Scope::Selector(sel) => {
+                (self.namespace == namespace || self.namespace == root_namespace)
+                    && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+            }
+        }
+    }
+}
