@@ -162,6 +162,22 @@ impl TestMesh {
         self.procs.last().unwrap()
     }
 
+    /// Waits (up to 10 s) until the logs of `node` contain `needle`; returns the logs, or
+    /// panics showing them. Log lines arrive through a pipe, after the event that caused them.
+    pub fn expect_log(&self, node: &str, needle: &str) -> String {
+        for _ in 0..500 {
+            let logs = self.logs(node);
+            if logs.contains(needle) {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "ztunnel {node} never logged {needle:?}; logs:\n{}",
+            self.logs(node)
+        );
+    }
+
     pub fn logs(&self, node: &str) -> String {
         let name = format!("ztunnel {node}");
         self.procs

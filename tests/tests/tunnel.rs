@@ -57,25 +57,11 @@ async fn one_mib_each_way_with_half_close() {
     check_one_mib(s, &payload, &mut rx).await;
 
     // Both ends logged the identities of the connection.
-    let a = mesh.logs("a");
-    assert!(
-        a.contains("src.identity=spiffe://cluster.local/ns/ns/sa/client"),
-        "{a}"
-    );
-    assert!(
-        a.contains("dst.identity=spiffe://cluster.local/ns/ns/sa/server"),
-        "{a}"
-    );
-    assert!(
-        a.contains(&format!("bytes_sent={MIB} bytes_received={MIB}")),
-        "{a}"
-    );
-    let b = mesh.logs("b");
-    assert!(b.contains("direction=\"inbound\""), "{b}");
-    assert!(
-        b.contains(&format!("bytes_received={MIB} bytes_sent={MIB}")),
-        "{b}"
-    );
+    mesh.expect_log("a", "src.identity=spiffe://cluster.local/ns/ns/sa/client");
+    mesh.expect_log("a", "dst.identity=spiffe://cluster.local/ns/ns/sa/server");
+    mesh.expect_log("a", &format!("bytes_sent={MIB} bytes_received={MIB}"));
+    mesh.expect_log("b", "direction=\"inbound\"");
+    mesh.expect_log("b", &format!("bytes_received={MIB} bytes_sent={MIB}"));
     for p in &mut mesh.procs {
         assert!(p.stop(), "{} exits cleanly", p.name);
     }
@@ -154,5 +140,5 @@ async fn only_local_workloads_may_use_a_node() {
         .unwrap_err();
     assert_eq!(err, 0x04);
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
-    assert!(mesh.logs("a").contains("not a workload of this node"));
+    mesh.expect_log("a", "not a workload of this node");
 }

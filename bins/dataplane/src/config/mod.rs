@@ -22,6 +22,8 @@ pub use self::state::{Endpoint, MeshState, Node, Service, ServicePort, Workload}
 
 /// Default HBONE port.
 pub const DEFAULT_HBONE_PORT: u16 = 15008;
+/// Default root namespace (Istio's).
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 /// Default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
@@ -136,6 +138,7 @@ struct Raw {
     services: Vec<Named<ServiceEntrySpec>>,
     nodes: Vec<Named<NodeSpec>>,
     mesh: Option<Named<MeshConfigSpec>>,
+    policies: Vec<Named<mesh_authz::istio::AuthorizationPolicySpec>>,
 }
 
 // Istio fields of the supported kinds that this mesh does not implement yet; named in errors.
@@ -212,6 +215,7 @@ impl Raw {
         let want_api: &[&str] = match kind.as_str() {
             "WorkloadEntry" | "ServiceEntry" => NETWORKING_VERSIONS,
             "Node" | "MeshConfig" => &[LOCAL_API_VERSION],
+            "AuthorizationPolicy" => SECURITY_VERSIONS,
             k if NOT_YET_SUPPORTED_KINDS.contains(&k) => {
                 v.err(
                     &location,
@@ -225,7 +229,7 @@ impl Raw {
                     &location,
                     "kind",
                     format!(
-                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, or {LOCAL_GROUP} Node / MeshConfig)"
+                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, AuthorizationPolicy, or {LOCAL_GROUP} Node / MeshConfig)"
                     ),
                 );
                 return;
@@ -248,6 +252,11 @@ impl Raw {
             "ServiceEntry" => {
                 if let Some(d) = typed(v, &location, doc) {
                     self.services.push(named(v, &location, d));
+                }
+            }
+            "AuthorizationPolicy" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.policies.push(named(v, &location, d));
                 }
             }
             "Node" => {
@@ -675,8 +684,49 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         );
     }
 
+    let root_namespace = raw
+        .mesh
+        .as_ref()
+        .and_then(|m| m.spec.root_namespace.clone())
+        .unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.to_owned());
+    let mut policies = Vec::new();
+    let mut seen = HashSet::new();
+    for p in &raw.policies {
+        if !seen.insert((p.namespace.clone(), p.name.clone())) {
+            v.err(
+                &p.location,
+                "metadata.name",
+                format!("duplicate AuthorizationPolicy {}/{}", p.namespace, p.name),
+            );
+        }
+        match p.spec.to_policy(&p.namespace, &p.name, &root_namespace) {
+            Ok(pol) => policies.push(pol),
+            Err(errs) => {
+                for e in errs {
+                    v.err(&p.location, e.field, e.reason);
+                }
+            }
+        }
+    }
+    let keys: Vec<String> = workloads.iter().map(|w| w.key()).collect();
+    let authz = mesh_authz::PolicyIndex::build(
+        &policies,
+        workloads
+            .iter()
+            .zip(&keys)
+            .map(|(w, key)| mesh_authz::WorkloadRef {
+                key,
+                namespace: &w.namespace,
+                labels: &w.labels,
+            }),
+        &root_namespace,
+    );
+
     MeshState {
         trust_domain,
+        root_namespace,
+        policies,
+        authz,
         nodes,
         workloads,
         service_ports,

@@ -139,11 +139,17 @@ pub struct MeshConfigSpec {
     /// The SPIFFE trust domain (default `cluster.local`).
     #[serde(default)]
     pub trust_domain: Option<String>,
+    /// The root namespace: policies here without a selector apply mesh-wide (default
+    /// `istio-system`, as Istio).
+    #[serde(default)]
+    pub root_namespace: Option<String>,
 }
+
+/// apiVersions accepted for security resources.
+pub const SECURITY_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 
 /// Istio and Gateway API kinds that a later release will accept; rejected by name until then.
 pub const NOT_YET_SUPPORTED_KINDS: &[&str] = &[
-    "AuthorizationPolicy",
     "PeerAuthentication",
     "RequestAuthentication",
     "VirtualService",

@@ -152,6 +152,12 @@ pub struct Node {
 pub struct MeshState {
     /// Trust domain of workload identities.
     pub trust_domain: TrustDomain,
+    /// Root namespace (mesh-wide policies).
+    pub root_namespace: String,
+    /// Authorization policies, as validated.
+    pub policies: Vec<mesh_authz::Policy>,
+    /// The policies compiled per workload (`namespace/name`).
+    pub authz: mesh_authz::PolicyIndex,
     /// Nodes by name.
     pub nodes: HashMap<String, Arc<Node>>,
     /// All workloads, in config order.

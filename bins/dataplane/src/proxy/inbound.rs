@@ -58,7 +58,45 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             return req.refuse(StatusCode::BAD_REQUEST);
         }
     };
+    // L4 authorization, by the destination's ztunnel (Istio: the enforcement point is the
+    // receiving side). The client's address is the one its ztunnel asserts in `Forwarded`
+    // (trusted: the peer is an authenticated mesh proxy), else the connection's peer address.
+    let client = req.connect_headers().client;
+    let source_ip = client.map_or(req.conn.peer_addr.ip(), |c| c.ip());
+    let principal = src_identity
+        .as_str()
+        .strip_prefix("spiffe://")
+        .unwrap_or(src_identity.as_str());
+    let decision = state.authz.evaluate(
+        &dst.key(),
+        &mesh_authz::Connection {
+            source_ip,
+            remote_ip: client.map(|c| c.ip()),
+            source_principal: Some(principal),
+            source_namespace: Some(src_identity.namespace()),
+            destination_ip: authority.ip(),
+            destination_port: authority.port(),
+        },
+    );
     drop(state);
+    if !decision.is_allowed() {
+        let policy = match &decision {
+            mesh_authz::Decision::DeniedBy(p) => format!("denied by {p}"),
+            mesh_authz::Decision::NotAllowed(ps) => format!("not allowed by {}", ps.join(", ")),
+            mesh_authz::Decision::Allow => String::new(),
+        };
+        warn!(
+            target: "access",
+            direction = "inbound",
+            src.addr = %source_ip,
+            src.identity = %src_identity,
+            dst.addr = %authority,
+            dst.workload = %dst.key(),
+            reason = %policy,
+            "connection refused by authorization policy: 401"
+        );
+        return req.refuse(StatusCode::UNAUTHORIZED);
+    }
     let upstream = match tokio::time::timeout(
         ctx.cfg.connect_timeout,
         TcpStream::connect(authority),
@@ -76,7 +114,6 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         }
     };
     let _ = upstream.set_nodelay(true);
-    let client = req.connect_headers().client;
     let tunnel = match req.accept() {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
