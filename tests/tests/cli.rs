@@ -130,6 +130,7 @@ fn ztunnel_help_explains_every_flag() {
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = help.lines().collect();
     for flag in [
         "--config",
         "--node",
@@ -140,19 +141,19 @@ fn ztunnel_help_explains_every_flag() {
         "--worker-threads",
         "--connect-timeout",
         "--drain-timeout",
+        "--config-poll-interval",
         "--pool-idle-timeout",
         "--log",
     ] {
-        let line = help
-            .lines()
-            .find(|l| l.trim_start().starts_with(flag))
+        let i = lines
+            .iter()
+            .position(|l| l.split_whitespace().next() == Some(flag))
             .unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
-        let idx = help.find(line).unwrap();
-        let explained = help[idx + line.len()..].lines().next().unwrap_or("").trim();
-        assert!(
-            line.len() > flag.len() + 12 || !explained.is_empty(),
-            "{flag} has no explanation:\n{help}"
-        );
+        // Short help puts the text after the value name; long help on the next line.
+        let same_line: Vec<&str> = lines[i].split_whitespace().skip(2).collect();
+        let next = lines.get(i + 1).map_or("", |l| l.trim());
+        let explained = !same_line.is_empty() || (!next.is_empty() && !next.starts_with('-'));
+        assert!(explained, "{flag} has no explanation:\n{help}");
     }
 }
 

@@ -64,6 +64,10 @@ pub struct ZtunnelArgs {
     /// How long open connections may finish after SIGTERM/SIGINT before they are closed.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
+    /// How often the config file is checked for changes (a changed, valid file is applied at
+    /// once; an invalid one is logged and the last good config keeps serving).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub config_poll_interval: Duration,
     /// Close pooled HBONE connections that carried no tunnel for this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub pool_idle_timeout: Duration,
@@ -152,6 +156,10 @@ async fn run(args: ZtunnelArgs) -> Result<(), Error> {
     cfg.pool.idle_timeout = args.pool_idle_timeout;
     cfg.pool.connect_timeout = args.connect_timeout;
     let proxy = Proxy::start(cfg, state, Arc::new(ca), bundle).await?;
+    proxy.watch_config(
+        args.config.clone(),
+        args.config_poll_interval.max(Duration::from_millis(50)),
+    );
     shutdown_signal().await?;
     info!("shutting down");
     proxy.shutdown().await;

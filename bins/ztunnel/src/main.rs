@@ -7,7 +7,7 @@ use clap::Parser;
 /// Node-level L4 proxy: mTLS (HBONE) between workloads on different nodes, with SOCKS5 and
 /// service-VIP listeners for local clients.
 #[derive(Debug, Parser)]
-#[command(name = "ztunnel", version, about, long_about = None)]
+#[command(name = "ztunnel", version)]
 struct Cli {
     #[command(flatten)]
     args: mesh_dataplane::ZtunnelArgs,

@@ -736,7 +736,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
     }
 }
 
-fn default_trust_domain() -> TrustDomain {
+pub(crate) fn default_trust_domain() -> TrustDomain {
     #[allow(clippy::expect_used)]
     // DEFAULT_TRUST_DOMAIN is a constant valid trust domain (checked by the unit tests).
     DEFAULT_TRUST_DOMAIN

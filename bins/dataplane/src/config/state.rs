@@ -170,6 +170,22 @@ pub struct MeshState {
 }
 
 impl MeshState {
+    /// A mesh with nothing in it (what a proxy serves before its first config).
+    pub fn empty() -> MeshState {
+        MeshState {
+            trust_domain: super::default_trust_domain(),
+            root_namespace: super::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            policies: Vec::new(),
+            authz: mesh_authz::PolicyIndex::default(),
+            nodes: HashMap::new(),
+            workloads: Vec::new(),
+            service_ports: Vec::new(),
+            by_ip: HashMap::new(),
+            by_vip: HashMap::new(),
+            by_host: HashMap::new(),
+        }
+    }
+
     /// The workload at `ip`.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip)

@@ -45,8 +45,14 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let src_identity = req.conn.peer_identity.clone();
     let state = ctx.state.load_full();
     let local_ip = req.conn.local_addr.ip();
+    let hbone_port = ctx.hbone_port(&state);
     let dst = match state.workload_by_ip(authority.ip()) {
-        Some(w) if w.node.as_deref() == Some(ctx.node.name.as_str()) && w.address == local_ip => {
+        // The HBONE port itself is never a destination: that would loop into ourselves.
+        Some(w)
+            if w.node.as_deref() == Some(ctx.node_name.as_str())
+                && w.address == local_ip
+                && authority.port() != hbone_port =>
+        {
             w.clone()
         }
         _ => {
@@ -118,9 +124,26 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };
+    // Registered so that a policy change can close it.
+    let close = CancellationToken::new();
+    let _live = ctx.live.register(super::LiveInbound {
+        workload: dst.key(),
+        source_ip,
+        remote_ip: client.map(|c| c.ip()),
+        principal: principal.to_owned(),
+        namespace: src_identity.namespace().to_owned(),
+        destination: authority,
+        close: close.clone(),
+    });
     let mut upstream = upstream;
     let (mut r, mut w) = upstream.split();
-    let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &()).await;
+    let result = tokio::select! {
+        r = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &()) => r,
+        () = close.cancelled() => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "closed: no longer allowed by authorization policy",
+        )),
+    };
     let (to_app, from_app, error) = match &result {
         Ok(s) => (s.tunnel_to_plain, s.plain_to_tunnel, None),
         Err(e) => (0, 0, Some(e.to_string())),

@@ -4,14 +4,21 @@
 //!
 //! Every task is spawned on the proxy's `TaskTracker` with a span; `shutdown` stops accepting,
 //! lets open connections finish until the drain deadline, then force-closes the rest.
+//!
+//! A new config is applied with [`Proxy::apply`]: certificates for new local workloads are
+//! fetched and new listeners bound first (any failure rejects the config and keeps the old one
+//! serving), then the state is swapped with one pointer store, listeners no longer wanted stop
+//! accepting, and live inbound connections that the new policies deny are closed.
 
 mod inbound;
 mod outbound;
 pub mod route;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -20,10 +27,10 @@ use mesh_identity::{CertManager, CertProvider, RotationPolicy, TrustBundle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::Error;
-use crate::config::{MeshState, Node};
+use crate::config::MeshState;
 
 /// Settings of one node proxy.
 #[derive(Debug, Clone)]
@@ -79,27 +86,142 @@ pub struct Listening {
 
 pub(crate) struct Ctx {
     pub(crate) state: ArcSwap<MeshState>,
-    pub(crate) node: Arc<Node>,
+    pub(crate) node_name: String,
     pub(crate) certs: CertManager,
     pub(crate) bundle: TrustBundle,
     pub(crate) pool: Pool,
     pub(crate) cfg: ProxyConfig,
+    pub(crate) live: LiveConns,
+}
+
+impl Ctx {
+    /// This node's HBONE port in the current state.
+    pub(crate) fn hbone_port(&self, state: &MeshState) -> u16 {
+        state
+            .node(&self.node_name)
+            .map_or(crate::config::DEFAULT_HBONE_PORT, |n| n.hbone_port)
+    }
+}
+
+/// The facts of a live inbound connection, kept to re-authorize it when policies change.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveInbound {
+    pub(crate) workload: String,
+    pub(crate) source_ip: std::net::IpAddr,
+    pub(crate) remote_ip: Option<std::net::IpAddr>,
+    pub(crate) principal: String,
+    pub(crate) namespace: String,
+    pub(crate) destination: SocketAddr,
+    pub(crate) close: CancellationToken,
+}
+
+impl LiveInbound {
+    pub(crate) fn connection(&self) -> mesh_authz::Connection<'_> {
+        mesh_authz::Connection {
+            source_ip: self.source_ip,
+            remote_ip: self.remote_ip,
+            source_principal: Some(&self.principal),
+            source_namespace: Some(&self.namespace),
+            destination_ip: self.destination.ip(),
+            destination_port: self.destination.port(),
+        }
+    }
+}
+
+/// Registry of live inbound connections. Locked only to add, remove and re-check on a config
+/// change, never per byte.
+#[derive(Default)]
+pub(crate) struct LiveConns {
+    next: AtomicU64,
+    conns: Mutex<HashMap<u64, LiveInbound>>,
+}
+
+/// Removes its connection from the registry when dropped.
+pub(crate) struct LiveGuard<'a> {
+    registry: &'a LiveConns,
+    id: u64,
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+impl LiveConns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveInbound>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register(&self, conn: LiveInbound) -> LiveGuard<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, conn);
+        LiveGuard { registry: self, id }
+    }
+
+    /// Closes the connections `state` no longer allows; returns how many.
+    fn reauthorize(&self, state: &MeshState) -> usize {
+        let conns = self.lock();
+        let mut closed = 0;
+        for c in conns.values() {
+            let decision = state.authz.evaluate(&c.workload, &c.connection());
+            if !decision.is_allowed() {
+                warn!(
+                    target: "access",
+                    direction = "inbound",
+                    dst.workload = %c.workload,
+                    src.principal = %c.principal,
+                    dst.addr = %c.destination,
+                    ?decision,
+                    "closing live connection: no longer allowed by the new policies"
+                );
+                c.close.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Number of live inbound connections.
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ListenerKey {
+    Hbone(SocketAddr),
+    Socks5(SocketAddr),
+    Service(SocketAddr),
+}
+
+struct ListenerHandle {
+    listening: Listening,
+    stop: CancellationToken,
+}
+
+struct Inner {
+    ctx: Arc<Ctx>,
+    listeners: Mutex<HashMap<ListenerKey, ListenerHandle>>,
+    // Serialises config applications (a reload and a shutdown never interleave binds).
+    applying: tokio::sync::Mutex<()>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    force: CancellationToken,
+    rejected: AtomicU64,
+    generation: AtomicU64,
 }
 
 /// A running node proxy.
 pub struct Proxy {
-    ctx: Arc<Ctx>,
-    listening: Vec<Listening>,
-    tasks: TaskTracker,
-    cancel: CancellationToken,
-    force: CancellationToken,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("node", &self.ctx.node.name)
-            .field("listening", &self.listening)
+            .field("node", &self.inner.ctx.node_name)
+            .field("listening", &self.listening())
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +232,26 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
+/// A listener bound for a new state, not yet serving.
+enum Pending {
+    Hbone(TcpListener, Arc<rustls::ServerConfig>),
+    Socks5(TcpListener),
+    Service(TcpListener),
+}
+
+/// What applying a config changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The config generation now serving (1 for the start-up config, +1 per applied change).
+    pub generation: u64,
+    /// Listeners started.
+    pub listeners_added: usize,
+    /// Listeners stopped.
+    pub listeners_removed: usize,
+    /// Live connections closed because the new policies deny them.
+    pub connections_closed: usize,
+}
+
 impl Proxy {
     /// Fetches the local workloads' certificates, binds every listener and starts serving.
     pub async fn start(
@@ -118,114 +260,196 @@ impl Proxy {
         ca: Arc<dyn CertProvider>,
         bundle: TrustBundle,
     ) -> Result<Proxy, Error> {
-        let node = state
-            .node(&cfg.node)
-            .cloned()
-            .ok_or_else(|| Error::UnknownNode(cfg.node.clone()))?;
-        let certs = CertManager::new(ca, RotationPolicy::default());
-        for w in &node.workloads {
-            certs.store(&w.identity).await?;
+        if state.node(&cfg.node).is_none() {
+            return Err(Error::UnknownNode(cfg.node.clone()));
         }
         let ctx = Arc::new(Ctx {
             pool: Pool::new(cfg.pool.clone(), bundle.clone()),
-            state: ArcSwap::from_pointee(state),
-            node: node.clone(),
-            certs,
+            state: ArcSwap::from_pointee(MeshState::empty()),
+            node_name: cfg.node.clone(),
+            certs: CertManager::new(ca, RotationPolicy::default()),
             bundle,
             cfg,
+            live: LiveConns::default(),
         });
-        let mut proxy = Proxy {
-            ctx: ctx.clone(),
-            listening: Vec::new(),
-            tasks: TaskTracker::new(),
-            cancel: CancellationToken::new(),
-            force: CancellationToken::new(),
+        let proxy = Proxy {
+            inner: Arc::new(Inner {
+                ctx,
+                listeners: Mutex::new(HashMap::new()),
+                applying: tokio::sync::Mutex::new(()),
+                tasks: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+                force: CancellationToken::new(),
+                rejected: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+            }),
         };
-        // Bind everything first so a port conflict fails start-up before anything serves.
-        let mut hbone = Vec::new();
+        proxy.apply(state).await?;
+        info!(
+            node = %proxy.inner.ctx.node_name,
+            listeners = proxy.listening().len(),
+            "ztunnel ready"
+        );
+        Ok(proxy)
+    }
+
+    /// Applies a new, validated state: fetch certificates and bind listeners it adds (failing
+    /// without changing anything if that fails), swap it in, stop listeners it drops, close
+    /// live connections its policies deny.
+    pub async fn apply(&self, state: MeshState) -> Result<ApplyReport, Error> {
+        let inner = &self.inner;
+        let ctx = &inner.ctx;
+        let _applying = inner.applying.lock().await;
+        let node = state
+            .node(&ctx.node_name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownNode(ctx.node_name.clone()))?;
+        let mut desired: Vec<(ListenerKey, String)> = Vec::new();
         for w in &node.workloads {
             let addr = SocketAddr::new(w.address, node.hbone_port);
-            let l = bind(addr).await?;
-            let tls = mesh_identity::server_config(
-                ctx.certs.store(&w.identity).await?,
-                &ctx.bundle,
-                vec![ctx.state.load().trust_domain.clone()],
-            )?;
-            proxy.note(ListenerKind::Hbone, &l, w.key())?;
-            hbone.push((l, tls));
+            desired.push((ListenerKey::Hbone(addr), w.key()));
         }
-        let socks = match ctx.cfg.socks5_addr {
-            Some(addr) => {
-                let l = bind(addr).await?;
-                proxy.note(ListenerKind::Socks5, &l, format!("node {}", node.name))?;
-                Some(l)
-            }
-            None => None,
-        };
-        let mut services = Vec::new();
+        if let Some(addr) = ctx.cfg.socks5_addr {
+            desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
+        }
         if node.service_listeners {
-            let state = ctx.state.load_full();
             let mut vips: Vec<_> = state.vips().collect();
             vips.sort_by_key(|(a, _)| **a);
             for (addr, sp) in vips {
-                let l = bind(*addr).await?;
                 let what = format!(
                     "{}/{} ({})",
                     sp.service.namespace,
                     sp.service.name,
                     sp.service.hosts.first().map_or("", String::as_str)
                 );
-                proxy.note(ListenerKind::Service, &l, what)?;
-                services.push(l);
+                desired.push((ListenerKey::Service(*addr), what));
             }
         }
-        for (l, tls) in hbone {
-            let ctx = ctx.clone();
-            let cancel = proxy.cancel.clone();
-            proxy.serve(l, "hbone", move |tcp, _peer| {
-                inbound::serve(ctx.clone(), tcp, tls.clone(), cancel.clone())
+        // Certificates and binds first: a failure leaves the running config untouched.
+        for w in &node.workloads {
+            ctx.certs.store(&w.identity).await?;
+        }
+        let existing: Vec<ListenerKey> = {
+            let l = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            l.keys().cloned().collect()
+        };
+        let mut pending = Vec::new();
+        for (key, what) in &desired {
+            if existing.contains(key) {
+                continue;
+            }
+            let p = match key {
+                ListenerKey::Hbone(addr) => {
+                    let w = node
+                        .workloads
+                        .iter()
+                        .find(|w| SocketAddr::new(w.address, node.hbone_port) == *addr);
+                    let Some(w) = w else { continue };
+                    let tls = mesh_identity::server_config(
+                        ctx.certs.store(&w.identity).await?,
+                        &ctx.bundle,
+                        vec![state.trust_domain.clone()],
+                    )?;
+                    Pending::Hbone(bind(*addr).await?, tls)
+                }
+                ListenerKey::Socks5(addr) => Pending::Socks5(bind(*addr).await?),
+                ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
+            };
+            pending.push((key.clone(), what.clone(), p));
+        }
+        // Swap: from here on new connections see the new state.
+        let old = ctx.state.swap(Arc::new(state));
+        let state = ctx.state.load_full();
+        let mut report = ApplyReport {
+            generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            ..ApplyReport::default()
+        };
+        for (key, what, p) in pending {
+            self.start_listener(key, what, p)?;
+            report.listeners_added += 1;
+        }
+        {
+            let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            let wanted: Vec<&ListenerKey> = desired.iter().map(|(k, _)| k).collect();
+            listeners.retain(|k, h| {
+                let keep = wanted.contains(&k);
+                if !keep {
+                    info!(addr = %h.listening.addr, what = %h.listening.what, "listener removed");
+                    h.stop.cancel();
+                    report.listeners_removed += 1;
+                }
+                keep
             });
         }
-        if let Some(l) = socks {
-            let ctx = ctx.clone();
-            proxy.serve(l, "socks5", move |tcp, peer| {
-                outbound::socks5(ctx.clone(), tcp, peer)
-            });
+        // Certificates of workloads that left this node.
+        let local: Vec<_> = node.workloads.iter().map(|w| w.identity.clone()).collect();
+        if let Some(old_node) = old.node(&ctx.node_name) {
+            for w in &old_node.workloads {
+                if !local.contains(&w.identity) {
+                    ctx.certs.remove(&w.identity);
+                }
+            }
         }
-        for l in services {
-            let ctx = ctx.clone();
-            proxy.serve(l, "service", move |tcp, peer| {
-                outbound::service(ctx.clone(), tcp, peer)
-            });
-        }
-        info!(node = %node.name, listeners = proxy.listening.len(), "ztunnel ready");
-        Ok(proxy)
+        report.connections_closed = ctx.live.reauthorize(&state);
+        Ok(report)
     }
 
-    fn note(&mut self, kind: ListenerKind, l: &TcpListener, what: String) -> Result<(), Error> {
-        let addr = l.local_addr().map_err(Error::Runtime)?;
+    fn start_listener(&self, key: ListenerKey, what: String, p: Pending) -> Result<(), Error> {
+        let inner = &self.inner;
+        let ctx = inner.ctx.clone();
+        let stop = inner.cancel.child_token();
+        let (kind, listener) = match &p {
+            Pending::Hbone(l, _) => (ListenerKind::Hbone, l),
+            Pending::Socks5(l) => (ListenerKind::Socks5, l),
+            Pending::Service(l) => (ListenerKind::Service, l),
+        };
+        let addr = listener.local_addr().map_err(Error::Runtime)?;
         info!(?kind, %addr, %what, "listening");
-        self.listening.push(Listening { kind, addr, what });
+        let listening = Listening { kind, addr, what };
+        match p {
+            Pending::Hbone(l, tls) => {
+                let cancel = inner.cancel.clone();
+                self.serve(l, "hbone", stop.clone(), move |tcp, _peer| {
+                    inbound::serve(ctx.clone(), tcp, tls.clone(), cancel.clone())
+                });
+            }
+            Pending::Socks5(l) => {
+                self.serve(l, "socks5", stop.clone(), move |tcp, peer| {
+                    outbound::socks5(ctx.clone(), tcp, peer)
+                });
+            }
+            Pending::Service(l) => {
+                self.serve(l, "service", stop.clone(), move |tcp, peer| {
+                    outbound::service(ctx.clone(), tcp, peer)
+                });
+            }
+        }
+        let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.insert(key, ListenerHandle { listening, stop });
         Ok(())
     }
 
-    /// Spawns the accept loop of `listener`; each connection runs `handler` on its own task,
-    /// aborted when the drain deadline passes.
-    fn serve<F, Fut>(&self, listener: TcpListener, kind: &'static str, handler: F)
-    where
+    /// Spawns the accept loop of `listener` until `stop`; each connection runs `handler` on
+    /// its own task, aborted when the drain deadline passes.
+    fn serve<F, Fut>(
+        &self,
+        listener: TcpListener,
+        kind: &'static str,
+        stop: CancellationToken,
+        handler: F,
+    ) where
         F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let tasks = self.tasks.clone();
-        let cancel = self.cancel.clone();
-        let force = self.force.clone();
+        let tasks = self.inner.tasks.clone();
+        let force = self.inner.force.clone();
         let addr = listener.local_addr().ok();
         let span = tracing::info_span!("listener", kind, addr = ?addr);
-        self.tasks.spawn(
+        self.inner.tasks.spawn(
             async move {
                 loop {
                     let accepted = tokio::select! {
-                        () = cancel.cancelled() => break,
+                        () = stop.cancelled() => break,
                         r = listener.accept() => r,
                     };
                     match accepted {
@@ -257,35 +481,105 @@ impl Proxy {
         );
     }
 
+    /// Watches `path` (polling every `interval`) and applies each changed, valid version. A
+    /// file that fails validation is logged with file, field and reason, counted, and the last
+    /// good config keeps serving.
+    pub fn watch_config(&self, path: std::path::PathBuf, interval: Duration) {
+        let proxy = Proxy {
+            inner: self.inner.clone(),
+        };
+        let cancel = self.inner.cancel.clone();
+        let span = tracing::info_span!("config_watch", file = %path.display());
+        self.inner.tasks.spawn(
+            async move {
+                let mut last = std::fs::read(&path).ok();
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                    let p = path.clone();
+                    let now = tokio::task::spawn_blocking(move || std::fs::read(p))
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    if now.is_none() || now == last {
+                        continue;
+                    }
+                    last = now.clone();
+                    let text = String::from_utf8_lossy(now.as_deref().unwrap_or_default()).into_owned();
+                    match crate::config::parse(&path, &text) {
+                        Ok(state) => match proxy.apply(state).await {
+                            Ok(r) => info!(
+                                generation = r.generation,
+                                listeners_added = r.listeners_added,
+                                listeners_removed = r.listeners_removed,
+                                connections_closed = r.connections_closed,
+                                "config applied"
+                            ),
+                            Err(e) => {
+                                proxy.inner.rejected.fetch_add(1, Ordering::Relaxed);
+                                error!(error = %e, "config rejected; the last good config keeps serving");
+                            }
+                        },
+                        Err(e) => {
+                            proxy.inner.rejected.fetch_add(1, Ordering::Relaxed);
+                            error!("config rejected; the last good config keeps serving:\n{e}");
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Configs rejected since start.
+    pub fn rejected_configs(&self) -> u64 {
+        self.inner.rejected.load(Ordering::Relaxed)
+    }
+
     /// The bound listeners.
-    pub fn listening(&self) -> &[Listening] {
-        &self.listening
+    pub fn listening(&self) -> Vec<Listening> {
+        let l = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Listening> = l.values().map(|h| h.listening.clone()).collect();
+        v.sort_by_key(|l| l.addr);
+        v
     }
 
     /// The current mesh state.
     pub fn state(&self) -> Arc<MeshState> {
-        self.ctx.state.load_full()
+        self.inner.ctx.state.load_full()
     }
 
     /// Open HBONE client connections.
     pub fn hbone_connections(&self) -> usize {
-        self.ctx.pool.connection_count()
+        self.inner.ctx.pool.connection_count()
+    }
+
+    /// Live inbound connections.
+    pub fn live_inbound(&self) -> usize {
+        self.inner.ctx.live.len()
     }
 
     /// Stops accepting, drains open connections for the drain timeout, then closes the rest.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(self.ctx.cfg.drain_timeout, self.tasks.wait())
+        let inner = &self.inner;
+        inner.cancel.cancel();
+        inner.tasks.close();
+        if tokio::time::timeout(inner.ctx.cfg.drain_timeout, inner.tasks.wait())
             .await
             .is_err()
         {
             warn!("drain timeout: closing remaining connections");
-            self.force.cancel();
-            self.tasks.wait().await;
+            inner.force.cancel();
+            inner.tasks.wait().await;
         }
-        self.ctx.pool.shutdown().await;
-        self.ctx.certs.shutdown().await;
+        inner.ctx.pool.shutdown().await;
+        inner.ctx.certs.shutdown().await;
         info!("ztunnel stopped");
     }
 }

@@ -68,11 +68,11 @@ async fn proxy(
     // The source workload is known from the client's address; only this node's workloads may
     // use this node's ztunnel (it holds only their identities).
     let src = match state.workload_by_ip(peer.ip()) {
-        Some(w) if w.node.as_deref() == Some(ctx.node.name.as_str()) => w.clone(),
+        Some(w) if w.node.as_deref() == Some(ctx.node_name.as_str()) => w.clone(),
         _ => {
             warn!(
                 src.addr = %peer,
-                node = %ctx.node.name,
+                node = %ctx.node_name,
                 "refused: client address is not a workload of this node"
             );
             return reply(&mut tcp, socks, Reply::NotAllowed).await;
