@@ -89,4 +89,18 @@ async fn config_changes_apply_live_and_bad_files_are_rejected() {
     let vip2 = "127.51.2.2:9000".parse().unwrap();
     let mut second = connect_from(net.client(), vip2).await.unwrap();
     assert!(round_trip(&mut second, b"new listener").await);
+
+    // The server workload changes identity at the same address: node b presents the new
+    // certificate on its existing HBONE listener, which node a now expects.
+    let renamed = fixed.replace("serviceAccount: server", "serviceAccount: server-v2");
+    std::fs::write(&mesh.config, &renamed).unwrap();
+    mesh.expect_log("a", "generation=4");
+    mesh.expect_log("b", "generation=4");
+    let mut renamed_conn = connect_from(net.client(), net.vip()).await.unwrap();
+    assert!(round_trip(&mut renamed_conn, b"new identity").await);
+    drop(renamed_conn); // the access log line is written when the connection ends
+    mesh.expect_log(
+        "a",
+        "dst.identity=spiffe://cluster.local/ns/ns/sa/server-v2",
+    );
 }

@@ -13,13 +13,14 @@ use tracing::{debug, info, warn};
 use super::Ctx;
 
 /// Serves one HBONE connection: TLS, then HTTP/2, then each CONNECT.
-pub(super) async fn serve(
-    ctx: Arc<Ctx>,
-    tcp: TcpStream,
-    tls: Arc<rustls::ServerConfig>,
-    cancel: CancellationToken,
-) {
+pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, cancel: CancellationToken) {
     let peer = tcp.peer_addr().ok();
+    let local = tcp.local_addr().ok();
+    let tls = local.and_then(|l| ctx.server_tls.load().get(&l.ip()).cloned());
+    let Some(tls) = tls else {
+        // The workload at this address left the node between accept and now.
+        return warn!(src.addr = ?peer, local.addr = ?local, "inbound HBONE for an address with no local workload");
+    };
     let (stream, info) = match accept_tls(tcp, tls, ctx.cfg.handshake_timeout).await {
         Ok(x) => x,
         Err(e) => {

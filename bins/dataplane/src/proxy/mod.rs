@@ -92,6 +92,10 @@ pub(crate) struct Ctx {
     pub(crate) pool: Pool,
     pub(crate) cfg: ProxyConfig,
     pub(crate) live: LiveConns,
+    /// Server TLS configuration per local workload address, rebuilt with each config: the
+    /// certificate presented on an HBONE connection is chosen by the address it arrived on, so
+    /// a workload that changes identity at the same address presents the new one.
+    pub(crate) server_tls: ArcSwap<HashMap<std::net::IpAddr, Arc<rustls::ServerConfig>>>,
 }
 
 impl Ctx {
@@ -234,7 +238,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 
 /// A listener bound for a new state, not yet serving.
 enum Pending {
-    Hbone(TcpListener, Arc<rustls::ServerConfig>),
+    Hbone(TcpListener),
     Socks5(TcpListener),
     Service(TcpListener),
 }
@@ -271,6 +275,7 @@ impl Proxy {
             bundle,
             cfg,
             live: LiveConns::default(),
+            server_tls: ArcSwap::from_pointee(HashMap::new()),
         });
         let proxy = Proxy {
             inner: Arc::new(Inner {
@@ -326,8 +331,14 @@ impl Proxy {
             }
         }
         // Certificates and binds first: a failure leaves the running config untouched.
+        let mut server_tls = HashMap::new();
         for w in &node.workloads {
-            ctx.certs.store(&w.identity).await?;
+            let tls = mesh_identity::server_config(
+                ctx.certs.store(&w.identity).await?,
+                &ctx.bundle,
+                vec![state.trust_domain.clone()],
+            )?;
+            server_tls.insert(w.address, tls);
         }
         let existing: Vec<ListenerKey> = {
             let l = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -339,25 +350,14 @@ impl Proxy {
                 continue;
             }
             let p = match key {
-                ListenerKey::Hbone(addr) => {
-                    let w = node
-                        .workloads
-                        .iter()
-                        .find(|w| SocketAddr::new(w.address, node.hbone_port) == *addr);
-                    let Some(w) = w else { continue };
-                    let tls = mesh_identity::server_config(
-                        ctx.certs.store(&w.identity).await?,
-                        &ctx.bundle,
-                        vec![state.trust_domain.clone()],
-                    )?;
-                    Pending::Hbone(bind(*addr).await?, tls)
-                }
+                ListenerKey::Hbone(addr) => Pending::Hbone(bind(*addr).await?),
                 ListenerKey::Socks5(addr) => Pending::Socks5(bind(*addr).await?),
                 ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
             };
             pending.push((key.clone(), what.clone(), p));
         }
         // Swap: from here on new connections see the new state.
+        ctx.server_tls.store(Arc::new(server_tls));
         let old = ctx.state.swap(Arc::new(state));
         let state = ctx.state.load_full();
         let mut report = ApplyReport {
@@ -399,7 +399,7 @@ impl Proxy {
         let ctx = inner.ctx.clone();
         let stop = inner.cancel.child_token();
         let (kind, listener) = match &p {
-            Pending::Hbone(l, _) => (ListenerKind::Hbone, l),
+            Pending::Hbone(l) => (ListenerKind::Hbone, l),
             Pending::Socks5(l) => (ListenerKind::Socks5, l),
             Pending::Service(l) => (ListenerKind::Service, l),
         };
@@ -407,10 +407,10 @@ impl Proxy {
         info!(?kind, %addr, %what, "listening");
         let listening = Listening { kind, addr, what };
         match p {
-            Pending::Hbone(l, tls) => {
+            Pending::Hbone(l) => {
                 let cancel = inner.cancel.clone();
                 self.serve(l, "hbone", stop.clone(), move |tcp, _peer| {
-                    inbound::serve(ctx.clone(), tcp, tls.clone(), cancel.clone())
+                    inbound::serve(ctx.clone(), tcp, cancel.clone())
                 });
             }
             Pending::Socks5(l) => {
