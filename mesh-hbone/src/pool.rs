@@ -210,13 +210,7 @@ impl Pool {
         };
         drop(dial_lock);
         if result.is_err() {
-            let mut slots = self.lock();
-            if let Some(slot) = slots.get(key)
-                && slot.conns.is_empty()
-                && Arc::strong_count(&slot.dial) == 1
-            {
-                slots.remove(key);
-            }
+            drop_slot_if_unused(&mut self.lock(), key);
         }
         result
     }
@@ -372,9 +366,17 @@ impl Pool {
 fn remove_conn(slots: &mut HashMap<Key, Slot>, key: &Key, conn: &Arc<Conn>) {
     if let Some(slot) = slots.get_mut(key) {
         slot.conns.retain(|c| !Arc::ptr_eq(c, conn));
-        // Drop the slot once nothing uses it (no connection and no dial in progress).
-        if slot.conns.is_empty() && Arc::strong_count(&slot.dial) == 1 {
-            slots.remove(key);
-        }
+    }
+    drop_slot_if_unused(slots, key);
+}
+
+/// Drops the slot of `key` once nothing uses it: no connection and no dial in progress (the
+/// map holds the only reference to its dial lock).
+fn drop_slot_if_unused(slots: &mut HashMap<Key, Slot>, key: &Key) {
+    if let Some(slot) = slots.get(key)
+        && slot.conns.is_empty()
+        && Arc::strong_count(&slot.dial) == 1
+    {
+        slots.remove(key);
     }
 }
