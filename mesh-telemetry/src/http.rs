@@ -1,0 +1,269 @@
+//! A small HTTP/1.1 server for the admin (15000), metrics (15020) and readiness (15021)
+//! endpoints. Routes are exact paths; handlers are synchronous and cheap (they render state
+//! that is already in memory). Request bodies are capped at 64 KiB.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+const MAX_BODY: usize = 64 * 1024;
+
+/// A request as handlers see it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path without the query.
+    pub path: String,
+    /// Query parameters, percent-decoded, in order (`?reset` gives `("reset", "")`).
+    pub query: Vec<(String, String)>,
+    /// Body (at most 64 KiB).
+    pub body: Bytes,
+}
+
+impl Request {
+    /// The first value of query parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status.
+    pub status: StatusCode,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Response {
+    /// `text/plain` with `status`.
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: Bytes::from(body.into()),
+        }
+    }
+
+    /// 200 `application/json`, pretty-printed.
+    pub fn json(value: &impl serde::Serialize) -> Response {
+        match serde_json::to_vec_pretty(value) {
+            Ok(mut v) => {
+                v.push(b'\n');
+                Response {
+                    status: StatusCode::OK,
+                    content_type: "application/json",
+                    body: Bytes::from(v),
+                }
+            }
+            Err(e) => Response::text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+/// A route handler.
+pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+/// Exact-path routes.
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: HashMap<String, Handler>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut paths: Vec<_> = self.routes.keys().collect();
+        paths.sort();
+        f.debug_struct("Router").field("paths", &paths).finish()
+    }
+}
+
+impl Router {
+    /// No routes.
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Adds `path` (replacing an earlier handler for it).
+    pub fn route(
+        mut self,
+        path: &str,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> Router {
+        self.routes.insert(path.to_owned(), Arc::new(handler));
+        self
+    }
+
+    /// Adds every route of `other`.
+    pub fn merge(mut self, other: Router) -> Router {
+        self.routes.extend(other.routes);
+        self
+    }
+
+    /// The sorted paths (for an index page).
+    pub fn paths(&self) -> Vec<String> {
+        let mut p: Vec<String> = self.routes.keys().cloned().collect();
+        p.sort();
+        p
+    }
+
+    /// Handles `req`: 404 for an unknown path.
+    pub fn handle(&self, req: &Request) -> Response {
+        match self.routes.get(&req.path) {
+            Some(h) => h(req),
+            None => Response::text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+fn decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 2;
+            }
+            (c, _, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
+    q.map(|q| {
+        q.split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (decode(k), decode(v)),
+                None => (decode(p), String::new()),
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+async fn handle(
+    router: Arc<Router>,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(to_hyper(Response::text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            )));
+        }
+    };
+    let req = Request {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parse_query(parts.uri.query()),
+        body,
+    };
+    Ok(to_hyper(router.handle(&req)))
+}
+
+fn to_hyper(r: Response) -> http::Response<Full<Bytes>> {
+    let mut resp = http::Response::new(Full::new(r.body));
+    *resp.status_mut() = r.status;
+    if let Ok(v) = header::HeaderValue::from_str(r.content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Serves `router` on `listener` until `cancel`. Each connection is limited to 30 s of
+/// idleness reading headers.
+pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) {
+    let router = Arc::new(router);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let router = router.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(router.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tcp), svc);
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                r = conn => if let Err(e) = r {
+                    debug!(%peer, error = %e, "admin connection error");
+                }
+            }
+        });
+    }
+}
+
+/// Binds `addr` and serves `router` on it until `cancel`; returns the bound address.
+pub async fn bind_and_serve(
+    addr: SocketAddr,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(serve(listener, router, cancel));
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries() {
+        assert_eq!(
+            parse_query(Some("level=access%3Ddebug,info&reset&x=a+b")),
+            vec![
+                ("level".to_owned(), "access=debug,info".to_owned()),
+                ("reset".to_owned(), String::new()),
+                ("x".to_owned(), "a b".to_owned()),
+            ]
+        );
+        assert_eq!(decode("%"), "%");
+        assert_eq!(decode("%4"), "%4");
+        assert_eq!(decode("%zz"), "%zz");
+    }
+}

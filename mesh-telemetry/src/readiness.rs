@@ -1,0 +1,111 @@
+//! Readiness: the proxy is ready when every start-up task it registered (config loaded,
+//! certificates fetched, listeners bound) has finished. Served as `/healthz/ready` with
+//! Istio's answers: 200 `ready`, or 500 `not ready, pending: …`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+
+use crate::http::{Response, Router};
+
+/// Shared readiness state. Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    pending: Arc<Mutex<BTreeSet<String>>>,
+}
+
+/// Marks its task pending until dropped (or [`Pending::done`]).
+#[derive(Debug)]
+pub struct Pending {
+    readiness: Readiness,
+    task: String,
+}
+
+impl Pending {
+    /// The task finished.
+    pub fn done(self) {}
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.readiness.lock().remove(&self.task);
+    }
+}
+
+impl Readiness {
+    /// Ready (nothing pending).
+    pub fn new() -> Readiness {
+        Readiness::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `task` as pending until the returned guard is dropped.
+    pub fn register(&self, task: &str) -> Pending {
+        self.lock().insert(task.to_owned());
+        Pending {
+            readiness: self.clone(),
+            task: task.to_owned(),
+        }
+    }
+
+    /// The pending tasks, sorted; empty when ready.
+    pub fn pending(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// `/healthz/ready`.
+    pub fn router(&self) -> Router {
+        let r = self.clone();
+        Router::new().route("/healthz/ready", move |req| {
+            if req.method != http::Method::GET {
+                return Response::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+            }
+            let pending = r.pending();
+            if pending.is_empty() {
+                Response::text(StatusCode::OK, "ready\n")
+            } else {
+                Response::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("not ready, pending: {}\n", pending.join(", ")),
+                )
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(r: &Router) -> Response {
+        r.handle(&crate::http::Request {
+            method: http::Method::GET,
+            path: "/healthz/ready".into(),
+            query: vec![],
+            body: bytes::Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn ready_when_tasks_finish() {
+        let r = Readiness::new();
+        let router = r.router();
+        let a = r.register("config");
+        let b = r.register("certificates");
+        let resp = get(&router);
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            &resp.body[..],
+            b"not ready, pending: certificates, config\n"
+        );
+        a.done();
+        drop(b);
+        let resp = get(&router);
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(&resp.body[..], b"ready\n");
+    }
+}
