@@ -2,6 +2,8 @@
 //! model with Istio's L4 matching semantics ([`Policy`]), and a per-workload index compiled at
 //! config time ([`PolicyIndex`]) that decides a connection without scanning every policy.
 //!
+//! [`peer`] resolves Istio `PeerAuthentication` (STRICT / PERMISSIVE per workload and port).
+//!
 //! The decision core is synchronous and allocation-free on the allow path: inputs in
 //! ([`Connection`]), [`Decision`] out. No tokio, no I/O.
 //!
@@ -29,6 +31,7 @@
 mod index;
 pub mod istio;
 mod model;
+pub mod peer;
 
 pub use index::{Decision, PolicyIndex, WorkloadRef};
 pub use model::{

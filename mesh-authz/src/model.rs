@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 /// ALLOW or DENY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
     /// Allow matching connections; once any ALLOW policy applies, others are denied.
     Allow,
@@ -23,7 +24,8 @@ pub enum Action {
 }
 
 /// Which workloads a policy applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Scope {
     /// Root namespace, no selector: every workload of the mesh.
     Mesh,
@@ -35,7 +37,8 @@ pub enum Scope {
 }
 
 /// A string match with Istio's `*` wildcards.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub enum StringMatch {
     /// `*`: any non-empty value.
     Presence,
@@ -74,8 +77,9 @@ impl StringMatch {
 }
 
 /// A `from[].source`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[allow(missing_docs)]
+#[serde(rename_all = "camelCase")]
 pub struct Source {
     pub principals: Vec<StringMatch>,
     pub not_principals: Vec<StringMatch>,
@@ -88,16 +92,18 @@ pub struct Source {
 }
 
 /// A `to[].operation` (its L4 part).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[allow(missing_docs)]
+#[serde(rename_all = "camelCase")]
 pub struct Operation {
     pub ports: Vec<u16>,
     pub not_ports: Vec<u16>,
 }
 
 /// A `when` condition on an L4 attribute: (values, notValues).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[allow(missing_docs)]
+#[serde(rename_all = "camelCase")]
 pub enum Condition {
     SourceIp(Vec<IpNet>, Vec<IpNet>),
     SourcePrincipal(Vec<StringMatch>, Vec<StringMatch>),
@@ -107,7 +113,8 @@ pub enum Condition {
 }
 
 /// A rule.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Rule {
     /// Sources, any of which matches (empty: any source).
     pub from: Vec<Source>,
@@ -120,7 +127,7 @@ pub struct Rule {
 }
 
 /// An authorization policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Policy {
     /// Namespace.
     pub namespace: String,

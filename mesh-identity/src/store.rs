@@ -193,6 +193,12 @@ impl CertManager {
         stores.keys().cloned().collect()
     }
 
+    /// The stores currently managed (their certificates rotate in place).
+    pub fn stores(&self) -> Vec<Arc<CertStore>> {
+        let stores = self.inner.stores.lock().unwrap_or_else(|p| p.into_inner());
+        stores.values().map(|(s, _)| s.clone()).collect()
+    }
+
     /// Stops all rotation tasks and waits for them.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();

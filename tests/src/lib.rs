@@ -49,15 +49,26 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `cmd`, collecting stderr; waits until a line contains `ready` (if given).
+    /// Starts `cmd`, collecting stderr (logs) and stdout (access log) into one buffer; waits
+    /// until a stderr line contains `ready` (if given).
     pub fn start(name: &str, mut cmd: Command, ready: Option<&str>) -> Proc {
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1");
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
+        let l1 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut l = l1.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let l2 = logs.clone();
         let want = ready.map(str::to_owned);

@@ -200,7 +200,8 @@ fn demo_carries_requests_and_stops_cleanly() {
     );
     assert!(out.contains("echo from workload demo/echo"), "{out}");
     assert!(
-        out.contains("src.identity=spiffe://cluster.local/ns/demo/sa/client"),
+        out.contains(r#"access] {"timestamp""#)
+            && out.contains(r#""src.identity":"spiffe://cluster.local/ns/demo/sa/client""#),
         "{out}"
     );
     assert!(

@@ -101,6 +101,6 @@ async fn config_changes_apply_live_and_bad_files_are_rejected() {
     drop(renamed_conn); // the access log line is written when the connection ends
     mesh.expect_log(
         "a",
-        "dst.identity=spiffe://cluster.local/ns/ns/sa/server-v2",
+        r#""dst.identity":"spiffe://cluster.local/ns/ns/sa/server-v2""#,
     );
 }

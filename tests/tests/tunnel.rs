@@ -57,11 +57,18 @@ async fn one_mib_each_way_with_half_close() {
     check_one_mib(s, &payload, &mut rx).await;
 
     // Both ends logged the identities of the connection.
-    mesh.expect_log("a", "src.identity=spiffe://cluster.local/ns/ns/sa/client");
-    mesh.expect_log("a", "dst.identity=spiffe://cluster.local/ns/ns/sa/server");
-    mesh.expect_log("a", &format!("bytes_sent={MIB} bytes_received={MIB}"));
-    mesh.expect_log("b", "direction=\"inbound\"");
-    mesh.expect_log("b", &format!("bytes_received={MIB} bytes_sent={MIB}"));
+    // Both ends wrote a JSON access-log line with the identities and byte counts.
+    mesh.expect_log(
+        "a",
+        r#""src.identity":"spiffe://cluster.local/ns/ns/sa/client""#,
+    );
+    mesh.expect_log(
+        "a",
+        r#""dst.identity":"spiffe://cluster.local/ns/ns/sa/server""#,
+    );
+    mesh.expect_log("a", &format!(r#""bytes_sent":{MIB},"bytes_recv":{MIB}"#));
+    mesh.expect_log("b", r#""direction":"inbound""#);
+    mesh.expect_log("b", &format!(r#""bytes_sent":{MIB},"bytes_recv":{MIB}"#));
     for p in &mut mesh.procs {
         assert!(p.stop(), "{} exits cleanly", p.name);
     }

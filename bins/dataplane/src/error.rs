@@ -25,6 +25,14 @@ pub enum Error {
     /// Certificates or TLS configuration.
     #[error("identity: {0}")]
     Identity(#[from] mesh_identity::Error),
+    /// The admin endpoint must be bound to a loopback address.
+    #[error(
+        "admin address {0} is not a loopback address: the admin endpoint (config dump, log level) is served on localhost only"
+    )]
+    AdminNotLoopback(SocketAddr),
+    /// The access log could not be opened.
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
     /// The async runtime or another OS facility failed.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),

@@ -12,6 +12,7 @@
 pub mod config;
 mod error;
 pub mod proxy;
+pub mod sockets;
 pub mod socks5;
 pub mod ztunnel;
 

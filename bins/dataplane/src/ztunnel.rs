@@ -71,28 +71,68 @@ pub struct ZtunnelArgs {
     /// Close pooled HBONE connections that carried no tunnel for this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub pool_idle_timeout: Duration,
+    /// Plaintext inbound port (Istio's 15006) on the node address, for connections that
+    /// capture rules redirect here; 0 disables it.
+    #[arg(long, default_value_t = 15006, value_name = "PORT")]
+    pub plaintext_port: u16,
+    /// Plaintext inbound listen address, overriding `<node address>:<plaintext-port>`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub plaintext_addr: Option<SocketAddr>,
+    /// Admin port (`/config_dump`, `/certs`, `/logging`), on the node address when that is a
+    /// loopback address, else on 127.0.0.1; 0 disables it.
+    #[arg(long, default_value_t = 15000, value_name = "PORT")]
+    pub admin_port: u16,
+    /// Admin listen address (must be loopback), overriding the default.
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Prometheus port (`/metrics`, `/stats/prometheus`) on the node address; 0 disables it.
+    #[arg(long, default_value_t = 15020, value_name = "PORT")]
+    pub metrics_port: u16,
+    /// Prometheus listen address, overriding `<node address>:<metrics-port>`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Readiness port (`/healthz/ready`) on the node address; 0 disables it.
+    #[arg(long, default_value_t = 15021, value_name = "PORT")]
+    pub readiness_port: u16,
+    /// Readiness listen address, overriding `<node address>:<readiness-port>`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub readiness_addr: Option<SocketAddr>,
+    /// Where the JSON access log (one line per connection) goes: `stdout`, `off`, or a file.
+    #[arg(long, default_value = "stdout", value_name = "stdout|off|FILE")]
+    pub access_log: mesh_telemetry::access::Sink,
+    /// Cap on label sets per metric; connections past it are counted under `unknown` labels.
+    #[arg(long, default_value_t = mesh_telemetry::metrics::DEFAULT_MAX_SERIES, value_name = "N")]
+    pub max_metric_series: usize,
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info` or `info,access=warn`);
-    /// `RUST_LOG` overrides it.
+    /// `RUST_LOG` overrides it. Change it at run time with `POST /logging?level=…` on the
+    /// admin port.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     pub log: String,
 }
 
-/// Installs the stderr log subscriber. Safe to call once per process.
-pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+/// `explicit`, else `ip:port` unless `port` is 0.
+fn listen_addr(
+    explicit: Option<SocketAddr>,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> Option<SocketAddr> {
+    match (explicit, port) {
+        (Some(a), _) => Some(a),
+        (None, 0) => None,
+        (None, p) => Some(SocketAddr::new(ip, p)),
+    }
+}
+
+/// Installs the stderr log subscriber with a filter changeable at run time. Safe to call
+/// once per process.
+pub fn init_logging(filter: &str) -> mesh_telemetry::logging::LogControl {
+    mesh_telemetry::logging::LogControl::init(filter)
 }
 
 /// Runs a ztunnel until SIGINT or SIGTERM. Exit code 0 on a clean stop, 2 on a bad config,
 /// 1 on other start-up failures.
 pub fn main(args: ZtunnelArgs) -> ExitCode {
-    init_logging(&args.log);
+    let log = init_logging(&args.log);
     raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))
@@ -106,7 +146,7 @@ pub fn main(args: ZtunnelArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::Config(e)) => {
             error!("invalid mesh config:\n{e}");
@@ -133,7 +173,7 @@ pub fn raise_fd_limit() {
     }
 }
 
-async fn run(args: ZtunnelArgs) -> Result<(), Error> {
+async fn run(args: ZtunnelArgs, log: mesh_telemetry::logging::LogControl) -> Result<(), Error> {
     let state = crate::config::load_file(&args.config)?;
     let node = state
         .node(&args.node)
@@ -141,14 +181,21 @@ async fn run(args: ZtunnelArgs) -> Result<(), Error> {
         .ok_or_else(|| Error::UnknownNode(args.node.clone()))?;
     let ca = LocalCa::load(&args.ca_dir)?.with_ttl(args.cert_ttl);
     let bundle = ca.trust_bundle()?;
-    let socks5_addr = match (args.socks5_addr, args.socks5_port) {
-        (Some(a), _) => Some(a),
-        (None, 0) => None,
-        (None, p) => Some(SocketAddr::new(node.address, p)),
+    let admin_ip = if node.address.is_loopback() {
+        node.address
+    } else {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
     };
     let mut cfg = ProxyConfig {
         node: args.node.clone(),
-        socks5_addr,
+        socks5_addr: listen_addr(args.socks5_addr, node.address, args.socks5_port),
+        plaintext_addr: listen_addr(args.plaintext_addr, node.address, args.plaintext_port),
+        admin_addr: listen_addr(args.admin_addr, admin_ip, args.admin_port),
+        metrics_addr: listen_addr(args.metrics_addr, node.address, args.metrics_port),
+        readiness_addr: listen_addr(args.readiness_addr, node.address, args.readiness_port),
+        access_log: args.access_log.clone(),
+        max_metric_series: args.max_metric_series,
+        log: Some(log),
         connect_timeout: args.connect_timeout,
         drain_timeout: args.drain_timeout,
         ..ProxyConfig::default()

@@ -143,13 +143,16 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .arg("--log")
             .arg(&args.log)
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start ztunnel for {name}"))?;
         if let Some(stderr) = child.stderr.take() {
             tasks.spawn(relay_logs(stderr, name.clone(), ready_tx.clone()));
+        }
+        if let Some(stdout) = child.stdout.take() {
+            tasks.spawn(relay_access_log(stdout, name.clone()));
         }
         nodes.push(Node {
             name: name.clone(),
@@ -244,6 +247,14 @@ async fn relay_logs(
     }
 }
 
+/// Relays a ztunnel's JSON access log (its stdout), one line per connection.
+async fn relay_access_log(stdout: tokio::process::ChildStdout, name: String) {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        say!("[ztunnel {name} access] {line}");
+    }
+}
+
 /// The demo client: the first workload of the node that binds service listeners, calling the
 /// first service VIP:port.
 fn client_plan(state: &MeshState) -> Option<(std::net::IpAddr, SocketAddr, String)> {
@@ -326,7 +337,15 @@ fn print_banner(state: &MeshState, ca_dir: &Path, config: &Path, nodes: &[Node])
         say!("== send your own traffic through the mesh (your shell is workload {src}):");
         say!("   curl http://{vip}/hello");
         say!("   curl --socks5-hostname {socks}:15080 http://{host}:{port}/hello");
-        say!("   the ztunnel logs below show each connection with both SPIFFE identities.");
+        say!(
+            "   the ztunnel access logs below (JSON) show each connection with both SPIFFE identities."
+        );
+        say!("== look inside a running ztunnel:");
+        say!("   curl http://{socks}:15020/metrics            # Istio metrics");
+        say!(
+            "   curl http://{socks}:15000/config_dump        # workloads, services, policies, certificates"
+        );
+        say!("   meshctl proxy-config {socks}:15000           # the same as tables");
     }
     say!("== Ctrl-C stops everything.");
     say!("");

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod proxy_config;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ enum Cmd {
         /// The mesh config file.
         file: PathBuf,
     },
+    /// Show a running proxy's workloads, services, policies and certificates (from its admin
+    /// endpoint's /config_dump).
+    ProxyConfig(proxy_config::ProxyConfigArgs),
     /// Run a ztunnel in this process (the same core and flags as the `ztunnel` binary).
     Ztunnel(mesh_dataplane::ZtunnelArgs),
 }
@@ -82,7 +86,7 @@ enum CaCmd {
     },
 }
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(msg: impl std::fmt::Display) -> ExitCode {
     let _ = writeln!(std::io::stderr().lock(), "error: {msg}");
     ExitCode::FAILURE
 }
@@ -94,14 +98,17 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => demo::main(args),
         Cmd::Bench(args) => bench::main(args),
         Cmd::BenchRelay(args) => bench::relay_main(args),
+        Cmd::ProxyConfig(args) => proxy_config::main(args),
         Cmd::Validate { file } => match mesh_dataplane::config::load_file(&file) {
             Ok(state) => {
                 say!(
-                    "{}: valid ({} workloads, {} service ports, {} nodes, trust domain {})",
+                    "{}: valid ({} workloads, {} service ports, {} nodes, {} authorization policies, {} peer authentications, trust domain {})",
                     file.display(),
                     state.workloads.len(),
                     state.service_ports.len(),
                     state.nodes.len(),
+                    state.policies.len(),
+                    state.peer_authn.len(),
                     state.trust_domain
                 );
                 ExitCode::SUCCESS

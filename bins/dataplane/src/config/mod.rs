@@ -24,6 +24,8 @@ pub use self::state::{Endpoint, MeshState, Node, Service, ServicePort, Workload}
 pub const DEFAULT_HBONE_PORT: u16 = 15008;
 /// Default root namespace (Istio's).
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+/// Cluster name reported in metrics when `MeshConfig.clusterId` is not set (Istio's default).
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 /// Default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
@@ -139,6 +141,7 @@ struct Raw {
     nodes: Vec<Named<NodeSpec>>,
     mesh: Option<Named<MeshConfigSpec>>,
     policies: Vec<Named<mesh_authz::istio::AuthorizationPolicySpec>>,
+    peer_authns: Vec<Named<mesh_authz::peer::PeerAuthenticationSpec>>,
 }
 
 // Istio fields of the supported kinds that this mesh does not implement yet; named in errors.
@@ -215,7 +218,7 @@ impl Raw {
         let want_api: &[&str] = match kind.as_str() {
             "WorkloadEntry" | "ServiceEntry" => NETWORKING_VERSIONS,
             "Node" | "MeshConfig" => &[LOCAL_API_VERSION],
-            "AuthorizationPolicy" => SECURITY_VERSIONS,
+            "AuthorizationPolicy" | "PeerAuthentication" => SECURITY_VERSIONS,
             k if NOT_YET_SUPPORTED_KINDS.contains(&k) => {
                 v.err(
                     &location,
@@ -229,7 +232,7 @@ impl Raw {
                     &location,
                     "kind",
                     format!(
-                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, AuthorizationPolicy, or {LOCAL_GROUP} Node / MeshConfig)"
+                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, AuthorizationPolicy, PeerAuthentication, or {LOCAL_GROUP} Node / MeshConfig)"
                     ),
                 );
                 return;
@@ -257,6 +260,11 @@ impl Raw {
             "AuthorizationPolicy" => {
                 if let Some(d) = typed(v, &location, doc) {
                     self.policies.push(named(v, &location, d));
+                }
+            }
+            "PeerAuthentication" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.peer_authns.push(named(v, &location, d));
                 }
             }
             "Node" => {
@@ -381,6 +389,12 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         },
     };
 
+    let cluster_id = raw
+        .mesh
+        .as_ref()
+        .and_then(|m| m.spec.cluster_id.clone())
+        .unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_owned());
+
     // Nodes first: a workload's HBONE address depends on its node.
     let mut node_of: HashMap<(String, String), (String, u16)> = HashMap::new();
     let mut node_names = HashSet::new();
@@ -479,10 +493,17 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             address,
             labels: w.spec.labels.clone(),
             service_account: sa,
-            identity,
             ports,
             node: node.map(|(n, _)| n.clone()),
             hbone_addr: node.map(|(_, p)| SocketAddr::new(address, *p)),
+            telemetry: state::peer_labels(
+                &w.name,
+                &w.namespace,
+                &identity,
+                &w.spec.labels,
+                &cluster_id,
+            ),
+            identity,
         });
         if let Some(other) = by_ip.get(&address) {
             v.err(
@@ -574,6 +595,11 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         let service = Arc::new(Service {
             name: s.name.clone(),
             namespace: s.namespace.clone(),
+            telemetry: mesh_telemetry::metrics::ServiceLabels {
+                host: hosts.first().map_or(s.name.as_str(), String::as_str).into(),
+                name: s.name.as_str().into(),
+                namespace: s.namespace.as_str().into(),
+            },
             hosts: hosts.clone(),
             vips: vips.clone(),
         });
@@ -722,11 +748,60 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         &root_namespace,
     );
 
+    let mut peer_authn = Vec::new();
+    let mut seen = HashSet::new();
+    for p in &raw.peer_authns {
+        if !seen.insert((p.namespace.clone(), p.name.clone())) {
+            v.err(
+                &p.location,
+                "metadata.name",
+                format!("duplicate PeerAuthentication {}/{}", p.namespace, p.name),
+            );
+        }
+        match p.spec.to_policy(&p.namespace, &p.name, &root_namespace) {
+            Ok(pol) => peer_authn.push(pol),
+            Err(errs) => {
+                for e in errs {
+                    v.err(&p.location, e.field, e.reason);
+                }
+            }
+        }
+    }
+    let (mtls, conflicts) = mesh_authz::peer::PeerAuthnIndex::build(
+        &peer_authn,
+        workloads
+            .iter()
+            .zip(&keys)
+            .map(|(w, key)| mesh_authz::WorkloadRef {
+                key,
+                namespace: &w.namespace,
+                labels: &w.labels,
+            }),
+        &root_namespace,
+    );
+    for c in conflicts {
+        // Reported at the later policy of the conflict.
+        let last = c.policies.last().cloned().unwrap_or_default();
+        let location = raw
+            .peer_authns
+            .iter()
+            .find(|p| format!("{}/{}", p.namespace, p.name) == last)
+            .map_or_else(|| "PeerAuthentication".to_owned(), |p| p.location.clone());
+        v.err(
+            &location,
+            "spec",
+            format!("{}: {}", c.reason, c.policies.join(", ")),
+        );
+    }
+
     MeshState {
         trust_domain,
         root_namespace,
+        cluster_id,
         policies,
         authz,
+        peer_authn,
+        mtls,
         nodes,
         workloads,
         service_ports,

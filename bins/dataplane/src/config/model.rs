@@ -143,6 +143,9 @@ pub struct MeshConfigSpec {
     /// `istio-system`, as Istio).
     #[serde(default)]
     pub root_namespace: Option<String>,
+    /// The cluster name reported in metrics (default `Kubernetes`, as Istio).
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 /// apiVersions accepted for security resources.
@@ -150,7 +153,6 @@ pub const SECURITY_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio
 
 /// Istio and Gateway API kinds that a later release will accept; rejected by name until then.
 pub const NOT_YET_SUPPORTED_KINDS: &[&str] = &[
-    "PeerAuthentication",
     "RequestAuthentication",
     "VirtualService",
     "DestinationRule",

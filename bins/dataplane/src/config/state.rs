@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mesh_identity::{SpiffeId, TrustDomain};
+use mesh_telemetry::metrics::{PeerLabels, ServiceLabels, Str};
 
 /// A workload (`WorkloadEntry`).
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub struct Workload {
     pub node: Option<String>,
     /// Where its node's ztunnel accepts HBONE for it (`address:hbonePort`), if on a node.
     pub hbone_addr: Option<SocketAddr>,
+    /// Its metric labels, built once here so a connection only clones `Arc`s.
+    pub telemetry: PeerLabels,
 }
 
 impl Workload {
@@ -42,27 +45,58 @@ impl Workload {
     /// Istio's canonical service: `service.istio.io/canonical-name`, else
     /// `app.kubernetes.io/name`, else `app`, else the workload name.
     pub fn canonical_service(&self) -> &str {
-        [
-            "service.istio.io/canonical-name",
-            "app.kubernetes.io/name",
-            "app",
-        ]
-        .iter()
-        .find_map(|k| self.labels.get(*k))
-        .map_or(self.name.as_str(), String::as_str)
+        canonical_service(&self.labels, &self.name)
     }
 
     /// Istio's canonical revision: `service.istio.io/canonical-revision`, else
     /// `app.kubernetes.io/version`, else `version`, else `latest`.
     pub fn canonical_revision(&self) -> &str {
-        [
-            "service.istio.io/canonical-revision",
-            "app.kubernetes.io/version",
-            "version",
-        ]
-        .iter()
-        .find_map(|k| self.labels.get(*k))
-        .map_or("latest", String::as_str)
+        canonical_revision(&self.labels)
+    }
+}
+
+fn canonical_service<'a>(labels: &'a BTreeMap<String, String>, name: &'a str) -> &'a str {
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k))
+    .map_or(name, String::as_str)
+}
+
+fn canonical_revision(labels: &BTreeMap<String, String>) -> &str {
+    [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k))
+    .map_or("latest", String::as_str)
+}
+
+/// Istio's metric labels for a workload. As Istio's ztunnel, `app`/`version` are the canonical
+/// service and revision.
+pub(crate) fn peer_labels(
+    name: &str,
+    namespace: &str,
+    identity: &SpiffeId,
+    labels: &BTreeMap<String, String>,
+    cluster: &str,
+) -> PeerLabels {
+    let service = Str::from(canonical_service(labels, name));
+    let revision = Str::from(canonical_revision(labels));
+    PeerLabels {
+        workload: Str::from(name),
+        namespace: Str::from(namespace),
+        principal: Str::from(identity.as_str()),
+        app: service.clone(),
+        version: revision.clone(),
+        canonical_service: service,
+        canonical_revision: revision,
+        cluster: Str::from(cluster),
     }
 }
 
@@ -77,6 +111,8 @@ pub struct Service {
     pub hosts: Vec<String>,
     /// VIPs.
     pub vips: Vec<IpAddr>,
+    /// Its metric labels.
+    pub telemetry: ServiceLabels,
 }
 
 /// One endpoint of a service port: a workload and the port to reach it on.
@@ -154,10 +190,16 @@ pub struct MeshState {
     pub trust_domain: TrustDomain,
     /// Root namespace (mesh-wide policies).
     pub root_namespace: String,
+    /// Cluster name reported in metrics (`source_cluster`, `destination_cluster`).
+    pub cluster_id: String,
     /// Authorization policies, as validated.
     pub policies: Vec<mesh_authz::Policy>,
     /// The policies compiled per workload (`namespace/name`).
     pub authz: mesh_authz::PolicyIndex,
+    /// `PeerAuthentication`s, as validated.
+    pub peer_authn: Vec<mesh_authz::peer::PeerAuthentication>,
+    /// Effective mTLS modes per workload (`namespace/name`).
+    pub mtls: mesh_authz::peer::PeerAuthnIndex,
     /// Nodes by name.
     pub nodes: HashMap<String, Arc<Node>>,
     /// All workloads, in config order.
@@ -175,8 +217,11 @@ impl MeshState {
         MeshState {
             trust_domain: super::default_trust_domain(),
             root_namespace: super::DEFAULT_ROOT_NAMESPACE.to_owned(),
+            cluster_id: super::DEFAULT_CLUSTER_ID.to_owned(),
             policies: Vec::new(),
             authz: mesh_authz::PolicyIndex::default(),
+            peer_authn: Vec::new(),
+            mtls: mesh_authz::peer::PeerAuthnIndex::default(),
             nodes: HashMap::new(),
             workloads: Vec::new(),
             service_ports: Vec::new(),
@@ -210,6 +255,12 @@ impl MeshState {
     /// Every VIP:port with its service port (for service listeners).
     pub fn vips(&self) -> impl Iterator<Item = (&SocketAddr, &Arc<ServicePort>)> {
         self.by_vip.iter()
+    }
+
+    /// The service whose host name is `host` (any port).
+    pub fn service_by_hostname(&self, host: &str) -> Option<&Arc<Service>> {
+        let ports = self.by_host.get(host)?;
+        ports.values().next().map(|sp| &sp.service)
     }
 
     /// The node `name`.

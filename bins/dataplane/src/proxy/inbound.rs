@@ -8,9 +8,12 @@ use http::StatusCode;
 use mesh_hbone::{InboundConnect, accept_tls, serve_connection};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::Ctx;
+use mesh_telemetry::access::Outcome;
+use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
+
+use super::{Ctx, observe};
 
 /// Serves one HBONE connection: TLS, then HTTP/2, then each CONNECT.
 pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, cancel: CancellationToken) {
@@ -47,6 +50,10 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let state = ctx.state.load_full();
     let local_ip = req.conn.local_addr.ip();
     let hbone_port = ctx.hbone_port(&state);
+    let headers = req.connect_headers();
+    let client = headers.client;
+    let source_ip = client.map_or(req.conn.peer_addr.ip(), |c| c.ip());
+    let access = &ctx.telemetry.access;
     let dst = match state.workload_by_ip(authority.ip()) {
         // The HBONE port itself is never a destination: that would loop into ourselves.
         Some(w)
@@ -62,14 +69,66 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
                 src.identity = %src_identity,
                 "CONNECT to an address that is not this listener's workload: 400"
             );
+            let mut rec = observe::record(
+                "inbound",
+                client,
+                None,
+                Some(src_identity.as_str()),
+                Some(authority),
+                None,
+                SecurityPolicy::MutualTls,
+            );
+            rec.dst_hbone_addr = Some(req.conn.local_addr);
+            observe::log_refusal(
+                access,
+                rec,
+                "CONNECT authority is not this listener's workload (400)",
+                start,
+            );
             return req.refuse(StatusCode::BAD_REQUEST);
         }
+    };
+    // The source workload, when the client address is a workload with the peer's identity;
+    // otherwise only what the certificate tells.
+    let src = state
+        .workload_by_ip(source_ip)
+        .filter(|w| w.identity == src_identity)
+        .cloned();
+    let src_labels = match &src {
+        Some(w) => w.telemetry.clone(),
+        None => observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
+    };
+    let service = headers
+        .host
+        .as_deref()
+        .and_then(|h| state.service_by_hostname(&h.to_ascii_lowercase()))
+        .cloned();
+    let labels = observe::labels(
+        Reporter::Destination,
+        &src_labels,
+        &dst,
+        service.as_ref().map(|s| &s.telemetry),
+        SecurityPolicy::MutualTls,
+    );
+    let hbone_addr = req.conn.local_addr;
+    let record = |reason: Option<&'static str>| {
+        let mut rec = observe::record(
+            "inbound",
+            client,
+            src.as_deref(),
+            Some(src_identity.as_str()),
+            Some(authority),
+            Some(&dst),
+            SecurityPolicy::MutualTls,
+        );
+        rec.dst_hbone_addr = Some(hbone_addr);
+        rec.dst_service = headers.host.as_deref();
+        rec.reason = reason;
+        rec
     };
     // L4 authorization, by the destination's ztunnel (Istio: the enforcement point is the
     // receiving side). The client's address is the one its ztunnel asserts in `Forwarded`
     // (trusted: the peer is an authenticated mesh proxy), else the connection's peer address.
-    let client = req.connect_headers().client;
-    let source_ip = client.map_or(req.conn.peer_addr.ip(), |c| c.ip());
     let principal = src_identity
         .as_str()
         .strip_prefix("spiffe://")
@@ -102,6 +161,8 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             reason = %policy,
             "connection refused by authorization policy: 401"
         );
+        ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
+        observe::log_refusal(access, record(None), &format!("{policy} (401)"), start);
         return req.refuse(StatusCode::UNAUTHORIZED);
     }
     let upstream = match tokio::time::timeout(
@@ -113,14 +174,33 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         Ok(Ok(u)) => u,
         Ok(Err(e)) => {
             warn!(%authority, error = %e, dst.workload = %dst.key(), "application refused: 503");
+            ctx.telemetry
+                .tcp
+                .refused(&labels, ResponseFlags::ConnectFailure);
+            observe::log_refusal(
+                access,
+                record(None),
+                &format!("application refused: {e} (503)"),
+                start,
+            );
             return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
         }
         Err(_) => {
             warn!(%authority, dst.workload = %dst.key(), "application connect timed out: 503");
+            ctx.telemetry
+                .tcp
+                .refused(&labels, ResponseFlags::ConnectFailure);
+            observe::log_refusal(
+                access,
+                record(None),
+                "application connect timed out (503)",
+                start,
+            );
             return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
     let _ = upstream.set_nodelay(true);
+    let rec = ctx.telemetry.tcp.open(&labels);
     let tunnel = match req.accept() {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
@@ -138,8 +218,12 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     });
     let mut upstream = upstream;
     let (mut r, mut w) = upstream.split();
+    let counter = observe::TunnelBytes {
+        rec: &rec,
+        reporter: Reporter::Destination,
+    };
     let result = tokio::select! {
-        r = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &()) => r,
+        r = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter) => r,
         () = close.cancelled() => Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             "closed: no longer allowed by authorization policy",
@@ -149,18 +233,22 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         Ok(s) => (s.tunnel_to_plain, s.plain_to_tunnel, None),
         Err(e) => (0, 0, Some(e.to_string())),
     };
-    info!(
-        target: "access",
-        direction = "inbound",
-        src.addr = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+    debug!(
         src.identity = %src_identity,
-        dst.addr = %authority,
         dst.workload = %dst.key(),
-        dst.identity = %dst.identity,
         bytes_received = to_app,
         bytes_sent = from_app,
-        duration_ms = start.elapsed().as_millis() as u64,
-        error = error.as_deref().unwrap_or("-"),
         "connection complete"
     );
+    if access.enabled() {
+        let mut rec = record(None);
+        rec.reason = error.as_deref();
+        rec.bytes_sent = to_app;
+        rec.bytes_recv = from_app;
+        rec.duration = observe::duration(start);
+        if error.is_some() {
+            rec.outcome = Some(Outcome::Error);
+        }
+        access.log(&rec);
+    }
 }

@@ -11,7 +11,9 @@
 //! accepting, and live inbound connections that the new policies deny are closed.
 
 mod inbound;
+mod observe;
 mod outbound;
+mod plaintext;
 pub mod route;
 
 use std::collections::HashMap;
@@ -47,6 +49,22 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// HBONE client pool settings.
     pub pool: PoolConfig,
+    /// Plaintext inbound listener (Istio's 15006): connections redirected here by capture
+    /// rules are delivered to the local workload they were addressed to, unless its
+    /// `PeerAuthentication` is STRICT. `None` disables it.
+    pub plaintext_addr: Option<SocketAddr>,
+    /// Admin endpoint (`/config_dump`, `/certs`, `/logging`); must be a loopback address.
+    pub admin_addr: Option<SocketAddr>,
+    /// Prometheus endpoint (`/metrics`, `/stats/prometheus`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Readiness endpoint (`/healthz/ready`).
+    pub readiness_addr: Option<SocketAddr>,
+    /// Where the JSON access log goes.
+    pub access_log: mesh_telemetry::access::Sink,
+    /// Cap on label sets per metric.
+    pub max_metric_series: usize,
+    /// Run-time log control for `/logging` (installed by the binary).
+    pub log: Option<mesh_telemetry::logging::LogControl>,
 }
 
 impl Default for ProxyConfig {
@@ -58,6 +76,13 @@ impl Default for ProxyConfig {
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             pool: PoolConfig::default(),
+            plaintext_addr: None,
+            admin_addr: None,
+            metrics_addr: None,
+            readiness_addr: None,
+            access_log: mesh_telemetry::access::Sink::Off,
+            max_metric_series: mesh_telemetry::metrics::DEFAULT_MAX_SERIES,
+            log: None,
         }
     }
 }
@@ -71,6 +96,8 @@ pub enum ListenerKind {
     Socks5,
     /// A service VIP:port.
     Service,
+    /// Plaintext inbound (captured connections to local workloads).
+    Plaintext,
 }
 
 /// A bound listener.
@@ -96,6 +123,7 @@ pub(crate) struct Ctx {
     /// certificate presented on an HBONE connection is chosen by the address it arrived on, so
     /// a workload that changes identity at the same address presents the new one.
     pub(crate) server_tls: ArcSwap<HashMap<std::net::IpAddr, Arc<rustls::ServerConfig>>>,
+    pub(crate) telemetry: observe::Telemetry,
 }
 
 impl Ctx {
@@ -197,6 +225,7 @@ enum ListenerKey {
     Hbone(SocketAddr),
     Socks5(SocketAddr),
     Service(SocketAddr),
+    Plaintext(SocketAddr),
 }
 
 struct ListenerHandle {
@@ -212,7 +241,6 @@ struct Inner {
     tasks: TaskTracker,
     cancel: CancellationToken,
     force: CancellationToken,
-    rejected: AtomicU64,
     generation: AtomicU64,
 }
 
@@ -241,6 +269,7 @@ enum Pending {
     Hbone(TcpListener),
     Socks5(TcpListener),
     Service(TcpListener),
+    Plaintext(TcpListener),
 }
 
 /// What applying a config changed.
@@ -267,7 +296,18 @@ impl Proxy {
         if state.node(&cfg.node).is_none() {
             return Err(Error::UnknownNode(cfg.node.clone()));
         }
+        if let Some(a) = cfg.admin_addr
+            && !a.ip().is_loopback()
+        {
+            return Err(Error::AdminNotLoopback(a));
+        }
+        let access = mesh_telemetry::access::AccessLogger::new(cfg.access_log.clone())
+            .map_err(Error::AccessLog)?;
+        let readiness = mesh_telemetry::readiness::Readiness::new();
+        let loading = readiness.register("config and certificates");
+        let telemetry = observe::Telemetry::new(access, cfg.max_metric_series);
         let ctx = Arc::new(Ctx {
+            telemetry,
             pool: Pool::new(cfg.pool.clone(), bundle.clone()),
             state: ArcSwap::from_pointee(MeshState::empty()),
             node_name: cfg.node.clone(),
@@ -285,11 +325,34 @@ impl Proxy {
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
                 force: CancellationToken::new(),
-                rejected: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
             }),
         };
-        proxy.apply(state).await?;
+        let mut servers = Vec::new();
+        if let Some(a) = proxy.inner.ctx.cfg.admin_addr {
+            let log = proxy.inner.ctx.cfg.log.clone();
+            servers.push((a, "admin", observe::admin_router(proxy.inner.clone(), log)));
+        }
+        if let Some(a) = proxy.inner.ctx.cfg.metrics_addr {
+            let r = mesh_telemetry::metrics_router(proxy.inner.ctx.telemetry.registry.clone());
+            servers.push((a, "metrics", r));
+        }
+        if let Some(a) = proxy.inner.ctx.cfg.readiness_addr {
+            servers.push((a, "readiness", readiness.router()));
+        }
+        let names: Vec<&str> = servers.iter().map(|(_, n, _)| *n).collect();
+        let bound = observe::spawn_servers(
+            servers.into_iter().map(|(a, _, r)| (a, r)).collect(),
+            proxy.inner.cancel.clone(),
+        )?;
+        for (name, addr) in names.iter().zip(&bound) {
+            info!(%addr, "{name} endpoint listening");
+        }
+        if let Err(e) = proxy.apply(state).await {
+            proxy.inner.cancel.cancel();
+            return Err(e);
+        }
+        loading.done();
         info!(
             node = %proxy.inner.ctx.node_name,
             listeners = proxy.listening().len(),
@@ -316,6 +379,12 @@ impl Proxy {
         }
         if let Some(addr) = ctx.cfg.socks5_addr {
             desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
+        }
+        if let Some(addr) = ctx.cfg.plaintext_addr {
+            desired.push((
+                ListenerKey::Plaintext(addr),
+                format!("node {} plaintext inbound", node.name),
+            ));
         }
         if node.service_listeners {
             let mut vips: Vec<_> = state.vips().collect();
@@ -353,6 +422,7 @@ impl Proxy {
                 ListenerKey::Hbone(addr) => Pending::Hbone(bind(*addr).await?),
                 ListenerKey::Socks5(addr) => Pending::Socks5(bind(*addr).await?),
                 ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
+                ListenerKey::Plaintext(addr) => Pending::Plaintext(bind(*addr).await?),
             };
             pending.push((key.clone(), what.clone(), p));
         }
@@ -364,6 +434,9 @@ impl Proxy {
             generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
             ..ApplyReport::default()
         };
+        ctx.telemetry
+            .config_generation
+            .set(i64::try_from(report.generation).unwrap_or(i64::MAX));
         for (key, what, p) in pending {
             self.start_listener(key, what, p)?;
             report.listeners_added += 1;
@@ -402,6 +475,7 @@ impl Proxy {
             Pending::Hbone(l) => (ListenerKind::Hbone, l),
             Pending::Socks5(l) => (ListenerKind::Socks5, l),
             Pending::Service(l) => (ListenerKind::Service, l),
+            Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
         };
         let addr = listener.local_addr().map_err(Error::Runtime)?;
         info!(?kind, %addr, %what, "listening");
@@ -421,6 +495,11 @@ impl Proxy {
             Pending::Service(l) => {
                 self.serve(l, "service", stop.clone(), move |tcp, peer| {
                     outbound::service(ctx.clone(), tcp, peer)
+                });
+            }
+            Pending::Plaintext(l) => {
+                self.serve(l, "plaintext", stop.clone(), move |tcp, peer| {
+                    plaintext::serve(ctx.clone(), tcp, peer)
                 });
             }
         }
@@ -518,12 +597,12 @@ impl Proxy {
                                 "config applied"
                             ),
                             Err(e) => {
-                                proxy.inner.rejected.fetch_add(1, Ordering::Relaxed);
+                                proxy.inner.ctx.telemetry.rejected(e.to_string());
                                 error!(error = %e, "config rejected; the last good config keeps serving");
                             }
                         },
                         Err(e) => {
-                            proxy.inner.rejected.fetch_add(1, Ordering::Relaxed);
+                            proxy.inner.ctx.telemetry.rejected(e.to_string());
                             error!("config rejected; the last good config keeps serving:\n{e}");
                         }
                     }
@@ -535,7 +614,17 @@ impl Proxy {
 
     /// Configs rejected since start.
     pub fn rejected_configs(&self) -> u64 {
-        self.inner.rejected.load(Ordering::Relaxed)
+        self.inner.ctx.telemetry.config_rejected.get()
+    }
+
+    /// The current state as `/config_dump` serves it.
+    pub fn config_dump(&self) -> serde_json::Value {
+        observe::config_dump(&self.inner)
+    }
+
+    /// The metrics in Prometheus text format, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        mesh_telemetry::encode(&self.inner.ctx.telemetry.registry)
     }
 
     /// The bound listeners.

@@ -10,10 +10,13 @@ use mesh_hbone::ConnectRequest;
 use mesh_hbone::headers::{Baggage, ConnectHeaders};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::Ctx;
+use mesh_telemetry::access::Outcome;
+use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
+
 use super::route::{Route, route};
+use super::{Ctx, observe};
 use crate::config::Workload;
 use crate::socks5::{self, Reply, Target};
 
@@ -88,17 +91,48 @@ async fn proxy(
             hbone_addr,
             service,
         } => {
-            let source = match ctx.certs.store(&src.identity).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, src.identity = %src.identity, "no certificate for source");
-                    return reply(&mut tcp, socks, Reply::GeneralFailure).await;
-                }
-            };
+            let access = &ctx.telemetry.access;
             let authority = SocketAddr::new(workload.address, port);
             let host = service
                 .as_ref()
                 .and_then(|s| s.service.hosts.first().cloned());
+            let labels = observe::labels(
+                Reporter::Source,
+                &src.telemetry,
+                &workload,
+                service.as_ref().map(|s| &s.service.telemetry),
+                SecurityPolicy::MutualTls,
+            );
+            let record = || {
+                let mut rec = observe::record(
+                    "outbound",
+                    Some(peer),
+                    Some(&src),
+                    Some(src.identity.as_str()),
+                    Some(authority),
+                    Some(&workload),
+                    SecurityPolicy::MutualTls,
+                );
+                rec.dst_hbone_addr = Some(hbone_addr);
+                rec.dst_service = host.as_deref();
+                rec
+            };
+            let source = match ctx.certs.store(&src.identity).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, src.identity = %src.identity, "no certificate for source");
+                    ctx.telemetry
+                        .tcp
+                        .refused(&labels, ResponseFlags::ConnectFailure);
+                    observe::log_refusal(
+                        access,
+                        record(),
+                        "no certificate for the source workload",
+                        start,
+                    );
+                    return reply(&mut tcp, socks, Reply::GeneralFailure).await;
+                }
+            };
             let headers = ConnectHeaders {
                 client: Some(peer),
                 host: host.clone(),
@@ -121,14 +155,16 @@ async fn proxy(
             let tunnel = match tokio::time::timeout(timeout * 2, connect).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
-                    let r = match &e {
+                    let (r, flags) = match &e {
                         mesh_hbone::Error::Status { status, .. }
                             if *status == http::StatusCode::UNAUTHORIZED =>
                         {
-                            Reply::NotAllowed
+                            (Reply::NotAllowed, ResponseFlags::Deny)
                         }
-                        mesh_hbone::Error::Status { .. } => Reply::ConnectionRefused,
-                        _ => Reply::HostUnreachable,
+                        mesh_hbone::Error::Status { .. } => {
+                            (Reply::ConnectionRefused, ResponseFlags::ConnectFailure)
+                        }
+                        _ => (Reply::HostUnreachable, ResponseFlags::ConnectFailure),
                     };
                     warn!(
                         error = %e,
@@ -137,72 +173,91 @@ async fn proxy(
                         dst.identity = %workload.identity,
                         "outbound HBONE failed"
                     );
+                    ctx.telemetry.tcp.refused(&labels, flags);
+                    observe::log_refusal(access, record(), &e.to_string(), start);
                     return reply(&mut tcp, socks, r).await;
                 }
                 Err(_) => {
                     warn!(dst.workload = %workload.key(), %hbone_addr, "outbound HBONE timed out");
+                    ctx.telemetry
+                        .tcp
+                        .refused(&labels, ResponseFlags::ConnectFailure);
+                    observe::log_refusal(access, record(), "HBONE connect timed out", start);
                     return reply(&mut tcp, socks, Reply::HostUnreachable).await;
                 }
             };
+            let rec = ctx.telemetry.tcp.open(&labels);
             reply(&mut tcp, socks, Reply::Success).await;
             let mut tunnel = tunnel;
-            if !early.is_empty()
-                && let Err(e) = tunnel.write_all(&early).await
-            {
-                return debug!(error = %e, "early data");
+            if !early.is_empty() {
+                if let Err(e) = tunnel.write_all(&early).await {
+                    return debug!(error = %e, "early data");
+                }
+                rec.request_bytes(early.len() as u64);
             }
             let (mut r, mut w) = tcp.split();
-            let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &()).await;
+            let counter = observe::TunnelBytes {
+                rec: &rec,
+                reporter: Reporter::Source,
+            };
+            let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter).await;
             let (sent, received, error) = match &result {
-                Ok(s) => (s.plain_to_tunnel, s.tunnel_to_plain, None),
+                Ok(s) => (
+                    s.plain_to_tunnel + early.len() as u64,
+                    s.tunnel_to_plain,
+                    None,
+                ),
                 Err(e) => (0, 0, Some(e.to_string())),
             };
-            info!(
-                target: "access",
-                direction = "outbound",
-                src.addr = %peer,
+            debug!(
                 src.workload = %src.key(),
-                src.identity = %src.identity,
-                dst.addr = %authority,
-                dst.service = host.as_deref().unwrap_or("-"),
                 dst.workload = %workload.key(),
-                dst.identity = %workload.identity,
-                dst.hbone = %hbone_addr,
                 bytes_sent = sent,
                 bytes_received = received,
-                duration_ms = start.elapsed().as_millis() as u64,
-                error = error.as_deref().unwrap_or("-"),
                 "connection complete"
             );
-        }
-        Route::Plain { addr, .. } | Route::Passthrough(addr) => {
-            let upstream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(u)) => u,
-                Ok(Err(e)) => {
-                    debug!(error = %e, %addr, "passthrough connect failed");
-                    return reply(&mut tcp, socks, Reply::ConnectionRefused).await;
+            if access.enabled() {
+                let mut rec = record();
+                rec.bytes_sent = sent;
+                rec.bytes_recv = received;
+                rec.duration = observe::duration(start);
+                if error.is_some() {
+                    rec.outcome = Some(Outcome::Error);
+                    rec.reason = error.as_deref();
                 }
-                Err(_) => return reply(&mut tcp, socks, Reply::HostUnreachable).await,
-            };
-            let _ = upstream.set_nodelay(true);
-            reply(&mut tcp, socks, Reply::Success).await;
-            let mut upstream = upstream;
-            if !early.is_empty() && upstream.write_all(&early).await.is_err() {
-                return;
+                access.log(&rec);
             }
-            let result = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
-            info!(
-                target: "access",
-                direction = "outbound",
-                src.addr = %peer,
-                src.workload = %src.key(),
-                dst.addr = %addr,
-                mtls = false,
-                bytes_sent = result.as_ref().map_or(0, |r| r.0),
-                bytes_received = result.as_ref().map_or(0, |r| r.1),
-                duration_ms = start.elapsed().as_millis() as u64,
-                "connection complete (plaintext: destination is outside the mesh)"
+        }
+        Route::Plain {
+            addr,
+            workload,
+            service,
+        } => {
+            let labels = observe::labels(
+                Reporter::Source,
+                &src.telemetry,
+                &workload,
+                service.as_ref().map(|s| &s.service.telemetry),
+                SecurityPolicy::Unknown,
             );
+            let host = service
+                .as_ref()
+                .and_then(|s| s.service.hosts.first().map(String::as_str));
+            plain(
+                &ctx,
+                tcp,
+                peer,
+                &src,
+                addr,
+                Some((&workload, labels, host)),
+                early,
+                socks,
+                start,
+            )
+            .await;
+        }
+        Route::Passthrough(addr) => {
+            plain(&ctx, tcp, peer, &src, addr, None, early, socks, start).await;
         }
         Route::NoEndpoints(sp) => {
             warn!(service = %sp.service.name, port = sp.port, "service has no endpoints");
@@ -212,5 +267,105 @@ async fn proxy(
             debug!(host = %h, "unknown host");
             reply(&mut tcp, socks, Reply::HostUnreachable).await;
         }
+    }
+}
+
+/// Plain TCP to a workload outside the mesh (counted in metrics) or passthrough to an address
+/// the mesh does not know (access log only).
+#[allow(clippy::too_many_arguments)]
+async fn plain(
+    ctx: &Ctx,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    src: &Workload,
+    addr: SocketAddr,
+    known: Option<(
+        &Workload,
+        mesh_telemetry::metrics::ConnectionLabels,
+        Option<&str>,
+    )>,
+    early: Vec<u8>,
+    socks: bool,
+    start: tokio::time::Instant,
+) {
+    let access = &ctx.telemetry.access;
+    let record = || {
+        let mut rec = observe::record(
+            "outbound",
+            Some(peer),
+            Some(src),
+            Some(src.identity.as_str()),
+            Some(addr),
+            known.as_ref().map(|k| k.0),
+            SecurityPolicy::Unknown,
+        );
+        rec.dst_service = known.as_ref().and_then(|k| k.2);
+        rec
+    };
+    let upstream =
+        match tokio::time::timeout(ctx.cfg.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                debug!(error = %e, %addr, "plaintext connect failed");
+                if let Some((_, labels, _)) = &known {
+                    ctx.telemetry
+                        .tcp
+                        .refused(labels, ResponseFlags::ConnectFailure);
+                }
+                observe::log_refusal(access, record(), &format!("connect failed: {e}"), start);
+                return reply(&mut tcp, socks, Reply::ConnectionRefused).await;
+            }
+            Err(_) => {
+                if let Some((_, labels, _)) = &known {
+                    ctx.telemetry
+                        .tcp
+                        .refused(labels, ResponseFlags::ConnectFailure);
+                }
+                observe::log_refusal(access, record(), "connect timed out", start);
+                return reply(&mut tcp, socks, Reply::HostUnreachable).await;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    let rec = known
+        .as_ref()
+        .map(|(_, labels, _)| ctx.telemetry.tcp.open(labels));
+    reply(&mut tcp, socks, Reply::Success).await;
+    let mut upstream = upstream;
+    if !early.is_empty() {
+        if upstream.write_all(&early).await.is_err() {
+            return;
+        }
+        if let Some(r) = &rec {
+            r.request_bytes(early.len() as u64);
+        }
+    }
+    let result = match &rec {
+        Some(r) => {
+            let mut client = observe::Counted {
+                inner: &mut tcp,
+                rec: r,
+                request: true,
+            };
+            let mut server = observe::Counted {
+                inner: &mut upstream,
+                rec: r,
+                request: false,
+            };
+            tokio::io::copy_bidirectional(&mut client, &mut server).await
+        }
+        None => tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await,
+    };
+    if access.enabled() {
+        let error = result.as_ref().err().map(ToString::to_string);
+        let mut r = record();
+        let (sent, recv) = result.as_ref().map_or((0, 0), |x| *x);
+        r.bytes_sent = sent + early.len() as u64;
+        r.bytes_recv = recv;
+        r.duration = observe::duration(start);
+        if let Some(e) = &error {
+            r.outcome = Some(Outcome::Error);
+            r.reason = Some(e);
+        }
+        access.log(&r);
     }
 }

@@ -1,0 +1,392 @@
+//! The proxy's telemetry: Istio TCP metrics and the access log for each connection, the
+//! config counters, and the admin (15000, loopback only), metrics (15020) and readiness
+//! (15021) servers, which run on their own small runtime so a busy data plane never delays a
+//! scrape or a readiness probe, and the reverse.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use mesh_telemetry::access::{AccessLogger, ConnectionRecord, Outcome};
+use mesh_telemetry::http::{Request, Response, Router};
+use mesh_telemetry::metrics::{
+    ConnectionLabels, ConnectionRecorder, PeerLabels, Reporter, ResponseFlags, SecurityPolicy,
+    ServiceLabels, Str, TcpMetrics,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use crate::config::{MeshState, Workload};
+
+/// Telemetry shared by every connection of a proxy.
+pub(crate) struct Telemetry {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) tcp: TcpMetrics,
+    pub(crate) access: AccessLogger,
+    pub(crate) config_rejected: Counter,
+    pub(crate) config_generation: Gauge,
+    /// The last rejected config: when and why (for `/config_dump`).
+    pub(crate) last_rejection: Mutex<Option<(String, String)>>,
+}
+
+impl Telemetry {
+    pub(crate) fn new(access: AccessLogger, max_series: usize) -> Telemetry {
+        let mut registry = Registry::default();
+        let tcp = TcpMetrics::new(&mut registry, max_series);
+        registry.register_collector(Box::new(mesh_telemetry::process::ProcessCollector));
+        let config_rejected = Counter::default();
+        let config_generation = Gauge::default();
+        let mesh = registry.sub_registry_with_prefix("mesh");
+        mesh.register(
+            "config_rejected",
+            "Mesh config versions rejected (invalid file, or certificates/listeners for it failed); the last good config kept serving",
+            config_rejected.clone(),
+        );
+        mesh.register(
+            "config_generation",
+            "Generation of the mesh config in force (1 at start, +1 per applied change)",
+            config_generation.clone(),
+        );
+        Telemetry {
+            registry: Arc::new(registry),
+            tcp,
+            access,
+            config_rejected,
+            config_generation,
+            last_rejection: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn rejected(&self, error: String) {
+        self.config_rejected.inc();
+        *self
+            .last_rejection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            Some((mesh_telemetry::access::now_rfc3339(), error));
+    }
+}
+
+/// Labels for a source known only by its mTLS identity (not a workload in the config).
+pub(crate) fn identity_labels(identity: &str, namespace: &str) -> PeerLabels {
+    PeerLabels {
+        principal: Str::from(identity),
+        namespace: Str::from(namespace),
+        ..PeerLabels::unknown()
+    }
+}
+
+/// The label set of one connection.
+pub(crate) fn labels(
+    reporter: Reporter,
+    src: &PeerLabels,
+    dst: &Workload,
+    service: Option<&ServiceLabels>,
+    security: SecurityPolicy,
+) -> ConnectionLabels {
+    let unknown;
+    let service = match service {
+        Some(s) => s,
+        None => {
+            unknown = ServiceLabels::unknown();
+            &unknown
+        }
+    };
+    ConnectionLabels::tcp(
+        reporter,
+        src,
+        &dst.telemetry,
+        service,
+        security,
+        ResponseFlags::None,
+    )
+}
+
+/// Counts HBONE tunnel bytes into a connection's metrics as they pass. On the destination
+/// side bytes out of the tunnel are the request; on the source side bytes into it are.
+pub(crate) struct TunnelBytes<'a> {
+    pub(crate) rec: &'a ConnectionRecorder,
+    pub(crate) reporter: Reporter,
+}
+
+impl mesh_hbone::ByteCounter for TunnelBytes<'_> {
+    #[inline]
+    fn plain_to_tunnel(&self, n: u64) {
+        match self.reporter {
+            Reporter::Source => self.rec.request_bytes(n),
+            Reporter::Destination => self.rec.response_bytes(n),
+        }
+    }
+    #[inline]
+    fn tunnel_to_plain(&self, n: u64) {
+        match self.reporter {
+            Reporter::Source => self.rec.response_bytes(n),
+            Reporter::Destination => self.rec.request_bytes(n),
+        }
+    }
+}
+
+/// A plain stream whose reads are counted as request (client side) or response (server side)
+/// bytes, for TCP-to-TCP forwarding.
+pub(crate) struct Counted<'a, S> {
+    pub(crate) inner: S,
+    pub(crate) rec: &'a ConnectionRecorder,
+    pub(crate) request: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            if self.request {
+                self.rec.request_bytes(n);
+            } else {
+                self.rec.response_bytes(n);
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Fills the common fields of an access-log record.
+pub(crate) fn record<'a>(
+    direction: &'a str,
+    src: Option<SocketAddr>,
+    src_workload: Option<&'a Workload>,
+    src_identity: Option<&'a str>,
+    dst: Option<SocketAddr>,
+    dst_workload: Option<&'a Workload>,
+    security: SecurityPolicy,
+) -> ConnectionRecord<'a> {
+    ConnectionRecord {
+        timestamp: mesh_telemetry::access::now_rfc3339(),
+        direction,
+        src_addr: src,
+        src_workload: src_workload.map(|w| w.name.as_str()),
+        src_namespace: src_workload.map(|w| w.namespace.as_str()),
+        src_identity,
+        dst_addr: dst,
+        dst_workload: dst_workload.map(|w| w.name.as_str()),
+        dst_namespace: dst_workload.map(|w| w.namespace.as_str()),
+        dst_identity: dst_workload.map(|w| w.identity.as_str()),
+        security: security.as_str(),
+        outcome: Some(Outcome::Complete),
+        ..ConnectionRecord::default()
+    }
+}
+
+/// Milliseconds as the access log writes durations.
+pub(crate) fn duration(start: tokio::time::Instant) -> String {
+    format!("{}ms", start.elapsed().as_millis())
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    mesh_telemetry::access::rfc3339(t)
+}
+
+/// `/config_dump`: the whole serving state, certificates without keys.
+pub(crate) fn config_dump(inner: &Arc<Inner>) -> serde_json::Value {
+    let ctx = &inner.ctx;
+    let state: Arc<MeshState> = ctx.state.load_full();
+    let workloads: Vec<_> = state
+        .workloads
+        .iter()
+        .map(|w| {
+            json!({
+                "name": w.name,
+                "namespace": w.namespace,
+                "address": w.address,
+                "identity": w.identity.as_str(),
+                "serviceAccount": w.service_account,
+                "labels": w.labels,
+                "node": w.node,
+                "hboneAddress": w.hbone_addr,
+                "local": w.node.as_deref() == Some(ctx.node_name.as_str()),
+                "authorizationPolicies": state.authz.applied(&w.key()),
+                "mtls": mtls_json(&state, w),
+            })
+        })
+        .collect();
+    let services: Vec<_> = state
+        .service_ports
+        .iter()
+        .map(|sp| {
+            json!({
+                "name": sp.service.name,
+                "namespace": sp.service.namespace,
+                "hosts": sp.service.hosts,
+                "vips": sp.service.vips,
+                "port": sp.port,
+                "portName": sp.name,
+                "protocol": sp.protocol,
+                "endpoints": sp.endpoints.iter().map(|e| format!("{}:{}", e.workload.key(), e.port)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let now = SystemTime::now();
+    let mut certs: Vec<_> = ctx
+        .certs
+        .stores()
+        .into_iter()
+        .map(|s| {
+            let c = s.current();
+            json!({
+                "identity": s.identity().as_str(),
+                "notBefore": rfc3339(c.not_before()),
+                "notAfter": rfc3339(c.not_after()),
+                "expiresInSeconds": c.not_after().duration_since(now).map_or(0, |d| d.as_secs()),
+                "chain": c.chain_pem(),
+                "roots": c.roots_pem(),
+            })
+        })
+        .collect();
+    certs.sort_by(|a, b| a["identity"].as_str().cmp(&b["identity"].as_str()));
+    let rejection = inner
+        .ctx
+        .telemetry
+        .last_rejection
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let listeners: Vec<_> = super::Proxy {
+        inner: inner.clone(),
+    }
+    .listening()
+    .into_iter()
+    .map(|l| json!({"kind": format!("{:?}", l.kind), "address": l.addr, "serves": l.what}))
+    .collect();
+    json!({
+        "node": ctx.node_name,
+        "generation": inner.generation.load(Ordering::Relaxed),
+        "trustDomain": state.trust_domain.as_str(),
+        "rootNamespace": state.root_namespace,
+        "clusterId": state.cluster_id,
+        "workloads": workloads,
+        "services": services,
+        "authorizationPolicies": state.policies,
+        "peerAuthentications": state.peer_authn,
+        "certificates": certs,
+        "listeners": listeners,
+        "configRejections": {
+            "total": ctx.telemetry.config_rejected.get(),
+            "last": rejection.map(|(at, error)| json!({"at": at, "error": error})),
+        },
+    })
+}
+
+fn mtls_json(state: &MeshState, w: &Workload) -> serde_json::Value {
+    let m = state.mtls.workload(&w.key());
+    let ports: std::collections::BTreeMap<u16, _> = m.ports.iter().map(|(p, m)| (*p, *m)).collect();
+    json!({"mode": m.mode, "ports": ports})
+}
+
+/// `/certs`: the certificates this proxy holds, without keys.
+fn certs(inner: &Arc<Inner>) -> serde_json::Value {
+    config_dump(inner)["certificates"].clone()
+}
+
+/// The admin routes: `/config_dump`, `/certs`, `/logging` and an index.
+pub(crate) fn admin_router(
+    inner: Arc<Inner>,
+    log: Option<mesh_telemetry::logging::LogControl>,
+) -> Router {
+    let (i1, i2) = (inner.clone(), inner);
+    let mut r = Router::new()
+        .route("/config_dump", move |_req: &Request| {
+            Response::json(&config_dump(&i1))
+        })
+        .route("/certs", move |_req: &Request| Response::json(&certs(&i2)));
+    if let Some(log) = log {
+        r = r.merge(log.router());
+    }
+    let paths = r.paths();
+    r.route("/", move |_req: &Request| {
+        Response::text(
+            http::StatusCode::OK,
+            format!("admin endpoints:\n{}\n", paths.join("\n")),
+        )
+    })
+}
+
+/// Binds the admin, metrics and readiness listeners (failing at once if one cannot be bound,
+/// or the admin address is not loopback) and serves them on a dedicated thread.
+pub(crate) fn spawn_servers(
+    servers: Vec<(SocketAddr, Router)>,
+    cancel: CancellationToken,
+) -> Result<Vec<SocketAddr>, crate::Error> {
+    let mut bound = Vec::new();
+    for (addr, router) in servers {
+        let l = std::net::TcpListener::bind(addr)
+            .map_err(|source| crate::Error::Bind { addr, source })?;
+        l.set_nonblocking(true).map_err(crate::Error::Runtime)?;
+        bound.push((l, router));
+    }
+    let addrs = bound
+        .iter()
+        .filter_map(|(l, _)| l.local_addr().ok())
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(crate::Error::Runtime)?;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                for (l, router) in bound {
+                    match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => {
+                            tokio::spawn(mesh_telemetry::http::serve(l, router, cancel.clone()));
+                        }
+                        Err(e) => tracing::error!(error = %e, "admin listener"),
+                    }
+                }
+                cancel.cancelled().await;
+            });
+        })
+        .map_err(crate::Error::Runtime)?;
+    Ok(addrs)
+}
+
+/// Logs a refused or failed connection to the access log.
+pub(crate) fn log_refusal<'a>(
+    access: &AccessLogger,
+    mut rec: ConnectionRecord<'a>,
+    reason: &'a str,
+    start: tokio::time::Instant,
+) {
+    rec.outcome = Some(Outcome::Refused);
+    rec.reason = Some(reason);
+    rec.duration = duration(start);
+    access.log(&rec);
+}

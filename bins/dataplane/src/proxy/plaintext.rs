@@ -1,0 +1,193 @@
+//! Plaintext inbound (Istio's 15006): connections that capture rules (iptables REDIRECT or
+//! DNAT) sent here instead of to a local workload. The original destination comes from
+//! `SO_ORIGINAL_DST`; it must be a workload of this node. Its `PeerAuthentication` decides:
+//! STRICT refuses plaintext (the connection is closed, logged and counted with
+//! `response_flags="DENY"`), PERMISSIVE (the default) accepts it after L4 authorization with
+//! no peer identity, as Istio's ztunnel does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_telemetry::access::Outcome;
+use mesh_telemetry::metrics::{PeerLabels, Reporter, ResponseFlags, SecurityPolicy};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::{Ctx, observe};
+
+/// Serves one captured plaintext connection.
+pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
+    let start = tokio::time::Instant::now();
+    let access = &ctx.telemetry.access;
+    let Some(dst_addr) = crate::sockets::original_dst(&tcp) else {
+        warn!(src.addr = %peer, "plaintext inbound connection was not redirected by capture rules: closed");
+        let rec = observe::record(
+            "inbound",
+            Some(peer),
+            None,
+            None,
+            tcp.local_addr().ok(),
+            None,
+            SecurityPolicy::Unknown,
+        );
+        return observe::log_refusal(
+            access,
+            rec,
+            "no original destination (not a captured connection)",
+            start,
+        );
+    };
+    let state = ctx.state.load_full();
+    let dst = match state.workload_by_ip(dst_addr.ip()) {
+        Some(w) if w.node.as_deref() == Some(ctx.node_name.as_str()) => w.clone(),
+        _ => {
+            warn!(src.addr = %peer, dst.addr = %dst_addr, "plaintext inbound to an address that is not a workload of this node: closed");
+            let rec = observe::record(
+                "inbound",
+                Some(peer),
+                None,
+                None,
+                Some(dst_addr),
+                None,
+                SecurityPolicy::Unknown,
+            );
+            return observe::log_refusal(
+                access,
+                rec,
+                "destination is not a workload of this node",
+                start,
+            );
+        }
+    };
+    let src = state.workload_by_ip(peer.ip()).cloned();
+    let src_labels = src
+        .as_ref()
+        .map_or_else(PeerLabels::unknown, |w| PeerLabels {
+            // A plaintext peer proves no identity.
+            principal: mesh_telemetry::metrics::Str::from(mesh_telemetry::metrics::UNKNOWN),
+            ..w.telemetry.clone()
+        });
+    let labels = observe::labels(
+        Reporter::Destination,
+        &src_labels,
+        &dst,
+        None,
+        SecurityPolicy::Unknown,
+    );
+    let record = || {
+        observe::record(
+            "inbound",
+            Some(peer),
+            src.as_deref(),
+            None,
+            Some(dst_addr),
+            Some(&dst),
+            SecurityPolicy::Unknown,
+        )
+    };
+    // PeerAuthentication STRICT: only mutual TLS (HBONE) may reach this workload port.
+    if state.mtls.strict(&dst.key(), dst_addr.port()) {
+        warn!(
+            target: "access",
+            direction = "inbound",
+            src.addr = %peer,
+            dst.addr = %dst_addr,
+            dst.workload = %dst.key(),
+            "plaintext refused: PeerAuthentication STRICT"
+        );
+        ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
+        return observe::log_refusal(
+            access,
+            record(),
+            "plaintext refused: PeerAuthentication is STRICT",
+            start,
+        );
+    }
+    // L4 authorization with no peer identity (policies on principals or namespaces do not
+    // match plaintext, as in Istio).
+    let decision = state.authz.evaluate(
+        &dst.key(),
+        &mesh_authz::Connection {
+            source_ip: peer.ip(),
+            remote_ip: None,
+            source_principal: None,
+            source_namespace: None,
+            destination_ip: dst_addr.ip(),
+            destination_port: dst_addr.port(),
+        },
+    );
+    drop(state);
+    if !decision.is_allowed() {
+        warn!(
+            target: "access",
+            direction = "inbound",
+            src.addr = %peer,
+            dst.addr = %dst_addr,
+            dst.workload = %dst.key(),
+            ?decision,
+            "plaintext connection refused by authorization policy"
+        );
+        ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
+        let reason = match &decision {
+            mesh_authz::Decision::DeniedBy(p) => format!("denied by {p}"),
+            mesh_authz::Decision::NotAllowed(ps) => format!("not allowed by {}", ps.join(", ")),
+            mesh_authz::Decision::Allow => String::new(),
+        };
+        return observe::log_refusal(access, record(), &reason, start);
+    }
+    let mut upstream =
+        match tokio::time::timeout(ctx.cfg.connect_timeout, TcpStream::connect(dst_addr)).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                debug!(error = %e, %dst_addr, "application refused");
+                ctx.telemetry
+                    .tcp
+                    .refused(&labels, ResponseFlags::ConnectFailure);
+                return observe::log_refusal(
+                    access,
+                    record(),
+                    &format!("application refused: {e}"),
+                    start,
+                );
+            }
+            Err(_) => {
+                ctx.telemetry
+                    .tcp
+                    .refused(&labels, ResponseFlags::ConnectFailure);
+                return observe::log_refusal(
+                    access,
+                    record(),
+                    "application connect timed out",
+                    start,
+                );
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    let rec = ctx.telemetry.tcp.open(&labels);
+    let result = {
+        let mut client = observe::Counted {
+            inner: &mut tcp,
+            rec: &rec,
+            request: true,
+        };
+        let mut server = observe::Counted {
+            inner: &mut upstream,
+            rec: &rec,
+            request: false,
+        };
+        tokio::io::copy_bidirectional(&mut client, &mut server).await
+    };
+    if access.enabled() {
+        let error = result.as_ref().err().map(ToString::to_string);
+        let mut r = record();
+        let (sent, recv) = result.as_ref().map_or((0, 0), |x| *x);
+        r.bytes_sent = sent;
+        r.bytes_recv = recv;
+        r.duration = observe::duration(start);
+        if let Some(e) = &error {
+            r.outcome = Some(Outcome::Error);
+            r.reason = Some(e);
+        }
+        access.log(&r);
+    }
+}
