@@ -133,6 +133,8 @@ pub struct TestMesh {
     pub ca: LocalCa,
     pub config: PathBuf,
     pub procs: Vec<Proc>,
+    /// Network namespace the ztunnels run in (`ip netns exec`), if any.
+    pub netns: Option<String>,
 }
 
 impl TestMesh {
@@ -146,6 +148,7 @@ impl TestMesh {
             ca,
             config,
             procs: Vec::new(),
+            netns: None,
         }
     }
 
@@ -155,7 +158,14 @@ impl TestMesh {
 
     /// Starts the ztunnel for `node` and waits until it is ready.
     pub fn ztunnel(&mut self, node: &str, extra: &[&str]) -> &Proc {
-        let mut cmd = Command::new(bin("ztunnel"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("ztunnel"));
+                c
+            }
+            None => Command::new(bin("ztunnel")),
+        };
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--node")
@@ -430,4 +440,144 @@ pub fn meshctl(args: &[&str], cwd: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A plain HTTP/1.0 request to `addr`; returns (status, body). Test helper only.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
+
+/// GET `path` from `addr`, expecting 200; returns the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let (status, body) = http(addr, "GET", path).await.unwrap();
+    assert_eq!(status, 200, "GET {addr}{path}: {body}");
+    body
+}
+
+/// Sum of the samples of metric `name` (e.g. `istio_tcp_connections_opened_total`) whose
+/// labels include every `(label, value)` in `want`.
+pub fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let ok = want
+                .iter()
+                .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")));
+            if ok { value.parse::<f64>().ok() } else { None }
+        })
+        .sum()
+}
+
+/// A network namespace created for one test and deleted when dropped (even on failure),
+/// with loopback up. Requires root; [`NetNs::create`] returns `None` (after printing why)
+/// otherwise, so the test can skip.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn create(name: &str) -> Option<NetNs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root for network namespaces and iptables");
+            return None;
+        }
+        for tool in ["ip", "iptables"] {
+            let found = Command::new(tool)
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success())
+                || Command::new(tool)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+            if !found {
+                eprintln!("SKIPPED: {tool} is not installed");
+                return None;
+            }
+        }
+        let name = format!("{name}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = NetNs { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// Runs `cmd` inside the namespace; panics on failure.
+    pub fn run(&self, cmd: &[&str]) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `f` on a thread that entered the namespace, with its own current-thread runtime:
+    /// every socket it opens lives in the namespace.
+    pub fn block_on<F, Fut, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+        T: Send + 'static,
+    {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f())
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
 }
