@@ -574,6 +574,27 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// A multi-thread runtime whose worker threads live in the namespace: run socket work
+    /// with `rt.block_on(rt.spawn(fut))` (a spawned task runs on a worker; `block_on` alone
+    /// would run the future on the calling thread, outside the namespace).
+    pub fn runtime(&self) -> tokio::runtime::Runtime {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            // Workers start here, inheriting this thread's namespace.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")
