@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::compiled::CompiledPolicy;
 use crate::model::{Action, Connection, Policy, Scope};
 
 /// A workload as the index needs it.
@@ -17,27 +18,62 @@ pub struct WorkloadRef<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
-/// The outcome of an authorization decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+/// The outcome of an authorization decision. Borrows the index, so deciding never allocates;
+/// its `Display` is the reason for the log (`denied by ns/name`, `not allowed by ns/a, ns/b`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<'a> {
     /// Allowed: no DENY matched, and no ALLOW applies or one matched.
     Allow,
-    /// Denied by the named DENY policy (`namespace/name`).
-    DeniedBy(String),
-    /// Denied because ALLOW policies apply and none matched (their names, for the log).
-    NotAllowed(Vec<String>),
+    /// Denied by this DENY policy.
+    DeniedBy(&'a Policy),
+    /// Denied because these ALLOW policies apply and none matched.
+    NotAllowed(&'a [Arc<Policy>]),
 }
 
-impl Decision {
+impl Decision<'_> {
     /// Whether the connection may proceed.
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allow)
+    }
+
+    /// The deciding policies, `namespace/name` each (the DENY that matched, or every ALLOW
+    /// that applied); empty when allowed.
+    pub fn policies(&self) -> Vec<String> {
+        match self {
+            Decision::Allow => Vec::new(),
+            Decision::DeniedBy(p) => vec![format!("{}/{}", p.namespace, p.name)],
+            Decision::NotAllowed(ps) => ps
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Decision<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Allow => f.write_str("allowed"),
+            Decision::DeniedBy(p) => write!(f, "denied by {}/{}", p.namespace, p.name),
+            Decision::NotAllowed(ps) => {
+                f.write_str("not allowed by ")?;
+                for (i, p) in ps.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{}/{}", p.namespace, p.name)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
 #[derive(Debug, Default, Clone)]
 struct Applied {
-    deny: Vec<Arc<Policy>>,
+    deny: Vec<Arc<CompiledPolicy>>,
+    allow_compiled: Vec<Arc<CompiledPolicy>>,
+    /// The ALLOW policies, for [`Decision::NotAllowed`].
     allow: Vec<Arc<Policy>>,
 }
 
@@ -69,6 +105,12 @@ impl PolicyIndex {
                 }
             }
         }
+        // Each policy compiled once, shared by every workload it applies to.
+        let compiled: HashMap<*const Policy, Arc<CompiledPolicy>> = mesh
+            .iter()
+            .chain(by_ns.values().flatten())
+            .map(|p| (Arc::as_ptr(p), Arc::new(CompiledPolicy::new(p.clone()))))
+            .collect();
         let mut by_workload = HashMap::new();
         for w in workloads {
             let mut applied = Applied::default();
@@ -78,8 +120,13 @@ impl PolicyIndex {
             for p in candidates {
                 if p.applies_to(root_namespace, w.namespace, w.labels) {
                     match p.action {
-                        Action::Deny => applied.deny.push(p.clone()),
-                        Action::Allow => applied.allow.push(p.clone()),
+                        Action::Deny => applied.deny.push(compiled[&Arc::as_ptr(p)].clone()),
+                        Action::Allow => {
+                            applied
+                                .allow_compiled
+                                .push(compiled[&Arc::as_ptr(p)].clone());
+                            applied.allow.push(p.clone());
+                        }
                     }
                 }
             }
@@ -110,6 +157,7 @@ impl PolicyIndex {
             .map(|a| {
                 a.deny
                     .iter()
+                    .map(|c| &c.policy)
                     .chain(&a.allow)
                     .map(|p| format!("{}/{}", p.namespace, p.name))
                     .collect()
@@ -119,22 +167,17 @@ impl PolicyIndex {
 
     /// Decides a connection to `workload`. Istio semantics: any matching DENY denies; then, if
     /// any ALLOW policy applies, one must match; with no ALLOW policy the connection is allowed.
-    pub fn evaluate(&self, workload: &str, c: &Connection<'_>) -> Decision {
+    pub fn evaluate(&self, workload: &str, c: &Connection<'_>) -> Decision<'_> {
         let Some(applied) = self.by_workload.get(workload) else {
             return Decision::Allow;
         };
+        // Istio authz: DENY before ALLOW.
         if let Some(p) = applied.deny.iter().find(|p| p.matches(c)) {
-            return Decision::DeniedBy(format!("{}/{}", p.namespace, p.name));
+            return Decision::DeniedBy(&p.policy);
         }
-        if applied.allow.is_empty() || applied.allow.iter().any(|p| p.matches(c)) {
+        if applied.allow.is_empty() || applied.allow_compiled.iter().any(|p| p.matches(c)) {
             return Decision::Allow;
         }
-        Decision::NotAllowed(
-            applied
-                .allow
-                .iter()
-                .map(|p| format!("{}/{}", p.namespace, p.name))
-                .collect(),
-        )
+        Decision::NotAllowed(&applied.allow)
     }
 }

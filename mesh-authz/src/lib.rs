@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+mod compiled;
 mod index;
 pub mod istio;
 mod model;

@@ -67,3 +67,63 @@ fn bench_quick_reports_every_topology() {
     assert!(pair["rss_steady_mb"].as_f64().unwrap() > 1.0);
     assert!(pair["idle_tunnel_kib"].as_f64().is_some());
 }
+
+#[test]
+fn bench_authz_and_config_apply_report_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("control.json");
+    let (ok, out, err) = meshctl(
+        &[
+            "bench",
+            "--authz",
+            "--authz-decisions",
+            "2000",
+            "--config-apply",
+            "--config-size",
+            "2000,200,200",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(ok, "bench failed:\n{out}\n{err}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let authz = r["authz"].as_array().unwrap();
+    let cases: Vec<(String, u64, u64)> = authz
+        .iter()
+        .map(|a| {
+            (
+                a["layout"].as_str().unwrap().to_owned(),
+                a["policies"].as_u64().unwrap(),
+                a["applicable"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cases,
+        [
+            ("spread".into(), 1, 1),
+            ("spread".into(), 100, 6),
+            ("spread".into(), 1000, 51),
+            ("worst".into(), 1, 1),
+            ("worst".into(), 100, 100),
+            ("worst".into(), 1000, 1000),
+        ],
+        "the index picks exactly the policies that apply"
+    );
+    for a in authz {
+        assert_eq!(a["decisions"], 2000);
+        assert!(a["p99_ns"].as_f64().unwrap() >= a["p50_ns"].as_f64().unwrap());
+        // The worst layout's last policy admits ns-0 principals: some allowed, some not.
+        let share = a["allowed_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share < 1.0, "{a}");
+    }
+    let c = &r["config_apply"];
+    assert_eq!(c["workloads"], 2000);
+    assert_eq!(c["services"], 200);
+    assert_eq!(c["policies"], 200);
+    assert!(c["parse_ms"].as_f64().unwrap() > 0.0);
+    assert!(c["apply_ms"].as_f64().unwrap() > 0.0);
+    assert!(c["rss_mb"].as_f64().unwrap() > 0.0);
+}

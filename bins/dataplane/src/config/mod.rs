@@ -82,7 +82,16 @@ pub fn load_file(path: &Path) -> Result<MeshState, ConfigError> {
 pub fn parse(file: &Path, text: &str) -> Result<MeshState, ConfigError> {
     let mut v = Validator::default();
     // YAML 1.2 booleans only: `n`, `no`, `on` stay strings (a Node named `n` is not `false`).
-    let options = serde_saphyr::options! { strict_booleans: true };
+    // Budgets sized for meshes of tens of thousands of resources (the defaults stop at 1024
+    // documents); alias/anchor limits stay at their defaults against YAML bombs.
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        budget: serde_saphyr::budget! {
+            max_documents: 200_000,
+            max_nodes: 4_000_000,
+            max_events: 16_000_000,
+        },
+    };
     let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple_with_options(text, options)
     {
         Ok(d) => d,
@@ -532,6 +541,14 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
     let mut by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>> = HashMap::new();
     let mut host_owner: HashMap<String, String> = HashMap::new();
     let mut seen = HashSet::new();
+    // Istio: a ServiceEntry's workloadSelector selects WorkloadEntries of its own namespace.
+    let mut workloads_by_ns: HashMap<&str, Vec<&Arc<Workload>>> = HashMap::new();
+    for w in &workloads {
+        workloads_by_ns
+            .entry(w.namespace.as_str())
+            .or_default()
+            .push(w);
+    }
     for s in &raw.services {
         let loc = &s.location;
         let key = format!("{}/{}", s.namespace, s.name);
@@ -604,8 +621,11 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             vips: vips.clone(),
         });
         let selected: Vec<&Arc<Workload>> = match &s.spec.workload_selector {
-            Some(sel) => workloads
-                .iter()
+            Some(sel) => workloads_by_ns
+                .get(s.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
                 .filter(|w| {
                     sel.labels
                         .iter()

@@ -144,13 +144,10 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             destination_port: authority.port(),
         },
     );
+    // The reason is formatted only for a denial (deciding itself never allocates).
+    let denied = (!decision.is_allowed()).then(|| decision.to_string());
     drop(state);
-    if !decision.is_allowed() {
-        let policy = match &decision {
-            mesh_authz::Decision::DeniedBy(p) => format!("denied by {p}"),
-            mesh_authz::Decision::NotAllowed(ps) => format!("not allowed by {}", ps.join(", ")),
-            mesh_authz::Decision::Allow => String::new(),
-        };
+    if let Some(policy) = denied {
         warn!(
             target: "access",
             direction = "inbound",

@@ -204,7 +204,7 @@ impl LiveConns {
                     dst.workload = %c.workload,
                     src.principal = %c.principal,
                     dst.addr = %c.destination,
-                    ?decision,
+                    reason = %decision,
                     "closing live connection: no longer allowed by the new policies"
                 );
                 c.close.cancel();

@@ -116,23 +116,19 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
             destination_port: dst_addr.port(),
         },
     );
+    let denied = (!decision.is_allowed()).then(|| decision.to_string());
     drop(state);
-    if !decision.is_allowed() {
+    if let Some(reason) = denied {
         warn!(
             target: "access",
             direction = "inbound",
             src.addr = %peer,
             dst.addr = %dst_addr,
             dst.workload = %dst.key(),
-            ?decision,
+            %reason,
             "plaintext connection refused by authorization policy"
         );
         ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
-        let reason = match &decision {
-            mesh_authz::Decision::DeniedBy(p) => format!("denied by {p}"),
-            mesh_authz::Decision::NotAllowed(ps) => format!("not allowed by {}", ps.join(", ")),
-            mesh_authz::Decision::Allow => String::new(),
-        };
         return observe::log_refusal(access, record(), &reason, start);
     }
     let mut upstream =

@@ -7,6 +7,7 @@
 //! proxy CPU seconds (user+sys, /proc) per 1000 requests and RSS. Idle tunnels: RSS growth per
 //! open idle connection. Churn: one request per new connection.
 
+mod control;
 mod load;
 mod topology;
 
@@ -79,6 +80,24 @@ pub(crate) struct BenchArgs {
     /// Keep the callgrind output files here (for `callgrind_annotate`), instead of a temp dir.
     #[arg(long, value_name = "DIR")]
     callgrind_dir: Option<PathBuf>,
+    /// Run the authorization micro-benchmark (1, 100, 1000 policies) instead of the
+    /// topologies (combine with --config-apply for both).
+    #[arg(long)]
+    authz: bool,
+    /// Decisions timed per authz case.
+    #[arg(long, default_value_t = 200_000)]
+    authz_decisions: usize,
+    /// Run the config-apply benchmark (load and swap a large mesh) instead of the topologies.
+    #[arg(long)]
+    config_apply: bool,
+    /// Workloads, services and policies of the config-apply mesh.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000,1000,1000",
+        value_name = "W,S,P"
+    )]
+    config_size: Vec<usize>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -142,6 +161,13 @@ struct TopoResult {
     churn_cpu_s_per_1000_connections: Option<f64>,
 }
 
+/// Figures of the in-process micro-benchmarks.
+#[derive(Debug, Clone, Serialize)]
+struct ControlReport {
+    authz: Option<Vec<control::AuthzResult>>,
+    config_apply: Option<control::ConfigResult>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct Report {
     date_unix: u64,
@@ -162,11 +188,69 @@ pub(crate) fn main(mut args: BenchArgs) -> ExitCode {
         args.throughput_duration = args.throughput_duration.min(Duration::from_secs(1));
         args.churn_duration = args.churn_duration.min(Duration::from_secs(1));
         args.idle_tunnels = args.idle_tunnels.min(100);
+        args.authz_decisions = args.authz_decisions.min(20_000);
+    }
+    if args.authz || args.config_apply {
+        return match run_control(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => crate::fail(format!("{e:#}")),
+        };
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => crate::fail(format!("{e:#}")),
     }
+}
+
+fn run_control(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut report = ControlReport {
+        authz: None,
+        config_apply: None,
+    };
+    if args.authz {
+        say!("== authz: {} decisions per case", args.authz_decisions);
+        let r = control::authz(args.authz_decisions)?;
+        say!("");
+        say!("layout  policies  applicable  p50 ns  p99 ns  mean ns  allowed");
+        for x in &r {
+            say!(
+                "{:<6}  {:>8}  {:>10}  {:>6.0}  {:>6.0}  {:>7.0}  {:>6.0}%",
+                x.layout,
+                x.policies,
+                x.applicable,
+                x.p50_ns,
+                x.p99_ns,
+                x.mean_ns,
+                x.allowed_share * 100.0
+            );
+        }
+        report.authz = Some(r);
+    }
+    if args.config_apply {
+        let (w, s, p) = match args.config_size[..] {
+            [w, s, p] => (w, s.max(1), p),
+            _ => bail!("--config-size takes W,S,P (e.g. 10000,1000,1000)"),
+        };
+        say!("== config apply: {w} workloads, {s} services, {p} policies");
+        let r = control::config_apply(w, s, p)?;
+        say!("");
+        say!(
+            "yaml {:.1} MB: parse+validate+compile {:.0} ms, apply (swap) {:.0} ms, total {:.0} ms; RSS +{:.1} MB (peak {:.1} MB)",
+            r.yaml_mb,
+            r.parse_ms,
+            r.apply_ms,
+            r.total_ms,
+            r.rss_mb,
+            r.rss_peak_mb
+        );
+        report.config_apply = Some(r);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+        say!("figures written to {}", path.display());
+    }
+    Ok(())
 }
 
 fn cpu_model() -> String {
