@@ -268,5 +268,5 @@ async fn connect_to_non_local_authority_is_400_and_app_down_is_503() {
     echo_server(net.app()).await;
     let r = pool.connect(request(good, SERVER, net, net.app())).await;
     assert_eq!(status(r), 200);
-    mesh.expect_log("b", "application refused: 503");
+    mesh.expect_log("b", "application unreachable: 503");
 }

@@ -735,68 +735,22 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         .as_ref()
         .and_then(|m| m.spec.root_namespace.clone())
         .unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.to_owned());
-    let mut policies = Vec::new();
-    let mut seen = HashSet::new();
-    for p in &raw.policies {
-        if !seen.insert((p.namespace.clone(), p.name.clone())) {
-            v.err(
-                &p.location,
-                "metadata.name",
-                format!("duplicate AuthorizationPolicy {}/{}", p.namespace, p.name),
-            );
-        }
-        match p.spec.to_policy(&p.namespace, &p.name, &root_namespace) {
-            Ok(pol) => policies.push(pol),
-            Err(errs) => {
-                for e in errs {
-                    v.err(&p.location, e.field, e.reason);
-                }
-            }
-        }
-    }
+    let policies = validate_policies(v, "AuthorizationPolicy", &raw.policies, |p| {
+        p.spec.to_policy(&p.namespace, &p.name, &root_namespace)
+    });
     let keys: Vec<String> = workloads.iter().map(|w| w.key()).collect();
     let authz = mesh_authz::PolicyIndex::build(
         &policies,
-        workloads
-            .iter()
-            .zip(&keys)
-            .map(|(w, key)| mesh_authz::WorkloadRef {
-                key,
-                namespace: &w.namespace,
-                labels: &w.labels,
-            }),
+        workload_refs(&workloads, &keys),
         &root_namespace,
     );
 
-    let mut peer_authn = Vec::new();
-    let mut seen = HashSet::new();
-    for p in &raw.peer_authns {
-        if !seen.insert((p.namespace.clone(), p.name.clone())) {
-            v.err(
-                &p.location,
-                "metadata.name",
-                format!("duplicate PeerAuthentication {}/{}", p.namespace, p.name),
-            );
-        }
-        match p.spec.to_policy(&p.namespace, &p.name, &root_namespace) {
-            Ok(pol) => peer_authn.push(pol),
-            Err(errs) => {
-                for e in errs {
-                    v.err(&p.location, e.field, e.reason);
-                }
-            }
-        }
-    }
+    let peer_authn = validate_policies(v, "PeerAuthentication", &raw.peer_authns, |p| {
+        p.spec.to_policy(&p.namespace, &p.name, &root_namespace)
+    });
     let (mtls, conflicts) = mesh_authz::peer::PeerAuthnIndex::build(
         &peer_authn,
-        workloads
-            .iter()
-            .zip(&keys)
-            .map(|(w, key)| mesh_authz::WorkloadRef {
-                key,
-                namespace: &w.namespace,
-                labels: &w.labels,
-            }),
+        workload_refs(&workloads, &keys),
         &root_namespace,
     );
     for c in conflicts {
@@ -829,6 +783,51 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         by_vip,
         by_host,
     }
+}
+
+/// Validates each named security resource with `to_policy`; duplicates by namespace/name and
+/// every field error are reported at the resource's location.
+fn validate_policies<S, P>(
+    v: &mut Validator,
+    kind: &str,
+    raw: &[Named<S>],
+    to_policy: impl Fn(&Named<S>) -> Result<P, Vec<mesh_authz::istio::FieldError>>,
+) -> Vec<P> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for p in raw {
+        if !seen.insert((p.namespace.as_str(), p.name.as_str())) {
+            v.err(
+                &p.location,
+                "metadata.name",
+                format!("duplicate {kind} {}/{}", p.namespace, p.name),
+            );
+        }
+        match to_policy(p) {
+            Ok(pol) => out.push(pol),
+            Err(errs) => {
+                for e in errs {
+                    v.err(&p.location, e.field, e.reason);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The workloads as the policy indexes see them.
+fn workload_refs<'a>(
+    workloads: &'a [Arc<Workload>],
+    keys: &'a [String],
+) -> impl Iterator<Item = mesh_authz::WorkloadRef<'a>> {
+    workloads
+        .iter()
+        .zip(keys)
+        .map(|(w, key)| mesh_authz::WorkloadRef {
+            key,
+            namespace: &w.namespace,
+            labels: &w.labels,
+        })
 }
 
 pub(crate) fn default_trust_domain() -> TrustDomain {

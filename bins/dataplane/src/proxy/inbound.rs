@@ -162,41 +162,17 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         observe::log_refusal(access, record(None), &format!("{policy} (401)"), start);
         return req.refuse(StatusCode::UNAUTHORIZED);
     }
-    let upstream = match tokio::time::timeout(
-        ctx.cfg.connect_timeout,
-        TcpStream::connect(authority),
-    )
-    .await
-    {
-        Ok(Ok(u)) => u,
-        Ok(Err(e)) => {
-            warn!(%authority, error = %e, dst.workload = %dst.key(), "application refused: 503");
+    let upstream = match observe::connect(authority, ctx.cfg.connect_timeout).await {
+        Ok(u) => u,
+        Err(observe::ConnectError { reason, .. }) => {
+            warn!(%authority, %reason, dst.workload = %dst.key(), "application unreachable: 503");
             ctx.telemetry
                 .tcp
                 .refused(&labels, ResponseFlags::ConnectFailure);
-            observe::log_refusal(
-                access,
-                record(None),
-                &format!("application refused: {e} (503)"),
-                start,
-            );
-            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
-        }
-        Err(_) => {
-            warn!(%authority, dst.workload = %dst.key(), "application connect timed out: 503");
-            ctx.telemetry
-                .tcp
-                .refused(&labels, ResponseFlags::ConnectFailure);
-            observe::log_refusal(
-                access,
-                record(None),
-                "application connect timed out (503)",
-                start,
-            );
+            observe::log_refusal(access, record(None), &format!("{reason} (503)"), start);
             return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    let _ = upstream.set_nodelay(true);
     let rec = ctx.telemetry.tcp.open(&labels);
     let tunnel = match req.accept() {
         Ok(t) => t,

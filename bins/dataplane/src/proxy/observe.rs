@@ -390,3 +390,83 @@ pub(crate) fn log_refusal<'a>(
     rec.duration = duration(start);
     access.log(&rec);
 }
+
+/// Why [`connect`] failed: the reason for the log, and whether it timed out (else refused).
+pub(crate) struct ConnectError {
+    pub(crate) reason: String,
+    pub(crate) timed_out: bool,
+}
+
+/// Connects to `addr` with `timeout`, with nodelay set.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<tokio::net::TcpStream, ConnectError> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(ConnectError {
+            reason: format!("connect to {addr} failed: {e}"),
+            timed_out: false,
+        }),
+        Err(_) => Err(ConnectError {
+            reason: format!("connect to {addr} timed out"),
+            timed_out: true,
+        }),
+    }
+}
+
+/// Logs a plain TCP-to-TCP connection that ran: bytes each way (plus `early` request bytes
+/// sent before the copy), duration, and the error if the copy failed.
+pub(crate) fn log_copied(
+    access: &AccessLogger,
+    rec: ConnectionRecord<'_>,
+    result: &std::io::Result<(u64, u64)>,
+    early: u64,
+    start: tokio::time::Instant,
+) {
+    fn finish<'b>(
+        access: &AccessLogger,
+        mut rec: ConnectionRecord<'b>,
+        error: Option<&'b str>,
+        (sent, recv): (u64, u64),
+        start: tokio::time::Instant,
+    ) {
+        rec.bytes_sent = sent;
+        rec.bytes_recv = recv;
+        rec.duration = duration(start);
+        if error.is_some() {
+            rec.outcome = Some(Outcome::Error);
+            rec.reason = error;
+        }
+        access.log(&rec);
+    }
+    if !access.enabled() {
+        return;
+    }
+    let error = result.as_ref().err().map(ToString::to_string);
+    let (sent, recv) = result.as_ref().map_or((0, 0), |x| *x);
+    finish(access, rec, error.as_deref(), (sent + early, recv), start);
+}
+
+/// Copies both ways between a client and a server stream, counting the client's bytes as
+/// request and the server's as response bytes while they pass.
+pub(crate) async fn copy_counted(
+    client: &mut tokio::net::TcpStream,
+    server: &mut tokio::net::TcpStream,
+    rec: &ConnectionRecorder,
+) -> std::io::Result<(u64, u64)> {
+    let mut client = Counted {
+        inner: client,
+        rec,
+        request: true,
+    };
+    let mut server = Counted {
+        inner: server,
+        rec,
+        request: false,
+    };
+    tokio::io::copy_bidirectional(&mut client, &mut server).await
+}

@@ -302,35 +302,28 @@ async fn plain(
         rec.dst_service = known.as_ref().and_then(|k| k.2);
         rec
     };
-    let upstream =
-        match tokio::time::timeout(ctx.cfg.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(u)) => u,
-            Ok(Err(e)) => {
-                debug!(error = %e, %addr, "plaintext connect failed");
-                if let Some((_, labels, _)) = &known {
-                    ctx.telemetry
-                        .tcp
-                        .refused(labels, ResponseFlags::ConnectFailure);
-                }
-                observe::log_refusal(access, record(), &format!("connect failed: {e}"), start);
-                return reply(&mut tcp, socks, Reply::ConnectionRefused).await;
+    let mut upstream = match observe::connect(addr, ctx.cfg.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(reason = %e.reason, "plaintext connect failed");
+            if let Some((_, labels, _)) = &known {
+                ctx.telemetry
+                    .tcp
+                    .refused(labels, ResponseFlags::ConnectFailure);
             }
-            Err(_) => {
-                if let Some((_, labels, _)) = &known {
-                    ctx.telemetry
-                        .tcp
-                        .refused(labels, ResponseFlags::ConnectFailure);
-                }
-                observe::log_refusal(access, record(), "connect timed out", start);
-                return reply(&mut tcp, socks, Reply::HostUnreachable).await;
-            }
-        };
-    let _ = upstream.set_nodelay(true);
+            observe::log_refusal(access, record(), &e.reason, start);
+            let r = if e.timed_out {
+                Reply::HostUnreachable
+            } else {
+                Reply::ConnectionRefused
+            };
+            return reply(&mut tcp, socks, r).await;
+        }
+    };
     let rec = known
         .as_ref()
         .map(|(_, labels, _)| ctx.telemetry.tcp.open(labels));
     reply(&mut tcp, socks, Reply::Success).await;
-    let mut upstream = upstream;
     if !early.is_empty() {
         if upstream.write_all(&early).await.is_err() {
             return;
@@ -340,32 +333,8 @@ async fn plain(
         }
     }
     let result = match &rec {
-        Some(r) => {
-            let mut client = observe::Counted {
-                inner: &mut tcp,
-                rec: r,
-                request: true,
-            };
-            let mut server = observe::Counted {
-                inner: &mut upstream,
-                rec: r,
-                request: false,
-            };
-            tokio::io::copy_bidirectional(&mut client, &mut server).await
-        }
+        Some(r) => observe::copy_counted(&mut tcp, &mut upstream, r).await,
         None => tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await,
     };
-    if access.enabled() {
-        let error = result.as_ref().err().map(ToString::to_string);
-        let mut r = record();
-        let (sent, recv) = result.as_ref().map_or((0, 0), |x| *x);
-        r.bytes_sent = sent + early.len() as u64;
-        r.bytes_recv = recv;
-        r.duration = observe::duration(start);
-        if let Some(e) = &error {
-            r.outcome = Some(Outcome::Error);
-            r.reason = Some(e);
-        }
-        access.log(&r);
-    }
+    observe::log_copied(access, record(), &result, early.len() as u64, start);
 }

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_telemetry::access::Outcome;
 use mesh_telemetry::metrics::{PeerLabels, Reporter, ResponseFlags, SecurityPolicy};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -131,59 +130,17 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
         return observe::log_refusal(access, record(), &reason, start);
     }
-    let mut upstream =
-        match tokio::time::timeout(ctx.cfg.connect_timeout, TcpStream::connect(dst_addr)).await {
-            Ok(Ok(u)) => u,
-            Ok(Err(e)) => {
-                debug!(error = %e, %dst_addr, "application refused");
-                ctx.telemetry
-                    .tcp
-                    .refused(&labels, ResponseFlags::ConnectFailure);
-                return observe::log_refusal(
-                    access,
-                    record(),
-                    &format!("application refused: {e}"),
-                    start,
-                );
-            }
-            Err(_) => {
-                ctx.telemetry
-                    .tcp
-                    .refused(&labels, ResponseFlags::ConnectFailure);
-                return observe::log_refusal(
-                    access,
-                    record(),
-                    "application connect timed out",
-                    start,
-                );
-            }
-        };
-    let _ = upstream.set_nodelay(true);
-    let rec = ctx.telemetry.tcp.open(&labels);
-    let result = {
-        let mut client = observe::Counted {
-            inner: &mut tcp,
-            rec: &rec,
-            request: true,
-        };
-        let mut server = observe::Counted {
-            inner: &mut upstream,
-            rec: &rec,
-            request: false,
-        };
-        tokio::io::copy_bidirectional(&mut client, &mut server).await
-    };
-    if access.enabled() {
-        let error = result.as_ref().err().map(ToString::to_string);
-        let mut r = record();
-        let (sent, recv) = result.as_ref().map_or((0, 0), |x| *x);
-        r.bytes_sent = sent;
-        r.bytes_recv = recv;
-        r.duration = observe::duration(start);
-        if let Some(e) = &error {
-            r.outcome = Some(Outcome::Error);
-            r.reason = Some(e);
+    let mut upstream = match observe::connect(dst_addr, ctx.cfg.connect_timeout).await {
+        Ok(u) => u,
+        Err(observe::ConnectError { reason, .. }) => {
+            debug!(%reason, "application unreachable");
+            ctx.telemetry
+                .tcp
+                .refused(&labels, ResponseFlags::ConnectFailure);
+            return observe::log_refusal(access, record(), &reason, start);
         }
-        access.log(&r);
-    }
+    };
+    let rec = ctx.telemetry.tcp.open(&labels);
+    let result = observe::copy_counted(&mut tcp, &mut upstream, &rec).await;
+    observe::log_copied(access, record(), &result, 0, start);
 }
