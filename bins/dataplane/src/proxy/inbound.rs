@@ -2,6 +2,7 @@
 //! workload (and so the certificate); a CONNECT must name that same workload (400 otherwise),
 //! and is answered 503 when the application does not accept the connection.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -11,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use mesh_telemetry::access::Outcome;
-use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
+use mesh_telemetry::metrics::{ConnectionRecorder, Reporter, ResponseFlags, SecurityPolicy};
+
+use crate::config::Workload;
 
 use super::{Ctx, observe};
 
@@ -43,15 +46,111 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, cancel: CancellationTok
     }
 }
 
+/// A CONNECT that passed the checks: what the tunnel's life and its log line need.
+struct Admitted {
+    dst: Arc<Workload>,
+    src: Option<Arc<Workload>>,
+    client: Option<SocketAddr>,
+    host: Option<String>,
+    source_ip: IpAddr,
+    principal: String,
+    upstream: TcpStream,
+    rec: ConnectionRecorder,
+}
+
 async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let start = tokio::time::Instant::now();
+    // Boxed: the checks' state (state snapshot, labels, authorization, the app connect) is
+    // short-lived; inline it would stay in every tunnel's task for the tunnel's whole life.
+    let admitted = Box::pin(admit(&ctx, &req, start)).await;
+    let a = match admitted {
+        Ok(a) => a,
+        Err(status) => return req.refuse(status),
+    };
     let authority = req.authority;
+    let hbone_addr = req.conn.local_addr;
     let src_identity = req.conn.peer_identity.clone();
+    let tunnel = match req.accept() {
+        Ok(t) => t,
+        Err(e) => return debug!(error = %e, "tunnel closed before 200"),
+    };
+    // Registered so that a policy change can close it.
+    let close = CancellationToken::new();
+    let _live = ctx.live.register(super::LiveInbound {
+        workload: a.dst.key(),
+        source_ip: a.source_ip,
+        remote_ip: a.client.map(|c| c.ip()),
+        principal: a.principal.clone(),
+        namespace: src_identity.namespace().to_owned(),
+        destination: authority,
+        close: close.clone(),
+    });
+    let mut upstream = a.upstream;
+    let (mut r, mut w) = upstream.split();
+    let counter = observe::TunnelBytes {
+        rec: &a.rec,
+        reporter: Reporter::Destination,
+    };
+    let result = tokio::select! {
+        r = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter) => r,
+        () = close.cancelled() => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "closed: no longer allowed by authorization policy",
+        )),
+    };
+    let (to_app, from_app, error) = match &result {
+        Ok(s) => (s.tunnel_to_plain, s.plain_to_tunnel, None),
+        Err(e) => (0, 0, Some(e.to_string())),
+    };
+    debug!(
+        src.identity = %src_identity,
+        dst.workload = %a.dst.key(),
+        bytes_received = to_app,
+        bytes_sent = from_app,
+        "connection complete"
+    );
+    let access = &ctx.telemetry.access;
+    if access.enabled() {
+        let mut rec = observe::record(
+            "inbound",
+            a.client,
+            a.src.as_deref(),
+            Some(src_identity.as_str()),
+            Some(authority),
+            Some(&a.dst),
+            SecurityPolicy::MutualTls,
+        );
+        rec.dst_hbone_addr = Some(hbone_addr);
+        rec.dst_service = a.host.as_deref();
+        rec.bytes_sent = to_app;
+        rec.bytes_recv = from_app;
+        rec.duration = observe::duration(start);
+        if error.is_some() {
+            rec.outcome = Some(Outcome::Error);
+            rec.reason = error.as_deref();
+        }
+        access.log(&rec);
+    }
+}
+
+/// Checks a CONNECT (its authority is this listener's workload, authorization policy) and
+/// connects to the application. A refusal is logged, counted and returned as the status to
+/// answer.
+async fn admit(
+    ctx: &Ctx,
+    req: &InboundConnect,
+    start: tokio::time::Instant,
+) -> Result<Admitted, StatusCode> {
+    let authority = req.authority;
+    let src_identity = &req.conn.peer_identity;
     let state = ctx.state.load_full();
     let local_ip = req.conn.local_addr.ip();
     let hbone_port = ctx.hbone_port(&state);
-    let headers = req.connect_headers();
-    let client = headers.client;
+    let hbone_addr = req.conn.local_addr;
+    let (client, host) = {
+        let h = req.connect_headers();
+        (h.client, h.host)
+    };
     let source_ip = client.map_or(req.conn.peer_addr.ip(), |c| c.ip());
     let access = &ctx.telemetry.access;
     let dst = match state.workload_by_ip(authority.ip()) {
@@ -78,40 +177,37 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
                 None,
                 SecurityPolicy::MutualTls,
             );
-            rec.dst_hbone_addr = Some(req.conn.local_addr);
+            rec.dst_hbone_addr = Some(hbone_addr);
             observe::log_refusal(
                 access,
                 rec,
                 "CONNECT authority is not this listener's workload (400)",
                 start,
             );
-            return req.refuse(StatusCode::BAD_REQUEST);
+            return Err(StatusCode::BAD_REQUEST);
         }
     };
     // The source workload, when the client address is a workload with the peer's identity;
     // otherwise only what the certificate tells.
     let src = state
         .workload_by_ip(source_ip)
-        .filter(|w| w.identity == src_identity)
+        .filter(|w| w.identity == *src_identity)
         .cloned();
     let src_labels = match &src {
         Some(w) => w.telemetry.clone(),
         None => observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
     };
-    let service = headers
-        .host
+    let service = host
         .as_deref()
-        .and_then(|h| state.service_by_hostname(&h.to_ascii_lowercase()))
-        .cloned();
+        .and_then(|h| state.service_by_hostname(&h.to_ascii_lowercase()));
     let labels = observe::labels(
         Reporter::Destination,
         &src_labels,
         &dst,
-        service.as_ref().map(|s| &s.telemetry),
+        service.map(|s| &s.telemetry),
         SecurityPolicy::MutualTls,
     );
-    let hbone_addr = req.conn.local_addr;
-    let record = |reason: Option<&'static str>| {
+    let record = || {
         let mut rec = observe::record(
             "inbound",
             client,
@@ -122,8 +218,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             SecurityPolicy::MutualTls,
         );
         rec.dst_hbone_addr = Some(hbone_addr);
-        rec.dst_service = headers.host.as_deref();
-        rec.reason = reason;
+        rec.dst_service = host.as_deref();
         rec
     };
     // L4 authorization, by the destination's ztunnel (Istio: the enforcement point is the
@@ -145,9 +240,8 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         },
     );
     // The reason is formatted only for a denial (deciding itself never allocates).
-    let denied = (!decision.is_allowed()).then(|| decision.to_string());
-    drop(state);
-    if let Some(policy) = denied {
+    if !decision.is_allowed() {
+        let policy = decision.to_string();
         warn!(
             target: "access",
             direction = "inbound",
@@ -159,9 +253,10 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             "connection refused by authorization policy: 401"
         );
         ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
-        observe::log_refusal(access, record(None), &format!("{policy} (401)"), start);
-        return req.refuse(StatusCode::UNAUTHORIZED);
+        observe::log_refusal(access, record(), &format!("{policy} (401)"), start);
+        return Err(StatusCode::UNAUTHORIZED);
     }
+    drop(state);
     let upstream = match observe::connect(authority, ctx.cfg.connect_timeout).await {
         Ok(u) => u,
         Err(observe::ConnectError { reason, .. }) => {
@@ -169,59 +264,19 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             ctx.telemetry
                 .tcp
                 .refused(&labels, ResponseFlags::ConnectFailure);
-            observe::log_refusal(access, record(None), &format!("{reason} (503)"), start);
-            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            observe::log_refusal(access, record(), &format!("{reason} (503)"), start);
+            return Err(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
     let rec = ctx.telemetry.tcp.open(&labels);
-    let tunnel = match req.accept() {
-        Ok(t) => t,
-        Err(e) => return debug!(error = %e, "tunnel closed before 200"),
-    };
-    // Registered so that a policy change can close it.
-    let close = CancellationToken::new();
-    let _live = ctx.live.register(super::LiveInbound {
-        workload: dst.key(),
-        source_ip,
-        remote_ip: client.map(|c| c.ip()),
+    Ok(Admitted {
         principal: principal.to_owned(),
-        namespace: src_identity.namespace().to_owned(),
-        destination: authority,
-        close: close.clone(),
-    });
-    let mut upstream = upstream;
-    let (mut r, mut w) = upstream.split();
-    let counter = observe::TunnelBytes {
-        rec: &rec,
-        reporter: Reporter::Destination,
-    };
-    let result = tokio::select! {
-        r = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter) => r,
-        () = close.cancelled() => Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "closed: no longer allowed by authorization policy",
-        )),
-    };
-    let (to_app, from_app, error) = match &result {
-        Ok(s) => (s.tunnel_to_plain, s.plain_to_tunnel, None),
-        Err(e) => (0, 0, Some(e.to_string())),
-    };
-    debug!(
-        src.identity = %src_identity,
-        dst.workload = %dst.key(),
-        bytes_received = to_app,
-        bytes_sent = from_app,
-        "connection complete"
-    );
-    if access.enabled() {
-        let mut rec = record(None);
-        rec.reason = error.as_deref();
-        rec.bytes_sent = to_app;
-        rec.bytes_recv = from_app;
-        rec.duration = observe::duration(start);
-        if error.is_some() {
-            rec.outcome = Some(Outcome::Error);
-        }
-        access.log(&rec);
-    }
+        dst,
+        src,
+        client,
+        host,
+        source_ip,
+        upstream,
+        rec,
+    })
 }

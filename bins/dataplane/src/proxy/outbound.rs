@@ -83,7 +83,6 @@ async fn proxy(
     };
     let decision = route(&state, &target);
     drop(state);
-    let timeout = ctx.cfg.connect_timeout;
     match decision {
         Route::Hbone {
             workload,
@@ -96,13 +95,6 @@ async fn proxy(
             let host = service
                 .as_ref()
                 .and_then(|s| s.service.hosts.first().cloned());
-            let labels = observe::labels(
-                Reporter::Source,
-                &src.telemetry,
-                &workload,
-                service.as_ref().map(|s| &s.service.telemetry),
-                SecurityPolicy::MutualTls,
-            );
             let record = || {
                 let mut rec = observe::record(
                     "outbound",
@@ -117,76 +109,26 @@ async fn proxy(
                 rec.dst_service = host.as_deref();
                 rec
             };
-            let source = match ctx.certs.store(&src.identity).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, src.identity = %src.identity, "no certificate for source");
-                    ctx.telemetry
-                        .tcp
-                        .refused(&labels, ResponseFlags::ConnectFailure);
-                    observe::log_refusal(
-                        access,
-                        record(),
-                        "no certificate for the source workload",
-                        start,
-                    );
-                    return reply(&mut tcp, socks, Reply::GeneralFailure).await;
-                }
-            };
-            let headers = ConnectHeaders {
-                client: Some(peer),
-                host: host.clone(),
-                baggage: baggage(&src),
-                traceparent: None,
-            }
-            .to_header_map();
-            let req = ConnectRequest {
-                source,
-                destination_identity: workload.identity.clone(),
-                hbone_addr,
+            // Boxed: the dial's state (labels, certificate lookup, the pool's handshake) is
+            // large and short-lived; inline it would stay in every tunnel's task for the
+            // tunnel's whole life (idle-tunnel memory).
+            let dial = Box::pin(dial(
+                &ctx,
+                &src,
+                &workload,
+                service.as_deref(),
+                host.as_ref(),
                 authority,
-                headers,
-            };
-            // The pool bounds the dial itself by the same timeout; this bound adds the CONNECT
-            // round trip, so a slow dial reports the pool's own error.
-            // Boxed: the dial's state is large and short-lived; inline it would stay in every
-            // idle tunnel's task for the tunnel's whole life.
-            let connect = Box::pin(ctx.pool.connect(req));
-            let tunnel = match tokio::time::timeout(timeout * 2, connect).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    let (r, flags) = match &e {
-                        mesh_hbone::Error::Status { status, .. }
-                            if *status == http::StatusCode::UNAUTHORIZED =>
-                        {
-                            (Reply::NotAllowed, ResponseFlags::Deny)
-                        }
-                        mesh_hbone::Error::Status { .. } => {
-                            (Reply::ConnectionRefused, ResponseFlags::ConnectFailure)
-                        }
-                        _ => (Reply::HostUnreachable, ResponseFlags::ConnectFailure),
-                    };
-                    warn!(
-                        error = %e,
-                        src.workload = %src.key(),
-                        dst.workload = %workload.key(),
-                        dst.identity = %workload.identity,
-                        "outbound HBONE failed"
-                    );
-                    ctx.telemetry.tcp.refused(&labels, flags);
-                    observe::log_refusal(access, record(), &e.to_string(), start);
+                hbone_addr,
+                peer,
+            ));
+            let (tunnel, rec) = match dial.await {
+                Ok(x) => x,
+                Err((r, reason)) => {
+                    observe::log_refusal(access, record(), &reason, start);
                     return reply(&mut tcp, socks, r).await;
                 }
-                Err(_) => {
-                    warn!(dst.workload = %workload.key(), %hbone_addr, "outbound HBONE timed out");
-                    ctx.telemetry
-                        .tcp
-                        .refused(&labels, ResponseFlags::ConnectFailure);
-                    observe::log_refusal(access, record(), "HBONE connect timed out", start);
-                    return reply(&mut tcp, socks, Reply::HostUnreachable).await;
-                }
             };
-            let rec = ctx.telemetry.tcp.open(&labels);
             reply(&mut tcp, socks, Reply::Success).await;
             let mut tunnel = tunnel;
             if !early.is_empty() {
@@ -243,7 +185,8 @@ async fn proxy(
             let host = service
                 .as_ref()
                 .and_then(|s| s.service.hosts.first().map(String::as_str));
-            plain(
+            // Boxed: a rare path; inline, its state would size every tunnel's task.
+            Box::pin(plain(
                 &ctx,
                 tcp,
                 peer,
@@ -253,11 +196,14 @@ async fn proxy(
                 early,
                 socks,
                 start,
-            )
+            ))
             .await;
         }
         Route::Passthrough(addr) => {
-            plain(&ctx, tcp, peer, &src, addr, None, early, socks, start).await;
+            Box::pin(plain(
+                &ctx, tcp, peer, &src, addr, None, early, socks, start,
+            ))
+            .await;
         }
         Route::NoEndpoints(sp) => {
             warn!(service = %sp.service.name, port = sp.port, "service has no endpoints");
@@ -266,6 +212,96 @@ async fn proxy(
         Route::UnknownHost(h) => {
             debug!(host = %h, "unknown host");
             reply(&mut tcp, socks, Reply::HostUnreachable).await;
+        }
+    }
+}
+
+/// Opens the HBONE tunnel for one outbound connection and records it as opened; on failure
+/// records the refusal in the metrics and returns the SOCKS reply and the reason to log.
+#[allow(clippy::too_many_arguments)]
+async fn dial(
+    ctx: &Ctx,
+    src: &Workload,
+    workload: &Workload,
+    service: Option<&crate::config::ServicePort>,
+    host: Option<&String>,
+    authority: SocketAddr,
+    hbone_addr: SocketAddr,
+    peer: SocketAddr,
+) -> Result<
+    (
+        mesh_hbone::H2Stream,
+        mesh_telemetry::metrics::ConnectionRecorder,
+    ),
+    (Reply, String),
+> {
+    let labels = observe::labels(
+        Reporter::Source,
+        &src.telemetry,
+        workload,
+        service.map(|s| &s.service.telemetry),
+        SecurityPolicy::MutualTls,
+    );
+    let source = match ctx.certs.store(&src.identity).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, src.identity = %src.identity, "no certificate for source");
+            ctx.telemetry
+                .tcp
+                .refused(&labels, ResponseFlags::ConnectFailure);
+            return Err((
+                Reply::GeneralFailure,
+                "no certificate for the source workload".into(),
+            ));
+        }
+    };
+    let headers = ConnectHeaders {
+        client: Some(peer),
+        host: host.cloned(),
+        baggage: baggage(src),
+        traceparent: None,
+    }
+    .to_header_map();
+    let req = ConnectRequest {
+        source,
+        destination_identity: workload.identity.clone(),
+        hbone_addr,
+        authority,
+        headers,
+    };
+    // The pool bounds the dial itself by the same timeout; this bound adds the CONNECT round
+    // trip, so a slow dial reports the pool's own error.
+    let timeout = ctx.cfg.connect_timeout * 2;
+    match tokio::time::timeout(timeout, ctx.pool.connect(req)).await {
+        Ok(Ok(t)) => Ok((t, ctx.telemetry.tcp.open(&labels))),
+        Ok(Err(e)) => {
+            let (r, flags) = match &e {
+                mesh_hbone::Error::Status { status, .. }
+                    if *status == http::StatusCode::UNAUTHORIZED =>
+                {
+                    (Reply::NotAllowed, ResponseFlags::Deny)
+                }
+                mesh_hbone::Error::Status { .. } => {
+                    (Reply::ConnectionRefused, ResponseFlags::ConnectFailure)
+                }
+                _ => (Reply::HostUnreachable, ResponseFlags::ConnectFailure),
+            };
+            warn!(
+                error = %e,
+                src.workload = %src.key(),
+                dst.workload = %workload.key(),
+                dst.identity = %workload.identity,
+                "outbound HBONE failed"
+            );
+            ctx.telemetry.tcp.refused(&labels, flags);
+            Err((r, e.to_string()))
+        }
+        Err(_) => {
+            warn!(dst.workload = %workload.key(), %hbone_addr, "outbound HBONE timed out");
+            ctx.telemetry
+                .tcp
+                .refused(&labels, ResponseFlags::ConnectFailure);
+            Err((Reply::HostUnreachable, "HBONE connect timed out".into()))
         }
     }
 }
@@ -289,6 +325,10 @@ async fn plain(
     start: tokio::time::Instant,
 ) {
     let access = &ctx.telemetry.access;
+    let (dst_workload, dst_service, labels) = match known {
+        Some((w, labels, host)) => (Some(w), host, Some(labels)),
+        None => (None, None, None),
+    };
     let record = || {
         let mut rec = observe::record(
             "outbound",
@@ -296,17 +336,17 @@ async fn plain(
             Some(src),
             Some(src.identity.as_str()),
             Some(addr),
-            known.as_ref().map(|k| k.0),
+            dst_workload,
             SecurityPolicy::Unknown,
         );
-        rec.dst_service = known.as_ref().and_then(|k| k.2);
+        rec.dst_service = dst_service;
         rec
     };
     let mut upstream = match observe::connect(addr, ctx.cfg.connect_timeout).await {
         Ok(u) => u,
         Err(e) => {
             debug!(reason = %e.reason, "plaintext connect failed");
-            if let Some((_, labels, _)) = &known {
+            if let Some(labels) = &labels {
                 ctx.telemetry
                     .tcp
                     .refused(labels, ResponseFlags::ConnectFailure);
@@ -320,9 +360,8 @@ async fn plain(
             return reply(&mut tcp, socks, r).await;
         }
     };
-    let rec = known
-        .as_ref()
-        .map(|(_, labels, _)| ctx.telemetry.tcp.open(labels));
+    // The label set is consumed here, not stored in the task for the connection's life.
+    let rec = labels.map(|l| ctx.telemetry.tcp.open(&l));
     reply(&mut tcp, socks, Reply::Success).await;
     if !early.is_empty() {
         if upstream.write_all(&early).await.is_err() {

@@ -141,6 +141,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let rec = ctx.telemetry.tcp.open(&labels);
+    drop((labels, src_labels));
     let result = observe::copy_counted(&mut tcp, &mut upstream, &rec).await;
     observe::log_copied(access, record(), &result, 0, start);
 }
