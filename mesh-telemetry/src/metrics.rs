@@ -33,6 +33,8 @@ pub enum Reporter {
     Source,
     /// The server side's proxy.
     Destination,
+    /// A waypoint between them (Istio labels its waypoint's metrics so).
+    Waypoint,
 }
 
 /// Istio's `connection_security_policy` label. As Istio's ztunnel: `mutual_tls` for HBONE,
@@ -74,7 +76,11 @@ macro_rules! label_values {
     };
 }
 
-label_values!(Reporter { Source => "source", Destination => "destination" });
+label_values!(Reporter {
+    Source => "source",
+    Destination => "destination",
+    Waypoint => "waypoint",
+});
 label_values!(SecurityPolicy { MutualTls => "mutual_tls", Unknown => "unknown" });
 label_values!(ResponseFlags {
     None => "-",

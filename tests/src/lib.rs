@@ -183,6 +183,27 @@ impl TestMesh {
         self.procs.last().unwrap()
     }
 
+    /// Starts the waypoint for Gateway `gateway` (`namespace/name`), registered as node
+    /// `name` for [`TestMesh::expect_log`], and waits until it is ready.
+    pub fn waypoint(&mut self, name: &str, gateway: &str, extra: &[&str]) -> &Proc {
+        let mut cmd = Command::new(bin("waypoint"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--gateway")
+            .arg(gateway)
+            .arg("--ca-dir")
+            .arg(self.ca_dir())
+            .arg("--log")
+            .arg("debug,h2=info,rustls=info")
+            .args(extra);
+        self.procs.push(Proc::start(
+            &format!("ztunnel {name}"),
+            cmd,
+            Some("waypoint ready"),
+        ));
+        self.procs.last().unwrap()
+    }
+
     /// Waits (up to 10 s) until the logs of `node` contain `needle`; returns the logs, or
     /// panics showing them. Log lines arrive through a pipe, after the event that caused them.
     pub fn expect_log(&self, node: &str, needle: &str) -> String {

@@ -14,6 +14,9 @@ pub enum Error {
     /// The config has no `Node` with the requested name.
     #[error("the mesh config has no Node named {0:?}")]
     UnknownNode(String),
+    /// The config has no waypoint `Gateway` with the requested `namespace/name`.
+    #[error("the mesh config has no waypoint Gateway {0:?} (gatewayClassName: istio-waypoint)")]
+    UnknownWaypoint(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

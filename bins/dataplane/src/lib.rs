@@ -1,11 +1,11 @@
 //! The shared data-plane core (crate `mesh-dataplane`): the mesh config and its compiled state,
 //! listeners, the inbound and outbound pipelines, and the assembly of the library layers into
-//! the `ztunnel` role. The binaries only parse their command line and call in here.
+//! the `ztunnel` and `waypoint` roles. The binaries only parse their command line and call in here.
 //!
 //! - [`config`]: the local mesh file (Istio resources) → validated [`config::MeshState`].
 //! - [`proxy`]: a node's L4 proxy: inbound HBONE, SOCKS5 and service-VIP outbound.
 //! - [`socks5`]: the SOCKS5 handshake.
-//! - [`ztunnel`]: the ztunnel command line and process main.
+//! - [`ztunnel`]: the ztunnel and waypoint command lines and process mains.
 
 #![warn(missing_docs)]
 
@@ -17,4 +17,4 @@ pub mod socks5;
 pub mod ztunnel;
 
 pub use error::Error;
-pub use ztunnel::ZtunnelArgs;
+pub use ztunnel::{ProxyArgs, WaypointArgs, ZtunnelArgs};

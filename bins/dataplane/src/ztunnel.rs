@@ -12,6 +12,7 @@ use tracing::{error, info};
 
 use crate::Error;
 use crate::proxy::{Proxy, ProxyConfig};
+use mesh_telemetry::logging::LogControl;
 
 /// Parses `250ms`, `30s`, `10m`, `24h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -33,25 +34,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// ztunnel settings. Every port and address can be set so several ztunnels share one host.
+/// Settings every proxy role shares: config, CA, timeouts, telemetry endpoints, logging.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ZtunnelArgs {
-    /// Mesh config file (multi-document YAML of WorkloadEntry, ServiceEntry, Node, MeshConfig).
+pub struct ProxyArgs {
+    /// Mesh config file (multi-document YAML of Istio resources and our Node / MeshConfig).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// Name of the `Node` in the config that this ztunnel is. Its workloads get their
-    /// identities here; its address hosts the SOCKS5 port.
-    #[arg(long, value_name = "NAME")]
-    pub node: String,
     /// State directory of the local CA (create it with `meshctl ca init --dir DIR`).
     #[arg(long, value_name = "DIR")]
     pub ca_dir: PathBuf,
-    /// SOCKS5 port on the node address; 0 disables SOCKS5.
-    #[arg(long, default_value_t = 15080, value_name = "PORT")]
-    pub socks5_port: u16,
-    /// SOCKS5 listen address, overriding `<node address>:<socks5-port>`.
-    #[arg(long, value_name = "IP:PORT")]
-    pub socks5_addr: Option<SocketAddr>,
     /// Lifetime of workload certificates issued by the local CA (renewed at half-life).
     #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     pub cert_ttl: Duration,
@@ -71,30 +62,23 @@ pub struct ZtunnelArgs {
     /// Close pooled HBONE connections that carried no tunnel for this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub pool_idle_timeout: Duration,
-    /// Plaintext inbound port (Istio's 15006) on the node address, for connections that
-    /// capture rules redirect here; 0 disables it.
-    #[arg(long, default_value_t = 15006, value_name = "PORT")]
-    pub plaintext_port: u16,
-    /// Plaintext inbound listen address, overriding `<node address>:<plaintext-port>`.
-    #[arg(long, value_name = "IP:PORT")]
-    pub plaintext_addr: Option<SocketAddr>,
-    /// Admin port (`/config_dump`, `/certs`, `/logging`), on the node address when that is a
-    /// loopback address, else on 127.0.0.1; 0 disables it.
+    /// Admin port (`/config_dump`, `/certs`, `/logging`), on the proxy's address when that is
+    /// a loopback address, else on 127.0.0.1; 0 disables it.
     #[arg(long, default_value_t = 15000, value_name = "PORT")]
     pub admin_port: u16,
     /// Admin listen address (must be loopback), overriding the default.
     #[arg(long, value_name = "IP:PORT")]
     pub admin_addr: Option<SocketAddr>,
-    /// Prometheus port (`/metrics`, `/stats/prometheus`) on the node address; 0 disables it.
+    /// Prometheus port (`/metrics`, `/stats/prometheus`) on the proxy's address; 0 disables it.
     #[arg(long, default_value_t = 15020, value_name = "PORT")]
     pub metrics_port: u16,
-    /// Prometheus listen address, overriding `<node address>:<metrics-port>`.
+    /// Prometheus listen address, overriding `<address>:<metrics-port>`.
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Readiness port (`/healthz/ready`) on the node address; 0 disables it.
+    /// Readiness port (`/healthz/ready`) on the proxy's address; 0 disables it.
     #[arg(long, default_value_t = 15021, value_name = "PORT")]
     pub readiness_port: u16,
-    /// Readiness listen address, overriding `<node address>:<readiness-port>`.
+    /// Readiness listen address, overriding `<address>:<readiness-port>`.
     #[arg(long, value_name = "IP:PORT")]
     pub readiness_addr: Option<SocketAddr>,
     /// Where the JSON access log (one line per connection) goes: `stdout`, `off`, or a file.
@@ -108,6 +92,68 @@ pub struct ZtunnelArgs {
     /// admin port.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     pub log: String,
+}
+
+impl ProxyArgs {
+    /// The proxy settings for a proxy whose own address is `ip`.
+    fn proxy_config(&self, ip: std::net::IpAddr, log: LogControl) -> ProxyConfig {
+        let admin_ip = if ip.is_loopback() {
+            ip
+        } else {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        };
+        let mut cfg = ProxyConfig {
+            admin_addr: listen_addr(self.admin_addr, admin_ip, self.admin_port),
+            metrics_addr: listen_addr(self.metrics_addr, ip, self.metrics_port),
+            readiness_addr: listen_addr(self.readiness_addr, ip, self.readiness_port),
+            access_log: self.access_log.clone(),
+            max_metric_series: self.max_metric_series,
+            log: Some(log),
+            connect_timeout: self.connect_timeout,
+            drain_timeout: self.drain_timeout,
+            ..ProxyConfig::default()
+        };
+        cfg.pool.idle_timeout = self.pool_idle_timeout;
+        cfg.pool.connect_timeout = self.connect_timeout;
+        cfg
+    }
+}
+
+/// ztunnel settings. Every port and address can be set so several ztunnels share one host.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ZtunnelArgs {
+    /// Name of the `Node` in the config that this ztunnel is. Its workloads get their
+    /// identities here; its address hosts the SOCKS5 port.
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+    /// SOCKS5 port on the node address; 0 disables SOCKS5.
+    #[arg(long, default_value_t = 15080, value_name = "PORT")]
+    pub socks5_port: u16,
+    /// SOCKS5 listen address, overriding `<node address>:<socks5-port>`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub socks5_addr: Option<SocketAddr>,
+    /// Plaintext inbound port (Istio's 15006) on the node address, for connections that
+    /// capture rules redirect here; 0 disables it.
+    #[arg(long, default_value_t = 15006, value_name = "PORT")]
+    pub plaintext_port: u16,
+    /// Plaintext inbound listen address, overriding `<node address>:<plaintext-port>`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub plaintext_addr: Option<SocketAddr>,
+    /// Settings shared with the other proxies.
+    #[command(flatten)]
+    pub common: ProxyArgs,
+}
+
+/// waypoint settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WaypointArgs {
+    /// The waypoint `Gateway` (`gatewayClassName: istio-waypoint`) this proxy is, as
+    /// `namespace/name`. It listens on the Gateway's address and presents its identity.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub gateway: String,
+    /// Settings shared with the other proxies.
+    #[command(flatten)]
+    pub common: ProxyArgs,
 }
 
 /// `explicit`, else `ip:port` unless `port` is 0.
@@ -132,11 +178,27 @@ pub fn init_logging(filter: &str) -> mesh_telemetry::logging::LogControl {
 /// Runs a ztunnel until SIGINT or SIGTERM. Exit code 0 on a clean stop, 2 on a bad config,
 /// 1 on other start-up failures.
 pub fn main(args: ZtunnelArgs) -> ExitCode {
-    let log = init_logging(&args.log);
+    let common = args.common.clone();
+    process_main("ztunnel", &common, move |log| run(args, log))
+}
+
+/// Runs a waypoint until SIGINT or SIGTERM; exit codes as [`main`].
+pub fn waypoint_main(args: WaypointArgs) -> ExitCode {
+    let common = args.common.clone();
+    process_main("waypoint", &common, move |log| run_waypoint(args, log))
+}
+
+/// Logging, fd limit and runtime around a proxy's `run`.
+fn process_main<F, Fut>(role: &str, common: &ProxyArgs, run: F) -> ExitCode
+where
+    F: FnOnce(LogControl) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let log = init_logging(&common.log);
     raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads.max(1))
-        .thread_name("ztunnel-worker")
+        .worker_threads(common.worker_threads.max(1))
+        .thread_name(format!("{role}-worker"))
         .enable_all()
         .build()
     {
@@ -146,14 +208,14 @@ pub fn main(args: ZtunnelArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args, log)) {
+    match rt.block_on(run(log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Error::Config(e)) => {
             error!("invalid mesh config:\n{e}");
             ExitCode::from(2)
         }
         Err(e) => {
-            error!(error = %e, "ztunnel failed");
+            error!(error = %e, "{role} failed");
             ExitCode::FAILURE
         }
     }
@@ -173,39 +235,45 @@ pub fn raise_fd_limit() {
     }
 }
 
-async fn run(args: ZtunnelArgs, log: mesh_telemetry::logging::LogControl) -> Result<(), Error> {
-    let state = crate::config::load_file(&args.config)?;
+async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
+    let c = &args.common;
+    let state = crate::config::load_file(&c.config)?;
     let node = state
         .node(&args.node)
         .cloned()
         .ok_or_else(|| Error::UnknownNode(args.node.clone()))?;
-    let ca = LocalCa::load(&args.ca_dir)?.with_ttl(args.cert_ttl);
+    let mut cfg = c.proxy_config(node.address, log);
+    cfg.node = args.node.clone();
+    cfg.socks5_addr = listen_addr(args.socks5_addr, node.address, args.socks5_port);
+    cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
+    serve(c, cfg, state).await
+}
+
+async fn run_waypoint(args: WaypointArgs, log: LogControl) -> Result<(), Error> {
+    let c = &args.common;
+    let state = crate::config::load_file(&c.config)?;
+    let wp = state
+        .waypoints
+        .get(&args.gateway)
+        .cloned()
+        .ok_or_else(|| Error::UnknownWaypoint(args.gateway.clone()))?;
+    let mut cfg = c.proxy_config(wp.address, log);
+    cfg.waypoint = Some(args.gateway.clone());
+    serve(c, cfg, state).await
+}
+
+/// Starts the proxy, watches the config file, and stops on SIGINT/SIGTERM.
+async fn serve(
+    c: &ProxyArgs,
+    cfg: ProxyConfig,
+    state: crate::config::MeshState,
+) -> Result<(), Error> {
+    let ca = LocalCa::load(&c.ca_dir)?.with_ttl(c.cert_ttl);
     let bundle = ca.trust_bundle()?;
-    let admin_ip = if node.address.is_loopback() {
-        node.address
-    } else {
-        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-    };
-    let mut cfg = ProxyConfig {
-        node: args.node.clone(),
-        socks5_addr: listen_addr(args.socks5_addr, node.address, args.socks5_port),
-        plaintext_addr: listen_addr(args.plaintext_addr, node.address, args.plaintext_port),
-        admin_addr: listen_addr(args.admin_addr, admin_ip, args.admin_port),
-        metrics_addr: listen_addr(args.metrics_addr, node.address, args.metrics_port),
-        readiness_addr: listen_addr(args.readiness_addr, node.address, args.readiness_port),
-        access_log: args.access_log.clone(),
-        max_metric_series: args.max_metric_series,
-        log: Some(log),
-        connect_timeout: args.connect_timeout,
-        drain_timeout: args.drain_timeout,
-        ..ProxyConfig::default()
-    };
-    cfg.pool.idle_timeout = args.pool_idle_timeout;
-    cfg.pool.connect_timeout = args.connect_timeout;
     let proxy = Proxy::start(cfg, state, Arc::new(ca), bundle).await?;
     proxy.watch_config(
-        args.config.clone(),
-        args.config_poll_interval.max(Duration::from_millis(50)),
+        c.config.clone(),
+        c.config_poll_interval.max(Duration::from_millis(50)),
     );
     shutdown_signal().await?;
     info!("shutting down");

@@ -18,7 +18,9 @@ use mesh_identity::{SpiffeId, TrustDomain};
 use serde::de::DeserializeOwned;
 
 pub use self::model::*;
-pub use self::state::{Endpoint, MeshState, Node, Service, ServicePort, Workload};
+pub use self::state::{
+    Endpoint, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor, Workload,
+};
 
 /// Default HBONE port.
 pub const DEFAULT_HBONE_PORT: u16 = 15008;
@@ -140,6 +142,7 @@ struct Named<S> {
     location: String,
     name: String,
     namespace: String,
+    labels: BTreeMap<String, String>,
     spec: S,
 }
 
@@ -151,6 +154,9 @@ struct Raw {
     mesh: Option<Named<MeshConfigSpec>>,
     policies: Vec<Named<mesh_authz::istio::AuthorizationPolicySpec>>,
     peer_authns: Vec<Named<mesh_authz::peer::PeerAuthenticationSpec>>,
+    gateways: Vec<Named<GatewaySpec>>,
+    /// Namespace name → labels (`v1` `Namespace` documents).
+    namespaces: Vec<(String, String, BTreeMap<String, String>)>,
 }
 
 // Istio fields of the supported kinds that this mesh does not implement yet; named in errors.
@@ -183,7 +189,15 @@ fn typed<S: DeserializeOwned>(
     location: &str,
     doc: serde_json::Value,
 ) -> Option<Doc<S>> {
-    match serde_path_to_error::deserialize::<_, Doc<S>>(doc) {
+    typed_as(v, location, doc)
+}
+
+fn typed_as<T: DeserializeOwned>(
+    v: &mut Validator,
+    location: &str,
+    doc: serde_json::Value,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(doc) {
         Ok(d) => Some(d),
         Err(e) => {
             let path = e.path().to_string();
@@ -228,6 +242,8 @@ impl Raw {
             "WorkloadEntry" | "ServiceEntry" => NETWORKING_VERSIONS,
             "Node" | "MeshConfig" => &[LOCAL_API_VERSION],
             "AuthorizationPolicy" | "PeerAuthentication" => SECURITY_VERSIONS,
+            "Gateway" => GATEWAY_VERSIONS,
+            "Namespace" => &["v1"],
             k if NOT_YET_SUPPORTED_KINDS.contains(&k) => {
                 v.err(
                     &location,
@@ -241,7 +257,7 @@ impl Raw {
                     &location,
                     "kind",
                     format!(
-                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, AuthorizationPolicy, PeerAuthentication, or {LOCAL_GROUP} Node / MeshConfig)"
+                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
                     ),
                 );
                 return;
@@ -274,6 +290,31 @@ impl Raw {
             "PeerAuthentication" => {
                 if let Some(d) = typed(v, &location, doc) {
                     self.peer_authns.push(named(v, &location, d));
+                }
+            }
+            "Gateway" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.gateways.push(named(v, &location, d));
+                }
+            }
+            "Namespace" => {
+                if let Some(d) = typed_as::<NamespaceDoc>(v, &location, doc) {
+                    if !is_dns_label(&d.metadata.name) {
+                        v.err(
+                            &location,
+                            "metadata.name",
+                            format!("{:?} is not a valid namespace", d.metadata.name),
+                        );
+                    }
+                    if d.metadata.namespace.is_some() {
+                        v.err(
+                            &location,
+                            "metadata.namespace",
+                            "a Namespace has no namespace",
+                        );
+                    }
+                    self.namespaces
+                        .push((location.clone(), d.metadata.name, d.metadata.labels));
                 }
             }
             "Node" => {
@@ -317,6 +358,7 @@ fn named<S>(v: &mut Validator, location: &str, d: Doc<S>) -> Named<S> {
         location: location.to_owned(),
         name: d.metadata.name,
         namespace,
+        labels: d.metadata.labels,
         spec: d.spec,
     }
 }
@@ -458,6 +500,22 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         node_specs.push((n, addr, hbone_port));
     }
 
+    let waypoints = compile_waypoints(v, &raw, &trust_domain);
+    let mut ns_labels: HashMap<&str, &BTreeMap<String, String>> = HashMap::new();
+    for (loc, name, labels) in &raw.namespaces {
+        if ns_labels.insert(name.as_str(), labels).is_some() {
+            v.err(
+                loc,
+                "metadata.name",
+                format!("duplicate Namespace {name:?}"),
+            );
+        }
+    }
+    let attach = Attach {
+        waypoints: &waypoints,
+        ns_labels: &ns_labels,
+    };
+
     let mut workloads = Vec::new();
     let mut by_ip: HashMap<IpAddr, Arc<Workload>> = HashMap::new();
     let mut seen = HashSet::new();
@@ -513,6 +571,14 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
                 &cluster_id,
             ),
             identity,
+            waypoint: attach.resolve(
+                v,
+                loc,
+                &w.namespace,
+                &w.labels,
+                &w.spec.labels,
+                WaypointFor::Workload,
+            ),
         });
         if let Some(other) = by_ip.get(&address) {
             v.err(
@@ -619,6 +685,14 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             },
             hosts: hosts.clone(),
             vips: vips.clone(),
+            waypoint: attach.resolve(
+                v,
+                loc,
+                &s.namespace,
+                &s.labels,
+                &BTreeMap::new(),
+                WaypointFor::Service,
+            ),
         });
         let selected: Vec<&Arc<Workload>> = match &s.spec.workload_selector {
             Some(sel) => workloads_by_ns
@@ -768,10 +842,30 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         );
     }
 
+    // The waypoints a workload accepts traffic from: its own and its services'.
+    let mut waypoints_of: HashMap<String, Vec<Arc<Waypoint>>> = HashMap::new();
+    for w in &workloads {
+        if let Some(wp) = &w.waypoint {
+            waypoints_of.entry(w.key()).or_default().push(wp.clone());
+        }
+    }
+    for sp in &service_ports {
+        if let Some(wp) = &sp.service.waypoint {
+            for e in &sp.endpoints {
+                let list = waypoints_of.entry(e.workload.key()).or_default();
+                if !list.iter().any(|x| Arc::ptr_eq(x, wp)) {
+                    list.push(wp.clone());
+                }
+            }
+        }
+    }
+
     MeshState {
         trust_domain,
         root_namespace,
         cluster_id,
+        waypoints,
+        waypoints_of,
         policies,
         authz,
         peer_authn,
@@ -782,6 +876,190 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         by_ip,
         by_vip,
         by_host,
+    }
+}
+
+/// Waypoint `Gateway`s (`gatewayClassName: istio-waypoint`), by `namespace/name`.
+fn compile_waypoints(
+    v: &mut Validator,
+    raw: &Raw,
+    trust_domain: &TrustDomain,
+) -> HashMap<String, Arc<Waypoint>> {
+    let mut out = HashMap::new();
+    for g in &raw.gateways {
+        let loc = &g.location;
+        if g.spec.gateway_class_name != WAYPOINT_CLASS {
+            v.err(
+                loc,
+                "spec.gatewayClassName",
+                format!(
+                    "{:?}: only waypoints ({WAYPOINT_CLASS:?}) are supported",
+                    g.spec.gateway_class_name
+                ),
+            );
+            continue;
+        }
+        let port = match g.spec.listeners.as_slice() {
+            [] => Some(DEFAULT_HBONE_PORT),
+            [l] if l.protocol == "HBONE" => parse_port(v, loc, "spec.listeners[0].port", l.port),
+            [l] => {
+                v.err(
+                    loc,
+                    "spec.listeners[0].protocol",
+                    format!("{:?}: a waypoint listens with protocol HBONE", l.protocol),
+                );
+                None
+            }
+            _ => {
+                v.err(
+                    loc,
+                    "spec.listeners",
+                    "a waypoint has exactly one HBONE listener",
+                );
+                None
+            }
+        };
+        let address = match g.spec.addresses.as_slice() {
+            [a] if a.kind.as_deref().is_none_or(|k| k == "IPAddress") => {
+                parse_ip(v, loc, "spec.addresses[0].value", &a.value)
+            }
+            [a] => {
+                v.err(
+                    loc,
+                    "spec.addresses[0].type",
+                    format!(
+                        "{:?}: only IPAddress is supported",
+                        a.kind.as_deref().unwrap_or("")
+                    ),
+                );
+                None
+            }
+            _ => {
+                v.err(
+                    loc,
+                    "spec.addresses",
+                    "a waypoint needs exactly one address (where its proxy runs)",
+                );
+                None
+            }
+        };
+        let waypoint_for = match g.labels.get(WAYPOINT_FOR).map(String::as_str) {
+            None | Some("service") => WaypointFor::Service,
+            Some("workload") => WaypointFor::Workload,
+            Some("all") => WaypointFor::All,
+            Some("none") => WaypointFor::None,
+            Some(o) => {
+                v.err(
+                    loc,
+                    format!("metadata.labels.{WAYPOINT_FOR}"),
+                    format!("{o:?}: expected service, workload, all or none"),
+                );
+                WaypointFor::None
+            }
+        };
+        // Istio runs a waypoint as the service account named after its Gateway.
+        let identity = match SpiffeId::new(trust_domain, &g.namespace, &g.name) {
+            Ok(id) => id,
+            Err(e) => {
+                v.err(
+                    loc,
+                    "metadata.name",
+                    format!("does not form a SPIFFE id: {e}"),
+                );
+                continue;
+            }
+        };
+        if let (Some(address), Some(port)) = (address, port) {
+            let wp = Waypoint {
+                name: g.name.clone(),
+                namespace: g.namespace.clone(),
+                address,
+                port,
+                identity,
+                waypoint_for,
+            };
+            if out.insert(wp.key(), Arc::new(wp)).is_some() {
+                v.err(
+                    loc,
+                    "metadata.name",
+                    format!("duplicate Gateway {}/{}", g.namespace, g.name),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Resolves `istio.io/use-waypoint` for a resource: its own label wins over its namespace's.
+struct Attach<'a> {
+    waypoints: &'a HashMap<String, Arc<Waypoint>>,
+    ns_labels: &'a HashMap<&'a str, &'a BTreeMap<String, String>>,
+}
+
+impl Attach<'_> {
+    fn resolve(
+        &self,
+        v: &mut Validator,
+        loc: &str,
+        namespace: &str,
+        meta: &BTreeMap<String, String>,
+        extra: &BTreeMap<String, String>,
+        kind: WaypointFor,
+    ) -> Option<Arc<Waypoint>> {
+        let own = [meta, extra]
+            .into_iter()
+            .find(|l| l.contains_key(USE_WAYPOINT));
+        let (labels, explicit, field) = match own {
+            Some(l) => (l, true, "metadata.labels"),
+            None => match self.ns_labels.get(namespace) {
+                Some(l) if l.contains_key(USE_WAYPOINT) => (*l, false, "metadata.labels"),
+                _ => return None,
+            },
+        };
+        let name = labels.get(USE_WAYPOINT)?;
+        if name == "none" {
+            return None;
+        }
+        let ns = labels
+            .get(USE_WAYPOINT_NAMESPACE)
+            .map_or(namespace, String::as_str);
+        let key = format!("{ns}/{name}");
+        let Some(wp) = self.waypoints.get(&key) else {
+            let whose = if explicit {
+                ""
+            } else {
+                " (from its Namespace)"
+            };
+            v.err(
+                loc,
+                format!("{field}.{USE_WAYPOINT}"),
+                format!("no waypoint Gateway {key}{whose}"),
+            );
+            return None;
+        };
+        let serves = matches!(
+            (wp.waypoint_for, kind),
+            (WaypointFor::All, _)
+                | (WaypointFor::Service, WaypointFor::Service)
+                | (WaypointFor::Workload, WaypointFor::Workload)
+        );
+        if serves {
+            Some(wp.clone())
+        } else {
+            if explicit {
+                let what = if kind == WaypointFor::Service {
+                    "services"
+                } else {
+                    "workloads"
+                };
+                v.err(
+                    loc,
+                    format!("{field}.{USE_WAYPOINT}"),
+                    format!("waypoint {key} does not serve {what} (its {WAYPOINT_FOR} label)"),
+                );
+            }
+            None
+        }
     }
 }
 

@@ -148,6 +148,73 @@ pub struct MeshConfigSpec {
     pub cluster_id: Option<String>,
 }
 
+/// apiVersions accepted for Gateway API resources.
+pub const GATEWAY_VERSIONS: &[&str] = &[
+    "gateway.networking.k8s.io/v1",
+    "gateway.networking.k8s.io/v1beta1",
+];
+
+/// The `gatewayClassName` of a waypoint (Istio).
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+/// Label attaching a namespace, service or workload to a waypoint (Istio).
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// Label naming the namespace of the waypoint in `istio.io/use-waypoint` (Istio).
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Label of a waypoint `Gateway` saying what traffic it serves (Istio).
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+
+/// `gateway.networking.k8s.io/v1` `Gateway` spec (a waypoint: `gatewayClassName:
+/// istio-waypoint`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Must be `istio-waypoint`.
+    pub gateway_class_name: String,
+    /// Listeners; a waypoint has one HBONE listener (Istio: `{name: mesh, port: 15008,
+    /// protocol: HBONE}`).
+    #[serde(default)]
+    pub listeners: Vec<GatewayListener>,
+    /// The waypoint's address (in Kubernetes, assigned; here, where it runs).
+    #[serde(default)]
+    pub addresses: Vec<GatewayAddress>,
+}
+
+/// `listeners[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayListener {
+    /// Name.
+    pub name: String,
+    /// Port.
+    pub port: u32,
+    /// Protocol: `HBONE`.
+    pub protocol: String,
+}
+
+/// `addresses[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayAddress {
+    /// `IPAddress` (the default).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The IP.
+    pub value: String,
+}
+
+/// A Kubernetes `Namespace` (`v1`): only its labels matter here (`istio.io/use-waypoint`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamespaceDoc {
+    /// `v1`.
+    pub api_version: String,
+    /// `Namespace`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: Metadata,
+}
+
 /// apiVersions accepted for security resources.
 pub const SECURITY_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 
@@ -156,7 +223,6 @@ pub const NOT_YET_SUPPORTED_KINDS: &[&str] = &[
     "RequestAuthentication",
     "VirtualService",
     "DestinationRule",
-    "Gateway",
     "HTTPRoute",
     "Sidecar",
     "EnvoyFilter",

@@ -34,6 +34,52 @@ pub struct Workload {
     pub hbone_addr: Option<SocketAddr>,
     /// Its metric labels, built once here so a connection only clones `Arc`s.
     pub telemetry: PeerLabels,
+    /// The waypoint traffic addressed to this workload directly goes through
+    /// (`istio.io/use-waypoint`, for a waypoint serving workloads).
+    pub waypoint: Option<Arc<Waypoint>>,
+}
+
+/// What a waypoint serves (`istio.io/waypoint-for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaypointFor {
+    /// Traffic addressed to services (Istio's default).
+    Service,
+    /// Traffic addressed to workloads directly.
+    Workload,
+    /// Both.
+    All,
+    /// Neither.
+    None,
+}
+
+/// A waypoint: a shared L7 proxy (`Gateway` with `gatewayClassName: istio-waypoint`).
+#[derive(Debug)]
+pub struct Waypoint {
+    /// Gateway name.
+    pub name: String,
+    /// Gateway namespace.
+    pub namespace: String,
+    /// Where its proxy runs.
+    pub address: IpAddr,
+    /// Its HBONE port.
+    pub port: u16,
+    /// Its identity (the service account named after the Gateway, as Istio).
+    pub identity: SpiffeId,
+    /// What it serves.
+    pub waypoint_for: WaypointFor,
+}
+
+impl Waypoint {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Its HBONE address.
+    pub fn hbone_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
 }
 
 impl Workload {
@@ -113,6 +159,8 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     /// Its metric labels.
     pub telemetry: ServiceLabels,
+    /// The waypoint traffic to this service goes through (`istio.io/use-waypoint`).
+    pub waypoint: Option<Arc<Waypoint>>,
 }
 
 /// One endpoint of a service port: a workload and the port to reach it on.
@@ -192,6 +240,11 @@ pub struct MeshState {
     pub root_namespace: String,
     /// Cluster name reported in metrics (`source_cluster`, `destination_cluster`).
     pub cluster_id: String,
+    /// Waypoints by `namespace/name`.
+    pub waypoints: HashMap<String, Arc<Waypoint>>,
+    /// For each workload (`namespace/name`) with waypoints (its own, its services'), the only
+    /// sources its ztunnel accepts.
+    pub waypoints_of: HashMap<String, Vec<Arc<Waypoint>>>,
     /// Authorization policies, as validated.
     pub policies: Vec<mesh_authz::Policy>,
     /// The policies compiled per workload (`namespace/name`).
@@ -218,6 +271,8 @@ impl MeshState {
             trust_domain: super::default_trust_domain(),
             root_namespace: super::DEFAULT_ROOT_NAMESPACE.to_owned(),
             cluster_id: super::DEFAULT_CLUSTER_ID.to_owned(),
+            waypoints: HashMap::new(),
+            waypoints_of: HashMap::new(),
             policies: Vec::new(),
             authz: mesh_authz::PolicyIndex::default(),
             peer_authn: Vec::new(),

@@ -187,6 +187,42 @@ async fn admit(
             return Err(StatusCode::BAD_REQUEST);
         }
     };
+    // A workload with waypoints (its own, or its services') accepts traffic only from them
+    // (Istio: the waypoint is where its L7 policy is enforced; skipping it is refused).
+    if let Some(wps) = state.waypoints_of.get(&dst.key())
+        && !wps.iter().any(|w| w.identity == *src_identity)
+    {
+        let via: Vec<String> = wps.iter().map(|w| w.key()).collect();
+        warn!(
+            target: "access",
+            direction = "inbound",
+            src.identity = %src_identity,
+            dst.workload = %dst.key(),
+            waypoints = %via.join(","),
+            "connection refused: must come through the workload's waypoint: 401"
+        );
+        let labels = observe::labels(
+            Reporter::Destination,
+            &observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
+            &dst.telemetry,
+            None,
+            SecurityPolicy::MutualTls,
+        );
+        ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
+        let mut rec = observe::record(
+            "inbound",
+            client,
+            None,
+            Some(src_identity.as_str()),
+            Some(authority),
+            Some(&dst),
+            SecurityPolicy::MutualTls,
+        );
+        rec.dst_hbone_addr = Some(hbone_addr);
+        let reason = format!("not from the workload's waypoint {} (401)", via.join(", "));
+        observe::log_refusal(access, rec, &reason, start);
+        return Err(StatusCode::UNAUTHORIZED);
+    }
     // The source workload, when the client address is a workload with the peer's identity;
     // otherwise only what the certificate tells.
     let src = state
@@ -203,7 +239,7 @@ async fn admit(
     let labels = observe::labels(
         Reporter::Destination,
         &src_labels,
-        &dst,
+        &dst.telemetry,
         service.map(|s| &s.telemetry),
         SecurityPolicy::MutualTls,
     );

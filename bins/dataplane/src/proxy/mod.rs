@@ -15,6 +15,7 @@ mod observe;
 mod outbound;
 mod plaintext;
 pub mod route;
+mod waypoint;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,8 +38,10 @@ use crate::config::MeshState;
 /// Settings of one node proxy.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// The `Node` of the mesh config this proxy runs as.
+    /// The `Node` of the mesh config this proxy runs as (a ztunnel).
     pub node: String,
+    /// The waypoint `Gateway` (`namespace/name`) this proxy runs as instead of a node.
+    pub waypoint: Option<String>,
     /// SOCKS5 listen address; `None` disables SOCKS5.
     pub socks5_addr: Option<SocketAddr>,
     /// Limit for connecting to a destination (HBONE peer or local app).
@@ -71,6 +74,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             node: String::new(),
+            waypoint: None,
             socks5_addr: None,
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
@@ -98,6 +102,8 @@ pub enum ListenerKind {
     Service,
     /// Plaintext inbound (captured connections to local workloads).
     Plaintext,
+    /// A waypoint's HBONE listener.
+    Waypoint,
 }
 
 /// A bound listener.
@@ -220,12 +226,69 @@ impl LiveConns {
     }
 }
 
+/// The listeners and identities `state` asks of this proxy: a node's workloads, SOCKS5,
+/// plaintext and VIP listeners; or a waypoint's one HBONE listener.
+fn plan(cfg: &ProxyConfig, node_name: &str, state: &MeshState) -> Result<Plan, Error> {
+    if let Some(key) = &cfg.waypoint {
+        let wp = state
+            .waypoints
+            .get(key)
+            .ok_or_else(|| Error::UnknownWaypoint(key.clone()))?;
+        return Ok(Plan {
+            desired: vec![(
+                ListenerKey::Waypoint(wp.hbone_addr()),
+                format!("waypoint {key}"),
+            )],
+            identities: vec![(wp.address, wp.identity.clone())],
+        });
+    }
+    let node = state
+        .node(node_name)
+        .ok_or_else(|| Error::UnknownNode(node_name.to_owned()))?;
+    let mut desired: Vec<(ListenerKey, String)> = Vec::new();
+    for w in &node.workloads {
+        let addr = SocketAddr::new(w.address, node.hbone_port);
+        desired.push((ListenerKey::Hbone(addr), w.key()));
+    }
+    if let Some(addr) = cfg.socks5_addr {
+        desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
+    }
+    if let Some(addr) = cfg.plaintext_addr {
+        desired.push((
+            ListenerKey::Plaintext(addr),
+            format!("node {} plaintext inbound", node.name),
+        ));
+    }
+    if node.service_listeners {
+        let mut vips: Vec<_> = state.vips().collect();
+        vips.sort_by_key(|(a, _)| **a);
+        for (addr, sp) in vips {
+            let what = format!(
+                "{}/{} ({})",
+                sp.service.namespace,
+                sp.service.name,
+                sp.service.hosts.first().map_or("", String::as_str)
+            );
+            desired.push((ListenerKey::Service(*addr), what));
+        }
+    }
+    Ok(Plan {
+        desired,
+        identities: node
+            .workloads
+            .iter()
+            .map(|w| (w.address, w.identity.clone()))
+            .collect(),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ListenerKey {
     Hbone(SocketAddr),
     Socks5(SocketAddr),
     Service(SocketAddr),
     Plaintext(SocketAddr),
+    Waypoint(SocketAddr),
 }
 
 struct ListenerHandle {
@@ -270,6 +333,14 @@ enum Pending {
     Socks5(TcpListener),
     Service(TcpListener),
     Plaintext(TcpListener),
+    Waypoint(TcpListener),
+}
+
+/// What a config asks of this proxy: listeners, and the identity presented on each local
+/// address.
+struct Plan {
+    desired: Vec<(ListenerKey, String)>,
+    identities: Vec<(std::net::IpAddr, mesh_identity::SpiffeId)>,
 }
 
 /// What applying a config changed.
@@ -293,8 +364,14 @@ impl Proxy {
         ca: Arc<dyn CertProvider>,
         bundle: TrustBundle,
     ) -> Result<Proxy, Error> {
-        if state.node(&cfg.node).is_none() {
-            return Err(Error::UnknownNode(cfg.node.clone()));
+        match &cfg.waypoint {
+            Some(w) if !state.waypoints.contains_key(w) => {
+                return Err(Error::UnknownWaypoint(w.clone()));
+            }
+            None if state.node(&cfg.node).is_none() => {
+                return Err(Error::UnknownNode(cfg.node.clone()));
+            }
+            _ => {}
         }
         if let Some(a) = cfg.admin_addr
             && !a.ip().is_loopback()
@@ -310,7 +387,7 @@ impl Proxy {
             telemetry,
             pool: Pool::new(cfg.pool.clone(), bundle.clone()),
             state: ArcSwap::from_pointee(MeshState::empty()),
-            node_name: cfg.node.clone(),
+            node_name: cfg.waypoint.clone().unwrap_or_else(|| cfg.node.clone()),
             certs: CertManager::new(ca, RotationPolicy::default()),
             bundle,
             cfg,
@@ -356,7 +433,8 @@ impl Proxy {
         info!(
             node = %proxy.inner.ctx.node_name,
             listeners = proxy.listening().len(),
-            "ztunnel ready"
+            "{} ready",
+            if proxy.inner.ctx.cfg.waypoint.is_some() { "waypoint" } else { "ztunnel" }
         );
         Ok(proxy)
     }
@@ -368,46 +446,19 @@ impl Proxy {
         let inner = &self.inner;
         let ctx = &inner.ctx;
         let _applying = inner.applying.lock().await;
-        let node = state
-            .node(&ctx.node_name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownNode(ctx.node_name.clone()))?;
-        let mut desired: Vec<(ListenerKey, String)> = Vec::new();
-        for w in &node.workloads {
-            let addr = SocketAddr::new(w.address, node.hbone_port);
-            desired.push((ListenerKey::Hbone(addr), w.key()));
-        }
-        if let Some(addr) = ctx.cfg.socks5_addr {
-            desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
-        }
-        if let Some(addr) = ctx.cfg.plaintext_addr {
-            desired.push((
-                ListenerKey::Plaintext(addr),
-                format!("node {} plaintext inbound", node.name),
-            ));
-        }
-        if node.service_listeners {
-            let mut vips: Vec<_> = state.vips().collect();
-            vips.sort_by_key(|(a, _)| **a);
-            for (addr, sp) in vips {
-                let what = format!(
-                    "{}/{} ({})",
-                    sp.service.namespace,
-                    sp.service.name,
-                    sp.service.hosts.first().map_or("", String::as_str)
-                );
-                desired.push((ListenerKey::Service(*addr), what));
-            }
-        }
+        let Plan {
+            desired,
+            identities,
+        } = plan(&ctx.cfg, &ctx.node_name, &state)?;
         // Certificates and binds first: a failure leaves the running config untouched.
         let mut server_tls = HashMap::new();
-        for w in &node.workloads {
+        for (ip, id) in &identities {
             let tls = mesh_identity::server_config(
-                ctx.certs.store(&w.identity).await?,
+                ctx.certs.store(id).await?,
                 &ctx.bundle,
                 vec![state.trust_domain.clone()],
             )?;
-            server_tls.insert(w.address, tls);
+            server_tls.insert(*ip, tls);
         }
         let existing: Vec<ListenerKey> = {
             let l = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -423,6 +474,7 @@ impl Proxy {
                 ListenerKey::Socks5(addr) => Pending::Socks5(bind(*addr).await?),
                 ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
                 ListenerKey::Plaintext(addr) => Pending::Plaintext(bind(*addr).await?),
+                ListenerKey::Waypoint(addr) => Pending::Waypoint(bind(*addr).await?),
             };
             pending.push((key.clone(), what.clone(), p));
         }
@@ -454,12 +506,11 @@ impl Proxy {
                 keep
             });
         }
-        // Certificates of workloads that left this node.
-        let local: Vec<_> = node.workloads.iter().map(|w| w.identity.clone()).collect();
-        if let Some(old_node) = old.node(&ctx.node_name) {
-            for w in &old_node.workloads {
-                if !local.contains(&w.identity) {
-                    ctx.certs.remove(&w.identity);
+        // Certificates of identities this proxy no longer serves.
+        if let Ok(before) = plan(&ctx.cfg, &ctx.node_name, &old) {
+            for (_, id) in &before.identities {
+                if !identities.iter().any(|(_, x)| x == id) {
+                    ctx.certs.remove(id);
                 }
             }
         }
@@ -476,6 +527,7 @@ impl Proxy {
             Pending::Socks5(l) => (ListenerKind::Socks5, l),
             Pending::Service(l) => (ListenerKind::Service, l),
             Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
+            Pending::Waypoint(l) => (ListenerKind::Waypoint, l),
         };
         let addr = listener.local_addr().map_err(Error::Runtime)?;
         info!(?kind, %addr, %what, "listening");
@@ -500,6 +552,12 @@ impl Proxy {
             Pending::Plaintext(l) => {
                 self.serve(l, "plaintext", stop.clone(), move |tcp, peer| {
                     plaintext::serve(ctx.clone(), tcp, peer)
+                });
+            }
+            Pending::Waypoint(l) => {
+                let cancel = inner.cancel.clone();
+                self.serve(l, "waypoint", stop.clone(), move |tcp, _peer| {
+                    waypoint::serve(ctx.clone(), tcp, cancel.clone())
                 });
             }
         }

@@ -88,7 +88,7 @@ pub(crate) fn identity_labels(identity: &str, namespace: &str) -> PeerLabels {
 pub(crate) fn labels(
     reporter: Reporter,
     src: &PeerLabels,
-    dst: &Workload,
+    dst: &PeerLabels,
     service: Option<&ServiceLabels>,
     security: SecurityPolicy,
 ) -> ConnectionLabels {
@@ -100,14 +100,7 @@ pub(crate) fn labels(
             &unknown
         }
     };
-    ConnectionLabels::tcp(
-        reporter,
-        src,
-        &dst.telemetry,
-        service,
-        security,
-        ResponseFlags::None,
-    )
+    ConnectionLabels::tcp(reporter, src, dst, service, security, ResponseFlags::None)
 }
 
 /// Counts HBONE tunnel bytes into a connection's metrics as they pass. On the destination
@@ -122,14 +115,14 @@ impl mesh_hbone::ByteCounter for TunnelBytes<'_> {
     fn plain_to_tunnel(&self, n: u64) {
         match self.reporter {
             Reporter::Source => self.rec.request_bytes(n),
-            Reporter::Destination => self.rec.response_bytes(n),
+            Reporter::Destination | Reporter::Waypoint => self.rec.response_bytes(n),
         }
     }
     #[inline]
     fn tunnel_to_plain(&self, n: u64) {
         match self.reporter {
             Reporter::Source => self.rec.response_bytes(n),
-            Reporter::Destination => self.rec.request_bytes(n),
+            Reporter::Destination | Reporter::Waypoint => self.rec.request_bytes(n),
         }
     }
 }
@@ -453,11 +446,15 @@ pub(crate) fn log_copied(
 
 /// Copies both ways between a client and a server stream, counting the client's bytes as
 /// request and the server's as response bytes while they pass.
-pub(crate) async fn copy_counted(
-    client: &mut tokio::net::TcpStream,
-    server: &mut tokio::net::TcpStream,
+pub(crate) async fn copy_counted<A, B>(
+    client: &mut A,
+    server: &mut B,
     rec: &ConnectionRecorder,
-) -> std::io::Result<(u64, u64)> {
+) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let mut client = Counted {
         inner: client,
         rec,

@@ -90,85 +90,31 @@ async fn proxy(
             hbone_addr,
             service,
         } => {
-            let access = &ctx.telemetry.access;
-            let authority = SocketAddr::new(workload.address, port);
-            let host = service
-                .as_ref()
-                .and_then(|s| s.service.hosts.first().cloned());
-            let record = || {
-                let mut rec = observe::record(
-                    "outbound",
-                    Some(peer),
-                    Some(&src),
-                    Some(src.identity.as_str()),
-                    Some(authority),
-                    Some(&workload),
-                    SecurityPolicy::MutualTls,
-                );
-                rec.dst_hbone_addr = Some(hbone_addr);
-                rec.dst_service = host.as_deref();
-                rec
-            };
-            // Boxed: the dial's state (labels, certificate lookup, the pool's handshake) is
-            // large and short-lived; inline it would stay in every tunnel's task for the
-            // tunnel's whole life (idle-tunnel memory).
-            let dial = Box::pin(dial(
-                &ctx,
-                &src,
-                &workload,
-                service.as_deref(),
-                host.as_ref(),
-                authority,
+            let dest = Dest {
+                identity: workload.identity.clone(),
                 hbone_addr,
-                peer,
-            ));
-            let (tunnel, rec) = match dial.await {
-                Ok(x) => x,
-                Err((r, reason)) => {
-                    observe::log_refusal(access, record(), &reason, start);
-                    return reply(&mut tcp, socks, r).await;
-                }
+                authority: SocketAddr::new(workload.address, port),
+                workload: Some(workload),
+                service,
+                waypoint: None,
             };
-            reply(&mut tcp, socks, Reply::Success).await;
-            let mut tunnel = tunnel;
-            if !early.is_empty() {
-                if let Err(e) = tunnel.write_all(&early).await {
-                    return debug!(error = %e, "early data");
-                }
-                rec.request_bytes(early.len() as u64);
-            }
-            let (mut r, mut w) = tcp.split();
-            let counter = observe::TunnelBytes {
-                rec: &rec,
-                reporter: Reporter::Source,
+            tunnel(&ctx, tcp, peer, &src, dest, early, socks, start).await;
+        }
+        Route::Waypoint {
+            waypoint,
+            authority,
+            service,
+            workload,
+        } => {
+            let dest = Dest {
+                identity: waypoint.identity.clone(),
+                hbone_addr: waypoint.hbone_addr(),
+                authority,
+                workload,
+                service,
+                waypoint: Some(waypoint),
             };
-            let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter).await;
-            let (sent, received, error) = match &result {
-                Ok(s) => (
-                    s.plain_to_tunnel + early.len() as u64,
-                    s.tunnel_to_plain,
-                    None,
-                ),
-                Err(e) => (0, 0, Some(e.to_string())),
-            };
-            debug!(
-                src.workload = %src.key(),
-                dst.workload = %workload.key(),
-                bytes_sent = sent,
-                bytes_received = received,
-                "connection complete"
-            );
-            if access.enabled() {
-                let mut rec = record();
-                rec.bytes_sent = sent;
-                rec.bytes_recv = received;
-                rec.duration = observe::duration(start);
-                if error.is_some() {
-                    rec.outcome = Some(Outcome::Error);
-                    rec.reason = error.as_deref();
-                }
-                access.log(&rec);
-            }
+            tunnel(&ctx, tcp, peer, &src, dest, early, socks, start).await;
         }
         Route::Plain {
             addr,
@@ -178,7 +124,7 @@ async fn proxy(
             let labels = observe::labels(
                 Reporter::Source,
                 &src.telemetry,
-                &workload,
+                &workload.telemetry,
                 service.as_ref().map(|s| &s.service.telemetry),
                 SecurityPolicy::Unknown,
             );
@@ -216,17 +162,111 @@ async fn proxy(
     }
 }
 
+/// Where an outbound HBONE tunnel goes: a workload's node, or a waypoint.
+struct Dest {
+    /// The identity the HBONE server must present.
+    identity: mesh_identity::SpiffeId,
+    hbone_addr: SocketAddr,
+    /// The CONNECT authority.
+    authority: SocketAddr,
+    /// The destination workload, when known here.
+    workload: Option<Arc<Workload>>,
+    service: Option<Arc<crate::config::ServicePort>>,
+    /// Set when the tunnel goes to the destination's waypoint.
+    waypoint: Option<Arc<crate::config::Waypoint>>,
+}
+
+/// Carries one outbound connection through an HBONE tunnel to `dest`.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel(
+    ctx: &Ctx,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    src: &Workload,
+    dest: Dest,
+    early: Vec<u8>,
+    socks: bool,
+    start: tokio::time::Instant,
+) {
+    let access = &ctx.telemetry.access;
+    let host = dest
+        .service
+        .as_ref()
+        .and_then(|s| s.service.hosts.first().cloned());
+    let record = || {
+        let mut rec = observe::record(
+            "outbound",
+            Some(peer),
+            Some(src),
+            Some(src.identity.as_str()),
+            Some(dest.authority),
+            dest.workload.as_deref(),
+            SecurityPolicy::MutualTls,
+        );
+        rec.dst_identity = Some(dest.identity.as_str());
+        rec.dst_hbone_addr = Some(dest.hbone_addr);
+        rec.dst_service = host.as_deref();
+        rec
+    };
+    // Boxed: the dial's state (labels, certificate lookup, the pool's handshake) is large and
+    // short-lived; inline it would stay in every tunnel's task for the tunnel's whole life
+    // (idle-tunnel memory).
+    let (tunnel, rec) = match Box::pin(dial(ctx, src, &dest, host.as_ref(), peer)).await {
+        Ok(x) => x,
+        Err((r, reason)) => {
+            observe::log_refusal(access, record(), &reason, start);
+            return reply(&mut tcp, socks, r).await;
+        }
+    };
+    reply(&mut tcp, socks, Reply::Success).await;
+    let mut tunnel = tunnel;
+    if !early.is_empty() {
+        if let Err(e) = tunnel.write_all(&early).await {
+            return debug!(error = %e, "early data");
+        }
+        rec.request_bytes(early.len() as u64);
+    }
+    let (mut r, mut w) = tcp.split();
+    let counter = observe::TunnelBytes {
+        rec: &rec,
+        reporter: Reporter::Source,
+    };
+    let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter).await;
+    let (sent, received, error) = match &result {
+        Ok(s) => (
+            s.plain_to_tunnel + early.len() as u64,
+            s.tunnel_to_plain,
+            None,
+        ),
+        Err(e) => (0, 0, Some(e.to_string())),
+    };
+    debug!(
+        src.workload = %src.key(),
+        dst.addr = %dest.authority,
+        bytes_sent = sent,
+        bytes_received = received,
+        "connection complete"
+    );
+    if access.enabled() {
+        let mut rec = record();
+        rec.bytes_sent = sent;
+        rec.bytes_recv = received;
+        rec.duration = observe::duration(start);
+        if error.is_some() {
+            rec.outcome = Some(Outcome::Error);
+            rec.reason = error.as_deref();
+        }
+        access.log(&rec);
+    }
+}
+
 /// Opens the HBONE tunnel for one outbound connection and records it as opened; on failure
 /// records the refusal in the metrics and returns the SOCKS reply and the reason to log.
-#[allow(clippy::too_many_arguments)]
 async fn dial(
     ctx: &Ctx,
     src: &Workload,
-    workload: &Workload,
-    service: Option<&crate::config::ServicePort>,
+    dest: &Dest,
     host: Option<&String>,
-    authority: SocketAddr,
-    hbone_addr: SocketAddr,
     peer: SocketAddr,
 ) -> Result<
     (
@@ -235,11 +275,19 @@ async fn dial(
     ),
     (Reply, String),
 > {
+    let unknown;
+    let dst_labels = match &dest.workload {
+        Some(w) => &w.telemetry,
+        None => {
+            unknown = mesh_telemetry::metrics::PeerLabels::unknown();
+            &unknown
+        }
+    };
     let labels = observe::labels(
         Reporter::Source,
         &src.telemetry,
-        workload,
-        service.map(|s| &s.service.telemetry),
+        dst_labels,
+        dest.service.as_ref().map(|s| &s.service.telemetry),
         SecurityPolicy::MutualTls,
     );
     let source = match ctx.certs.store(&src.identity).await {
@@ -264,14 +312,15 @@ async fn dial(
     .to_header_map();
     let req = ConnectRequest {
         source,
-        destination_identity: workload.identity.clone(),
-        hbone_addr,
-        authority,
+        destination_identity: dest.identity.clone(),
+        hbone_addr: dest.hbone_addr,
+        authority: dest.authority,
         headers,
     };
     // The pool bounds the dial itself by the same timeout; this bound adds the CONNECT round
     // trip, so a slow dial reports the pool's own error.
     let timeout = ctx.cfg.connect_timeout * 2;
+    let via = dest.waypoint.as_ref().map(|w| w.key());
     match tokio::time::timeout(timeout, ctx.pool.connect(req)).await {
         Ok(Ok(t)) => Ok((t, ctx.telemetry.tcp.open(&labels))),
         Ok(Err(e)) => {
@@ -289,15 +338,16 @@ async fn dial(
             warn!(
                 error = %e,
                 src.workload = %src.key(),
-                dst.workload = %workload.key(),
-                dst.identity = %workload.identity,
+                dst.addr = %dest.authority,
+                dst.identity = %dest.identity,
+                waypoint = via.as_deref().unwrap_or("-"),
                 "outbound HBONE failed"
             );
             ctx.telemetry.tcp.refused(&labels, flags);
             Err((r, e.to_string()))
         }
         Err(_) => {
-            warn!(dst.workload = %workload.key(), %hbone_addr, "outbound HBONE timed out");
+            warn!(dst.addr = %dest.authority, hbone = %dest.hbone_addr, "outbound HBONE timed out");
             ctx.telemetry
                 .tcp
                 .refused(&labels, ResponseFlags::ConnectFailure);

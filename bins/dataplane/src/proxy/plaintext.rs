@@ -69,7 +69,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
     let labels = observe::labels(
         Reporter::Destination,
         &src_labels,
-        &dst,
+        &dst.telemetry,
         None,
         SecurityPolicy::Unknown,
     );

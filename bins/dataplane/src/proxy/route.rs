@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{MeshState, ServicePort, Workload};
+use crate::config::{MeshState, ServicePort, Waypoint, Workload};
 use crate::socks5::Target;
 
 /// Where an outbound connection goes.
@@ -30,6 +30,18 @@ pub enum Route {
         /// The service the client addressed, if it addressed one.
         service: Option<Arc<ServicePort>>,
     },
+    /// Through the destination's waypoint: HBONE to the waypoint with the original address
+    /// as the `:authority`.
+    Waypoint {
+        /// The waypoint.
+        waypoint: Arc<Waypoint>,
+        /// The address the client used: the service VIP:port, or the workload ip:port.
+        authority: SocketAddr,
+        /// The service the client addressed, if it addressed one.
+        service: Option<Arc<ServicePort>>,
+        /// The workload the client addressed, if it addressed one directly.
+        workload: Option<Arc<Workload>>,
+    },
     /// Not a mesh address: pass through unchanged (Istio's `ALLOW_ANY`).
     Passthrough(SocketAddr),
     /// A service with no endpoints.
@@ -38,7 +50,9 @@ pub enum Route {
     UnknownHost(String),
 }
 
-/// Decides the route for `target`. Services are balanced round-robin over their endpoints.
+/// Decides the route for `target`. Services are balanced round-robin over their endpoints;
+/// a service (or a directly addressed workload) with a waypoint goes through it (Istio: the
+/// service VIP uses the service's waypoint, a workload address the workload's).
 pub fn route(state: &MeshState, target: &Target) -> Route {
     let service = match target {
         Target::Host(h, port) => match state.service_by_host(h, *port) {
@@ -49,12 +63,40 @@ pub fn route(state: &MeshState, target: &Target) -> Route {
             Some(sp) => sp.clone(),
             None => {
                 return match state.workload_by_ip(addr.ip()) {
-                    Some(w) => to_workload(w.clone(), addr.port(), None),
+                    Some(w) => match &w.waypoint {
+                        Some(wp) => Route::Waypoint {
+                            waypoint: wp.clone(),
+                            authority: *addr,
+                            service: None,
+                            workload: Some(w.clone()),
+                        },
+                        None => to_workload(w.clone(), addr.port(), None),
+                    },
                     None => Route::Passthrough(*addr),
                 };
             }
         },
     };
+    if let Some(wp) = &service.service.waypoint {
+        // The waypoint is told the service by its VIP (the address the client used, or the
+        // service's first VIP when it was addressed by name).
+        let vip = match target {
+            Target::Addr(a) => Some(*a),
+            Target::Host(..) => service
+                .service
+                .vips
+                .first()
+                .map(|ip| SocketAddr::new(*ip, service.port)),
+        };
+        if let Some(authority) = vip {
+            return Route::Waypoint {
+                waypoint: wp.clone(),
+                authority,
+                service: Some(service.clone()),
+                workload: None,
+            };
+        }
+    }
     match service.pick() {
         Some(ep) => to_workload(ep.workload.clone(), ep.port, Some(service.clone())),
         None => Route::NoEndpoints(service),

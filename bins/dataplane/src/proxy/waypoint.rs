@@ -1,0 +1,200 @@
+//! The waypoint role: a shared proxy in front of the services and workloads that use it
+//! (`istio.io/use-waypoint`). Source ztunnels send it HBONE with the address the client used
+//! as the `:authority` (a service VIP:port or a workload ip:port); it picks the endpoint and
+//! opens a new HBONE tunnel to that endpoint's ztunnel with its own identity, so the
+//! destination ztunnel sees the waypoint as the source (and accepts such a workload's traffic
+//! only from its waypoints). This release carries each tunnelled stream as TCP; HTTP routing
+//! and L7 policy are layered here next.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use mesh_hbone::headers::ConnectHeaders;
+use mesh_hbone::{ConnectRequest, InboundConnect, accept_tls, serve_connection};
+use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{Ctx, observe};
+use crate::config::{ServicePort, Workload};
+
+/// Serves one HBONE connection to the waypoint.
+pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, cancel: CancellationToken) {
+    let peer = tcp.peer_addr().ok();
+    let local = tcp.local_addr().ok();
+    let Some(tls) = local.and_then(|l| ctx.server_tls.load().get(&l.ip()).cloned()) else {
+        return warn!(src.addr = ?peer, "waypoint connection on an address it no longer serves");
+    };
+    let (stream, info) = match accept_tls(tcp, tls, ctx.cfg.handshake_timeout).await {
+        Ok(x) => x,
+        Err(e) => return warn!(src.addr = ?peer, error = %e, "waypoint HBONE refused"),
+    };
+    let settings = ctx.cfg.pool.h2.clone();
+    let result = serve_connection(stream, info, &settings, cancel, |req| {
+        let ctx = ctx.clone();
+        connect(ctx, req)
+    })
+    .await;
+    if let Err(e) = result {
+        debug!(error = %e, "waypoint HBONE connection ended with error");
+    }
+}
+
+/// The endpoint a CONNECT resolves to.
+struct Target {
+    workload: Arc<Workload>,
+    port: u16,
+    service: Option<Arc<ServicePort>>,
+}
+
+async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
+    let start = tokio::time::Instant::now();
+    let access = &ctx.telemetry.access;
+    let authority = req.authority;
+    let src_identity = req.conn.peer_identity.clone();
+    let headers = req.connect_headers();
+    let state = ctx.state.load_full();
+    let me = &ctx.node_name;
+    let uses_me =
+        |wp: &Option<Arc<crate::config::Waypoint>>| wp.as_ref().is_some_and(|w| w.key() == *me);
+    // What the client addressed: a service that uses this waypoint (balanced over its
+    // endpoints), or a workload that does.
+    let target = match state.service_by_vip(authority) {
+        Some(sp) if uses_me(&sp.service.waypoint) => sp.pick().map(|ep| Target {
+            workload: ep.workload.clone(),
+            port: ep.port,
+            service: Some(sp.clone()),
+        }),
+        _ => state
+            .workload_by_ip(authority.ip())
+            .filter(|w| uses_me(&w.waypoint))
+            .map(|w| Target {
+                workload: w.clone(),
+                port: authority.port(),
+                service: None,
+            }),
+    };
+    fn line<'a>(
+        client: Option<SocketAddr>,
+        src_identity: &'a str,
+        authority: SocketAddr,
+        t: Option<&'a Target>,
+    ) -> mesh_telemetry::access::ConnectionRecord<'a> {
+        let mut rec = observe::record(
+            "waypoint",
+            client,
+            None,
+            Some(src_identity),
+            Some(authority),
+            t.map(|t| &*t.workload),
+            SecurityPolicy::MutualTls,
+        );
+        rec.dst_service = t
+            .and_then(|t| t.service.as_ref())
+            .and_then(|s| s.service.hosts.first().map(String::as_str));
+        rec
+    }
+    let client = headers.client;
+    let record = |t| line(client, src_identity.as_str(), authority, t);
+    let Some(target) = target else {
+        warn!(%authority, src.identity = %src_identity, "not a service or workload of this waypoint: 400");
+        observe::log_refusal(
+            access,
+            record(None),
+            "not served by this waypoint (400)",
+            start,
+        );
+        return req.refuse(StatusCode::BAD_REQUEST);
+    };
+    let src = headers
+        .client
+        .and_then(|c| state.workload_by_ip(c.ip()))
+        .filter(|w| w.identity == src_identity)
+        .cloned();
+    let src_labels = match &src {
+        Some(w) => w.telemetry.clone(),
+        None => observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
+    };
+    let labels = observe::labels(
+        Reporter::Waypoint,
+        &src_labels,
+        &target.workload.telemetry,
+        target.service.as_ref().map(|s| &s.service.telemetry),
+        SecurityPolicy::MutualTls,
+    );
+    drop(state);
+    let Some(hbone_addr) = target.workload.hbone_addr else {
+        warn!(dst.workload = %target.workload.key(), "endpoint is on no mesh node: 503");
+        ctx.telemetry
+            .tcp
+            .refused(&labels, ResponseFlags::ConnectFailure);
+        observe::log_refusal(
+            access,
+            record(Some(&target)),
+            "endpoint outside the mesh (503)",
+            start,
+        );
+        return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    let Some(wp) = ctx.state.load().waypoints.get(me).cloned() else {
+        return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    // A new tunnel to the endpoint's ztunnel with the waypoint's own identity; the client's
+    // address is passed on so the destination's policy sees the original source IP.
+    let upstream = async {
+        let source = ctx
+            .certs
+            .store(&wp.identity)
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = ConnectHeaders {
+            client: headers.client,
+            host: headers.host.clone(),
+            baggage: headers.baggage.clone(),
+            traceparent: headers.traceparent.clone(),
+        };
+        let req = ConnectRequest {
+            source,
+            destination_identity: target.workload.identity.clone(),
+            hbone_addr,
+            authority: SocketAddr::new(target.workload.address, target.port),
+            headers: out.to_header_map(),
+        };
+        match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("HBONE connect timed out".to_owned()),
+        }
+    };
+    let mut upstream = match Box::pin(upstream).await {
+        Ok(t) => t,
+        Err(reason) => {
+            // A 401 from the destination is passed back as is.
+            let status = if reason.contains("401") {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let flags = if status == StatusCode::UNAUTHORIZED {
+                ResponseFlags::Deny
+            } else {
+                ResponseFlags::ConnectFailure
+            };
+            warn!(dst.workload = %target.workload.key(), %reason, "waypoint upstream failed");
+            ctx.telemetry.tcp.refused(&labels, flags);
+            observe::log_refusal(access, record(Some(&target)), &reason, start);
+            return req.refuse(status);
+        }
+    };
+    let rec = ctx.telemetry.tcp.open(&labels);
+    drop((labels, src_labels));
+    let mut downstream = match req.accept() {
+        Ok(t) => t,
+        Err(e) => return debug!(error = %e, "tunnel closed before 200"),
+    };
+    let result = observe::copy_counted(&mut downstream, &mut upstream, &rec).await;
+    let mut r = record(Some(&target));
+    r.dst_hbone_addr = Some(hbone_addr);
+    observe::log_copied(access, r, &result, 0, start);
+}
