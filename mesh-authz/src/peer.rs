@@ -83,13 +83,18 @@ impl PeerAuthenticationSpec {
         root_namespace: &str,
     ) -> Result<PeerAuthentication, Vec<FieldError>> {
         let mut errs = Vec::new();
+        // Istio: an empty selector (`matchLabels: {}`) is no selector.
+        let selector = self
+            .selector
+            .as_ref()
+            .filter(|s| !s.match_labels.is_empty());
         let err = |errs: &mut Vec<FieldError>, field: &str, reason: String| {
             errs.push(FieldError {
                 field: field.to_owned(),
                 reason,
             })
         };
-        if self.selector.is_some() && namespace == root_namespace {
+        if selector.is_some() && namespace == root_namespace {
             err(
                 &mut errs,
                 "spec.selector",
@@ -100,7 +105,7 @@ impl PeerAuthenticationSpec {
         }
         let mut ports = BTreeMap::new();
         if let Some(pl) = &self.port_level_mtls {
-            if self.selector.is_none() {
+            if selector.is_none() {
                 err(
                     &mut errs,
                     "spec.portLevelMtls",
@@ -133,7 +138,7 @@ impl PeerAuthenticationSpec {
         Ok(PeerAuthentication {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            selector: self.selector.as_ref().map(|s| s.match_labels.clone()),
+            selector: selector.map(|s| s.match_labels.clone()),
             mode: self.mtls.as_ref().map_or(MtlsMode::Unset, |m| m.mode),
             ports,
         })
@@ -404,11 +409,26 @@ mod tests {
                 "s1",
                 r#"{"selector": {"matchLabels": {"app": "db"}}}"#,
             ),
-            pa("shop", "s2", r#"{"selector": {"matchLabels": {}}}"#),
+            pa(
+                "shop",
+                "s2",
+                r#"{"selector": {"matchLabels": {"app": "db"}}}"#,
+            ),
+            // An empty selector is namespace scope (Istio), not a third selector.
+            pa(
+                "shop",
+                "ns",
+                r#"{"selector": {"matchLabels": {}}, "mtls": {"mode": "STRICT"}}"#,
+            ),
         ];
-        let (_, c) = PeerAuthnIndex::build(&policies, ws, "istio-system");
+        assert_eq!(policies[4].selector, None);
+        let (idx, c) = PeerAuthnIndex::build(&policies, ws, "istio-system");
         assert_eq!(c.len(), 2, "{c:?}");
         assert_eq!(c[0].policies, ["istio-system/a", "istio-system/b"]);
         assert_eq!(c[1].policies, ["shop/s1", "shop/s2"]);
+        assert!(
+            idx.strict("shop/other", 80),
+            "namespace-wide STRICT applies"
+        );
     }
 }

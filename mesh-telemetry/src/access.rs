@@ -4,11 +4,10 @@
 //! a bounded queue, so a slow disk or a blocked stdout pipe never blocks the data path; when
 //! the queue is full the line is dropped and counted (`dropped()`), never waited for.
 
+use prometheus_client::metrics::counter::Counter;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use serde::Serialize;
@@ -43,7 +42,7 @@ const QUEUE: usize = 8192;
 #[derive(Debug, Clone)]
 pub struct AccessLogger {
     tx: Option<SyncSender<Vec<u8>>>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl AccessLogger {
@@ -54,7 +53,7 @@ impl AccessLogger {
             Sink::Off => {
                 return Ok(AccessLogger {
                     tx: None,
-                    dropped: Arc::default(),
+                    dropped: Counter::default(),
                 });
             }
             Sink::Stdout => Box::new(std::io::stdout()),
@@ -71,14 +70,17 @@ impl AccessLogger {
             .spawn(move || {
                 let mut out = std::io::LineWriter::new(out);
                 while let Ok(line) = rx.recv() {
-                    if out.write_all(&line).is_err() {
+                    if let Err(e) = out.write_all(&line) {
+                        // The sink is gone (closed pipe, full disk): say so once; from now
+                        // on lines are dropped and counted.
+                        tracing::error!(error = %e, "access log sink failed; further lines are dropped");
                         break;
                     }
                 }
             })?;
         Ok(AccessLogger {
             tx: Some(tx),
-            dropped: Arc::default(),
+            dropped: Counter::default(),
         })
     }
 
@@ -86,7 +88,7 @@ impl AccessLogger {
     pub fn off() -> AccessLogger {
         AccessLogger {
             tx: None,
-            dropped: Arc::default(),
+            dropped: Counter::default(),
         }
     }
 
@@ -105,14 +107,19 @@ impl AccessLogger {
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.inc();
             }
         }
     }
 
-    /// Lines dropped because the writer fell behind.
+    /// Lines dropped because the writer fell behind or its sink failed.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.get()
+    }
+
+    /// The dropped-lines counter, to register (e.g. as `mesh_access_log_dropped`).
+    pub fn dropped_counter(&self) -> Counter {
+        self.dropped.clone()
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// Body (at most 64 KiB).
     pub body: Bytes,
+    /// Request headers.
+    pub headers: http::HeaderMap,
 }
 
 impl Request {
@@ -86,6 +88,7 @@ pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Router {
     routes: HashMap<String, Handler>,
+    local_only: bool,
 }
 
 impl std::fmt::Debug for Router {
@@ -115,6 +118,15 @@ impl Router {
     /// Adds every route of `other`.
     pub fn merge(mut self, other: Router) -> Router {
         self.routes.extend(other.routes);
+        self.local_only |= other.local_only;
+        self
+    }
+
+    /// Answers only requests a local tool makes: 403 for any request with an `Origin` header
+    /// (a browser page, which could otherwise POST cross-site) or whose `Host` is not a
+    /// loopback name (DNS rebinding). For endpoints that change state or expose config.
+    pub fn local_only(mut self) -> Router {
+        self.local_only = true;
         self
     }
 
@@ -127,11 +139,40 @@ impl Router {
 
     /// Handles `req`: 404 for an unknown path.
     pub fn handle(&self, req: &Request) -> Response {
+        if self.local_only && !is_local_request(req) {
+            return Response::text(
+                StatusCode::FORBIDDEN,
+                "admin requests must come from a local tool (no Origin, loopback Host)\n",
+            );
+        }
         match self.routes.get(&req.path) {
             Some(h) => h(req),
             None => Response::text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+}
+
+fn is_local_request(req: &Request) -> bool {
+    if req.headers.contains_key(http::header::ORIGIN) {
+        return false;
+    }
+    let Some(host) = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        // HTTP/1.0 without Host: not a browser.
+        return true;
+    };
+    // Strip the port: `[::1]:15000`, `127.0.0.1:15000`, `localhost`.
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn decode(s: &str) -> String {
@@ -189,6 +230,7 @@ async fn handle(
         path: parts.uri.path().to_owned(),
         query: parse_query(parts.uri.query()),
         body,
+        headers: parts.headers,
     };
     Ok(to_hyper(router.handle(&req)))
 }
@@ -251,6 +293,45 @@ pub async fn bind_and_serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_only_refuses_browsers_and_foreign_hosts() {
+        let r = Router::new()
+            .route("/x", |_req: &Request| Response::text(StatusCode::OK, "ok"))
+            .local_only();
+        let req = |headers: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(
+                    http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            r.handle(&Request {
+                method: Method::POST,
+                path: "/x".into(),
+                query: vec![],
+                body: Bytes::new(),
+                headers: h,
+            })
+            .status
+        };
+        assert_eq!(req(&[("host", "127.0.0.1:15000")]), StatusCode::OK);
+        assert_eq!(req(&[("host", "[::1]:15000")]), StatusCode::OK);
+        assert_eq!(req(&[("host", "localhost:15000")]), StatusCode::OK);
+        assert_eq!(req(&[]), StatusCode::OK);
+        assert_eq!(
+            req(&[("host", "evil.example:15000")]),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            req(&[
+                ("host", "127.0.0.1:15000"),
+                ("origin", "http://evil.example")
+            ]),
+            StatusCode::FORBIDDEN
+        );
+    }
 
     #[test]
     fn queries() {

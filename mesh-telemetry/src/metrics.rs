@@ -9,7 +9,7 @@
 //! [`ConnectionRecorder`] holds (one atomic add per chunk), not only when it closes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -304,6 +304,8 @@ impl TcpMetrics {
             received: self.received.get_or_create_owned(labels),
             sent: self.sent.get_or_create_owned(labels),
             closed: Some(self.closed.get_or_create_owned(labels)),
+            request_total: AtomicU64::new(0),
+            response_total: AtomicU64::new(0),
         }
     }
 
@@ -357,6 +359,9 @@ pub struct ConnectionRecorder {
     received: Counter,
     sent: Counter,
     closed: Option<Counter>,
+    // This connection's own totals (the counters above are shared by its label set).
+    request_total: AtomicU64,
+    response_total: AtomicU64,
 }
 
 impl ConnectionRecorder {
@@ -364,12 +369,22 @@ impl ConnectionRecorder {
     #[inline]
     pub fn request_bytes(&self, n: u64) {
         self.received.inc_by(n);
+        self.request_total.fetch_add(n, Ordering::Relaxed);
     }
 
     /// `n` response bytes (destination to source) went through.
     #[inline]
     pub fn response_bytes(&self, n: u64) {
         self.sent.inc_by(n);
+        self.response_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// This connection's (request, response) bytes so far, also when it ended in an error.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.request_total.load(Ordering::Relaxed),
+            self.response_total.load(Ordering::Relaxed),
+        )
     }
 }
 

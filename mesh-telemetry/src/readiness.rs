@@ -87,6 +87,7 @@ mod tests {
             path: "/healthz/ready".into(),
             query: vec![],
             body: bytes::Bytes::new(),
+            headers: http::HeaderMap::new(),
         })
     }
 

@@ -131,8 +131,31 @@ fn peer_authentication_strict_and_permissive() {
         mesh.expect_log("b", &format!("generation={generation}"));
     };
 
+    // A live plaintext connection is closed when STRICT lands.
+    let live = rt
+        .block_on(rt.spawn(async move {
+            let mut s = connect_from(legacy, net.app()).await.unwrap();
+            s.write_all(b"ping").await.unwrap();
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await.unwrap();
+            s
+        }))
+        .unwrap();
+
     // Mesh-wide STRICT: plaintext refused, mTLS (HBONE) still works.
     apply(&mesh, MESH_STRICT);
+    let closed = rt
+        .block_on(rt.spawn(async move {
+            let mut live = live;
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(2), live.read(&mut b)).await
+        }))
+        .unwrap();
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "live plaintext closed: {closed:?}"
+    );
+    mesh.expect_log("b", "PeerAuthentication is now STRICT");
     assert_eq!(
         plain(net.app(), b"strict"),
         b"",
@@ -180,7 +203,7 @@ fn peer_authentication_strict_and_permissive() {
     let ok = [("source_workload", "legacy"), ("response_flags", "-")];
     assert_eq!(
         metric(&text, "istio_tcp_received_bytes_total", &ok),
-        48.0,
+        52.0,
         "{text}"
     );
     drop(mesh);

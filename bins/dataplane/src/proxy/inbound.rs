@@ -56,6 +56,8 @@ struct Admitted {
     principal: String,
     upstream: TcpStream,
     rec: ConnectionRecorder,
+    /// The state snapshot the decision was made on (its address, for comparison only).
+    decided_on: usize,
 }
 
 async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
@@ -70,21 +72,29 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let authority = req.authority;
     let hbone_addr = req.conn.local_addr;
     let src_identity = req.conn.peer_identity.clone();
+    // Registered so that a policy change can close it; if a change landed after the
+    // decision and before the registration, it is re-checked here.
+    let close = CancellationToken::new();
+    let live = ctx.live.register(super::LiveInbound {
+        workload: a.dst.key(),
+        source_ip: a.source_ip,
+        remote_ip: a.client.map(|c| c.ip()),
+        principal: Some(a.principal),
+        namespace: Some(src_identity.namespace().to_owned()),
+        destination: authority,
+        close: close.clone(),
+    });
+    {
+        let now = ctx.state.load();
+        if Arc::as_ptr(&*now) as usize != a.decided_on && !ctx.live.still_allowed(live.id, &now) {
+            warn!(dst.workload = %a.dst.key(), src.identity = %src_identity, "refused: a policy change denies it: 401");
+            return req.refuse(StatusCode::UNAUTHORIZED);
+        }
+    }
     let tunnel = match req.accept() {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };
-    // Registered so that a policy change can close it.
-    let close = CancellationToken::new();
-    let _live = ctx.live.register(super::LiveInbound {
-        workload: a.dst.key(),
-        source_ip: a.source_ip,
-        remote_ip: a.client.map(|c| c.ip()),
-        principal: a.principal.clone(),
-        namespace: src_identity.namespace().to_owned(),
-        destination: authority,
-        close: close.clone(),
-    });
     let mut upstream = a.upstream;
     let (mut r, mut w) = upstream.split();
     let counter = observe::TunnelBytes {
@@ -98,10 +108,9 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             "closed: no longer allowed by authorization policy",
         )),
     };
-    let (to_app, from_app, error) = match &result {
-        Ok(s) => (s.tunnel_to_plain, s.plain_to_tunnel, None),
-        Err(e) => (0, 0, Some(e.to_string())),
-    };
+    // Counted as they passed, so also right when the copy ended in an error.
+    let (to_app, from_app) = a.rec.totals();
+    let error = result.err().map(|e| e.to_string());
     debug!(
         src.identity = %src_identity,
         dst.workload = %a.dst.key(),
@@ -292,6 +301,7 @@ async fn admit(
         observe::log_refusal(access, record(), &format!("{policy} (401)"), start);
         return Err(StatusCode::UNAUTHORIZED);
     }
+    let decided_on = Arc::as_ptr(&state) as usize;
     drop(state);
     let upstream = match observe::connect(authority, ctx.cfg.connect_timeout).await {
         Ok(u) => u,
@@ -306,6 +316,7 @@ async fn admit(
     };
     let rec = ctx.telemetry.tcp.open(&labels);
     Ok(Admitted {
+        decided_on,
         principal: principal.to_owned(),
         dst,
         src,

@@ -147,8 +147,9 @@ pub(crate) struct LiveInbound {
     pub(crate) workload: String,
     pub(crate) source_ip: std::net::IpAddr,
     pub(crate) remote_ip: Option<std::net::IpAddr>,
-    pub(crate) principal: String,
-    pub(crate) namespace: String,
+    /// The peer's principal and namespace; `None` for plaintext.
+    pub(crate) principal: Option<String>,
+    pub(crate) namespace: Option<String>,
     pub(crate) destination: SocketAddr,
     pub(crate) close: CancellationToken,
 }
@@ -158,8 +159,8 @@ impl LiveInbound {
         mesh_authz::Connection {
             source_ip: self.source_ip,
             remote_ip: self.remote_ip,
-            source_principal: Some(&self.principal),
-            source_namespace: Some(&self.namespace),
+            source_principal: self.principal.as_deref(),
+            source_namespace: self.namespace.as_deref(),
             destination_ip: self.destination.ip(),
             destination_port: self.destination.port(),
         }
@@ -177,7 +178,7 @@ pub(crate) struct LiveConns {
 /// Removes its connection from the registry when dropped.
 pub(crate) struct LiveGuard<'a> {
     registry: &'a LiveConns,
-    id: u64,
+    pub(crate) id: u64,
 }
 
 impl Drop for LiveGuard<'_> {
@@ -197,20 +198,27 @@ impl LiveConns {
         LiveGuard { registry: self, id }
     }
 
-    /// Closes the connections `state` no longer allows; returns how many.
+    /// Closes the connections `state` no longer allows (authorization, or STRICT peer
+    /// authentication for plaintext ones); returns how many.
     fn reauthorize(&self, state: &MeshState) -> usize {
         let conns = self.lock();
         let mut closed = 0;
         for c in conns.values() {
-            let decision = state.authz.evaluate(&c.workload, &c.connection());
-            if !decision.is_allowed() {
+            let reason =
+                if c.principal.is_none() && state.mtls.strict(&c.workload, c.destination.port()) {
+                    Some("PeerAuthentication is now STRICT".to_owned())
+                } else {
+                    let decision = state.authz.evaluate(&c.workload, &c.connection());
+                    (!decision.is_allowed()).then(|| decision.to_string())
+                };
+            if let Some(reason) = reason {
                 warn!(
                     target: "access",
                     direction = "inbound",
                     dst.workload = %c.workload,
-                    src.principal = %c.principal,
+                    src.principal = c.principal.as_deref().unwrap_or("-"),
                     dst.addr = %c.destination,
-                    reason = %decision,
+                    %reason,
                     "closing live connection: no longer allowed by the new policies"
                 );
                 c.close.cancel();
@@ -218,6 +226,20 @@ impl LiveConns {
             }
         }
         closed
+    }
+
+    /// Whether the connection `id` is still allowed by `state` (for a connection that was
+    /// decided on an older snapshot than the one in force when it registered).
+    pub(crate) fn still_allowed(&self, id: u64, state: &MeshState) -> bool {
+        let conns = self.lock();
+        let Some(c) = conns.get(&id) else { return true };
+        if c.principal.is_none() && state.mtls.strict(&c.workload, c.destination.port()) {
+            return false;
+        }
+        state
+            .authz
+            .evaluate(&c.workload, &c.connection())
+            .is_allowed()
     }
 
     /// Number of live inbound connections.
@@ -645,7 +667,16 @@ impl Proxy {
                     }
                     last = now.clone();
                     let text = String::from_utf8_lossy(now.as_deref().unwrap_or_default()).into_owned();
-                    match crate::config::parse(&path, &text) {
+                    // Parsing a large mesh takes CPU time: off the async workers.
+                    let p = path.clone();
+                    let parsed = match tokio::task::spawn_blocking(move || crate::config::parse(&p, &text)).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            error!(error = %e, "config parsing panicked; the last good config keeps serving");
+                            continue;
+                        }
+                    };
+                    match parsed {
                         Ok(state) => match proxy.apply(state).await {
                             Ok(r) => info!(
                                 generation = r.generation,

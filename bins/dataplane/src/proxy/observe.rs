@@ -51,6 +51,11 @@ impl Telemetry {
             config_rejected.clone(),
         );
         mesh.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the writer fell behind or its sink failed",
+            access.dropped_counter(),
+        );
+        mesh.register(
             "config_generation",
             "Generation of the mesh config in force (1 at start, +1 per applied change)",
             config_generation.clone(),
@@ -227,6 +232,8 @@ pub(crate) fn config_dump(inner: &Arc<Inner>) -> serde_json::Value {
                 "local": w.node.as_deref() == Some(ctx.node_name.as_str()),
                 "authorizationPolicies": state.authz.applied(&w.key()),
                 "mtls": mtls_json(&state, w),
+                "waypoint": w.waypoint.as_ref().map(|wp| wp.key()),
+                "acceptsOnlyFrom": state.waypoints_of.get(&w.key()).map(|v| v.iter().map(|wp| wp.key()).collect::<Vec<_>>()),
             })
         })
         .collect();
@@ -242,12 +249,27 @@ pub(crate) fn config_dump(inner: &Arc<Inner>) -> serde_json::Value {
                 "port": sp.port,
                 "portName": sp.name,
                 "protocol": sp.protocol,
+                "waypoint": sp.service.waypoint.as_ref().map(|wp| wp.key()),
                 "endpoints": sp.endpoints.iter().map(|e| format!("{}:{}", e.workload.key(), e.port)).collect::<Vec<_>>(),
             })
         })
         .collect();
+    let certs = certificates(inner);
+    let rejection = inner
+        .ctx
+        .telemetry
+        .last_rejection
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    config_dump_rest(inner, &state, workloads, services, certs, rejection)
+}
+
+/// Certificates (chains and roots, never keys), sorted by identity.
+fn certificates(inner: &Arc<Inner>) -> Vec<serde_json::Value> {
     let now = SystemTime::now();
-    let mut certs: Vec<_> = ctx
+    let mut certs: Vec<_> = inner
+        .ctx
         .certs
         .stores()
         .into_iter()
@@ -264,13 +286,18 @@ pub(crate) fn config_dump(inner: &Arc<Inner>) -> serde_json::Value {
         })
         .collect();
     certs.sort_by(|a, b| a["identity"].as_str().cmp(&b["identity"].as_str()));
-    let rejection = inner
-        .ctx
-        .telemetry
-        .last_rejection
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    certs
+}
+
+fn config_dump_rest(
+    inner: &Arc<Inner>,
+    state: &MeshState,
+    workloads: Vec<serde_json::Value>,
+    services: Vec<serde_json::Value>,
+    certs: Vec<serde_json::Value>,
+    rejection: Option<(String, String)>,
+) -> serde_json::Value {
+    let ctx = &inner.ctx;
     let listeners: Vec<_> = super::Proxy {
         inner: inner.clone(),
     }
@@ -286,6 +313,7 @@ pub(crate) fn config_dump(inner: &Arc<Inner>) -> serde_json::Value {
         "clusterId": state.cluster_id,
         "workloads": workloads,
         "services": services,
+        "waypoints": waypoints_json(state),
         "authorizationPolicies": state.policies,
         "peerAuthentications": state.peer_authn,
         "certificates": certs,
@@ -297,6 +325,24 @@ pub(crate) fn config_dump(inner: &Arc<Inner>) -> serde_json::Value {
     })
 }
 
+fn waypoints_json(state: &MeshState) -> Vec<serde_json::Value> {
+    let mut v: Vec<serde_json::Value> = state
+        .waypoints
+        .values()
+        .map(|wp| {
+            json!({
+                "name": wp.name,
+                "namespace": wp.namespace,
+                "address": wp.hbone_addr(),
+                "identity": wp.identity.as_str(),
+                "for": wp.waypoint_for,
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    v
+}
+
 fn mtls_json(state: &MeshState, w: &Workload) -> serde_json::Value {
     let m = state.mtls.workload(&w.key());
     let ports: std::collections::BTreeMap<u16, _> = m.ports.iter().map(|(p, m)| (*p, *m)).collect();
@@ -305,7 +351,7 @@ fn mtls_json(state: &MeshState, w: &Workload) -> serde_json::Value {
 
 /// `/certs`: the certificates this proxy holds, without keys.
 fn certs(inner: &Arc<Inner>) -> serde_json::Value {
-    config_dump(inner)["certificates"].clone()
+    serde_json::Value::Array(certificates(inner))
 }
 
 /// The admin routes: `/config_dump`, `/certs`, `/logging` and an index.
@@ -329,6 +375,7 @@ pub(crate) fn admin_router(
             format!("admin endpoints:\n{}\n", paths.join("\n")),
         )
     })
+    .local_only()
 }
 
 /// Binds the admin, metrics and readiness listeners (failing at once if one cannot be bound,
@@ -411,13 +458,15 @@ pub(crate) async fn connect(
     }
 }
 
-/// Logs a plain TCP-to-TCP connection that ran: bytes each way (plus `early` request bytes
-/// sent before the copy), duration, and the error if the copy failed.
+/// Logs a copied connection: bytes each way (the recorder's `totals` when it has one, which
+/// stay right after an error; else the copy's result plus `early` request bytes sent before
+/// it), duration, and the error if the copy failed.
 pub(crate) fn log_copied(
     access: &AccessLogger,
     rec: ConnectionRecord<'_>,
     result: &std::io::Result<(u64, u64)>,
     early: u64,
+    totals: Option<(u64, u64)>,
     start: tokio::time::Instant,
 ) {
     fn finish<'b>(
@@ -440,8 +489,11 @@ pub(crate) fn log_copied(
         return;
     }
     let error = result.as_ref().err().map(ToString::to_string);
-    let (sent, recv) = result.as_ref().map_or((0, 0), |x| *x);
-    finish(access, rec, error.as_deref(), (sent + early, recv), start);
+    let bytes = totals.unwrap_or_else(|| {
+        let (sent, recv) = result.as_ref().map_or((0, 0), |x| *x);
+        (sent + early, recv)
+    });
+    finish(access, rec, error.as_deref(), bytes, start);
 }
 
 /// Copies both ways between a client and a server stream, counting the client's bytes as

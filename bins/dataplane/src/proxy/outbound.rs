@@ -232,14 +232,9 @@ async fn tunnel(
         reporter: Reporter::Source,
     };
     let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter).await;
-    let (sent, received, error) = match &result {
-        Ok(s) => (
-            s.plain_to_tunnel + early.len() as u64,
-            s.tunnel_to_plain,
-            None,
-        ),
-        Err(e) => (0, 0, Some(e.to_string())),
-    };
+    // Counted as they passed (early data included), so also right after an error.
+    let (sent, received) = rec.totals();
+    let error = result.err().map(|e| e.to_string());
     debug!(
         src.workload = %src.key(),
         dst.addr = %dest.authority,
@@ -425,5 +420,6 @@ async fn plain(
         Some(r) => observe::copy_counted(&mut tcp, &mut upstream, r).await,
         None => tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await,
     };
-    observe::log_copied(access, record(), &result, early.len() as u64, start);
+    let totals = rec.as_ref().map(|r| r.totals());
+    observe::log_copied(access, record(), &result, early.len() as u64, totals, start);
 }

@@ -37,8 +37,12 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         );
     };
     let state = ctx.state.load_full();
+    // Never deliver to the proxy's own ports: a capture rule that also matched the proxy's
+    // own connections would loop back here.
+    let own_port =
+        dst_addr.port() == ctx.hbone_port(&state) || Some(dst_addr) == ctx.cfg.plaintext_addr;
     let dst = match state.workload_by_ip(dst_addr.ip()) {
-        Some(w) if w.node.as_deref() == Some(ctx.node_name.as_str()) => w.clone(),
+        Some(w) if w.node.as_deref() == Some(ctx.node_name.as_str()) && !own_port => w.clone(),
         _ => {
             warn!(src.addr = %peer, dst.addr = %dst_addr, "plaintext inbound to an address that is not a workload of this node: closed");
             let rec = observe::record(
@@ -142,6 +146,23 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
     };
     let rec = ctx.telemetry.tcp.open(&labels);
     drop((labels, src_labels));
-    let result = observe::copy_counted(&mut tcp, &mut upstream, &rec).await;
-    observe::log_copied(access, record(), &result, 0, start);
+    // Registered so that a policy change (DENY, or STRICT) can close it.
+    let close = tokio_util::sync::CancellationToken::new();
+    let _live = ctx.live.register(super::LiveInbound {
+        workload: dst.key(),
+        source_ip: peer.ip(),
+        remote_ip: None,
+        principal: None,
+        namespace: None,
+        destination: dst_addr,
+        close: close.clone(),
+    });
+    let result = tokio::select! {
+        r = observe::copy_counted(&mut tcp, &mut upstream, &rec) => r,
+        () = close.cancelled() => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "closed: no longer allowed by the new policies",
+        )),
+    };
+    observe::log_copied(access, record(), &result, 0, Some(rec.totals()), start);
 }

@@ -196,5 +196,5 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let result = observe::copy_counted(&mut downstream, &mut upstream, &rec).await;
     let mut r = record(Some(&target));
     r.dst_hbone_addr = Some(hbone_addr);
-    observe::log_copied(access, r, &result, 0, start);
+    observe::log_copied(access, r, &result, 0, Some(rec.totals()), start);
 }
