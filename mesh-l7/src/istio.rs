@@ -1,0 +1,261 @@
+//! The `networking.istio.io/v1` `VirtualService` spec as users write it (HTTP routes for mesh
+//! traffic). Fields this data plane does not implement are rejected by name when compiled,
+//! never silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// `spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VirtualServiceSpec {
+    /// Hosts the routes apply to (service host names).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// `mesh` (the default) is the only gateway supported.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// HTTP routes, first match wins.
+    #[serde(default)]
+    pub http: Vec<HttpRouteSpec>,
+    /// TCP routes: not supported yet.
+    #[serde(default)]
+    pub tcp: Option<serde::de::IgnoredAny>,
+    /// TLS routes: not supported yet.
+    #[serde(default)]
+    pub tls: Option<serde::de::IgnoredAny>,
+    /// Not supported: every route is visible mesh-wide.
+    #[serde(default)]
+    pub export_to: Option<serde::de::IgnoredAny>,
+}
+
+/// `http[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// Name (for logs).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Matches, any of which selects the route (none: every request).
+    #[serde(default, rename = "match")]
+    pub matches: Vec<HttpMatchSpec>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<RouteDestinationSpec>,
+    /// Redirect instead of forwarding.
+    #[serde(default)]
+    pub redirect: Option<RedirectSpec>,
+    /// Answer directly instead of forwarding.
+    #[serde(default)]
+    pub direct_response: Option<DirectResponseSpec>,
+    /// Rewrite before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<RewriteSpec>,
+    /// Header manipulation for every destination.
+    #[serde(default)]
+    pub headers: Option<HeadersSpec>,
+    /// Request timeout (kept; enforced with retries in a later release).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub retries: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub fault: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub mirror: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub mirror_percentage: Option<serde::de::IgnoredAny>,
+    /// Not supported.
+    #[serde(default)]
+    pub cors_policy: Option<serde::de::IgnoredAny>,
+}
+
+/// A string match: exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatchSpec {
+    /// Exact.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// Prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// RE2-style regular expression, matching the whole value.
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+/// `http[].match[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMatchSpec {
+    /// Name (for logs).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path (without the query).
+    #[serde(default)]
+    pub uri: Option<StringMatchSpec>,
+    /// Method.
+    #[serde(default)]
+    pub method: Option<StringMatchSpec>,
+    /// Authority (Host).
+    #[serde(default)]
+    pub authority: Option<StringMatchSpec>,
+    /// Headers, all of which must match (lower-case names).
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatchSpec>,
+    /// Headers that must not match.
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatchSpec>,
+    /// Query parameters, all of which must match.
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatchSpec>,
+    /// The service port the request arrived for.
+    #[serde(default)]
+    pub port: Option<u32>,
+    /// Labels the source workload must carry.
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    /// Match `uri` case-insensitively.
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    /// Not supported.
+    #[serde(default)]
+    pub scheme: Option<serde::de::IgnoredAny>,
+    /// Not supported.
+    #[serde(default)]
+    pub gateways: Option<serde::de::IgnoredAny>,
+    /// Not supported.
+    #[serde(default)]
+    pub source_namespace: Option<serde::de::IgnoredAny>,
+    /// Not supported.
+    #[serde(default)]
+    pub stat_prefix: Option<serde::de::IgnoredAny>,
+}
+
+/// `route[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDestinationSpec {
+    /// Where.
+    pub destination: DestinationSpec,
+    /// Relative weight (default 100 when alone, else 0).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Header manipulation for this destination.
+    #[serde(default)]
+    pub headers: Option<HeadersSpec>,
+}
+
+/// `destination`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSpec {
+    /// Service host.
+    pub host: String,
+    /// DestinationRule subset.
+    #[serde(default)]
+    pub subset: Option<String>,
+    /// Service port.
+    #[serde(default)]
+    pub port: Option<PortSpec>,
+}
+
+/// `port`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Number.
+    pub number: u32,
+}
+
+/// `redirect`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedirectSpec {
+    /// New path.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// New authority.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Status (default 301).
+    #[serde(default)]
+    pub redirect_code: Option<u32>,
+    /// Scheme.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Port.
+    #[serde(default)]
+    pub port: Option<u32>,
+}
+
+/// `directResponse`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseSpec {
+    /// Status.
+    pub status: u32,
+    /// Body.
+    #[serde(default)]
+    pub body: Option<BodySpec>,
+}
+
+/// `directResponse.body`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodySpec {
+    /// Text body.
+    #[serde(default)]
+    pub string: Option<String>,
+    /// Not supported.
+    #[serde(default)]
+    pub bytes: Option<serde::de::IgnoredAny>,
+}
+
+/// `rewrite`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RewriteSpec {
+    /// Replaces the matched `uri` prefix (or the whole path for exact/regex matches).
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// New authority.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub uri_regex_rewrite: Option<serde::de::IgnoredAny>,
+}
+
+/// `headers`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersSpec {
+    /// Request operations.
+    #[serde(default)]
+    pub request: Option<HeaderOpsSpec>,
+    /// Response operations.
+    #[serde(default)]
+    pub response: Option<HeaderOpsSpec>,
+}
+
+/// `set` / `add` / `remove`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsSpec {
+    /// Replace.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Append.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}

@@ -1,0 +1,43 @@
+//! HTTP routing for a mesh proxy, sans-IO: Istio `VirtualService` as users write it
+//! ([`istio`]), compiled into per-host route tables ([`RouteTable`]) that pick a route for a
+//! request's facts and a weighted destination for it. No I/O, no async: the proxy that carries
+//! requests asks, this crate answers.
+//!
+//! ```
+//! use mesh_l7::{RequestFacts, RouteTable, istio::VirtualServiceSpec};
+//! let vs: VirtualServiceSpec = serde_json::from_str(r#"{
+//!   "hosts": ["reviews.shop.svc"],
+//!   "http": [
+//!     {"match": [{"headers": {"x-user": {"exact": "tester"}}}],
+//!      "route": [{"destination": {"host": "reviews.shop.svc", "subset": "v2"}}]},
+//!     {"route": [{"destination": {"host": "reviews.shop.svc", "subset": "v1"}, "weight": 80},
+//!                {"destination": {"host": "reviews.shop.svc", "subset": "v2"}, "weight": 20}]}
+//!   ]
+//! }"#).unwrap();
+//! let table = RouteTable::compile(&vs).unwrap();
+//! let mut headers = http::HeaderMap::new();
+//! headers.insert("x-user", "tester".parse().unwrap());
+//! let req = RequestFacts { method: "GET", path: "/", authority: "reviews", port: 80, headers: &headers };
+//! let route = table.select(&req).unwrap();
+//! assert_eq!(route.pick(0).unwrap().subset.as_deref(), Some("v2"));
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod istio;
+mod route;
+
+pub use route::{
+    Action, Destination, HeaderOps, HttpRoute, Redirect, RequestFacts, Rewrite, RouteTable,
+    StringMatch,
+};
+
+/// A problem in a route spec, with the field path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// Path such as `spec.http[0].match[1].uri.regex`.
+    pub field: String,
+    /// Why it is wrong.
+    pub reason: String,
+}
