@@ -623,3 +623,92 @@ impl Drop for NetNs {
             .output();
     }
 }
+
+/// A minimal HTTP/1.1 app for tests: answers every request on a keep-alive connection with
+/// 200 and the body `<name> <method> <path> host=<Host header>`. Requests must have no body.
+pub async fn http_app(addr: SocketAddr, name: &'static str) {
+    let l = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(s);
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        match tokio::io::AsyncBufReadExt::read_line(&mut s, &mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line);
+                    }
+                    let first: Vec<&str> = head[0].split_whitespace().collect();
+                    let host = head
+                        .iter()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("host").then(|| v.trim().to_owned())
+                        })
+                        .unwrap_or_default();
+                    let body = format!("{name} {} {} host={host}", first[0], first[1]);
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-app: {name}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// One HTTP/1.1 request on a keep-alive connection; returns (status, headers, body).
+pub async fn http_request(
+    s: &mut tokio::io::BufReader<TcpStream>,
+    method: &str,
+    path: &str,
+    host: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.get_mut().write_all(req.as_bytes()).await.unwrap();
+    let mut status_line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(s, &mut status_line)
+        .await
+        .unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(s, &mut line)
+            .await
+            .unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}

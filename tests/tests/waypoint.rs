@@ -126,3 +126,146 @@ fn waypoint_config_errors_name_the_field() {
         "{err}"
     );
 }
+
+fn l7_config(b: u8) -> String {
+    format!(
+        r#"apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: a}}
+spec: {{address: 127.{b}.0.1, serviceListeners: true, workloads: [ns/client]}}
+---
+apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: b}}
+spec: {{address: 127.{b}.0.2, workloads: [ns/web1, ns/web2]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: ns}}
+spec: {{address: 127.{b}.1.10, serviceAccount: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web1, namespace: ns}}
+spec: {{address: 127.{b}.1.21, serviceAccount: web, labels: {{app: web, version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web2, namespace: ns}}
+spec: {{address: 127.{b}.1.22, serviceAccount: web, labels: {{app: web, version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web, namespace: ns, labels: {{istio.io/use-waypoint: wp}}}}
+spec:
+  hosts: [web.ns.svc]
+  addresses: [127.{b}.2.1]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: web}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web-v1, namespace: ns}}
+spec:
+  hosts: [web-v1.ns.svc]
+  addresses: [127.{b}.2.2]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: web, version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web-v2, namespace: ns}}
+spec:
+  hosts: [web-v2.ns.svc]
+  addresses: [127.{b}.2.3]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: web, version: v2}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: wp, namespace: ns}}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{{value: 127.{b}.0.3}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: ns}}
+spec:
+  hosts: [web.ns.svc]
+  http:
+  - name: testers
+    match: [{{headers: {{x-user: {{exact: tester}}}}}}]
+    route: [{{destination: {{host: web-v2.ns.svc}}}}]
+  - name: maintenance
+    match: [{{uri: {{prefix: /maintenance}}}}]
+    directResponse: {{status: 503, body: {{string: down for maintenance}}}}
+  - name: old-paths
+    match: [{{uri: {{prefix: /old/}}}}]
+    rewrite: {{uri: /new/, authority: web.internal}}
+    headers: {{response: {{set: {{x-route: old-paths}}}}}}
+    route: [{{destination: {{host: web-v1.ns.svc}}}}]
+  - name: split
+    route:
+    - destination: {{host: web-v1.ns.svc}}
+      weight: 80
+    - destination: {{host: web-v2.ns.svc}}
+      weight: 20
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routing_at_the_waypoint() {
+    let b = 67;
+    let mut mesh = TestMesh::new(&l7_config(b));
+    http_app(format!("127.{b}.1.21:8080").parse().unwrap(), "v1").await;
+    http_app(format!("127.{b}.1.22:8080").parse().unwrap(), "v2").await;
+    let info: [&str; 0] = [];
+    mesh.ztunnel("b", &info);
+    mesh.waypoint("wp", "ns/wp", &info);
+    mesh.ztunnel("a", &info);
+    let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
+    let vip: std::net::SocketAddr = format!("127.{b}.2.1:80").parse().unwrap();
+    let mut s = tokio::io::BufReader::new(connect_from(client, vip).await.unwrap());
+
+    // 80/20 split over 2000 requests on one keep-alive connection.
+    let mut v2 = 0;
+    for i in 0..2000 {
+        let (status, _, body) =
+            http_request(&mut s, "GET", &format!("/item/{i}"), "web.ns.svc", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.ends_with(&format!("GET /item/{i} host=web.ns.svc")),
+            "{body}"
+        );
+        if body.starts_with("v2 ") {
+            v2 += 1;
+        }
+    }
+    assert!(
+        (320..=480).contains(&v2),
+        "v2 got {v2} of 2000 (want 20% ± 4%)"
+    );
+
+    // A header match sends testers to v2 only.
+    for _ in 0..20 {
+        let (_, _, body) =
+            http_request(&mut s, "GET", "/", "web.ns.svc", &[("x-user", "tester")]).await;
+        assert!(body.starts_with("v2 "), "{body}");
+    }
+    // A rewrite of path and authority, with a response header added by the route.
+    let (status, headers, body) =
+        http_request(&mut s, "GET", "/old/page?q=1", "web.ns.svc", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "v1 GET /new/page?q=1 host=web.internal");
+    assert!(
+        headers.contains(&("x-route".into(), "old-paths".into())),
+        "{headers:?}"
+    );
+    // A direct response never reaches an app.
+    let (status, headers, body) =
+        http_request(&mut s, "GET", "/maintenance/x", "web.ns.svc", &[]).await;
+    assert_eq!((status, body.as_str()), (503, "down for maintenance"));
+    assert!(!headers.iter().any(|(k, _)| k == "x-app"));
+}

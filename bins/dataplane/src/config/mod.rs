@@ -155,6 +155,7 @@ struct Raw {
     policies: Vec<Named<mesh_authz::istio::AuthorizationPolicySpec>>,
     peer_authns: Vec<Named<mesh_authz::peer::PeerAuthenticationSpec>>,
     gateways: Vec<Named<GatewaySpec>>,
+    virtual_services: Vec<Named<mesh_l7::istio::VirtualServiceSpec>>,
     /// Namespace name → labels (`v1` `Namespace` documents).
     namespaces: Vec<(String, String, BTreeMap<String, String>)>,
 }
@@ -239,7 +240,7 @@ impl Raw {
             return;
         }
         let want_api: &[&str] = match kind.as_str() {
-            "WorkloadEntry" | "ServiceEntry" => NETWORKING_VERSIONS,
+            "WorkloadEntry" | "ServiceEntry" | "VirtualService" => NETWORKING_VERSIONS,
             "Node" | "MeshConfig" => &[LOCAL_API_VERSION],
             "AuthorizationPolicy" | "PeerAuthentication" => SECURITY_VERSIONS,
             "Gateway" => GATEWAY_VERSIONS,
@@ -257,7 +258,7 @@ impl Raw {
                     &location,
                     "kind",
                     format!(
-                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
+                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, VirtualService, AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
                     ),
                 );
                 return;
@@ -295,6 +296,11 @@ impl Raw {
             "Gateway" => {
                 if let Some(d) = typed(v, &location, doc) {
                     self.gateways.push(named(v, &location, d));
+                }
+            }
+            "VirtualService" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.virtual_services.push(named(v, &location, d));
                 }
             }
             "Namespace" => {
@@ -860,10 +866,13 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         }
     }
 
+    let routes = compile_routes(v, &raw, &by_host);
+
     MeshState {
         trust_domain,
         root_namespace,
         cluster_id,
+        routes,
         waypoints,
         waypoints_of,
         policies,
@@ -877,6 +886,63 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         by_vip,
         by_host,
     }
+}
+
+/// `VirtualService` route tables by the host they apply to. Every destination must be a
+/// service host; subsets need `DestinationRule`, which is not supported yet.
+fn compile_routes(
+    v: &mut Validator,
+    raw: &Raw,
+    by_host: &HashMap<String, HashMap<u16, Arc<ServicePort>>>,
+) -> HashMap<String, Arc<mesh_l7::RouteTable>> {
+    let mut out: HashMap<String, Arc<mesh_l7::RouteTable>> = HashMap::new();
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for vs in &raw.virtual_services {
+        let loc = &vs.location;
+        let table = match mesh_l7::RouteTable::compile(&vs.spec) {
+            Ok(t) => t,
+            Err(errs) => {
+                for e in errs {
+                    v.err(loc, e.field, e.reason);
+                }
+                continue;
+            }
+        };
+        for (i, route) in table.routes.iter().enumerate() {
+            if let mesh_l7::Action::Forward { destinations, .. } = &route.action {
+                for (j, d) in destinations.iter().enumerate() {
+                    let f = format!("spec.http[{i}].route[{j}].destination");
+                    if !by_host.contains_key(&d.host) {
+                        v.err(
+                            loc,
+                            format!("{f}.host"),
+                            format!("no ServiceEntry has host {:?}", d.host),
+                        );
+                    }
+                    if d.subset.is_some() {
+                        v.err(
+                            loc,
+                            format!("{f}.subset"),
+                            "subsets need DestinationRule, which is not supported yet; route to a service per version",
+                        );
+                    }
+                }
+            }
+        }
+        let key = format!("{}/{}", vs.namespace, vs.name);
+        let table = Arc::new(table);
+        for (i, h) in table.hosts.iter().enumerate() {
+            if let Some(other) = owner.insert(h.clone(), key.clone()) {
+                v.err(
+                    loc,
+                    format!("spec.hosts[{i}]"),
+                    format!("{h:?} is also routed by VirtualService {other}"),
+                );
+            }
+            out.insert(h.clone(), table.clone());
+        }
+    }
+    out
 }
 
 /// Waypoint `Gateway`s (`gatewayClassName: istio-waypoint`), by `namespace/name`.

@@ -240,6 +240,8 @@ pub struct MeshState {
     pub root_namespace: String,
     /// Cluster name reported in metrics (`source_cluster`, `destination_cluster`).
     pub cluster_id: String,
+    /// HTTP route tables (`VirtualService`) by the service host they apply to.
+    pub routes: HashMap<String, Arc<mesh_l7::RouteTable>>,
     /// Waypoints by `namespace/name`.
     pub waypoints: HashMap<String, Arc<Waypoint>>,
     /// For each workload (`namespace/name`) with waypoints (its own, its services'), the only
@@ -271,6 +273,7 @@ impl MeshState {
             trust_domain: super::default_trust_domain(),
             root_namespace: super::DEFAULT_ROOT_NAMESPACE.to_owned(),
             cluster_id: super::DEFAULT_CLUSTER_ID.to_owned(),
+            routes: HashMap::new(),
             waypoints: HashMap::new(),
             waypoints_of: HashMap::new(),
             policies: Vec::new(),

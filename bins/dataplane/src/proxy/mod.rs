@@ -10,6 +10,7 @@
 //! serving), then the state is swapped with one pointer store, listeners no longer wanted stop
 //! accepting, and live inbound connections that the new policies deny are closed.
 
+mod http;
 mod inbound;
 mod observe;
 mod outbound;
@@ -130,6 +131,8 @@ pub(crate) struct Ctx {
     /// a workload that changes identity at the same address presents the new one.
     pub(crate) server_tls: ArcSwap<HashMap<std::net::IpAddr, Arc<rustls::ServerConfig>>>,
     pub(crate) telemetry: observe::Telemetry,
+    /// Idle upstream HTTP connections (waypoint).
+    pub(crate) upstreams: http::Upstreams,
 }
 
 impl Ctx {
@@ -415,6 +418,7 @@ impl Proxy {
             cfg,
             live: LiveConns::default(),
             server_tls: ArcSwap::from_pointee(HashMap::new()),
+            upstreams: http::Upstreams::default(),
         });
         let proxy = Proxy {
             inner: Arc::new(Inner {

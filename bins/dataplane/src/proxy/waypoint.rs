@@ -3,8 +3,8 @@
 //! as the `:authority` (a service VIP:port or a workload ip:port); it picks the endpoint and
 //! opens a new HBONE tunnel to that endpoint's ztunnel with its own identity, so the
 //! destination ztunnel sees the waypoint as the source (and accepts such a workload's traffic
-//! only from its waypoints). This release carries each tunnelled stream as TCP; HTTP routing
-//! and L7 policy are layered here next.
+//! only from its waypoints). Streams to a service whose port is declared `HTTP` are served as
+//! HTTP/1.1 and routed per request ([`super::http`]); anything else is carried as TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +59,28 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let me = &ctx.node_name;
     let uses_me =
         |wp: &Option<Arc<crate::config::Waypoint>>| wp.as_ref().is_some_and(|w| w.key() == *me);
+    // HTTP services get L7 routing: the stream is accepted and each request routed on its own.
+    if let Some(sp) = state
+        .service_by_vip(authority)
+        .filter(|sp| uses_me(&sp.service.waypoint) && sp.protocol == "HTTP")
+        .cloned()
+    {
+        let Some(waypoint) = state.waypoints.get(me).cloned() else {
+            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        drop(state);
+        let tunnel = match req.accept() {
+            Ok(t) => t,
+            Err(e) => return debug!(error = %e, "tunnel closed before 200"),
+        };
+        let stream = super::http::Stream {
+            ctx: ctx.clone(),
+            waypoint,
+            service: sp,
+            client: headers.client,
+        };
+        return super::http::serve(tunnel, stream).await;
+    }
     // What the client addressed: a service that uses this waypoint (balanced over its
     // endpoints), or a workload that does.
     let target = match state.service_by_vip(authority) {
