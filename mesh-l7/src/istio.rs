@@ -259,3 +259,82 @@ pub struct HeaderOpsSpec {
     #[serde(default)]
     pub remove: Vec<String>,
 }
+
+/// `networking.istio.io/v1` `DestinationRule` spec: subsets and load balancing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationRuleSpec {
+    /// The service host.
+    pub host: String,
+    /// Default policy for the host.
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+    /// Named subsets.
+    #[serde(default)]
+    pub subsets: Vec<SubsetSpec>,
+    /// Not supported: every rule is visible mesh-wide.
+    #[serde(default)]
+    pub export_to: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub workload_selector: Option<serde::de::IgnoredAny>,
+}
+
+/// `subsets[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubsetSpec {
+    /// Name (referenced by `VirtualService` destinations).
+    pub name: String,
+    /// Labels an endpoint's workload must carry.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Policy overriding the host's.
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+}
+
+/// `trafficPolicy`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    /// Load balancing.
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSpec>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub connection_pool: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub outlier_detection: Option<serde::de::IgnoredAny>,
+    /// Not supported: mesh traffic is always HBONE mTLS.
+    #[serde(default)]
+    pub tls: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub port_level_settings: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub tunnel: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub proxy_protocol: Option<serde::de::IgnoredAny>,
+}
+
+/// `loadBalancer`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadBalancerSpec {
+    /// `ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM` (`UNSPECIFIED`: the default).
+    #[serde(default)]
+    pub simple: Option<String>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub consistent_hash: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub locality_lb_setting: Option<serde::de::IgnoredAny>,
+    /// Not supported yet.
+    #[serde(default)]
+    pub warmup: Option<serde::de::IgnoredAny>,
+}

@@ -1,6 +1,7 @@
 //! HTTP routing for a mesh proxy, sans-IO: Istio `VirtualService` as users write it
 //! ([`istio`]), compiled into per-host route tables ([`RouteTable`]) that pick a route for a
-//! request's facts and a weighted destination for it. No I/O, no async: the proxy that carries
+//! request's facts and a weighted destination for it; `DestinationRule` subsets and load
+//! balancing ([`DestinationPolicy`], [`choose`]). No I/O, no async: the proxy that carries
 //! requests asks, this crate answers.
 //!
 //! ```
@@ -24,9 +25,11 @@
 
 #![warn(missing_docs)]
 
+mod balance;
 pub mod istio;
 mod route;
 
+pub use balance::{DestinationPolicy, LoadBalancer, Subset, choose};
 pub use route::{
     Action, Destination, HeaderOps, HttpRoute, Redirect, RequestFacts, Rewrite, RouteTable,
     StringMatch,

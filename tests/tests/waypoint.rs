@@ -205,12 +205,27 @@ spec:
     rewrite: {{uri: /new/, authority: web.internal}}
     headers: {{response: {{set: {{x-route: old-paths}}}}}}
     route: [{{destination: {{host: web-v1.ns.svc}}}}]
+  - name: round-robin
+    match: [{{uri: {{prefix: /rr}}}}]
+    route: [{{destination: {{host: web.ns.svc}}}}]
   - name: split
     route:
-    - destination: {{host: web-v1.ns.svc}}
+    - destination: {{host: web.ns.svc, subset: v1}}
       weight: 80
-    - destination: {{host: web-v2.ns.svc}}
+    - destination: {{host: web.ns.svc, subset: v2}}
       weight: 20
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web, namespace: ns}}
+spec:
+  host: web.ns.svc
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+  - name: v2
+    labels: {{version: v2}}
 "#
     )
 }
@@ -262,6 +277,17 @@ async fn http_routing_at_the_waypoint() {
     assert!(
         headers.contains(&("x-route".into(), "old-paths".into())),
         "{headers:?}"
+    );
+    // DestinationRule ROUND_ROBIN over the service's endpoints alternates exactly.
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let (_, _, body) = http_request(&mut s, "GET", "/rr", "web.ns.svc", &[]).await;
+        seen.push(body[..2].to_owned());
+    }
+    assert_eq!(seen.iter().filter(|v| *v == "v1").count(), 5, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] != w[1]),
+        "alternates: {seen:?}"
     );
     // A direct response never reaches an app.
     let (status, headers, body) =

@@ -156,6 +156,7 @@ struct Raw {
     peer_authns: Vec<Named<mesh_authz::peer::PeerAuthenticationSpec>>,
     gateways: Vec<Named<GatewaySpec>>,
     virtual_services: Vec<Named<mesh_l7::istio::VirtualServiceSpec>>,
+    destination_rules: Vec<Named<mesh_l7::istio::DestinationRuleSpec>>,
     /// Namespace name → labels (`v1` `Namespace` documents).
     namespaces: Vec<(String, String, BTreeMap<String, String>)>,
 }
@@ -240,7 +241,9 @@ impl Raw {
             return;
         }
         let want_api: &[&str] = match kind.as_str() {
-            "WorkloadEntry" | "ServiceEntry" | "VirtualService" => NETWORKING_VERSIONS,
+            "WorkloadEntry" | "ServiceEntry" | "VirtualService" | "DestinationRule" => {
+                NETWORKING_VERSIONS
+            }
             "Node" | "MeshConfig" => &[LOCAL_API_VERSION],
             "AuthorizationPolicy" | "PeerAuthentication" => SECURITY_VERSIONS,
             "Gateway" => GATEWAY_VERSIONS,
@@ -258,7 +261,7 @@ impl Raw {
                     &location,
                     "kind",
                     format!(
-                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, VirtualService, AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
+                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
                     ),
                 );
                 return;
@@ -301,6 +304,11 @@ impl Raw {
             "VirtualService" => {
                 if let Some(d) = typed(v, &location, doc) {
                     self.virtual_services.push(named(v, &location, d));
+                }
+            }
+            "DestinationRule" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.destination_rules.push(named(v, &location, d));
                 }
             }
             "Namespace" => {
@@ -866,13 +874,16 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         }
     }
 
-    let routes = compile_routes(v, &raw, &by_host);
+    let destination_policies = compile_destination_rules(v, &raw, &by_host);
+    let routes = compile_routes(v, &raw, &by_host, &destination_policies);
+    let endpoint_sets = state::endpoint_sets(&service_ports, &destination_policies);
 
     MeshState {
         trust_domain,
         root_namespace,
         cluster_id,
         routes,
+        endpoint_sets,
         waypoints,
         waypoints_of,
         policies,
@@ -894,6 +905,7 @@ fn compile_routes(
     v: &mut Validator,
     raw: &Raw,
     by_host: &HashMap<String, HashMap<u16, Arc<ServicePort>>>,
+    policies: &HashMap<String, mesh_l7::DestinationPolicy>,
 ) -> HashMap<String, Arc<mesh_l7::RouteTable>> {
     let mut out: HashMap<String, Arc<mesh_l7::RouteTable>> = HashMap::new();
     let mut owner: HashMap<String, String> = HashMap::new();
@@ -919,12 +931,20 @@ fn compile_routes(
                             format!("no ServiceEntry has host {:?}", d.host),
                         );
                     }
-                    if d.subset.is_some() {
-                        v.err(
-                            loc,
-                            format!("{f}.subset"),
-                            "subsets need DestinationRule, which is not supported yet; route to a service per version",
-                        );
+                    if let Some(sub) = &d.subset {
+                        let known = policies
+                            .get(&d.host)
+                            .is_some_and(|p| p.subsets.iter().any(|s| &s.name == sub));
+                        if !known {
+                            v.err(
+                                loc,
+                                format!("{f}.subset"),
+                                format!(
+                                    "no DestinationRule for {:?} defines subset {sub:?}",
+                                    d.host
+                                ),
+                            );
+                        }
                     }
                 }
             }
@@ -940,6 +960,43 @@ fn compile_routes(
                 );
             }
             out.insert(h.clone(), table.clone());
+        }
+    }
+    out
+}
+
+/// `DestinationRule`s by host (one per host; it must be a service host).
+fn compile_destination_rules(
+    v: &mut Validator,
+    raw: &Raw,
+    by_host: &HashMap<String, HashMap<u16, Arc<ServicePort>>>,
+) -> HashMap<String, mesh_l7::DestinationPolicy> {
+    let mut out = HashMap::new();
+    for dr in &raw.destination_rules {
+        let loc = &dr.location;
+        match mesh_l7::DestinationPolicy::compile(&dr.spec) {
+            Ok(p) => {
+                if !by_host.contains_key(&p.host) {
+                    v.err(
+                        loc,
+                        "spec.host",
+                        format!("no ServiceEntry has host {:?}", p.host),
+                    );
+                } else if out.contains_key(&p.host) {
+                    v.err(
+                        loc,
+                        "spec.host",
+                        format!("another DestinationRule already applies to {:?}", p.host),
+                    );
+                } else {
+                    out.insert(p.host.clone(), p);
+                }
+            }
+            Err(errs) => {
+                for e in errs {
+                    v.err(loc, e.field, e.reason);
+                }
+            }
         }
     }
     out

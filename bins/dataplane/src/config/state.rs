@@ -216,6 +216,91 @@ impl ServicePort {
     }
 }
 
+/// The endpoints of one service port (or of one of its `DestinationRule` subsets) with their
+/// load balancing and requests in flight, for per-request (L7) balancing.
+#[derive(Debug)]
+pub struct EndpointSet {
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// Balancing.
+    pub lb: mesh_l7::LoadBalancer,
+    active: Vec<AtomicUsize>,
+    next: AtomicUsize,
+}
+
+/// Counts one request in flight on an endpoint until dropped.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl EndpointSet {
+    fn new(endpoints: Vec<Endpoint>, lb: mesh_l7::LoadBalancer) -> EndpointSet {
+        EndpointSet {
+            active: endpoints.iter().map(|_| AtomicUsize::new(0)).collect(),
+            endpoints,
+            lb,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks an endpoint by the set's balancing and counts a request in flight on it.
+    pub fn choose(&self) -> Option<(&Endpoint, InFlight<'_>)> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let i = mesh_l7::choose(
+            self.lb,
+            self.endpoints.len(),
+            turn,
+            rand::random(),
+            rand::random(),
+            |i| self.active.get(i).map_or(0, |a| a.load(Ordering::Relaxed)),
+        )?;
+        let active = self.active.get(i)?;
+        active.fetch_add(1, Ordering::Relaxed);
+        Some((self.endpoints.get(i)?, InFlight(active)))
+    }
+}
+
+/// The endpoint sets of every service port: all its endpoints (the host's balancing), and
+/// each `DestinationRule` subset's (endpoints whose workload carries the subset's labels).
+pub(crate) fn endpoint_sets(
+    service_ports: &[Arc<ServicePort>],
+    policies: &HashMap<String, mesh_l7::DestinationPolicy>,
+) -> HashMap<(String, u16, String), Arc<EndpointSet>> {
+    let mut out = HashMap::new();
+    for sp in service_ports {
+        for host in &sp.service.hosts {
+            let policy = policies.get(host);
+            let lb = policy.map_or_else(mesh_l7::LoadBalancer::default, |p| p.lb);
+            out.insert(
+                (host.clone(), sp.port, String::new()),
+                Arc::new(EndpointSet::new(sp.endpoints.clone(), lb)),
+            );
+            for sub in policy.map(|p| p.subsets.as_slice()).unwrap_or_default() {
+                let eps = sp
+                    .endpoints
+                    .iter()
+                    .filter(|e| {
+                        sub.labels
+                            .iter()
+                            .all(|(k, v)| e.workload.labels.get(k) == Some(v))
+                    })
+                    .cloned()
+                    .collect();
+                out.insert(
+                    (host.clone(), sp.port, sub.name.clone()),
+                    Arc::new(EndpointSet::new(eps, sub.lb)),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// A ztunnel node.
 #[derive(Debug)]
 pub struct Node {
@@ -242,6 +327,8 @@ pub struct MeshState {
     pub cluster_id: String,
     /// HTTP route tables (`VirtualService`) by the service host they apply to.
     pub routes: HashMap<String, Arc<mesh_l7::RouteTable>>,
+    /// Endpoint sets by (host, service port, subset name or ""), with their balancing.
+    pub endpoint_sets: HashMap<(String, u16, String), Arc<EndpointSet>>,
     /// Waypoints by `namespace/name`.
     pub waypoints: HashMap<String, Arc<Waypoint>>,
     /// For each workload (`namespace/name`) with waypoints (its own, its services'), the only
@@ -274,6 +361,7 @@ impl MeshState {
             root_namespace: super::DEFAULT_ROOT_NAMESPACE.to_owned(),
             cluster_id: super::DEFAULT_CLUSTER_ID.to_owned(),
             routes: HashMap::new(),
+            endpoint_sets: HashMap::new(),
             waypoints: HashMap::new(),
             waypoints_of: HashMap::new(),
             policies: Vec::new(),
@@ -313,6 +401,17 @@ impl MeshState {
     /// Every VIP:port with its service port (for service listeners).
     pub fn vips(&self) -> impl Iterator<Item = (&SocketAddr, &Arc<ServicePort>)> {
         self.by_vip.iter()
+    }
+
+    /// The endpoint set of `host:port`, or of its `subset`.
+    pub fn endpoint_set(
+        &self,
+        host: &str,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Option<&Arc<EndpointSet>> {
+        self.endpoint_sets
+            .get(&(host.to_owned(), port, subset.unwrap_or_default().to_owned()))
     }
 
     /// The service whose host name is `host` (any port).

@@ -62,7 +62,7 @@ fn names_file_document_field_and_reason() {
 #[test]
 fn reports_every_problem_and_cross_references() {
     let text = format!(
-        "{WE}  address: 10.0.0.1\n---\n{WE}  address: 10.0.0.1\n---\napiVersion: dataplane.mesh.dev/v1alpha1\nkind: Node\nmetadata: {{name: n}}\nspec:\n  address: 127.0.1.1\n  workloads: [ns/missing]\n---\napiVersion: security.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: p}}\nspec: {{}}\n"
+        "{WE}  address: 10.0.0.1\n---\n{WE}  address: 10.0.0.1\n---\napiVersion: dataplane.mesh.dev/v1alpha1\nkind: Node\nmetadata: {{name: n}}\nspec:\n  address: 127.0.1.1\n  workloads: [ns/missing]\n---\napiVersion: security.istio.io/v1\nkind: EnvoyFilter\nmetadata: {{name: p}}\nspec: {{}}\n"
     );
     let e = load(&text).unwrap_err();
     let all = e.to_string();
@@ -76,7 +76,7 @@ fn reports_every_problem_and_cross_references() {
         "{all}"
     );
     assert!(
-        all.contains("kind: DestinationRule is not supported yet"),
+        all.contains("kind: EnvoyFilter is not supported yet"),
         "{all}"
     );
     assert_eq!(e.issues.len(), 4, "{all}");

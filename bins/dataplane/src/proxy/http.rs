@@ -130,7 +130,7 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
             headers: req.headers(),
         })
     });
-    // Where to: the route's weighted pick, or the addressed service itself.
+    // Where to: the route's weighted pick (host, port, subset), or the addressed service.
     let (dest, dest_ops) = match route.map(|r| (&r.action, r)) {
         Some((mesh_l7::Action::DirectResponse { status, body }, _)) => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
@@ -155,22 +155,31 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
             let Some(d) = r.pick(rand::random()) else {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "no route destination\n");
             };
+            // The destination port, else the addressed port if the host has it, else the
+            // host's only port.
             let port = d.port.unwrap_or(s.service.port);
-            let sp = state
-                .service_by_host(&d.host, port)
-                .or_else(|| state.by_host.get(&d.host).and_then(|m| m.values().next()))
+            let set = state
+                .endpoint_set(&d.host, port, d.subset.as_deref())
+                .or_else(|| {
+                    let p = *state.by_host.get(&d.host)?.keys().next()?;
+                    state.endpoint_set(&d.host, p, d.subset.as_deref())
+                })
                 .cloned();
-            (sp, Some((r, d)))
+            (set, Some((r, d)))
         }
-        None => (Some(s.service.clone()), None),
+        None => (
+            state.endpoint_set(&host, s.service.port, None).cloned(),
+            None,
+        ),
     };
     let Some(dest) = dest else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "no such service\n");
     };
-    let Some(ep) = dest.pick().cloned() else {
+    drop(state);
+    let Some((ep, _in_flight)) = dest.choose() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     };
-    drop(state);
+    let ep = ep.clone();
     // The request as the endpoint sees it: rewritten path and authority, header operations,
     // no hop-by-hop headers.
     if let Some((r, d)) = dest_ops {

@@ -1,0 +1,212 @@
+//! `DestinationRule` compiled: subsets (endpoint label sets) and load balancing, with the
+//! balancing choice itself (sans-IO: the caller keeps the per-endpoint request counts).
+
+use std::collections::BTreeMap;
+
+use crate::FieldError;
+use crate::istio::{DestinationRuleSpec, TrafficPolicySpec};
+
+/// Istio's `loadBalancer.simple`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadBalancer {
+    /// Fewest active requests of two random endpoints (Envoy's default; ours too).
+    #[default]
+    LeastRequest,
+    /// In turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+}
+
+/// A named subset.
+#[derive(Debug, Clone)]
+pub struct Subset {
+    /// Name.
+    pub name: String,
+    /// Labels an endpoint's workload must carry.
+    pub labels: BTreeMap<String, String>,
+    /// Its balancing.
+    pub lb: LoadBalancer,
+}
+
+/// A compiled `DestinationRule`.
+#[derive(Debug, Clone)]
+pub struct DestinationPolicy {
+    /// Service host (lower case).
+    pub host: String,
+    /// Balancing for the host.
+    pub lb: LoadBalancer,
+    /// Subsets.
+    pub subsets: Vec<Subset>,
+}
+
+fn lb(
+    tp: Option<&TrafficPolicySpec>,
+    field: &str,
+    default: LoadBalancer,
+    errs: &mut Vec<FieldError>,
+) -> LoadBalancer {
+    let Some(tp) = tp else { return default };
+    let mut unsupported = |present: bool, name: &str| {
+        if present {
+            errs.push(FieldError {
+                field: format!("{field}.{name}"),
+                reason: "not supported yet by this data plane".into(),
+            });
+        }
+    };
+    unsupported(tp.connection_pool.is_some(), "connectionPool");
+    unsupported(tp.outlier_detection.is_some(), "outlierDetection");
+    unsupported(tp.tls.is_some(), "tls");
+    unsupported(tp.port_level_settings.is_some(), "portLevelSettings");
+    unsupported(tp.tunnel.is_some(), "tunnel");
+    unsupported(tp.proxy_protocol.is_some(), "proxyProtocol");
+    let Some(l) = &tp.load_balancer else {
+        return default;
+    };
+    unsupported(l.consistent_hash.is_some(), "loadBalancer.consistentHash");
+    unsupported(
+        l.locality_lb_setting.is_some(),
+        "loadBalancer.localityLbSetting",
+    );
+    unsupported(l.warmup.is_some(), "loadBalancer.warmup");
+    match l.simple.as_deref() {
+        None | Some("UNSPECIFIED") => default,
+        Some("LEAST_REQUEST") | Some("LEAST_CONN") => LoadBalancer::LeastRequest,
+        Some("ROUND_ROBIN") => LoadBalancer::RoundRobin,
+        Some("RANDOM") => LoadBalancer::Random,
+        Some(o) => {
+            errs.push(FieldError {
+                field: format!("{field}.loadBalancer.simple"),
+                reason: format!("{o:?}: expected ROUND_ROBIN, LEAST_REQUEST or RANDOM"),
+            });
+            default
+        }
+    }
+}
+
+impl DestinationPolicy {
+    /// Compiles a `DestinationRule` spec.
+    pub fn compile(spec: &DestinationRuleSpec) -> Result<DestinationPolicy, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        if spec.export_to.is_some() {
+            errs.push(FieldError {
+                field: "spec.exportTo".into(),
+                reason: "not supported: every rule is visible mesh-wide".into(),
+            });
+        }
+        if spec.workload_selector.is_some() {
+            errs.push(FieldError {
+                field: "spec.workloadSelector".into(),
+                reason: "not supported yet by this data plane".into(),
+            });
+        }
+        let host_lb = lb(
+            spec.traffic_policy.as_ref(),
+            "spec.trafficPolicy",
+            LoadBalancer::default(),
+            &mut errs,
+        );
+        let mut subsets: Vec<Subset> = Vec::new();
+        for (i, s) in spec.subsets.iter().enumerate() {
+            if subsets.iter().any(|x| x.name == s.name) {
+                errs.push(FieldError {
+                    field: format!("spec.subsets[{i}].name"),
+                    reason: format!("duplicate subset {:?}", s.name),
+                });
+            }
+            subsets.push(Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                lb: lb(
+                    s.traffic_policy.as_ref(),
+                    &format!("spec.subsets[{i}].trafficPolicy"),
+                    host_lb,
+                    &mut errs,
+                ),
+            });
+        }
+        if errs.is_empty() {
+            Ok(DestinationPolicy {
+                host: spec.host.to_ascii_lowercase(),
+                lb: host_lb,
+                subsets,
+            })
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+/// Chooses one of `n` endpoints. `turn` is a round-robin counter the caller advances, `r1`
+/// and `r2` are random numbers, `active(i)` is endpoint `i`'s requests in flight.
+pub fn choose(
+    lb: LoadBalancer,
+    n: usize,
+    turn: usize,
+    r1: u32,
+    r2: u32,
+    active: impl Fn(usize) -> usize,
+) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    Some(match lb {
+        LoadBalancer::RoundRobin => turn % n,
+        LoadBalancer::Random => r1 as usize % n,
+        LoadBalancer::LeastRequest => {
+            // Envoy: power of two choices.
+            let a = r1 as usize % n;
+            let b = r2 as usize % n;
+            if active(b) < active(a) { b } else { a }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiles_subsets_and_policies() {
+        let spec: DestinationRuleSpec = serde_json::from_str(
+            r#"{"host": "Web.ns.svc", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}},
+                "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                            {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}]}"#,
+        )
+        .unwrap();
+        let p = DestinationPolicy::compile(&spec).unwrap();
+        assert_eq!(p.host, "web.ns.svc");
+        assert_eq!(p.lb, LoadBalancer::RoundRobin);
+        assert_eq!(
+            p.subsets[0].lb,
+            LoadBalancer::RoundRobin,
+            "inherits the host's"
+        );
+        assert_eq!(p.subsets[1].lb, LoadBalancer::Random);
+        let bad: DestinationRuleSpec = serde_json::from_str(
+            r#"{"host": "h", "trafficPolicy": {"loadBalancer": {"simple": "MAGLEV"}, "outlierDetection": {}}}"#,
+        )
+        .unwrap();
+        let e = DestinationPolicy::compile(&bad).unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.trafficPolicy.outlierDetection",
+                "spec.trafficPolicy.loadBalancer.simple"
+            ]
+        );
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_endpoint() {
+        let active = [5usize, 0, 5];
+        let picks: Vec<usize> = (0..3u32)
+            .map(|r| choose(LoadBalancer::LeastRequest, 3, 0, r, 1, |i| active[i]).unwrap())
+            .collect();
+        assert_eq!(picks, [1, 1, 1]);
+        assert_eq!(choose(LoadBalancer::RoundRobin, 3, 4, 0, 0, |_| 0), Some(1));
+        assert_eq!(choose(LoadBalancer::Random, 0, 0, 0, 0, |_| 0), None);
+    }
+}
