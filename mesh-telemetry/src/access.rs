@@ -188,6 +188,51 @@ pub struct ConnectionRecord<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// One access-log record for an HTTP request handled at L7 (a waypoint).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestRecord<'a> {
+    /// When the response ended, RFC 3339 UTC.
+    pub timestamp: String,
+    /// `waypoint`.
+    pub reporter: &'a str,
+    /// Client address.
+    #[serde(rename = "src.addr")]
+    pub src_addr: Option<SocketAddr>,
+    /// Client identity.
+    #[serde(rename = "src.identity")]
+    pub src_identity: Option<&'a str>,
+    /// Method.
+    pub method: &'a str,
+    /// Authority (Host) as received.
+    pub authority: &'a str,
+    /// Path as received (with the query).
+    pub path: &'a str,
+    /// Protocol (`HTTP/1.1`).
+    pub protocol: &'a str,
+    /// Status returned.
+    pub status: u16,
+    /// Request body bytes.
+    pub bytes_received: u64,
+    /// Response body bytes.
+    pub bytes_sent: u64,
+    /// Milliseconds from request head to the end of the response.
+    pub duration_ms: u64,
+    /// The route that matched, if any.
+    pub route: Option<&'a str>,
+    /// The endpoint the request went to (`ip:port`), if forwarded.
+    pub upstream: Option<SocketAddr>,
+    /// The service routed to.
+    #[serde(rename = "dst.service")]
+    pub dst_service: Option<&'a str>,
+    /// Envoy-style response flags (`-`, `UF` upstream failure, `NR` no route, `DR` direct
+    /// response).
+    pub response_flags: &'a str,
+    /// W3C trace id.
+    pub trace_id: Option<&'a str>,
+    /// `x-request-id`.
+    pub request_id: Option<&'a str>,
+}
+
 /// The current time as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
     rfc3339(std::time::SystemTime::now())

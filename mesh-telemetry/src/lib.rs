@@ -3,6 +3,8 @@
 //! - [`metrics`]: Istio's standard TCP metrics (`istio_tcp_connections_opened_total`, …) with
 //!   Istio's exact label set, bounded cardinality and live byte counting, registered into a
 //!   `prometheus-client` registry the caller owns (no global registry);
+//! - [`requests`]: Istio's HTTP request metrics (`istio_requests_total`, duration and size
+//!   histograms with Istio's buckets);
 //! - [`process`]: the standard `process_*` metrics;
 //! - [`access`]: a non-blocking JSON access log, one line per connection;
 //! - [`http`]: a small HTTP/1.1 server with exact-path routes for the admin (15000), metrics
@@ -37,6 +39,7 @@ pub mod logging;
 pub mod metrics;
 pub mod process;
 pub mod readiness;
+pub mod requests;
 
 use std::sync::Arc;
 

@@ -294,4 +294,46 @@ async fn http_routing_at_the_waypoint() {
         http_request(&mut s, "GET", "/maintenance/x", "web.ns.svc", &[]).await;
     assert_eq!((status, body.as_str()), (503, "down for maintenance"));
     assert!(!headers.iter().any(|(k, _)| k == "x-app"));
+
+    // Request metrics from the waypoint: counts by response code, Istio's labels.
+    let metrics: std::net::SocketAddr = format!("127.{b}.0.3:15020").parse().unwrap();
+    let ok = [
+        ("reporter", "waypoint"),
+        ("response_code", "200"),
+        ("request_protocol", "http"),
+        ("source_workload", "client"),
+        ("source_principal", "spiffe://cluster.local/ns/ns/sa/client"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = http_get(metrics, "/metrics").await;
+        if metric(&text, "istio_requests_total", &ok) == 2031.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&text, "istio_requests_total", &ok), 2031.0, "{text}");
+    // web2 served the split's v2 share, the 20 testers and half of the 10 round-robin requests.
+    let web2 = [("response_code", "200"), ("destination_workload", "web2")];
+    assert_eq!(
+        metric(&text, "istio_requests_total", &web2),
+        (v2 + 20 + 5) as f64,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "istio_requests_total", &[("response_code", "503")]),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "istio_request_duration_milliseconds_count", &ok),
+        2031.0
+    );
+    // One JSON access-log line per request, with the route and generated ids.
+    mesh.expect_log(
+        "wp",
+        r#""path":"/maintenance/x","protocol":"HTTP/1.1","status":503"#,
+    );
+    mesh.expect_log("wp", r#""route":"maintenance""#);
+    mesh.expect_log("wp", r#""response_flags":"DR","trace_id":""#);
 }

@@ -25,14 +25,184 @@ use crate::config::{ServicePort, Waypoint};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A request body that counts its bytes as they pass.
+pub(crate) struct CountedBody {
+    inner: Incoming,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.bytes
+                .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that counts its bytes and records the request (metrics, access log) when
+/// it ends or is dropped.
+struct RecordedBody {
+    inner: Body,
+    bytes: u64,
+    done: Option<Done>,
+}
+
+/// What is recorded when a response ends.
+struct Done {
+    stream: Stream,
+    start: tokio::time::Instant,
+    method: http::Method,
+    authority: String,
+    path: String,
+    status: u16,
+    grpc_status: String,
+    route: Option<String>,
+    upstream: Option<SocketAddr>,
+    dst: Option<(Arc<crate::config::Workload>, Option<Arc<ServicePort>>)>,
+    flags: &'static str,
+    trace_id: Option<String>,
+    request_id: Option<String>,
+    request_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Done {
+    fn finish(self, response_bytes: u64) {
+        let s = &self.stream;
+        let t = &s.ctx.telemetry;
+        let elapsed = self.start.elapsed();
+        let request_bytes = self
+            .request_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let unknown = mesh_telemetry::metrics::PeerLabels::unknown();
+        let (dst, service) = match &self.dst {
+            Some((w, sp)) => (&w.telemetry, sp.as_ref().map(|sp| &sp.service.telemetry)),
+            None => (&unknown, None),
+        };
+        let mut standard = super::observe::labels(
+            mesh_telemetry::metrics::Reporter::Waypoint,
+            &s.src_labels,
+            dst,
+            service.or(Some(&s.service.service.telemetry)),
+            mesh_telemetry::metrics::SecurityPolicy::MutualTls,
+        );
+        standard.request_protocol =
+            mesh_telemetry::metrics::Str::from(if self.grpc_status.is_empty() {
+                "http"
+            } else {
+                "grpc"
+            });
+        let labels = mesh_telemetry::requests::RequestLabels {
+            standard,
+            response_code: mesh_telemetry::metrics::Str::from(self.status.to_string().as_str()),
+            grpc_response_status: mesh_telemetry::metrics::Str::from(self.grpc_status.as_str()),
+        };
+        t.requests.record(
+            &labels,
+            mesh_telemetry::requests::Finished {
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                request_bytes,
+                response_bytes,
+            },
+        );
+        if t.access.enabled() {
+            let host = self
+                .dst
+                .as_ref()
+                .and_then(|(_, sp)| sp.as_ref())
+                .and_then(|sp| sp.service.hosts.first().map(String::as_str));
+            t.access.log(&mesh_telemetry::access::RequestRecord {
+                timestamp: mesh_telemetry::access::now_rfc3339(),
+                reporter: "waypoint",
+                src_addr: s.client,
+                src_identity: Some(s.src_identity.as_str()),
+                method: self.method.as_str(),
+                authority: &self.authority,
+                path: &self.path,
+                protocol: "HTTP/1.1",
+                status: self.status,
+                bytes_received: request_bytes,
+                bytes_sent: response_bytes,
+                duration_ms: elapsed.as_millis() as u64,
+                route: self.route.as_deref(),
+                upstream: self.upstream,
+                dst_service: host,
+                response_flags: self.flags,
+                trace_id: self.trace_id.as_deref(),
+                request_id: self.request_id.as_deref(),
+            });
+        }
+    }
+}
+
+impl Drop for RecordedBody {
+    fn drop(&mut self) {
+        if let Some(d) = self.done.take() {
+            d.finish(self.bytes);
+        }
+    }
+}
+
+impl http_body::Body for RecordedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            std::task::Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(d) = self.done.take() {
+                    d.finish(self.bytes);
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Idle upstream HTTP/1.1 connections by endpoint address.
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<CountedBody>>>>,
 }
 
 impl Upstreams {
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<CountedBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         while let Some(s) = list.pop() {
@@ -43,7 +213,7 @@ impl Upstreams {
         None
     }
 
-    fn put(&self, addr: SocketAddr, s: SendRequest<Incoming>) {
+    fn put(&self, addr: SocketAddr, s: SendRequest<CountedBody>) {
         if s.is_closed() {
             return;
         }
@@ -77,6 +247,10 @@ pub(crate) struct Stream {
     pub(crate) service: Arc<ServicePort>,
     /// The original client address (from `Forwarded`).
     pub(crate) client: Option<SocketAddr>,
+    /// The client's identity (the source ztunnel's peer).
+    pub(crate) src_identity: mesh_identity::SpiffeId,
+    /// The client's metric labels.
+    pub(crate) src_labels: mesh_telemetry::metrics::PeerLabels,
 }
 
 /// Serves HTTP/1.1 requests on one tunnelled stream until it ends.
@@ -106,8 +280,60 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// What routing found out, for the request's metrics and log line.
+#[derive(Default)]
+struct Meta {
+    route: Option<String>,
+    upstream: Option<SocketAddr>,
+    dst: Option<(Arc<crate::config::Workload>, Option<Arc<ServicePort>>)>,
+    flags: &'static str,
+}
+
+fn request_id() -> HeaderValue {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    // UUID v4 layout.
+    let s = format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        (b[8] & 0x3) | 0x8,
+        &h[17..20],
+        &h[20..32]
+    );
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
+}
+
 async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
-    let state = s.ctx.state.load_full();
+    let start = tokio::time::Instant::now();
+    // Trace context: a request id and a W3C traceparent are generated when absent, and sent
+    // on (B3 and tracestate headers pass through untouched).
+    if !req.headers().contains_key("x-request-id") {
+        req.headers_mut().insert("x-request-id", request_id());
+    }
+    let tp = mesh_hbone::headers::TRACEPARENT;
+    let valid = req
+        .headers()
+        .get(&tp)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(mesh_hbone::headers::valid_traceparent);
+    if !valid {
+        req.headers_mut()
+            .insert(tp.clone(), mesh_hbone::headers::new_traceparent());
+    }
+    let trace_id = req
+        .headers()
+        .get(&tp)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .map(str::to_owned);
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let method = req.method().clone();
     let path = req
         .uri()
         .path_and_query()
@@ -119,28 +345,88 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_default();
+    let request_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(
+        parts,
+        CountedBody {
+            inner: body,
+            bytes: request_bytes.clone(),
+        },
+    );
+    let mut meta = Meta {
+        flags: "-",
+        ..Meta::default()
+    };
+    let resp = route_request(s, req, &path, &authority, &mut meta).await;
+    let status = resp.status().as_u16();
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let done = Done {
+        stream: s.clone(),
+        start,
+        method,
+        authority,
+        path,
+        status,
+        grpc_status,
+        route: meta.route,
+        upstream: meta.upstream,
+        dst: meta.dst,
+        flags: meta.flags,
+        trace_id,
+        request_id,
+        request_bytes,
+    };
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(
+        parts,
+        RecordedBody {
+            inner: body,
+            bytes: 0,
+            done: Some(done),
+        }
+        .boxed(),
+    )
+}
+
+async fn route_request(
+    s: &Stream,
+    mut req: Request<CountedBody>,
+    path: &str,
+    authority: &str,
+    meta: &mut Meta,
+) -> Response<Body> {
+    let state = s.ctx.state.load_full();
     let host = s.service.service.hosts.first().cloned().unwrap_or_default();
     let table = state.routes.get(&host).cloned();
     let route = table.as_ref().and_then(|t| {
         t.select(&mesh_l7::RequestFacts {
             method: req.method().as_str(),
-            path: &path,
-            authority: &authority,
+            path,
+            authority,
             port: s.service.port,
             headers: req.headers(),
         })
     });
+    meta.route = route.map(|r| r.name.clone());
     // Where to: the route's weighted pick (host, port, subset), or the addressed service.
     let (dest, dest_ops) = match route.map(|r| (&r.action, r)) {
         Some((mesh_l7::Action::DirectResponse { status, body }, _)) => {
+            meta.flags = "DR";
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             return text(status, body.clone());
         }
         Some((mesh_l7::Action::Redirect(r), _)) => {
+            meta.flags = "DR";
             let location = format!(
                 "http://{}{}",
-                r.authority.as_deref().unwrap_or(&authority),
-                r.uri.as_deref().unwrap_or(&path)
+                r.authority.as_deref().unwrap_or(authority),
+                r.uri.as_deref().unwrap_or(path)
             );
             let mut resp = text(
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
@@ -153,37 +439,51 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         }
         Some((mesh_l7::Action::Forward { .. }, r)) => {
             let Some(d) = r.pick(rand::random()) else {
+                meta.flags = "NR";
                 return text(StatusCode::SERVICE_UNAVAILABLE, "no route destination\n");
             };
             // The destination port, else the addressed port if the host has it, else the
             // host's only port.
             let port = d.port.unwrap_or(s.service.port);
-            let set = state
-                .endpoint_set(&d.host, port, d.subset.as_deref())
-                .or_else(|| {
-                    let p = *state.by_host.get(&d.host)?.keys().next()?;
-                    state.endpoint_set(&d.host, p, d.subset.as_deref())
-                })
-                .cloned();
+            let port = if state.service_by_host(&d.host, port).is_some() {
+                Some(port)
+            } else {
+                state
+                    .by_host
+                    .get(&d.host)
+                    .and_then(|m| m.keys().next().copied())
+            };
+            let set = port.and_then(|p| {
+                let sp = state.service_by_host(&d.host, p).cloned();
+                Some((
+                    state.endpoint_set(&d.host, p, d.subset.as_deref())?.clone(),
+                    sp,
+                ))
+            });
             (set, Some((r, d)))
         }
         None => (
-            state.endpoint_set(&host, s.service.port, None).cloned(),
+            state
+                .endpoint_set(&host, s.service.port, None)
+                .map(|set| (set.clone(), Some(s.service.clone()))),
             None,
         ),
     };
-    let Some(dest) = dest else {
+    let Some((dest, dest_service)) = dest else {
+        meta.flags = "NR";
         return text(StatusCode::SERVICE_UNAVAILABLE, "no such service\n");
     };
     drop(state);
     let Some((ep, _in_flight)) = dest.choose() else {
+        meta.flags = "UH";
         return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     };
     let ep = ep.clone();
+    meta.dst = Some((ep.workload.clone(), dest_service));
     // The request as the endpoint sees it: rewritten path and authority, header operations,
     // no hop-by-hop headers.
     if let Some((r, d)) = dest_ops {
-        if let Some(new) = r.rewrite_path(&path)
+        if let Some(new) = r.rewrite_path(path)
             && let Ok(uri) = new.parse()
         {
             *req.uri_mut() = uri;
@@ -205,18 +505,21 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         req.headers_mut().remove(*h);
     }
     let Some(hbone_addr) = ep.workload.hbone_addr else {
+        meta.flags = "UF";
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "endpoint outside the mesh\n",
         );
     };
     let addr = SocketAddr::new(ep.workload.address, ep.port);
+    meta.upstream = Some(addr);
     let mut sender = match s.ctx.upstreams.take(addr) {
         Some(x) => x,
         None => match connect(s, &ep.workload.identity, hbone_addr, addr, &host).await {
             Ok(x) => x,
             Err(e) => {
                 warn!(upstream = %addr, error = %e, "waypoint upstream connect failed: 503");
+                meta.flags = "UF";
                 return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
             }
         },
@@ -234,6 +537,7 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         }
         Err(e) => {
             warn!(upstream = %addr, error = %e, "waypoint upstream request failed: 503");
+            meta.flags = "UF";
             text(StatusCode::SERVICE_UNAVAILABLE, "upstream request failed\n")
         }
     }
@@ -246,7 +550,7 @@ async fn connect(
     hbone_addr: SocketAddr,
     addr: SocketAddr,
     host: &str,
-) -> Result<SendRequest<Incoming>, String> {
+) -> Result<SendRequest<CountedBody>, String> {
     let source = s
         .ctx
         .certs

@@ -30,6 +30,7 @@ use crate::config::{MeshState, Workload};
 pub(crate) struct Telemetry {
     pub(crate) registry: Arc<Registry>,
     pub(crate) tcp: TcpMetrics,
+    pub(crate) requests: mesh_telemetry::requests::RequestMetrics,
     pub(crate) access: AccessLogger,
     pub(crate) config_rejected: Counter,
     pub(crate) config_generation: Gauge,
@@ -41,6 +42,7 @@ impl Telemetry {
     pub(crate) fn new(access: AccessLogger, max_series: usize) -> Telemetry {
         let mut registry = Registry::default();
         let tcp = TcpMetrics::new(&mut registry, max_series);
+        let requests = mesh_telemetry::requests::RequestMetrics::new(&mut registry, max_series);
         registry.register_collector(Box::new(mesh_telemetry::process::ProcessCollector));
         let config_rejected = Counter::default();
         let config_generation = Gauge::default();
@@ -63,6 +65,7 @@ impl Telemetry {
         Telemetry {
             registry: Arc::new(registry),
             tcp,
+            requests,
             access,
             config_rejected,
             config_generation,

@@ -73,11 +73,20 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             Ok(t) => t,
             Err(e) => return debug!(error = %e, "tunnel closed before 200"),
         };
+        let src = headers
+            .client
+            .and_then(|c| ctx.state.load().workload_by_ip(c.ip()).cloned())
+            .filter(|w| w.identity == src_identity);
         let stream = super::http::Stream {
             ctx: ctx.clone(),
             waypoint,
             service: sp,
             client: headers.client,
+            src_labels: src.map_or_else(
+                || observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
+                |w| w.telemetry.clone(),
+            ),
+            src_identity: src_identity.clone(),
         };
         return super::http::serve(tunnel, stream).await;
     }
