@@ -103,6 +103,8 @@ impl PolicyIndex {
                 Scope::Namespace | Scope::Selector(_) => {
                     by_ns.entry(p.namespace.clone()).or_default().push(p)
                 }
+                // Enforced by waypoints (see `http`), not compiled for ztunnels.
+                Scope::TargetRefs(_) => {}
             }
         }
         // Each policy compiled once, shared by every workload it applies to.

@@ -2,7 +2,7 @@
 //! validation into the crate's own [`Policy`] model.
 //!
 //! Unknown fields are errors; fields this data plane does not implement (`action: CUSTOM` /
-//! `AUDIT`, `provider`, `targetRef(s)`) are rejected by name. HTTP-only fields are accepted and
+//! `AUDIT`, `provider`) are rejected by name; `targetRefs` make a waypoint policy. HTTP-only fields are accepted and
 //! recorded: at L4 they follow Istio's ztunnel translation (an ALLOW rule using them never
 //! matches; a DENY rule is enforced without them, i.e. more broadly).
 
@@ -25,6 +25,29 @@ pub struct AuthorizationPolicySpec {
     /// Rules; absent or empty matches nothing.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Waypoint attachment: the Services or Gateways (waypoints) whose waypoint enforces it.
+    #[serde(default)]
+    pub target_refs: Vec<TargetRefSpec>,
+    /// The single-target form of `targetRefs`.
+    #[serde(default)]
+    pub target_ref: Option<TargetRefSpec>,
+}
+
+/// `targetRefs[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRefSpec {
+    /// API group (`""` or `core` for Service, `gateway.networking.k8s.io` for Gateway,
+    /// `networking.istio.io` for ServiceEntry).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// `Service`, `ServiceEntry` or `Gateway`.
+    pub kind: String,
+    /// Name, in the policy's namespace.
+    pub name: String,
+    /// Not supported: a policy targets resources of its own namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// `selector`.
@@ -192,7 +215,40 @@ impl AuthorizationPolicySpec {
                 Action::Deny
             }
         };
+        let mut targets = Vec::new();
+        let refs = self.target_refs.iter().chain(self.target_ref.as_ref());
+        for (i, t) in refs.enumerate() {
+            let f = format!("spec.targetRefs[{i}]");
+            if t.namespace.is_some() {
+                errs.push(FieldError {
+                    field: format!("{f}.namespace"),
+                    reason: "not supported: a policy targets resources of its own namespace".into(),
+                });
+            }
+            match t.kind.as_str() {
+                "Service" | "ServiceEntry" | "Gateway" => targets.push(crate::model::TargetRef {
+                    kind: if t.kind == "Gateway" {
+                        "Gateway"
+                    } else {
+                        "Service"
+                    }
+                    .to_owned(),
+                    name: t.name.clone(),
+                }),
+                k => errs.push(FieldError {
+                    field: format!("{f}.kind"),
+                    reason: format!("{k:?}: expected Service, ServiceEntry or Gateway"),
+                }),
+            }
+        }
+        if !targets.is_empty() && self.selector.is_some() {
+            errs.push(FieldError {
+                field: "spec.selector".into(),
+                reason: "selector and targetRefs are mutually exclusive".into(),
+            });
+        }
         let scope = match &self.selector {
+            _ if !targets.is_empty() => Scope::TargetRefs(targets),
             Some(sel) => Scope::Selector(sel.match_labels.clone()),
             None if namespace == root_namespace => Scope::Mesh,
             None => Scope::Namespace,
@@ -274,6 +330,7 @@ impl RuleSpec {
                     }
                 }
                 Source {
+                    needs_request_principal: !s.request_principals.is_empty(),
                     principals: strings(&s.principals),
                     not_principals: strings(&s.not_principals),
                     namespaces: strings(&s.namespaces),
@@ -312,13 +369,37 @@ impl RuleSpec {
                         http_only.push(name.to_owned());
                     }
                 }
+                let paths = |v: &[String], f: &str, errs: &mut Vec<FieldError>| {
+                    v.iter()
+                        .enumerate()
+                        .filter_map(|(j, x)| match crate::http::PathMatch::parse(x) {
+                            Ok(m) => Some(m),
+                            Err(reason) => {
+                                errs.push(FieldError {
+                                    field: format!("{p}.{f}[{j}]"),
+                                    reason,
+                                });
+                                None
+                            }
+                        })
+                        .collect()
+                };
                 Operation {
                     ports: ports(&o.ports, &format!("{p}.ports"), errs),
                     not_ports: ports(&o.not_ports, &format!("{p}.notPorts"), errs),
+                    http: crate::http::HttpOperation {
+                        hosts: strings(&o.hosts),
+                        not_hosts: strings(&o.not_hosts),
+                        methods: o.methods.clone(),
+                        not_methods: o.not_methods.clone(),
+                        paths: paths(&o.paths, "paths", errs),
+                        not_paths: paths(&o.not_paths, "notPaths", errs),
+                    },
                 }
             })
             .collect();
         let mut when = Vec::new();
+        let mut http_when = Vec::new();
         for (i, c) in self.when.iter().enumerate() {
             let p = format!("{path}.when[{i}]");
             if c.values.is_empty() && c.not_values.is_empty() {
@@ -348,6 +429,20 @@ impl RuleSpec {
                 }
                 other if is_http_when_key(other) => {
                     http_only.push(format!("when {other}"));
+                    let header = other
+                        .strip_prefix("request.headers[")
+                        .and_then(|h| h.strip_suffix(']'));
+                    http_when.push(match header {
+                        Some(h) => crate::http::HttpCondition::Header(
+                            h.to_ascii_lowercase(),
+                            strings(&c.values),
+                            strings(&c.not_values),
+                        ),
+                        None => crate::http::HttpCondition::Absent(
+                            other.to_owned(),
+                            !c.values.is_empty(),
+                        ),
+                    });
                     continue;
                 }
                 other => {
@@ -364,6 +459,7 @@ impl RuleSpec {
             from,
             to,
             when,
+            http_when,
             http_only,
         }
     }

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod compiled;
+pub mod http;
 mod index;
 pub mod istio;
 mod model;
@@ -36,5 +37,5 @@ pub mod peer;
 
 pub use index::{Decision, PolicyIndex, WorkloadRef};
 pub use model::{
-    Action, Condition, Connection, Operation, Policy, Rule, Scope, Source, StringMatch,
+    Action, Condition, Connection, Operation, Policy, Rule, Scope, Source, StringMatch, TargetRef,
 };

@@ -34,6 +34,18 @@ pub enum Scope {
     /// Workloads carrying all these labels: in the policy's namespace, or in every namespace
     /// when the policy is in the root namespace.
     Selector(BTreeMap<String, String>),
+    /// `targetRefs`: enforced by the waypoint of these Services or Gateways, not by ztunnels.
+    TargetRefs(Vec<TargetRef>),
+}
+
+/// A `targetRefs[]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// `Service` (also `ServiceEntry`) or `Gateway`.
+    pub kind: String,
+    /// Name, in the policy's namespace.
+    pub name: String,
 }
 
 /// A string match with Istio's `*` wildcards.
@@ -89,6 +101,8 @@ pub struct Source {
     pub not_ip_blocks: Vec<IpNet>,
     pub remote_ip_blocks: Vec<IpNet>,
     pub not_remote_ip_blocks: Vec<IpNet>,
+    /// `requestPrincipals` is set: the source needs an authenticated request principal.
+    pub needs_request_principal: bool,
 }
 
 /// A `to[].operation` (its L4 part).
@@ -98,6 +112,8 @@ pub struct Source {
 pub struct Operation {
     pub ports: Vec<u16>,
     pub not_ports: Vec<u16>,
+    /// Its HTTP fields (evaluated at a waypoint).
+    pub http: crate::http::HttpOperation,
 }
 
 /// A `when` condition on an L4 attribute: (values, notValues).
@@ -122,6 +138,8 @@ pub struct Rule {
     pub to: Vec<Operation>,
     /// Conditions, all of which must match.
     pub when: Vec<Condition>,
+    /// HTTP `when` conditions (evaluated at a waypoint).
+    pub http_when: Vec<crate::http::HttpCondition>,
     /// HTTP-only fields the rule uses (names, for logs); see the module docs.
     pub http_only: Vec<String>,
 }
@@ -176,7 +194,7 @@ fn opt(empty: bool, hit: impl FnOnce() -> bool) -> Option<bool> {
 }
 
 impl Source {
-    fn matches(&self, c: &Connection<'_>) -> bool {
+    pub(crate) fn matches_conn(&self, c: &Connection<'_>) -> bool {
         let remote = c.remote_ip.unwrap_or(c.source_ip);
         pos_neg(
             opt(self.principals.is_empty(), || {
@@ -203,14 +221,14 @@ impl Source {
 }
 
 impl Operation {
-    fn matches(&self, c: &Connection<'_>) -> bool {
+    pub(crate) fn matches_conn(&self, c: &Connection<'_>) -> bool {
         (self.ports.is_empty() || self.ports.contains(&c.destination_port))
             && !self.not_ports.contains(&c.destination_port)
     }
 }
 
 impl Condition {
-    fn matches(&self, c: &Connection<'_>) -> bool {
+    pub(crate) fn matches_conn(&self, c: &Connection<'_>) -> bool {
         fn both<T>(v: &[T], n: &[T], hit: impl Fn(&[T]) -> bool) -> bool {
             pos_neg(opt(v.is_empty(), || hit(v)), hit(n))
         }
@@ -231,9 +249,9 @@ impl Rule {
         if action == Action::Allow && !self.http_only.is_empty() {
             return false;
         }
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(c)))
-            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(c)))
-            && self.when.iter().all(|w| w.matches(c))
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches_conn(c)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches_conn(c)))
+            && self.when.iter().all(|w| w.matches_conn(c))
     }
 }
 
@@ -257,6 +275,8 @@ impl Policy {
                 (self.namespace == namespace || self.namespace == root_namespace)
                     && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
             }
+            // Waypoint policies never apply at a ztunnel.
+            Scope::TargetRefs(_) => false,
         }
     }
 }

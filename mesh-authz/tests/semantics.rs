@@ -525,6 +525,8 @@ mod reference {
                         .iter()
                         .all(|(k, v)| labels.get(k).map(|x| x == v).unwrap_or(false))
             }
+            // Waypoint policies are not enforced at L4 by ztunnels.
+            Scope::TargetRefs(_) => false,
         }
     }
 

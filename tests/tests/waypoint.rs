@@ -226,6 +226,23 @@ spec:
     labels: {{version: v1}}
   - name: v2
     labels: {{version: v2}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin, namespace: ns}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: web}}]
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: ["/admin*"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reads-only, namespace: ns}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: wp}}]
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/ns/sa/client]}}}}]
+    to: [{{operation: {{methods: [GET, HEAD]}}}}]
 "#
     )
 }
@@ -295,6 +312,33 @@ async fn http_routing_at_the_waypoint() {
     assert_eq!((status, body.as_str()), (503, "down for maintenance"));
     assert!(!headers.iter().any(|(k, _)| k == "x-app"));
 
+    // L7 DENY on /admin*, after path normalization; case-sensitive as Istio.
+    for p in [
+        "/admin",
+        "//admin",
+        "/%2Fadmin",
+        "/x/../admin",
+        "/admin/users",
+        "/%61dmin",
+    ] {
+        let (status, headers, body) = http_request(&mut s, "GET", p, "web.ns.svc", &[]).await;
+        assert_eq!((status, body.as_str()), (403, "RBAC: access denied"), "{p}");
+        assert!(
+            !headers.iter().any(|(k, _)| k == "x-app"),
+            "{p} reached an app"
+        );
+    }
+    let tester = [("x-user", "tester")];
+    let (status, _, body) = http_request(&mut s, "GET", "/ADMIN", "web.ns.svc", &tester).await;
+    assert_eq!(status, 200, "{body}");
+    // The path forwarded is the one evaluated.
+    let (_, _, body) = http_request(&mut s, "GET", "/a//b/./c/../d", "web.ns.svc", &tester).await;
+    assert!(body.contains(" GET /a/b/d "), "{body}");
+    // The waypoint-wide ALLOW admits only reads.
+    let (status, _, body) = http_request(&mut s, "DELETE", "/item/1", "web.ns.svc", &[]).await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    mesh.expect_log("wp", "request refused by authorization policy: 403");
+
     // Request metrics from the waypoint: counts by response code, Istio's labels.
     let metrics: std::net::SocketAddr = format!("127.{b}.0.3:15020").parse().unwrap();
     let ok = [
@@ -308,17 +352,22 @@ async fn http_routing_at_the_waypoint() {
     let mut text = String::new();
     for _ in 0..100 {
         text = http_get(metrics, "/metrics").await;
-        if metric(&text, "istio_requests_total", &ok) == 2031.0 {
+        if metric(&text, "istio_requests_total", &ok) == 2033.0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(metric(&text, "istio_requests_total", &ok), 2031.0, "{text}");
-    // web2 served the split's v2 share, the 20 testers and half of the 10 round-robin requests.
+    assert_eq!(metric(&text, "istio_requests_total", &ok), 2033.0, "{text}");
+    assert_eq!(
+        metric(&text, "istio_requests_total", &[("response_code", "403")]),
+        7.0
+    );
+    // web2 served the split's v2 share, the 22 tester requests and half of the 10 round-robin
+    // ones.
     let web2 = [("response_code", "200"), ("destination_workload", "web2")];
     assert_eq!(
         metric(&text, "istio_requests_total", &web2),
-        (v2 + 20 + 5) as f64,
+        (v2 + 22 + 5) as f64,
         "{text}"
     );
     assert_eq!(
@@ -327,7 +376,7 @@ async fn http_routing_at_the_waypoint() {
     );
     assert_eq!(
         metric(&text, "istio_request_duration_milliseconds_count", &ok),
-        2031.0
+        2033.0
     );
     // One JSON access-log line per request, with the route and generated ids.
     mesh.expect_log(

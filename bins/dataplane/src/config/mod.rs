@@ -874,6 +874,36 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         }
     }
 
+    let path_normalization = match raw
+        .mesh
+        .as_ref()
+        .and_then(|m| m.spec.path_normalization.as_ref())
+    {
+        None => mesh_authz::http::PathNormalization::default(),
+        Some(p) => match p.normalization.parse() {
+            Ok(n) => n,
+            Err(e) => {
+                let loc = raw
+                    .mesh
+                    .as_ref()
+                    .map_or("MeshConfig", |m| m.location.as_str());
+                v.err(loc, "spec.pathNormalization.normalization", e);
+                mesh_authz::http::PathNormalization::default()
+            }
+        },
+    };
+    let mut waypoint_policies: HashMap<String, Vec<Arc<mesh_authz::Policy>>> = HashMap::new();
+    for p in &policies {
+        if let mesh_authz::Scope::TargetRefs(targets) = &p.scope {
+            let p = Arc::new(p.clone());
+            for t in targets {
+                waypoint_policies
+                    .entry(format!("{}/{}/{}", t.kind, p.namespace, t.name))
+                    .or_default()
+                    .push(p.clone());
+            }
+        }
+    }
     let destination_policies = compile_destination_rules(v, &raw, &by_host);
     let routes = compile_routes(v, &raw, &by_host, &destination_policies);
     let endpoint_sets = state::endpoint_sets(&service_ports, &destination_policies);
@@ -882,6 +912,8 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         trust_domain,
         root_namespace,
         cluster_id,
+        path_normalization,
+        waypoint_policies,
         routes,
         endpoint_sets,
         waypoints,

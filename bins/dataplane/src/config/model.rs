@@ -146,6 +146,18 @@ pub struct MeshConfigSpec {
     /// The cluster name reported in metrics (default `Kubernetes`, as Istio).
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// How request paths are normalized before L7 policy and routing (Istio's
+    /// `meshConfig.pathNormalization`; default `DECODE_AND_MERGE_SLASHES`).
+    #[serde(default)]
+    pub path_normalization: Option<PathNormalizationSpec>,
+}
+
+/// `pathNormalization`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathNormalizationSpec {
+    /// `NONE`, `BASE`, `MERGE_SLASHES` or `DECODE_AND_MERGE_SLASHES`.
+    pub normalization: String,
 }
 
 /// apiVersions accepted for Gateway API resources.

@@ -325,6 +325,11 @@ pub struct MeshState {
     pub root_namespace: String,
     /// Cluster name reported in metrics (`source_cluster`, `destination_cluster`).
     pub cluster_id: String,
+    /// Path normalization before L7 policy and routing.
+    pub path_normalization: mesh_authz::http::PathNormalization,
+    /// Waypoint policies (`targetRefs`) by target: `Service/<ns>/<name>` or
+    /// `Gateway/<ns>/<name>`.
+    pub waypoint_policies: HashMap<String, Vec<Arc<mesh_authz::Policy>>>,
     /// HTTP route tables (`VirtualService`) by the service host they apply to.
     pub routes: HashMap<String, Arc<mesh_l7::RouteTable>>,
     /// Endpoint sets by (host, service port, subset name or ""), with their balancing.
@@ -360,6 +365,8 @@ impl MeshState {
             trust_domain: super::default_trust_domain(),
             root_namespace: super::DEFAULT_ROOT_NAMESPACE.to_owned(),
             cluster_id: super::DEFAULT_CLUSTER_ID.to_owned(),
+            path_normalization: mesh_authz::http::PathNormalization::default(),
+            waypoint_policies: HashMap::new(),
             routes: HashMap::new(),
             endpoint_sets: HashMap::new(),
             waypoints: HashMap::new(),

@@ -358,7 +358,19 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         flags: "-",
         ..Meta::default()
     };
-    let resp = route_request(s, req, &path, &authority, &mut meta).await;
+    let resp = match authorize(s, &req, &path, &authority, &mut meta) {
+        Ok(normalized) => {
+            // The upstream gets the path that was evaluated.
+            let mut req = req;
+            if normalized != path
+                && let Ok(uri) = normalized.parse()
+            {
+                *req.uri_mut() = uri;
+            }
+            route_request(s, req, &normalized, &authority, &mut meta).await
+        }
+        Err((status, body)) => text(status, body),
+    };
     let status = resp.status().as_u16();
     let grpc_status = resp
         .headers()
@@ -392,6 +404,93 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         }
         .boxed(),
     )
+}
+
+/// Normalizes the path and applies the waypoint's L7 authorization policies (those whose
+/// `targetRefs` name the addressed Service or this waypoint's Gateway). Returns the
+/// normalized path with its query, or the response refusing the request.
+fn authorize(
+    s: &Stream,
+    req: &Request<CountedBody>,
+    path: &str,
+    authority: &str,
+    meta: &mut Meta,
+) -> Result<String, (StatusCode, &'static str)> {
+    let state = s.ctx.state.load();
+    let (raw, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let Some(normalized) = mesh_authz::http::normalize_path(raw, state.path_normalization) else {
+        meta.flags = "DPE";
+        return Err((StatusCode::BAD_REQUEST, "invalid request path\n"));
+    };
+    let svc = &s.service.service;
+    let mut policies: Vec<&mesh_authz::Policy> = Vec::new();
+    for key in [
+        format!("Service/{}/{}", svc.namespace, svc.name),
+        format!("Gateway/{}/{}", s.waypoint.namespace, s.waypoint.name),
+    ] {
+        if let Some(ps) = state.waypoint_policies.get(&key) {
+            policies.extend(ps.iter().map(|p| &**p));
+        }
+    }
+    if !policies.is_empty() {
+        let principal = s
+            .src_identity
+            .as_str()
+            .strip_prefix("spiffe://")
+            .unwrap_or(s.src_identity.as_str());
+        let source_ip = s.client.map_or(s.waypoint.address, |c| c.ip());
+        let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        });
+        let headers = req.headers();
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let facts = mesh_authz::http::HttpFacts {
+            conn: mesh_authz::Connection {
+                source_ip,
+                remote_ip: None,
+                source_principal: Some(principal),
+                source_namespace: Some(s.src_identity.namespace()),
+                destination_ip: svc.vips.first().copied().unwrap_or(s.waypoint.address),
+                destination_port: s.service.port,
+            },
+            host,
+            method: req.method().as_str(),
+            path: &normalized,
+            header: &header,
+        };
+        let decision = mesh_authz::http::evaluate_http(&policies, &facts);
+        if !decision.is_allowed() {
+            let why = match decision {
+                mesh_authz::http::HttpDecision::DeniedBy(p) => {
+                    format!("denied by {}/{}", p.namespace, p.name)
+                }
+                _ => "no ALLOW policy matched".to_owned(),
+            };
+            let who = &s.src_identity;
+            warn!(
+                target: "access",
+                direction = "waypoint",
+                src.identity = %who,
+                method = %req.method(),
+                path = %normalized,
+                reason = %why,
+                "request refused by authorization policy: 403"
+            );
+            meta.flags = "RBAC";
+            return Err((StatusCode::FORBIDDEN, "RBAC: access denied"));
+        }
+    }
+    Ok(match query {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    })
 }
 
 async fn route_request(

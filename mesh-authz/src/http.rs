@@ -1,0 +1,383 @@
+//! L7 authorization at a waypoint: Istio `AuthorizationPolicy` HTTP fields (`hosts`,
+//! `methods`, `paths` and their `not*` forms, `request.headers[...]` conditions) evaluated per
+//! request, with paths normalized first the way Istio's `pathNormalization` modes do, so
+//! `//admin`, `/%2Fadmin` and `/x/../admin` are all `/admin` to a policy (and to the upstream:
+//! the path forwarded is the one evaluated).
+//!
+//! Policies reach a waypoint through `targetRefs` (`kind: Service` or `kind: Gateway`), as
+//! Istio's waypoint policies do; selector and namespace policies stay with the ztunnels.
+//! Request-principal fields and `request.auth.*` conditions need JWT authentication, which is
+//! not wired yet: their attributes are absent, so an ALLOW that requires them does not match
+//! (fail closed) and a DENY on them does not apply.
+
+use crate::model::{Action, Connection, Policy, Rule, StringMatch};
+
+/// Istio's `meshConfig.pathNormalization.normalization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// Only the fragment is dropped.
+    None,
+    /// RFC 3986 dot segments, percent-decoded unreserved characters, `\` to `/`.
+    Base,
+    /// `Base` plus merged slashes.
+    MergeSlashes,
+    /// `MergeSlashes` after decoding `%2F` and `%5C` (the default here: safer than Istio's
+    /// `BASE` default).
+    #[default]
+    DecodeAndMergeSlashes,
+}
+
+impl std::str::FromStr for PathNormalization {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "NONE" => PathNormalization::None,
+            "BASE" | "DEFAULT" => PathNormalization::Base,
+            "MERGE_SLASHES" => PathNormalization::MergeSlashes,
+            "DECODE_AND_MERGE_SLASHES" => PathNormalization::DecodeAndMergeSlashes,
+            o => {
+                return Err(format!(
+                    "{o:?}: expected NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"
+                ));
+            }
+        })
+    }
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Normalizes a request path (without the query) by `mode`. `None` for a path that cannot be
+/// a request path (not starting with `/`, or a malformed percent escape): the request is
+/// refused rather than guessed at.
+pub fn normalize_path(path: &str, mode: PathNormalization) -> Option<String> {
+    let path = path.split('#').next().unwrap_or_default();
+    if !path.starts_with('/') && !path.starts_with('\\') {
+        return None;
+    }
+    if mode == PathNormalization::None {
+        return Some(path.to_owned());
+    }
+    // Percent-decoding: unreserved characters always (RFC 3986 6.2.2.2); `/` and `\` only in
+    // DECODE_AND_MERGE_SLASHES. Anything else stays encoded (normalized to upper case).
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) else {
+                return None;
+            };
+            let c = h << 4 | l;
+            let unreserved = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+            let slash =
+                matches!(c, b'/' | b'\\') && mode == PathNormalization::DecodeAndMergeSlashes;
+            if unreserved || slash {
+                out.push(c);
+            } else {
+                out.extend_from_slice(format!("%{c:02X}").as_bytes());
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(out).ok()?.replace('\\', "/");
+    // Dot segments (RFC 3986 5.2.4) over the segments; merged slashes drop empty ones.
+    let merge = matches!(
+        mode,
+        PathNormalization::MergeSlashes | PathNormalization::DecodeAndMergeSlashes
+    );
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut segs: Vec<&str> = Vec::new();
+    for (i, seg) in decoded.split('/').enumerate().skip(1) {
+        let last = i == decoded.split('/').count() - 1;
+        match seg {
+            "." => {}
+            ".." => {
+                segs.pop();
+            }
+            "" if merge || last => {}
+            s => segs.push(s),
+        }
+    }
+    let mut p = String::with_capacity(decoded.len());
+    for s in &segs {
+        p.push('/');
+        p.push_str(s);
+    }
+    if p.is_empty() || (trailing && !p.ends_with('/')) {
+        p.push('/');
+    }
+    Some(p)
+}
+
+/// A `paths` entry: Istio's exact, `prefix*`, `*suffix`, `*`, or a template with `{*}` (one
+/// segment) and `{**}` (any number of segments, last).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathMatch {
+    /// As a string match.
+    Plain(StringMatch),
+    /// Segments: `None` is `{*}`; a final `{**}` is `rest`.
+    Template {
+        /// Literal segments or `{*}`.
+        segments: Vec<Option<String>>,
+        /// Ends in `{**}`.
+        rest: bool,
+    },
+}
+
+impl PathMatch {
+    /// Parses a `paths` value.
+    pub fn parse(s: &str) -> Result<PathMatch, String> {
+        if !s.contains('{') {
+            return Ok(PathMatch::Plain(StringMatch::parse(s)));
+        }
+        let parts: Vec<&str> = s.trim_start_matches('/').split('/').collect();
+        let mut segments = Vec::new();
+        let mut rest = false;
+        for (i, p) in parts.iter().enumerate() {
+            match *p {
+                "{*}" => segments.push(None),
+                "{**}" if i + 1 == parts.len() => rest = true,
+                "{**}" => return Err(format!("{s:?}: `{{**}}` must be the last segment")),
+                p if p.contains('{') || p.contains('*') => {
+                    return Err(format!(
+                        "{s:?}: a template segment is `{{*}}`, `{{**}}` or literal"
+                    ));
+                }
+                p => segments.push(Some(p.to_owned())),
+            }
+        }
+        Ok(PathMatch::Template { segments, rest })
+    }
+
+    /// Whether a normalized path matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Plain(m) => m.matches(Some(path)),
+            PathMatch::Template { segments, rest } => {
+                let got: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                if got.len() < segments.len() || (!rest && got.len() != segments.len()) {
+                    return false;
+                }
+                segments.iter().zip(&got).all(|(want, g)| match want {
+                    None => !g.is_empty(),
+                    Some(w) => w == g,
+                })
+            }
+        }
+    }
+}
+
+/// The HTTP facts of a request, for L7 rules.
+pub struct HttpFacts<'a> {
+    /// The connection facts (source identity and addresses, destination port).
+    pub conn: Connection<'a>,
+    /// `Host` / authority (port stripped by the caller if wanted; matched case-insensitively).
+    pub host: &'a str,
+    /// Method.
+    pub method: &'a str,
+    /// Normalized path, without the query.
+    pub path: &'a str,
+    /// Header lookup by lower-case name.
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+}
+
+/// HTTP fields of one `to[].operation`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct HttpOperation {
+    pub hosts: Vec<StringMatch>,
+    pub not_hosts: Vec<StringMatch>,
+    pub methods: Vec<String>,
+    pub not_methods: Vec<String>,
+    pub paths: Vec<PathMatch>,
+    pub not_paths: Vec<PathMatch>,
+}
+
+/// An HTTP `when` condition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HttpCondition {
+    /// `request.headers[name]` (lower-case name): values, notValues.
+    Header(String, Vec<StringMatch>, Vec<StringMatch>),
+    /// An attribute this release does not provide (`request.auth.*`): absent.
+    Absent(String, bool),
+}
+
+fn host_match(m: &StringMatch, host: &str) -> bool {
+    let h = host.to_ascii_lowercase();
+    match m {
+        StringMatch::Exact(e) => e.eq_ignore_ascii_case(&h),
+        StringMatch::Prefix(p) => h.starts_with(&p.to_ascii_lowercase()),
+        StringMatch::Suffix(s) => h.ends_with(&s.to_ascii_lowercase()),
+        StringMatch::Presence => !h.is_empty(),
+    }
+}
+
+impl HttpOperation {
+    fn matches(&self, r: &HttpFacts<'_>) -> bool {
+        let pos_neg = |pos: bool, neg: bool| pos && !neg;
+        pos_neg(
+            self.hosts.is_empty() || self.hosts.iter().any(|m| host_match(m, r.host)),
+            self.not_hosts.iter().any(|m| host_match(m, r.host)),
+        ) && pos_neg(
+            self.methods.is_empty() || self.methods.iter().any(|m| m == r.method),
+            self.not_methods.iter().any(|m| m == r.method),
+        ) && pos_neg(
+            self.paths.is_empty() || self.paths.iter().any(|m| m.matches(r.path)),
+            self.not_paths.iter().any(|m| m.matches(r.path)),
+        )
+    }
+}
+
+impl HttpCondition {
+    fn matches(&self, r: &HttpFacts<'_>) -> bool {
+        match self {
+            HttpCondition::Header(name, values, not_values) => {
+                let v = (r.header)(name);
+                (values.is_empty() || values.iter().any(|m| m.matches(v)))
+                    && !not_values.iter().any(|m| m.matches(v))
+            }
+            // Only notValues on an absent attribute can hold.
+            HttpCondition::Absent(_, has_values) => !has_values,
+        }
+    }
+}
+
+impl Rule {
+    /// Whether the rule matches an HTTP request (L4 and L7 fields together; any request
+    /// principal field needs an authenticated request principal, which is absent here).
+    pub fn matches_http(&self, r: &HttpFacts<'_>) -> bool {
+        let conn = &r.conn;
+        (self.from.is_empty()
+            || self
+                .from
+                .iter()
+                .any(|s| !s.needs_request_principal && s.matches_conn(conn)))
+            && (self.to.is_empty()
+                || self
+                    .to
+                    .iter()
+                    .any(|o| o.matches_conn(conn) && o.http.matches(r)))
+            && self.when.iter().all(|w| w.matches_conn(conn))
+            && self.http_when.iter().all(|w| w.matches(r))
+    }
+}
+
+/// The outcome of an L7 decision, borrowing the deciding policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpDecision<'a> {
+    /// Allowed.
+    Allow,
+    /// A DENY matched.
+    DeniedBy(&'a Policy),
+    /// ALLOW policies apply and none matched.
+    NotAllowed,
+}
+
+impl HttpDecision<'_> {
+    /// Whether the request may proceed.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, HttpDecision::Allow)
+    }
+}
+
+/// Decides a request against `policies` (those attached to what it targets): DENY first,
+/// then, if any ALLOW applies, one must match.
+pub fn evaluate_http<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> HttpDecision<'a> {
+    if let Some(p) = policies
+        .iter()
+        .find(|p| p.action == Action::Deny && p.rules.iter().any(|rule| rule.matches_http(r)))
+    {
+        return HttpDecision::DeniedBy(p);
+    }
+    let mut allows = policies
+        .iter()
+        .filter(|p| p.action == Action::Allow)
+        .peekable();
+    if allows.peek().is_none() {
+        return HttpDecision::Allow;
+    }
+    if allows.any(|p| p.rules.iter().any(|rule| rule.matches_http(r))) {
+        HttpDecision::Allow
+    } else {
+        HttpDecision::NotAllowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization_modes() {
+        let d = PathNormalization::DecodeAndMergeSlashes;
+        for p in [
+            "/admin",
+            "//admin",
+            "/%2Fadmin",
+            "/x/../admin",
+            "/./admin",
+            "/%61dmin",
+            "\\admin",
+            "/%5Cadmin",
+            "/admin#frag",
+        ] {
+            assert_eq!(normalize_path(p, d).as_deref(), Some("/admin"), "{p}");
+        }
+        assert_eq!(
+            normalize_path("/ADMIN", d).as_deref(),
+            Some("/ADMIN"),
+            "case kept"
+        );
+        assert_eq!(normalize_path("/a/b/", d).as_deref(), Some("/a/b/"));
+        assert_eq!(normalize_path("/a/%2e%2e/b", d).as_deref(), Some("/b"));
+        assert_eq!(
+            normalize_path("/a%20b", d).as_deref(),
+            Some("/a%20b"),
+            "reserved stays encoded"
+        );
+        assert_eq!(normalize_path("/../../etc", d).as_deref(), Some("/etc"));
+        assert_eq!(normalize_path("/%zz", d), None, "bad escape refused");
+        assert_eq!(normalize_path("admin", d), None);
+        let base = PathNormalization::Base;
+        assert_eq!(normalize_path("//admin", base).as_deref(), Some("//admin"));
+        assert_eq!(
+            normalize_path("/%2Fadmin", base).as_deref(),
+            Some("/%2Fadmin")
+        );
+        assert_eq!(
+            normalize_path("//admin", PathNormalization::MergeSlashes).as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(
+            normalize_path("/x/../a", PathNormalization::None).as_deref(),
+            Some("/x/../a")
+        );
+    }
+
+    #[test]
+    fn path_matches_and_templates() {
+        let m = |s: &str, p: &str| PathMatch::parse(s).unwrap().matches(p);
+        assert!(m("/admin*", "/admin"));
+        assert!(m("/admin*", "/admin/x"));
+        assert!(!m("/admin*", "/ADMIN"));
+        assert!(m("*.html", "/a/b.html"));
+        assert!(m("/api/{*}/info", "/api/v1/info"));
+        assert!(!m("/api/{*}/info", "/api/v1/x/info"));
+        assert!(m("/api/{**}", "/api/a/b/c"));
+        assert!(m("/api/{**}", "/api"), "{{**}} matches zero segments");
+        assert!(PathMatch::parse("/api/{**}/x").is_err());
+        assert!(PathMatch::parse("/api/v{*}").is_err());
+    }
+}
