@@ -71,6 +71,8 @@ pub(crate) fn main(args: DemoArgs) -> ExitCode {
 
 struct Node {
     name: String,
+    /// `ztunnel` or `waypoint`.
+    role: &'static str,
     child: Child,
 }
 
@@ -128,15 +130,23 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let exe = std::env::current_exe().context("locate meshctl")?;
     let mut nodes = Vec::new();
-    let mut names: Vec<_> = state.nodes.keys().cloned().collect();
+    // Every node's ztunnel, then every waypoint.
+    let mut names: Vec<(String, &'static str, &'static str)> = state
+        .nodes
+        .keys()
+        .map(|n| (n.clone(), "ztunnel", "--node"))
+        .collect();
     names.sort();
+    let mut waypoints: Vec<String> = state.waypoints.keys().cloned().collect();
+    waypoints.sort();
+    names.extend(waypoints.into_iter().map(|w| (w, "waypoint", "--gateway")));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<String>(names.len().max(1));
-    for name in &names {
+    for (name, role, flag) in &names {
         let mut child = Command::new(&exe)
-            .arg("ztunnel")
+            .arg(role)
             .arg("--config")
             .arg(&config)
-            .arg("--node")
+            .arg(flag)
             .arg(name)
             .arg("--ca-dir")
             .arg(&ca_dir)
@@ -147,15 +157,17 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("start ztunnel for {name}"))?;
+            .with_context(|| format!("start {role} {name}"))?;
+        let label = format!("{role} {name}");
         if let Some(stderr) = child.stderr.take() {
-            tasks.spawn(relay_logs(stderr, name.clone(), ready_tx.clone()));
+            tasks.spawn(relay_logs(stderr, label.clone(), ready_tx.clone()));
         }
         if let Some(stdout) = child.stdout.take() {
-            tasks.spawn(relay_access_log(stdout, name.clone()));
+            tasks.spawn(relay_access_log(stdout, label));
         }
         nodes.push(Node {
             name: name.clone(),
+            role,
             child,
         });
     }
@@ -174,7 +186,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     if ready < nodes.len() {
         stop_nodes(&mut nodes).await;
-        bail!("ztunnels did not become ready (see their logs above)");
+        bail!("proxies did not become ready (see their logs above)");
     }
     print_banner(&state, &ca_dir, &config, &nodes);
 
@@ -224,10 +236,10 @@ async fn stop_nodes(nodes: &mut [Node]) {
     }
     for n in nodes.iter_mut() {
         match tokio::time::timeout(Duration::from_secs(10), n.child.wait()).await {
-            Ok(Ok(status)) => say!("ztunnel {} exited ({status})", n.name),
+            Ok(Ok(status)) => say!("{} {} exited ({status})", n.role, n.name),
             _ => {
                 let _ = n.child.kill().await;
-                say!("ztunnel {} killed after 10 s", n.name);
+                say!("{} {} killed after 10 s", n.role, n.name);
             }
         }
     }
@@ -240,10 +252,10 @@ async fn relay_logs(
 ) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if line.contains("ztunnel ready") {
+        if line.contains("ztunnel ready") || line.contains("waypoint ready") {
             let _ = ready.send(name.clone()).await;
         }
-        say!("[ztunnel {name}] {line}");
+        say!("[{name}] {line}");
     }
 }
 
@@ -251,7 +263,7 @@ async fn relay_logs(
 async fn relay_access_log(stdout: tokio::process::ChildStdout, name: String) {
     let mut lines = BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        say!("[ztunnel {name} access] {line}");
+        say!("[{name} access] {line}");
     }
 }
 
@@ -304,6 +316,17 @@ fn print_banner(state: &MeshState, ca_dir: &Path, config: &Path, nodes: &[Node])
                 w.identity,
                 w.address,
                 node.hbone_port
+            );
+        }
+    }
+    for n in nodes.iter().filter(|n| n.role == "waypoint") {
+        if let Some(wp) = state.waypoints.get(&n.name) {
+            say!(
+                "   waypoint {} at {} as {} (pid {}): L7 routing for the services that use it",
+                wp.key(),
+                wp.hbone_addr(),
+                wp.identity,
+                n.child.id().unwrap_or(0)
             );
         }
     }

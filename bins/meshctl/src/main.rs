@@ -59,6 +59,8 @@ enum Cmd {
     ProxyConfig(proxy_config::ProxyConfigArgs),
     /// Run a ztunnel in this process (the same core and flags as the `ztunnel` binary).
     Ztunnel(mesh_dataplane::ZtunnelArgs),
+    /// Run a waypoint in this process (the same core and flags as the `waypoint` binary).
+    Waypoint(mesh_dataplane::WaypointArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Ztunnel(args) => mesh_dataplane::ztunnel::main(args),
+        Cmd::Waypoint(args) => mesh_dataplane::ztunnel::waypoint_main(args),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Bench(args) => bench::main(args),
         Cmd::BenchRelay(args) => bench::relay_main(args),
