@@ -52,7 +52,7 @@ fn validate_names_file_field_and_reason() {
     let (ok, out, err) = meshctl(&["validate", example.to_str().unwrap()], dir.path());
     assert!(ok, "{err}");
     assert!(
-        out.contains("valid (2 workloads, 1 service ports, 2 nodes"),
+        out.contains("valid (3 workloads, 1 service ports, 2 nodes"),
         "{out}"
     );
 }

@@ -22,8 +22,19 @@ fn example_file_compiles() {
     let sp = s
         .service_by_vip("127.0.10.1:8080".parse().unwrap())
         .unwrap();
-    assert_eq!(sp.endpoints.len(), 1);
+    assert_eq!(sp.endpoints.len(), 2, "echo v1 and v2");
     assert_eq!(sp.endpoints[0].port, 8080);
+    // The echo service goes through the demo's waypoint, split by its VirtualService.
+    assert_eq!(
+        sp.service.waypoint.as_ref().map(|w| w.key()).as_deref(),
+        Some("demo/waypoint")
+    );
+    assert!(s.routes.contains_key("echo.demo.svc.cluster.local"));
+    let v2 = s
+        .endpoint_set("echo.demo.svc.cluster.local", 8080, Some("v2"))
+        .unwrap();
+    assert_eq!(v2.endpoints.len(), 1);
+    assert_eq!(v2.endpoints[0].workload.name, "echo-v2");
     assert!(
         s.service_by_host("Echo.demo.svc.cluster.local", 8080)
             .is_some()
