@@ -26,7 +26,7 @@ fn bench_quick_reports_every_topology() {
     );
     assert!(ok, "bench failed:\n{out}\n{err}");
     assert!(
-        out.contains("| metric | direct | relay-pair | ztunnel-pair |"),
+        out.contains("| metric | direct | relay-pair | ztunnel-pair | waypoint |"),
         "{out}"
     );
     let report: serde_json::Value =
@@ -36,7 +36,7 @@ fn bench_quick_reports_every_topology() {
         .iter()
         .map(|r| r["topology"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["direct", "relay-pair", "ztunnel-pair"]);
+    assert_eq!(names, ["direct", "relay-pair", "ztunnel-pair", "waypoint"]);
     for r in results {
         let name = r["topology"].as_str().unwrap();
         assert_eq!(

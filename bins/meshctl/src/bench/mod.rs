@@ -37,7 +37,7 @@ pub(crate) struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,relay-pair,ztunnel-pair"
+        default_value = "direct,relay-pair,ztunnel-pair,waypoint"
     )]
     topologies: Vec<Topology>,
     /// A smoke run: short phases and few idle tunnels.

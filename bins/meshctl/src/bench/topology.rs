@@ -23,6 +23,9 @@ pub(crate) enum Topology {
     /// TLS, no HTTP/2). Not a mesh: the floor that any two-proxy path pays on this machine for
     /// the extra process hops, against which the ztunnel pair's own cost can be read.
     RelayPair,
+    /// Client → ztunnel A → HBONE → waypoint (HTTP routed per request at L7; TCP carried) →
+    /// HBONE → ztunnel B → server.
+    Waypoint,
 }
 
 impl Topology {
@@ -31,6 +34,7 @@ impl Topology {
             Topology::Direct => "direct",
             Topology::ZtunnelPair => "ztunnel-pair",
             Topology::RelayPair => "relay-pair",
+            Topology::Waypoint => "waypoint",
         }
     }
 }
@@ -85,6 +89,24 @@ spec:
 "#,
         a = ip(0, 1),
         b = ip(0, 2),
+    )
+}
+
+/// The mesh of [`mesh_config`] with the service behind a waypoint (at 127.60.0.3).
+fn waypoint_config() -> String {
+    mesh_config().replace(
+        "metadata: {name: server, namespace: bench}\nspec:\n  hosts:",
+        "metadata: {name: server, namespace: bench, labels: {istio.io/use-waypoint: wp}}\nspec:\n  hosts:",
+    ) + &format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: wp, namespace: bench}}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{{value: {w}}}]
+"#,
+        w = ip(0, 3)
     )
 }
 
@@ -164,15 +186,25 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
                 procs,
             })
         }
-        Topology::ZtunnelPair => {
+        Topology::ZtunnelPair | Topology::Waypoint => {
             let ca = dir.join("ca");
             mesh_identity::LocalCa::load_or_create(&ca)?;
             let config = dir.join("mesh.yaml");
-            std::fs::write(&config, mesh_config())?;
+            let waypoint = topo == Topology::Waypoint;
+            std::fs::write(
+                &config,
+                if waypoint {
+                    waypoint_config()
+                } else {
+                    mesh_config()
+                },
+            )?;
             let mut procs = Vec::new();
-            for node in ["b", "a"] {
-                procs.push(start_ztunnel(node, &config, &ca, opts)?);
+            procs.push(start_proxy(Role::Ztunnel, "b", &config, &ca, opts)?);
+            if waypoint {
+                procs.push(start_proxy(Role::Waypoint, "bench/wp", &config, &ca, opts)?);
             }
+            procs.push(start_proxy(Role::Ztunnel, "a", &config, &ca, opts)?);
             Ok(RunningPath {
                 http: SocketAddr::new(VIP, HTTP_PORT),
                 tcp: SocketAddr::new(VIP, TCP_PORT),
@@ -182,7 +214,15 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
     }
 }
 
-fn start_ztunnel(
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Ztunnel,
+    Waypoint,
+}
+
+/// Starts `meshctl ztunnel --node <node>` or `meshctl waypoint --gateway <node>`.
+fn start_proxy(
+    role: Role,
     node: &str,
     config: &Path,
     ca: &PathBuf,
@@ -196,16 +236,15 @@ fn start_ztunnel(
         .collect();
     argv.push(exe.to_string_lossy().into_owned());
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .arg("ztunnel")
-        .arg("--config")
+    cmd.args(&argv[1..]);
+    match role {
+        Role::Ztunnel => cmd.args(["ztunnel", "--node", node, "--socks5-port", "0"]),
+        Role::Waypoint => cmd.args(["waypoint", "--gateway", node]),
+    };
+    cmd.arg("--config")
         .arg(config)
-        .arg("--node")
-        .arg(node)
         .arg("--ca-dir")
         .arg(ca)
-        .arg("--socks5-port")
-        .arg("0")
         .arg("--worker-threads")
         .arg(opts.workers.to_string())
         .arg("--log")
@@ -222,7 +261,7 @@ fn start_ztunnel(
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("ztunnel ready") {
+            if line.contains("ztunnel ready") || line.contains("waypoint ready") {
                 let _ = tx.send(Ok(()));
             } else if seen.len() < 50 {
                 seen.push(line);
@@ -233,8 +272,8 @@ fn start_ztunnel(
     let proc = ProxyProc { child };
     match rx.recv_timeout(Duration::from_secs(120)) {
         Ok(Ok(())) => Ok(proc),
-        Ok(Err(logs)) => bail!("ztunnel {node} exited before ready:\n{logs}"),
-        Err(_) => bail!("ztunnel {node} not ready after 120 s"),
+        Ok(Err(logs)) => bail!("{role:?} {node} exited before ready:\n{logs}"),
+        Err(_) => bail!("{role:?} {node} not ready after 120 s"),
     }
 }
 
