@@ -26,13 +26,14 @@
 #![warn(missing_docs)]
 
 mod balance;
+pub mod gateway;
 pub mod istio;
 mod route;
 
 pub use balance::{DestinationPolicy, LoadBalancer, Subset, choose};
 pub use route::{
-    Action, Destination, HeaderOps, HttpRoute, Redirect, RequestFacts, Rewrite, RouteTable,
-    StringMatch,
+    Action, Destination, HeaderOps, HeaderRules, HttpRoute, Redirect, RequestFacts, Rewrite,
+    RouteTable, StringMatch,
 };
 
 /// A problem in a route spec, with the field path.

@@ -50,6 +50,15 @@ pub struct HeaderOps {
 }
 
 impl HeaderOps {
+    /// Operations from their parts.
+    pub(crate) fn from_parts(
+        set: Vec<(HeaderName, HeaderValue)>,
+        add: Vec<(HeaderName, HeaderValue)>,
+        remove: Vec<HeaderName>,
+    ) -> HeaderOps {
+        HeaderOps { set, add, remove }
+    }
+
     /// Applies the operations to `h`.
     pub fn apply(&self, h: &mut HeaderMap) {
         for n in &self.remove {
@@ -137,15 +146,15 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, Default)]
-struct RequestMatch {
-    uri: Option<StringMatch>,
-    ignore_uri_case: bool,
-    method: Option<StringMatch>,
-    authority: Option<StringMatch>,
-    headers: Vec<(HeaderName, StringMatch)>,
-    without_headers: Vec<(HeaderName, StringMatch)>,
-    query: Vec<(String, StringMatch)>,
-    port: Option<u16>,
+pub(crate) struct RequestMatch {
+    pub(crate) uri: Option<StringMatch>,
+    pub(crate) ignore_uri_case: bool,
+    pub(crate) method: Option<StringMatch>,
+    pub(crate) authority: Option<StringMatch>,
+    pub(crate) headers: Vec<(HeaderName, StringMatch)>,
+    pub(crate) without_headers: Vec<(HeaderName, StringMatch)>,
+    pub(crate) query: Vec<(String, StringMatch)>,
+    pub(crate) port: Option<u16>,
 }
 
 /// One compiled `http[]` route.
@@ -153,7 +162,7 @@ struct RequestMatch {
 pub struct HttpRoute {
     /// Name, or `http[i]`.
     pub name: String,
-    matches: Vec<RequestMatch>,
+    pub(crate) matches: Vec<RequestMatch>,
     /// What it does.
     pub action: Action,
     /// Route-level header operations.
@@ -161,7 +170,7 @@ pub struct HttpRoute {
     /// Request timeout, if set.
     pub timeout: Option<Duration>,
     /// The uri match that selected it, for prefix rewrites (first match's, by index).
-    uri_prefixes: Vec<Option<String>>,
+    pub(crate) uri_prefixes: Vec<Option<String>>,
 }
 
 /// The facts of a request that routing looks at.
@@ -273,7 +282,15 @@ impl HttpRoute {
             .flatten()
             .find(|pre| p.starts_with(pre.as_str()));
         let mut out = match prefix {
-            Some(pre) => format!("{new}{}", &p[pre.len()..]),
+            // `/` replacing `/v2` in `/v2/page` gives `/page`, not `//page`.
+            Some(pre) => {
+                let rest = &p[pre.len()..];
+                if new.ends_with('/') && rest.starts_with('/') {
+                    format!("{new}{}", &rest[1..])
+                } else {
+                    format!("{new}{rest}")
+                }
+            }
             None => new.clone(),
         };
         if let Some(q) = q {
@@ -327,7 +344,7 @@ fn string_match(
     }
 }
 
-fn header_name(n: &str, field: &str, errs: &mut Vec<FieldError>) -> Option<HeaderName> {
+pub(crate) fn header_name(n: &str, field: &str, errs: &mut Vec<FieldError>) -> Option<HeaderName> {
     match HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()) {
         Ok(h) => Some(h),
         Err(_) => {

@@ -386,3 +386,62 @@ async fn http_routing_at_the_waypoint() {
     mesh.expect_log("wp", r#""route":"maintenance""#);
     mesh.expect_log("wp", r#""response_flags":"DR","trace_id":""#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_httproute_at_the_waypoint() {
+    let b = 68;
+    // The L7 mesh with an HTTPRoute instead of the VirtualService and policies.
+    let docs: Vec<String> = l7_config(b)
+        .split("---\n")
+        .filter(|d| !d.contains("kind: VirtualService") && !d.contains("kind: AuthorizationPolicy"))
+        .map(str::to_owned)
+        .collect();
+    let yaml = docs.join("---\n")
+        + r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: ns}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-route, value: v2-prefix}]}
+    backendRefs: [{name: web-v2, port: 80}]
+  - backendRefs:
+    - {name: web-v1, port: 80, weight: 1}
+    - {name: web-v2, port: 80, weight: 1}
+"#;
+    let mut mesh = TestMesh::new(&yaml);
+    http_app(format!("127.{b}.1.21:8080").parse().unwrap(), "v1").await;
+    http_app(format!("127.{b}.1.22:8080").parse().unwrap(), "v2").await;
+    mesh.ztunnel("b", &[]);
+    mesh.waypoint("wp", "ns/wp", &[]);
+    mesh.ztunnel("a", &[]);
+    let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
+    let vip: std::net::SocketAddr = format!("127.{b}.2.1:80").parse().unwrap();
+    let mut s = tokio::io::BufReader::new(connect_from(client, vip).await.unwrap());
+    let mut v2 = 0;
+    for i in 0..400 {
+        let (status, _, body) =
+            http_request(&mut s, "GET", &format!("/x/{i}"), "web.ns.svc", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        v2 += usize::from(body.starts_with("v2 "));
+    }
+    assert!((160..=240).contains(&v2), "50/50 split: v2 got {v2} of 400");
+    // Whole-element prefix, prefix rewrite and a response header filter.
+    let (_, headers, body) = http_request(&mut s, "GET", "/v2/page", "web.ns.svc", &[]).await;
+    assert!(body.starts_with("v2 GET /page "), "{body}");
+    assert!(
+        headers.contains(&("x-route".into(), "v2-prefix".into())),
+        "{headers:?}"
+    );
+    let (_, headers, _) = http_request(&mut s, "GET", "/v2x", "web.ns.svc", &[]).await;
+    assert!(
+        !headers.iter().any(|(k, _)| k == "x-route"),
+        "/v2x is not under /v2"
+    );
+}

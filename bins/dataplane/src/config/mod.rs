@@ -157,6 +157,7 @@ struct Raw {
     gateways: Vec<Named<GatewaySpec>>,
     virtual_services: Vec<Named<mesh_l7::istio::VirtualServiceSpec>>,
     destination_rules: Vec<Named<mesh_l7::istio::DestinationRuleSpec>>,
+    http_routes: Vec<Named<mesh_l7::gateway::HttpRouteSpec>>,
     /// Namespace name → labels (`v1` `Namespace` documents).
     namespaces: Vec<(String, String, BTreeMap<String, String>)>,
 }
@@ -246,7 +247,7 @@ impl Raw {
             }
             "Node" | "MeshConfig" => &[LOCAL_API_VERSION],
             "AuthorizationPolicy" | "PeerAuthentication" => SECURITY_VERSIONS,
-            "Gateway" => GATEWAY_VERSIONS,
+            "Gateway" | "HTTPRoute" => GATEWAY_VERSIONS,
             "Namespace" => &["v1"],
             k if NOT_YET_SUPPORTED_KINDS.contains(&k) => {
                 v.err(
@@ -261,7 +262,7 @@ impl Raw {
                     &location,
                     "kind",
                     format!(
-                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
+                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, VirtualService, DestinationRule, HTTPRoute, AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
                     ),
                 );
                 return;
@@ -309,6 +310,11 @@ impl Raw {
             "DestinationRule" => {
                 if let Some(d) = typed(v, &location, doc) {
                     self.destination_rules.push(named(v, &location, d));
+                }
+            }
+            "HTTPRoute" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.http_routes.push(named(v, &location, d));
                 }
             }
             "Namespace" => {
@@ -984,14 +990,84 @@ fn compile_routes(
         let key = format!("{}/{}", vs.namespace, vs.name);
         let table = Arc::new(table);
         for (i, h) in table.hosts.iter().enumerate() {
-            if let Some(other) = owner.insert(h.clone(), key.clone()) {
+            if let Some(other) = owner.insert(h.clone(), format!("VirtualService {key}")) {
                 v.err(
                     loc,
                     format!("spec.hosts[{i}]"),
-                    format!("{h:?} is also routed by VirtualService {other}"),
+                    format!("{h:?} is also routed by {other}"),
                 );
             }
             out.insert(h.clone(), table.clone());
+        }
+    }
+    // Gateway API HTTPRoutes attached to a Service (GAMMA): parent and backends are
+    // ServiceEntries of the route's namespace, by name.
+    let host_of = |ns: &str, name: &str| {
+        by_host.values().flat_map(|m| m.values()).find_map(|sp| {
+            (sp.service.namespace == ns && sp.service.name == name)
+                .then(|| sp.service.hosts.first().cloned())
+                .flatten()
+        })
+    };
+    for r in &raw.http_routes {
+        let loc = &r.location;
+        if r.spec.parent_refs.is_empty() {
+            v.err(
+                loc,
+                "spec.parentRefs",
+                "a mesh route attaches to at least one Service",
+            );
+        }
+        for (i, p) in r.spec.parent_refs.iter().enumerate() {
+            let f = format!("spec.parentRefs[{i}]");
+            let core = matches!(p.group.as_deref(), None | Some("") | Some("core"));
+            if !core || p.kind.as_deref().is_some_and(|k| k != "Service") {
+                v.err(
+                    loc,
+                    format!("{f}.kind"),
+                    "only Service parents (mesh routes) are supported",
+                );
+                continue;
+            }
+            for (field, set) in [
+                ("namespace", p.namespace.is_some()),
+                ("port", p.port.is_some()),
+                ("sectionName", p.section_name.is_some()),
+            ] {
+                if set {
+                    v.err(
+                        loc,
+                        format!("{f}.{field}"),
+                        "not supported yet by this data plane",
+                    );
+                }
+            }
+            let Some(host) = host_of(&r.namespace, &p.name) else {
+                v.err(
+                    loc,
+                    format!("{f}.name"),
+                    format!(
+                        "no ServiceEntry {:?} in namespace {:?}",
+                        p.name, r.namespace
+                    ),
+                );
+                continue;
+            };
+            match mesh_l7::RouteTable::from_http_route(&r.spec, &host, |n| host_of(&r.namespace, n))
+            {
+                Ok(t) => {
+                    let key = format!("HTTPRoute {}/{}", r.namespace, r.name);
+                    if let Some(other) = owner.insert(host.clone(), key) {
+                        v.err(loc, f, format!("{host:?} is also routed by {other}"));
+                    }
+                    out.insert(host, Arc::new(t));
+                }
+                Err(errs) => {
+                    for e in errs {
+                        v.err(loc, e.field, e.reason);
+                    }
+                }
+            }
         }
     }
     out

@@ -233,7 +233,6 @@ pub const SECURITY_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio
 /// Istio and Gateway API kinds that a later release will accept; rejected by name until then.
 pub const NOT_YET_SUPPORTED_KINDS: &[&str] = &[
     "RequestAuthentication",
-    "HTTPRoute",
     "Sidecar",
     "EnvoyFilter",
     "Telemetry",
