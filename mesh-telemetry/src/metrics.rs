@@ -238,10 +238,41 @@ pub struct TcpMetrics {
     closed: Family<ConnectionLabels, Counter>,
     sent: Family<ConnectionLabels, Counter>,
     received: Family<ConnectionLabels, Counter>,
-    overflow: Counter,
-    max_series: usize,
+    cap: SeriesCap,
+}
+
+/// A cap on the label sets of a metric family: admits a set that exists or fits, and counts
+/// the connections or requests it turns away.
+#[derive(Debug, Clone)]
+pub(crate) struct SeriesCap {
+    pub(crate) overflow: Counter,
+    max: usize,
     // Label sets created so far (approximate under races; only a cap).
     series: Arc<AtomicUsize>,
+}
+
+impl SeriesCap {
+    pub(crate) fn new(max: usize) -> SeriesCap {
+        SeriesCap {
+            overflow: Counter::default(),
+            max: max.max(1),
+            series: Arc::default(),
+        }
+    }
+
+    /// Whether a label set may be used: it exists already, or the cap allows a new one.
+    /// Counts an overflow when not.
+    pub(crate) fn admit(&self, exists: bool) -> bool {
+        if exists {
+            return true;
+        }
+        if self.series.fetch_add(1, Ordering::Relaxed) < self.max {
+            return true;
+        }
+        self.series.fetch_sub(1, Ordering::Relaxed);
+        self.overflow.inc();
+        false
+    }
 }
 
 /// Default cap on label sets per metric.
@@ -256,9 +287,7 @@ impl TcpMetrics {
             closed: Family::default(),
             sent: Family::default(),
             received: Family::default(),
-            overflow: Counter::default(),
-            max_series: max_series.max(1),
-            series: Arc::default(),
+            cap: SeriesCap::new(max_series),
         };
         let r = registry.sub_registry_with_prefix("istio");
         r.register(
@@ -284,7 +313,7 @@ impl TcpMetrics {
         r.register(
             "tcp_label_overflow",
             "Connections recorded under the overflow label set because the label-set cap was reached",
-            m.overflow.clone(),
+            m.cap.overflow.clone(),
         );
         m
     }
@@ -335,15 +364,7 @@ impl TcpMetrics {
     /// Whether `labels` may be used in `f`: it exists already, or the cap allows a new set.
     /// Counts an overflow when not.
     fn admit(&self, f: &Family<ConnectionLabels, Counter>, labels: &ConnectionLabels) -> bool {
-        if f.get(labels).is_some() {
-            return true;
-        }
-        if self.series.fetch_add(1, Ordering::Relaxed) < self.max_series {
-            return true;
-        }
-        self.series.fetch_sub(1, Ordering::Relaxed);
-        self.overflow.inc();
-        false
+        self.cap.admit(f.get(labels).is_some())
     }
 
     /// The current value of `istio_tcp_connections_opened_total{labels}` (for tests and

@@ -3,16 +3,13 @@
 //! the standard labels plus `response_code` and `grpc_response_status`. The label-set cap of
 //! [`crate::metrics`] applies here too.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{ConnectionLabels, Str};
+use crate::metrics::{ConnectionLabels, SeriesCap, Str};
 
 /// Istio's default duration buckets (milliseconds).
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -53,9 +50,7 @@ pub struct RequestMetrics {
     duration: Histograms,
     request_bytes: Histograms,
     response_bytes: Histograms,
-    overflow: Counter,
-    max_series: usize,
-    series: Arc<AtomicUsize>,
+    cap: SeriesCap,
 }
 
 /// One finished request, as [`RequestMetrics::record`] takes it.
@@ -78,9 +73,7 @@ impl RequestMetrics {
             duration: Family::new_with_constructor(durations),
             request_bytes: Family::new_with_constructor(sizes),
             response_bytes: Family::new_with_constructor(sizes),
-            overflow: Counter::default(),
-            max_series: max_series.max(1),
-            series: Arc::default(),
+            cap: SeriesCap::new(max_series),
         };
         let r = registry.sub_registry_with_prefix("istio");
         r.register("requests", "Total requests", m.total.clone());
@@ -102,7 +95,7 @@ impl RequestMetrics {
         r.register(
             "request_label_overflow",
             "Requests recorded under the overflow label set because the label-set cap was reached",
-            m.overflow.clone(),
+            m.cap.overflow.clone(),
         );
         m
     }
@@ -110,13 +103,9 @@ impl RequestMetrics {
     /// Records one finished request.
     pub fn record(&self, labels: &RequestLabels, f: Finished) {
         let overflow;
-        let labels = if self.total.get(labels).is_some()
-            || self.series.fetch_add(1, Ordering::Relaxed) < self.max_series
-        {
+        let labels = if self.cap.admit(self.total.get(labels).is_some()) {
             labels
         } else {
-            self.series.fetch_sub(1, Ordering::Relaxed);
-            self.overflow.inc();
             let u = crate::metrics::PeerLabels::unknown();
             let s = &labels.standard;
             overflow = RequestLabels {

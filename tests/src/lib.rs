@@ -158,39 +158,29 @@ impl TestMesh {
 
     /// Starts the ztunnel for `node` and waits until it is ready.
     pub fn ztunnel(&mut self, node: &str, extra: &[&str]) -> &Proc {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("ztunnel"));
-                c
-            }
-            None => Command::new(bin("ztunnel")),
-        };
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("--node")
-            .arg(node)
-            .arg("--ca-dir")
-            .arg(self.ca_dir())
-            .arg("--log")
-            .arg("debug,h2=info,rustls=info")
-            .args(extra);
-        self.procs.push(Proc::start(
-            &format!("ztunnel {node}"),
-            cmd,
-            Some("ztunnel ready"),
-        ));
-        self.procs.last().unwrap()
+        self.proxy("ztunnel", node, &["--node", node], extra)
     }
 
     /// Starts the waypoint for Gateway `gateway` (`namespace/name`), registered as node
     /// `name` for [`TestMesh::expect_log`], and waits until it is ready.
     pub fn waypoint(&mut self, name: &str, gateway: &str, extra: &[&str]) -> &Proc {
-        let mut cmd = Command::new(bin("waypoint"));
+        self.proxy("waypoint", name, &["--gateway", gateway], extra)
+    }
+
+    /// Starts binary `role` (in the test's network namespace, if any) with the mesh's config
+    /// and CA, `role_args` and `extra`; waits for its "<role> ready" line.
+    fn proxy(&mut self, role: &str, name: &str, role_args: &[&str], extra: &[&str]) -> &Proc {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin(role));
+                c
+            }
+            None => Command::new(bin(role)),
+        };
         cmd.arg("--config")
             .arg(&self.config)
-            .arg("--gateway")
-            .arg(gateway)
+            .args(role_args)
             .arg("--ca-dir")
             .arg(self.ca_dir())
             .arg("--log")
@@ -199,7 +189,7 @@ impl TestMesh {
         self.procs.push(Proc::start(
             &format!("ztunnel {name}"),
             cmd,
-            Some("waypoint ready"),
+            Some(&format!("{role} ready")),
         ));
         self.procs.last().unwrap()
     }

@@ -20,29 +20,43 @@ use super::{Ctx, observe};
 
 /// Serves one HBONE connection: TLS, then HTTP/2, then each CONNECT.
 pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, cancel: CancellationToken) {
+    serve_hbone(ctx, tcp, cancel, "inbound", connect).await;
+}
+
+/// The server side of HBONE shared by the inbound and waypoint listeners: the certificate
+/// chosen by the local address, the TLS handshake, HTTP/2, and `handler` for each CONNECT.
+pub(super) async fn serve_hbone<F, Fut>(
+    ctx: Arc<Ctx>,
+    tcp: TcpStream,
+    cancel: CancellationToken,
+    role: &'static str,
+    handler: F,
+) where
+    F: Fn(Arc<Ctx>, InboundConnect) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let peer = tcp.peer_addr().ok();
     let local = tcp.local_addr().ok();
     let tls = local.and_then(|l| ctx.server_tls.load().get(&l.ip()).cloned());
     let Some(tls) = tls else {
-        // The workload at this address left the node between accept and now.
-        return warn!(src.addr = ?peer, local.addr = ?local, "inbound HBONE for an address with no local workload");
+        // The workload (or waypoint) at this address left between accept and now.
+        return warn!(src.addr = ?peer, local.addr = ?local, role, "HBONE for an address this proxy no longer serves");
     };
     let (stream, info) = match accept_tls(tcp, tls, ctx.cfg.handshake_timeout).await {
         Ok(x) => x,
         Err(e) => {
             // Plaintext, no client certificate, an untrusted CA or a foreign trust domain.
-            return warn!(src.addr = ?peer, error = %e, "inbound HBONE refused");
+            return warn!(src.addr = ?peer, error = %e, role, "{role} HBONE refused");
         }
     };
-    debug!(src.identity = %info.peer_identity, "inbound HBONE connection");
+    debug!(src.identity = %info.peer_identity, role, "HBONE connection");
     let settings = ctx.cfg.pool.h2.clone();
     let result = serve_connection(stream, info, &settings, cancel, |req| {
-        let ctx = ctx.clone();
-        connect(ctx, req)
+        handler(ctx.clone(), req)
     })
     .await;
     if let Err(e) = result {
-        debug!(error = %e, "inbound HBONE connection ended with error");
+        debug!(error = %e, role, "HBONE connection ended with error");
     }
 }
 

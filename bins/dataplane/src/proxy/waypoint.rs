@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use mesh_hbone::headers::ConnectHeaders;
-use mesh_hbone::{ConnectRequest, InboundConnect, accept_tls, serve_connection};
+use mesh_hbone::{ConnectRequest, InboundConnect};
 use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -22,24 +22,7 @@ use crate::config::{ServicePort, Workload};
 
 /// Serves one HBONE connection to the waypoint.
 pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, cancel: CancellationToken) {
-    let peer = tcp.peer_addr().ok();
-    let local = tcp.local_addr().ok();
-    let Some(tls) = local.and_then(|l| ctx.server_tls.load().get(&l.ip()).cloned()) else {
-        return warn!(src.addr = ?peer, "waypoint connection on an address it no longer serves");
-    };
-    let (stream, info) = match accept_tls(tcp, tls, ctx.cfg.handshake_timeout).await {
-        Ok(x) => x,
-        Err(e) => return warn!(src.addr = ?peer, error = %e, "waypoint HBONE refused"),
-    };
-    let settings = ctx.cfg.pool.h2.clone();
-    let result = serve_connection(stream, info, &settings, cancel, |req| {
-        let ctx = ctx.clone();
-        connect(ctx, req)
-    })
-    .await;
-    if let Err(e) = result {
-        debug!(error = %e, "waypoint HBONE connection ended with error");
-    }
+    super::inbound::serve_hbone(ctx, tcp, cancel, "waypoint", connect).await;
 }
 
 /// The endpoint a CONNECT resolves to.
