@@ -702,3 +702,50 @@ pub async fn http_request(
     s.read_exact(&mut body).await.unwrap();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// A gRPC-style app over HTTP/2 (prior knowledge): every request gets 200 with
+/// `content-type: application/grpc` and `x-app: <name>`; each request body chunk is echoed
+/// back as it arrives; the response ends with the trailer `grpc-status: 0`.
+pub async fn grpc_app(addr: SocketAddr, name: &'static str) {
+    let l = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let resp = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .header("x-app", name)
+                            .body(())
+                            .unwrap();
+                        let Ok(mut send) = respond.send_response(resp, false) else {
+                            return;
+                        };
+                        let mut body = req.into_body();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            if send.send_data(chunk, false).is_err() {
+                                return;
+                            }
+                        }
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let _ = send.send_trailers(trailers);
+                    });
+                }
+            });
+        }
+    });
+}
+
+/// A gRPC message frame: uncompressed flag, big-endian length, payload.
+pub fn grpc_frame(msg: &[u8]) -> bytes::Bytes {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg);
+    bytes::Bytes::from(v)
+}

@@ -445,3 +445,93 @@ spec:
         "/v2x is not under /v2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_through_the_waypoint() {
+    let b = 69;
+    let docs: Vec<String> = l7_config(b)
+        .split("---\n")
+        .filter(|d| {
+            !d.contains("kind: VirtualService")
+                && !d.contains("kind: AuthorizationPolicy")
+                && !d.contains("kind: DestinationRule")
+        })
+        .map(|d| d.replace("protocol: HTTP,", "protocol: GRPC,"))
+        .collect();
+    let mut mesh = TestMesh::new(&docs.join("---\n"));
+    grpc_app(format!("127.{b}.1.21:8080").parse().unwrap(), "v1").await;
+    grpc_app(format!("127.{b}.1.22:8080").parse().unwrap(), "v2").await;
+    mesh.ztunnel("b", &[]);
+    mesh.waypoint("wp", "ns/wp", &[]);
+    mesh.ztunnel("a", &[]);
+    let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
+    let vip: std::net::SocketAddr = format!("127.{b}.2.1:80").parse().unwrap();
+    let tcp = connect_from(client, vip).await.unwrap();
+    let (h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let call = |h2c: h2::client::SendRequest<bytes::Bytes>| async move {
+        let req = http::Request::post("http://web.ns.svc/echo.Echo/Say")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let mut h2c = h2c.ready().await.unwrap();
+        h2c.send_request(req, false).unwrap()
+    };
+    // Unary: one message, the echo, grpc-status 0 in the trailers.
+    let (resp, mut send) = call(h2c.clone()).await;
+    send.send_data(grpc_frame(b"hello"), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, grpc_frame(b"hello").to_vec());
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+
+    // Bidirectional streaming: each message is echoed before the next is sent.
+    let (resp, mut send) = call(h2c.clone()).await;
+    let resp = resp.await.unwrap();
+    let mut body = resp.into_body();
+    for i in 0..3 {
+        let msg = format!("message {i}");
+        send.send_data(grpc_frame(msg.as_bytes()), i == 2).unwrap();
+        let mut echoed = Vec::new();
+        while echoed.len() < msg.len() + 5 {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.data())
+                .await
+                .expect("echo arrives while the stream is open")
+                .unwrap()
+                .unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            echoed.extend_from_slice(&chunk);
+        }
+        assert_eq!(echoed, grpc_frame(msg.as_bytes()).to_vec());
+    }
+    assert!(body.data().await.is_none());
+    assert_eq!(body.trailers().await.unwrap().unwrap()["grpc-status"], "0");
+
+    // The waypoint labels the requests as gRPC with their status.
+    let metrics: std::net::SocketAddr = format!("127.{b}.0.3:15020").parse().unwrap();
+    let want = [
+        ("request_protocol", "grpc"),
+        ("grpc_response_status", "0"),
+        ("response_code", "200"),
+    ];
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = http_get(metrics, "/metrics").await;
+        if metric(&text, "istio_requests_total", &want) == 2.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&text, "istio_requests_total", &want), 2.0, "{text}");
+    mesh.expect_log("wp", r#""protocol":"HTTP/2""#);
+}

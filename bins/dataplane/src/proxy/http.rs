@@ -66,6 +66,17 @@ struct RecordedBody {
     done: Option<Done>,
 }
 
+impl RecordedBody {
+    fn trailers(&mut self, t: &http::HeaderMap) {
+        if let (Some(d), Some(v)) = (
+            self.done.as_mut(),
+            t.get("grpc-status").and_then(|v| v.to_str().ok()),
+        ) {
+            d.grpc_status = v.to_owned();
+        }
+    }
+}
+
 /// What is recorded when a response ends.
 struct Done {
     stream: Stream,
@@ -137,7 +148,7 @@ impl Done {
                 method: self.method.as_str(),
                 authority: &self.authority,
                 path: &self.path,
-                protocol: "HTTP/1.1",
+                protocol: if s.h2 { "HTTP/2" } else { "HTTP/1.1" },
                 status: self.status,
                 bytes_received: request_bytes,
                 bytes_sent: response_bytes,
@@ -174,6 +185,9 @@ impl http_body::Body for RecordedBody {
             std::task::Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     self.bytes += d.len() as u64;
+                } else if let Some(t) = f.trailers_ref() {
+                    let t = t.clone();
+                    self.trailers(&t);
                 }
             }
             std::task::Poll::Ready(None) => {
@@ -195,33 +209,68 @@ impl http_body::Body for RecordedBody {
     }
 }
 
-/// Idle upstream HTTP/1.1 connections by endpoint address.
+/// Upstream HTTP connections by endpoint address: idle HTTP/1.1 ones, and one multiplexed
+/// HTTP/2 connection each.
 #[derive(Default)]
 pub(crate) struct Upstreams {
     idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<CountedBody>>>>,
+    h2: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<CountedBody>>>,
+}
+
+/// A sender on an upstream connection.
+enum Sender {
+    H1(SendRequest<CountedBody>),
+    H2(hyper::client::conn::http2::SendRequest<CountedBody>),
+}
+
+impl Sender {
+    async fn send(&mut self, req: Request<CountedBody>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
 }
 
 impl Upstreams {
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<CountedBody>> {
+    fn take(&self, addr: SocketAddr, h2: bool) -> Option<Sender> {
+        if h2 {
+            let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            return conns
+                .get(&addr)
+                .filter(|s| !s.is_closed())
+                .map(|s| Sender::H2(s.clone()));
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&addr)?;
         while let Some(s) = list.pop() {
             if s.is_ready() {
-                return Some(s);
+                return Some(Sender::H1(s));
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, s: SendRequest<CountedBody>) {
-        if s.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(addr).or_default();
-        // Bounded: a burst of parallel requests does not leave unbounded idle connections.
-        if list.len() < 16 {
-            list.push(s);
+    fn put(&self, addr: SocketAddr, s: Sender) {
+        match s {
+            Sender::H2(s) => {
+                if !s.is_closed() {
+                    let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+                    conns.insert(addr, s);
+                }
+            }
+            Sender::H1(s) => {
+                if s.is_closed() {
+                    return;
+                }
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let list = idle.entry(addr).or_default();
+                // Bounded: a burst of parallel requests does not leave unbounded idle
+                // connections.
+                if list.len() < 16 {
+                    list.push(s);
+                }
+            }
         }
     }
 }
@@ -251,6 +300,8 @@ pub(crate) struct Stream {
     pub(crate) src_identity: mesh_identity::SpiffeId,
     /// The client's metric labels.
     pub(crate) src_labels: mesh_telemetry::metrics::PeerLabels,
+    /// HTTP/2 (prior knowledge) on both legs, for `HTTP2` and `GRPC` ports; else HTTP/1.1.
+    pub(crate) h2: bool,
 }
 
 /// Serves HTTP/1.1 requests on one tunnelled stream until it ends.
@@ -258,14 +309,21 @@ pub(crate) async fn serve<IO>(io: IO, stream: Stream)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let h2 = stream.h2;
     let svc = hyper::service::service_fn(move |req| {
         let stream = stream.clone();
         async move { Ok::<_, Infallible>(handle(&stream, req).await) }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), svc)
-        .await
-    {
+    let result = if h2 {
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+    };
+    if let Err(e) = result {
         debug!(error = %e, "waypoint HTTP stream ended with error");
     }
 }
@@ -344,6 +402,7 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
         .unwrap_or_default();
     let request_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (parts, body) = req.into_parts();
@@ -600,8 +659,17 @@ async fn route_request(
         r.headers.request.apply(req.headers_mut());
         d.headers.request.apply(req.headers_mut());
     }
+    let te_trailers = req
+        .headers()
+        .get("te")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for h in HOP_BY_HOP {
         req.headers_mut().remove(*h);
+    }
+    // gRPC needs `te: trailers` end to end (the one hop-by-hop value HTTP/2 allows).
+    if te_trailers {
+        req.headers_mut()
+            .insert("te", HeaderValue::from_static("trailers"));
     }
     let Some(hbone_addr) = ep.workload.hbone_addr else {
         meta.flags = "UF";
@@ -612,7 +680,23 @@ async fn route_request(
     };
     let addr = SocketAddr::new(ep.workload.address, ep.port);
     meta.upstream = Some(addr);
-    let mut sender = match s.ctx.upstreams.take(addr) {
+    if s.h2 {
+        // HTTP/2 upstream requests carry the scheme and authority.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let auth = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map_or_else(|| host.clone(), str::to_owned);
+        if let Ok(uri) = format!("http://{auth}{pq}").parse() {
+            *req.uri_mut() = uri;
+        }
+        req.headers_mut().remove(header::HOST);
+    }
+    let mut sender = match s.ctx.upstreams.take(addr, s.h2) {
         Some(x) => x,
         None => match connect(s, &ep.workload.identity, hbone_addr, addr, &host).await {
             Ok(x) => x,
@@ -623,7 +707,7 @@ async fn route_request(
             }
         },
     };
-    let resp = sender.send_request(req).await;
+    let resp = sender.send(req).await;
     s.ctx.upstreams.put(addr, sender);
     match resp {
         Ok(resp) => {
@@ -649,7 +733,7 @@ async fn connect(
     hbone_addr: SocketAddr,
     addr: SocketAddr,
     host: &str,
-) -> Result<SendRequest<CountedBody>, String> {
+) -> Result<Sender, String> {
     let source = s
         .ctx
         .certs
@@ -672,6 +756,20 @@ async fn connect(
         .await
         .map_err(|_| "HBONE connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
+    if s.h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tunnel),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tunnel))
         .await
         .map_err(|e| e.to_string())?;
@@ -680,5 +778,5 @@ async fn connect(
             debug!(error = %e, "upstream HTTP connection ended");
         }
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
 }

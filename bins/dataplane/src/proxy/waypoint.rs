@@ -45,7 +45,10 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     // HTTP services get L7 routing: the stream is accepted and each request routed on its own.
     if let Some(sp) = state
         .service_by_vip(authority)
-        .filter(|sp| uses_me(&sp.service.waypoint) && sp.protocol == "HTTP")
+        .filter(|sp| {
+            uses_me(&sp.service.waypoint)
+                && matches!(sp.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC")
+        })
         .cloned()
     {
         let Some(waypoint) = state.waypoints.get(me).cloned() else {
@@ -60,6 +63,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             .client
             .and_then(|c| ctx.state.load().workload_by_ip(c.ip()).cloned())
             .filter(|w| w.identity == src_identity);
+        let h2 = sp.protocol != "HTTP";
         let stream = super::http::Stream {
             ctx: ctx.clone(),
             waypoint,
@@ -70,6 +74,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
                 |w| w.telemetry.clone(),
             ),
             src_identity: src_identity.clone(),
+            h2,
         };
         return super::http::serve(tunnel, stream).await;
     }
