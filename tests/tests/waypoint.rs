@@ -535,3 +535,78 @@ async fn grpc_unary_and_streaming_through_the_waypoint() {
     assert_eq!(metric(&text, "istio_requests_total", &want), 2.0, "{text}");
     mesh.expect_log("wp", r#""protocol":"HTTP/2""#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_protocols_are_sniffed_at_the_waypoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = 70;
+    // The web service's ports declare no protocol: HTTP is detected, a server-first protocol
+    // (the server greets first) is carried as TCP after the detection timeout.
+    let docs: Vec<String> = l7_config(b)
+        .split("---\n")
+        .filter(|d| !d.contains("kind: AuthorizationPolicy"))
+        .map(|d| {
+            if d.contains("istio.io/use-waypoint") {
+                d.replace(
+                    "ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]",
+                    "ports: [{number: 80, name: web, targetPort: 8080}, {number: 25, name: greeting, targetPort: 2525}]",
+                )
+            } else {
+                d.to_owned()
+            }
+        })
+        .collect();
+    let yaml = docs.join("---\n");
+    assert!(yaml.contains("name: greeting"), "{yaml}");
+    let mut mesh = TestMesh::new(&yaml);
+    for (ip, name) in [(21, "v1"), (22, "v2")] {
+        http_app(format!("127.{b}.1.{ip}:8080").parse().unwrap(), name).await;
+        let l = tokio::net::TcpListener::bind(format!("127.{b}.1.{ip}:2525"))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    s.write_all(format!("220 {name} ready\r\n").as_bytes())
+                        .await
+                        .unwrap();
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    mesh.ztunnel("b", &[]);
+    mesh.waypoint("wp", "ns/wp", &[]);
+    mesh.ztunnel("a", &[]);
+    let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
+
+    // HTTP detected: the VirtualService's direct response answers.
+    let vip: std::net::SocketAddr = format!("127.{b}.2.1:80").parse().unwrap();
+    let mut s = tokio::io::BufReader::new(connect_from(client, vip).await.unwrap());
+    let (status, _, body) = http_request(&mut s, "GET", "/maintenance", "web.ns.svc", &[]).await;
+    assert_eq!((status, body.as_str()), (503, "down for maintenance"));
+
+    // Server-first: the greeting arrives with nothing sent, then bytes echo.
+    let vip25: std::net::SocketAddr = format!("127.{b}.2.1:25").parse().unwrap();
+    let mut t = connect_from(client, vip25).await.unwrap();
+    let mut greeting = [0u8; 14];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        t.read_exact(&mut greeting),
+    )
+    .await
+    .expect("greeting within the timeout")
+    .unwrap();
+    assert!(greeting.starts_with(b"220 v"), "{greeting:?}");
+    t.write_all(b"HELO test\r\n").await.unwrap();
+    let mut echo = [0u8; 11];
+    t.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"HELO test\r\n");
+    drop(t); // the TCP stream's access-log line is written when it ends
+    mesh.expect_log("wp", r#""direction":"waypoint""#);
+}

@@ -744,12 +744,20 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             if p.name.is_empty() {
                 v.err(loc, format!("{field}.name"), "a port name is required");
             }
-            let protocol = p
-                .protocol
-                .clone()
-                .unwrap_or_else(|| "TCP".into())
-                .to_ascii_uppercase();
-            if !PROTOCOLS.contains(&protocol.as_str()) {
+            // Istio's protocol selection: the declared protocol, else the port name's prefix
+            // (`http-web`, `grpc`), else detected from the traffic (`AUTO`, sniffed at the
+            // waypoint).
+            let by_name = p
+                .name
+                .split('-')
+                .next()
+                .map(str::to_ascii_uppercase)
+                .filter(|n| PROTOCOLS.contains(&n.as_str()));
+            let protocol = match &p.protocol {
+                Some(x) => x.to_ascii_uppercase(),
+                None => by_name.unwrap_or_else(|| "AUTO".into()),
+            };
+            if p.protocol.is_some() && !PROTOCOLS.contains(&protocol.as_str()) {
                 v.err(
                     loc,
                     format!("{field}.protocol"),

@@ -42,12 +42,13 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let me = &ctx.node_name;
     let uses_me =
         |wp: &Option<Arc<crate::config::Waypoint>>| wp.as_ref().is_some_and(|w| w.key() == *me);
-    // HTTP services get L7 routing: the stream is accepted and each request routed on its own.
+    // HTTP services get L7 routing: the stream is accepted and each request routed on its own;
+    // ports with no declared protocol are sniffed first (Istio's protocol detection).
     if let Some(sp) = state
         .service_by_vip(authority)
         .filter(|sp| {
             uses_me(&sp.service.waypoint)
-                && matches!(sp.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC")
+                && matches!(sp.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "AUTO")
         })
         .cloned()
     {
@@ -55,15 +56,38 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
         };
         drop(state);
-        let tunnel = match req.accept() {
+        let mut tunnel = match req.accept() {
             Ok(t) => t,
             Err(e) => return debug!(error = %e, "tunnel closed before 200"),
         };
+        let (kind, prefix) = if sp.protocol == "AUTO" {
+            sniff(&mut tunnel).await
+        } else if sp.protocol == "HTTP" {
+            (Sniffed::Http1, Vec::new())
+        } else {
+            (Sniffed::Http2, Vec::new())
+        };
+        let io = Rewind {
+            prefix: bytes::Bytes::from(prefix),
+            inner: tunnel,
+        };
+        if kind == Sniffed::Tcp {
+            return carry_tcp(
+                &ctx,
+                &waypoint,
+                &sp,
+                io,
+                &headers,
+                &src_identity,
+                authority,
+                start,
+            )
+            .await;
+        }
         let src = headers
             .client
             .and_then(|c| ctx.state.load().workload_by_ip(c.ip()).cloned())
             .filter(|w| w.identity == src_identity);
-        let h2 = sp.protocol != "HTTP";
         let stream = super::http::Stream {
             ctx: ctx.clone(),
             waypoint,
@@ -74,9 +98,9 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
                 |w| w.telemetry.clone(),
             ),
             src_identity: src_identity.clone(),
-            h2,
+            h2: kind == Sniffed::Http2,
         };
-        return super::http::serve(tunnel, stream).await;
+        return super::http::serve(io, stream).await;
     }
     // What the client addressed: a service that uses this waypoint (balanced over its
     // endpoints), or a workload that does.
@@ -216,4 +240,206 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let mut r = record(Some(&target));
     r.dst_hbone_addr = Some(hbone_addr);
     observe::log_copied(access, r, &result, 0, Some(rec.totals()), start);
+}
+
+/// What the first bytes of a stream look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Http1,
+    Http2,
+    Tcp,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const METHODS: &[&[u8]] = &[
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE",
+];
+
+/// Classifies `b`; `None` while more bytes could change the answer.
+fn classify(b: &[u8]) -> Option<Sniffed> {
+    let n = b.len().min(H2_PREFACE.len());
+    if b[..n] == H2_PREFACE[..n] {
+        return (n == H2_PREFACE.len()).then_some(Sniffed::Http2);
+    }
+    match b.iter().position(|c| *c == b' ') {
+        Some(i) => Some(if METHODS.contains(&&b[..i]) {
+            Sniffed::Http1
+        } else {
+            Sniffed::Tcp
+        }),
+        None if METHODS.iter().any(|m| m.starts_with(b)) => None,
+        None => Some(Sniffed::Tcp),
+    }
+}
+
+/// How long to wait for a client's first bytes: a server-first protocol (a database or mail
+/// greeting) sends nothing until the server speaks, and is carried as TCP after this.
+const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Reads the first bytes of a stream (at most the HTTP/2 preface's length) until the protocol
+/// is clear, the client stops or the timeout passes; returns the verdict and the bytes read.
+async fn sniff(s: &mut mesh_hbone::H2Stream) -> (Sniffed, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let mut buf = vec![0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < buf.len() {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf[n..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(k)) => n += k,
+        }
+        if let Some(v) = classify(&buf[..n]) {
+            buf.truncate(n);
+            return (v, buf);
+        }
+    }
+    buf.truncate(n);
+    (
+        classify(&buf).filter(|_| n > 0).unwrap_or(Sniffed::Tcp),
+        buf,
+    )
+}
+
+/// A stream whose first bytes were already read: they are replayed before the rest.
+struct Rewind<S> {
+    prefix: bytes::Bytes,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Carries an accepted, sniffed-as-TCP stream to an endpoint of `sp` over HBONE.
+#[allow(clippy::too_many_arguments)]
+async fn carry_tcp(
+    ctx: &Ctx,
+    wp: &crate::config::Waypoint,
+    sp: &ServicePort,
+    mut io: Rewind<mesh_hbone::H2Stream>,
+    headers: &ConnectHeaders,
+    src_identity: &mesh_identity::SpiffeId,
+    authority: SocketAddr,
+    start: tokio::time::Instant,
+) {
+    let access = &ctx.telemetry.access;
+    let Some(ep) = sp.pick().cloned() else {
+        return warn!(%authority, "no endpoints for a sniffed TCP stream");
+    };
+    let Some(hbone_addr) = ep.workload.hbone_addr else {
+        return warn!(dst.workload = %ep.workload.key(), "endpoint outside the mesh");
+    };
+    let labels = observe::labels(
+        Reporter::Waypoint,
+        &observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
+        &ep.workload.telemetry,
+        Some(&sp.service.telemetry),
+        SecurityPolicy::MutualTls,
+    );
+    let mut rec = observe::record(
+        "waypoint",
+        headers.client,
+        None,
+        Some(src_identity.as_str()),
+        Some(authority),
+        Some(&ep.workload),
+        SecurityPolicy::MutualTls,
+    );
+    rec.dst_hbone_addr = Some(hbone_addr);
+    let upstream = async {
+        let source = ctx
+            .certs
+            .store(&wp.identity)
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = ConnectHeaders {
+            client: headers.client,
+            host: headers.host.clone(),
+            baggage: headers.baggage.clone(),
+            traceparent: headers.traceparent.clone(),
+        };
+        let req = ConnectRequest {
+            source,
+            destination_identity: ep.workload.identity.clone(),
+            hbone_addr,
+            authority: SocketAddr::new(ep.workload.address, ep.port),
+            headers: out.to_header_map(),
+        };
+        match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("HBONE connect timed out".to_owned()),
+        }
+    };
+    let mut upstream = match Box::pin(upstream).await {
+        Ok(u) => u,
+        Err(reason) => {
+            ctx.telemetry
+                .tcp
+                .refused(&labels, ResponseFlags::ConnectFailure);
+            return observe::log_refusal(access, rec, &reason, start);
+        }
+    };
+    let counter = ctx.telemetry.tcp.open(&labels);
+    drop(labels);
+    let result = observe::copy_counted(&mut io, &mut upstream, &counter).await;
+    observe::log_copied(access, rec, &result, 0, Some(counter.totals()), start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_first_bytes() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Sniffed::Http1));
+        assert_eq!(classify(b"DELETE /x"), Some(Sniffed::Http1));
+        assert_eq!(classify(b"GE"), None, "could still be GET");
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n"),
+            None,
+            "preface not complete"
+        );
+        assert_eq!(classify(H2_PREFACE), Some(Sniffed::Http2));
+        assert_eq!(
+            classify(b"\x16\x03\x01"),
+            Some(Sniffed::Tcp),
+            "TLS client hello"
+        );
+        assert_eq!(classify(b"HELO mail"), Some(Sniffed::Tcp));
+        assert_eq!(classify(b"GETX /"), Some(Sniffed::Tcp));
+    }
 }
