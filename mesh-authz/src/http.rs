@@ -292,6 +292,15 @@ impl HttpDecision<'_> {
     }
 }
 
+/// The first AUDIT policy matching the request, if any (Istio: the request is marked for
+/// audit logging; the decision is not affected).
+pub fn audited<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> Option<&'a Policy> {
+    policies
+        .iter()
+        .find(|p| p.action == Action::Audit && p.rules.iter().any(|rule| rule.matches_http(r)))
+        .copied()
+}
+
 /// Decides a request against `policies` (those attached to what it targets): DENY first,
 /// then, if any ALLOW applies, one must match.
 pub fn evaluate_http<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> HttpDecision<'a> {

@@ -123,6 +123,7 @@ impl PolicyIndex {
                 if p.applies_to(root_namespace, w.namespace, w.labels) {
                     match p.action {
                         Action::Deny => applied.deny.push(compiled[&Arc::as_ptr(p)].clone()),
+                        Action::Audit => {}
                         Action::Allow => {
                             applied
                                 .allow_compiled

@@ -1,10 +1,11 @@
 //! Istio's `AuthorizationPolicy` spec (security.istio.io/v1) as users write it, and its
 //! validation into the crate's own [`Policy`] model.
 //!
-//! Unknown fields are errors; fields this data plane does not implement (`action: CUSTOM` /
-//! `AUDIT`, `provider`) are rejected by name; `targetRefs` make a waypoint policy. HTTP-only fields are accepted and
-//! recorded: at L4 they follow Istio's ztunnel translation (an ALLOW rule using them never
-//! matches; a DENY rule is enforced without them, i.e. more broadly).
+//! Unknown fields are errors; fields this data plane does not implement (`action: CUSTOM`,
+//! `provider`) are rejected by name; `AUDIT` marks requests at waypoints; `targetRefs` make a
+//! waypoint policy. HTTP-only fields are accepted and recorded: at L4 they follow Istio's
+//! ztunnel translation (an ALLOW rule using them never matches; a DENY rule is enforced
+//! without them, i.e. more broadly).
 
 use std::collections::BTreeMap;
 
@@ -200,7 +201,8 @@ impl AuthorizationPolicySpec {
         let action = match self.action.as_deref() {
             None | Some("ALLOW") => Action::Allow,
             Some("DENY") => Action::Deny,
-            Some(other @ ("AUDIT" | "CUSTOM")) => {
+            Some("AUDIT") => Action::Audit,
+            Some(other @ "CUSTOM") => {
                 errs.push(FieldError {
                     field: "spec.action".into(),
                     reason: format!("{other} is not supported by this data plane"),

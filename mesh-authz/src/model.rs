@@ -21,6 +21,9 @@ pub enum Action {
     Allow,
     /// Deny matching connections; evaluated before ALLOW.
     Deny,
+    /// Mark matching requests as audited in the access log; never changes a decision
+    /// (enforced at waypoints; ztunnels skip it, as L4 has no audit logging in Istio).
+    Audit,
 }
 
 /// Which workloads a policy applies to.

@@ -231,6 +231,9 @@ pub struct RequestRecord<'a> {
     pub trace_id: Option<&'a str>,
     /// `x-request-id`.
     pub request_id: Option<&'a str>,
+    /// The AUDIT policy that matched, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_policy: Option<&'a str>,
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.

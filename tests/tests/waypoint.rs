@@ -237,6 +237,14 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {{name: audit-items, namespace: ns}}
+spec:
+  targetRefs: [{{kind: Service, name: web}}]
+  action: AUDIT
+  rules: [{{to: [{{operation: {{paths: ["/item/7"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {{name: reads-only, namespace: ns}}
 spec:
   targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: wp}}]
@@ -338,6 +346,9 @@ async fn http_routing_at_the_waypoint() {
     let (status, _, body) = http_request(&mut s, "DELETE", "/item/1", "web.ns.svc", &[]).await;
     assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
     mesh.expect_log("wp", "request refused by authorization policy: 403");
+    // AUDIT marks the request in the access log without changing the decision.
+    mesh.expect_log("wp", r#""path":"/item/7""#);
+    mesh.expect_log("wp", r#""audit_policy":"ns/audit-items""#);
 
     // Request metrics from the waypoint: counts by response code, Istio's labels.
     let metrics: std::net::SocketAddr = format!("127.{b}.0.3:15020").parse().unwrap();

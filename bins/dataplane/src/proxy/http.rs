@@ -92,6 +92,7 @@ struct Done {
     flags: &'static str,
     trace_id: Option<String>,
     request_id: Option<String>,
+    audit: Option<String>,
     request_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -159,6 +160,7 @@ impl Done {
                 response_flags: self.flags,
                 trace_id: self.trace_id.as_deref(),
                 request_id: self.request_id.as_deref(),
+                audit_policy: self.audit.as_deref(),
             });
         }
     }
@@ -341,6 +343,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// What routing found out, for the request's metrics and log line.
 #[derive(Default)]
 struct Meta {
+    audit: Option<String>,
     route: Option<String>,
     upstream: Option<SocketAddr>,
     dst: Option<(Arc<crate::config::Workload>, Option<Arc<ServicePort>>)>,
@@ -451,6 +454,7 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         flags: meta.flags,
         trace_id,
         request_id,
+        audit: meta.audit,
         request_bytes,
     };
     let (parts, body) = resp.into_parts();
@@ -524,6 +528,9 @@ fn authorize(
             path: &normalized,
             header: &header,
         };
+        // Istio AUDIT: marks the request for the log, never changes the decision.
+        meta.audit = mesh_authz::http::audited(&policies, &facts)
+            .map(|p| format!("{}/{}", p.namespace, p.name));
         let decision = mesh_authz::http::evaluate_http(&policies, &facts);
         if !decision.is_allowed() {
             let why = match decision {
