@@ -482,6 +482,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     body
 }
 
+/// Polls `addr/metrics` until `f` holds (5 s), returning that scrape; panics showing the last
+/// one otherwise.
+pub async fn scrape_until(addr: SocketAddr, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    for _ in 0..250 {
+        text = http_get(addr, "/metrics").await;
+        if f(&text) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("metrics at {addr} never showed {what}:\n{text}");
+}
+
 /// Sum of the samples of metric `name` (e.g. `istio_tcp_connections_opened_total`) whose
 /// labels include every `(label, value)` in `want`.
 pub fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {

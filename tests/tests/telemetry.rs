@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesh_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,19 +16,6 @@ const RESP: usize = 3000;
 
 fn at(ip: std::net::IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
-}
-
-/// Polls `addr/metrics` until `f` holds (5 s), returning the last scrape.
-async fn scrape_until(addr: SocketAddr, what: &str, f: impl Fn(&str) -> bool) -> String {
-    let mut text = String::new();
-    for _ in 0..250 {
-        text = http_get(addr, "/metrics").await;
-        if f(&text) {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("metrics at {addr} never showed {what}:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

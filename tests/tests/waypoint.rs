@@ -360,15 +360,10 @@ async fn http_routing_at_the_waypoint() {
         ("source_principal", "spiffe://cluster.local/ns/ns/sa/client"),
         ("connection_security_policy", "mutual_tls"),
     ];
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = http_get(metrics, "/metrics").await;
-        if metric(&text, "istio_requests_total", &ok) == 2033.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(metric(&text, "istio_requests_total", &ok), 2033.0, "{text}");
+    let text = scrape_until(metrics, "2033 requests", |t| {
+        metric(t, "istio_requests_total", &ok) == 2033.0
+    })
+    .await;
     assert_eq!(
         metric(&text, "istio_requests_total", &[("response_code", "403")]),
         7.0
@@ -535,15 +530,10 @@ async fn grpc_unary_and_streaming_through_the_waypoint() {
         ("grpc_response_status", "0"),
         ("response_code", "200"),
     ];
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = http_get(metrics, "/metrics").await;
-        if metric(&text, "istio_requests_total", &want) == 2.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(metric(&text, "istio_requests_total", &want), 2.0, "{text}");
+    scrape_until(metrics, "2 gRPC requests", |t| {
+        metric(t, "istio_requests_total", &want) == 2.0
+    })
+    .await;
     mesh.expect_log("wp", r#""protocol":"HTTP/2""#);
 }
 

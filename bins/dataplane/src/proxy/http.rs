@@ -16,7 +16,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use mesh_hbone::ConnectRequest;
 use mesh_hbone::headers::ConnectHeaders;
 use tracing::{debug, warn};
 
@@ -741,28 +740,21 @@ async fn connect(
     addr: SocketAddr,
     host: &str,
 ) -> Result<Sender, String> {
-    let source = s
-        .ctx
-        .certs
-        .store(&s.waypoint.identity)
-        .await
-        .map_err(|e| e.to_string())?;
     let headers = ConnectHeaders {
         client: s.client,
         host: Some(host.to_owned()),
         ..ConnectHeaders::default()
     };
-    let req = ConnectRequest {
-        source,
-        destination_identity: identity.clone(),
+    let tunnel = super::waypoint::open_upstream(
+        &s.ctx,
+        &s.waypoint.identity,
+        identity,
         hbone_addr,
-        authority: addr,
-        headers: headers.to_header_map(),
-    };
-    let tunnel = tokio::time::timeout(s.ctx.cfg.connect_timeout * 2, s.ctx.pool.connect(req))
-        .await
-        .map_err(|_| "HBONE connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        addr,
+        headers,
+    )
+    .await
+    .map_err(|e| e.reason)?;
     if s.h2 {
         let (sender, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),

@@ -186,43 +186,28 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     };
     // A new tunnel to the endpoint's ztunnel with the waypoint's own identity; the client's
     // address is passed on so the destination's policy sees the original source IP.
-    let upstream = async {
-        let source = ctx
-            .certs
-            .store(&wp.identity)
-            .await
-            .map_err(|e| e.to_string())?;
-        let out = ConnectHeaders {
-            client: headers.client,
-            host: headers.host.clone(),
-            baggage: headers.baggage.clone(),
-            traceparent: headers.traceparent.clone(),
-        };
-        let req = ConnectRequest {
-            source,
-            destination_identity: target.workload.identity.clone(),
-            hbone_addr,
-            authority: SocketAddr::new(target.workload.address, target.port),
-            headers: out.to_header_map(),
-        };
-        match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("HBONE connect timed out".to_owned()),
-        }
-    };
+    let upstream = open_upstream(
+        &ctx,
+        &wp.identity,
+        &target.workload.identity,
+        hbone_addr,
+        SocketAddr::new(target.workload.address, target.port),
+        forwarded(&headers),
+    );
     let mut upstream = match Box::pin(upstream).await {
         Ok(t) => t,
-        Err(reason) => {
+        Err(Upstream {
+            reason,
+            unauthorized,
+        }) => {
             // A 401 from the destination is passed back as is.
-            let status = if reason.contains("401") {
-                StatusCode::UNAUTHORIZED
+            let (status, flags) = if unauthorized {
+                (StatusCode::UNAUTHORIZED, ResponseFlags::Deny)
             } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let flags = if status == StatusCode::UNAUTHORIZED {
-                ResponseFlags::Deny
-            } else {
-                ResponseFlags::ConnectFailure
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::ConnectFailure,
+                )
             };
             warn!(dst.workload = %target.workload.key(), %reason, "waypoint upstream failed");
             ctx.telemetry.tcp.refused(&labels, flags);
@@ -380,33 +365,17 @@ async fn carry_tcp(
         SecurityPolicy::MutualTls,
     );
     rec.dst_hbone_addr = Some(hbone_addr);
-    let upstream = async {
-        let source = ctx
-            .certs
-            .store(&wp.identity)
-            .await
-            .map_err(|e| e.to_string())?;
-        let out = ConnectHeaders {
-            client: headers.client,
-            host: headers.host.clone(),
-            baggage: headers.baggage.clone(),
-            traceparent: headers.traceparent.clone(),
-        };
-        let req = ConnectRequest {
-            source,
-            destination_identity: ep.workload.identity.clone(),
-            hbone_addr,
-            authority: SocketAddr::new(ep.workload.address, ep.port),
-            headers: out.to_header_map(),
-        };
-        match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("HBONE connect timed out".to_owned()),
-        }
-    };
+    let upstream = open_upstream(
+        ctx,
+        &wp.identity,
+        &ep.workload.identity,
+        hbone_addr,
+        SocketAddr::new(ep.workload.address, ep.port),
+        forwarded(headers),
+    );
     let mut upstream = match Box::pin(upstream).await {
         Ok(u) => u,
-        Err(reason) => {
+        Err(Upstream { reason, .. }) => {
             ctx.telemetry
                 .tcp
                 .refused(&labels, ResponseFlags::ConnectFailure);
@@ -417,6 +386,60 @@ async fn carry_tcp(
     drop(labels);
     let result = observe::copy_counted(&mut io, &mut upstream, &counter).await;
     observe::log_copied(access, rec, &result, 0, Some(counter.totals()), start);
+}
+
+/// Why an upstream tunnel could not be opened.
+pub(super) struct Upstream {
+    pub(super) reason: String,
+    /// The destination answered 401 (its policy, or it accepts only another waypoint).
+    pub(super) unauthorized: bool,
+}
+
+/// The headers a waypoint passes on to the destination: the client's address (so its policy
+/// sees the original source), host, baggage and trace context.
+pub(super) fn forwarded(h: &ConnectHeaders) -> ConnectHeaders {
+    ConnectHeaders {
+        client: h.client,
+        host: h.host.clone(),
+        baggage: h.baggage.clone(),
+        traceparent: h.traceparent.clone(),
+    }
+}
+
+/// Opens an HBONE tunnel from the waypoint (as `source`) to `authority` through its
+/// ztunnel at `hbone_addr`, which must present `destination`.
+pub(super) async fn open_upstream(
+    ctx: &Ctx,
+    source: &mesh_identity::SpiffeId,
+    destination: &mesh_identity::SpiffeId,
+    hbone_addr: SocketAddr,
+    authority: SocketAddr,
+    headers: ConnectHeaders,
+) -> Result<mesh_hbone::H2Stream, Upstream> {
+    let fail = |reason: String| Upstream {
+        reason,
+        unauthorized: false,
+    };
+    let source = ctx
+        .certs
+        .store(source)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let req = ConnectRequest {
+        source,
+        destination_identity: destination.clone(),
+        hbone_addr,
+        authority,
+        headers: headers.to_header_map(),
+    };
+    match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(Upstream {
+            unauthorized: matches!(&e, mesh_hbone::Error::Status { status, .. } if *status == StatusCode::UNAUTHORIZED),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(fail("HBONE connect timed out".to_owned())),
+    }
 }
 
 #[cfg(test)]
