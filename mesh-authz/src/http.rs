@@ -6,9 +6,10 @@
 //!
 //! Policies reach a waypoint through `targetRefs` (`kind: Service` or `kind: Gateway`), as
 //! Istio's waypoint policies do; selector and namespace policies stay with the ztunnels.
-//! Request-principal fields and `request.auth.*` conditions need JWT authentication, which is
-//! not wired yet: their attributes are absent, so an ALLOW that requires them does not match
-//! (fail closed) and a DENY on them does not apply.
+//! Request-principal fields and `request.auth.*` conditions use the request's verified JWT
+//! ([`crate::jwt::RequestAuth`]); without one they are absent: `requestPrincipals` and
+//! `values` do not match, `notRequestPrincipals` and `notValues` do. `remote.ip` and
+//! `connection.sni` are not provided and are absent too.
 
 use crate::model::{Action, Connection, Policy, Rule, StringMatch};
 
@@ -189,6 +190,8 @@ pub struct HttpFacts<'a> {
     pub path: &'a str,
     /// Header lookup by lower-case name.
     pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// The verified JWT, if the request carried one.
+    pub auth: Option<&'a crate::jwt::RequestAuth>,
 }
 
 /// HTTP fields of one `to[].operation`.
@@ -210,7 +213,16 @@ pub struct HttpOperation {
 pub enum HttpCondition {
     /// `request.headers[name]` (lower-case name): values, notValues.
     Header(String, Vec<StringMatch>, Vec<StringMatch>),
-    /// An attribute this release does not provide (`request.auth.*`): absent.
+    /// `request.auth.principal`: values, notValues.
+    RequestPrincipal(Vec<StringMatch>, Vec<StringMatch>),
+    /// `request.auth.audiences`: any of the token's audiences.
+    Audiences(Vec<StringMatch>, Vec<StringMatch>),
+    /// `request.auth.presenter` (`azp`).
+    Presenter(Vec<StringMatch>, Vec<StringMatch>),
+    /// `request.auth.claims[a][b]`: a string claim, or any element of a string list claim.
+    Claim(Vec<String>, Vec<StringMatch>, Vec<StringMatch>),
+    /// An attribute this data plane does not provide (`remote.ip`, `connection.sni`): absent;
+    /// the flag says whether `values` were given.
     Absent(String, bool),
 }
 
@@ -240,13 +252,48 @@ impl HttpOperation {
     }
 }
 
+/// `values` / `notValues` over an attribute with any number of values (none when absent).
+fn any_of<'v>(
+    values: &[StringMatch],
+    not_values: &[StringMatch],
+    got: impl Iterator<Item = &'v str> + Clone,
+) -> bool {
+    let hit = |ms: &[StringMatch]| got.clone().any(|g| ms.iter().any(|m| m.matches(Some(g))));
+    (values.is_empty() || hit(values)) && !hit(not_values)
+}
+
 impl HttpCondition {
     fn matches(&self, r: &HttpFacts<'_>) -> bool {
+        use serde_json::Value;
         match self {
             HttpCondition::Header(name, values, not_values) => {
                 let v = (r.header)(name);
                 (values.is_empty() || values.iter().any(|m| m.matches(v)))
                     && !not_values.iter().any(|m| m.matches(v))
+            }
+            HttpCondition::RequestPrincipal(v, n) => {
+                any_of(v, n, r.auth.map(|a| a.principal.as_str()).into_iter())
+            }
+            HttpCondition::Audiences(v, n) => any_of(
+                v,
+                n,
+                r.auth
+                    .into_iter()
+                    .flat_map(|a| a.audiences.iter().map(String::as_str)),
+            ),
+            HttpCondition::Presenter(v, n) => any_of(
+                v,
+                n,
+                r.auth.and_then(|a| a.presenter.as_deref()).into_iter(),
+            ),
+            HttpCondition::Claim(path, v, n) => {
+                let claim = r.auth.and_then(|a| a.claim(path));
+                let strs: Vec<&str> = match claim {
+                    Some(Value::String(s)) => vec![s.as_str()],
+                    Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                any_of(v, n, strs.into_iter())
             }
             // Only notValues on an absent attribute can hold.
             HttpCondition::Absent(_, has_values) => !has_values,
@@ -255,15 +302,21 @@ impl HttpCondition {
 }
 
 impl Rule {
-    /// Whether the rule matches an HTTP request (L4 and L7 fields together; any request
-    /// principal field needs an authenticated request principal, which is absent here).
+    /// Whether the rule matches an HTTP request (L4 and L7 fields together).
     pub fn matches_http(&self, r: &HttpFacts<'_>) -> bool {
         let conn = &r.conn;
+        let principal = r.auth.map(|a| a.principal.as_str());
+        let request_principal = |s: &crate::model::Source| {
+            let hit =
+                |ms: &[StringMatch]| principal.is_some() && ms.iter().any(|m| m.matches(principal));
+            (s.request_principals.is_empty() || hit(&s.request_principals))
+                && !hit(&s.not_request_principals)
+        };
         (self.from.is_empty()
             || self
                 .from
                 .iter()
-                .any(|s| !s.needs_request_principal && s.matches_conn(conn)))
+                .any(|s| request_principal(s) && s.matches_conn(conn)))
             && (self.to.is_empty()
                 || self
                     .to
@@ -388,5 +441,69 @@ mod tests {
         assert!(m("/api/{**}", "/api"), "{{**}} matches zero segments");
         assert!(PathMatch::parse("/api/{**}/x").is_err());
         assert!(PathMatch::parse("/api/v{*}").is_err());
+    }
+
+    #[test]
+    fn request_principals_and_claims() {
+        #![allow(clippy::unwrap_used)]
+        use crate::istio::AuthorizationPolicySpec;
+        let spec: AuthorizationPolicySpec = serde_json::from_value(serde_json::json!({
+            "targetRefs": [{"kind": "Service", "name": "api"}],
+            "rules": [{
+                "from": [{"source": {"requestPrincipals": ["iss/*"]}}],
+                "when": [
+                    {"key": "request.auth.claims[groups]", "values": ["admin"]},
+                    {"key": "request.auth.claims[org][team]", "notValues": ["blocked"]},
+                    {"key": "request.auth.audiences", "values": ["api"]}
+                ]
+            }]
+        }))
+        .unwrap();
+        let policy = spec.to_policy("ns", "p", "istio-system").unwrap();
+        let auth = |claims: serde_json::Value| crate::jwt::RequestAuth {
+            principal: "iss/alice".into(),
+            audiences: vec!["api".into()],
+            presenter: None,
+            claims: claims.as_object().unwrap().clone(),
+            payload: String::new(),
+            rule: std::sync::Arc::new(crate::jwt::JwtRule {
+                issuer: "iss".into(),
+                audiences: vec![],
+                keys: crate::jwt::KeySource::Uri("http://x".into()),
+                inline: None,
+                locations: vec![],
+                forward_original_token: false,
+                claim_to_headers: vec![],
+                payload_to_header: None,
+                timeout: std::time::Duration::from_secs(1),
+            }),
+        };
+        fn decide_with(policy: &Policy, a: Option<&crate::jwt::RequestAuth>) -> bool {
+            let header = |_: &str| None::<&str>;
+            let facts = HttpFacts {
+                conn: Connection {
+                    source_ip: "10.0.0.1".parse().unwrap(),
+                    remote_ip: None,
+                    source_principal: None,
+                    source_namespace: None,
+                    destination_ip: "10.0.0.2".parse().unwrap(),
+                    destination_port: 80,
+                },
+                host: "api",
+                method: "GET",
+                path: "/",
+                header: &header,
+                auth: a,
+            };
+            evaluate_http(&[policy], &facts).is_allowed()
+        }
+        let decide = |a| decide_with(&policy, a);
+        assert!(!decide(None), "no token: no principal");
+        let ok = auth(serde_json::json!({"groups": ["dev", "admin"], "org": {"team": "core"}}));
+        assert!(decide(Some(&ok)));
+        let not_admin = auth(serde_json::json!({"groups": "dev"}));
+        assert!(!decide(Some(&not_admin)));
+        let blocked = auth(serde_json::json!({"groups": "admin", "org": {"team": "blocked"}}));
+        assert!(!decide(Some(&blocked)));
     }
 }

@@ -174,6 +174,22 @@ pub const L4_WHEN_KEYS: &[&str] = &[
     "destination.port",
 ];
 
+/// `request.auth.claims[a][b]` → `["a", "b"]`.
+fn claim_path(k: &str) -> Option<Vec<String>> {
+    let mut rest = k.strip_prefix("request.auth.claims")?;
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        if end == 0 {
+            return None;
+        }
+        path.push(inner[..end].to_owned());
+        rest = &inner[end + 1..];
+    }
+    (!path.is_empty()).then_some(path)
+}
+
 /// Condition keys Istio defines that only HTTP can evaluate.
 fn is_http_when_key(k: &str) -> bool {
     matches!(
@@ -217,44 +233,13 @@ impl AuthorizationPolicySpec {
                 Action::Deny
             }
         };
-        let mut targets = Vec::new();
-        let refs = self.target_refs.iter().chain(self.target_ref.as_ref());
-        for (i, t) in refs.enumerate() {
-            let f = format!("spec.targetRefs[{i}]");
-            if t.namespace.is_some() {
-                errs.push(FieldError {
-                    field: format!("{f}.namespace"),
-                    reason: "not supported: a policy targets resources of its own namespace".into(),
-                });
-            }
-            match t.kind.as_str() {
-                "Service" | "ServiceEntry" | "Gateway" => targets.push(crate::model::TargetRef {
-                    kind: if t.kind == "Gateway" {
-                        "Gateway"
-                    } else {
-                        "Service"
-                    }
-                    .to_owned(),
-                    name: t.name.clone(),
-                }),
-                k => errs.push(FieldError {
-                    field: format!("{f}.kind"),
-                    reason: format!("{k:?}: expected Service, ServiceEntry or Gateway"),
-                }),
-            }
-        }
-        if !targets.is_empty() && self.selector.is_some() {
-            errs.push(FieldError {
-                field: "spec.selector".into(),
-                reason: "selector and targetRefs are mutually exclusive".into(),
-            });
-        }
-        let scope = match &self.selector {
-            _ if !targets.is_empty() => Scope::TargetRefs(targets),
-            Some(sel) => Scope::Selector(sel.match_labels.clone()),
-            None if namespace == root_namespace => Scope::Mesh,
-            None => Scope::Namespace,
-        };
+        let scope = scope(
+            self.selector.as_ref(),
+            self.target_refs.iter().chain(self.target_ref.as_ref()),
+            namespace,
+            root_namespace,
+            &mut errs,
+        );
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.iter().enumerate() {
             rules.push(r.to_rule(&format!("spec.rules[{i}]"), &mut errs));
@@ -269,6 +254,53 @@ impl AuthorizationPolicySpec {
             action,
             rules,
         })
+    }
+}
+
+/// The scope of a policy-like resource from its `selector` and `targetRefs`/`targetRef`.
+pub(crate) fn scope<'a>(
+    selector: Option<&WorkloadSelector>,
+    refs: impl Iterator<Item = &'a TargetRefSpec>,
+    namespace: &str,
+    root_namespace: &str,
+    errs: &mut Vec<FieldError>,
+) -> Scope {
+    let mut targets = Vec::new();
+    for (i, t) in refs.enumerate() {
+        let f = format!("spec.targetRefs[{i}]");
+        if t.namespace.is_some() {
+            errs.push(FieldError {
+                field: format!("{f}.namespace"),
+                reason: "not supported: a policy targets resources of its own namespace".into(),
+            });
+        }
+        match t.kind.as_str() {
+            "Service" | "ServiceEntry" | "Gateway" => targets.push(crate::model::TargetRef {
+                kind: if t.kind == "Gateway" {
+                    "Gateway"
+                } else {
+                    "Service"
+                }
+                .to_owned(),
+                name: t.name.clone(),
+            }),
+            k => errs.push(FieldError {
+                field: format!("{f}.kind"),
+                reason: format!("{k:?}: expected Service, ServiceEntry or Gateway"),
+            }),
+        }
+    }
+    if !targets.is_empty() && selector.is_some() {
+        errs.push(FieldError {
+            field: "spec.selector".into(),
+            reason: "selector and targetRefs are mutually exclusive".into(),
+        });
+    }
+    match selector {
+        _ if !targets.is_empty() => Scope::TargetRefs(targets),
+        Some(sel) => Scope::Selector(sel.match_labels.clone()),
+        None if namespace == root_namespace => Scope::Mesh,
+        None => Scope::Namespace,
     }
 }
 
@@ -332,7 +364,8 @@ impl RuleSpec {
                     }
                 }
                 Source {
-                    needs_request_principal: !s.request_principals.is_empty(),
+                    request_principals: strings(&s.request_principals),
+                    not_request_principals: strings(&s.not_request_principals),
                     principals: strings(&s.principals),
                     not_principals: strings(&s.not_principals),
                     namespaces: strings(&s.namespaces),
@@ -434,16 +467,28 @@ impl RuleSpec {
                     let header = other
                         .strip_prefix("request.headers[")
                         .and_then(|h| h.strip_suffix(']'));
-                    http_when.push(match header {
-                        Some(h) => crate::http::HttpCondition::Header(
-                            h.to_ascii_lowercase(),
-                            strings(&c.values),
-                            strings(&c.not_values),
-                        ),
-                        None => crate::http::HttpCondition::Absent(
-                            other.to_owned(),
-                            !c.values.is_empty(),
-                        ),
+                    let (values, not_values) = (strings(&c.values), strings(&c.not_values));
+                    use crate::http::HttpCondition as H;
+                    http_when.push(match (header, other) {
+                        (Some(h), _) => H::Header(h.to_ascii_lowercase(), values, not_values),
+                        (None, "request.auth.principal") => H::RequestPrincipal(values, not_values),
+                        (None, "request.auth.audiences") => H::Audiences(values, not_values),
+                        (None, "request.auth.presenter") => H::Presenter(values, not_values),
+                        (None, k) if k.starts_with("request.auth.claims[") => {
+                            match claim_path(k) {
+                                Some(path) => H::Claim(path, values, not_values),
+                                None => {
+                                    errs.push(FieldError {
+                                        field: format!("{p}.key"),
+                                        reason: format!(
+                                            "{k:?}: expected request.auth.claims[name] or request.auth.claims[a][b]"
+                                        ),
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                        (None, k) => H::Absent(k.to_owned(), !c.values.is_empty()),
                     });
                     continue;
                 }

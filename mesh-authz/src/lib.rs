@@ -32,6 +32,7 @@ mod compiled;
 pub mod http;
 mod index;
 pub mod istio;
+pub mod jwt;
 mod model;
 pub mod peer;
 

@@ -104,8 +104,10 @@ pub struct Source {
     pub not_ip_blocks: Vec<IpNet>,
     pub remote_ip_blocks: Vec<IpNet>,
     pub not_remote_ip_blocks: Vec<IpNet>,
-    /// `requestPrincipals` is set: the source needs an authenticated request principal.
-    pub needs_request_principal: bool,
+    /// `requestPrincipals` (JWT `iss/sub`; evaluated at L7).
+    pub request_principals: Vec<StringMatch>,
+    /// `notRequestPrincipals`.
+    pub not_request_principals: Vec<StringMatch>,
 }
 
 /// A `to[].operation` (its L4 part).

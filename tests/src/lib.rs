@@ -658,9 +658,24 @@ pub async fn http_app(addr: SocketAddr, name: &'static str) {
                         })
                         .unwrap_or_default();
                     let body = format!("{name} {} {} host={host}", first[0], first[1]);
+                    // The request's header names (and values of x- headers), for tests of
+                    // what the proxies add and remove.
+                    let got: Vec<String> = head[1..]
+                        .iter()
+                        .filter_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            let k = k.trim().to_ascii_lowercase();
+                            Some(if k.starts_with("x-") {
+                                format!("{k}={}", v.trim())
+                            } else {
+                                k
+                            })
+                        })
+                        .collect();
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-app: {name}\r\n\r\n{body}",
-                        body.len()
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-app: {name}\r\nx-got: {}\r\n\r\n{body}",
+                        body.len(),
+                        got.join("|")
                     );
                     if s.get_mut().write_all(resp.as_bytes()).await.is_err() {
                         return;

@@ -151,6 +151,10 @@ pub struct WaypointArgs {
     /// `namespace/name`. It listens on the Gateway's address and presents its identity.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub gateway: String,
+    /// How often remote JWKS (`jwksUri`, OpenID discovery) are refetched; a token with an
+    /// unknown key id triggers a refetch sooner.
+    #[arg(long, default_value = "20m", value_parser = parse_duration, value_name = "DURATION")]
+    pub jwks_refresh: Duration,
     /// Settings shared with the other proxies.
     #[command(flatten)]
     pub common: ProxyArgs,
@@ -259,6 +263,7 @@ async fn run_waypoint(args: WaypointArgs, log: LogControl) -> Result<(), Error> 
         .ok_or_else(|| Error::UnknownWaypoint(args.gateway.clone()))?;
     let mut cfg = c.proxy_config(wp.address, log);
     cfg.waypoint = Some(args.gateway.clone());
+    cfg.jwks_refresh = args.jwks_refresh;
     serve(c, cfg, state).await
 }
 

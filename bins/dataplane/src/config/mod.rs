@@ -154,6 +154,7 @@ struct Raw {
     mesh: Option<Named<MeshConfigSpec>>,
     policies: Vec<Named<mesh_authz::istio::AuthorizationPolicySpec>>,
     peer_authns: Vec<Named<mesh_authz::peer::PeerAuthenticationSpec>>,
+    request_authns: Vec<Named<mesh_authz::jwt::RequestAuthenticationSpec>>,
     gateways: Vec<Named<GatewaySpec>>,
     virtual_services: Vec<Named<mesh_l7::istio::VirtualServiceSpec>>,
     destination_rules: Vec<Named<mesh_l7::istio::DestinationRuleSpec>>,
@@ -246,7 +247,9 @@ impl Raw {
                 NETWORKING_VERSIONS
             }
             "Node" | "MeshConfig" => &[LOCAL_API_VERSION],
-            "AuthorizationPolicy" | "PeerAuthentication" => SECURITY_VERSIONS,
+            "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication" => {
+                SECURITY_VERSIONS
+            }
             "Gateway" | "HTTPRoute" => GATEWAY_VERSIONS,
             "Namespace" => &["v1"],
             k if NOT_YET_SUPPORTED_KINDS.contains(&k) => {
@@ -262,7 +265,7 @@ impl Raw {
                     &location,
                     "kind",
                     format!(
-                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, VirtualService, DestinationRule, HTTPRoute, AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
+                        "unknown kind {k:?} (expected WorkloadEntry, ServiceEntry, VirtualService, DestinationRule, HTTPRoute, AuthorizationPolicy, PeerAuthentication, RequestAuthentication, Gateway, Namespace, or {LOCAL_GROUP} Node / MeshConfig)"
                     ),
                 );
                 return;
@@ -295,6 +298,11 @@ impl Raw {
             "PeerAuthentication" => {
                 if let Some(d) = typed(v, &location, doc) {
                     self.peer_authns.push(named(v, &location, d));
+                }
+            }
+            "RequestAuthentication" => {
+                if let Some(d) = typed(v, &location, doc) {
+                    self.request_authns.push(named(v, &location, d));
                 }
             }
             "Gateway" => {
@@ -918,6 +926,25 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             }
         }
     }
+    let request_authns = validate_policies(v, "RequestAuthentication", &raw.request_authns, |p| {
+        p.spec
+            .to_authentication(&p.namespace, &p.name, &root_namespace)
+    });
+    let mut authn_rules: HashMap<String, Vec<Arc<mesh_authz::jwt::JwtRule>>> = HashMap::new();
+    for ra in &request_authns {
+        if let mesh_authz::Scope::TargetRefs(targets) = &ra.scope {
+            for t in targets {
+                authn_rules
+                    .entry(format!("{}/{}/{}", t.kind, ra.namespace, t.name))
+                    .or_default()
+                    .extend(ra.rules.iter().cloned());
+            }
+        }
+    }
+    let waypoint_authn = authn_rules
+        .into_iter()
+        .map(|(k, rules)| (k, Arc::new(mesh_authz::jwt::Authenticator::new(rules))))
+        .collect();
     let destination_policies = compile_destination_rules(v, &raw, &by_host);
     let routes = compile_routes(v, &raw, &by_host, &destination_policies);
     let endpoint_sets = state::endpoint_sets(&service_ports, &destination_policies);
@@ -928,6 +955,8 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         cluster_id,
         path_normalization,
         waypoint_policies,
+        waypoint_authn,
+        request_authns,
         routes,
         endpoint_sets,
         waypoints,

@@ -231,10 +231,5 @@ pub struct NamespaceDoc {
 pub const SECURITY_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 
 /// Istio and Gateway API kinds that a later release will accept; rejected by name until then.
-pub const NOT_YET_SUPPORTED_KINDS: &[&str] = &[
-    "RequestAuthentication",
-    "Sidecar",
-    "EnvoyFilter",
-    "Telemetry",
-    "WorkloadGroup",
-];
+pub const NOT_YET_SUPPORTED_KINDS: &[&str] =
+    &["Sidecar", "EnvoyFilter", "Telemetry", "WorkloadGroup"];

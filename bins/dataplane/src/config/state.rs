@@ -330,6 +330,11 @@ pub struct MeshState {
     /// Waypoint policies (`targetRefs`) by target: `Service/<ns>/<name>` or
     /// `Gateway/<ns>/<name>`.
     pub waypoint_policies: HashMap<String, Vec<Arc<mesh_authz::Policy>>>,
+    /// Waypoint JWT authentication (`RequestAuthentication` with `targetRefs`), keyed like
+    /// `waypoint_policies`.
+    pub waypoint_authn: HashMap<String, Arc<mesh_authz::jwt::Authenticator>>,
+    /// `RequestAuthentication`s, as validated.
+    pub request_authns: Vec<mesh_authz::jwt::RequestAuthentication>,
     /// HTTP route tables (`VirtualService`) by the service host they apply to.
     pub routes: HashMap<String, Arc<mesh_l7::RouteTable>>,
     /// Endpoint sets by (host, service port, subset name or ""), with their balancing.
@@ -367,6 +372,8 @@ impl MeshState {
             cluster_id: super::DEFAULT_CLUSTER_ID.to_owned(),
             path_normalization: mesh_authz::http::PathNormalization::default(),
             waypoint_policies: HashMap::new(),
+            waypoint_authn: HashMap::new(),
+            request_authns: Vec::new(),
             routes: HashMap::new(),
             endpoint_sets: HashMap::new(),
             waypoints: HashMap::new(),

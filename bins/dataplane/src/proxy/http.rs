@@ -343,6 +343,8 @@ const HOP_BY_HOP: &[&str] = &[
 #[derive(Default)]
 struct Meta {
     audit: Option<String>,
+    /// The path as logged, when it differs (a token in the query redacted).
+    logged_path: Option<String>,
     route: Option<String>,
     upstream: Option<SocketAddr>,
     dst: Option<(Arc<crate::config::Workload>, Option<Arc<ServicePort>>)>,
@@ -419,7 +421,25 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         flags: "-",
         ..Meta::default()
     };
-    let resp = match authorize(s, &req, &path, &authority, &mut meta) {
+    let mut req = req;
+    let auth = match authenticate(s, &mut req, &authority, &mut meta).await {
+        Ok(a) => a,
+        Err(resp) => {
+            return finish(
+                s,
+                resp,
+                start,
+                method,
+                authority,
+                path,
+                trace_id,
+                request_id,
+                request_bytes,
+                meta,
+            );
+        }
+    };
+    let resp = match authorize(s, &req, &path, &authority, auth.as_ref(), &mut meta) {
         Ok(normalized) => {
             // The upstream gets the path that was evaluated.
             let mut req = req;
@@ -432,6 +452,35 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         }
         Err((status, body)) => text(status, body),
     };
+    finish(
+        s,
+        resp,
+        start,
+        method,
+        authority,
+        path,
+        trace_id,
+        request_id,
+        request_bytes,
+        meta,
+    )
+}
+
+/// Wraps the response so the request is recorded (metrics, access log) when it ends.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    s: &Stream,
+    resp: Response<Body>,
+    start: tokio::time::Instant,
+    method: http::Method,
+    authority: String,
+    path: String,
+    trace_id: Option<String>,
+    request_id: Option<String>,
+    request_bytes: Arc<std::sync::atomic::AtomicU64>,
+    meta: Meta,
+) -> Response<Body> {
+    let path = meta.logged_path.unwrap_or(path);
     let status = resp.status().as_u16();
     let grpc_status = resp
         .headers()
@@ -468,6 +517,107 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
     )
 }
 
+/// JWT authentication by the `RequestAuthentication`s that target the addressed Service or
+/// this waypoint's Gateway: no token passes (without a principal), an invalid one gets 401.
+/// Keys missing from the cache (not fetched yet, or rotated at the issuer) are refetched
+/// once before the request is refused.
+async fn authenticate(
+    s: &Stream,
+    req: &mut Request<CountedBody>,
+    authority: &str,
+    meta: &mut Meta,
+) -> Result<Option<mesh_authz::jwt::RequestAuth>, Response<Body>> {
+    use mesh_authz::jwt::{Authenticator, TokenLocation};
+    let authn = {
+        let state = s.ctx.state.load();
+        if state.waypoint_authn.is_empty() {
+            return Ok(None);
+        }
+        let svc = &s.service.service;
+        let get = |k: String| state.waypoint_authn.get(&k).cloned();
+        match (
+            get(format!("Service/{}/{}", svc.namespace, svc.name)),
+            get(format!(
+                "Gateway/{}/{}",
+                s.waypoint.namespace, s.waypoint.name
+            )),
+        ) {
+            (None, None) => return Ok(None),
+            (Some(a), None) | (None, Some(a)) => a,
+            (Some(a), Some(b)) => Arc::new(Authenticator::new(
+                a.rules().iter().chain(b.rules()).cloned().collect(),
+            )),
+        }
+    };
+    // Tokens in the query are not logged.
+    if let Some(q) = req.uri().query() {
+        let params: Vec<&str> = authn
+            .locations()
+            .iter()
+            .filter_map(|l| match l {
+                TokenLocation::Param(p) => Some(p.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !params.is_empty() {
+            let redacted: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if params.contains(&k) => format!("{k}=<redacted>"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            meta.logged_path = Some(format!("{}?{}", req.uri().path(), redacted.join("&")));
+        }
+    }
+    let found = authn.find_token(req.headers(), req.uri().query());
+    let result = match found {
+        Ok(None) => {
+            authn.rewrite_headers(req.headers_mut(), None);
+            return Ok(None);
+        }
+        Ok(Some(found)) => {
+            let cache = &s.ctx.jwks;
+            let mut r = authn.verify(&found, &|src| cache.get(src));
+            if let Err(e) = &r
+                && let Some(src) = e.refetch()
+            {
+                let src = src.clone();
+                cache.refetch(&src).await;
+                r = authn.verify(&found, &|src| cache.get(src));
+            }
+            r.map(|auth| (found, auth))
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((found, auth)) => {
+            authn.rewrite_headers(req.headers_mut(), Some((&found, &auth)));
+            Ok(Some(auth))
+        }
+        Err(e) => {
+            warn!(
+                target: "access",
+                direction = "waypoint",
+                src.identity = %s.src_identity,
+                method = %req.method(),
+                path = %req.uri().path(),
+                reason = %e,
+                "request refused by JWT authentication: 401"
+            );
+            let mut resp = text(StatusCode::UNAUTHORIZED, e.to_string());
+            let realm = format!(
+                "Bearer realm=\"http://{authority}{}\", error=\"invalid_token\"",
+                req.uri().path()
+            );
+            if let Ok(v) = HeaderValue::from_str(&realm) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            Err(resp)
+        }
+    }
+}
+
 /// Normalizes the path and applies the waypoint's L7 authorization policies (those whose
 /// `targetRefs` name the addressed Service or this waypoint's Gateway). Returns the
 /// normalized path with its query, or the response refusing the request.
@@ -476,6 +626,7 @@ fn authorize(
     req: &Request<CountedBody>,
     path: &str,
     authority: &str,
+    auth: Option<&mesh_authz::jwt::RequestAuth>,
     meta: &mut Meta,
 ) -> Result<String, (StatusCode, &'static str)> {
     let state = s.ctx.state.load();
@@ -526,6 +677,7 @@ fn authorize(
             method: req.method().as_str(),
             path: &normalized,
             header: &header,
+            auth,
         };
         // Istio AUDIT: marks the request for the log, never changes the decision.
         meta.audit = mesh_authz::http::audited(&policies, &facts)

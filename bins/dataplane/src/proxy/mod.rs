@@ -12,6 +12,7 @@
 
 mod http;
 mod inbound;
+mod jwks;
 mod observe;
 mod outbound;
 mod plaintext;
@@ -69,6 +70,8 @@ pub struct ProxyConfig {
     pub max_metric_series: usize,
     /// Run-time log control for `/logging` (installed by the binary).
     pub log: Option<mesh_telemetry::logging::LogControl>,
+    /// Refresh interval of remote JWKS (waypoint).
+    pub jwks_refresh: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +91,7 @@ impl Default for ProxyConfig {
             access_log: mesh_telemetry::access::Sink::Off,
             max_metric_series: mesh_telemetry::metrics::DEFAULT_MAX_SERIES,
             log: None,
+            jwks_refresh: Duration::from_secs(20 * 60),
         }
     }
 }
@@ -133,6 +137,8 @@ pub(crate) struct Ctx {
     pub(crate) telemetry: observe::Telemetry,
     /// Idle upstream HTTP connections (waypoint).
     pub(crate) upstreams: http::Upstreams,
+    /// Remote JWKS for JWT authentication (waypoint).
+    pub(crate) jwks: jwks::JwksCache,
 }
 
 impl Ctx {
@@ -410,6 +416,7 @@ impl Proxy {
         let telemetry = observe::Telemetry::new(access, cfg.max_metric_series);
         let ctx = Arc::new(Ctx {
             telemetry,
+            jwks: jwks::JwksCache::new(cfg.jwks_refresh),
             pool: Pool::new(cfg.pool.clone(), bundle.clone()),
             state: ArcSwap::from_pointee(MeshState::empty()),
             node_name: cfg.waypoint.clone().unwrap_or_else(|| cfg.node.clone()),
@@ -508,6 +515,16 @@ impl Proxy {
         ctx.server_tls.store(Arc::new(server_tls));
         let old = ctx.state.swap(Arc::new(state));
         let state = ctx.state.load_full();
+        if ctx.cfg.waypoint.is_some() {
+            ctx.jwks.sync(
+                state
+                    .waypoint_authn
+                    .values()
+                    .flat_map(|a| a.rules())
+                    .map(|r| (r.keys.clone(), r.timeout)),
+                &inner.cancel,
+            );
+        }
         let mut report = ApplyReport {
             generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
             ..ApplyReport::default()

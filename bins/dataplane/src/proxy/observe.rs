@@ -319,6 +319,8 @@ fn config_dump_rest(
         "waypoints": waypoints_json(state),
         "authorizationPolicies": state.policies,
         "peerAuthentications": state.peer_authn,
+        "requestAuthentications": state.request_authns,
+        "jwks": ctx.jwks.dump(),
         "certificates": certs,
         "listeners": listeners,
         "configRejections": {
