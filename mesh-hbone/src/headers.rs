@@ -129,24 +129,53 @@ pub fn parse_forwarded_for(value: &str) -> Option<SocketAddr> {
 
 /// A fresh W3C `traceparent` (version 00, random trace and span ids, sampled).
 pub fn new_traceparent() -> HeaderValue {
-    let mut ids = [0u8; 24];
-    // The RNG failing means no trace id; an all-zero id is invalid, so fall back to a fixed,
-    // valid-but-obvious id rather than failing the connection.
-    if aws_lc_rs::rand::fill(&mut ids).is_err() {
-        ids = [1u8; 24];
-    }
-    let mut s = String::with_capacity(55);
-    s.push_str("00-");
-    for b in &ids[..16] {
-        let _ = write!(s, "{b:02x}");
-    }
-    s.push('-');
-    for b in &ids[16..] {
-        let _ = write!(s, "{b:02x}");
-    }
-    s.push_str("-01");
+    let ids = random_bytes::<24>();
+    let mut s = [0u8; 55];
+    s[..3].copy_from_slice(b"00-");
+    hex_into(&mut s[3..35], &ids[..16]);
+    s[35] = b'-';
+    hex_into(&mut s[36..52], &ids[16..]);
+    s[52..].copy_from_slice(b"-01");
     // Only hex digits and dashes: always a valid header value.
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("00-0-0-00"))
+    HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static("00-0-0-00"))
+}
+
+/// A new `x-request-id`: a random UUID (version 4), as Envoy generates.
+pub fn new_request_id() -> HeaderValue {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = [b'-'; 36];
+    for (range, bytes) in [
+        (0..8, &b[0..4]),
+        (9..13, &b[4..6]),
+        (14..18, &b[6..8]),
+        (19..23, &b[8..10]),
+        (24..36, &b[10..16]),
+    ] {
+        hex_into(&mut s[range], bytes);
+    }
+    HeaderValue::from_bytes(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Random bytes for trace and request ids (not secrets: ids need uniqueness, not secrecy).
+/// The RNG failing gives fixed, valid-but-obvious ids rather than failing the request
+/// (an all-zero trace id would be invalid).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        b = [1u8; N];
+    }
+    b
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (o, b) in out.chunks_exact_mut(2).zip(bytes) {
+        o[0] = HEX[usize::from(b >> 4)];
+        o[1] = HEX[usize::from(b & 0x0f)];
+    }
 }
 
 /// Whether a `traceparent` value is well-formed (version 00 layout, non-zero ids).
@@ -294,5 +323,28 @@ mod tests {
             let _ = Baggage::parse(&s);
             let _ = valid_traceparent(&s);
         }
+    }
+
+    #[test]
+    fn generated_ids_are_well_formed() {
+        for _ in 0..100 {
+            let tp = new_traceparent();
+            assert!(valid_traceparent(tp.to_str().unwrap()), "{tp:?}");
+            let id = new_request_id();
+            let id = id.to_str().unwrap();
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(parts[2].starts_with('4'), "version 4: {id}");
+            assert!(
+                matches!(&parts[3][..1], "8" | "9" | "a" | "b"),
+                "variant: {id}"
+            );
+            assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        }
+        assert_ne!(new_request_id(), new_request_id());
     }
 }

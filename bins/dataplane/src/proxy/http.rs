@@ -351,28 +351,13 @@ struct Meta {
     flags: &'static str,
 }
 
-fn request_id() -> HeaderValue {
-    let b: [u8; 16] = rand::random();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    // UUID v4 layout.
-    let s = format!(
-        "{}-{}-4{}-{:x}{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        (b[8] & 0x3) | 0x8,
-        &h[17..20],
-        &h[20..32]
-    );
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
-}
-
 async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
     let start = tokio::time::Instant::now();
     // Trace context: a request id and a W3C traceparent are generated when absent, and sent
     // on (B3 and tracestate headers pass through untouched).
     if !req.headers().contains_key("x-request-id") {
-        req.headers_mut().insert("x-request-id", request_id());
+        req.headers_mut()
+            .insert("x-request-id", mesh_hbone::headers::new_request_id());
     }
     let tp = mesh_hbone::headers::TRACEPARENT;
     let valid = req

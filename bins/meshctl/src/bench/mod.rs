@@ -180,6 +180,9 @@ struct Report {
     workers: usize,
     results: Vec<TopoResult>,
     instructions_per_request: Option<f64>,
+    /// Callgrind per topology (ztunnel-pair, waypoint when selected): instructions per request
+    /// of each proxy of the path.
+    instructions: Vec<Instructions>,
 }
 
 pub(crate) fn main(mut args: BenchArgs) -> ExitCode {
@@ -295,10 +298,15 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
             r.added_latency_ms = Some(r.latency_ms.minus(&base));
         }
     }
-    let instructions_per_request = match args.callgrind {
-        Some(n) => Some(callgrind(dir.path(), args, n)?),
-        None => None,
-    };
+    let mut instructions = Vec::new();
+    if let Some(n) = args.callgrind {
+        for topo in [Topology::ZtunnelPair, Topology::Waypoint] {
+            if topo == Topology::ZtunnelPair || args.topologies.contains(&topo) {
+                instructions.push(callgrind(dir.path(), args, n, topo)?);
+            }
+        }
+    }
+    let instructions_per_request = instructions.first().map(|i| i.total);
     let report = Report {
         date_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -313,6 +321,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         workers: args.workers,
         results,
         instructions_per_request,
+        instructions,
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -413,16 +422,31 @@ fn measure(
     Ok(r)
 }
 
-/// Instructions per request through the ztunnel pair: callgrind totals of both proxies for
-/// 2N requests minus those for N, over N.
-fn callgrind(dir: &std::path::Path, args: &BenchArgs, n: u64) -> anyhow::Result<f64> {
-    let mut totals = Vec::new();
+/// Instructions per request through a path, per proxy.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Instructions {
+    topology: &'static str,
+    /// All proxies of the path.
+    total: f64,
+    /// (proxy, instructions per request).
+    per_proxy: Vec<(String, f64)>,
+}
+
+/// Instructions per request through `topo`: callgrind totals of its proxies for 2N requests
+/// minus those for N, over N.
+fn callgrind(
+    dir: &std::path::Path,
+    args: &BenchArgs,
+    n: u64,
+    topo: Topology,
+) -> anyhow::Result<Instructions> {
+    let mut totals: Vec<Vec<(String, u64)>> = Vec::new();
     for (i, count) in [n, 2 * n].into_iter().enumerate() {
         let out = args
             .callgrind_dir
             .clone()
             .unwrap_or_else(|| dir.to_owned())
-            .join(format!("cg{i}"));
+            .join(format!("{}-{i}", topo.name()));
         std::fs::create_dir_all(&out)?;
         let opts = ProxyOpts {
             workers: args.workers,
@@ -436,15 +460,25 @@ fn callgrind(dir: &std::path::Path, args: &BenchArgs, n: u64) -> anyhow::Result<
                 ),
             ],
         };
-        say!("== callgrind: {count} requests through the ztunnel pair");
-        let mut path = topology::setup(Topology::ZtunnelPair, dir, &opts)?;
+        say!("== callgrind: {count} requests through {}", topo.name());
+        let mut path = topology::setup(topo, dir, &opts)?;
         load::sequential(CLIENT, path.http, count, args.payload)?;
         for p in &mut path.procs {
             p.stop();
         }
-        let mut total = 0u64;
-        for node in ["a", "b"] {
-            let f = out.join(format!("callgrind.{node}.out"));
+        let mut per = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(&out)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "out"))
+            .collect();
+        files.sort();
+        for f in files {
+            let node = f
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.strip_prefix("callgrind."))
+                .unwrap_or("?")
+                .to_owned();
             let text =
                 std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?;
             let v = text
@@ -455,14 +489,22 @@ fn callgrind(dir: &std::path::Path, args: &BenchArgs, n: u64) -> anyhow::Result<
                 })
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
                 .with_context(|| format!("no totals in {}", f.display()))?;
-            total += v;
+            per.push((node, v));
         }
-        totals.push(total);
+        totals.push(per);
     }
-    if totals[1] <= totals[0] {
-        bail!("callgrind totals did not grow with the request count: {totals:?}");
+    let mut per_proxy = Vec::new();
+    for ((node, small), (_, big)) in totals[0].iter().zip(&totals[1]) {
+        if big <= small {
+            bail!("callgrind totals did not grow with the request count: {totals:?}");
+        }
+        per_proxy.push((node.clone(), (big - small) as f64 / n as f64));
     }
-    Ok((totals[1] - totals[0]) as f64 / n as f64)
+    Ok(Instructions {
+        topology: topo.name(),
+        total: per_proxy.iter().map(|(_, v)| v).sum(),
+        per_proxy,
+    })
 }
 
 fn print_table(r: &Report) {
@@ -546,9 +588,17 @@ fn print_table(r: &Report) {
         }
         out.push('\n');
     }
-    if let Some(ipr) = r.instructions_per_request {
+    for i in &r.instructions {
+        let per: Vec<String> = i
+            .per_proxy
+            .iter()
+            .map(|(n, v)| format!("{n} {v:.0}"))
+            .collect();
         out.push_str(&format!(
-            "\ninstructions per request (ztunnel pair, callgrind): {ipr:.0}\n"
+            "\ninstructions per request ({}, callgrind): {:.0} ({})\n",
+            i.topology,
+            i.total,
+            per.join(", ")
         ));
     }
     let mut stdout = std::io::stdout().lock();

@@ -232,7 +232,7 @@ fn start_proxy(
     let mut argv: Vec<String> = opts
         .wrapper
         .iter()
-        .map(|a| a.replace("{node}", node))
+        .map(|a| a.replace("{node}", &node.replace('/', "_")))
         .collect();
     argv.push(exe.to_string_lossy().into_owned());
     let mut cmd = Command::new(&argv[0]);
