@@ -50,6 +50,43 @@ impl Default for H2Settings {
     }
 }
 
+/// Opens a TCP connection to `addr` with nodelay, its socket marked with `mark` (`SO_MARK`,
+/// Linux; needs `CAP_NET_ADMIN`) when given, so that capture rules can tell a proxy's own
+/// connections from the application's (Istio marks with 1337). Without the permission to
+/// mark (not root, no `CAP_NET_ADMIN`: then capture rules cannot have been installed by this
+/// user either, or they exclude the proxy by uid) the socket stays unmarked, with one warning.
+pub async fn connect_tcp(
+    addr: std::net::SocketAddr,
+    mark: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = match mark {
+        None => tokio::net::TcpStream::connect(addr).await?,
+        Some(mark) => {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            #[cfg(target_os = "linux")]
+            if let Err(e) = socket2::SockRef::from(&socket).set_mark(mark) {
+                if e.kind() != std::io::ErrorKind::PermissionDenied {
+                    return Err(e);
+                }
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(mark, "no permission to mark sockets (SO_MARK needs CAP_NET_ADMIN): the proxy's connections are unmarked");
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            let _ = mark;
+            socket.connect(addr).await?
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// Turns on TCP keepalive so a peer that vanished without a FIN or RST is detected (after about
 /// 30 s idle + 3 × 10 s probes) instead of holding its tunnels open for ever.
 pub(crate) fn set_keepalive(tcp: &tokio::net::TcpStream) {

@@ -20,7 +20,6 @@ use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request, StatusCode};
 use mesh_identity::{CertStore, SpiffeId, TrustBundle, client_config};
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,6 +38,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// HTTP/2 settings.
     pub h2: H2Settings,
+    /// `SO_MARK` for the pool's connections (see [`crate::connect_tcp`]).
+    pub socket_mark: Option<u32>,
 }
 
 impl Default for PoolConfig {
@@ -48,6 +49,7 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             h2: H2Settings::default(),
+            socket_mark: None,
         }
     }
 }
@@ -254,10 +256,9 @@ impl Pool {
         let addr = key.addr;
         let tls_cfg = client_config(req.source.clone(), &self.inner.bundle, key.dst.clone())?;
         let handshake = async {
-            let tcp = TcpStream::connect(addr)
+            let tcp = crate::connect_tcp(addr, cfg.socket_mark)
                 .await
                 .map_err(|source| Error::Connect { addr, source })?;
-            let _ = tcp.set_nodelay(true);
             crate::set_keepalive(&tcp);
             let io = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, tcp);
             let tls = TlsConnector::from(tls_cfg)

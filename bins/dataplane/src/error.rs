@@ -17,6 +17,9 @@ pub enum Error {
     /// The config has no waypoint `Gateway` with the requested `namespace/name`.
     #[error("the mesh config has no waypoint Gateway {0:?} (gatewayClassName: istio-waypoint)")]
     UnknownWaypoint(String),
+    /// The sidecar's workload is not a sidecar workload of the config.
+    #[error("no WorkloadEntry {0:?} labelled sidecar.istio.io/inject: \"true\" in the mesh config")]
+    UnknownSidecar(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod capture;
 pub mod config;
 mod error;
 pub mod proxy;
@@ -17,4 +18,4 @@ pub mod socks5;
 pub mod ztunnel;
 
 pub use error::Error;
-pub use ztunnel::{ProxyArgs, WaypointArgs, ZtunnelArgs};
+pub use ztunnel::{ProxyArgs, SidecarArgs, WaypointArgs, ZtunnelArgs};

@@ -92,6 +92,11 @@ pub struct ProxyArgs {
     /// admin port.
     #[arg(long, default_value = "info", value_name = "FILTER")]
     pub log: String,
+    /// `SO_MARK` on every socket the proxy opens, so capture rules leave its own traffic alone
+    /// (`meshctl capture` skips mark 1337, Istio's). Default: 1337 for a sidecar, unmarked for
+    /// ztunnel and waypoint; 0 turns marking off.
+    #[arg(long, value_name = "MARK")]
+    pub socket_mark: Option<u32>,
 }
 
 impl ProxyArgs {
@@ -113,6 +118,7 @@ impl ProxyArgs {
             drain_timeout: self.drain_timeout,
             ..ProxyConfig::default()
         };
+        cfg.socket_mark = self.socket_mark.filter(|m| *m != 0);
         cfg.pool.idle_timeout = self.pool_idle_timeout;
         cfg.pool.connect_timeout = self.connect_timeout;
         cfg
@@ -137,6 +143,33 @@ pub struct ZtunnelArgs {
     #[arg(long, default_value_t = 15006, value_name = "PORT")]
     pub plaintext_port: u16,
     /// Plaintext inbound listen address, overriding `<node address>:<plaintext-port>`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub plaintext_addr: Option<SocketAddr>,
+    /// Settings shared with the other proxies.
+    #[command(flatten)]
+    pub common: ProxyArgs,
+}
+
+/// sidecar settings: the proxy beside one workload, in the workload's network namespace (or
+/// on its host), with the workload's identity only.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SidecarArgs {
+    /// The workload this sidecar serves, as `namespace/name` of a `WorkloadEntry` labelled
+    /// `sidecar.istio.io/inject: "true"`. HBONE listens on its address, port 15008.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub workload: String,
+    /// Captured outbound port (Istio's 15001) on 127.0.0.1, where `meshctl capture` redirects
+    /// the workload's outbound TCP; 0 disables it.
+    #[arg(long, default_value_t = 15001, value_name = "PORT")]
+    pub outbound_port: u16,
+    /// Captured outbound listen address, overriding `127.0.0.1:<outbound-port>`.
+    #[arg(long, value_name = "IP:PORT")]
+    pub outbound_addr: Option<SocketAddr>,
+    /// Plaintext inbound port (Istio's 15006) on the workload address, where capture
+    /// redirects inbound TCP; 0 disables it.
+    #[arg(long, default_value_t = 15006, value_name = "PORT")]
+    pub plaintext_port: u16,
+    /// Plaintext inbound listen address, overriding `<workload address>:<plaintext-port>`.
     #[arg(long, value_name = "IP:PORT")]
     pub plaintext_addr: Option<SocketAddr>,
     /// Settings shared with the other proxies.
@@ -190,6 +223,12 @@ pub fn main(args: ZtunnelArgs) -> ExitCode {
 pub fn waypoint_main(args: WaypointArgs) -> ExitCode {
     let common = args.common.clone();
     process_main("waypoint", &common, move |log| run_waypoint(args, log))
+}
+
+/// Runs a sidecar until SIGINT, SIGTERM or `POST /quitquitquit`; exit codes as [`main`].
+pub fn sidecar_main(args: SidecarArgs) -> ExitCode {
+    let common = args.common.clone();
+    process_main("sidecar", &common, move |log| run_sidecar(args, log))
 }
 
 /// Logging, fd limit and runtime around a proxy's `run`.
@@ -253,6 +292,34 @@ async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
     serve(c, cfg, state).await
 }
 
+async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
+    let c = &args.common;
+    let state = crate::config::load_file(&c.config)?;
+    let (ns, name) = args
+        .workload
+        .split_once('/')
+        .unwrap_or(("default", args.workload.as_str()));
+    let node_name = crate::config::sidecar_node_name(ns, name);
+    let node = state
+        .node(&node_name)
+        .cloned()
+        .ok_or_else(|| Error::UnknownSidecar(args.workload.clone()))?;
+    let mut cfg = c.proxy_config(node.address, log);
+    cfg.node = node_name;
+    cfg.socket_mark = match c.socket_mark {
+        None => Some(DEFAULT_SOCKET_MARK),
+        Some(0) => None,
+        m => m,
+    };
+    cfg.outbound_addr = listen_addr(
+        args.outbound_addr,
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        args.outbound_port,
+    );
+    cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
+    serve(c, cfg, state).await
+}
+
 async fn run_waypoint(args: WaypointArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
     let state = crate::config::load_file(&c.config)?;
@@ -267,6 +334,9 @@ async fn run_waypoint(args: WaypointArgs, log: LogControl) -> Result<(), Error> 
     serve(c, cfg, state).await
 }
 
+/// The socket mark a sidecar uses by default (Istio's).
+pub const DEFAULT_SOCKET_MARK: u32 = 1337;
+
 /// Starts the proxy, watches the config file, and stops on SIGINT/SIGTERM.
 async fn serve(
     c: &ProxyArgs,
@@ -280,7 +350,10 @@ async fn serve(
         c.config.clone(),
         c.config_poll_interval.max(Duration::from_millis(50)),
     );
-    shutdown_signal().await?;
+    tokio::select! {
+        r = shutdown_signal() => r?,
+        () = proxy.quit_requested() => {}
+    }
     info!("shutting down");
     proxy.shutdown().await;
     Ok(())

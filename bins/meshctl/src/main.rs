@@ -61,6 +61,64 @@ enum Cmd {
     Ztunnel(mesh_dataplane::ZtunnelArgs),
     /// Run a waypoint in this process (the same core and flags as the `waypoint` binary).
     Waypoint(mesh_dataplane::WaypointArgs),
+    /// Run a sidecar in this process (the same core and flags as the `sidecar` binary).
+    Sidecar(mesh_dataplane::SidecarArgs),
+    /// Install or remove the iptables rules that capture a workload's TCP for its sidecar
+    /// (Linux, root), in a network namespace or on this host.
+    Capture {
+        #[command(subcommand)]
+        cmd: CaptureCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaptureCmd {
+    /// Redirect outbound TCP to the outbound port and inbound TCP to the plaintext port,
+    /// except the proxy's own traffic (socket mark / uid), loopback, HBONE (15008), metrics
+    /// (15020), readiness (15021) and the exclusions. Replaces earlier rules.
+    Install {
+        #[command(flatten)]
+        target: CaptureTarget,
+        /// The sidecar's captured-outbound port.
+        #[arg(long, default_value_t = 15001, value_name = "PORT")]
+        outbound_port: u16,
+        /// The sidecar's plaintext inbound port.
+        #[arg(long, default_value_t = 15006, value_name = "PORT")]
+        inbound_port: u16,
+        /// Socket mark of the proxy's own connections (the sidecar's `--socket-mark`); 0: none.
+        #[arg(long, default_value_t = 1337, value_name = "MARK")]
+        mark: u32,
+        /// Also exclude connections of processes running as this uid (the proxy's).
+        #[arg(long, value_name = "UID")]
+        uid: Option<u32>,
+        /// Inbound ports not captured (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+        exclude_inbound_ports: Vec<u16>,
+        /// Outbound destination ports not captured (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+        exclude_outbound_ports: Vec<u16>,
+        /// Outbound destination CIDRs not captured (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+        exclude_outbound_cidrs: Vec<ipnet::IpNet>,
+        /// Print the iptables-restore input instead of applying it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove the capture rules (nothing else is touched).
+    Remove {
+        #[command(flatten)]
+        target: CaptureTarget,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct CaptureTarget {
+    /// Network namespace (`ip netns` name); default: the current one (a host or VM).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// Also apply the rules to IPv6 (ip6tables).
+    #[arg(long)]
+    ipv6: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +146,62 @@ enum CaCmd {
     },
 }
 
+fn capture(cmd: CaptureCmd) -> ExitCode {
+    use mesh_dataplane::capture;
+    match cmd {
+        CaptureCmd::Install {
+            target,
+            outbound_port,
+            inbound_port,
+            mark,
+            uid,
+            exclude_inbound_ports,
+            exclude_outbound_ports,
+            exclude_outbound_cidrs,
+            dry_run,
+        } => {
+            let spec = capture::CaptureSpec {
+                outbound_port,
+                inbound_port,
+                exclude_inbound_ports,
+                exclude_outbound_ports,
+                exclude_outbound_cidrs,
+                mark: (mark != 0).then_some(mark),
+                uid,
+            };
+            if dry_run {
+                say!("{}", capture::rules(&spec, false));
+                if target.ipv6 {
+                    say!("{}", capture::rules(&spec, true));
+                }
+                return ExitCode::SUCCESS;
+            }
+            match capture::install(&spec, target.netns.as_deref(), target.ipv6) {
+                Ok(()) => {
+                    say!(
+                        "capture installed in {}: outbound -> {outbound_port}, inbound -> {inbound_port}",
+                        target.netns.as_deref().unwrap_or("this network namespace")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        CaptureCmd::Remove { target } => {
+            match capture::remove(target.netns.as_deref(), target.ipv6) {
+                Ok(()) => {
+                    say!(
+                        "capture removed from {}",
+                        target.netns.as_deref().unwrap_or("this network namespace")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
 pub(crate) fn fail(msg: impl std::fmt::Display) -> ExitCode {
     let _ = writeln!(std::io::stderr().lock(), "error: {msg}");
     ExitCode::FAILURE
@@ -98,6 +212,8 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Ztunnel(args) => mesh_dataplane::ztunnel::main(args),
         Cmd::Waypoint(args) => mesh_dataplane::ztunnel::waypoint_main(args),
+        Cmd::Sidecar(args) => mesh_dataplane::ztunnel::sidecar_main(args),
+        Cmd::Capture { cmd } => capture(cmd),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Bench(args) => bench::main(args),
         Cmd::BenchRelay(args) => bench::relay_main(args),

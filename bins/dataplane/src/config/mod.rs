@@ -138,6 +138,14 @@ impl Validator {
     }
 }
 
+/// The label (Istio's pod label) that gives a workload its own sidecar.
+pub const SIDECAR_LABEL: &str = "sidecar.istio.io/inject";
+
+/// The node name of a sidecar workload's proxy: `sidecar/<namespace>/<name>`.
+pub fn sidecar_node_name(namespace: &str, name: &str) -> String {
+    format!("sidecar/{namespace}/{name}")
+}
+
 struct Named<S> {
     location: String,
     name: String,
@@ -525,7 +533,31 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
                 );
             }
         }
-        node_specs.push((n, addr, hbone_port));
+        node_specs.push((n.name.clone(), addr, hbone_port, n.spec.service_listeners));
+    }
+    // A workload with a sidecar (Istio's `sidecar.istio.io/inject: "true"` label) is its own
+    // node: its sidecar serves only it, at its address, with HBONE on 15008 as a ztunnel would,
+    // so peers reach sidecar and ambient workloads alike.
+    for w in &raw.workloads {
+        if w.spec.labels.get(SIDECAR_LABEL).map(String::as_str) != Some("true") {
+            continue;
+        }
+        let key = (w.namespace.clone(), w.name.clone());
+        if let Some((other, _)) = node_of.get(&key) {
+            v.err(
+                &w.location,
+                format!("metadata.labels.{SIDECAR_LABEL}"),
+                format!(
+                    "{}/{} has a sidecar and cannot also be on Node {other:?}",
+                    w.namespace, w.name
+                ),
+            );
+            continue;
+        }
+        let name = sidecar_node_name(&w.namespace, &w.name);
+        node_of.insert(key, (name.clone(), DEFAULT_HBONE_PORT));
+        let addr = w.spec.address.parse::<IpAddr>().ok();
+        node_specs.push((name, addr, Some(DEFAULT_HBONE_PORT), false));
     }
 
     let waypoints = compile_waypoints(v, &raw, &trust_domain);
@@ -819,22 +851,22 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
     }
 
     let mut nodes = HashMap::new();
-    for (n, addr, hbone_port) in node_specs {
+    for (name, addr, hbone_port, service_listeners) in node_specs {
         let (Some(address), Some(hbone_port)) = (addr, hbone_port) else {
             continue;
         };
         let local: Vec<Arc<Workload>> = workloads
             .iter()
-            .filter(|w| w.node.as_deref() == Some(n.name.as_str()))
+            .filter(|w| w.node.as_deref() == Some(name.as_str()))
             .cloned()
             .collect();
         nodes.insert(
-            n.name.clone(),
+            name.clone(),
             Arc::new(Node {
-                name: n.name.clone(),
+                name,
                 address,
                 hbone_port,
-                service_listeners: n.spec.service_listeners,
+                service_listeners,
                 workloads: local,
             }),
         );

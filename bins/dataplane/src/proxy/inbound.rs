@@ -317,7 +317,9 @@ async fn admit(
     }
     let decided_on = Arc::as_ptr(&state) as usize;
     drop(state);
-    let upstream = match observe::connect(authority, ctx.cfg.connect_timeout).await {
+    let upstream = match observe::connect(authority, ctx.cfg.connect_timeout, ctx.cfg.socket_mark)
+        .await
+    {
         Ok(u) => u,
         Err(observe::ConnectError { reason, .. }) => {
             warn!(%authority, %reason, dst.workload = %dst.key(), "application unreachable: 503");

@@ -37,13 +37,15 @@ struct Entry {
 pub(crate) struct JwksCache {
     entries: ArcSwap<HashMap<KeySource, Arc<Entry>>>,
     refresh: Duration,
+    mark: Option<u32>,
 }
 
 impl JwksCache {
-    pub(crate) fn new(refresh: Duration) -> JwksCache {
+    pub(crate) fn new(refresh: Duration, mark: Option<u32>) -> JwksCache {
         JwksCache {
             entries: ArcSwap::from_pointee(HashMap::new()),
             refresh,
+            mark,
         }
     }
 
@@ -71,7 +73,7 @@ impl JwksCache {
                         timeout,
                         last_error: std::sync::Mutex::new(None),
                     });
-                    tokio::spawn(run(e.clone(), src.clone(), self.refresh));
+                    tokio::spawn(run(e.clone(), src.clone(), self.refresh, self.mark));
                     e
                 }
             };
@@ -121,7 +123,7 @@ impl JwksCache {
     }
 }
 
-async fn run(entry: Arc<Entry>, src: KeySource, refresh: Duration) {
+async fn run(entry: Arc<Entry>, src: KeySource, refresh: Duration, mark: Option<u32>) {
     let mut last_fetch: Option<tokio::time::Instant> = None;
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -134,7 +136,7 @@ async fn run(entry: Arc<Entry>, src: KeySource, refresh: Duration) {
         last_fetch = Some(tokio::time::Instant::now());
         let next = match tokio::select! {
             _ = entry.stop.cancelled() => return,
-            r = fetch_keys(&src, entry.timeout) => r,
+            r = fetch_keys(&src, entry.timeout, mark) => r,
         } {
             Ok(set) => {
                 info!(source = %src, kids = ?set.kids(), skipped = set.skipped, "JWKS fetched");
@@ -160,13 +162,17 @@ async fn run(entry: Arc<Entry>, src: KeySource, refresh: Duration) {
     }
 }
 
-async fn fetch_keys(src: &KeySource, timeout: Duration) -> Result<KeySet, String> {
+async fn fetch_keys(
+    src: &KeySource,
+    timeout: Duration,
+    mark: Option<u32>,
+) -> Result<KeySet, String> {
     let Some(url) = src.url() else {
         return Err("inline keys are not fetched".into());
     };
     let jwks_url = match src {
         KeySource::Discovery(_) => {
-            let doc = get(&url, timeout).await?;
+            let doc = get(&url, timeout, mark).await?;
             let v: serde_json::Value = serde_json::from_str(&doc)
                 .map_err(|e| format!("{url}: discovery document is not JSON: {e}"))?;
             v.get("jwks_uri")
@@ -176,7 +182,7 @@ async fn fetch_keys(src: &KeySource, timeout: Duration) -> Result<KeySet, String
         }
         _ => url,
     };
-    let body = get(&jwks_url, timeout).await?;
+    let body = get(&jwks_url, timeout, mark).await?;
     KeySet::parse(&body).map_err(|e| format!("{jwks_url}: {e}"))
 }
 
@@ -207,7 +213,7 @@ async fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
 }
 
 /// GET over HTTP/1.1, `200` and at most [`MAX_BODY`] bytes, within `timeout`.
-async fn get(url: &str, timeout: Duration) -> Result<String, String> {
+async fn get(url: &str, timeout: Duration, mark: Option<u32>) -> Result<String, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
@@ -232,7 +238,12 @@ async fn get(url: &str, timeout: Duration) -> Result<String, String> {
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let work = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("{url}: resolve: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{url}: {host} has no address"))?;
+        let tcp = mesh_hbone::connect_tcp(addr, mark)
             .await
             .map_err(|e| format!("{url}: connect: {e}"))?;
         if https {

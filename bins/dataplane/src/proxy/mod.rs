@@ -58,6 +58,13 @@ pub struct ProxyConfig {
     /// rules are delivered to the local workload they were addressed to, unless its
     /// `PeerAuthentication` is STRICT. `None` disables it.
     pub plaintext_addr: Option<SocketAddr>,
+    /// Captured outbound listener (Istio's 15001): connections that capture rules (iptables
+    /// REDIRECT in the workload's network namespace) sent here go to their original
+    /// destination through the mesh. `None` disables it.
+    pub outbound_addr: Option<SocketAddr>,
+    /// `SO_MARK` set on every socket the proxy opens (Istio's 1337), so capture rules can
+    /// leave the proxy's own traffic alone. `None`: unmarked.
+    pub socket_mark: Option<u32>,
     /// Admin endpoint (`/config_dump`, `/certs`, `/logging`); must be a loopback address.
     pub admin_addr: Option<SocketAddr>,
     /// Prometheus endpoint (`/metrics`, `/stats/prometheus`).
@@ -85,6 +92,8 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(5),
             pool: PoolConfig::default(),
             plaintext_addr: None,
+            outbound_addr: None,
+            socket_mark: None,
             admin_addr: None,
             metrics_addr: None,
             readiness_addr: None,
@@ -107,6 +116,8 @@ pub enum ListenerKind {
     Service,
     /// Plaintext inbound (captured connections to local workloads).
     Plaintext,
+    /// Captured outbound (connections of local workloads to anywhere).
+    Outbound,
     /// A waypoint's HBONE listener.
     Waypoint,
 }
@@ -290,6 +301,12 @@ fn plan(cfg: &ProxyConfig, node_name: &str, state: &MeshState) -> Result<Plan, E
             format!("node {} plaintext inbound", node.name),
         ));
     }
+    if let Some(addr) = cfg.outbound_addr {
+        desired.push((
+            ListenerKey::Outbound(addr),
+            format!("node {} captured outbound", node.name),
+        ));
+    }
     if node.service_listeners {
         let mut vips: Vec<_> = state.vips().collect();
         vips.sort_by_key(|(a, _)| **a);
@@ -319,6 +336,7 @@ enum ListenerKey {
     Socks5(SocketAddr),
     Service(SocketAddr),
     Plaintext(SocketAddr),
+    Outbound(SocketAddr),
     Waypoint(SocketAddr),
 }
 
@@ -336,6 +354,8 @@ struct Inner {
     cancel: CancellationToken,
     force: CancellationToken,
     generation: AtomicU64,
+    /// Cancelled by `POST /quitquitquit` on the admin port: the workload is done.
+    quit: CancellationToken,
 }
 
 /// A running node proxy.
@@ -364,6 +384,7 @@ enum Pending {
     Socks5(TcpListener),
     Service(TcpListener),
     Plaintext(TcpListener),
+    Outbound(TcpListener),
     Waypoint(TcpListener),
 }
 
@@ -416,8 +437,14 @@ impl Proxy {
         let telemetry = observe::Telemetry::new(access, cfg.max_metric_series);
         let ctx = Arc::new(Ctx {
             telemetry,
-            jwks: jwks::JwksCache::new(cfg.jwks_refresh),
-            pool: Pool::new(cfg.pool.clone(), bundle.clone()),
+            jwks: jwks::JwksCache::new(cfg.jwks_refresh, cfg.socket_mark),
+            pool: Pool::new(
+                PoolConfig {
+                    socket_mark: cfg.socket_mark,
+                    ..cfg.pool.clone()
+                },
+                bundle.clone(),
+            ),
             state: ArcSwap::from_pointee(MeshState::empty()),
             node_name: cfg.waypoint.clone().unwrap_or_else(|| cfg.node.clone()),
             certs: CertManager::new(ca, RotationPolicy::default()),
@@ -436,6 +463,7 @@ impl Proxy {
                 cancel: CancellationToken::new(),
                 force: CancellationToken::new(),
                 generation: AtomicU64::new(0),
+                quit: CancellationToken::new(),
             }),
         };
         let mut servers = Vec::new();
@@ -507,6 +535,7 @@ impl Proxy {
                 ListenerKey::Socks5(addr) => Pending::Socks5(bind(*addr).await?),
                 ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
                 ListenerKey::Plaintext(addr) => Pending::Plaintext(bind(*addr).await?),
+                ListenerKey::Outbound(addr) => Pending::Outbound(bind(*addr).await?),
                 ListenerKey::Waypoint(addr) => Pending::Waypoint(bind(*addr).await?),
             };
             pending.push((key.clone(), what.clone(), p));
@@ -570,6 +599,7 @@ impl Proxy {
             Pending::Socks5(l) => (ListenerKind::Socks5, l),
             Pending::Service(l) => (ListenerKind::Service, l),
             Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
+            Pending::Outbound(l) => (ListenerKind::Outbound, l),
             Pending::Waypoint(l) => (ListenerKind::Waypoint, l),
         };
         let addr = listener.local_addr().map_err(Error::Runtime)?;
@@ -595,6 +625,11 @@ impl Proxy {
             Pending::Plaintext(l) => {
                 self.serve(l, "plaintext", stop.clone(), move |tcp, peer| {
                     plaintext::serve(ctx.clone(), tcp, peer)
+                });
+            }
+            Pending::Outbound(l) => {
+                self.serve(l, "outbound", stop.clone(), move |tcp, peer| {
+                    outbound::captured(ctx.clone(), tcp, peer)
                 });
             }
             Pending::Waypoint(l) => {
@@ -659,6 +694,12 @@ impl Proxy {
             }
             .instrument(span),
         );
+    }
+
+    /// Resolves when `POST /quitquitquit` asked the proxy to exit (Istio's endpoint for a
+    /// workload that finished, so batch jobs complete).
+    pub async fn quit_requested(&self) {
+        self.inner.quit.cancelled().await;
     }
 
     /// Watches `path` (polling every `interval`) and applies each changed, valid version. A

@@ -364,12 +364,23 @@ pub(crate) fn admin_router(
     inner: Arc<Inner>,
     log: Option<mesh_telemetry::logging::LogControl>,
 ) -> Router {
-    let (i1, i2) = (inner.clone(), inner);
+    let (i1, i2, i3) = (inner.clone(), inner.clone(), inner);
     let mut r = Router::new()
         .route("/config_dump", move |_req: &Request| {
             Response::json(&config_dump(&i1))
         })
-        .route("/certs", move |_req: &Request| Response::json(&certs(&i2)));
+        .route("/certs", move |_req: &Request| Response::json(&certs(&i2)))
+        .route("/quitquitquit", move |req: &Request| {
+            if req.method != http::Method::POST {
+                return Response::text(
+                    http::StatusCode::METHOD_NOT_ALLOWED,
+                    "use POST to stop the proxy\n",
+                );
+            }
+            tracing::info!("exit requested on /quitquitquit");
+            i3.quit.cancel();
+            Response::text(http::StatusCode::OK, "OK\n")
+        });
     if let Some(log) = log {
         r = r.merge(log.router());
     }
@@ -442,16 +453,14 @@ pub(crate) struct ConnectError {
     pub(crate) timed_out: bool,
 }
 
-/// Connects to `addr` with `timeout`, with nodelay set.
+/// Connects to `addr` with `timeout`, with nodelay set and the proxy's socket mark.
 pub(crate) async fn connect(
     addr: SocketAddr,
     timeout: std::time::Duration,
+    mark: Option<u32>,
 ) -> Result<tokio::net::TcpStream, ConnectError> {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+    match tokio::time::timeout(timeout, mesh_hbone::connect_tcp(addr, mark)).await {
+        Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(ConnectError {
             reason: format!("connect to {addr} failed: {e}"),
             timed_out: false,

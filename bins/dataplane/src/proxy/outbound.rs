@@ -41,6 +41,24 @@ pub(super) async fn service(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
+/// Serves one connection that capture rules redirected to the outbound listener: the
+/// destination is the one the application connected to (`SO_ORIGINAL_DST`).
+pub(super) async fn captured(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
+    let Some(dst) = crate::sockets::original_dst(&tcp) else {
+        return warn!(src.addr = %peer, "outbound connection was not redirected by capture rules: closed");
+    };
+    // The proxy's own listeners are never a destination: a capture rule that also caught the
+    // proxy's own connections would loop here.
+    let own = [ctx.cfg.outbound_addr, ctx.cfg.plaintext_addr]
+        .into_iter()
+        .flatten()
+        .any(|a| a.port() == dst.port() && (a.ip().is_unspecified() || a.ip() == dst.ip()));
+    if own {
+        return warn!(src.addr = %peer, dst.addr = %dst, "captured outbound connection to the proxy's own port: closed (are the proxy's sockets marked?)");
+    }
+    proxy(ctx, tcp, peer, Target::Addr(dst), Vec::new(), false).await;
+}
+
 async fn reply(tcp: &mut TcpStream, socks: bool, r: Reply) {
     if socks {
         let _ = socks5::send_reply(tcp, r).await;
@@ -387,24 +405,25 @@ async fn plain(
         rec.dst_service = dst_service;
         rec
     };
-    let mut upstream = match observe::connect(addr, ctx.cfg.connect_timeout).await {
-        Ok(u) => u,
-        Err(e) => {
-            debug!(reason = %e.reason, "plaintext connect failed");
-            if let Some(labels) = &labels {
-                ctx.telemetry
-                    .tcp
-                    .refused(labels, ResponseFlags::ConnectFailure);
+    let mut upstream =
+        match observe::connect(addr, ctx.cfg.connect_timeout, ctx.cfg.socket_mark).await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(reason = %e.reason, "plaintext connect failed");
+                if let Some(labels) = &labels {
+                    ctx.telemetry
+                        .tcp
+                        .refused(labels, ResponseFlags::ConnectFailure);
+                }
+                observe::log_refusal(access, record(), &e.reason, start);
+                let r = if e.timed_out {
+                    Reply::HostUnreachable
+                } else {
+                    Reply::ConnectionRefused
+                };
+                return reply(&mut tcp, socks, r).await;
             }
-            observe::log_refusal(access, record(), &e.reason, start);
-            let r = if e.timed_out {
-                Reply::HostUnreachable
-            } else {
-                Reply::ConnectionRefused
-            };
-            return reply(&mut tcp, socks, r).await;
-        }
-    };
+        };
     // The label set is consumed here, not stored in the task for the connection's life.
     let rec = labels.map(|l| ctx.telemetry.tcp.open(&l));
     reply(&mut tcp, socks, Reply::Success).await;

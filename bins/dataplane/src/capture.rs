@@ -1,0 +1,253 @@
+//! Transparent capture with iptables (Linux, root): the nat rules that send a workload's TCP
+//! through its proxy without the application knowing, in the workload's network namespace
+//! (a pod) or on a host/VM.
+//!
+//! - Outbound: TCP the workload opens is redirected to the proxy's outbound port (15001),
+//!   except the proxy's own connections (socket mark 1337, or a uid), loopback, and excluded
+//!   ports and CIDRs. The proxy reads the original destination with `SO_ORIGINAL_DST`.
+//! - Inbound: TCP arriving for the workload is redirected to the plaintext port (15006),
+//!   except HBONE (15008, already mTLS), the proxy's metrics and readiness ports (15020,
+//!   15021) and excluded ports.
+//!
+//! Rules live in two chains of their own (`MESH_OUTPUT`, `MESH_INBOUND`) jumped to from
+//! `OUTPUT` and `PREROUTING`, so removing them leaves every other rule alone. They are applied
+//! atomically with `iptables-restore --noflush`.
+
+use std::process::{Command, Stdio};
+
+/// What to capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureSpec {
+    /// The proxy's captured-outbound port (Istio's 15001).
+    pub outbound_port: u16,
+    /// The proxy's plaintext inbound port (Istio's 15006).
+    pub inbound_port: u16,
+    /// Inbound ports never redirected (HBONE, metrics, readiness are always among them).
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never redirected.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound destination CIDRs never redirected.
+    pub exclude_outbound_cidrs: Vec<ipnet::IpNet>,
+    /// Socket mark of the proxy's own connections (Istio's 1337).
+    pub mark: Option<u32>,
+    /// Uid of the proxy process, as an alternative (or addition) to the mark.
+    pub uid: Option<u32>,
+}
+
+impl Default for CaptureSpec {
+    fn default() -> Self {
+        CaptureSpec {
+            outbound_port: 15001,
+            inbound_port: 15006,
+            exclude_inbound_ports: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            exclude_outbound_cidrs: Vec::new(),
+            mark: Some(1337),
+            uid: None,
+        }
+    }
+}
+
+/// Ports of the proxy that inbound capture always leaves alone: HBONE, metrics, readiness.
+pub const ALWAYS_EXCLUDED_INBOUND: [u16; 3] = [15008, 15020, 15021];
+
+const OUT_CHAIN: &str = "MESH_OUTPUT";
+const IN_CHAIN: &str = "MESH_INBOUND";
+
+/// The `iptables-restore --noflush` input for `spec` (IPv4 or IPv6 rules: only the loopback
+/// range and CIDRs of that family differ).
+pub fn rules(spec: &CaptureSpec, ipv6: bool) -> String {
+    let mut r = String::from("*nat\n");
+    r.push_str(&format!(":{OUT_CHAIN} - [0:0]\n:{IN_CHAIN} - [0:0]\n"));
+    r.push_str(&format!("-A PREROUTING -p tcp -j {IN_CHAIN}\n"));
+    r.push_str(&format!("-A OUTPUT -p tcp -j {OUT_CHAIN}\n"));
+    let mut inbound: Vec<u16> = ALWAYS_EXCLUDED_INBOUND.to_vec();
+    inbound.extend(&spec.exclude_inbound_ports);
+    inbound.sort_unstable();
+    inbound.dedup();
+    for p in inbound {
+        r.push_str(&format!("-A {IN_CHAIN} -p tcp --dport {p} -j RETURN\n"));
+    }
+    r.push_str(&format!(
+        "-A {IN_CHAIN} -p tcp -j REDIRECT --to-ports {}\n",
+        spec.inbound_port
+    ));
+    if let Some(m) = spec.mark {
+        r.push_str(&format!("-A {OUT_CHAIN} -m mark --mark {m} -j RETURN\n"));
+    }
+    if let Some(u) = spec.uid {
+        r.push_str(&format!(
+            "-A {OUT_CHAIN} -m owner --uid-owner {u} -j RETURN\n"
+        ));
+    }
+    r.push_str(&format!("-A {OUT_CHAIN} -o lo -j RETURN\n"));
+    let lo = if ipv6 { "::1/128" } else { "127.0.0.0/8" };
+    r.push_str(&format!("-A {OUT_CHAIN} -d {lo} -j RETURN\n"));
+    for c in spec
+        .exclude_outbound_cidrs
+        .iter()
+        .filter(|c| matches!(c, ipnet::IpNet::V6(_)) == ipv6)
+    {
+        r.push_str(&format!("-A {OUT_CHAIN} -d {c} -j RETURN\n"));
+    }
+    for p in &spec.exclude_outbound_ports {
+        r.push_str(&format!("-A {OUT_CHAIN} -p tcp --dport {p} -j RETURN\n"));
+    }
+    r.push_str(&format!(
+        "-A {OUT_CHAIN} -p tcp -j REDIRECT --to-ports {}\n",
+        spec.outbound_port
+    ));
+    r.push_str("COMMIT\n");
+    r
+}
+
+fn command(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn run(mut c: Command, stdin: Option<&str>) -> Result<(), String> {
+    let desc = format!("{c:?}");
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|e| format!("{desc}: {e}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| format!("{desc}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{desc}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{desc} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Installs the capture rules in network namespace `netns` (`None`: this one), replacing
+/// earlier ones. IPv6 rules are added when `ipv6` (needs `ip6tables`).
+pub fn install(spec: &CaptureSpec, netns: Option<&str>, ipv6: bool) -> Result<(), String> {
+    remove(netns, ipv6)?;
+    run(
+        {
+            let mut c = command(netns, "iptables-restore");
+            c.arg("--noflush");
+            c
+        },
+        Some(&rules(spec, false)),
+    )?;
+    if ipv6 {
+        run(
+            {
+                let mut c = command(netns, "ip6tables-restore");
+                c.arg("--noflush");
+                c
+            },
+            Some(&rules(spec, true)),
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes the capture rules (no error when there are none).
+pub fn remove(netns: Option<&str>, ipv6: bool) -> Result<(), String> {
+    let tools: &[&str] = if ipv6 {
+        &["iptables", "ip6tables"]
+    } else {
+        &["iptables"]
+    };
+    for tool in tools {
+        for (parent, chain) in [("PREROUTING", IN_CHAIN), ("OUTPUT", OUT_CHAIN)] {
+            // Delete every jump (an install run twice by hand could add two).
+            while run(
+                {
+                    let mut c = command(netns, tool);
+                    c.args(["-t", "nat", "-D", parent, "-p", "tcp", "-j", chain]);
+                    c
+                },
+                None,
+            )
+            .is_ok()
+            {}
+            let exists = run(
+                {
+                    let mut c = command(netns, tool);
+                    c.args(["-t", "nat", "-L", chain, "-n"]);
+                    c
+                },
+                None,
+            )
+            .is_ok();
+            if exists {
+                for op in ["-F", "-X"] {
+                    run(
+                        {
+                            let mut c = command(netns, tool);
+                            c.args(["-t", "nat", op, chain]);
+                            c
+                        },
+                        None,
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_redirect_everything_but_the_proxy_and_exclusions() {
+        let spec = CaptureSpec {
+            exclude_inbound_ports: vec![22],
+            exclude_outbound_ports: vec![53],
+            exclude_outbound_cidrs: vec!["10.96.0.0/12".parse().unwrap_or_else(|_| unreachable!())],
+            uid: Some(1337),
+            ..CaptureSpec::default()
+        };
+        let r = rules(&spec, false);
+        let lines: Vec<&str> = r.lines().collect();
+        for want in [
+            "-A PREROUTING -p tcp -j MESH_INBOUND",
+            "-A OUTPUT -p tcp -j MESH_OUTPUT",
+            "-A MESH_INBOUND -p tcp --dport 15008 -j RETURN",
+            "-A MESH_INBOUND -p tcp --dport 22 -j RETURN",
+            "-A MESH_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+            "-A MESH_OUTPUT -m mark --mark 1337 -j RETURN",
+            "-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+            "-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN",
+            "-A MESH_OUTPUT -d 10.96.0.0/12 -j RETURN",
+            "-A MESH_OUTPUT -p tcp --dport 53 -j RETURN",
+            "-A MESH_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        ] {
+            assert!(lines.contains(&want), "{want} missing:\n{r}");
+        }
+        // Exclusions come before the redirects.
+        let pos = |s: &str| lines.iter().position(|l| *l == s);
+        assert!(
+            pos("-A MESH_OUTPUT -m mark --mark 1337 -j RETURN")
+                < pos("-A MESH_OUTPUT -p tcp -j REDIRECT --to-ports 15001")
+        );
+        assert!(rules(&spec, true).contains("-d ::1/128 -j RETURN"));
+        assert!(!rules(&spec, true).contains("10.96.0.0/12"));
+    }
+}

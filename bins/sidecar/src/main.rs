@@ -1,0 +1,19 @@
+//! sidecar: the proxy beside one workload (sidecar mode). Thin: parses flags and runs the core.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Per-workload proxy: HBONE (mTLS) in and out with the workload's identity only, captured
+/// outbound (15001) and plaintext inbound (15006) traffic, policies and telemetry. Exits on
+/// SIGTERM, SIGINT or `POST /quitquitquit` on the admin port.
+#[derive(Debug, Parser)]
+#[command(name = "sidecar", version)]
+struct Cli {
+    #[command(flatten)]
+    args: mesh_dataplane::SidecarArgs,
+}
+
+fn main() -> ExitCode {
+    mesh_dataplane::ztunnel::sidecar_main(Cli::parse().args)
+}
