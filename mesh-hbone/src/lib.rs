@@ -75,7 +75,10 @@ pub async fn connect_tcp(
                 static WARNED: std::sync::atomic::AtomicBool =
                     std::sync::atomic::AtomicBool::new(false);
                 if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(mark, "no permission to mark sockets (SO_MARK needs CAP_NET_ADMIN): the proxy's connections are unmarked");
+                    tracing::warn!(
+                        mark,
+                        "no permission to mark sockets (SO_MARK needs CAP_NET_ADMIN): the proxy's connections are unmarked"
+                    );
                 }
             }
             #[cfg(not(target_os = "linux"))]

@@ -100,6 +100,18 @@ impl Proc {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits up to `timeout` (in 20 ms steps) for the process to exit by itself; its status,
+    /// if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        for _ in 0..=timeout.as_millis() / 20 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGTERM, then wait up to 10 s (500 × 20 ms); returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -165,6 +177,24 @@ impl TestMesh {
     /// `name` for [`TestMesh::expect_log`], and waits until it is ready.
     pub fn waypoint(&mut self, name: &str, gateway: &str, extra: &[&str]) -> &Proc {
         self.proxy("waypoint", name, &["--gateway", gateway], extra)
+    }
+
+    /// Starts the sidecar of `workload` (`namespace/name`) in network namespace `netns` (the
+    /// workload's "pod"; `None`: the test's), registered as node `name`.
+    pub fn sidecar(
+        &mut self,
+        name: &str,
+        workload: &str,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> &Proc {
+        let saved = self.netns.clone();
+        if let Some(ns) = netns {
+            self.netns = Some(ns.to_owned());
+        }
+        self.proxy("sidecar", name, &["--workload", workload], extra);
+        self.netns = saved;
+        self.procs.last().unwrap()
     }
 
     /// Starts binary `role` (in the test's network namespace, if any) with the mesh's config

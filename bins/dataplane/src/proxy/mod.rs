@@ -495,7 +495,13 @@ impl Proxy {
             node = %proxy.inner.ctx.node_name,
             listeners = proxy.listening().len(),
             "{} ready",
-            if proxy.inner.ctx.cfg.waypoint.is_some() { "waypoint" } else { "ztunnel" }
+            if proxy.inner.ctx.cfg.waypoint.is_some() {
+                "waypoint"
+            } else if proxy.inner.ctx.node_name.starts_with("sidecar/") {
+                "sidecar"
+            } else {
+                "ztunnel"
+            }
         );
         Ok(proxy)
     }

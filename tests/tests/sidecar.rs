@@ -1,0 +1,217 @@
+//! Sidecar mode with transparent capture (real binaries, root): two "pods" (network
+//! namespaces joined by a veth pair), each with its sidecar and `meshctl capture` rules.
+//! Unmodified clients connect to a service VIP or a pod IP; the sidecars carry the traffic
+//! over HBONE with the pods' identities. Skipped (with a printed reason) without root; runs
+//! in the `netns` nextest group.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CLIENT_IP: &str = "10.73.0.2";
+const SERVER_IP: &str = "10.73.0.3";
+const VIP: &str = "10.73.0.100";
+
+fn config() -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: ns}}
+spec:
+  address: {CLIENT_IP}
+  serviceAccount: client
+  labels: {{app: client, sidecar.istio.io/inject: "true"}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: server, namespace: ns}}
+spec:
+  address: {SERVER_IP}
+  serviceAccount: server
+  labels: {{app: server, sidecar.istio.io/inject: "true"}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: server, namespace: ns}}
+spec:
+  hosts: [server.ns.svc]
+  addresses: [{VIP}]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: server}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-9001, namespace: ns}}
+spec:
+  selector: {{matchLabels: {{app: server}}}}
+  action: DENY
+  rules: [{{to: [{{operation: {{ports: ["9001"]}}}}]}}]
+"#
+    )
+}
+
+/// A server-first protocol: greets on accept, then echoes one line.
+async fn greeter(addr: SocketAddr) {
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 greeter ready\r\n").await;
+                let mut buf = [0u8; 256];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let _ = s.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    });
+}
+
+fn ns_ok(ns: &NetNs, cmd: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(cmd)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn sidecars_carry_captured_traffic_over_hbone() {
+    let Some(pa) = NetNs::create("mesh-t73a") else {
+        return;
+    };
+    let Some(pb) = NetNs::create("mesh-t73b") else {
+        return;
+    };
+    // One veth pair: va in pod a, vb in pod b.
+    pa.run(&[
+        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &pb.name,
+    ]);
+    pa.run(&["ip", "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "va"]);
+    pa.run(&["ip", "link", "set", "va", "up"]);
+    pb.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vb"]);
+    pb.run(&["ip", "link", "set", "vb", "up"]);
+
+    let mut mesh = TestMesh::new(&config());
+    let (ra, rb) = (pa.runtime(), pb.runtime());
+    rb.block_on(rb.spawn(async {
+        http_app("0.0.0.0:8080".parse().unwrap(), "server").await;
+        http_app("0.0.0.0:9001".parse().unwrap(), "secret").await;
+        greeter("0.0.0.0:9002".parse().unwrap()).await;
+    }))
+    .unwrap();
+    mesh.sidecar("a", "ns/client", Some(&pa.name), &[]);
+    mesh.sidecar("b", "ns/server", Some(&pb.name), &[]);
+    for ns in [&pa, &pb] {
+        let (ok, out, err) = meshctl(
+            &["capture", "install", "--netns", &ns.name],
+            mesh.dir.path(),
+        );
+        assert!(ok, "capture install: {out}{err}");
+    }
+
+    // Unmodified clients: the service VIP and the pod IP, as if the mesh were not there.
+    let get = |dst: &'static str| {
+        ra.block_on(ra.spawn(async move {
+            let dst: SocketAddr = dst.parse().unwrap();
+            let tcp = tokio::net::TcpStream::connect(dst).await.unwrap();
+            let mut s = tokio::io::BufReader::new(tcp);
+            http_request(&mut s, "GET", "/hello", "server.ns.svc", &[]).await
+        }))
+        .unwrap()
+    };
+    let (status, _, body) = get("10.73.0.100:80");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "server GET /hello host=server.ns.svc")
+    );
+    let (status, _, _) = get("10.73.0.3:8080");
+    assert_eq!(status, 200);
+    // Both went through HBONE: the destination sidecar saw mTLS from the client's identity.
+    let metrics: SocketAddr = format!("{SERVER_IP}:15020").parse().unwrap();
+    rb.block_on(rb.spawn(async move {
+        let want = [
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", "spiffe://cluster.local/ns/ns/sa/client"),
+            ("destination_workload", "server"),
+        ];
+        scrape_until(metrics, "2 mTLS connections", |t| {
+            metric(t, "istio_tcp_connections_opened_total", &want) >= 2.0
+        })
+        .await;
+    }))
+    .unwrap();
+    mesh.expect_log("a", r#""direction":"outbound""#);
+
+    // L4 policy at the destination sidecar: port 9001 is denied, the app never answers.
+    let denied = ra
+        .block_on(ra.spawn(async {
+            let mut s = tokio::net::TcpStream::connect("10.73.0.3:9001")
+                .await
+                .unwrap();
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            buf
+        }))
+        .unwrap();
+    assert!(denied.is_empty(), "denied port answered: {denied:?}");
+    mesh.expect_log("b", "no-9001");
+
+    // A server-first protocol works with no configuration.
+    let greeting = ra
+        .block_on(ra.spawn(async {
+            let mut s = tokio::net::TcpStream::connect("10.73.0.3:9002")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 19];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+                .await
+                .expect("greeting in time")
+                .unwrap();
+            s.write_all(b"EHLO\r\n").await.unwrap();
+            let mut echo = [0u8; 6];
+            s.read_exact(&mut echo).await.unwrap();
+            (buf, echo)
+        }))
+        .unwrap();
+    assert_eq!(&greeting.0, b"220 greeter ready\r\n");
+    assert_eq!(&greeting.1, b"EHLO\r\n");
+
+    // Removing capture leaves no rules behind; the client then goes out in plaintext, and
+    // the server pod's inbound capture still hands it to its sidecar (PERMISSIVE).
+    let (ok, _, err) = meshctl(&["capture", "remove", "--netns", &pa.name], mesh.dir.path());
+    assert!(ok, "{err}");
+    assert!(!ns_ok(
+        &pa,
+        &["iptables", "-t", "nat", "-L", "MESH_OUTPUT", "-n"]
+    ));
+    let (status, _, _) = get("10.73.0.3:8080");
+    assert_eq!(status, 200);
+    mesh.expect_log("b", r#""security":"unknown""#);
+
+    // The workload finished: POST /quitquitquit stops its sidecar cleanly.
+    let quit = ra
+        .block_on(ra.spawn(async {
+            let mut s = tokio::net::TcpStream::connect("127.0.0.1:15000").await.unwrap();
+            s.write_all(b"POST /quitquitquit HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out).await;
+            out
+        }))
+        .unwrap();
+    assert!(quit.starts_with("HTTP/1.1 200"), "{quit}");
+    let a = mesh
+        .procs
+        .iter_mut()
+        .find(|p| p.name == "ztunnel a")
+        .unwrap();
+    let exited = a.wait_exit(Duration::from_secs(5));
+    assert!(exited.expect("sidecar exited").success());
+}
