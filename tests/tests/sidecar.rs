@@ -215,3 +215,189 @@ fn sidecars_carry_captured_traffic_over_hbone() {
     let exited = a.wait_exit(Duration::from_secs(5));
     assert!(exited.expect("sidecar exited").success());
 }
+
+fn mixed_config() -> String {
+    r#"apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {name: c}
+spec: {address: 10.74.0.10, workloads: [ns/amb]}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: ns}
+spec: {address: 10.74.0.2, serviceAccount: client, labels: {app: client, sidecar.istio.io/inject: "true"}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web, namespace: ns}
+spec: {address: 10.74.0.3, serviceAccount: web, labels: {app: web, sidecar.istio.io/inject: "true"}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: amb, namespace: ns}
+spec: {address: 10.74.0.4, serviceAccount: amb, labels: {app: amb}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: ns, labels: {istio.io/use-waypoint: wp}}
+spec:
+  hosts: [web.ns.svc]
+  addresses: [10.74.0.100]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: web}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: ns}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{value: 10.74.0.5}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: ns}
+spec:
+  targetRefs: [{kind: Service, name: web}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"#
+    .to_owned()
+}
+
+/// Sidecar ↔ ztunnel ↔ waypoint: three "hosts" on one bridge (a namespace of its own): pod a
+/// (sidecar client), pod b (sidecar server behind a waypoint service), host c (a ztunnel node
+/// with an ambient workload, and the waypoint).
+#[test]
+fn sidecars_ztunnels_and_waypoints_mix() {
+    let Some(sw) = NetNs::create("mesh-t74s") else {
+        return;
+    };
+    let pods: Vec<NetNs> = ["mesh-t74a", "mesh-t74b", "mesh-t74c"]
+        .iter()
+        .map(|n| NetNs::create(n).unwrap())
+        .collect();
+    let (pa, pb, pc) = (&pods[0], &pods[1], &pods[2]);
+    sw.run(&["ip", "link", "add", "br0", "type", "bridge"]);
+    sw.run(&["ip", "link", "set", "br0", "up"]);
+    for (i, (ns, addrs)) in [
+        (pa, &["10.74.0.2/24"][..]),
+        (pb, &["10.74.0.3/24"][..]),
+        (pc, &["10.74.0.10/24", "10.74.0.4/24", "10.74.0.5/24"][..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (inner, outer) = (format!("eth{i}"), format!("port{i}"));
+        sw.run(&[
+            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
+        ]);
+        sw.run(&["ip", "link", "set", &outer, "master", "br0"]);
+        sw.run(&["ip", "link", "set", &outer, "up"]);
+        for a in addrs {
+            ns.run(&["ip", "addr", "add", a, "dev", &inner]);
+        }
+        ns.run(&["ip", "link", "set", &inner, "up"]);
+    }
+
+    let mut mesh = TestMesh::new(&mixed_config());
+    let (ra, rb, rc) = (pa.runtime(), pb.runtime(), pc.runtime());
+    rb.block_on(rb.spawn(http_app("0.0.0.0:8080".parse().unwrap(), "web")))
+        .unwrap();
+    rc.block_on(rc.spawn(http_app("10.74.0.4:8080".parse().unwrap(), "amb")))
+        .unwrap();
+    mesh.netns = Some(pc.name.clone());
+    mesh.ztunnel("c", &[]);
+    mesh.waypoint("wp", "ns/wp", &["--admin-addr", "127.0.0.1:15099"]);
+    mesh.netns = None;
+    mesh.sidecar("a", "ns/client", Some(&pa.name), &[]);
+    mesh.sidecar("b", "ns/web", Some(&pb.name), &[]);
+    for ns in [pa, pb] {
+        let (ok, _, err) = meshctl(
+            &["capture", "install", "--netns", &ns.name],
+            mesh.dir.path(),
+        );
+        assert!(ok, "{err}");
+    }
+    let get_from_a = |dst: &'static str, path: &'static str| {
+        ra.block_on(ra.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(dst.parse::<SocketAddr>().unwrap())
+                .await
+                .unwrap();
+            let mut s = tokio::io::BufReader::new(tcp);
+            http_request(&mut s, "GET", path, "web.ns.svc", &[]).await
+        }))
+        .unwrap()
+    };
+
+    // Sidecar → ambient: HBONE from the client's sidecar to ztunnel c, the client's identity.
+    let (status, _, body) = get_from_a("10.74.0.4:8080", "/x");
+    assert_eq!((status, body.as_str()), (200, "amb GET /x host=web.ns.svc"));
+    mesh.expect_log(
+        "c",
+        r#""src.identity":"spiffe://cluster.local/ns/ns/sa/client""#,
+    );
+
+    // Sidecar → waypoint → sidecar: the service's waypoint routes and applies L7 policy
+    // (once, there), whatever the client's mode.
+    let (status, _, body) = get_from_a("10.74.0.100:80", "/hello");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "web GET /hello host=web.ns.svc")
+    );
+    let (status, h, body) = get_from_a("10.74.0.100:80", "//admin");
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    assert!(!h.iter().any(|(k, _)| k == "x-app"));
+    // Skipping the waypoint (the pod IP directly) is refused by the server's sidecar.
+    let direct = ra
+        .block_on(ra.spawn(async {
+            let mut s = tokio::net::TcpStream::connect("10.74.0.3:8080")
+                .await
+                .unwrap();
+            let _ = s
+                .write_all(b"GET /direct HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            buf
+        }))
+        .unwrap();
+    assert!(direct.is_empty(), "the waypoint was skipped: {direct:?}");
+    mesh.expect_log("b", "must come through the workload's waypoint: 401");
+
+    // Ambient → waypoint → sidecar: the ambient workload through ztunnel c's SOCKS5.
+    let (status, _, body) = rc
+        .block_on(rc.spawn(async {
+            let s = socks5_connect(
+                "10.74.0.4".parse().unwrap(),
+                "10.74.0.10:15080".parse().unwrap(),
+                "web.ns.svc",
+                80,
+            )
+            .await
+            .unwrap();
+            let mut s = tokio::io::BufReader::new(s);
+            http_request(&mut s, "GET", "/from-ambient", "web.ns.svc", &[]).await
+        }))
+        .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "web GET /from-ambient host=web.ns.svc")
+    );
+    // The waypoint saw both clients' requests, with their identities.
+    rc.block_on(rc.spawn(async {
+        let metrics: SocketAddr = "10.74.0.5:15020".parse().unwrap();
+        scrape_until(metrics, "waypoint requests", |t| {
+            let by = |p: &str| {
+                metric(
+                    t,
+                    "istio_requests_total",
+                    &[("reporter", "waypoint"), ("source_principal", p)],
+                )
+            };
+            by("spiffe://cluster.local/ns/ns/sa/client") == 2.0
+                && by("spiffe://cluster.local/ns/ns/sa/amb") == 1.0
+        })
+        .await;
+    }))
+    .unwrap();
+}
