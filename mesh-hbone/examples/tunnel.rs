@@ -83,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             hbone_addr,
             authority: echo_addr,
             headers: ConnectHeaders::default().to_header_map(),
+            socket_source: None,
         })
         .await?;
     tunnel.write_all(b"hello over HBONE\n").await?;

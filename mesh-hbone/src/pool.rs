@@ -67,6 +67,8 @@ pub struct ConnectRequest {
     pub authority: SocketAddr,
     /// Extra request headers (`Forwarded`, `baggage`, `traceparent`).
     pub headers: HeaderMap,
+    /// Where the TCP socket is created (default: here). Part of the pool key.
+    pub socket_source: Option<Arc<dyn crate::SocketSource>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -74,6 +76,8 @@ struct Key {
     src: SpiffeId,
     dst: SpiffeId,
     addr: SocketAddr,
+    /// [`crate::SocketSource::id`], 0 for the default.
+    socket_source: u64,
 }
 
 struct Conn {
@@ -173,6 +177,7 @@ impl Pool {
             src: req.source.identity().clone(),
             dst: req.destination_identity.clone(),
             addr: req.hbone_addr,
+            socket_source: req.socket_source.as_ref().map_or(0, |s| s.id()),
         };
         // A pooled connection may have died (GOAWAY, reset) since its last use: such a
         // failure marks it closed and the request is tried once more on a fresh connection.
@@ -256,7 +261,7 @@ impl Pool {
         let addr = key.addr;
         let tls_cfg = client_config(req.source.clone(), &self.inner.bundle, key.dst.clone())?;
         let handshake = async {
-            let tcp = crate::connect_tcp(addr, cfg.socket_mark)
+            let tcp = crate::connect_tcp(addr, cfg.socket_mark, req.socket_source.as_ref())
                 .await
                 .map_err(|source| Error::Connect { addr, source })?;
             crate::set_keepalive(&tcp);

@@ -91,6 +91,7 @@ fn request(f: &Fixture, dst: &SpiffeId, authority: SocketAddr) -> ConnectRequest
         hbone_addr: f.hbone,
         authority,
         headers: ConnectHeaders::default().to_header_map(),
+        socket_source: None,
     }
 }
 

@@ -98,6 +98,7 @@ async fn policies_allow_deny_and_answer_401() {
             hbone_addr: net.hbone(),
             authority: net.app(),
             headers: ConnectHeaders::default().to_header_map(),
+            socket_source: None,
         })
         .await;
     assert!(matches!(r, Err(Error::Status { status, .. }) if status.as_u16() == 401));
@@ -321,6 +322,7 @@ async fn policy_matrix_outcomes_and_401() {
                         ..ConnectHeaders::default()
                     }
                     .to_header_map(),
+                    socket_source: None,
                 })
                 .await;
             let outcome = match r {

@@ -28,6 +28,7 @@ fn request(src: Arc<CertStore>, dst: &str, net: Net, authority: SocketAddr) -> C
         hbone_addr: net.hbone(),
         authority,
         headers: ConnectHeaders::default().to_header_map(),
+        socket_source: None,
     }
 }
 

@@ -450,3 +450,149 @@ fn sidecars_ztunnels_and_waypoints_mix() {
     }))
     .unwrap();
 }
+
+fn in_pod_config(ns: &[&NetNs], with_d: bool) -> String {
+    let path = |i: usize| format!("/var/run/netns/{}", ns[i].name);
+    let (d_wl, d_ns) = if with_d {
+        (", ns/d", format!(", ns/d: {}", path(3)))
+    } else {
+        ("", String::new())
+    };
+    let mut c = format!(
+        r#"apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: n1}}
+spec:
+  address: 127.75.0.1
+  workloads: [ns/a, ns/b{d_wl}]
+  netns: {{ns/a: {}, ns/b: {}{d_ns}}}
+---
+apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: n2}}
+spec:
+  address: 127.75.0.2
+  workloads: [ns/c]
+  netns: {{ns/c: {}}}
+"#,
+        path(0),
+        path(1),
+        path(2)
+    );
+    for (name, ip) in [("a", 2), ("b", 3), ("c", 4), ("d", 5)] {
+        c.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{address: 10.75.0.{ip}, serviceAccount: {name}}}\n"
+        ));
+    }
+    c
+}
+
+/// ztunnel in-pod mode: two ztunnels (in the test's own namespace) serve pods a, b (node n1)
+/// and c (node n2) by opening listeners inside each pod's namespace; pod d joins the mesh at
+/// run time and an already-running process of it is captured from then on.
+#[test]
+fn in_pod_ztunnels_serve_pods_and_onboard_without_restart() {
+    let Some(sw) = NetNs::create("mesh-t75s") else {
+        return;
+    };
+    let pods: Vec<NetNs> = ["mesh-t75a", "mesh-t75b", "mesh-t75c", "mesh-t75d"]
+        .iter()
+        .map(|n| NetNs::create(n).unwrap())
+        .collect();
+    sw.run(&["ip", "link", "add", "br0", "type", "bridge"]);
+    sw.run(&["ip", "link", "set", "br0", "up"]);
+    for (i, ns) in pods.iter().enumerate() {
+        let (inner, outer) = (format!("eth{i}"), format!("port{i}"));
+        sw.run(&[
+            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
+        ]);
+        sw.run(&["ip", "link", "set", &outer, "master", "br0"]);
+        sw.run(&["ip", "link", "set", &outer, "up"]);
+        ns.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.75.0.{}/24", i + 2),
+            "dev",
+            &inner,
+        ]);
+        ns.run(&["ip", "link", "set", &inner, "up"]);
+    }
+    let refs: Vec<&NetNs> = pods.iter().collect();
+    let mut mesh = TestMesh::new(&in_pod_config(&refs, false));
+    let rts: Vec<tokio::runtime::Runtime> = pods.iter().map(NetNs::runtime).collect();
+    for (i, name) in [(1, "b"), (2, "c")] {
+        rts[i]
+            .block_on(rts[i].spawn(http_app("0.0.0.0:8080".parse().unwrap(), name)))
+            .unwrap();
+    }
+    let poll = ["--config-poll-interval", "100ms"];
+    mesh.ztunnel("n1", &poll);
+    mesh.ztunnel("n2", &poll);
+    for ns in &pods[..3] {
+        let (ok, _, err) = meshctl(
+            &["capture", "install", "--netns", &ns.name],
+            mesh.dir.path(),
+        );
+        assert!(ok, "{err}");
+    }
+    let get = |rt: &tokio::runtime::Runtime, dst: &'static str| {
+        rt.block_on(rt.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(dst.parse::<SocketAddr>().unwrap())
+                .await
+                .unwrap();
+            let mut s = tokio::io::BufReader::new(tcp);
+            http_request(&mut s, "GET", "/in-pod", "x", &[]).await
+        }))
+        .unwrap()
+    };
+    // a → b (same node) and a → c (other node), each over HBONE from a's own namespace.
+    assert_eq!(get(&rts[0], "10.75.0.3:8080").2, "b GET /in-pod host=x");
+    assert_eq!(get(&rts[0], "10.75.0.4:8080").2, "c GET /in-pod host=x");
+    let mtls_from = |metrics: &'static str, src: &'static str| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let principal = format!("spiffe://cluster.local/ns/ns/sa/{src}");
+            scrape_until(metrics.parse().unwrap(), "mTLS connection", |t| {
+                metric(
+                    t,
+                    "istio_tcp_connections_opened_total",
+                    &[
+                        ("reporter", "destination"),
+                        ("connection_security_policy", "mutual_tls"),
+                        ("source_principal", &principal),
+                    ],
+                ) >= 1.0
+            })
+            .await;
+        });
+    };
+    mtls_from("127.75.0.1:15020", "a");
+    mtls_from("127.75.0.2:15020", "a");
+
+    // Pod d runs a process before it is in the mesh: its connection arrives in plaintext.
+    let d = &rts[3];
+    assert_eq!(get(d, "10.75.0.4:8080").2, "c GET /in-pod host=x");
+    mesh.expect_log("n2", r#""security":"unknown""#);
+    // Onboarding: capture in d's namespace, d on node n1 (a config reload, no restart of d's
+    // process or of the ztunnel). The same process's next connection is mTLS as d.
+    let (ok, _, err) = meshctl(
+        &["capture", "install", "--netns", &pods[3].name],
+        mesh.dir.path(),
+    );
+    assert!(ok, "{err}");
+    std::fs::write(&mesh.config, in_pod_config(&refs, true)).unwrap();
+    mesh.expect_log("n1", "ns/d captured outbound (in-pod)");
+    assert_eq!(get(d, "10.75.0.4:8080").2, "c GET /in-pod host=x");
+    mtls_from("127.75.0.2:15020", "d");
+
+    // Offboarding: d leaves the mesh; its listeners inside d's namespace close.
+    let (ok, _, err) = meshctl(
+        &["capture", "remove", "--netns", &pods[3].name],
+        mesh.dir.path(),
+    );
+    assert!(ok, "{err}");
+    std::fs::write(&mesh.config, in_pod_config(&refs, false)).unwrap();
+    mesh.expect_log("n1", "listener removed");
+    assert_eq!(get(d, "10.75.0.4:8080").2, "c GET /in-pod host=x");
+}

@@ -85,6 +85,7 @@ async fn service_traffic_goes_through_its_waypoint() {
             hbone_addr: net.hbone(),
             authority: net.app(),
             headers: ConnectHeaders::default().to_header_map(),
+            socket_source: None,
         })
         .await;
     assert!(

@@ -20,6 +20,14 @@ pub enum Error {
     /// The sidecar's workload is not a sidecar workload of the config.
     #[error("no WorkloadEntry {0:?} labelled sidecar.istio.io/inject: \"true\" in the mesh config")]
     UnknownSidecar(String),
+    /// A workload's network namespace (in-pod mode) could not be entered.
+    #[error("cannot enter network namespace {}: {source}", path.display())]
+    Netns {
+        /// Its path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -1,11 +1,17 @@
+//! Sockets and network namespaces: the one module of the core that deals with them.
+//!
 //! Socket facts the kernel keeps for captured connections. Capture (iptables REDIRECT/DNAT)
 //! rewrites a connection's destination; the original one is read back from conntrack with
 //! `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6).
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::socket::{getsockopt, sockopt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The destination the client originally connected to, before a REDIRECT or DNAT rule sent
 /// the connection here. `None` when the connection was not rewritten (then the kernel has no
@@ -29,4 +35,116 @@ pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
         }
     };
     (orig != local).then_some(orig)
+}
+
+/// A network namespace the proxy works in (ztunnel's in-pod mode): a thread that entered it
+/// creates sockets there on request. A socket belongs to the namespace it was created in,
+/// whichever thread uses it later, so listeners opened here accept the pod's connections and
+/// connections opened here leave with the pod's address (and meet the pod's capture rules, which
+/// skip the socket mark set here). The thread ends when the last handle is dropped.
+pub struct Netns {
+    path: PathBuf,
+    id: u64,
+    mark: Option<u32>,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for Netns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Netns({})", self.path.display())
+    }
+}
+
+impl Netns {
+    /// Enters the namespace at `path` (e.g. `/var/run/netns/NAME`, `/proc/PID/ns/net`) on a
+    /// thread of its own; sockets created there get `mark`.
+    pub fn open(path: &Path, mark: Option<u32>) -> io::Result<Arc<Netns>> {
+        let file = std::fs::File::open(path)?;
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("netns".into())
+            .spawn(move || {
+                let entered = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from);
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("netns thread ended"))??;
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Ok(Arc::new(Netns {
+            path: path.to_owned(),
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            mark,
+            jobs,
+        }))
+    }
+
+    /// The namespace's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A listener bound to `addr` inside the namespace.
+    pub async fn bind(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+        let l = run_in(&self.jobs, move || {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .await?;
+        tokio::net::TcpListener::from_std(l)
+    }
+}
+
+async fn run_in<T: Send + 'static>(
+    jobs: &std::sync::mpsc::Sender<Job>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    jobs.send(Box::new(move || {
+        let _ = tx.send(f());
+    }))
+    .map_err(|_| io::Error::other("netns thread ended"))?;
+    rx.await
+        .map_err(|_| io::Error::other("netns thread ended"))?
+}
+
+impl mesh_hbone::SocketSource for Netns {
+    fn socket(
+        &self,
+        addr: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<TcpSocket>> + Send>> {
+        let jobs = self.jobs.clone();
+        let mark = self.mark;
+        Box::pin(async move {
+            let std_stream = run_in(&jobs, move || {
+                let s = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                s.set_nonblocking(true)?;
+                if let Some(m) = mark {
+                    mesh_hbone::set_mark(&s, m)?;
+                }
+                Ok(std::net::TcpStream::from(s))
+            })
+            .await?;
+            Ok(TcpSocket::from_std_stream(std_stream))
+        })
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+    }
 }

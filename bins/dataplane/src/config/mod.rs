@@ -484,6 +484,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
 
     // Nodes first: a workload's HBONE address depends on its node.
     let mut node_of: HashMap<(String, String), (String, u16)> = HashMap::new();
+    let mut netns_of: HashMap<(String, String), std::path::PathBuf> = HashMap::new();
     let mut node_names = HashSet::new();
     let mut node_addrs: HashMap<IpAddr, String> = HashMap::new();
     let mut node_specs = Vec::new();
@@ -531,6 +532,26 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
                     key,
                     (n.name.clone(), hbone_port.unwrap_or(DEFAULT_HBONE_PORT)),
                 );
+            }
+        }
+        for (w, path) in &n.spec.netns {
+            let (ns, name) = w.split_once('/').unwrap_or(("default", w.as_str()));
+            let key = (ns.to_owned(), name.to_owned());
+            let field = format!("spec.netns.{w}");
+            if node_of.get(&key).map(|(node, _)| node.as_str()) != Some(n.name.as_str()) {
+                v.err(
+                    &n.location,
+                    field,
+                    format!("{ns}/{name} is not one of this node's workloads"),
+                );
+            } else if !path.starts_with('/') {
+                v.err(
+                    &n.location,
+                    field,
+                    format!("{path:?} is not an absolute path to a network namespace"),
+                );
+            } else {
+                netns_of.insert(key, std::path::PathBuf::from(path));
             }
         }
         node_specs.push((n.name.clone(), addr, hbone_port, n.spec.service_listeners));
@@ -623,6 +644,9 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             ports,
             node: node.map(|(n, _)| n.clone()),
             hbone_addr: node.map(|(_, p)| SocketAddr::new(address, *p)),
+            netns: netns_of
+                .get(&(w.namespace.clone(), w.name.clone()))
+                .cloned(),
             telemetry: state::peer_labels(
                 &w.name,
                 &w.namespace,

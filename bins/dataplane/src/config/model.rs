@@ -129,6 +129,12 @@ pub struct NodeSpec {
     /// services directly. At most one node per host can do this.
     #[serde(default)]
     pub service_listeners: bool,
+    /// In-pod mode: workload (`namespace/name`, one of `workloads`) → its network namespace
+    /// (`/var/run/netns/NAME` or `/proc/PID/ns/net`). The ztunnel opens that workload's
+    /// listeners (HBONE 15008, captured outbound 15001, plaintext 15006) inside it and makes the
+    /// workload's connections from it, as Istio's ztunnel does with the CNI's namespaces.
+    #[serde(default)]
+    pub netns: BTreeMap<String, String>,
 }
 
 /// `dataplane.mesh.dev/v1alpha1` `MeshConfig`: mesh-wide settings (Istio keeps these in its

@@ -32,6 +32,9 @@ pub struct Workload {
     pub node: Option<String>,
     /// Where its node's ztunnel accepts HBONE for it (`address:hbonePort`), if on a node.
     pub hbone_addr: Option<SocketAddr>,
+    /// Its network namespace, when its node's ztunnel serves it in-pod (listeners opened
+    /// inside that namespace, connections made from it).
+    pub netns: Option<std::path::PathBuf>,
     /// Its metric labels, built once here so a connection only clones `Arc`s.
     pub telemetry: PeerLabels,
     /// The waypoint traffic addressed to this workload directly goes through

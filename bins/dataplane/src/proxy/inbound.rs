@@ -317,8 +317,13 @@ async fn admit(
     }
     let decided_on = Arc::as_ptr(&state) as usize;
     drop(state);
-    let upstream = match observe::connect(authority, ctx.cfg.connect_timeout, ctx.cfg.socket_mark)
-        .await
+    let upstream = match observe::connect(
+        authority,
+        ctx.cfg.connect_timeout,
+        ctx.cfg.socket_mark,
+        ctx.socket_source(&dst).as_ref(),
+    )
+    .await
     {
         Ok(u) => u,
         Err(observe::ConnectError { reason, .. }) => {

@@ -243,7 +243,7 @@ async fn get(url: &str, timeout: Duration, mark: Option<u32>) -> Result<String, 
             .map_err(|e| format!("{url}: resolve: {e}"))?
             .next()
             .ok_or_else(|| format!("{url}: {host} has no address"))?;
-        let tcp = mesh_hbone::connect_tcp(addr, mark)
+        let tcp = mesh_hbone::connect_tcp(addr, mark, None)
             .await
             .map_err(|e| format!("{url}: connect: {e}"))?;
         if https {

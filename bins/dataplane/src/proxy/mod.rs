@@ -150,9 +150,22 @@ pub(crate) struct Ctx {
     pub(crate) upstreams: http::Upstreams,
     /// Remote JWKS for JWT authentication (waypoint).
     pub(crate) jwks: jwks::JwksCache,
+    /// The network namespaces of in-pod workloads, by path.
+    pub(crate) netns: arc_swap::ArcSwap<HashMap<std::path::PathBuf, Arc<crate::sockets::Netns>>>,
 }
 
 impl Ctx {
+    /// Where connections made for `w` are created: its network namespace when it is served
+    /// in-pod, else here.
+    pub(crate) fn socket_source(
+        &self,
+        w: &crate::config::Workload,
+    ) -> Option<Arc<dyn mesh_hbone::SocketSource>> {
+        let ns = w.netns.as_ref()?;
+        let netns = self.netns.load().get(ns)?.clone();
+        Some(netns)
+    }
+
     /// This node's HBONE port in the current state.
     pub(crate) fn hbone_port(&self, state: &MeshState) -> u16 {
         state
@@ -290,7 +303,30 @@ fn plan(cfg: &ProxyConfig, node_name: &str, state: &MeshState) -> Result<Plan, E
     let mut desired: Vec<(ListenerKey, String)> = Vec::new();
     for w in &node.workloads {
         let addr = SocketAddr::new(w.address, node.hbone_port);
-        desired.push((ListenerKey::Hbone(addr), w.key()));
+        let Some(ns) = &w.netns else {
+            desired.push((ListenerKey::Hbone(addr), w.key()));
+            continue;
+        };
+        // In-pod: the workload's own listeners, inside its network namespace.
+        let in_pod = |kind, addr| ListenerKey::InPod(ns.clone(), kind, addr);
+        desired.push((
+            in_pod(InPodKind::Hbone, addr),
+            format!("{} (in-pod)", w.key()),
+        ));
+        let outbound = in_pod(
+            InPodKind::Outbound,
+            SocketAddr::new(LOCALHOST, OUTBOUND_PORT),
+        );
+        if !desired.iter().any(|(k, _)| *k == outbound) {
+            desired.push((outbound, format!("{} captured outbound (in-pod)", w.key())));
+        }
+        desired.push((
+            in_pod(
+                InPodKind::Plaintext,
+                SocketAddr::new(w.address, PLAINTEXT_PORT),
+            ),
+            format!("{} plaintext inbound (in-pod)", w.key()),
+        ));
     }
     if let Some(addr) = cfg.socks5_addr {
         desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
@@ -330,8 +366,23 @@ fn plan(cfg: &ProxyConfig, node_name: &str, state: &MeshState) -> Result<Plan, E
     })
 }
 
+/// Istio's captured-outbound port, inside each in-pod workload's namespace.
+const OUTBOUND_PORT: u16 = 15001;
+/// Istio's plaintext inbound port, inside each in-pod workload's namespace.
+const PLAINTEXT_PORT: u16 = 15006;
+const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// A listener opened inside a workload's network namespace (in-pod mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum InPodKind {
+    Hbone,
+    Outbound,
+    Plaintext,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ListenerKey {
+    InPod(std::path::PathBuf, InPodKind, SocketAddr),
     Hbone(SocketAddr),
     Socks5(SocketAddr),
     Service(SocketAddr),
@@ -438,6 +489,7 @@ impl Proxy {
         let ctx = Arc::new(Ctx {
             telemetry,
             jwks: jwks::JwksCache::new(cfg.jwks_refresh, cfg.socket_mark),
+            netns: arc_swap::ArcSwap::from_pointee(HashMap::new()),
             pool: Pool::new(
                 PoolConfig {
                     socket_mark: cfg.socket_mark,
@@ -527,6 +579,33 @@ impl Proxy {
             )?;
             server_tls.insert(*ip, tls);
         }
+        // In-pod namespaces: opened (a thread entering each) before their listeners bind.
+        let mut namespaces = HashMap::new();
+        {
+            let open = ctx.netns.load();
+            for (key, _) in &desired {
+                if let ListenerKey::InPod(path, _, _) = key
+                    && !namespaces.contains_key(path)
+                {
+                    let ns = match open.get(path) {
+                        Some(ns) => ns.clone(),
+                        None => crate::sockets::Netns::open(
+                            path,
+                            Some(
+                                ctx.cfg
+                                    .socket_mark
+                                    .unwrap_or(crate::ztunnel::DEFAULT_SOCKET_MARK),
+                            ),
+                        )
+                        .map_err(|source| Error::Netns {
+                            path: path.clone(),
+                            source,
+                        })?,
+                    };
+                    namespaces.insert(path.clone(), ns);
+                }
+            }
+        }
         let existing: Vec<ListenerKey> = {
             let l = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
             l.keys().cloned().collect()
@@ -542,12 +621,29 @@ impl Proxy {
                 ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
                 ListenerKey::Plaintext(addr) => Pending::Plaintext(bind(*addr).await?),
                 ListenerKey::Outbound(addr) => Pending::Outbound(bind(*addr).await?),
+                ListenerKey::InPod(path, kind, addr) => {
+                    let l = match namespaces.get(path) {
+                        Some(ns) => ns.bind(*addr).await.map_err(|source| Error::Bind {
+                            addr: *addr,
+                            source,
+                        })?,
+                        None => {
+                            return Err(Error::Runtime(std::io::Error::other("netns not open")));
+                        }
+                    };
+                    match kind {
+                        InPodKind::Hbone => Pending::Hbone(l),
+                        InPodKind::Outbound => Pending::Outbound(l),
+                        InPodKind::Plaintext => Pending::Plaintext(l),
+                    }
+                }
                 ListenerKey::Waypoint(addr) => Pending::Waypoint(bind(*addr).await?),
             };
             pending.push((key.clone(), what.clone(), p));
         }
         // Swap: from here on new connections see the new state.
         ctx.server_tls.store(Arc::new(server_tls));
+        ctx.netns.store(Arc::new(namespaces));
         let old = ctx.state.swap(Arc::new(state));
         let state = ctx.state.load_full();
         if ctx.cfg.waypoint.is_some() {

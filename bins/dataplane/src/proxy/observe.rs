@@ -458,8 +458,9 @@ pub(crate) async fn connect(
     addr: SocketAddr,
     timeout: std::time::Duration,
     mark: Option<u32>,
+    source: Option<&Arc<dyn mesh_hbone::SocketSource>>,
 ) -> Result<tokio::net::TcpStream, ConnectError> {
-    match tokio::time::timeout(timeout, mesh_hbone::connect_tcp(addr, mark)).await {
+    match tokio::time::timeout(timeout, mesh_hbone::connect_tcp(addr, mark, source)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(ConnectError {
             reason: format!("connect to {addr} failed: {e}"),

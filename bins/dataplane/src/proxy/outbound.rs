@@ -329,6 +329,7 @@ async fn dial(
         hbone_addr: dest.hbone_addr,
         authority: dest.authority,
         headers,
+        socket_source: ctx.socket_source(src),
     };
     // The pool bounds the dial itself by the same timeout; this bound adds the CONNECT round
     // trip, so a slow dial reports the pool's own error.
@@ -405,25 +406,31 @@ async fn plain(
         rec.dst_service = dst_service;
         rec
     };
-    let mut upstream =
-        match observe::connect(addr, ctx.cfg.connect_timeout, ctx.cfg.socket_mark).await {
-            Ok(u) => u,
-            Err(e) => {
-                debug!(reason = %e.reason, "plaintext connect failed");
-                if let Some(labels) = &labels {
-                    ctx.telemetry
-                        .tcp
-                        .refused(labels, ResponseFlags::ConnectFailure);
-                }
-                observe::log_refusal(access, record(), &e.reason, start);
-                let r = if e.timed_out {
-                    Reply::HostUnreachable
-                } else {
-                    Reply::ConnectionRefused
-                };
-                return reply(&mut tcp, socks, r).await;
+    let mut upstream = match observe::connect(
+        addr,
+        ctx.cfg.connect_timeout,
+        ctx.cfg.socket_mark,
+        ctx.socket_source(src).as_ref(),
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(reason = %e.reason, "plaintext connect failed");
+            if let Some(labels) = &labels {
+                ctx.telemetry
+                    .tcp
+                    .refused(labels, ResponseFlags::ConnectFailure);
             }
-        };
+            observe::log_refusal(access, record(), &e.reason, start);
+            let r = if e.timed_out {
+                Reply::HostUnreachable
+            } else {
+                Reply::ConnectionRefused
+            };
+            return reply(&mut tcp, socks, r).await;
+        }
+    };
     // The label set is consumed here, not stored in the task for the connection's life.
     let rec = labels.map(|l| ctx.telemetry.tcp.open(&l));
     reply(&mut tcp, socks, Reply::Success).await;

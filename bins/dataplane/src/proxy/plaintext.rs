@@ -134,17 +134,23 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
         return observe::log_refusal(access, record(), &reason, start);
     }
-    let mut upstream =
-        match observe::connect(dst_addr, ctx.cfg.connect_timeout, ctx.cfg.socket_mark).await {
-            Ok(u) => u,
-            Err(observe::ConnectError { reason, .. }) => {
-                debug!(%reason, "application unreachable");
-                ctx.telemetry
-                    .tcp
-                    .refused(&labels, ResponseFlags::ConnectFailure);
-                return observe::log_refusal(access, record(), &reason, start);
-            }
-        };
+    let mut upstream = match observe::connect(
+        dst_addr,
+        ctx.cfg.connect_timeout,
+        ctx.cfg.socket_mark,
+        ctx.socket_source(&dst).as_ref(),
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(observe::ConnectError { reason, .. }) => {
+            debug!(%reason, "application unreachable");
+            ctx.telemetry
+                .tcp
+                .refused(&labels, ResponseFlags::ConnectFailure);
+            return observe::log_refusal(access, record(), &reason, start);
+        }
+    };
     let rec = ctx.telemetry.tcp.open(&labels);
     drop((labels, src_labels));
     // Registered so that a policy change (DENY, or STRICT) can close it.

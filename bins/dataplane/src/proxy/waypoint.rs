@@ -431,6 +431,7 @@ pub(super) async fn open_upstream(
         hbone_addr,
         authority,
         headers: headers.to_header_map(),
+        socket_source: None,
     };
     match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
         Ok(Ok(t)) => Ok(t),
