@@ -43,6 +43,19 @@ spec:
   ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
   workloadSelector: {{labels: {{app: server}}}}
 ---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: server, namespace: ns}}
+spec:
+  hosts: [server.ns.svc]
+  http:
+  - match: [{{uri: {{prefix: /maintenance}}}}]
+    directResponse: {{status: 503, body: {{string: answered by the client sidecar}}}}
+  - match: [{{uri: {{prefix: /old/}}}}]
+    rewrite: {{uri: /new/}}
+    route: [{{destination: {{host: server.ns.svc}}}}]
+  - route: [{{destination: {{host: server.ns.svc}}}}]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: no-9001, namespace: ns}}
@@ -164,6 +177,38 @@ fn sidecars_carry_captured_traffic_over_hbone() {
     );
     let (status, _, _) = get("10.73.0.3:8080");
     assert_eq!(status, 200);
+    // The client's sidecar routes HTTP to the service itself (no waypoint): a rewrite, and a
+    // direct response that never leaves the pod.
+    let (status, _, body) = get_path("10.73.0.100:80", "/old/page");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "server GET /new/page host=server.ns.svc")
+    );
+    let (status, h, body) = get_path("10.73.0.100:80", "/maintenance");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "answered by the client sidecar")
+    );
+    assert!(!h.iter().any(|(k, _)| k == "x-app"));
+    let client_metrics: SocketAddr = format!("{CLIENT_IP}:15020").parse().unwrap();
+    ra.block_on(ra.spawn(async move {
+        scrape_until(client_metrics, "source-reported requests", |t| {
+            let m = |code| {
+                metric(
+                    t,
+                    "istio_requests_total",
+                    &[
+                        ("reporter", "source"),
+                        ("response_code", code),
+                        ("destination_service", "server.ns.svc"),
+                    ],
+                )
+            };
+            m("200") == 2.0 && m("503") == 1.0
+        })
+        .await;
+    }))
+    .unwrap();
     // Both went through HBONE: the destination sidecar saw mTLS from the client's identity.
     let metrics: SocketAddr = format!("{SERVER_IP}:15020").parse().unwrap();
     rb.block_on(rb.spawn(async move {

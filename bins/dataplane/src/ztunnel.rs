@@ -317,6 +317,7 @@ async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
         args.outbound_port,
     );
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
+    cfg.l7_outbound = true;
     serve(c, cfg, state).await
 }
 

@@ -1,8 +1,9 @@
-//! HTTP/1.1 at the waypoint: each request on a tunnelled stream is routed on its own
-//! (`VirtualService` route tables from `mesh-l7`): a direct response or redirect is answered
-//! here, a forwarded request goes to an endpoint of the chosen service over HBONE (with the
-//! waypoint's identity), its body streamed, never buffered. Upstream HTTP connections are
-//! reused per endpoint.
+//! HTTP/1.1 and HTTP/2 proxying, per request: at a waypoint (JWT, L7 policy, routing) and on a
+//! sidecar's captured outbound (routing; policy is the server side's). Each request is routed
+//! on its own (`VirtualService` route tables from `mesh-l7`): a direct response or redirect is
+//! answered here, a forwarded request goes to an endpoint of the chosen service over HBONE
+//! (with the waypoint's or the client workload's identity), its body streamed, never buffered.
+//! Upstream HTTP connections are reused per endpoint.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -109,11 +110,15 @@ impl Done {
             None => (&unknown, None),
         };
         let mut standard = super::observe::labels(
-            mesh_telemetry::metrics::Reporter::Waypoint,
+            s.side.reporter(),
             &s.src_labels,
             dst,
             service.or(Some(&s.service.service.telemetry)),
-            mesh_telemetry::metrics::SecurityPolicy::MutualTls,
+            match s.side {
+                // As Istio's client sidecars report it.
+                Side::Outbound(_) => mesh_telemetry::metrics::SecurityPolicy::Unknown,
+                Side::Waypoint(_) => mesh_telemetry::metrics::SecurityPolicy::MutualTls,
+            },
         );
         standard.request_protocol =
             mesh_telemetry::metrics::Str::from(if self.grpc_status.is_empty() {
@@ -142,7 +147,10 @@ impl Done {
                 .and_then(|sp| sp.service.hosts.first().map(String::as_str));
             t.access.log(&mesh_telemetry::access::RequestRecord {
                 timestamp: mesh_telemetry::access::now_rfc3339(),
-                reporter: "waypoint",
+                reporter: match s.side {
+                    Side::Waypoint(_) => "waypoint",
+                    Side::Outbound(_) => "source",
+                },
                 src_addr: s.client,
                 src_identity: Some(s.src_identity.as_str()),
                 method: self.method.as_str(),
@@ -288,11 +296,45 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-/// What the waypoint knows of the stream a request arrived on.
+/// Where the HTTP proxying happens.
+#[derive(Clone)]
+pub(crate) enum Side {
+    /// At a waypoint: JWT and L7 policy of its targets, reporter `waypoint`, upstream
+    /// tunnels with the waypoint's identity.
+    Waypoint(Arc<Waypoint>),
+    /// On a sidecar's captured outbound: routing only, reporter `source`, upstream tunnels
+    /// with the client workload's identity.
+    Outbound(Arc<crate::config::Workload>),
+}
+
+impl Side {
+    fn identity(&self) -> &mesh_identity::SpiffeId {
+        match self {
+            Side::Waypoint(w) => &w.identity,
+            Side::Outbound(w) => &w.identity,
+        }
+    }
+
+    fn reporter(&self) -> mesh_telemetry::metrics::Reporter {
+        match self {
+            Side::Waypoint(_) => mesh_telemetry::metrics::Reporter::Waypoint,
+            Side::Outbound(_) => mesh_telemetry::metrics::Reporter::Source,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Side::Waypoint(_) => "waypoint",
+            Side::Outbound(_) => "outbound",
+        }
+    }
+}
+
+/// What the proxy knows of the stream a request arrived on.
 #[derive(Clone)]
 pub(crate) struct Stream {
     pub(crate) ctx: Arc<Ctx>,
-    pub(crate) waypoint: Arc<Waypoint>,
+    pub(crate) side: Side,
     /// The service the client addressed.
     pub(crate) service: Arc<ServicePort>,
     /// The original client address (from `Forwarded`).
@@ -325,7 +367,7 @@ where
             .await
     };
     if let Err(e) = result {
-        debug!(error = %e, "waypoint HTTP stream ended with error");
+        debug!(error = %e, "HTTP stream ended with error");
     }
 }
 
@@ -513,6 +555,10 @@ async fn authenticate(
     meta: &mut Meta,
 ) -> Result<Option<mesh_authz::jwt::RequestAuth>, Response<Body>> {
     use mesh_authz::jwt::{Authenticator, TokenLocation};
+    // JWT is the server side's business: a waypoint's here (a sidecar's on its inbound).
+    let Side::Waypoint(waypoint) = &s.side else {
+        return Ok(None);
+    };
     let authn = {
         let state = s.ctx.state.load();
         if state.waypoint_authn.is_empty() {
@@ -522,10 +568,7 @@ async fn authenticate(
         let get = |k: String| state.waypoint_authn.get(&k).cloned();
         match (
             get(format!("Service/{}/{}", svc.namespace, svc.name)),
-            get(format!(
-                "Gateway/{}/{}",
-                s.waypoint.namespace, s.waypoint.name
-            )),
+            get(format!("Gateway/{}/{}", waypoint.namespace, waypoint.name)),
         ) {
             (None, None) => return Ok(None),
             (Some(a), None) | (None, Some(a)) => a,
@@ -614,6 +657,10 @@ fn authorize(
     auth: Option<&mesh_authz::jwt::RequestAuth>,
     meta: &mut Meta,
 ) -> Result<String, (StatusCode, &'static str)> {
+    // Client side (a sidecar's outbound): no policy here, and the path goes on as sent.
+    let Side::Waypoint(waypoint) = &s.side else {
+        return Ok(path.to_owned());
+    };
     let state = s.ctx.state.load();
     let (raw, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -627,7 +674,7 @@ fn authorize(
     let mut policies: Vec<&mesh_authz::Policy> = Vec::new();
     for key in [
         format!("Service/{}/{}", svc.namespace, svc.name),
-        format!("Gateway/{}/{}", s.waypoint.namespace, s.waypoint.name),
+        format!("Gateway/{}/{}", waypoint.namespace, waypoint.name),
     ] {
         if let Some(ps) = state.waypoint_policies.get(&key) {
             policies.extend(ps.iter().map(|p| &**p));
@@ -639,7 +686,7 @@ fn authorize(
             .as_str()
             .strip_prefix("spiffe://")
             .unwrap_or(s.src_identity.as_str());
-        let source_ip = s.client.map_or(s.waypoint.address, |c| c.ip());
+        let source_ip = s.client.map_or(waypoint.address, |c| c.ip());
         let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
             if p.bytes().all(|b| b.is_ascii_digit()) {
                 h
@@ -655,7 +702,7 @@ fn authorize(
                 remote_ip: None,
                 source_principal: Some(principal),
                 source_namespace: Some(s.src_identity.namespace()),
-                destination_ip: svc.vips.first().copied().unwrap_or(s.waypoint.address),
+                destination_ip: svc.vips.first().copied().unwrap_or(waypoint.address),
                 destination_port: s.service.port,
             },
             host,
@@ -844,7 +891,7 @@ async fn route_request(
         None => match connect(s, &ep.workload.identity, hbone_addr, addr, &host).await {
             Ok(x) => x,
             Err(e) => {
-                warn!(upstream = %addr, error = %e, "waypoint upstream connect failed: 503");
+                warn!(upstream = %addr, error = %e, side = s.side.name(), "upstream connect failed: 503");
                 meta.flags = "UF";
                 return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
             }
@@ -862,7 +909,7 @@ async fn route_request(
             Response::from_parts(parts, body.boxed())
         }
         Err(e) => {
-            warn!(upstream = %addr, error = %e, "waypoint upstream request failed: 503");
+            warn!(upstream = %addr, error = %e, side = s.side.name(), "upstream request failed: 503");
             meta.flags = "UF";
             text(StatusCode::SERVICE_UNAVAILABLE, "upstream request failed\n")
         }
@@ -882,13 +929,18 @@ async fn connect(
         host: Some(host.to_owned()),
         ..ConnectHeaders::default()
     };
+    let socket_source = match &s.side {
+        Side::Outbound(w) => s.ctx.socket_source(w),
+        Side::Waypoint(_) => None,
+    };
     let tunnel = super::waypoint::open_upstream(
         &s.ctx,
-        &s.waypoint.identity,
+        s.side.identity(),
         identity,
         hbone_addr,
         addr,
         headers,
+        socket_source,
     )
     .await
     .map_err(|e| e.reason)?;

@@ -17,6 +17,7 @@ mod observe;
 mod outbound;
 mod plaintext;
 pub mod route;
+mod sniff;
 mod waypoint;
 
 use std::collections::HashMap;
@@ -79,6 +80,9 @@ pub struct ProxyConfig {
     pub log: Option<mesh_telemetry::logging::LogControl>,
     /// Refresh interval of remote JWKS (waypoint).
     pub jwks_refresh: Duration,
+    /// HTTP on captured outbound connections to services without a waypoint is routed here,
+    /// per request (a sidecar's client-side L7).
+    pub l7_outbound: bool,
 }
 
 impl Default for ProxyConfig {
@@ -101,6 +105,7 @@ impl Default for ProxyConfig {
             max_metric_series: mesh_telemetry::metrics::DEFAULT_MAX_SERIES,
             log: None,
             jwks_refresh: Duration::from_secs(20 * 60),
+            l7_outbound: false,
         }
     }
 }

@@ -16,6 +16,7 @@ use mesh_telemetry::access::Outcome;
 use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 use super::route::{Route, route};
+use super::sniff::Sniffed;
 use super::{Ctx, observe};
 use crate::config::Workload;
 use crate::socks5::{self, Reply, Target};
@@ -99,6 +100,58 @@ async fn proxy(
             return reply(&mut tcp, socks, Reply::NotAllowed).await;
         }
     };
+    // A sidecar routes HTTP to services without a waypoint itself, per request (with a
+    // waypoint, L7 happens there, once).
+    if ctx.cfg.l7_outbound
+        && !socks
+        && let Target::Addr(addr) = &target
+        && let Some(sp) = state
+            .service_by_vip(*addr)
+            .filter(|sp| {
+                sp.service.waypoint.is_none()
+                    && matches!(sp.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "AUTO")
+            })
+            .cloned()
+    {
+        drop(state);
+        let sniffed = super::sniff::peek(&tcp).await;
+        let h2 = match (sp.protocol.as_str(), sniffed) {
+            ("HTTP2" | "GRPC", _) | (_, Sniffed::Http2) => Some(true),
+            ("HTTP", _) | (_, Sniffed::Http1) => Some(false),
+            _ => None,
+        };
+        if let Some(h2) = h2 {
+            let stream = super::http::Stream {
+                ctx: ctx.clone(),
+                service: sp,
+                client: Some(peer),
+                src_identity: src.identity.clone(),
+                src_labels: src.telemetry.clone(),
+                side: super::http::Side::Outbound(src),
+                h2,
+            };
+            return super::http::serve(tcp, stream).await;
+        }
+        // Not HTTP after all (an undeclared port): carried as TCP below.
+        return Box::pin(l4(ctx, tcp, peer, src, target, early, socks, start)).await;
+    }
+    drop(state);
+    l4(ctx, tcp, peer, src, target, early, socks, start).await;
+}
+
+/// The L4 path of an outbound connection: routed as a whole.
+#[allow(clippy::too_many_arguments)]
+async fn l4(
+    ctx: Arc<Ctx>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    src: Arc<Workload>,
+    target: Target,
+    early: Vec<u8>,
+    socks: bool,
+    start: tokio::time::Instant,
+) {
+    let state = ctx.state.load_full();
     let decision = route(&state, &target);
     drop(state);
     match decision {

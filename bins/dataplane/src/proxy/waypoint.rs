@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::sniff::{Rewind, Sniffed, sniff};
 use super::{Ctx, observe};
 use crate::config::{ServicePort, Workload};
 
@@ -90,7 +91,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             .filter(|w| w.identity == src_identity);
         let stream = super::http::Stream {
             ctx: ctx.clone(),
-            waypoint,
+            side: super::http::Side::Waypoint(waypoint),
             service: sp,
             client: headers.client,
             src_labels: src.map_or_else(
@@ -193,6 +194,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         hbone_addr,
         SocketAddr::new(target.workload.address, target.port),
         forwarded(&headers),
+        None,
     );
     let mut upstream = match Box::pin(upstream).await {
         Ok(t) => t,
@@ -225,108 +227,6 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let mut r = record(Some(&target));
     r.dst_hbone_addr = Some(hbone_addr);
     observe::log_copied(access, r, &result, 0, Some(rec.totals()), start);
-}
-
-/// What the first bytes of a stream look like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sniffed {
-    Http1,
-    Http2,
-    Tcp,
-}
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const METHODS: &[&[u8]] = &[
-    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE",
-];
-
-/// Classifies `b`; `None` while more bytes could change the answer.
-fn classify(b: &[u8]) -> Option<Sniffed> {
-    let n = b.len().min(H2_PREFACE.len());
-    if b[..n] == H2_PREFACE[..n] {
-        return (n == H2_PREFACE.len()).then_some(Sniffed::Http2);
-    }
-    match b.iter().position(|c| *c == b' ') {
-        Some(i) => Some(if METHODS.contains(&&b[..i]) {
-            Sniffed::Http1
-        } else {
-            Sniffed::Tcp
-        }),
-        None if METHODS.iter().any(|m| m.starts_with(b)) => None,
-        None => Some(Sniffed::Tcp),
-    }
-}
-
-/// How long to wait for a client's first bytes: a server-first protocol (a database or mail
-/// greeting) sends nothing until the server speaks, and is carried as TCP after this.
-const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Reads the first bytes of a stream (at most the HTTP/2 preface's length) until the protocol
-/// is clear, the client stops or the timeout passes; returns the verdict and the bytes read.
-async fn sniff(s: &mut mesh_hbone::H2Stream) -> (Sniffed, Vec<u8>) {
-    use tokio::io::AsyncReadExt;
-    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
-    let mut buf = vec![0u8; H2_PREFACE.len()];
-    let mut n = 0;
-    while n < buf.len() {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf[n..])).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(k)) => n += k,
-        }
-        if let Some(v) = classify(&buf[..n]) {
-            buf.truncate(n);
-            return (v, buf);
-        }
-    }
-    buf.truncate(n);
-    (
-        classify(&buf).filter(|_| n > 0).unwrap_or(Sniffed::Tcp),
-        buf,
-    )
-}
-
-/// A stream whose first bytes were already read: they are replayed before the rest.
-struct Rewind<S> {
-    prefix: bytes::Bytes,
-    inner: S,
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let head = self.prefix.split_to(n);
-            buf.put_slice(&head);
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// Carries an accepted, sniffed-as-TCP stream to an endpoint of `sp` over HBONE.
@@ -372,6 +272,7 @@ async fn carry_tcp(
         hbone_addr,
         SocketAddr::new(ep.workload.address, ep.port),
         forwarded(headers),
+        None,
     );
     let mut upstream = match Box::pin(upstream).await {
         Ok(u) => u,
@@ -415,6 +316,7 @@ pub(super) async fn open_upstream(
     hbone_addr: SocketAddr,
     authority: SocketAddr,
     headers: ConnectHeaders,
+    socket_source: Option<Arc<dyn mesh_hbone::SocketSource>>,
 ) -> Result<mesh_hbone::H2Stream, Upstream> {
     let fail = |reason: String| Upstream {
         reason,
@@ -431,7 +333,7 @@ pub(super) async fn open_upstream(
         hbone_addr,
         authority,
         headers: headers.to_header_map(),
-        socket_source: None,
+        socket_source,
     };
     match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
         Ok(Ok(t)) => Ok(t),
@@ -440,30 +342,5 @@ pub(super) async fn open_upstream(
             reason: e.to_string(),
         }),
         Err(_) => Err(fail("HBONE connect timed out".to_owned())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_first_bytes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Sniffed::Http1));
-        assert_eq!(classify(b"DELETE /x"), Some(Sniffed::Http1));
-        assert_eq!(classify(b"GE"), None, "could still be GET");
-        assert_eq!(
-            classify(b"PRI * HTTP/2.0\r\n"),
-            None,
-            "preface not complete"
-        );
-        assert_eq!(classify(H2_PREFACE), Some(Sniffed::Http2));
-        assert_eq!(
-            classify(b"\x16\x03\x01"),
-            Some(Sniffed::Tcp),
-            "TLS client hello"
-        );
-        assert_eq!(classify(b"HELO mail"), Some(Sniffed::Tcp));
-        assert_eq!(classify(b"GETX /"), Some(Sniffed::Tcp));
     }
 }
