@@ -75,6 +75,10 @@ struct Applied {
     allow_compiled: Vec<Arc<CompiledPolicy>>,
     /// The ALLOW policies, for [`Decision::NotAllowed`].
     allow: Vec<Arc<Policy>>,
+    /// Every applied policy (AUDIT too), for per-request evaluation by an L7 proxy.
+    all: Vec<Arc<Policy>>,
+    /// Some applied policy uses HTTP fields.
+    uses_http: bool,
 }
 
 /// Policies compiled per workload.
@@ -121,6 +125,8 @@ impl PolicyIndex {
                 .chain(by_ns.get(w.namespace).into_iter().flatten());
             for p in candidates {
                 if p.applies_to(root_namespace, w.namespace, w.labels) {
+                    applied.all.push(p.clone());
+                    applied.uses_http |= p.uses_http();
                     match p.action {
                         Action::Deny => applied.deny.push(compiled[&Arc::as_ptr(p)].clone()),
                         Action::Audit => {}
@@ -133,7 +139,7 @@ impl PolicyIndex {
                     }
                 }
             }
-            if !applied.deny.is_empty() || !applied.allow.is_empty() {
+            if !applied.all.is_empty() {
                 by_workload.insert(w.key.to_owned(), applied);
             }
         }
@@ -166,6 +172,23 @@ impl PolicyIndex {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every policy applying to `workload` (AUDIT too), for per-request evaluation.
+    pub fn policies_of(&self, workload: &str) -> &[Arc<Policy>] {
+        self.by_workload
+            .get(workload)
+            .map_or(&[], |a| a.all.as_slice())
+    }
+
+    /// For a proxy that can see requests (a sidecar): every policy applying to `workload`
+    /// (AUDIT too) when some policy uses HTTP fields, to evaluate per request with
+    /// [`crate::http::evaluate_http`]; `None` when connection-level decisions are exact.
+    pub fn http_policies(&self, workload: &str) -> Option<&[Arc<Policy>]> {
+        self.by_workload
+            .get(workload)
+            .filter(|a| a.uses_http)
+            .map(|a| a.all.as_slice())
     }
 
     /// Decides a connection to `workload`. Istio semantics: any matching DENY denies; then, if

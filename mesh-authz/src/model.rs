@@ -273,14 +273,34 @@ impl Policy {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> bool {
-        match &self.scope {
+        self.scope
+            .applies_to(&self.namespace, root_namespace, namespace, labels)
+    }
+
+    /// Whether any rule uses HTTP-only fields (paths, methods, request principals, …).
+    pub fn uses_http(&self) -> bool {
+        self.rules.iter().any(|r| !r.http_only.is_empty())
+    }
+}
+
+impl Scope {
+    /// Whether a resource of `own_namespace` with this scope applies to a workload in
+    /// `namespace` with `labels` (a workload's proxy: ztunnel or sidecar).
+    pub fn applies_to(
+        &self,
+        own_namespace: &str,
+        root_namespace: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        match self {
             Scope::Mesh => true,
-            Scope::Namespace => self.namespace == namespace,
+            Scope::Namespace => own_namespace == namespace,
             Scope::Selector(sel) => {
-                (self.namespace == namespace || self.namespace == root_namespace)
+                (own_namespace == namespace || own_namespace == root_namespace)
                     && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
             }
-            // Waypoint policies never apply at a ztunnel.
+            // Waypoint resources never apply at a workload's proxy.
             Scope::TargetRefs(_) => false,
         }
     }

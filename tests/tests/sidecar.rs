@@ -16,7 +16,28 @@ const CLIENT_IP: &str = "10.73.0.2";
 const SERVER_IP: &str = "10.73.0.3";
 const VIP: &str = "10.73.0.100";
 
+const SECRET: &[u8] = b"sidecar-test-hmac-key-32-bytes!!";
+
+fn jwks() -> String {
+    use base64::Engine;
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+    format!(r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{k}"}}]}}"#)
+}
+
+fn token(sub: &str) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("k1".into());
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    jsonwebtoken::encode(
+        &h,
+        &serde_json::json!({"iss": "test-issuer", "sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
 fn config() -> String {
+    let jwks = jwks();
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -40,7 +61,9 @@ metadata: {{name: server, namespace: ns}}
 spec:
   hosts: [server.ns.svc]
   addresses: [{VIP}]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP, targetPort: 8080}}
+  - {{number: 81, name: http-admin, protocol: HTTP, targetPort: 8081}}
   workloadSelector: {{labels: {{app: server}}}}
 ---
 apiVersion: networking.istio.io/v1
@@ -55,6 +78,24 @@ spec:
     rewrite: {{uri: /new/}}
     route: [{{destination: {{host: server.ns.svc}}}}]
   - route: [{{destination: {{host: server.ns.svc}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: admin-paths, namespace: ns}}
+spec:
+  selector: {{matchLabels: {{app: server}}}}
+  action: DENY
+  rules: [{{to: [{{operation: {{ports: ["8081"], paths: ["/admin*"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: ns}}
+spec:
+  selector: {{matchLabels: {{app: server}}}}
+  jwtRules:
+  - issuer: test-issuer
+    jwks: '{jwks}'
+    outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -143,6 +184,7 @@ fn sidecars_carry_captured_traffic_over_hbone() {
     rb.block_on(rb.spawn(async {
         http_app("0.0.0.0:8080".parse().unwrap(), "server").await;
         http_app("0.0.0.0:9001".parse().unwrap(), "secret").await;
+        http_app("0.0.0.0:8081".parse().unwrap(), "admin").await;
         greeter("0.0.0.0:9002".parse().unwrap()).await;
     }))
     .unwrap();
@@ -190,6 +232,61 @@ fn sidecars_carry_captured_traffic_over_hbone() {
         (503, "answered by the client sidecar")
     );
     assert!(!h.iter().any(|(k, _)| k == "x-app"));
+    // Server-side L7 at the destination sidecar: path policy (normalized) and JWT.
+    let req_with = |dst: &'static str, path: &'static str, headers: Vec<(String, String)>| {
+        ra.block_on(ra.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(dst.parse::<SocketAddr>().unwrap())
+                .await
+                .unwrap();
+            let mut s = tokio::io::BufReader::new(tcp);
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            http_request(&mut s, "GET", path, "server.ns.svc", &h).await
+        }))
+        .unwrap()
+    };
+    for p in ["/admin", "/%2Fadmin", "/x/../admin/users"] {
+        let (status, h, body) = req_with("10.73.0.100:81", p, vec![]);
+        assert_eq!((status, body.as_str()), (403, "RBAC: access denied"), "{p}");
+        assert!(!h.iter().any(|(k, _)| k == "x-app"), "{p} reached the app");
+    }
+    assert_eq!(req_with("10.73.0.100:81", "/status", vec![]).0, 200);
+    let auth = |t: &str| vec![("authorization".to_owned(), format!("Bearer {t}"))];
+    let (status, _, body) = req_with("10.73.0.100:80", "/me", auth("not-a-jwt"));
+    assert_eq!(
+        (status, body.as_str()),
+        (401, "Jwt is not in the form of Header.Payload.Signature")
+    );
+    let (status, h, _) = req_with("10.73.0.100:80", "/me", auth(&token("alice")));
+    assert_eq!(status, 200);
+    let got = h.iter().find(|(k, _)| k == "x-got").map(|(_, v)| v.clone());
+    assert!(
+        got.as_deref()
+            .is_some_and(|g| g.contains("x-jwt-sub=alice") && !g.contains("authorization")),
+        "{got:?}"
+    );
+    let server_metrics: SocketAddr = format!("{SERVER_IP}:15020").parse().unwrap();
+    rb.block_on(rb.spawn(async move {
+        scrape_until(server_metrics, "destination-reported requests", |t| {
+            let m = |code| {
+                metric(
+                    t,
+                    "istio_requests_total",
+                    &[
+                        ("reporter", "destination"),
+                        ("response_code", code),
+                        ("connection_security_policy", "mutual_tls"),
+                        ("source_principal", "spiffe://cluster.local/ns/ns/sa/client"),
+                    ],
+                )
+            };
+            m("403") == 3.0 && m("401") == 1.0
+        })
+        .await;
+    }))
+    .unwrap();
     let client_metrics: SocketAddr = format!("{CLIENT_IP}:15020").parse().unwrap();
     ra.block_on(ra.spawn(async move {
         scrape_until(client_metrics, "source-reported requests", |t| {
@@ -204,12 +301,14 @@ fn sidecars_carry_captured_traffic_over_hbone() {
                     ],
                 )
             };
-            m("200") == 2.0 && m("503") == 1.0
+            m("200") == 4.0 && m("503") == 1.0 && m("403") == 3.0
         })
         .await;
     }))
     .unwrap();
-    // Both went through HBONE: the destination sidecar saw mTLS from the client's identity.
+    // All went through HBONE: the destination sidecar (serving HTTP here, as the workload
+    // has a RequestAuthentication) saw mTLS requests from the client's identity: the VIP and
+    // pod-IP requests, the rewrite, /status and the valid token.
     let metrics: SocketAddr = format!("{SERVER_IP}:15020").parse().unwrap();
     rb.block_on(rb.spawn(async move {
         let want = [
@@ -217,9 +316,10 @@ fn sidecars_carry_captured_traffic_over_hbone() {
             ("connection_security_policy", "mutual_tls"),
             ("source_principal", "spiffe://cluster.local/ns/ns/sa/client"),
             ("destination_workload", "server"),
+            ("response_code", "200"),
         ];
-        scrape_until(metrics, "2 mTLS connections", |t| {
-            metric(t, "istio_tcp_connections_opened_total", &want) >= 2.0
+        scrape_until(metrics, "5 mTLS requests", |t| {
+            metric(t, "istio_requests_total", &want) == 5.0
         })
         .await;
     }))

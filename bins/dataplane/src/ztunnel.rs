@@ -318,6 +318,7 @@ async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
     );
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
     cfg.l7_outbound = true;
+    cfg.l7_inbound = true;
     serve(c, cfg, state).await
 }
 

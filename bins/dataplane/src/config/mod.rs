@@ -997,6 +997,36 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             }
         }
     }
+    // Sidecars: the selector / namespace / mesh RequestAuthentications of each of their
+    // workloads (ztunnels do not read JWTs).
+    let mut sidecar_authn = HashMap::new();
+    for w in workloads
+        .iter()
+        .filter(|w| w.node.as_deref().is_some_and(|n| n.starts_with("sidecar/")))
+    {
+        let rules: Vec<Arc<mesh_authz::jwt::JwtRule>> = request_authns
+            .iter()
+            .filter(|ra| {
+                ra.scope
+                    .applies_to(&ra.namespace, &root_namespace, &w.namespace, &w.labels)
+            })
+            .flat_map(|ra| ra.rules.iter().cloned())
+            .collect();
+        if !rules.is_empty() {
+            sidecar_authn.insert(
+                w.key(),
+                Arc::new(mesh_authz::jwt::Authenticator::new(rules)),
+            );
+        }
+    }
+    let mut port_protocols = HashMap::new();
+    for sp in &service_ports {
+        for ep in &sp.endpoints {
+            port_protocols
+                .entry((ep.workload.key(), ep.port))
+                .or_insert_with(|| sp.protocol.clone());
+        }
+    }
     let waypoint_authn = authn_rules
         .into_iter()
         .map(|(k, rules)| (k, Arc::new(mesh_authz::jwt::Authenticator::new(rules))))
@@ -1013,6 +1043,8 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         waypoint_policies,
         waypoint_authn,
         request_authns,
+        sidecar_authn,
+        port_protocols,
         routes,
         endpoint_sets,
         waypoints,

@@ -338,6 +338,12 @@ pub struct MeshState {
     pub waypoint_authn: HashMap<String, Arc<mesh_authz::jwt::Authenticator>>,
     /// `RequestAuthentication`s, as validated.
     pub request_authns: Vec<mesh_authz::jwt::RequestAuthentication>,
+    /// JWT authentication at sidecars: by workload (`namespace/name`), the rules of the
+    /// selector / namespace / mesh `RequestAuthentication`s that apply to it.
+    pub sidecar_authn: HashMap<String, Arc<mesh_authz::jwt::Authenticator>>,
+    /// The declared protocol of a workload's port (`namespace/name`, target port), from the
+    /// service ports it is an endpoint of.
+    pub port_protocols: HashMap<(String, u16), String>,
     /// HTTP route tables (`VirtualService`) by the service host they apply to.
     pub routes: HashMap<String, Arc<mesh_l7::RouteTable>>,
     /// Endpoint sets by (host, service port, subset name or ""), with their balancing.
@@ -377,6 +383,8 @@ impl MeshState {
             waypoint_policies: HashMap::new(),
             waypoint_authn: HashMap::new(),
             request_authns: Vec::new(),
+            sidecar_authn: HashMap::new(),
+            port_protocols: HashMap::new(),
             routes: HashMap::new(),
             endpoint_sets: HashMap::new(),
             waypoints: HashMap::new(),

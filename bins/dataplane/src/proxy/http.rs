@@ -113,12 +113,8 @@ impl Done {
             s.side.reporter(),
             &s.src_labels,
             dst,
-            service.or(Some(&s.service.service.telemetry)),
-            match s.side {
-                // As Istio's client sidecars report it.
-                Side::Outbound(_) => mesh_telemetry::metrics::SecurityPolicy::Unknown,
-                Side::Waypoint(_) => mesh_telemetry::metrics::SecurityPolicy::MutualTls,
-            },
+            service.or(s.service.as_ref().map(|sp| &sp.service.telemetry)),
+            s.side.security(),
         );
         standard.request_protocol =
             mesh_telemetry::metrics::Str::from(if self.grpc_status.is_empty() {
@@ -150,6 +146,7 @@ impl Done {
                 reporter: match s.side {
                     Side::Waypoint(_) => "waypoint",
                     Side::Outbound(_) => "source",
+                    Side::Inbound { .. } => "destination",
                 },
                 src_addr: s.client,
                 src_identity: Some(s.src_identity.as_str()),
@@ -305,13 +302,23 @@ pub(crate) enum Side {
     /// On a sidecar's captured outbound: routing only, reporter `source`, upstream tunnels
     /// with the client workload's identity.
     Outbound(Arc<crate::config::Workload>),
+    /// On a sidecar's inbound (HBONE or captured plaintext): the workload's JWT and policies
+    /// (selector / namespace / mesh), per request; forwarded to the app on `port`.
+    Inbound {
+        /// The local workload.
+        workload: Arc<crate::config::Workload>,
+        /// The app's port.
+        port: u16,
+        /// Arrived over HBONE (else captured plaintext).
+        mtls: bool,
+    },
 }
 
 impl Side {
     fn identity(&self) -> &mesh_identity::SpiffeId {
         match self {
             Side::Waypoint(w) => &w.identity,
-            Side::Outbound(w) => &w.identity,
+            Side::Outbound(w) | Side::Inbound { workload: w, .. } => &w.identity,
         }
     }
 
@@ -319,6 +326,7 @@ impl Side {
         match self {
             Side::Waypoint(_) => mesh_telemetry::metrics::Reporter::Waypoint,
             Side::Outbound(_) => mesh_telemetry::metrics::Reporter::Source,
+            Side::Inbound { .. } => mesh_telemetry::metrics::Reporter::Destination,
         }
     }
 
@@ -326,6 +334,16 @@ impl Side {
         match self {
             Side::Waypoint(_) => "waypoint",
             Side::Outbound(_) => "outbound",
+            Side::Inbound { .. } => "inbound",
+        }
+    }
+
+    fn security(&self) -> mesh_telemetry::metrics::SecurityPolicy {
+        use mesh_telemetry::metrics::SecurityPolicy;
+        match self {
+            // As Istio's client sidecars report it.
+            Side::Outbound(_) | Side::Inbound { mtls: false, .. } => SecurityPolicy::Unknown,
+            Side::Waypoint(_) | Side::Inbound { mtls: true, .. } => SecurityPolicy::MutualTls,
         }
     }
 }
@@ -335,8 +353,8 @@ impl Side {
 pub(crate) struct Stream {
     pub(crate) ctx: Arc<Ctx>,
     pub(crate) side: Side,
-    /// The service the client addressed.
-    pub(crate) service: Arc<ServicePort>,
+    /// The service the client addressed (none for a sidecar's inbound to a bare port).
+    pub(crate) service: Option<Arc<ServicePort>>,
     /// The original client address (from `Forwarded`).
     pub(crate) client: Option<SocketAddr>,
     /// The client's identity (the source ztunnel's peer).
@@ -555,26 +573,37 @@ async fn authenticate(
     meta: &mut Meta,
 ) -> Result<Option<mesh_authz::jwt::RequestAuth>, Response<Body>> {
     use mesh_authz::jwt::{Authenticator, TokenLocation};
-    // JWT is the server side's business: a waypoint's here (a sidecar's on its inbound).
-    let Side::Waypoint(waypoint) = &s.side else {
-        return Ok(None);
-    };
+    // JWT is the server side's business: a waypoint's, or a sidecar's on its inbound.
     let authn = {
         let state = s.ctx.state.load();
-        if state.waypoint_authn.is_empty() {
-            return Ok(None);
-        }
-        let svc = &s.service.service;
-        let get = |k: String| state.waypoint_authn.get(&k).cloned();
-        match (
-            get(format!("Service/{}/{}", svc.namespace, svc.name)),
-            get(format!("Gateway/{}/{}", waypoint.namespace, waypoint.name)),
-        ) {
-            (None, None) => return Ok(None),
-            (Some(a), None) | (None, Some(a)) => a,
-            (Some(a), Some(b)) => Arc::new(Authenticator::new(
-                a.rules().iter().chain(b.rules()).cloned().collect(),
-            )),
+        match &s.side {
+            Side::Outbound(_) => return Ok(None),
+            Side::Inbound { workload, .. } => match state.sidecar_authn.get(&workload.key()) {
+                Some(a) => a.clone(),
+                None => return Ok(None),
+            },
+            Side::Waypoint(waypoint) => {
+                if state.waypoint_authn.is_empty() {
+                    return Ok(None);
+                }
+                let get = |k: String| state.waypoint_authn.get(&k).cloned();
+                let svc = s.service.as_ref().and_then(|sp| {
+                    get(format!(
+                        "Service/{}/{}",
+                        sp.service.namespace, sp.service.name
+                    ))
+                });
+                match (
+                    svc,
+                    get(format!("Gateway/{}/{}", waypoint.namespace, waypoint.name)),
+                ) {
+                    (None, None) => return Ok(None),
+                    (Some(a), None) | (None, Some(a)) => a,
+                    (Some(a), Some(b)) => Arc::new(Authenticator::new(
+                        a.rules().iter().chain(b.rules()).cloned().collect(),
+                    )),
+                }
+            }
         }
     };
     // Tokens in the query are not logged.
@@ -626,7 +655,7 @@ async fn authenticate(
         Err(e) => {
             warn!(
                 target: "access",
-                direction = "waypoint",
+                direction = s.side.name(),
                 src.identity = %s.src_identity,
                 method = %req.method(),
                 path = %req.uri().path(),
@@ -658,9 +687,9 @@ fn authorize(
     meta: &mut Meta,
 ) -> Result<String, (StatusCode, &'static str)> {
     // Client side (a sidecar's outbound): no policy here, and the path goes on as sent.
-    let Side::Waypoint(waypoint) = &s.side else {
+    if let Side::Outbound(_) = &s.side {
         return Ok(path.to_owned());
-    };
+    }
     let state = s.ctx.state.load();
     let (raw, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -670,23 +699,50 @@ fn authorize(
         meta.flags = "DPE";
         return Err((StatusCode::BAD_REQUEST, "invalid request path\n"));
     };
-    let svc = &s.service.service;
     let mut policies: Vec<&mesh_authz::Policy> = Vec::new();
-    for key in [
-        format!("Service/{}/{}", svc.namespace, svc.name),
-        format!("Gateway/{}/{}", waypoint.namespace, waypoint.name),
-    ] {
-        if let Some(ps) = state.waypoint_policies.get(&key) {
-            policies.extend(ps.iter().map(|p| &**p));
+    // The connection facts: where the request went (the service VIP at a waypoint, the
+    // workload at a sidecar) and who sent it.
+    let (self_ip, destination_ip, destination_port) = match &s.side {
+        Side::Waypoint(waypoint) => {
+            let mut keys = vec![format!("Gateway/{}/{}", waypoint.namespace, waypoint.name)];
+            if let Some(sp) = &s.service {
+                keys.push(format!(
+                    "Service/{}/{}",
+                    sp.service.namespace, sp.service.name
+                ));
+            }
+            for key in keys {
+                if let Some(ps) = state.waypoint_policies.get(&key) {
+                    policies.extend(ps.iter().map(|p| &**p));
+                }
+            }
+            let sp = s.service.as_ref();
+            (
+                waypoint.address,
+                sp.and_then(|sp| sp.service.vips.first().copied())
+                    .unwrap_or(waypoint.address),
+                sp.map_or(0, |sp| sp.port),
+            )
         }
-    }
+        Side::Inbound { workload, port, .. } => {
+            policies.extend(
+                state
+                    .authz
+                    .policies_of(&workload.key())
+                    .iter()
+                    .map(|p| &**p),
+            );
+            (workload.address, workload.address, *port)
+        }
+        Side::Outbound(_) => unreachable!("returned above"),
+    };
     if !policies.is_empty() {
         let principal = s
             .src_identity
             .as_str()
             .strip_prefix("spiffe://")
             .unwrap_or(s.src_identity.as_str());
-        let source_ip = s.client.map_or(waypoint.address, |c| c.ip());
+        let source_ip = s.client.map_or(self_ip, |c| c.ip());
         let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
             if p.bytes().all(|b| b.is_ascii_digit()) {
                 h
@@ -700,10 +756,19 @@ fn authorize(
             conn: mesh_authz::Connection {
                 source_ip,
                 remote_ip: None,
-                source_principal: Some(principal),
-                source_namespace: Some(s.src_identity.namespace()),
-                destination_ip: svc.vips.first().copied().unwrap_or(waypoint.address),
-                destination_port: s.service.port,
+                // Captured plaintext has no peer identity.
+                source_principal: s
+                    .side
+                    .security()
+                    .eq(&mesh_telemetry::metrics::SecurityPolicy::MutualTls)
+                    .then_some(principal),
+                source_namespace: s
+                    .side
+                    .security()
+                    .eq(&mesh_telemetry::metrics::SecurityPolicy::MutualTls)
+                    .then(|| s.src_identity.namespace()),
+                destination_ip,
+                destination_port,
             },
             host,
             method: req.method().as_str(),
@@ -725,7 +790,7 @@ fn authorize(
             let who = &s.src_identity;
             warn!(
                 target: "access",
-                direction = "waypoint",
+                direction = s.side.name(),
                 src.identity = %who,
                 method = %req.method(),
                 path = %normalized,
@@ -749,15 +814,25 @@ async fn route_request(
     authority: &str,
     meta: &mut Meta,
 ) -> Response<Body> {
+    let sp = match (&s.side, &s.service) {
+        (Side::Inbound { workload, port, .. }, _) => {
+            return Box::pin(forward_local(s, workload, *port, req, meta)).await;
+        }
+        (_, Some(sp)) => sp.clone(),
+        (_, None) => {
+            meta.flags = "NR";
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no such service\n");
+        }
+    };
     let state = s.ctx.state.load_full();
-    let host = s.service.service.hosts.first().cloned().unwrap_or_default();
+    let host = sp.service.hosts.first().cloned().unwrap_or_default();
     let table = state.routes.get(&host).cloned();
     let route = table.as_ref().and_then(|t| {
         t.select(&mesh_l7::RequestFacts {
             method: req.method().as_str(),
             path,
             authority,
-            port: s.service.port,
+            port: sp.port,
             headers: req.headers(),
         })
     });
@@ -792,7 +867,7 @@ async fn route_request(
             };
             // The destination port, else the addressed port if the host has it, else the
             // host's only port.
-            let port = d.port.unwrap_or(s.service.port);
+            let port = d.port.unwrap_or(sp.port);
             let port = if state.service_by_host(&d.host, port).is_some() {
                 Some(port)
             } else {
@@ -812,8 +887,8 @@ async fn route_request(
         }
         None => (
             state
-                .endpoint_set(&host, s.service.port, None)
-                .map(|set| (set.clone(), Some(s.service.clone()))),
+                .endpoint_set(&host, sp.port, None)
+                .map(|set| (set.clone(), Some(sp.clone()))),
             None,
         ),
     };
@@ -916,6 +991,72 @@ async fn route_request(
     }
 }
 
+/// A sidecar's inbound: the request, authorized, goes to the app on the workload's address
+/// (from its namespace, marked), over a reused HTTP connection.
+async fn forward_local(
+    s: &Stream,
+    workload: &Arc<crate::config::Workload>,
+    port: u16,
+    mut req: Request<CountedBody>,
+    meta: &mut Meta,
+) -> Response<Body> {
+    let addr = SocketAddr::new(workload.address, port);
+    meta.upstream = Some(addr);
+    meta.dst = Some((workload.clone(), s.service.clone()));
+    let te_trailers = req
+        .headers()
+        .get("te")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for h in HOP_BY_HOP {
+        req.headers_mut().remove(*h);
+    }
+    if te_trailers {
+        req.headers_mut()
+            .insert("te", HeaderValue::from_static("trailers"));
+    }
+    let mut sender = match s.ctx.upstreams.take(addr, s.h2) {
+        Some(x) => x,
+        None => {
+            let tcp = match super::observe::connect(
+                addr,
+                s.ctx.cfg.connect_timeout,
+                s.ctx.cfg.socket_mark,
+                s.ctx.socket_source(workload).as_ref(),
+            )
+            .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(upstream = %addr, reason = %e.reason, "application unreachable: 503");
+                    meta.flags = "UF";
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
+                }
+            };
+            match handshake(tcp, s.h2).await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(upstream = %addr, error = %e, "application handshake failed: 503");
+                    meta.flags = "UF";
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
+                }
+            }
+        }
+    };
+    let resp = sender.send(req).await;
+    s.ctx.upstreams.put(addr, sender);
+    match resp {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            warn!(upstream = %addr, error = %e, "application request failed: 503");
+            meta.flags = "UF";
+            text(StatusCode::SERVICE_UNAVAILABLE, "upstream request failed\n")
+        }
+    }
+}
+
 /// A new HTTP/1.1 connection to `addr` through HBONE to its ztunnel, as the waypoint.
 async fn connect(
     s: &Stream,
@@ -930,7 +1071,7 @@ async fn connect(
         ..ConnectHeaders::default()
     };
     let socket_source = match &s.side {
-        Side::Outbound(w) => s.ctx.socket_source(w),
+        Side::Outbound(w) | Side::Inbound { workload: w, .. } => s.ctx.socket_source(w),
         Side::Waypoint(_) => None,
     };
     let tunnel = super::waypoint::open_upstream(
@@ -944,13 +1085,20 @@ async fn connect(
     )
     .await
     .map_err(|e| e.reason)?;
-    if s.h2 {
+    handshake(tunnel, s.h2).await.map_err(|e| e.to_string())
+}
+
+/// An HTTP client connection (HTTP/2 prior knowledge or HTTP/1.1) on `io`, its driver spawned.
+async fn handshake<IO>(io: IO, h2: bool) -> hyper::Result<Sender>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
         let (sender, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(tunnel),
+            TokioIo::new(io),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "upstream HTTP/2 connection ended");
@@ -958,9 +1106,7 @@ async fn connect(
         });
         return Ok(Sender::H2(sender));
     }
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tunnel))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!(error = %e, "upstream HTTP connection ended");

@@ -68,17 +68,76 @@ struct Admitted {
     host: Option<String>,
     source_ip: IpAddr,
     principal: String,
-    upstream: TcpStream,
-    rec: ConnectionRecorder,
+    /// The app connection and its metrics (none when served as HTTP: connected per request).
+    upstream: Option<(TcpStream, ConnectionRecorder)>,
     /// The state snapshot the decision was made on (its address, for comparison only).
     decided_on: usize,
 }
 
+/// A sidecar's inbound CONNECT that is served as HTTP: the workload's JWT and policies
+/// (with HTTP fields) are evaluated per request. `Some(h2)` when the port is declared
+/// `HTTP` (`false`), `HTTP2` or `GRPC` (`true`) and the workload has such policies or a
+/// `RequestAuthentication`; otherwise connection-level L4 applies.
+fn l7_inbound(ctx: &Ctx, req: &InboundConnect) -> Option<bool> {
+    if !ctx.cfg.l7_inbound {
+        return None;
+    }
+    let state = ctx.state.load();
+    let w = state.workload_by_ip(req.authority.ip())?;
+    let key = w.key();
+    if state.authz.http_policies(&key).is_none() && !state.sidecar_authn.contains_key(&key) {
+        return None;
+    }
+    match state
+        .port_protocols
+        .get(&(key, req.authority.port()))
+        .map(String::as_str)
+    {
+        Some("HTTP") => Some(false),
+        Some("HTTP2" | "GRPC") => Some(true),
+        _ => None,
+    }
+}
+
+/// Serves an admitted CONNECT as HTTP to the local app ([`l7_inbound`]).
+async fn serve_l7(ctx: Arc<Ctx>, req: InboundConnect, h2: bool, start: tokio::time::Instant) {
+    let authority = req.authority;
+    let src_identity = req.conn.peer_identity.clone();
+    let a = match Box::pin(admit(&ctx, &req, start, true)).await {
+        Ok(a) => a,
+        Err(status) => return req.refuse(status),
+    };
+    let tunnel = match req.accept() {
+        Ok(t) => t,
+        Err(e) => return debug!(error = %e, "tunnel closed before 200"),
+    };
+    let stream = super::http::Stream {
+        ctx: ctx.clone(),
+        service: None,
+        client: a.client,
+        src_labels: a.src.as_ref().map_or_else(
+            || observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
+            |w| w.telemetry.clone(),
+        ),
+        src_identity,
+        side: super::http::Side::Inbound {
+            workload: a.dst,
+            port: authority.port(),
+            mtls: true,
+        },
+        h2,
+    };
+    super::http::serve(tunnel, stream).await;
+}
+
 async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let start = tokio::time::Instant::now();
+    if let Some(h2) = l7_inbound(&ctx, &req) {
+        return Box::pin(serve_l7(ctx, req, h2, start)).await;
+    }
     // Boxed: the checks' state (state snapshot, labels, authorization, the app connect) is
     // short-lived; inline it would stay in every tunnel's task for the tunnel's whole life.
-    let admitted = Box::pin(admit(&ctx, &req, start)).await;
+    let admitted = Box::pin(admit(&ctx, &req, start, false)).await;
     let a = match admitted {
         Ok(a) => a,
         Err(status) => return req.refuse(status),
@@ -105,14 +164,16 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             return req.refuse(StatusCode::UNAUTHORIZED);
         }
     }
+    let Some((mut upstream, rec)) = a.upstream else {
+        return req.refuse(StatusCode::INTERNAL_SERVER_ERROR);
+    };
     let tunnel = match req.accept() {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };
-    let mut upstream = a.upstream;
     let (mut r, mut w) = upstream.split();
     let counter = observe::TunnelBytes {
-        rec: &a.rec,
+        rec: &rec,
         reporter: Reporter::Destination,
     };
     let result = tokio::select! {
@@ -123,7 +184,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         )),
     };
     // Counted as they passed, so also right when the copy ended in an error.
-    let (to_app, from_app) = a.rec.totals();
+    let (to_app, from_app) = rec.totals();
     let error = result.err().map(|e| e.to_string());
     debug!(
         src.identity = %src_identity,
@@ -163,6 +224,7 @@ async fn admit(
     ctx: &Ctx,
     req: &InboundConnect,
     start: tokio::time::Instant,
+    l7: bool,
 ) -> Result<Admitted, StatusCode> {
     let authority = req.authority;
     let src_identity = &req.conn.peer_identity;
@@ -287,6 +349,19 @@ async fn admit(
         .as_str()
         .strip_prefix("spiffe://")
         .unwrap_or(src_identity.as_str());
+    if l7 {
+        // Authorized per request (with the HTTP fields), connected per request.
+        return Ok(Admitted {
+            decided_on: Arc::as_ptr(&state) as usize,
+            principal: principal.to_owned(),
+            dst,
+            src,
+            client,
+            host,
+            source_ip,
+            upstream: None,
+        });
+    }
     let decision = state.authz.evaluate(
         &dst.key(),
         &mesh_authz::Connection {
@@ -344,7 +419,6 @@ async fn admit(
         client,
         host,
         source_ip,
-        upstream,
-        rec,
+        upstream: Some((upstream, rec)),
     })
 }

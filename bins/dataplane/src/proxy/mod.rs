@@ -83,6 +83,10 @@ pub struct ProxyConfig {
     /// HTTP on captured outbound connections to services without a waypoint is routed here,
     /// per request (a sidecar's client-side L7).
     pub l7_outbound: bool,
+    /// HBONE to a local workload's declared HTTP port is served per request when the
+    /// workload has policies with HTTP fields or a `RequestAuthentication` (a sidecar's
+    /// server-side L7).
+    pub l7_inbound: bool,
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +110,7 @@ impl Default for ProxyConfig {
             log: None,
             jwks_refresh: Duration::from_secs(20 * 60),
             l7_outbound: false,
+            l7_inbound: false,
         }
     }
 }
@@ -651,11 +656,23 @@ impl Proxy {
         ctx.netns.store(Arc::new(namespaces));
         let old = ctx.state.swap(Arc::new(state));
         let state = ctx.state.load_full();
+        // Remote JWKS of the RequestAuthentications this proxy enforces.
         if ctx.cfg.waypoint.is_some() {
             ctx.jwks.sync(
                 state
                     .waypoint_authn
                     .values()
+                    .flat_map(|a| a.rules())
+                    .map(|r| (r.keys.clone(), r.timeout)),
+                &inner.cancel,
+            );
+        } else if ctx.cfg.l7_inbound
+            && let Some(node) = state.node(&ctx.node_name)
+        {
+            ctx.jwks.sync(
+                node.workloads
+                    .iter()
+                    .filter_map(|w| state.sidecar_authn.get(&w.key()))
                     .flat_map(|a| a.rules())
                     .map(|r| (r.keys.clone(), r.timeout)),
                 &inner.cancel,

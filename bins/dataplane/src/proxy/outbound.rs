@@ -123,7 +123,7 @@ async fn proxy(
         if let Some(h2) = h2 {
             let stream = super::http::Stream {
                 ctx: ctx.clone(),
-                service: sp,
+                service: Some(sp),
                 client: Some(peer),
                 src_identity: src.identity.clone(),
                 src_labels: src.telemetry.clone(),

@@ -92,7 +92,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         let stream = super::http::Stream {
             ctx: ctx.clone(),
             side: super::http::Side::Waypoint(waypoint),
-            service: sp,
+            service: Some(sp),
             client: headers.client,
             src_labels: src.map_or_else(
                 || observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
