@@ -663,7 +663,7 @@ impl Drop for NetNs {
 pub async fn http_app(addr: SocketAddr, name: &'static str) {
     let l = TcpListener::bind(addr).await.unwrap();
     tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
+        while let Ok((s, peer)) = l.accept().await {
             tokio::spawn(async move {
                 let mut s = tokio::io::BufReader::new(s);
                 loop {
@@ -703,8 +703,9 @@ pub async fn http_app(addr: SocketAddr, name: &'static str) {
                         })
                         .collect();
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-app: {name}\r\nx-got: {}\r\n\r\n{body}",
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-app: {name}\r\nx-peer: {}\r\nx-got: {}\r\n\r\n{body}",
                         body.len(),
+                        peer.ip(),
                         got.join("|")
                     );
                     if s.get_mut().write_all(resp.as_bytes()).await.is_err() {

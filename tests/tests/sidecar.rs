@@ -741,3 +741,79 @@ fn in_pod_ztunnels_serve_pods_and_onboard_without_restart() {
     mesh.expect_log("n1", "listener removed");
     assert_eq!(get(d, "10.75.0.4:8080").2, "c GET /in-pod host=x");
 }
+
+/// TPROXY: with `meshctl capture install --tproxy` and `sidecar --tproxy`, the app sees its
+/// real peer's address, for mesh (HBONE) and plaintext clients alike.
+#[test]
+fn tproxy_lets_the_app_see_the_client_address() {
+    let Some(pa) = NetNs::create("mesh-t76a") else {
+        return;
+    };
+    let Some(pb) = NetNs::create("mesh-t76b") else {
+        return;
+    };
+    pa.run(&[
+        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &pb.name,
+    ]);
+    pa.run(&["ip", "addr", "add", "10.76.0.2/24", "dev", "va"]);
+    pa.run(&["ip", "link", "set", "va", "up"]);
+    pb.run(&["ip", "addr", "add", "10.76.0.3/24", "dev", "vb"]);
+    pb.run(&["ip", "link", "set", "vb", "up"]);
+    let cfg = config()
+        .replace(CLIENT_IP, "10.76.0.2")
+        .replace(SERVER_IP, "10.76.0.3")
+        .replace(VIP, "10.76.0.100");
+    let mut mesh = TestMesh::new(&cfg);
+    let (ra, rb) = (pa.runtime(), pb.runtime());
+    rb.block_on(rb.spawn(http_app("0.0.0.0:9080".parse().unwrap(), "plain-port")))
+        .unwrap();
+    mesh.sidecar("a", "ns/client", Some(&pa.name), &[]);
+    mesh.sidecar("b", "ns/server", Some(&pb.name), &["--tproxy"]);
+    let (ok, _, err) = meshctl(
+        &["capture", "install", "--netns", &pa.name],
+        mesh.dir.path(),
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = meshctl(
+        &["capture", "install", "--tproxy", "--netns", &pb.name],
+        mesh.dir.path(),
+    );
+    assert!(ok, "{err}");
+    let peer_seen = |ra: &tokio::runtime::Runtime| {
+        let (status, h, body) = ra
+            .block_on(ra.spawn(async {
+                let tcp = tokio::net::TcpStream::connect("10.76.0.3:9080")
+                    .await
+                    .unwrap();
+                let mut s = tokio::io::BufReader::new(tcp);
+                http_request(&mut s, "GET", "/who", "x", &[]).await
+            }))
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        h.iter()
+            .find(|(k, _)| k == "x-peer")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    // Over HBONE: the client's address from the tunnel's Forwarded header.
+    assert_eq!(peer_seen(&ra), "10.76.0.2");
+    mesh.expect_log("b", r#""security":"mutual_tls""#);
+    // Plaintext (the client's capture removed): TPROXY'd to the sidecar, handed on from the
+    // client's address.
+    let (ok, _, err) = meshctl(&["capture", "remove", "--netns", &pa.name], mesh.dir.path());
+    assert!(ok, "{err}");
+    assert_eq!(peer_seen(&ra), "10.76.0.2");
+    mesh.expect_log("b", r#""security":"unknown""#);
+    // Removal leaves neither rules nor policy routing behind.
+    let (ok, _, err) = meshctl(&["capture", "remove", "--netns", &pb.name], mesh.dir.path());
+    assert!(ok, "{err}");
+    assert!(!ns_ok(
+        &pb,
+        &["iptables", "-t", "mangle", "-L", "MESH_INBOUND", "-n"]
+    ));
+    let rules = std::process::Command::new("ip")
+        .args(["netns", "exec", &pb.name, "ip", "rule", "show"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains("lookup 133"));
+}

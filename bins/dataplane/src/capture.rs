@@ -32,7 +32,17 @@ pub struct CaptureSpec {
     pub mark: Option<u32>,
     /// Uid of the proxy process, as an alternative (or addition) to the mark.
     pub uid: Option<u32>,
+    /// Inbound by TPROXY instead of REDIRECT (the proxy runs with `--tproxy`): connections
+    /// keep their addresses, so the proxy can hand them to the app from the client's own
+    /// address ([`TPROXY_MARK`], policy routing table [`TPROXY_TABLE`]).
+    pub tproxy: bool,
 }
+
+/// Mark of TPROXY'd inbound packets and of the proxy's connections to the app that carry the
+/// client's address; such packets are routed locally ([`TPROXY_TABLE`]).
+pub const TPROXY_MARK: u32 = 1338;
+/// The policy routing table that delivers [`TPROXY_MARK`] packets locally.
+pub const TPROXY_TABLE: u32 = 133;
 
 impl Default for CaptureSpec {
     fn default() -> Self {
@@ -44,6 +54,7 @@ impl Default for CaptureSpec {
             exclude_outbound_cidrs: Vec::new(),
             mark: Some(1337),
             uid: None,
+            tproxy: false,
         }
     }
 }
@@ -53,27 +64,70 @@ pub const ALWAYS_EXCLUDED_INBOUND: [u16; 3] = [15008, 15020, 15021];
 
 const OUT_CHAIN: &str = "MESH_OUTPUT";
 const IN_CHAIN: &str = "MESH_INBOUND";
+const DIVERT_CHAIN: &str = "MESH_DIVERT";
 
 /// The `iptables-restore --noflush` input for `spec` (IPv4 or IPv6 rules: only the loopback
 /// range and CIDRs of that family differ).
 pub fn rules(spec: &CaptureSpec, ipv6: bool) -> String {
-    let mut r = String::from("*nat\n");
-    r.push_str(&format!(":{OUT_CHAIN} - [0:0]\n:{IN_CHAIN} - [0:0]\n"));
-    r.push_str(&format!("-A PREROUTING -p tcp -j {IN_CHAIN}\n"));
-    r.push_str(&format!("-A OUTPUT -p tcp -j {OUT_CHAIN}\n"));
     let mut inbound: Vec<u16> = ALWAYS_EXCLUDED_INBOUND.to_vec();
     inbound.extend(&spec.exclude_inbound_ports);
     inbound.sort_unstable();
     inbound.dedup();
-    for p in inbound {
-        r.push_str(&format!("-A {IN_CHAIN} -p tcp --dport {p} -j RETURN\n"));
+    let mut r = String::new();
+    if spec.tproxy {
+        // Inbound in the mangle table: TPROXY to the proxy's port, marked for local delivery;
+        // the app's replies to a connection the proxy made from the client's address get the
+        // mark back from conntrack, so they return to the proxy.
+        let m = TPROXY_MARK;
+        r.push_str("*mangle\n");
+        r.push_str(&format!(":{IN_CHAIN} - [0:0]\n:{DIVERT_CHAIN} - [0:0]\n"));
+        r.push_str(&format!("-A PREROUTING -p tcp -j {IN_CHAIN}\n"));
+        r.push_str(&format!(
+            "-A OUTPUT -p tcp -m mark --mark {m} -j CONNMARK --save-mark\n"
+        ));
+        r.push_str(&format!(
+            "-A OUTPUT -p tcp -m connmark --mark {m} -j CONNMARK --restore-mark\n"
+        ));
+        r.push_str(&format!(
+            "-A {DIVERT_CHAIN} -j MARK --set-xmark {m}/0xffffffff\n-A {DIVERT_CHAIN} -j ACCEPT\n"
+        ));
+        // Loopback is local traffic, the proxy's own connections to the app among it.
+        r.push_str(&format!("-A {IN_CHAIN} -i lo -j RETURN\n"));
+        for p in &inbound {
+            r.push_str(&format!("-A {IN_CHAIN} -p tcp --dport {p} -j RETURN\n"));
+        }
+        r.push_str(&format!(
+            "-A {IN_CHAIN} -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j {DIVERT_CHAIN}\n"
+        ));
+        r.push_str(&format!(
+            "-A {IN_CHAIN} -p tcp -j TPROXY --on-port {} --tproxy-mark {m}/0xffffffff\n",
+            spec.inbound_port
+        ));
+        r.push_str("COMMIT\n");
     }
-    r.push_str(&format!(
-        "-A {IN_CHAIN} -p tcp -j REDIRECT --to-ports {}\n",
-        spec.inbound_port
-    ));
+    r.push_str("*nat\n");
+    r.push_str(&format!(":{OUT_CHAIN} - [0:0]\n"));
+    if !spec.tproxy {
+        r.push_str(&format!(":{IN_CHAIN} - [0:0]\n"));
+        r.push_str(&format!("-A PREROUTING -p tcp -j {IN_CHAIN}\n"));
+    }
+    r.push_str(&format!("-A OUTPUT -p tcp -j {OUT_CHAIN}\n"));
+    if !spec.tproxy {
+        for p in &inbound {
+            r.push_str(&format!("-A {IN_CHAIN} -p tcp --dport {p} -j RETURN\n"));
+        }
+        r.push_str(&format!(
+            "-A {IN_CHAIN} -p tcp -j REDIRECT --to-ports {}\n",
+            spec.inbound_port
+        ));
+    }
     if let Some(m) = spec.mark {
         r.push_str(&format!("-A {OUT_CHAIN} -m mark --mark {m} -j RETURN\n"));
+    }
+    if spec.tproxy {
+        r.push_str(&format!(
+            "-A {OUT_CHAIN} -m mark --mark {TPROXY_MARK} -j RETURN\n"
+        ));
     }
     if let Some(u) = spec.uid {
         r.push_str(&format!(
@@ -144,6 +198,32 @@ fn run(mut c: Command, stdin: Option<&str>) -> Result<(), String> {
 /// earlier ones. IPv6 rules are added when `ipv6` (needs `ip6tables`).
 pub fn install(spec: &CaptureSpec, netns: Option<&str>, ipv6: bool) -> Result<(), String> {
     remove(netns, ipv6)?;
+    if spec.tproxy {
+        let families: &[&str] = if ipv6 { &["-4", "-6"] } else { &["-4"] };
+        for fam in families {
+            let mark = TPROXY_MARK.to_string();
+            let table = TPROXY_TABLE.to_string();
+            run(
+                {
+                    let mut c = command(netns, "ip");
+                    c.args([fam, "rule", "add", "fwmark", &mark, "lookup", &table]);
+                    c
+                },
+                None,
+            )?;
+            let local = if *fam == "-6" { "::/0" } else { "0.0.0.0/0" };
+            run(
+                {
+                    let mut c = command(netns, "ip");
+                    c.args([
+                        fam, "route", "add", "local", local, "dev", "lo", "table", &table,
+                    ]);
+                    c
+                },
+                None,
+            )?;
+        }
+    }
     run(
         {
             let mut c = command(netns, "iptables-restore");
@@ -167,28 +247,97 @@ pub fn install(spec: &CaptureSpec, netns: Option<&str>, ipv6: bool) -> Result<()
 
 /// Removes the capture rules (no error when there are none).
 pub fn remove(netns: Option<&str>, ipv6: bool) -> Result<(), String> {
+    // TPROXY's policy routing.
+    let families: &[&str] = if ipv6 { &["-4", "-6"] } else { &["-4"] };
+    for fam in families {
+        let mark = TPROXY_MARK.to_string();
+        let table = TPROXY_TABLE.to_string();
+        while run(
+            {
+                let mut c = command(netns, "ip");
+                c.args([*fam, "rule", "del", "fwmark", &mark, "lookup", &table]);
+                c
+            },
+            None,
+        )
+        .is_ok()
+        {}
+        let _ = run(
+            {
+                let mut c = command(netns, "ip");
+                c.args([*fam, "route", "flush", "table", &table]);
+                c
+            },
+            None,
+        );
+    }
     let tools: &[&str] = if ipv6 {
         &["iptables", "ip6tables"]
     } else {
         &["iptables"]
     };
+    let m = TPROXY_MARK.to_string();
+    // The rules added to the built-in chains (deleted however many times they were added),
+    // then our own chains.
+    let jumps: [(&str, &str, Vec<&str>); 5] = [
+        ("nat", "PREROUTING", vec!["-p", "tcp", "-j", IN_CHAIN]),
+        ("nat", "OUTPUT", vec!["-p", "tcp", "-j", OUT_CHAIN]),
+        ("mangle", "PREROUTING", vec!["-p", "tcp", "-j", IN_CHAIN]),
+        (
+            "mangle",
+            "OUTPUT",
+            vec![
+                "-p",
+                "tcp",
+                "-m",
+                "mark",
+                "--mark",
+                &m,
+                "-j",
+                "CONNMARK",
+                "--save-mark",
+            ],
+        ),
+        (
+            "mangle",
+            "OUTPUT",
+            vec![
+                "-p",
+                "tcp",
+                "-m",
+                "connmark",
+                "--mark",
+                &m,
+                "-j",
+                "CONNMARK",
+                "--restore-mark",
+            ],
+        ),
+    ];
+    let chains = [
+        ("nat", IN_CHAIN),
+        ("nat", OUT_CHAIN),
+        ("mangle", IN_CHAIN),
+        ("mangle", DIVERT_CHAIN),
+    ];
     for tool in tools {
-        for (parent, chain) in [("PREROUTING", IN_CHAIN), ("OUTPUT", OUT_CHAIN)] {
-            // Delete every jump (an install run twice by hand could add two).
+        for (table, parent, args) in &jumps {
             while run(
                 {
                     let mut c = command(netns, tool);
-                    c.args(["-t", "nat", "-D", parent, "-p", "tcp", "-j", chain]);
+                    c.args(["-t", table, "-D", parent]).args(args);
                     c
                 },
                 None,
             )
             .is_ok()
             {}
+        }
+        for (table, chain) in chains {
             let exists = run(
                 {
                     let mut c = command(netns, tool);
-                    c.args(["-t", "nat", "-L", chain, "-n"]);
+                    c.args(["-t", table, "-L", chain, "-n"]);
                     c
                 },
                 None,
@@ -199,7 +348,7 @@ pub fn remove(netns: Option<&str>, ipv6: bool) -> Result<(), String> {
                     run(
                         {
                             let mut c = command(netns, tool);
-                            c.args(["-t", "nat", op, chain]);
+                            c.args(["-t", table, op, chain]);
                             c
                         },
                         None,
@@ -249,5 +398,28 @@ mod tests {
         );
         assert!(rules(&spec, true).contains("-d ::1/128 -j RETURN"));
         assert!(!rules(&spec, true).contains("10.96.0.0/12"));
+    }
+
+    #[test]
+    fn tproxy_rules_use_mangle_and_leave_loopback_alone() {
+        let spec = CaptureSpec {
+            tproxy: true,
+            ..CaptureSpec::default()
+        };
+        let r = rules(&spec, false);
+        let (mangle, nat) = r.split_once("*nat").unwrap_or_else(|| unreachable!());
+        for want in [
+            "-A MESH_INBOUND -i lo -j RETURN",
+            "-A MESH_INBOUND -p tcp --dport 15008 -j RETURN",
+            "-A MESH_INBOUND -p tcp -j TPROXY --on-port 15006 --tproxy-mark 1338/0xffffffff",
+            "-A OUTPUT -p tcp -m connmark --mark 1338 -j CONNMARK --restore-mark",
+        ] {
+            assert!(mangle.contains(want), "{want} missing:\n{r}");
+        }
+        assert!(
+            !nat.contains("MESH_INBOUND"),
+            "no REDIRECT inbound with TPROXY:\n{r}"
+        );
+        assert!(nat.contains("-A MESH_OUTPUT -m mark --mark 1338 -j RETURN"));
     }
 }

@@ -148,3 +148,43 @@ impl mesh_hbone::SocketSource for Netns {
         self.id
     }
 }
+
+fn transparent_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv4() {
+        s.set_ip_transparent_v4(true)?;
+    } else {
+        s.set_ip_transparent_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// A listener with `IP_TRANSPARENT`, for connections that TPROXY rules deliver with their
+/// original addresses (the accepted socket's local address is the original destination).
+pub fn bind_transparent(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let s = transparent_socket(addr)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
+/// Connects to `addr` from `source` (an address that is not this host's: the client's, with
+/// `IP_TRANSPARENT`), marked `mark` so TPROXY's policy routing brings the replies back here.
+pub async fn connect_transparent(
+    addr: SocketAddr,
+    source: IpAddr,
+    mark: u32,
+) -> io::Result<TcpStream> {
+    let s = transparent_socket(addr)?;
+    mesh_hbone::set_mark(&s, mark)?;
+    s.bind(&SocketAddr::new(source, 0).into())?;
+    let tcp = TcpSocket::from_std_stream(s.into()).connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}

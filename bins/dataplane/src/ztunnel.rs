@@ -172,6 +172,10 @@ pub struct SidecarArgs {
     /// Plaintext inbound listen address, overriding `<workload address>:<plaintext-port>`.
     #[arg(long, value_name = "IP:PORT")]
     pub plaintext_addr: Option<SocketAddr>,
+    /// Inbound capture is TPROXY (`meshctl capture install --tproxy`): the plaintext
+    /// listener is transparent and the app sees each client's own address.
+    #[arg(long)]
+    pub tproxy: bool,
     /// Settings shared with the other proxies.
     #[command(flatten)]
     pub common: ProxyArgs,
@@ -319,6 +323,7 @@ async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
     cfg.l7_outbound = true;
     cfg.l7_inbound = true;
+    cfg.tproxy = args.tproxy;
     serve(c, cfg, state).await
 }
 

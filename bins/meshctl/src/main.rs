@@ -100,6 +100,10 @@ enum CaptureCmd {
         /// Outbound destination CIDRs not captured (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
         exclude_outbound_cidrs: Vec<ipnet::IpNet>,
+        /// Inbound by TPROXY instead of REDIRECT (run the sidecar with `--tproxy`): the app
+        /// sees each client's own address. Adds policy routing (fwmark 1338, table 133).
+        #[arg(long)]
+        tproxy: bool,
         /// Print the iptables-restore input instead of applying it.
         #[arg(long)]
         dry_run: bool,
@@ -158,6 +162,7 @@ fn capture(cmd: CaptureCmd) -> ExitCode {
             exclude_inbound_ports,
             exclude_outbound_ports,
             exclude_outbound_cidrs,
+            tproxy,
             dry_run,
         } => {
             let spec = capture::CaptureSpec {
@@ -168,6 +173,7 @@ fn capture(cmd: CaptureCmd) -> ExitCode {
                 exclude_outbound_cidrs,
                 mark: (mark != 0).then_some(mark),
                 uid,
+                tproxy,
             };
             if dry_run {
                 say!("{}", capture::rules(&spec, false));

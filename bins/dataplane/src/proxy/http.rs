@@ -1017,21 +1017,17 @@ async fn forward_local(
     let mut sender = match s.ctx.upstreams.take(addr, s.h2) {
         Some(x) => x,
         None => {
-            let tcp = match super::observe::connect(
-                addr,
-                s.ctx.cfg.connect_timeout,
-                s.ctx.cfg.socket_mark,
-                s.ctx.socket_source(workload).as_ref(),
-            )
-            .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(upstream = %addr, reason = %e.reason, "application unreachable: 503");
-                    meta.flags = "UF";
-                    return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
-                }
-            };
+            let tcp =
+                match super::observe::connect_app(&s.ctx, workload, addr, s.client.map(|c| c.ip()))
+                    .await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(upstream = %addr, reason = %e.reason, "application unreachable: 503");
+                        meta.flags = "UF";
+                        return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
+                    }
+                };
             match handshake(tcp, s.h2).await {
                 Ok(x) => x,
                 Err(e) => {

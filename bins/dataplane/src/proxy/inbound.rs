@@ -392,14 +392,7 @@ async fn admit(
     }
     let decided_on = Arc::as_ptr(&state) as usize;
     drop(state);
-    let upstream = match observe::connect(
-        authority,
-        ctx.cfg.connect_timeout,
-        ctx.cfg.socket_mark,
-        ctx.socket_source(&dst).as_ref(),
-    )
-    .await
-    {
+    let upstream = match observe::connect_app(ctx, &dst, authority, Some(source_ip)).await {
         Ok(u) => u,
         Err(observe::ConnectError { reason, .. }) => {
             warn!(%authority, %reason, dst.workload = %dst.key(), "application unreachable: 503");

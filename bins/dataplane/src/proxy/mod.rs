@@ -87,6 +87,9 @@ pub struct ProxyConfig {
     /// workload has policies with HTTP fields or a `RequestAuthentication` (a sidecar's
     /// server-side L7).
     pub l7_inbound: bool,
+    /// Inbound by TPROXY (`meshctl capture install --tproxy`): the plaintext listener is
+    /// transparent, and connections to the app come from the client's own address.
+    pub tproxy: bool,
 }
 
 impl Default for ProxyConfig {
@@ -111,6 +114,7 @@ impl Default for ProxyConfig {
             jwks_refresh: Duration::from_secs(20 * 60),
             l7_outbound: false,
             l7_inbound: false,
+            tproxy: false,
         }
     }
 }
@@ -629,6 +633,12 @@ impl Proxy {
                 ListenerKey::Hbone(addr) => Pending::Hbone(bind(*addr).await?),
                 ListenerKey::Socks5(addr) => Pending::Socks5(bind(*addr).await?),
                 ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
+                ListenerKey::Plaintext(addr) if ctx.cfg.tproxy => Pending::Plaintext(
+                    crate::sockets::bind_transparent(*addr).map_err(|source| Error::Bind {
+                        addr: *addr,
+                        source,
+                    })?,
+                ),
                 ListenerKey::Plaintext(addr) => Pending::Plaintext(bind(*addr).await?),
                 ListenerKey::Outbound(addr) => Pending::Outbound(bind(*addr).await?),
                 ListenerKey::InPod(path, kind, addr) => {

@@ -473,6 +473,45 @@ pub(crate) async fn connect(
     }
 }
 
+/// Connects to a local workload's app at `addr` for a client at `client`: from the client's
+/// own address when the proxy runs with TPROXY (so the app sees its real peer), else as
+/// [`connect`] does (from the workload's namespace when it is served in-pod).
+pub(crate) async fn connect_app(
+    ctx: &super::Ctx,
+    workload: &crate::config::Workload,
+    addr: SocketAddr,
+    client: Option<std::net::IpAddr>,
+) -> Result<tokio::net::TcpStream, ConnectError> {
+    let timeout = ctx.cfg.connect_timeout;
+    match client.filter(|c| ctx.cfg.tproxy && *c != addr.ip() && c.is_ipv4() == addr.is_ipv4()) {
+        Some(c) => match tokio::time::timeout(
+            timeout,
+            crate::sockets::connect_transparent(addr, c, crate::capture::TPROXY_MARK),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(ConnectError {
+                reason: format!("connect to {addr} from {c} (transparent) failed: {e}"),
+                timed_out: false,
+            }),
+            Err(_) => Err(ConnectError {
+                reason: format!("connect to {addr} timed out"),
+                timed_out: true,
+            }),
+        },
+        None => {
+            connect(
+                addr,
+                timeout,
+                ctx.cfg.socket_mark,
+                ctx.socket_source(workload).as_ref(),
+            )
+            .await
+        }
+    }
+}
+
 /// Logs a copied connection: bytes each way (the recorder's `totals` when it has one, which
 /// stay right after an error; else the copy's result plus `early` request bytes sent before
 /// it), duration, and the error if the copy failed.

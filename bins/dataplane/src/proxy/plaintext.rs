@@ -18,7 +18,14 @@ use super::{Ctx, observe};
 pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
     let start = tokio::time::Instant::now();
     let access = &ctx.telemetry.access;
-    let Some(dst_addr) = crate::sockets::original_dst(&tcp) else {
+    // TPROXY keeps the original destination as the socket's own address; REDIRECT/DNAT
+    // leave it in conntrack.
+    let original = if ctx.cfg.tproxy {
+        tcp.local_addr().ok()
+    } else {
+        crate::sockets::original_dst(&tcp)
+    };
+    let Some(dst_addr) = original else {
         warn!(src.addr = %peer, "plaintext inbound connection was not redirected by capture rules: closed");
         let rec = observe::record(
             "inbound",
@@ -134,14 +141,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
         return observe::log_refusal(access, record(), &reason, start);
     }
-    let mut upstream = match observe::connect(
-        dst_addr,
-        ctx.cfg.connect_timeout,
-        ctx.cfg.socket_mark,
-        ctx.socket_source(&dst).as_ref(),
-    )
-    .await
-    {
+    let mut upstream = match observe::connect_app(&ctx, &dst, dst_addr, Some(peer.ip())).await {
         Ok(u) => u,
         Err(observe::ConnectError { reason, .. }) => {
             debug!(%reason, "application unreachable");
