@@ -155,15 +155,18 @@ pub fn rules(spec: &CaptureSpec, ipv6: bool) -> String {
     r
 }
 
-fn command(netns: Option<&str>, program: &str) -> Command {
-    match netns {
+/// `program args…`, in network namespace `netns` if given.
+fn command(netns: Option<&str>, program: &str, args: &[&str]) -> Command {
+    let mut c = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", ns, program]);
             c
         }
         None => Command::new(program),
-    }
+    };
+    c.args(args);
+    c
 }
 
 fn run(mut c: Command, stdin: Option<&str>) -> Result<(), String> {
@@ -204,41 +207,33 @@ pub fn install(spec: &CaptureSpec, netns: Option<&str>, ipv6: bool) -> Result<()
             let mark = TPROXY_MARK.to_string();
             let table = TPROXY_TABLE.to_string();
             run(
-                {
-                    let mut c = command(netns, "ip");
-                    c.args([fam, "rule", "add", "fwmark", &mark, "lookup", &table]);
-                    c
-                },
+                command(
+                    netns,
+                    "ip",
+                    &[fam, "rule", "add", "fwmark", &mark, "lookup", &table],
+                ),
                 None,
             )?;
             let local = if *fam == "-6" { "::/0" } else { "0.0.0.0/0" };
             run(
-                {
-                    let mut c = command(netns, "ip");
-                    c.args([
+                command(
+                    netns,
+                    "ip",
+                    &[
                         fam, "route", "add", "local", local, "dev", "lo", "table", &table,
-                    ]);
-                    c
-                },
+                    ],
+                ),
                 None,
             )?;
         }
     }
     run(
-        {
-            let mut c = command(netns, "iptables-restore");
-            c.arg("--noflush");
-            c
-        },
+        command(netns, "iptables-restore", &["--noflush"]),
         Some(&rules(spec, false)),
     )?;
     if ipv6 {
         run(
-            {
-                let mut c = command(netns, "ip6tables-restore");
-                c.arg("--noflush");
-                c
-            },
+            command(netns, "ip6tables-restore", &["--noflush"]),
             Some(&rules(spec, true)),
         )?;
     }
@@ -253,21 +248,17 @@ pub fn remove(netns: Option<&str>, ipv6: bool) -> Result<(), String> {
         let mark = TPROXY_MARK.to_string();
         let table = TPROXY_TABLE.to_string();
         while run(
-            {
-                let mut c = command(netns, "ip");
-                c.args([*fam, "rule", "del", "fwmark", &mark, "lookup", &table]);
-                c
-            },
+            command(
+                netns,
+                "ip",
+                &[*fam, "rule", "del", "fwmark", &mark, "lookup", &table],
+            ),
             None,
         )
         .is_ok()
         {}
         let _ = run(
-            {
-                let mut c = command(netns, "ip");
-                c.args([*fam, "route", "flush", "table", &table]);
-                c
-            },
+            command(netns, "ip", &[*fam, "route", "flush", "table", &table]),
             None,
         );
     }
@@ -324,8 +315,8 @@ pub fn remove(netns: Option<&str>, ipv6: bool) -> Result<(), String> {
         for (table, parent, args) in &jumps {
             while run(
                 {
-                    let mut c = command(netns, tool);
-                    c.args(["-t", table, "-D", parent]).args(args);
+                    let mut c = command(netns, tool, &["-t", table, "-D", parent]);
+                    c.args(args);
                     c
                 },
                 None,
@@ -335,24 +326,13 @@ pub fn remove(netns: Option<&str>, ipv6: bool) -> Result<(), String> {
         }
         for (table, chain) in chains {
             let exists = run(
-                {
-                    let mut c = command(netns, tool);
-                    c.args(["-t", table, "-L", chain, "-n"]);
-                    c
-                },
+                command(netns, tool, &["-t", table, "-L", chain, "-n"]),
                 None,
             )
             .is_ok();
             if exists {
                 for op in ["-F", "-X"] {
-                    run(
-                        {
-                            let mut c = command(netns, tool);
-                            c.args(["-t", table, op, chain]);
-                            c
-                        },
-                        None,
-                    )?;
+                    run(command(netns, tool, &["-t", table, op, chain]), None)?;
                 }
             }
         }

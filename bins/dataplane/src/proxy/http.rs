@@ -399,6 +399,20 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Removes the hop-by-hop headers a proxy must not forward, keeping `te: trailers` (the one
+/// hop-by-hop value HTTP/2 allows, which gRPC needs end to end).
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let te_trailers = headers
+        .get("te")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+    if te_trailers {
+        headers.insert("te", HeaderValue::from_static("trailers"));
+    }
+}
+
 /// What routing found out, for the request's metrics and log line.
 #[derive(Default)]
 struct Meta {
@@ -924,18 +938,7 @@ async fn route_request(
         r.headers.request.apply(req.headers_mut());
         d.headers.request.apply(req.headers_mut());
     }
-    let te_trailers = req
-        .headers()
-        .get("te")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for h in HOP_BY_HOP {
-        req.headers_mut().remove(*h);
-    }
-    // gRPC needs `te: trailers` end to end (the one hop-by-hop value HTTP/2 allows).
-    if te_trailers {
-        req.headers_mut()
-            .insert("te", HeaderValue::from_static("trailers"));
-    }
+    strip_hop_by_hop(req.headers_mut());
     let Some(hbone_addr) = ep.workload.hbone_addr else {
         meta.flags = "UF";
         return text(
@@ -1003,17 +1006,7 @@ async fn forward_local(
     let addr = SocketAddr::new(workload.address, port);
     meta.upstream = Some(addr);
     meta.dst = Some((workload.clone(), s.service.clone()));
-    let te_trailers = req
-        .headers()
-        .get("te")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for h in HOP_BY_HOP {
-        req.headers_mut().remove(*h);
-    }
-    if te_trailers {
-        req.headers_mut()
-            .insert("te", HeaderValue::from_static("trailers"));
-    }
+    strip_hop_by_hop(req.headers_mut());
     let mut sender = match s.ctx.upstreams.take(addr, s.h2) {
         Some(x) => x,
         None => {
