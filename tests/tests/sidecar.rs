@@ -817,3 +817,58 @@ fn tproxy_lets_the_app_see_the_client_address() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&rules.stdout).contains("lookup 133"));
 }
+
+/// `meshctl bench` measures the capture topologies (pods in network namespaces): every
+/// request answered, figures present, namespaces gone afterwards.
+#[test]
+fn bench_measures_sidecar_pair_and_captured_ztunnels() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root for network namespaces and iptables");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let (ok, out, err) = meshctl(
+        &[
+            "bench",
+            "--topologies",
+            "direct-pods,sidecar-pair,ztunnel-pair-capture",
+            "--quick",
+            "--duration",
+            "1s",
+            "--rate",
+            "200",
+            "--idle-tunnels",
+            "20",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(ok, "bench failed:\n{out}\n{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for r in results {
+        let name = r["topology"].as_str().unwrap();
+        assert_eq!(r["requests_failed"], 0, "{name}");
+        assert!(r["requests_ok"].as_u64().unwrap() >= 150, "{name}: {r}");
+        assert_eq!(r["churn_failed"], 0, "{name}");
+        if name != "direct-pods" {
+            assert!(r["added_latency_ms"]["p50"].is_f64(), "{name}: {r}");
+            assert!(
+                r["cpu_s_per_1000_requests"].as_f64().unwrap() > 0.0,
+                "{name}"
+            );
+        }
+    }
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains("mbench-a-"),
+        "bench namespaces left behind"
+    );
+}

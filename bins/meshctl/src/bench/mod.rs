@@ -9,6 +9,7 @@
 
 mod control;
 mod load;
+mod pods;
 mod topology;
 
 use std::io::Write;
@@ -276,7 +277,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(start_servers())?;
+    rt.block_on(start_servers(SERVER))?;
     let opts = ProxyOpts {
         workers: args.workers,
         log: args.proxy_log.clone(),
@@ -289,12 +290,21 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("topology {}", topo.name()))?;
         results.push(r);
     }
-    if let Some(base) = results
-        .iter()
-        .find(|r| r.topology == "direct")
-        .map(|r| r.latency_ms)
+    // Added latency: against `direct` on loopback, or `direct-pods` (the veth between the
+    // pods) for the capture topologies.
+    let base_of = |name: &str| {
+        results
+            .iter()
+            .find(|r| r.topology == name)
+            .map(|r| r.latency_ms)
+    };
+    let (direct, pods) = (base_of("direct"), base_of("direct-pods"));
+    for r in results
+        .iter_mut()
+        .filter(|r| !r.topology.starts_with("direct"))
     {
-        for r in results.iter_mut().filter(|r| r.topology != "direct") {
+        let capture = matches!(r.topology.as_str(), "sidecar-pair" | "ztunnel-pair-capture");
+        if let Some(base) = if capture { pods } else { direct } {
             r.added_latency_ms = Some(r.latency_ms.minus(&base));
         }
     }
@@ -344,78 +354,88 @@ fn measure(
     args: &BenchArgs,
 ) -> anyhow::Result<TopoResult> {
     let mut path = topology::setup(topo, dir, opts)?;
-    let proxied = !path.procs.is_empty();
-    let mut r = TopoResult {
-        topology: topo.name().into(),
-        ..Default::default()
-    };
-    // Warm-up: connections, pools, caches.
-    let _ = load::latency(
-        CLIENT,
-        path.http,
-        args.rate,
-        args.connections,
-        Duration::from_secs(1),
-        args.payload,
-    );
+    let client = path.client;
+    // The capture topologies' load runs inside pod A (threads inherit the namespace).
+    let netns = path.client_netns.clone();
+    let r = pods::run_in(netns.as_deref(), || -> anyhow::Result<TopoResult> {
+        let path = &path;
+        let proxied = !path.procs.is_empty();
+        let mut r = TopoResult {
+            topology: topo.name().into(),
+            ..Default::default()
+        };
+        // Warm-up: connections, pools, caches.
+        let _ = load::latency(
+            client,
+            path.http,
+            args.rate,
+            args.connections,
+            Duration::from_secs(1),
+            args.payload,
+        );
 
-    say!("   latency: {} rps × {:?}", args.rate, args.duration);
-    let before = topology::total_stat(&path.procs);
-    let mut lat = load::latency(
-        CLIENT,
-        path.http,
-        args.rate,
-        args.connections,
-        args.duration,
-        args.payload,
-    );
-    let after = topology::total_stat(&path.procs);
-    r.requests_ok = lat.ok;
-    r.requests_failed = lat.errors;
-    r.latency_ms = Percentiles::of(&mut lat.samples_us);
-    if proxied && lat.ok > 0 {
-        let cpu = after.cpu_s - before.cpu_s;
-        r.cpu_s_per_1000_requests = Some(cpu / (lat.ok as f64 / 1000.0));
-        r.vcpu_at_rate = Some(cpu / args.duration.as_secs_f64());
-        r.rss_steady_mb = Some(mb(after.rss));
-        r.anon_steady_mb = Some(mb(after.anon));
-    }
-
-    say!(
-        "   throughput: 1 and 8 streams × {:?}",
-        args.throughput_duration
-    );
-    r.throughput_1_stream_gbps = load::throughput(CLIENT, path.tcp, 1, args.throughput_duration)?;
-    r.throughput_8_streams_gbps = load::throughput(CLIENT, path.tcp, 8, args.throughput_duration)?;
-
-    say!(
-        "   churn: new connection per request × {:?}",
-        args.churn_duration
-    );
-    let before = topology::total_stat(&path.procs);
-    let (ok, failed) = load::churn(CLIENT, path.http, 4, args.churn_duration);
-    let after = topology::total_stat(&path.procs);
-    r.churn_connections_per_s = ok as f64 / args.churn_duration.as_secs_f64();
-    r.churn_failed = failed;
-    if proxied && ok > 0 {
-        r.churn_cpu_s_per_1000_connections =
-            Some((after.cpu_s - before.cpu_s) / (ok as f64 / 1000.0));
-    }
-
-    if proxied {
-        say!("   idle tunnels: {}", args.idle_tunnels);
-        // Let churned connections finish closing so they do not count.
-        std::thread::sleep(Duration::from_millis(500));
+        say!("   latency: {} rps × {:?}", args.rate, args.duration);
         let before = topology::total_stat(&path.procs);
-        let conns = load::open_idle(CLIENT, path.http, args.idle_tunnels)?;
-        std::thread::sleep(Duration::from_millis(500));
+        let mut lat = load::latency(
+            client,
+            path.http,
+            args.rate,
+            args.connections,
+            args.duration,
+            args.payload,
+        );
         let after = topology::total_stat(&path.procs);
-        // Private memory: the binary's file pages do not grow with tunnels.
-        r.idle_tunnel_kib =
-            Some(after.anon.saturating_sub(before.anon) as f64 / 1024.0 / args.idle_tunnels as f64);
-        drop(conns);
-        r.rss_peak_mb = Some(mb(topology::total_stat(&path.procs).hwm));
-    }
+        r.requests_ok = lat.ok;
+        r.requests_failed = lat.errors;
+        r.latency_ms = Percentiles::of(&mut lat.samples_us);
+        if proxied && lat.ok > 0 {
+            let cpu = after.cpu_s - before.cpu_s;
+            r.cpu_s_per_1000_requests = Some(cpu / (lat.ok as f64 / 1000.0));
+            r.vcpu_at_rate = Some(cpu / args.duration.as_secs_f64());
+            r.rss_steady_mb = Some(mb(after.rss));
+            r.anon_steady_mb = Some(mb(after.anon));
+        }
+
+        say!(
+            "   throughput: 1 and 8 streams × {:?}",
+            args.throughput_duration
+        );
+        r.throughput_1_stream_gbps =
+            load::throughput(client, path.tcp, 1, args.throughput_duration)?;
+        r.throughput_8_streams_gbps =
+            load::throughput(client, path.tcp, 8, args.throughput_duration)?;
+
+        say!(
+            "   churn: new connection per request × {:?}",
+            args.churn_duration
+        );
+        let before = topology::total_stat(&path.procs);
+        let (ok, failed) = load::churn(client, path.http, 4, args.churn_duration);
+        let after = topology::total_stat(&path.procs);
+        r.churn_connections_per_s = ok as f64 / args.churn_duration.as_secs_f64();
+        r.churn_failed = failed;
+        if proxied && ok > 0 {
+            r.churn_cpu_s_per_1000_connections =
+                Some((after.cpu_s - before.cpu_s) / (ok as f64 / 1000.0));
+        }
+
+        if proxied {
+            say!("   idle tunnels: {}", args.idle_tunnels);
+            // Let churned connections finish closing so they do not count.
+            std::thread::sleep(Duration::from_millis(500));
+            let before = topology::total_stat(&path.procs);
+            let conns = load::open_idle(client, path.http, args.idle_tunnels)?;
+            std::thread::sleep(Duration::from_millis(500));
+            let after = topology::total_stat(&path.procs);
+            // Private memory: the binary's file pages do not grow with tunnels.
+            r.idle_tunnel_kib = Some(
+                after.anon.saturating_sub(before.anon) as f64 / 1024.0 / args.idle_tunnels as f64,
+            );
+            drop(conns);
+            r.rss_peak_mb = Some(mb(topology::total_stat(&path.procs).hwm));
+        }
+        Ok(r)
+    })??;
     for p in &mut path.procs {
         p.stop();
     }
@@ -605,13 +625,14 @@ fn print_table(r: &Report) {
     let _ = stdout.write_all(out.as_bytes());
 }
 
-async fn start_servers() -> anyhow::Result<()> {
-    let http = TcpListener::bind(SocketAddr::new(SERVER, HTTP_PORT))
+/// The server workload on `ip`: an HTTP echo and a TCP sink.
+pub(crate) async fn start_servers(ip: std::net::IpAddr) -> anyhow::Result<()> {
+    let http = TcpListener::bind(SocketAddr::new(ip, HTTP_PORT))
         .await
-        .with_context(|| format!("bind {SERVER}:{HTTP_PORT}"))?;
-    let tcp = TcpListener::bind(SocketAddr::new(SERVER, TCP_PORT))
+        .with_context(|| format!("bind {ip}:{HTTP_PORT}"))?;
+    let tcp = TcpListener::bind(SocketAddr::new(ip, TCP_PORT))
         .await
-        .with_context(|| format!("bind {SERVER}:{TCP_PORT}"))?;
+        .with_context(|| format!("bind {ip}:{TCP_PORT}"))?;
     tokio::spawn(async move {
         while let Ok((s, _)) = http.accept().await {
             let _ = s.set_nodelay(true);

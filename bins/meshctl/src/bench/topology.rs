@@ -26,6 +26,15 @@ pub(crate) enum Topology {
     /// Client → ztunnel A → HBONE → waypoint (HTTP routed per request at L7; TCP carried) →
     /// HBONE → ztunnel B → server.
     Waypoint,
+    /// Client (pod A) → server (pod B) over the veth pair, no mesh: the baseline of the
+    /// capture topologies. Needs root.
+    DirectPods,
+    /// Client (pod A, captured) → sidecar A (HTTP routed per request) → HBONE → sidecar B
+    /// (HTTP authorized per request) → server (pod B). Network namespaces: needs root.
+    SidecarPair,
+    /// Client (pod A, captured) → in-pod ztunnel A → HBONE → in-pod ztunnel B → server (pod
+    /// B): ztunnel-pair with capture in network namespaces. Needs root.
+    ZtunnelPairCapture,
 }
 
 impl Topology {
@@ -35,6 +44,9 @@ impl Topology {
             Topology::ZtunnelPair => "ztunnel-pair",
             Topology::RelayPair => "relay-pair",
             Topology::Waypoint => "waypoint",
+            Topology::DirectPods => "direct-pods",
+            Topology::SidecarPair => "sidecar-pair",
+            Topology::ZtunnelPairCapture => "ztunnel-pair-capture",
         }
     }
 }
@@ -149,8 +161,91 @@ pub(crate) struct RunningPath {
     pub(crate) http: SocketAddr,
     /// Where TCP throughput clients connect.
     pub(crate) tcp: SocketAddr,
-    /// The proxies on the path.
+    /// The proxies on the path (stopped before the pods go).
     pub(crate) procs: Vec<ProxyProc>,
+    /// The client's address.
+    pub(crate) client: IpAddr,
+    /// The network namespace the load runs in, for the capture topologies.
+    pub(crate) client_netns: Option<String>,
+    /// The servers of the capture topologies (in pod B).
+    pub(crate) _servers: Option<tokio::runtime::Runtime>,
+    /// The pods of the capture topologies.
+    pub(crate) _pods: Option<super::pods::Pods>,
+}
+
+impl RunningPath {
+    fn local(http: SocketAddr, tcp: SocketAddr, procs: Vec<ProxyProc>) -> RunningPath {
+        RunningPath {
+            http,
+            tcp,
+            procs,
+            client: CLIENT,
+            client_netns: None,
+            _servers: None,
+            _pods: None,
+        }
+    }
+}
+
+/// The pods' mesh: both workloads with sidecars, or both in-pod on their own ztunnel nodes.
+fn pods_config(pods: &super::pods::Pods, sidecars: bool) -> String {
+    use super::pods::{POD_A, POD_B, POD_VIP};
+    let label = if sidecars {
+        ", sidecar.istio.io/inject: \"true\""
+    } else {
+        ""
+    };
+    // With sidecars the HTTP port's rule uses an HTTP field, so the server's sidecar parses
+    // and authorizes every request (L7 on both ends); a ztunnel decides per connection.
+    let methods = if sidecars {
+        ", methods: [GET, POST]"
+    } else {
+        ""
+    };
+    let mut c = String::new();
+    if !sidecars {
+        for (node, addr, w, ns) in [
+            ("a", ip(4, 1), "client", &pods.a),
+            ("b", ip(4, 2), "server", &pods.b),
+        ] {
+            c.push_str(&format!(
+                "apiVersion: dataplane.mesh.dev/v1alpha1\nkind: Node\nmetadata: {{name: {node}}}\nspec: {{address: {addr}, workloads: [bench/{w}], netns: {{bench/{w}: /var/run/netns/{ns}}}}}\n---\n"
+            ));
+        }
+    }
+    c.push_str(&format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: bench}}
+spec: {{address: {POD_A}, serviceAccount: client, labels: {{app: client{label}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: server, namespace: bench}}
+spec: {{address: {POD_B}, serviceAccount: server, labels: {{app: server{label}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: server, namespace: bench}}
+spec:
+  hosts: [server.bench.svc]
+  addresses: [{POD_VIP}]
+  ports:
+  - {{number: {HTTP_PORT}, name: http, protocol: HTTP}}
+  - {{number: {TCP_PORT}, name: tcp, protocol: TCP}}
+  workloadSelector: {{labels: {{app: server}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: server, namespace: bench}}
+spec:
+  selector: {{matchLabels: {{app: server}}}}
+  rules:
+  - to: [{{operation: {{ports: ["{TCP_PORT}"]}}}}]
+  - to: [{{operation: {{ports: ["{HTTP_PORT}"]{methods}}}}}]
+"#
+    ));
+    c
 }
 
 /// How to start the proxies.
@@ -164,11 +259,62 @@ pub(crate) struct ProxyOpts {
 
 pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Result<RunningPath> {
     match topo {
-        Topology::Direct => Ok(RunningPath {
-            http: SocketAddr::new(SERVER, HTTP_PORT),
-            tcp: SocketAddr::new(SERVER, TCP_PORT),
-            procs: Vec::new(),
-        }),
+        Topology::Direct => Ok(RunningPath::local(
+            SocketAddr::new(SERVER, HTTP_PORT),
+            SocketAddr::new(SERVER, TCP_PORT),
+            Vec::new(),
+        )),
+        Topology::DirectPods | Topology::SidecarPair | Topology::ZtunnelPairCapture => {
+            let sidecars = topo == Topology::SidecarPair;
+            let pods = super::pods::Pods::create()
+                .with_context(|| format!("the {} topology", topo.name()))?;
+            let servers = super::pods::runtime_in(&pods.b)?;
+            servers.block_on(
+                servers.spawn(super::start_servers(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
+            )??;
+            if topo == Topology::DirectPods {
+                return Ok(RunningPath {
+                    http: SocketAddr::new(super::pods::POD_B, HTTP_PORT),
+                    tcp: SocketAddr::new(super::pods::POD_B, TCP_PORT),
+                    procs: Vec::new(),
+                    client: super::pods::POD_A,
+                    client_netns: Some(pods.a.clone()),
+                    _servers: Some(servers),
+                    _pods: Some(pods),
+                });
+            }
+            let ca = dir.join("ca");
+            mesh_identity::LocalCa::load_or_create(&ca)?;
+            let config = dir.join(format!("{}.yaml", topo.name()));
+            std::fs::write(&config, pods_config(&pods, sidecars))?;
+            let mut procs = Vec::new();
+            if sidecars {
+                for (ns, w) in [(&pods.b, "bench/server"), (&pods.a, "bench/client")] {
+                    procs.push(start_proxy(Role::Sidecar(ns), w, &config, &ca, opts)?);
+                }
+            } else {
+                for node in ["b", "a"] {
+                    procs.push(start_proxy(Role::Ztunnel, node, &config, &ca, opts)?);
+                }
+            }
+            for ns in [&pods.a, &pods.b] {
+                mesh_dataplane::capture::install(
+                    &mesh_dataplane::capture::CaptureSpec::default(),
+                    Some(ns),
+                    false,
+                )
+                .map_err(anyhow::Error::msg)?;
+            }
+            Ok(RunningPath {
+                http: SocketAddr::new(super::pods::POD_VIP, HTTP_PORT),
+                tcp: SocketAddr::new(super::pods::POD_VIP, TCP_PORT),
+                procs,
+                client: super::pods::POD_A,
+                client_netns: Some(pods.a.clone()),
+                _servers: Some(servers),
+                _pods: Some(pods),
+            })
+        }
         Topology::RelayPair => {
             let hop = |c: u8, port: u16| SocketAddr::new(ip(3, c), port);
             let mut procs = Vec::new();
@@ -180,11 +326,11 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
                 )?);
                 procs.push(start_relay(hop(1, port), hop(2, port), opts)?);
             }
-            Ok(RunningPath {
-                http: hop(1, HTTP_PORT),
-                tcp: hop(1, TCP_PORT),
+            Ok(RunningPath::local(
+                hop(1, HTTP_PORT),
+                hop(1, TCP_PORT),
                 procs,
-            })
+            ))
         }
         Topology::ZtunnelPair | Topology::Waypoint => {
             let ca = dir.join("ca");
@@ -205,19 +351,21 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
                 procs.push(start_proxy(Role::Waypoint, "bench/wp", &config, &ca, opts)?);
             }
             procs.push(start_proxy(Role::Ztunnel, "a", &config, &ca, opts)?);
-            Ok(RunningPath {
-                http: SocketAddr::new(VIP, HTTP_PORT),
-                tcp: SocketAddr::new(VIP, TCP_PORT),
+            Ok(RunningPath::local(
+                SocketAddr::new(VIP, HTTP_PORT),
+                SocketAddr::new(VIP, TCP_PORT),
                 procs,
-            })
+            ))
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+enum Role<'a> {
     Ztunnel,
     Waypoint,
+    /// In this network namespace.
+    Sidecar(&'a str),
 }
 
 /// Starts `meshctl ztunnel --node <node>` or `meshctl waypoint --gateway <node>`.
@@ -235,11 +383,15 @@ fn start_proxy(
         .map(|a| a.replace("{node}", &node.replace('/', "_")))
         .collect();
     argv.push(exe.to_string_lossy().into_owned());
+    if let Role::Sidecar(ns) = role {
+        argv.splice(0..0, ["ip", "netns", "exec", ns].map(str::to_owned));
+    }
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     match role {
         Role::Ztunnel => cmd.args(["ztunnel", "--node", node, "--socks5-port", "0"]),
         Role::Waypoint => cmd.args(["waypoint", "--gateway", node]),
+        Role::Sidecar(_) => cmd.args(["sidecar", "--workload", node]),
     };
     cmd.arg("--config")
         .arg(config)
@@ -257,11 +409,26 @@ fn start_proxy(
     let mut child = cmd.spawn().with_context(|| format!("start {argv:?}"))?;
     let stderr = child.stderr.take().context("stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
-    // Keep draining stderr for the life of the proxy so its logging never blocks.
+    // Keep draining stderr for the life of the proxy so its logging never blocks; with
+    // MESH_BENCH_PROXY_LOGS=DIR the lines are also kept in DIR/<node>.log.
+    let keep = std::env::var_os("MESH_BENCH_PROXY_LOGS").and_then(|d| {
+        std::fs::File::create(
+            std::path::Path::new(&d).join(format!("{}.log", node.replace('/', "_"))),
+        )
+        .ok()
+    });
     std::thread::spawn(move || {
+        use std::io::Write as _;
+        let mut keep = keep;
         let mut seen = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("ztunnel ready") || line.contains("waypoint ready") {
+            if let Some(f) = keep.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+            if ["ztunnel ready", "waypoint ready", "sidecar ready"]
+                .iter()
+                .any(|r| line.contains(r))
+            {
                 let _ = tx.send(Ok(()));
             } else if seen.len() < 50 {
                 seen.push(line);
