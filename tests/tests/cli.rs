@@ -219,4 +219,29 @@ fn demo_carries_requests_and_stops_cleanly() {
     // A second run reuses the CA.
     let (ok, out, _) = meshctl(&["demo", "--duration", "1s"], dir.path());
     assert!(ok && out.contains("local CA: reused"), "{out}");
+
+    // The mixed-mode variant: echo v2 behind its own sidecar, reached through the waypoint by
+    // the ambient client.
+    let mixed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh-mixed.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = meshctl(
+        &[
+            "demo",
+            "--config",
+            mixed.to_str().unwrap(),
+            "--duration",
+            "5s",
+            "--interval",
+            "100ms",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "mixed demo failed:\n{out}\n{err}");
+    assert!(out.contains("[sidecar demo/echo-v2]"), "{out}");
+    assert!(out.contains("echo from workload demo/echo-v2"), "{out}");
+    assert!(
+        out.contains("sidecar demo/echo-v2 exited (exit status: 0)"),
+        "{out}"
+    );
 }

@@ -130,11 +130,14 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let exe = std::env::current_exe().context("locate meshctl")?;
     let mut nodes = Vec::new();
-    // Every node's ztunnel, then every waypoint.
+    // Every node's ztunnel (or sidecar, for a workload with its own), then every waypoint.
     let mut names: Vec<(String, &'static str, &'static str)> = state
         .nodes
         .keys()
-        .map(|n| (n.clone(), "ztunnel", "--node"))
+        .map(|n| match n.strip_prefix("sidecar/") {
+            Some(w) => (w.to_owned(), "sidecar", "--workload"),
+            None => (n.clone(), "ztunnel", "--node"),
+        })
         .collect();
     names.sort();
     let mut waypoints: Vec<String> = state.waypoints.keys().cloned().collect();
@@ -152,6 +155,12 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .arg(&ca_dir)
             .arg("--log")
             .arg(&args.log)
+            // No capture in the demo (it needs root): a sidecar serves its workload's inbound.
+            .args(if *role == "sidecar" {
+                &["--outbound-port", "0"][..]
+            } else {
+                &[]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -252,7 +261,10 @@ async fn relay_logs(
 ) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if line.contains("ztunnel ready") || line.contains("waypoint ready") {
+        if ["ztunnel ready", "waypoint ready", "sidecar ready"]
+            .iter()
+            .any(|r| line.contains(r))
+        {
             let _ = ready.send(name.clone()).await;
         }
         say!("[{name}] {line}");
