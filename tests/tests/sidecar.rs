@@ -371,7 +371,28 @@ fn sidecars_carry_captured_traffic_over_hbone() {
     ));
     let (status, _, _) = get_path("10.73.0.3:8080", "/plain-on-the-wire");
     assert_eq!(status, 200);
-    mesh.expect_log("b", r#""security":"unknown""#);
+    // Captured plaintext gets the same per-request policy at the server's sidecar.
+    let (status, _, body) = req_with("10.73.0.3:8081", "/%2Fadmin", vec![]);
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    assert_eq!(req_with("10.73.0.3:8081", "/fine", vec![]).0, 200);
+    rb.block_on(rb.spawn(async move {
+        scrape_until(metrics, "plaintext requests", |t| {
+            let m = |code| {
+                metric(
+                    t,
+                    "istio_requests_total",
+                    &[
+                        ("reporter", "destination"),
+                        ("connection_security_policy", "unknown"),
+                        ("response_code", code),
+                    ],
+                )
+            };
+            m("200") == 2.0 && m("403") == 1.0
+        })
+        .await;
+    }))
+    .unwrap();
     // On the wire: the mTLS request's path never appears in clear; the plaintext one does
     // (so the recording itself works).
     if let Some(d) = dump.as_mut() {

@@ -149,7 +149,7 @@ impl Done {
                     Side::Inbound { .. } => "destination",
                 },
                 src_addr: s.client,
-                src_identity: Some(s.src_identity.as_str()),
+                src_identity: s.src_identity.as_ref().map(|i| i.as_str()),
                 method: self.method.as_str(),
                 authority: &self.authority,
                 path: &self.path,
@@ -358,7 +358,7 @@ pub(crate) struct Stream {
     /// The original client address (from `Forwarded`).
     pub(crate) client: Option<SocketAddr>,
     /// The client's identity (the source ztunnel's peer).
-    pub(crate) src_identity: mesh_identity::SpiffeId,
+    pub(crate) src_identity: Option<mesh_identity::SpiffeId>,
     /// The client's metric labels.
     pub(crate) src_labels: mesh_telemetry::metrics::PeerLabels,
     /// HTTP/2 (prior knowledge) on both legs, for `HTTP2` and `GRPC` ports; else HTTP/1.1.
@@ -670,7 +670,7 @@ async fn authenticate(
             warn!(
                 target: "access",
                 direction = s.side.name(),
-                src.identity = %s.src_identity,
+                src.identity = s.src_identity.as_ref().map_or("-", |i| i.as_str()),
                 method = %req.method(),
                 path = %req.uri().path(),
                 reason = %e,
@@ -751,11 +751,11 @@ fn authorize(
         Side::Outbound(_) => unreachable!("returned above"),
     };
     if !policies.is_empty() {
+        // Captured plaintext has no peer identity.
         let principal = s
             .src_identity
-            .as_str()
-            .strip_prefix("spiffe://")
-            .unwrap_or(s.src_identity.as_str());
+            .as_ref()
+            .map(|i| i.as_str().strip_prefix("spiffe://").unwrap_or(i.as_str()));
         let source_ip = s.client.map_or(self_ip, |c| c.ip());
         let host = authority.rsplit_once(':').map_or(authority, |(h, p)| {
             if p.bytes().all(|b| b.is_ascii_digit()) {
@@ -770,17 +770,8 @@ fn authorize(
             conn: mesh_authz::Connection {
                 source_ip,
                 remote_ip: None,
-                // Captured plaintext has no peer identity.
-                source_principal: s
-                    .side
-                    .security()
-                    .eq(&mesh_telemetry::metrics::SecurityPolicy::MutualTls)
-                    .then_some(principal),
-                source_namespace: s
-                    .side
-                    .security()
-                    .eq(&mesh_telemetry::metrics::SecurityPolicy::MutualTls)
-                    .then(|| s.src_identity.namespace()),
+                source_principal: principal,
+                source_namespace: s.src_identity.as_ref().map(|i| i.namespace()),
                 destination_ip,
                 destination_port,
             },
@@ -801,11 +792,10 @@ fn authorize(
                 }
                 _ => "no ALLOW policy matched".to_owned(),
             };
-            let who = &s.src_identity;
             warn!(
                 target: "access",
                 direction = s.side.name(),
-                src.identity = %who,
+                src.identity = s.src_identity.as_ref().map_or("-", |i| i.as_str()),
                 method = %req.method(),
                 path = %normalized,
                 reason = %why,

@@ -78,19 +78,19 @@ struct Admitted {
 /// (with HTTP fields) are evaluated per request. `Some(h2)` when the port is declared
 /// `HTTP` (`false`), `HTTP2` or `GRPC` (`true`) and the workload has such policies or a
 /// `RequestAuthentication`; otherwise connection-level L4 applies.
-fn l7_inbound(ctx: &Ctx, req: &InboundConnect) -> Option<bool> {
+pub(super) fn l7_inbound(ctx: &Ctx, authority: SocketAddr) -> Option<bool> {
     if !ctx.cfg.l7_inbound {
         return None;
     }
     let state = ctx.state.load();
-    let w = state.workload_by_ip(req.authority.ip())?;
+    let w = state.workload_by_ip(authority.ip())?;
     let key = w.key();
     if state.authz.http_policies(&key).is_none() && !state.sidecar_authn.contains_key(&key) {
         return None;
     }
     match state
         .port_protocols
-        .get(&(key, req.authority.port()))
+        .get(&(key, authority.port()))
         .map(String::as_str)
     {
         Some("HTTP") => Some(false),
@@ -119,7 +119,7 @@ async fn serve_l7(ctx: Arc<Ctx>, req: InboundConnect, h2: bool, start: tokio::ti
             || observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
             |w| w.telemetry.clone(),
         ),
-        src_identity,
+        src_identity: Some(src_identity),
         side: super::http::Side::Inbound {
             workload: a.dst,
             port: authority.port(),
@@ -132,7 +132,7 @@ async fn serve_l7(ctx: Arc<Ctx>, req: InboundConnect, h2: bool, start: tokio::ti
 
 async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let start = tokio::time::Instant::now();
-    if let Some(h2) = l7_inbound(&ctx, &req) {
+    if let Some(h2) = l7_inbound(&ctx, req.authority) {
         return Box::pin(serve_l7(ctx, req, h2, start)).await;
     }
     // Boxed: the checks' state (state snapshot, labels, authorization, the app connect) is

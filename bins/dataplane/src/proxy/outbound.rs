@@ -125,7 +125,7 @@ async fn proxy(
                 ctx: ctx.clone(),
                 service: Some(sp),
                 client: Some(peer),
-                src_identity: src.identity.clone(),
+                src_identity: Some(src.identity.clone()),
                 src_labels: src.telemetry.clone(),
                 side: super::http::Side::Outbound(src),
                 h2,

@@ -113,6 +113,25 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
             start,
         );
     }
+    // A sidecar serves declared HTTP ports of a workload with HTTP-field policies or JWT
+    // rules per request (no peer identity), as on its HBONE inbound.
+    if let Some(h2) = super::inbound::l7_inbound(&ctx, dst_addr) {
+        drop(state);
+        let stream = super::http::Stream {
+            ctx: ctx.clone(),
+            service: None,
+            client: Some(peer),
+            src_labels,
+            src_identity: None,
+            side: super::http::Side::Inbound {
+                workload: dst,
+                port: dst_addr.port(),
+                mtls: false,
+            },
+            h2,
+        };
+        return super::http::serve(tcp, stream).await;
+    }
     // L4 authorization with no peer identity (policies on principals or namespaces do not
     // match plaintext, as in Istio).
     let decision = state.authz.evaluate(

@@ -98,7 +98,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
                 || observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
                 |w| w.telemetry.clone(),
             ),
-            src_identity: src_identity.clone(),
+            src_identity: Some(src_identity.clone()),
             h2: kind == Sniffed::Http2,
         };
         return super::http::serve(io, stream).await;
