@@ -893,3 +893,83 @@ fn bench_measures_sidecar_pair_and_captured_ztunnels() {
         "bench namespaces left behind"
     );
 }
+
+/// IPv6: capture with `--ipv6`, the original destination from `IP6T_SO_ORIGINAL_DST`, HBONE
+/// between IPv6 pods.
+#[test]
+fn ipv6_pods_through_sidecars() {
+    let Some(pa) = NetNs::create("mesh-t77a") else {
+        return;
+    };
+    let Some(pb) = NetNs::create("mesh-t77b") else {
+        return;
+    };
+    pa.run(&[
+        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &pb.name,
+    ]);
+    pa.run(&["ip", "addr", "add", "fd00:77::2/64", "dev", "va", "nodad"]);
+    pa.run(&["ip", "link", "set", "va", "up"]);
+    pb.run(&["ip", "addr", "add", "fd00:77::3/64", "dev", "vb", "nodad"]);
+    pb.run(&["ip", "link", "set", "vb", "up"]);
+    let cfg = config()
+        .replace(CLIENT_IP, "fd00:77::2")
+        .replace(VIP, "fd00:77::100")
+        .replace(SERVER_IP, "fd00:77::3");
+    let mut mesh = TestMesh::new(&cfg);
+    let (ra, rb) = (pa.runtime(), pb.runtime());
+    rb.block_on(rb.spawn(http_app("[::]:8080".parse().unwrap(), "server6")))
+        .unwrap();
+    mesh.sidecar("a", "ns/client", Some(&pa.name), &[]);
+    mesh.sidecar("b", "ns/server", Some(&pb.name), &[]);
+    for ns in [&pa, &pb] {
+        let (ok, _, err) = meshctl(
+            &["capture", "install", "--ipv6", "--netns", &ns.name],
+            mesh.dir.path(),
+        );
+        assert!(ok, "{err}");
+    }
+    for dst in ["[fd00:77::100]:80", "[fd00:77::3]:8080"] {
+        let (status, _, body) = ra
+            .block_on(ra.spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(dst.parse::<SocketAddr>().unwrap())
+                    .await
+                    .unwrap();
+                let mut s = tokio::io::BufReader::new(tcp);
+                http_request(&mut s, "GET", "/v6", "server.ns.svc", &[]).await
+            }))
+            .unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "server6 GET /v6 host=server.ns.svc"),
+            "{dst}"
+        );
+    }
+    let metrics: SocketAddr = "[fd00:77::3]:15020".parse().unwrap();
+    rb.block_on(rb.spawn(async move {
+        scrape_until(metrics, "two mTLS requests over IPv6", |t| {
+            metric(
+                t,
+                "istio_requests_total",
+                &[
+                    ("reporter", "destination"),
+                    ("connection_security_policy", "mutual_tls"),
+                    ("source_principal", "spiffe://cluster.local/ns/ns/sa/client"),
+                    ("response_code", "200"),
+                ],
+            ) == 2.0
+        })
+        .await;
+    }))
+    .unwrap();
+    for ns in [&pa, &pb] {
+        let (ok, _, err) = meshctl(
+            &["capture", "remove", "--ipv6", "--netns", &ns.name],
+            mesh.dir.path(),
+        );
+        assert!(ok, "{err}");
+    }
+    assert!(!ns_ok(
+        &pa,
+        &["ip6tables", "-t", "nat", "-L", "MESH_OUTPUT", "-n"]
+    ));
+}

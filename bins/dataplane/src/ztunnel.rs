@@ -320,6 +320,16 @@ async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
         std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         args.outbound_port,
     );
+    // IPv6 capture redirects to [::1]; listened on when this namespace has IPv6 loopback.
+    if args.outbound_addr.is_none()
+        && args.outbound_port != 0
+        && std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok()
+    {
+        cfg.outbound_addr_v6 = Some(SocketAddr::new(
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            args.outbound_port,
+        ));
+    }
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
     cfg.l7_outbound = true;
     cfg.l7_inbound = true;

@@ -229,13 +229,59 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<CountedBody>),
 }
 
+/// A request's outcome on a connection: the response, or the error with the request when the
+/// connection failed before taking it (safe to send elsewhere).
+type TrySend = Result<Response<Incoming>, (hyper::Error, Option<Request<CountedBody>>)>;
+
 impl Sender {
-    async fn send(&mut self, req: Request<CountedBody>) -> hyper::Result<Response<Incoming>> {
-        match self {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
-        }
+    async fn try_send(&mut self, req: Request<CountedBody>) -> TrySend {
+        let r = match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        };
+        r.map_err(|mut e| {
+            let req = e.take_message();
+            (e.into_error(), req)
+        })
     }
+}
+
+/// Why a request could not be sent upstream.
+enum SendError {
+    /// No connection could be opened.
+    Connect(String),
+    /// The request failed on the connection.
+    Request(hyper::Error),
+}
+
+/// Sends `req` to `addr` on a pooled connection, or on a new one from `open`; a pooled
+/// connection that closed before taking the request (its peer closed it while idle) is
+/// replaced once by a new one. The connection goes back to the pool after the response head.
+async fn send_pooled<F, Fut>(
+    s: &Stream,
+    addr: SocketAddr,
+    req: Request<CountedBody>,
+    open: F,
+) -> Result<Response<Incoming>, SendError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Sender, String>>,
+{
+    let (mut sender, pooled) = match s.ctx.upstreams.take(addr, s.h2) {
+        Some(x) => (x, true),
+        None => (open().await.map_err(SendError::Connect)?, false),
+    };
+    let mut result = sender.try_send(req).await;
+    if pooled && let Err((e, req)) = result {
+        let Some(req) = req else {
+            return Err(SendError::Request(e));
+        };
+        debug!(upstream = %addr, error = %e, "pooled connection closed before the request: a new one");
+        sender = open().await.map_err(SendError::Connect)?;
+        result = sender.try_send(req).await;
+    }
+    s.ctx.upstreams.put(addr, sender);
+    result.map_err(|(e, _)| SendError::Request(e))
 }
 
 impl Upstreams {
@@ -954,20 +1000,17 @@ async fn route_request(
         }
         req.headers_mut().remove(header::HOST);
     }
-    let mut sender = match s.ctx.upstreams.take(addr, s.h2) {
-        Some(x) => x,
-        None => match connect(s, &ep.workload.identity, hbone_addr, addr, &host).await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(upstream = %addr, error = %e, side = s.side.name(), "upstream connect failed: 503");
-                meta.flags = "UF";
-                return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
-            }
-        },
-    };
-    let resp = sender.send(req).await;
-    s.ctx.upstreams.put(addr, sender);
+    let identity = &ep.workload.identity;
+    let resp = send_pooled(s, addr, req, || {
+        connect(s, identity, hbone_addr, addr, &host)
+    })
+    .await;
     match resp {
+        Err(SendError::Connect(e)) => {
+            warn!(upstream = %addr, error = %e, side = s.side.name(), "upstream connect failed: 503");
+            meta.flags = "UF";
+            text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+        }
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             if let Some((r, d)) = dest_ops {
@@ -976,7 +1019,7 @@ async fn route_request(
             }
             Response::from_parts(parts, body.boxed())
         }
-        Err(e) => {
+        Err(SendError::Request(e)) => {
             warn!(upstream = %addr, error = %e, side = s.side.name(), "upstream request failed: 503");
             meta.flags = "UF";
             text(StatusCode::SERVICE_UNAVAILABLE, "upstream request failed\n")
@@ -997,38 +1040,26 @@ async fn forward_local(
     meta.upstream = Some(addr);
     meta.dst = Some((workload.clone(), s.service.clone()));
     strip_hop_by_hop(req.headers_mut());
-    let mut sender = match s.ctx.upstreams.take(addr, s.h2) {
-        Some(x) => x,
-        None => {
-            let tcp =
-                match super::observe::connect_app(&s.ctx, workload, addr, s.client.map(|c| c.ip()))
-                    .await
-                {
-                    Ok(t) => t,
-                    Err(e) => {
-                        warn!(upstream = %addr, reason = %e.reason, "application unreachable: 503");
-                        meta.flags = "UF";
-                        return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
-                    }
-                };
-            match handshake(tcp, s.h2).await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(upstream = %addr, error = %e, "application handshake failed: 503");
-                    meta.flags = "UF";
-                    return text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n");
-                }
-            }
-        }
-    };
-    let resp = sender.send(req).await;
-    s.ctx.upstreams.put(addr, sender);
+    let resp = send_pooled(s, addr, req, || async {
+        let tcp = super::observe::connect_app(&s.ctx, workload, addr, s.client.map(|c| c.ip()))
+            .await
+            .map_err(|e| e.reason)?;
+        handshake(tcp, s.h2)
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    })
+    .await;
     match resp {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             Response::from_parts(parts, body.boxed())
         }
-        Err(e) => {
+        Err(SendError::Connect(reason)) => {
+            warn!(upstream = %addr, %reason, "application unreachable: 503");
+            meta.flags = "UF";
+            text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+        }
+        Err(SendError::Request(e)) => {
             warn!(upstream = %addr, error = %e, "application request failed: 503");
             meta.flags = "UF";
             text(StatusCode::SERVICE_UNAVAILABLE, "upstream request failed\n")

@@ -63,6 +63,9 @@ pub struct ProxyConfig {
     /// REDIRECT in the workload's network namespace) sent here go to their original
     /// destination through the mesh. `None` disables it.
     pub outbound_addr: Option<SocketAddr>,
+    /// The IPv6 twin of `outbound_addr` (`[::1]:15001`, where ip6tables REDIRECT sends
+    /// locally generated IPv6 connections).
+    pub outbound_addr_v6: Option<SocketAddr>,
     /// `SO_MARK` set on every socket the proxy opens (Istio's 1337), so capture rules can
     /// leave the proxy's own traffic alone. `None`: unmarked.
     pub socket_mark: Option<u32>,
@@ -104,6 +107,7 @@ impl Default for ProxyConfig {
             pool: PoolConfig::default(),
             plaintext_addr: None,
             outbound_addr: None,
+            outbound_addr_v6: None,
             socket_mark: None,
             admin_addr: None,
             metrics_addr: None,
@@ -351,7 +355,10 @@ fn plan(cfg: &ProxyConfig, node_name: &str, state: &MeshState) -> Result<Plan, E
             format!("node {} plaintext inbound", node.name),
         ));
     }
-    if let Some(addr) = cfg.outbound_addr {
+    for addr in [cfg.outbound_addr, cfg.outbound_addr_v6]
+        .into_iter()
+        .flatten()
+    {
         desired.push((
             ListenerKey::Outbound(addr),
             format!("node {} captured outbound", node.name),

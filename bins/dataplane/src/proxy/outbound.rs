@@ -50,10 +50,14 @@ pub(super) async fn captured(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     };
     // The proxy's own listeners are never a destination: a capture rule that also caught the
     // proxy's own connections would loop here.
-    let own = [ctx.cfg.outbound_addr, ctx.cfg.plaintext_addr]
-        .into_iter()
-        .flatten()
-        .any(|a| a.port() == dst.port() && (a.ip().is_unspecified() || a.ip() == dst.ip()));
+    let own = [
+        ctx.cfg.outbound_addr,
+        ctx.cfg.outbound_addr_v6,
+        ctx.cfg.plaintext_addr,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|a| a.port() == dst.port() && (a.ip().is_unspecified() || a.ip() == dst.ip()));
     if own {
         return warn!(src.addr = %peer, dst.addr = %dst, "captured outbound connection to the proxy's own port: closed (are the proxy's sockets marked?)");
     }

@@ -277,7 +277,17 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(start_servers(SERVER))?;
+    // The capture topologies run their own servers in their pods.
+    let loopback = args.callgrind.is_some()
+        || args.topologies.iter().any(|t| {
+            !matches!(
+                t,
+                Topology::DirectPods | Topology::SidecarPair | Topology::ZtunnelPairCapture
+            )
+        });
+    if loopback {
+        rt.block_on(start_servers(SERVER))?;
+    }
     let opts = ProxyOpts {
         workers: args.workers,
         log: args.proxy_log.clone(),
