@@ -527,35 +527,22 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         ..Meta::default()
     };
     let mut req = req;
-    let auth = match authenticate(s, &mut req, &authority, &mut meta).await {
-        Ok(a) => a,
-        Err(resp) => {
-            return finish(
-                s,
-                resp,
-                start,
-                method,
-                authority,
-                path,
-                trace_id,
-                request_id,
-                request_bytes,
-                meta,
-            );
-        }
-    };
-    let resp = match authorize(s, &req, &path, &authority, auth.as_ref(), &mut meta) {
-        Ok(normalized) => {
-            // The upstream gets the path that was evaluated.
-            let mut req = req;
-            if normalized != path
-                && let Ok(uri) = normalized.parse()
-            {
-                *req.uri_mut() = uri;
+    let resp = match authenticate(s, &mut req, &authority, &mut meta).await {
+        // Refused by JWT authentication (401).
+        Err(resp) => resp,
+        Ok(auth) => match authorize(s, &req, &path, &authority, auth.as_ref(), &mut meta) {
+            Ok(normalized) => {
+                // The upstream gets the path that was evaluated.
+                let mut req = req;
+                if normalized != path
+                    && let Ok(uri) = normalized.parse()
+                {
+                    *req.uri_mut() = uri;
+                }
+                route_request(s, req, &normalized, &authority, &mut meta).await
             }
-            route_request(s, req, &normalized, &authority, &mut meta).await
-        }
-        Err((status, body)) => text(status, body),
+            Err((status, body)) => text(status, body),
+        },
     };
     finish(
         s,
