@@ -218,6 +218,53 @@ impl LocalCa {
     }
 }
 
+impl LocalCa {
+    /// Signs a PEM certificate signing request for `id` (the identity a CA decided the caller
+    /// may have; the CSR's own names are not trusted) for `ttl`; returns the leaf and the root,
+    /// PEM, leaf first. What a CA service (such as a test double of Istio's) answers.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<Vec<String>, Error> {
+        if !(MIN_CERT_TTL..=MAX_CERT_TTL).contains(&ttl) {
+            return Err(Error::Provider {
+                id: id.clone(),
+                reason: format!(
+                    "certificate lifetime {ttl:?} is outside {MIN_CERT_TTL:?}..={MAX_CERT_TTL:?}"
+                ),
+            });
+        }
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::BadCertificate(format!("CSR: {e}")))?;
+        let p = &mut csr.params;
+        p.distinguished_name = DistinguishedName::new();
+        let uri = rcgen::string::Ia5String::try_from(id.as_str())
+            .map_err(|e| Error::BadCertificate(format!("SPIFFE id as IA5String: {e}")))?;
+        p.subject_alt_names = vec![SanType::URI(uri)];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = SystemTime::now();
+        p.not_before = (now - CLOCK_SKEW).into();
+        p.not_after = (now + ttl).into();
+        p.serial_number = Some(random_serial());
+        p.use_authority_key_identifier_extension = true;
+        let cert = csr.signed_by(&self.issuer)?;
+        Ok(vec![
+            cert.pem(),
+            crate::cert::certs_to_pem(std::slice::from_ref(&self.root)),
+        ])
+    }
+}
+
 impl CertProvider for LocalCa {
     fn fetch_certificate<'a>(
         &'a self,

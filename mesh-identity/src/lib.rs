@@ -23,6 +23,8 @@
 mod ca;
 mod cert;
 mod error;
+pub mod grpc;
+pub mod istio_ca;
 mod spiffe;
 mod store;
 mod tls;

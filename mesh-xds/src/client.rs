@@ -287,83 +287,17 @@ async fn run(
     }
 }
 
-async fn channel(config: &Config) -> Result<tonic::transport::Channel, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(config.address.clone())
-        .map_err(|e| format!("{}: {e}", config.address))?
-        .connect_timeout(config.connect_timeout)
-        .http2_keep_alive_interval(config.keepalive_interval)
-        .keep_alive_timeout(config.keepalive_timeout)
-        .keep_alive_while_idle(true);
-    let uri: http::Uri = config
-        .address
-        .parse()
-        .map_err(|e| format!("{}: {e}", config.address))?;
-    let connect = async {
-        if uri.scheme_str() != Some("https") {
-            return endpoint.connect().await.map_err(|e| e.to_string());
-        }
-        let tls = crate::client::tls_config(config)?;
-        let host = config
-            .server_name
-            .clone()
-            .or_else(|| uri.host().map(str::to_owned))
-            .ok_or("no host in the address")?;
-        let connector = tower::service_fn(move |uri: http::Uri| {
-            let tls = tls.clone();
-            let host = host.clone();
-            async move {
-                let authority = uri
-                    .authority()
-                    .map(|a| a.as_str().to_owned())
-                    .ok_or_else(|| std::io::Error::other("no authority"))?;
-                let tcp = tokio::net::TcpStream::connect(authority).await?;
-                let _ = tcp.set_nodelay(true);
-                let name = rustls_pki_types::ServerName::try_from(host)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let stream = tokio_rustls::TlsConnector::from(tls)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        });
-        endpoint
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    // The HTTP/2 handshake with a control plane that accepts and never answers is bounded too.
-    tokio::time::timeout(config.connect_timeout, connect)
-        .await
-        .map_err(|_| {
-            format!(
-                "{}: no answer within {:?}",
-                config.address, config.connect_timeout
-            )
-        })?
-}
-
-fn tls_config(config: &Config) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = config
-        .ca_pem
-        .as_deref()
-        .ok_or("https needs the control plane's CA (ca_pem)")?;
-    use rustls_pki_types::pem::PemObject as _;
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| format!("CA PEM: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("CA certificate: {e}"))?;
+/// The control plane as [`mesh_identity::grpc`] connects to it: TLS with the given CA,
+/// bounded connect, HTTP/2 keepalive.
+fn control_plane(config: &Config) -> mesh_identity::grpc::ControlPlane {
+    mesh_identity::grpc::ControlPlane {
+        address: config.address.clone(),
+        ca_pem: config.ca_pem.clone(),
+        server_name: config.server_name.clone(),
+        connect_timeout: config.connect_timeout,
+        keepalive_interval: Some(config.keepalive_interval),
+        keepalive_timeout: config.keepalive_timeout,
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(tls))
 }
 
 /// One stream: subscribe, apply, ACK/NACK until it ends. `Ok(true)` when it carried at least
@@ -374,7 +308,7 @@ async fn stream(
     status: &watch::Sender<Status>,
     versions: &mut Versions,
 ) -> Result<bool, String> {
-    let channel = channel(config).await?;
+    let channel = control_plane(config).channel().await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
     // The first request carries the node; each type resumes from the versions it has.
