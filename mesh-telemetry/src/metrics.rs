@@ -216,7 +216,7 @@ impl ConnectionLabels {
     }
 
     /// The overflow label set: only reporter, protocol, flags and security policy kept.
-    fn overflow(&self) -> ConnectionLabels {
+    pub(crate) fn overflow(&self) -> ConnectionLabels {
         let u = PeerLabels::unknown();
         let mut l = ConnectionLabels::tcp(
             self.reporter,

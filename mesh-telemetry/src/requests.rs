@@ -137,17 +137,8 @@ impl RequestMetrics {
         let key = if admitted {
             labels
         } else {
-            let u = crate::metrics::PeerLabels::unknown();
-            let s = &labels.standard;
             overflow = RequestLabels {
-                standard: ConnectionLabels::tcp(
-                    s.reporter,
-                    &u,
-                    &u,
-                    &crate::metrics::ServiceLabels::unknown(),
-                    s.connection_security_policy,
-                    s.response_flags,
-                ),
+                standard: labels.standard.overflow(),
                 response_code: labels.response_code.clone(),
                 grpc_response_status: labels.grpc_response_status.clone(),
             };

@@ -760,6 +760,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             v.err(loc, "spec.ports", "at least one port is required");
         }
         let service = Arc::new(Service {
+            target_key: format!("Service/{}/{}", s.namespace, s.name),
             name: s.name.clone(),
             namespace: s.namespace.clone(),
             telemetry: mesh_telemetry::metrics::ServiceLabels {
@@ -1333,6 +1334,7 @@ fn compile_waypoints(
                 port,
                 identity,
                 waypoint_for,
+                target_key: format!("Gateway/{}/{}", g.namespace, g.name),
             };
             if out.insert(wp.key(), Arc::new(wp)).is_some() {
                 v.err(

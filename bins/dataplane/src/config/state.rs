@@ -71,6 +71,9 @@ pub struct Waypoint {
     pub identity: SpiffeId,
     /// What it serves.
     pub waypoint_for: WaypointFor,
+    /// `Gateway/<namespace>/<name>`: the key of the `targetRefs` resources attached to it
+    /// (`waypoint_policies`, `waypoint_authn`), built once.
+    pub target_key: String,
 }
 
 impl Waypoint {
@@ -164,6 +167,9 @@ pub struct Service {
     pub telemetry: ServiceLabels,
     /// The waypoint traffic to this service goes through (`istio.io/use-waypoint`).
     pub waypoint: Option<Arc<Waypoint>>,
+    /// `Service/<namespace>/<name>`: the key of the `targetRefs` resources attached to it,
+    /// built once.
+    pub target_key: String,
 }
 
 /// One endpoint of a service port: a workload and the port to reach it on.

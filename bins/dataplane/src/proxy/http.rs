@@ -633,17 +633,12 @@ async fn authenticate(
                 if state.waypoint_authn.is_empty() {
                     return Ok(None);
                 }
-                let get = |k: String| state.waypoint_authn.get(&k).cloned();
-                let svc = s.service.as_ref().and_then(|sp| {
-                    get(format!(
-                        "Service/{}/{}",
-                        sp.service.namespace, sp.service.name
-                    ))
-                });
-                match (
-                    svc,
-                    get(format!("Gateway/{}/{}", waypoint.namespace, waypoint.name)),
-                ) {
+                let get = |k: &str| state.waypoint_authn.get(k).cloned();
+                let svc = s
+                    .service
+                    .as_ref()
+                    .and_then(|sp| get(&sp.service.target_key));
+                match (svc, get(&waypoint.target_key)) {
                     (None, None) => return Ok(None),
                     (Some(a), None) | (None, Some(a)) => a,
                     (Some(a), Some(b)) => Arc::new(Authenticator::new(
@@ -751,15 +746,9 @@ fn authorize(
     // workload at a sidecar) and who sent it.
     let (self_ip, destination_ip, destination_port) = match &s.side {
         Side::Waypoint(waypoint) => {
-            let mut keys = vec![format!("Gateway/{}/{}", waypoint.namespace, waypoint.name)];
-            if let Some(sp) = &s.service {
-                keys.push(format!(
-                    "Service/{}/{}",
-                    sp.service.namespace, sp.service.name
-                ));
-            }
-            for key in keys {
-                if let Some(ps) = state.waypoint_policies.get(&key) {
+            let service_key = s.service.as_ref().map(|sp| sp.service.target_key.as_str());
+            for key in std::iter::once(waypoint.target_key.as_str()).chain(service_key) {
+                if let Some(ps) = state.waypoint_policies.get(key) {
                     policies.extend(ps.iter().map(|p| &**p));
                 }
             }

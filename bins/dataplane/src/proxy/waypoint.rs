@@ -41,8 +41,12 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let headers = req.connect_headers();
     let state = ctx.state.load_full();
     let me = &ctx.node_name;
-    let uses_me =
-        |wp: &Option<Arc<crate::config::Waypoint>>| wp.as_ref().is_some_and(|w| w.key() == *me);
+    // `me` is this waypoint's `namespace/name`; compared without building a key per stream.
+    let me_parts = me.split_once('/');
+    let uses_me = |wp: &Option<Arc<crate::config::Waypoint>>| {
+        wp.as_ref()
+            .is_some_and(|w| me_parts == Some((w.namespace.as_str(), w.name.as_str())))
+    };
     // HTTP services get L7 routing: the stream is accepted and each request routed on its own;
     // ports with no declared protocol are sniffed first (Istio's protocol detection).
     if let Some(sp) = state
