@@ -117,6 +117,26 @@ fn push_ports(out: &mut Vec<Check>, v: &[u16], negate: bool) {
     }
 }
 
+fn compile_match(m: &crate::model::Match) -> Conj {
+    let s = &m.source;
+    let mut k = Vec::new();
+    push_strings(&mut k, Attr::Principal, &s.principals, false);
+    push_strings(&mut k, Attr::Principal, &s.not_principals, true);
+    push_strings(&mut k, Attr::Namespace, &s.namespaces, false);
+    push_strings(&mut k, Attr::Namespace, &s.not_namespaces, true);
+    push_nets(&mut k, Attr::SourceIp, &s.ip_blocks, false);
+    push_nets(&mut k, Attr::SourceIp, &s.not_ip_blocks, true);
+    push_nets(&mut k, Attr::RemoteIp, &s.remote_ip_blocks, false);
+    push_nets(&mut k, Attr::RemoteIp, &s.not_remote_ip_blocks, true);
+    push_strings(&mut k, Attr::Principal, &m.service_accounts, false);
+    push_strings(&mut k, Attr::Principal, &m.not_service_accounts, true);
+    push_nets(&mut k, Attr::DestinationIp, &m.destination_ips, false);
+    push_nets(&mut k, Attr::DestinationIp, &m.not_destination_ips, true);
+    push_ports(&mut k, &m.ports, false);
+    push_ports(&mut k, &m.not_ports, true);
+    k.into_boxed_slice()
+}
+
 /// All checks must pass.
 type Conj = Box<[Check]>;
 
@@ -132,6 +152,8 @@ struct CompiledRule {
     to: Box<[Conj]>,
     /// All must pass.
     when: Conj,
+    /// Each clause: any of its alternatives must pass (none: the clause fails).
+    any_of: Box<[Box<[Conj]>]>,
 }
 
 impl CompiledRule {
@@ -140,6 +162,10 @@ impl CompiledRule {
         (self.from.is_empty() || self.from.iter().any(|s| all(s, c)))
             && (self.to.is_empty() || self.to.iter().any(|o| all(o, c)))
             && all(&self.when, c)
+            && self
+                .any_of
+                .iter()
+                .all(|alts| alts.iter().any(|a| all(a, c)))
     }
 }
 
@@ -209,10 +235,19 @@ impl CompiledPolicy {
                                 push_strings(&mut k, Attr::Namespace, v, false);
                                 push_strings(&mut k, Attr::Namespace, n, true);
                             }
+                            Condition::AnyOf(_) => {}
                         }
                     }
                     k.into_boxed_slice()
                 },
+                any_of: r
+                    .when
+                    .iter()
+                    .filter_map(|w| match w {
+                        Condition::AnyOf(alts) => Some(alts.iter().map(compile_match).collect()),
+                        _ => None,
+                    })
+                    .collect(),
             })
             .collect();
         CompiledPolicy { policy, rules }

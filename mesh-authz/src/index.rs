@@ -97,6 +97,24 @@ impl PolicyIndex {
         workloads: impl IntoIterator<Item = WorkloadRef<'a>>,
         root_namespace: &str,
     ) -> PolicyIndex {
+        Self::build_assigned(
+            policies,
+            workloads.into_iter().map(|w| (w, &[] as &[String])),
+            root_namespace,
+        )
+    }
+
+    /// As [`build`](Self::build), for a control plane that resolves selectors itself (Istio's
+    /// workload API): each workload comes with the `namespace/name` keys of the
+    /// [`Scope::Assigned`] policies that apply to it; mesh and namespace scopes apply as usual.
+    /// A listed policy that does not exist is skipped (the control plane may send the
+    /// workload before the policy).
+    pub fn build_assigned<'a>(
+        policies: &[Policy],
+        workloads: impl IntoIterator<Item = (WorkloadRef<'a>, &'a [String])>,
+        root_namespace: &str,
+    ) -> PolicyIndex {
+        let mut assigned: HashMap<String, Arc<Policy>> = HashMap::new();
         let mut mesh = Vec::new();
         let mut by_ns: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
         for p in policies {
@@ -109,22 +127,39 @@ impl PolicyIndex {
                 }
                 // Enforced by waypoints (see `http`), not compiled for ztunnels.
                 Scope::TargetRefs(_) => {}
+                Scope::Assigned => {
+                    assigned.insert(format!("{}/{}", p.namespace, p.name), p);
+                }
             }
         }
         // Each policy compiled once, shared by every workload it applies to.
         let compiled: HashMap<*const Policy, Arc<CompiledPolicy>> = mesh
             .iter()
             .chain(by_ns.values().flatten())
+            .chain(assigned.values())
             .map(|p| (Arc::as_ptr(p), Arc::new(CompiledPolicy::new(p.clone()))))
             .collect();
         let mut by_workload = HashMap::new();
-        for w in workloads {
+        for (w, listed) in workloads {
             let mut applied = Applied::default();
             let candidates = mesh
                 .iter()
-                .chain(by_ns.get(w.namespace).into_iter().flatten());
-            for p in candidates {
-                if p.applies_to(root_namespace, w.namespace, w.labels) {
+                .chain(by_ns.get(w.namespace).into_iter().flatten())
+                .map(|p| (p, false))
+                .chain(
+                    listed
+                        .iter()
+                        .filter_map(|k| assigned.get(k))
+                        .map(|p| (p, true)),
+                );
+            for (p, listed) in candidates {
+                let applies = if listed {
+                    // Listed twice by the control plane: applied once.
+                    !applied.all.iter().any(|a| Arc::ptr_eq(a, p))
+                } else {
+                    p.applies_to(root_namespace, w.namespace, w.labels)
+                };
+                if applies {
                     applied.all.push(p.clone());
                     applied.uses_http |= p.uses_http();
                     match p.action {

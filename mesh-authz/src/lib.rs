@@ -38,5 +38,6 @@ pub mod peer;
 
 pub use index::{Decision, PolicyIndex, WorkloadRef};
 pub use model::{
-    Action, Condition, Connection, Operation, Policy, Rule, Scope, Source, StringMatch, TargetRef,
+    Action, Condition, Connection, Match, Operation, Policy, Rule, Scope, Source, StringMatch,
+    TargetRef,
 };

@@ -39,6 +39,11 @@ pub enum Scope {
     Selector(BTreeMap<String, String>),
     /// `targetRefs`: enforced by the waypoint of these Services or Gateways, not by ztunnels.
     TargetRefs(Vec<TargetRef>),
+    /// Attached by the control plane: applies to the workloads that name it (Istio's
+    /// workload API `WORKLOAD_SELECTOR` scope, where istiod resolves the selector and lists
+    /// the policy in each selected `Workload.authorization_policies`). See
+    /// [`PolicyIndex::build_assigned`](crate::PolicyIndex::build_assigned).
+    Assigned,
 }
 
 /// A `targetRefs[]` entry.
@@ -131,6 +136,50 @@ pub enum Condition {
     SourceNamespace(Vec<StringMatch>, Vec<StringMatch>),
     DestinationIp(Vec<IpNet>, Vec<IpNet>),
     DestinationPort(Vec<u16>, Vec<u16>),
+    /// Any of these matches (Istio's workload-API clause); none: the condition fails.
+    AnyOf(Vec<Match>),
+}
+
+/// One alternative of [`Condition::AnyOf`] (Istio's workload-API `Match`): every field that is
+/// set must match — one of its values, and none of its `not_` values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[allow(missing_docs)]
+#[serde(rename_all = "camelCase")]
+pub struct Match {
+    /// Principals, namespaces and source IPs (`remote_ip_blocks` and request principals
+    /// are not part of the workload API and stay empty).
+    pub source: Source,
+    /// Service accounts as principal matches (`*/ns/<ns>/sa/<sa>`: any trust domain).
+    pub service_accounts: Vec<StringMatch>,
+    pub not_service_accounts: Vec<StringMatch>,
+    pub destination_ips: Vec<IpNet>,
+    pub not_destination_ips: Vec<IpNet>,
+    pub ports: Vec<u16>,
+    pub not_ports: Vec<u16>,
+}
+
+impl Match {
+    fn matches_conn(&self, c: &Connection<'_>) -> bool {
+        self.source.matches_conn(c)
+            && pos_neg(
+                opt(self.service_accounts.is_empty(), || {
+                    any_str(&self.service_accounts, c.source_principal)
+                }),
+                any_str(&self.not_service_accounts, c.source_principal),
+            )
+            && pos_neg(
+                opt(self.destination_ips.is_empty(), || {
+                    any_ip(&self.destination_ips, c.destination_ip)
+                }),
+                any_ip(&self.not_destination_ips, c.destination_ip),
+            )
+            && pos_neg(
+                opt(self.ports.is_empty(), || {
+                    self.ports.contains(&c.destination_port)
+                }),
+                self.not_ports.contains(&c.destination_port),
+            )
+    }
 }
 
 /// A rule.
@@ -243,6 +292,7 @@ impl Condition {
             Condition::DestinationPort(v, n) => both(v, n, |x| x.contains(&c.destination_port)),
             Condition::SourcePrincipal(v, n) => both(v, n, |x| any_str(x, c.source_principal)),
             Condition::SourceNamespace(v, n) => both(v, n, |x| any_str(x, c.source_namespace)),
+            Condition::AnyOf(m) => m.iter().any(|m| m.matches_conn(c)),
         }
     }
 }
@@ -300,8 +350,9 @@ impl Scope {
                 (own_namespace == namespace || own_namespace == root_namespace)
                     && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
             }
-            // Waypoint resources never apply at a workload's proxy.
-            Scope::TargetRefs(_) => false,
+            // Waypoint resources never apply at a workload's proxy; assigned ones only
+            // where the control plane listed them.
+            Scope::TargetRefs(_) | Scope::Assigned => false,
         }
     }
 }

@@ -509,6 +509,21 @@ mod reference {
                 Condition::DestinationPort(v, n) => field(v, n, |p| *p == c.destination_port),
                 Condition::SourcePrincipal(v, n) => field(v, n, |m| str_hit(m, c.source_principal)),
                 Condition::SourceNamespace(v, n) => field(v, n, |m| str_hit(m, c.source_namespace)),
+                Condition::AnyOf(ms) => ms.iter().any(|m| {
+                    let s = &m.source;
+                    field(&s.principals, &s.not_principals, |x| {
+                        str_hit(x, c.source_principal)
+                    }) && field(&s.namespaces, &s.not_namespaces, |x| {
+                        str_hit(x, c.source_namespace)
+                    }) && field(&s.ip_blocks, &s.not_ip_blocks, |n| in_net(n, c.source_ip))
+                        && field(&m.service_accounts, &m.not_service_accounts, |x| {
+                            str_hit(x, c.source_principal)
+                        })
+                        && field(&m.destination_ips, &m.not_destination_ips, |n| {
+                            in_net(n, c.destination_ip)
+                        })
+                        && field(&m.ports, &m.not_ports, |p| *p == c.destination_port)
+                }),
             };
             when_ok = when_ok && ok;
         }
@@ -526,7 +541,7 @@ mod reference {
                         .all(|(k, v)| labels.get(k).map(|x| x == v).unwrap_or(false))
             }
             // Waypoint policies are not enforced at L4 by ztunnels.
-            Scope::TargetRefs(_) => false,
+            Scope::TargetRefs(_) | Scope::Assigned => false,
         }
     }
 
@@ -669,4 +684,97 @@ mod reference {
             prop_assert_eq!(index.evaluate(&key, &c).is_allowed(), reference(&policies, wl_ns, &labels, &c));
         }
     }
+}
+
+/// Istio's workload-API shape: rules ORed, clauses ANDed, a clause's matches ORed, a clause
+/// with no usable match failing; `Assigned` policies apply only where listed.
+#[test]
+fn workload_api_clauses_and_assigned_scope() {
+    let web = Match {
+        source: Source {
+            principals: vec![StringMatch::Exact("cluster.local/ns/shop/sa/web".into())],
+            ..Source::default()
+        },
+        ..Match::default()
+    };
+    let any_sa_ops = Match {
+        service_accounts: vec![StringMatch::Suffix("/ns/ops/sa/admin".into())],
+        ..Match::default()
+    };
+    let port_5432 = Match {
+        ports: vec![5432],
+        ..Match::default()
+    };
+    let p = Policy {
+        namespace: "shop".into(),
+        name: "db".into(),
+        scope: Scope::Assigned,
+        action: Action::Allow,
+        rules: vec![Rule {
+            when: vec![
+                Condition::AnyOf(vec![web, any_sa_ops]),
+                Condition::AnyOf(vec![port_5432]),
+            ],
+            ..Rule::default()
+        }],
+    };
+    let none = BTreeMap::new();
+    let listed = vec!["shop/db".to_string()];
+    let index = PolicyIndex::build_assigned(
+        std::slice::from_ref(&p),
+        [
+            (
+                WorkloadRef {
+                    key: "shop/db",
+                    namespace: "shop",
+                    labels: &none,
+                },
+                listed.as_slice(),
+            ),
+            (
+                WorkloadRef {
+                    key: "shop/cache",
+                    namespace: "shop",
+                    labels: &none,
+                },
+                &[] as &[String],
+            ),
+        ],
+        ROOT,
+    );
+    let conn = |principal: &'static str, port| Connection {
+        source_ip: "10.0.0.1".parse().unwrap(),
+        remote_ip: None,
+        source_principal: Some(principal),
+        source_namespace: principal.split('/').nth(2),
+        destination_ip: "10.0.0.2".parse().unwrap(),
+        destination_port: port,
+    };
+    let ok = |w: &str, pr, port| index.evaluate(w, &conn(pr, port)).is_allowed();
+    assert!(ok("shop/db", "cluster.local/ns/shop/sa/web", 5432));
+    assert!(ok("shop/db", "other.domain/ns/ops/sa/admin", 5432));
+    assert!(!ok("shop/db", "cluster.local/ns/shop/sa/web", 80));
+    assert!(!ok("shop/db", "cluster.local/ns/shop/sa/other", 5432));
+    // Not listed: the policy does not apply there.
+    assert!(ok("shop/cache", "cluster.local/ns/shop/sa/other", 80));
+    // A clause whose alternatives are all gone fails (Istio skips empty matches).
+    let mut empty = p.clone();
+    empty.rules[0].when = vec![Condition::AnyOf(Vec::new())];
+    let index = PolicyIndex::build_assigned(
+        std::slice::from_ref(&empty),
+        [(
+            WorkloadRef {
+                key: "shop/db",
+                namespace: "shop",
+                labels: &none,
+            },
+            listed.as_slice(),
+        )],
+        ROOT,
+    );
+    assert!(
+        !index
+            .evaluate("shop/db", &conn("cluster.local/ns/shop/sa/web", 5432))
+            .is_allowed()
+    );
 }
