@@ -10,6 +10,8 @@
     missing_docs
 )]
 
+pub mod istiod;
+
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -47,6 +47,9 @@ pub enum Error {
     /// The access log could not be opened.
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    /// A command-line combination that cannot work.
+    #[error("{0}")]
+    Usage(&'static str),
     /// The async runtime or another OS facility failed.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),

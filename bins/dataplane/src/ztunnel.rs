@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_identity::LocalCa;
+use mesh_identity::{LocalCa, TrustBundle};
 use tracing::{error, info};
 
 use crate::Error;
@@ -38,11 +38,44 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
     /// Mesh config file (multi-document YAML of Istio resources and our Node / MeshConfig).
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "xds_address")]
+    pub config: Option<PathBuf>,
     /// State directory of the local CA (create it with `meshctl ca init --dir DIR`).
-    #[arg(long, value_name = "DIR")]
-    pub ca_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "ca_address")]
+    pub ca_dir: Option<PathBuf>,
+    /// Take the mesh from istiod's workload API (Delta ADS) instead of a file:
+    /// `https://istiod.istio-system.svc:15012` (or `http://` for a plaintext control plane).
+    /// ztunnel only.
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    pub xds_address: Option<String>,
+    /// Take workload certificates from Istio's CA (`IstioCertificateService`) instead of a
+    /// local CA, asking on behalf of each local workload: usually the same URL as
+    /// `--xds-address`.
+    #[arg(long, value_name = "URL", conflicts_with = "ca_dir")]
+    pub ca_address: Option<String>,
+    /// PEM root certificates of the control plane (istiod's `istio-ca-root-cert`
+    /// `root-cert.pem`): verify its TLS and, with `--ca-address`, are the mesh trust bundle.
+    #[arg(long, value_name = "FILE")]
+    pub xds_root_ca: Option<PathBuf>,
+    /// A file holding the bearer token for the control plane (a projected service-account
+    /// token with audience `istio-ca`), re-read at each connect.
+    #[arg(long, value_name = "FILE")]
+    pub xds_token: Option<PathBuf>,
+    /// Name the control plane's certificate must carry (default: the URL's host; istiod's is
+    /// `istiod.istio-system.svc`).
+    #[arg(long, value_name = "NAME")]
+    pub xds_server_name: Option<String>,
+    /// HTTP/2 keepalive ping interval on the control-plane connection; a control plane that
+    /// leaves a ping unanswered for `--xds-keepalive-timeout` is dropped and redialled.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub xds_keepalive_interval: Duration,
+    /// See `--xds-keepalive-interval`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub xds_keepalive_timeout: Duration,
+    /// Cluster id (Istio's `CLUSTER_ID`): sent to the control plane and the CA, and the
+    /// cluster in metrics for control-plane configs.
+    #[arg(long, default_value = crate::config::DEFAULT_CLUSTER_ID, value_name = "ID")]
+    pub cluster_id: String,
     /// Lifetime of workload certificates issued by the local CA (renewed at half-life).
     #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     pub cert_ttl: Duration,
@@ -100,6 +133,70 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
+    fn config_file(&self) -> Result<&std::path::Path, Error> {
+        self.config
+            .as_deref()
+            .ok_or(Error::Usage("--config FILE is required"))
+    }
+
+    /// `--xds-address` is a ztunnel feature for now.
+    fn file_only(&self, role: &'static str) -> Result<(), Error> {
+        if self.xds_address.is_some() {
+            return Err(Error::Usage(match role {
+                "sidecar" => "--xds-address is not supported by the sidecar yet (ztunnel only); use --config",
+                _ => "--xds-address is not supported by the waypoint yet (ztunnel only); use --config",
+            }));
+        }
+        Ok(())
+    }
+
+    fn root_pem(&self) -> Result<Option<Vec<u8>>, Error> {
+        self.xds_root_ca
+            .as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| {
+                    Error::Runtime(std::io::Error::new(
+                        e.kind(),
+                        format!("--xds-root-ca {}: {e}", p.display()),
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// The certificate source: Istio's CA (`--ca-address`, on behalf of each workload) or
+    /// the local CA (`--ca-dir`); and the mesh trust bundle.
+    fn cert_provider(&self) -> Result<(Arc<dyn mesh_identity::CertProvider>, TrustBundle), Error> {
+        if let Some(addr) = &self.ca_address {
+            let pem = self.root_pem()?.ok_or(Error::Usage(
+                "--xds-root-ca FILE (the mesh root certificates) is required with --ca-address",
+            ))?;
+            let bundle = TrustBundle::from_pem(&String::from_utf8_lossy(&pem))?;
+            let mut control_plane = mesh_identity::grpc::ControlPlane::new(addr.clone());
+            control_plane.ca_pem = Some(pem);
+            control_plane.server_name = self.xds_server_name.clone();
+            control_plane.connect_timeout = self.connect_timeout;
+            let client = mesh_identity::istio_ca::IstioCaClient::new(
+                mesh_identity::istio_ca::IstioCaConfig {
+                    control_plane,
+                    token_file: self.xds_token.clone(),
+                    cluster_id: Some(self.cluster_id.clone()),
+                    validity: self.cert_ttl,
+                    impersonate: true,
+                    trust_roots_pem: None,
+                },
+            )?;
+            return Ok((Arc::new(client), bundle));
+        }
+        let dir = self
+            .ca_dir
+            .as_deref()
+            .ok_or(Error::Usage("--ca-dir DIR is required"))?;
+        let ca = LocalCa::load(dir)?.with_ttl(self.cert_ttl);
+        let bundle = ca.trust_bundle()?;
+        Ok((Arc::new(ca), bundle))
+    }
+
     /// The proxy settings for a proxy whose own address is `ip`.
     fn proxy_config(&self, ip: std::net::IpAddr, log: LogControl) -> ProxyConfig {
         let admin_ip = if ip.is_loopback() {
@@ -132,6 +229,20 @@ pub struct ZtunnelArgs {
     /// identities here; its address hosts the SOCKS5 port.
     #[arg(long, value_name = "NAME")]
     pub node: String,
+    /// This ztunnel's own address (Istio's `INSTANCE_IP`), needed with `--xds-address`
+    /// (a config file gives it in the Node).
+    #[arg(long, value_name = "IP")]
+    pub address: Option<std::net::IpAddr>,
+    /// This ztunnel's pod name and namespace, sent to the control plane in its node id.
+    #[arg(long, default_value = "ztunnel", value_name = "NAME")]
+    pub pod_name: String,
+    /// See `--pod-name`.
+    #[arg(long, default_value = crate::config::DEFAULT_ROOT_NAMESPACE, value_name = "NAMESPACE")]
+    pub pod_namespace: String,
+    /// With `--xds-address`: listen on every service VIP:port (what a file's Node sets with
+    /// `serviceListeners: true`), for hosts without traffic capture.
+    #[arg(long, requires = "address")]
+    pub service_listeners: bool,
     /// SOCKS5 port on the node address; 0 disables SOCKS5.
     #[arg(long, default_value_t = 15080, value_name = "PORT")]
     pub socks5_port: u16,
@@ -284,7 +395,10 @@ pub fn raise_fd_limit() {
 
 async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
-    let state = crate::config::load_file(&c.config)?;
+    if let Some(xds) = &c.xds_address {
+        return run_xds(&args, xds, log).await;
+    }
+    let state = crate::config::load_file(c.config_file()?)?;
     let node = state
         .node(&args.node)
         .cloned()
@@ -296,9 +410,49 @@ async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
     serve(c, cfg, state).await
 }
 
+/// A ztunnel following istiod: starts on an empty mesh holding only its own node, then
+/// applies every workload-API update.
+async fn run_xds(args: &ZtunnelArgs, xds: &str, log: LogControl) -> Result<(), Error> {
+    let c = &args.common;
+    let address = args.address.ok_or(Error::Usage(
+        "--address (this ztunnel's own IP) is required with --xds-address",
+    ))?;
+    let store = crate::config::xds::XdsStore::new(crate::config::xds::XdsSettings {
+        node: args.node.clone(),
+        node_address: address,
+        cluster_id: c.cluster_id.clone(),
+        root_namespace: crate::config::DEFAULT_ROOT_NAMESPACE.to_owned(),
+        trust_domain: crate::config::default_trust_domain(),
+        service_listeners: args.service_listeners,
+    });
+    let mut cfg = c.proxy_config(address, log);
+    cfg.node = args.node.clone();
+    cfg.socks5_addr = listen_addr(args.socks5_addr, address, args.socks5_port);
+    cfg.plaintext_addr = listen_addr(args.plaintext_addr, address, args.plaintext_port);
+    let (ca, bundle) = c.cert_provider()?;
+    let proxy = Proxy::start(cfg, store.build(), ca, bundle).await?;
+    let node = mesh_xds::NodeInfo::ztunnel(
+        &address.to_string(),
+        &args.pod_name,
+        &args.pod_namespace,
+        &args.node,
+        &c.cluster_id,
+    );
+    let mut config = mesh_xds::Config::new(xds, node);
+    config.ca_pem = c.root_pem()?;
+    config.server_name = c.xds_server_name.clone();
+    config.token_file = c.xds_token.clone();
+    config.keepalive_interval = c.xds_keepalive_interval;
+    config.keepalive_timeout = c.xds_keepalive_timeout;
+    info!(address = %xds, node = %args.node, "following the control plane");
+    let _follower = proxy.follow_xds(store, config);
+    run_until_stopped(proxy).await
+}
+
 async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
-    let state = crate::config::load_file(&c.config)?;
+    c.file_only("sidecar")?;
+    let state = crate::config::load_file(c.config_file()?)?;
     let (ns, name) = args
         .workload
         .split_once('/')
@@ -339,7 +493,8 @@ async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
 
 async fn run_waypoint(args: WaypointArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
-    let state = crate::config::load_file(&c.config)?;
+    c.file_only("waypoint")?;
+    let state = crate::config::load_file(c.config_file()?)?;
     let wp = state
         .waypoints
         .get(&args.gateway)
@@ -360,13 +515,16 @@ async fn serve(
     cfg: ProxyConfig,
     state: crate::config::MeshState,
 ) -> Result<(), Error> {
-    let ca = LocalCa::load(&c.ca_dir)?.with_ttl(c.cert_ttl);
-    let bundle = ca.trust_bundle()?;
-    let proxy = Proxy::start(cfg, state, Arc::new(ca), bundle).await?;
+    let (ca, bundle) = c.cert_provider()?;
+    let proxy = Proxy::start(cfg, state, ca, bundle).await?;
     proxy.watch_config(
-        c.config.clone(),
+        c.config_file()?.to_owned(),
         c.config_poll_interval.max(Duration::from_millis(50)),
     );
+    run_until_stopped(proxy).await
+}
+
+async fn run_until_stopped(proxy: Proxy) -> Result<(), Error> {
     tokio::select! {
         r = shutdown_signal() => r?,
         () = proxy.quit_requested() => {}

@@ -7,6 +7,7 @@
 
 pub mod model;
 mod state;
+pub mod xds;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

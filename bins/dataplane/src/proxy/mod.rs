@@ -19,6 +19,9 @@ mod plaintext;
 pub mod route;
 mod sniff;
 mod waypoint;
+mod xds;
+
+pub use xds::XdsFollower;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -428,6 +431,8 @@ struct Inner {
     generation: AtomicU64,
     /// Cancelled by `POST /quitquitquit` on the admin port: the workload is done.
     quit: CancellationToken,
+    /// The xDS client's status, when the state comes from a control plane.
+    xds: Mutex<Option<tokio::sync::watch::Receiver<mesh_xds::Status>>>,
 }
 
 /// A running node proxy.
@@ -537,6 +542,7 @@ impl Proxy {
                 force: CancellationToken::new(),
                 generation: AtomicU64::new(0),
                 quit: CancellationToken::new(),
+                xds: Mutex::new(None),
             }),
         };
         let mut servers = Vec::new();

@@ -308,7 +308,24 @@ fn config_dump_rest(
     .into_iter()
     .map(|l| json!({"kind": format!("{:?}", l.kind), "address": l.addr, "serves": l.what}))
     .collect();
+    let xds = inner
+        .xds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|rx| {
+            let s = rx.borrow().clone();
+            json!({
+                "connected": s.connected,
+                "connects": s.connects,
+                "acks": s.acks,
+                "nacks": s.nacks,
+                "lastNack": s.last_nack,
+                "lastError": s.last_error,
+            })
+        });
     json!({
+        "xds": xds,
         "node": ctx.node_name,
         "generation": inner.generation.load(Ordering::Relaxed),
         "trustDomain": state.trust_domain.as_str(),

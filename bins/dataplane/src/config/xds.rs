@@ -1,0 +1,841 @@
+//! Istio's workload API (Delta ADS from istiod) → the same [`MeshState`] the local file
+//! produces, so both sources feed one validated, atomically swapped state.
+//!
+//! Each resource is validated on its own when it arrives ([`XdsStore::apply_addresses`],
+//! [`XdsStore::apply_authorizations`]): a bad one is rejected by name with a reason (the xDS
+//! client NACKs it) and the rest of the update applies. [`XdsStore::build`] then assembles the
+//! whole state from the accepted resources; references between resources (a workload's
+//! services, waypoint and policies) are resolved there and never fail, since the control
+//! plane may send them in any order.
+//!
+//! Mapping (Istio's ztunnel semantics):
+//! - `Workload` → a workload: its first address, `trust_domain`/`namespace`/`service_account`
+//!   identity, `canonical_name`/`canonical_revision` for telemetry. With `tunnel_protocol:
+//!   HBONE` it is in the mesh: on node `node`, reached by HBONE on `<address>:15008`; without,
+//!   it is reached in plaintext. `UNHEALTHY` workloads are not service endpoints.
+//! - `Service` → a service: `hostname`, its VIPs, ports with their endpoints from each
+//!   workload's `services["<namespace>/<hostname>"]` (per-workload target ports).
+//! - `waypoint` (a VIP or a `namespace/hostname`) → the waypoint service's first endpoint.
+//! - `Authorization` → a policy: `GLOBAL`, `NAMESPACE`, or `WORKLOAD_SELECTOR` (applied where
+//!   a workload lists it in `authorization_policies`); rules ORed, clauses ANDed, a clause's
+//!   matches ORed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use mesh_authz::{Condition, Match, Policy, Source, StringMatch};
+use mesh_identity::{SpiffeId, TrustDomain};
+use mesh_xds::Rejection;
+use mesh_xds::pb::security as sec;
+use mesh_xds::pb::workload as wl;
+
+use super::state::{self, Endpoint, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor};
+use super::{DEFAULT_HBONE_PORT, Workload};
+
+/// What this proxy knows about itself and the mesh that the workload API does not carry.
+#[derive(Debug, Clone)]
+pub struct XdsSettings {
+    /// Our node's name (Istio: the Kubernetes node, `NODE_NAME`): workloads with this `node`
+    /// and HBONE are ours.
+    pub node: String,
+    /// Our own address (SOCKS5, plaintext inbound).
+    pub node_address: IpAddr,
+    /// `source_cluster` / `destination_cluster` in metrics.
+    pub cluster_id: String,
+    /// The root namespace (mesh-wide policies).
+    pub root_namespace: String,
+    /// The trust domain of workloads that name none.
+    pub trust_domain: TrustDomain,
+    /// Whether our node binds a listener on every service VIP:port (the local file's
+    /// `serviceListeners`, for hosts without traffic capture).
+    pub service_listeners: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GatewayRef {
+    Address(IpAddr, u16),
+    Hostname(String, u16),
+}
+
+#[derive(Debug)]
+struct XWorkload {
+    name: String,
+    namespace: String,
+    address: IpAddr,
+    service_account: String,
+    identity: SpiffeId,
+    node: Option<String>,
+    healthy: bool,
+    waypoint: Option<GatewayRef>,
+    labels: BTreeMap<String, String>,
+    /// `namespace/hostname` → (service port, target port).
+    services: Vec<(String, Vec<(u16, u16)>)>,
+    policies: Vec<String>,
+}
+
+#[derive(Debug)]
+struct XService {
+    name: String,
+    namespace: String,
+    hostname: String,
+    vips: Vec<IpAddr>,
+    /// (service port, target port or 0, protocol).
+    ports: Vec<(u16, u16, String)>,
+    waypoint: Option<GatewayRef>,
+}
+
+/// The accepted workload-API resources, by resource name.
+#[derive(Debug)]
+pub struct XdsStore {
+    settings: XdsSettings,
+    workloads: HashMap<String, XWorkload>,
+    services: HashMap<String, XService>,
+    policies: HashMap<String, Policy>,
+}
+
+fn reject(name: &str, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn ip_of(bytes: &[u8]) -> Result<IpAddr, String> {
+    match bytes.len() {
+        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).map_err(|_| "bad IPv4")?)),
+        16 => Ok(IpAddr::from(
+            <[u8; 16]>::try_from(bytes).map_err(|_| "bad IPv6")?,
+        )),
+        n => Err(format!("an address of {n} bytes is neither IPv4 nor IPv6")),
+    }
+}
+
+fn port_of(field: &str, n: u32) -> Result<u16, String> {
+    u16::try_from(n).map_err(|_| format!("{field}: {n} is not a port"))
+}
+
+fn gateway(field: &str, g: &wl::GatewayAddress) -> Result<GatewayRef, String> {
+    let port = match g.hbone_mtls_port {
+        0 => DEFAULT_HBONE_PORT,
+        p => port_of(&format!("{field}.hbone_mtls_port"), p)?,
+    };
+    match &g.destination {
+        Some(wl::gateway_address::Destination::Address(a)) => {
+            if !a.network.is_empty() {
+                return Err(format!(
+                    "unsupported Istio field `{field}.address.network`: multiple networks are not supported yet"
+                ));
+            }
+            Ok(GatewayRef::Address(
+                ip_of(&a.address).map_err(|e| format!("{field}.address: {e}"))?,
+                port,
+            ))
+        }
+        Some(wl::gateway_address::Destination::Hostname(h)) => Ok(GatewayRef::Hostname(
+            format!("{}/{}", h.namespace, h.hostname.to_ascii_lowercase()),
+            port,
+        )),
+        None => Err(format!("{field}: neither address nor hostname")),
+    }
+}
+
+fn protocol(p: i32) -> String {
+    match wl::AppProtocol::try_from(p) {
+        Ok(wl::AppProtocol::Http11) => "HTTP",
+        Ok(wl::AppProtocol::Http2) => "HTTP2",
+        Ok(wl::AppProtocol::Grpc) => "GRPC",
+        Ok(wl::AppProtocol::Tcp) => "TCP",
+        Ok(wl::AppProtocol::Tls) => "TLS",
+        _ => "AUTO",
+    }
+    .to_owned()
+}
+
+impl XdsStore {
+    /// An empty store.
+    pub fn new(settings: XdsSettings) -> XdsStore {
+        XdsStore {
+            settings,
+            workloads: HashMap::new(),
+            services: HashMap::new(),
+            policies: HashMap::new(),
+        }
+    }
+
+    /// Number of (workloads, services, policies) held.
+    pub fn len(&self) -> (usize, usize, usize) {
+        (
+            self.workloads.len(),
+            self.services.len(),
+            self.policies.len(),
+        )
+    }
+
+    /// Applies an update of `istio.workload.Address` resources; returns the rejected ones
+    /// (left out; a rejected update of an existing resource keeps the previous version).
+    pub fn apply_addresses(
+        &mut self,
+        upserts: Vec<(String, wl::Address)>,
+        removes: Vec<String>,
+    ) -> Vec<Rejection> {
+        let mut rejected = Vec::new();
+        for name in removes {
+            self.workloads.remove(&name);
+            self.services.remove(&name);
+        }
+        for (name, address) in upserts {
+            match address.r#type {
+                Some(wl::address::Type::Workload(w)) => match self.workload(&w) {
+                    Ok(x) => {
+                        self.services.remove(&name);
+                        self.workloads.insert(name, x);
+                    }
+                    Err(e) => rejected.push(reject(&name, format!("Workload: {e}"))),
+                },
+                Some(wl::address::Type::Service(s)) => match service(&s) {
+                    Ok(x) => {
+                        self.workloads.remove(&name);
+                        self.services.insert(name, x);
+                    }
+                    Err(e) => rejected.push(reject(&name, format!("Service: {e}"))),
+                },
+                None => rejected.push(reject(&name, "Address holds neither a workload nor a service")),
+            }
+        }
+        rejected
+    }
+
+    /// Applies an update of `istio.security.Authorization` resources; returns the rejected
+    /// ones.
+    pub fn apply_authorizations(
+        &mut self,
+        upserts: Vec<(String, sec::Authorization)>,
+        removes: Vec<String>,
+    ) -> Vec<Rejection> {
+        let mut rejected = Vec::new();
+        for name in removes {
+            self.policies.remove(&name);
+        }
+        for (name, a) in upserts {
+            match self.authorization(&a) {
+                Ok(p) => {
+                    self.policies.insert(name, p);
+                }
+                Err(e) => rejected.push(reject(&name, format!("Authorization: {e}"))),
+            }
+        }
+        rejected
+    }
+
+    fn workload(&self, w: &wl::Workload) -> Result<XWorkload, String> {
+        if w.name.is_empty() || w.namespace.is_empty() {
+            return Err("name and namespace are required".into());
+        }
+        if !w.network.is_empty() {
+            return Err(
+                "unsupported Istio field `network`: multiple networks are not supported yet".into(),
+            );
+        }
+        if w.network_gateway.is_some() {
+            return Err("unsupported Istio field `network_gateway`: multiple networks are not supported yet".into());
+        }
+        if w
+            .application_tunnel
+            .as_ref()
+            .is_some_and(|t| t.protocol != wl::application_tunnel::Protocol::None as i32)
+        {
+            return Err("unsupported Istio field `application_tunnel`: PROXY tunnels are not supported".into());
+        }
+        if !w.extensions.is_empty() {
+            return Err("unsupported Istio field `extensions`".into());
+        }
+        let hbone = match wl::TunnelProtocol::try_from(w.tunnel_protocol) {
+            Ok(wl::TunnelProtocol::Hbone) => true,
+            Ok(wl::TunnelProtocol::None) => false,
+            _ => {
+                return Err(format!(
+                    "unsupported Istio field `tunnel_protocol`: {} (HBONE or NONE only)",
+                    w.tunnel_protocol
+                ));
+            }
+        };
+        let address = match w.addresses.first() {
+            Some(a) => ip_of(a).map_err(|e| format!("addresses[0]: {e}"))?,
+            None => return Err("addresses: a workload without an address (hostname-only workloads are not supported)".into()),
+        };
+        let td = if w.trust_domain.is_empty() {
+            self.settings.trust_domain.clone()
+        } else {
+            w.trust_domain
+                .parse::<TrustDomain>()
+                .map_err(|e| format!("trust_domain {:?}: {e}", w.trust_domain))?
+        };
+        let sa = if w.service_account.is_empty() {
+            "default".to_owned()
+        } else {
+            w.service_account.clone()
+        };
+        let identity = SpiffeId::new(&td, &w.namespace, &sa)
+            .map_err(|e| format!("service_account {sa:?}: {e}"))?;
+        let waypoint = w
+            .waypoint
+            .as_ref()
+            .map(|g| gateway("waypoint", g))
+            .transpose()?;
+        let mut services = Vec::new();
+        for (key, list) in &w.services {
+            let mut ports = Vec::new();
+            for (i, p) in list.ports.iter().enumerate() {
+                ports.push((
+                    port_of(&format!("services[{key}].ports[{i}].service_port"), p.service_port)?,
+                    port_of(&format!("services[{key}].ports[{i}].target_port"), p.target_port)?,
+                ));
+            }
+            services.push((key.to_ascii_lowercase(), ports));
+        }
+        services.sort();
+        // Telemetry reads the canonical service and revision from these labels.
+        let mut labels = BTreeMap::new();
+        if !w.canonical_name.is_empty() {
+            labels.insert(
+                "service.istio.io/canonical-name".to_owned(),
+                w.canonical_name.clone(),
+            );
+        }
+        if !w.canonical_revision.is_empty() {
+            labels.insert(
+                "service.istio.io/canonical-revision".to_owned(),
+                w.canonical_revision.clone(),
+            );
+        }
+        Ok(XWorkload {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            address,
+            service_account: sa,
+            identity,
+            node: (hbone && !w.node.is_empty()).then(|| w.node.clone()),
+            healthy: w.status == wl::WorkloadStatus::Healthy as i32,
+            waypoint,
+            labels,
+            services,
+            policies: w.authorization_policies.clone(),
+        })
+    }
+
+    fn authorization(&self, a: &sec::Authorization) -> Result<Policy, String> {
+        if a.name.is_empty() || a.namespace.is_empty() {
+            return Err("name and namespace are required".into());
+        }
+        if a.dry_run {
+            return Err("unsupported Istio field `dry_run`: dry-run policies are not supported yet".into());
+        }
+        if !a.extensions.is_empty() {
+            return Err("unsupported Istio field `extensions`".into());
+        }
+        let scope = match sec::Scope::try_from(a.scope) {
+            Ok(sec::Scope::Global) => mesh_authz::Scope::Mesh,
+            Ok(sec::Scope::Namespace) => mesh_authz::Scope::Namespace,
+            Ok(sec::Scope::WorkloadSelector) => mesh_authz::Scope::Assigned,
+            Err(_) => return Err(format!("scope: unknown value {}", a.scope)),
+        };
+        let action = match sec::Action::try_from(a.action) {
+            Ok(sec::Action::Allow) => mesh_authz::Action::Allow,
+            Ok(sec::Action::Deny) => mesh_authz::Action::Deny,
+            Err(_) => return Err(format!("action: unknown value {}", a.action)),
+        };
+        let mut rules = Vec::new();
+        for (i, r) in a.rules.iter().enumerate() {
+            let mut when = Vec::new();
+            for (j, c) in r.clauses.iter().enumerate() {
+                // A clause without matches is no constraint (Istio's ztunnel).
+                if c.matches.is_empty() {
+                    continue;
+                }
+                let mut alts = Vec::new();
+                for (k, m) in c.matches.iter().enumerate() {
+                    let field = format!("rules[{i}].clauses[{j}].matches[{k}]");
+                    if let Some(m) = convert_match(&field, m)? {
+                        alts.push(m);
+                    }
+                }
+                when.push(Condition::AnyOf(alts));
+            }
+            rules.push(mesh_authz::Rule {
+                when,
+                ..mesh_authz::Rule::default()
+            });
+        }
+        Ok(Policy {
+            namespace: a.namespace.clone(),
+            name: a.name.clone(),
+            scope,
+            action,
+            rules,
+        })
+    }
+
+    /// The whole mesh state from the resources held.
+    pub fn build(&self) -> MeshState {
+        let s = &self.settings;
+        let mut state = MeshState::empty();
+        state.trust_domain = s.trust_domain.clone();
+        state.root_namespace = s.root_namespace.clone();
+        state.cluster_id = s.cluster_id.clone();
+
+        // Stable order: by resource name.
+        let mut wl_names: Vec<&String> = self.workloads.keys().collect();
+        wl_names.sort();
+        let mut svc_names: Vec<&String> = self.services.keys().collect();
+        svc_names.sort();
+
+        // Services by `namespace/hostname` and by VIP, for waypoint resolution.
+        let svc_by_key: HashMap<String, &XService> = self
+            .services
+            .values()
+            .map(|x| (format!("{}/{}", x.namespace, x.hostname), x))
+            .collect();
+        let wl_by_ip: HashMap<IpAddr, &XWorkload> =
+            self.workloads.values().map(|w| (w.address, w)).collect();
+        let mut endpoints_of: HashMap<&str, Vec<&XWorkload>> = HashMap::new();
+        for n in &wl_names {
+            let w = &self.workloads[*n];
+            for (key, _) in &w.services {
+                endpoints_of.entry(key.as_str()).or_default().push(w);
+            }
+        }
+        let mut waypoints: HashMap<String, Arc<Waypoint>> = HashMap::new();
+        let mut resolve = |g: &GatewayRef, for_: WaypointFor| -> Option<Arc<Waypoint>> {
+            let (svc, port) = match g {
+                GatewayRef::Hostname(key, port) => (svc_by_key.get(key).copied(), *port),
+                GatewayRef::Address(ip, port) => {
+                    if let Some(w) = wl_by_ip.get(ip) {
+                        return Some(waypoint(&mut waypoints, &w.name, &w.namespace, w, *port, for_));
+                    }
+                    (
+                        self.services.values().find(|x| x.vips.contains(ip)),
+                        *port,
+                    )
+                }
+            };
+            let svc = svc?;
+            let key = format!("{}/{}", svc.namespace, svc.hostname);
+            let w = endpoints_of
+                .get(key.as_str())
+                .and_then(|e| e.iter().find(|w| w.healthy).or(e.first()))?;
+            Some(waypoint(&mut waypoints, &svc.name, &svc.namespace, w, port, for_))
+        };
+
+        let mut workloads = Vec::new();
+        let mut by_ip = HashMap::new();
+        let mut listed: Vec<&[String]> = Vec::new();
+        for n in &wl_names {
+            let x = &self.workloads[*n];
+            let wp = match &x.waypoint {
+                Some(g) => {
+                    let r = resolve(g, WaypointFor::Workload);
+                    if r.is_none() {
+                        tracing::warn!(workload = %n, ?g, "waypoint not known yet; traffic to the workload is refused until it is");
+                    }
+                    r.or_else(|| Some(unresolved_waypoint(&s.trust_domain, g)))
+                }
+                None => None,
+            };
+            let w = Arc::new(Workload {
+                name: x.name.clone(),
+                namespace: x.namespace.clone(),
+                address: x.address,
+                labels: x.labels.clone(),
+                service_account: x.service_account.clone(),
+                ports: BTreeMap::new(),
+                node: x.node.clone(),
+                hbone_addr: x
+                    .node
+                    .as_ref()
+                    .map(|_| SocketAddr::new(x.address, DEFAULT_HBONE_PORT)),
+                netns: None,
+                telemetry: state::peer_labels(
+                    &x.name,
+                    &x.namespace,
+                    &x.identity,
+                    &x.labels,
+                    &s.cluster_id,
+                ),
+                identity: x.identity.clone(),
+                waypoint: wp,
+            });
+            if by_ip.contains_key(&x.address) {
+                tracing::warn!(workload = %n, address = %x.address, "address shared by two workloads; the first (by resource name) wins");
+                continue;
+            }
+            by_ip.insert(x.address, w.clone());
+            listed.push(&x.policies);
+            workloads.push(w);
+        }
+
+        let mut service_ports = Vec::new();
+        let mut by_vip = HashMap::new();
+        let mut by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>> = HashMap::new();
+        for n in &svc_names {
+            let x = &self.services[*n];
+            let key = format!("{}/{}", x.namespace, x.hostname);
+            let wp = x.waypoint.as_ref().map(|g| {
+                resolve(g, WaypointFor::Service)
+                    .unwrap_or_else(|| unresolved_waypoint(&s.trust_domain, g))
+            });
+            let service = Arc::new(Service {
+                target_key: format!("Service/{}/{}", x.namespace, x.name),
+                name: x.name.clone(),
+                namespace: x.namespace.clone(),
+                telemetry: mesh_telemetry::metrics::ServiceLabels {
+                    host: x.hostname.as_str().into(),
+                    name: x.name.as_str().into(),
+                    namespace: x.namespace.as_str().into(),
+                },
+                hosts: vec![x.hostname.clone()],
+                vips: x.vips.clone(),
+                waypoint: wp,
+            });
+            let members: Vec<(&XWorkload, &Vec<(u16, u16)>)> = endpoints_of
+                .get(key.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|w| w.healthy)
+                .filter_map(|w| {
+                    w.services
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, ports)| (w, ports))
+                })
+                .collect();
+            for (number, target, proto) in &x.ports {
+                let endpoints = members
+                    .iter()
+                    .filter_map(|(w, ports)| {
+                        let wl = by_ip.get(&w.address).filter(|a: &&Arc<Workload>| {
+                            a.name == w.name && a.namespace == w.namespace
+                        })?;
+                        // The workload's own mapping wins; else the service's target port;
+                        // else the service port.
+                        let port = ports
+                            .iter()
+                            .find(|(sp, _)| sp == number)
+                            .map(|(_, t)| *t)
+                            .filter(|t| *t != 0)
+                            .or((*target != 0).then_some(*target))
+                            .unwrap_or(*number);
+                        Some(Endpoint {
+                            workload: wl.clone(),
+                            port,
+                        })
+                    })
+                    .collect();
+                let sp = Arc::new(ServicePort::new(
+                    service.clone(),
+                    *number,
+                    format!("port-{number}"),
+                    proto.clone(),
+                    endpoints,
+                ));
+                for vip in &x.vips {
+                    by_vip
+                        .entry(SocketAddr::new(*vip, *number))
+                        .or_insert_with(|| sp.clone());
+                }
+                by_host
+                    .entry(x.hostname.clone())
+                    .or_default()
+                    .insert(*number, sp.clone());
+                service_ports.push(sp);
+            }
+        }
+
+        // Nodes: ours, and one per other node name seen (their address is not known here and
+        // not needed: peers are reached at their workloads' HBONE addresses).
+        let mut node_workloads: HashMap<&str, Vec<Arc<Workload>>> = HashMap::new();
+        node_workloads.entry(s.node.as_str()).or_default();
+        for w in &workloads {
+            if let Some(n) = &w.node {
+                node_workloads.entry(n.as_str()).or_default().push(w.clone());
+            }
+        }
+        for (name, local) in node_workloads {
+            state.nodes.insert(
+                name.to_owned(),
+                Arc::new(Node {
+                    name: name.to_owned(),
+                    address: s.node_address,
+                    hbone_port: DEFAULT_HBONE_PORT,
+                    service_listeners: s.service_listeners && name == s.node,
+                    workloads: local,
+                }),
+            );
+        }
+
+        // Policies: mesh and namespace scopes as usual, selector scopes where listed.
+        let mut policy_names: Vec<&String> = self.policies.keys().collect();
+        policy_names.sort();
+        let policies: Vec<Policy> = policy_names
+            .iter()
+            .map(|n| self.policies[*n].clone())
+            .collect();
+        let keys: Vec<String> = workloads.iter().map(|w| w.key()).collect();
+        state.authz = mesh_authz::PolicyIndex::build_assigned(
+            &policies,
+            workloads
+                .iter()
+                .zip(&keys)
+                .zip(listed)
+                .map(|((w, key), listed)| {
+                    (
+                        mesh_authz::WorkloadRef {
+                            key,
+                            namespace: &w.namespace,
+                            labels: &w.labels,
+                        },
+                        listed,
+                    )
+                }),
+            &s.root_namespace,
+        );
+        state.policies = policies;
+
+        // The waypoints a workload accepts traffic from: its own and its services'.
+        let mut waypoints_of: HashMap<String, Vec<Arc<Waypoint>>> = HashMap::new();
+        for w in &workloads {
+            if let Some(wp) = &w.waypoint {
+                waypoints_of.entry(w.key()).or_default().push(wp.clone());
+            }
+        }
+        for sp in &service_ports {
+            if let Some(wp) = &sp.service.waypoint {
+                for e in &sp.endpoints {
+                    let list = waypoints_of.entry(e.workload.key()).or_default();
+                    if !list.iter().any(|x| Arc::ptr_eq(x, wp)) {
+                        list.push(wp.clone());
+                    }
+                }
+            }
+        }
+        let mut port_protocols = HashMap::new();
+        for sp in &service_ports {
+            for ep in &sp.endpoints {
+                port_protocols
+                    .entry((ep.workload.key(), ep.port))
+                    .or_insert_with(|| sp.protocol.clone());
+            }
+        }
+        state.endpoint_sets = state::endpoint_sets(&service_ports, &HashMap::new());
+        state.port_protocols = port_protocols;
+        state.waypoints_of = waypoints_of;
+        state.waypoints = waypoints;
+        state.workloads = workloads;
+        state.service_ports = service_ports;
+        state.by_ip = by_ip;
+        state.by_vip = by_vip;
+        state.by_host = by_host;
+        state
+    }
+}
+
+/// The waypoint named `namespace/name` run by workload `w` (one `Arc` per waypoint; used for
+/// both workload and service traffic, it serves both).
+fn waypoint(
+    all: &mut HashMap<String, Arc<Waypoint>>,
+    name: &str,
+    namespace: &str,
+    w: &XWorkload,
+    port: u16,
+    for_: WaypointFor,
+) -> Arc<Waypoint> {
+    let key = format!("{namespace}/{name}");
+    if let Some(existing) = all.get(&key) {
+        if existing.waypoint_for == for_ || existing.waypoint_for == WaypointFor::All {
+            return existing.clone();
+        }
+        let merged = Arc::new(Waypoint {
+            waypoint_for: WaypointFor::All,
+            name: existing.name.clone(),
+            namespace: existing.namespace.clone(),
+            address: existing.address,
+            port: existing.port,
+            identity: existing.identity.clone(),
+            target_key: existing.target_key.clone(),
+        });
+        all.insert(key, merged.clone());
+        return merged;
+    }
+    let wp = Arc::new(Waypoint {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        address: w.address,
+        port,
+        identity: w.identity.clone(),
+        waypoint_for: for_,
+        target_key: format!("Gateway/{namespace}/{name}"),
+    });
+    all.insert(key, wp.clone());
+    wp
+}
+
+/// A waypoint the control plane named but has not described (yet): traffic that must go
+/// through it fails closed instead of skipping it. Its identity belongs to no workload.
+fn unresolved_waypoint(td: &TrustDomain, g: &GatewayRef) -> Arc<Waypoint> {
+    let (address, port, name) = match g {
+        GatewayRef::Address(ip, port) => (*ip, *port, ip.to_string()),
+        // Nothing listens on the IPv6 discard prefix: connections fail at once.
+        GatewayRef::Hostname(h, port) => (
+            IpAddr::V6(std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1)),
+            *port,
+            h.clone(),
+        ),
+    };
+    #[allow(clippy::expect_used)]
+    // "unresolved-waypoint" / "unresolved" are valid namespace and service-account names.
+    let identity = SpiffeId::new(td, "unresolved-waypoint", "unresolved")
+        .expect("constant identity parts are valid");
+    Arc::new(Waypoint {
+        name: name.clone(),
+        namespace: "unresolved-waypoint".into(),
+        address,
+        port,
+        identity,
+        waypoint_for: WaypointFor::None,
+        target_key: format!("Gateway/unresolved-waypoint/{name}"),
+    })
+}
+
+fn service(s: &wl::Service) -> Result<XService, String> {
+    if s.name.is_empty() || s.namespace.is_empty() || s.hostname.is_empty() {
+        return Err("name, namespace and hostname are required".into());
+    }
+    if !s.extensions.is_empty() {
+        return Err("unsupported Istio field `extensions`".into());
+    }
+    if !s.weighted_waypoints.is_empty() {
+        return Err("unsupported Istio field `weighted_waypoints`".into());
+    }
+    if let Some(lb) = &s.load_balancing
+        && (lb.mode != 0 || !lb.routing_preference.is_empty())
+    {
+        return Err(
+            "unsupported Istio field `load_balancing`: locality-aware balancing is not supported yet"
+                .into(),
+        );
+    }
+    let mut vips = Vec::new();
+    for (i, a) in s.addresses.iter().enumerate() {
+        if !a.network.is_empty() {
+            return Err(format!(
+                "unsupported Istio field `addresses[{i}].network`: multiple networks are not supported yet"
+            ));
+        }
+        vips.push(ip_of(&a.address).map_err(|e| format!("addresses[{i}]: {e}"))?);
+    }
+    let mut ports = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, p) in s.ports.iter().enumerate() {
+        let n = port_of(&format!("ports[{i}].service_port"), p.service_port)?;
+        if n == 0 {
+            return Err(format!("ports[{i}].service_port: 0 is not a port"));
+        }
+        if !seen.insert(n) {
+            return Err(format!("ports[{i}].service_port: {n} is listed twice"));
+        }
+        let t = port_of(&format!("ports[{i}].target_port"), p.target_port)?;
+        ports.push((n, t, protocol(p.app_protocol)));
+    }
+    Ok(XService {
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        hostname: s.hostname.trim_end_matches('.').to_ascii_lowercase(),
+        vips,
+        ports,
+        waypoint: s
+            .waypoint
+            .as_ref()
+            .map(|g| gateway("waypoint", g))
+            .transpose()?,
+    })
+}
+
+fn strings(field: &str, v: &[sec::StringMatch]) -> Result<Vec<StringMatch>, String> {
+    v.iter()
+        .enumerate()
+        .map(|(i, m)| match &m.match_type {
+            Some(sec::string_match::MatchType::Exact(s)) => Ok(StringMatch::Exact(s.clone())),
+            Some(sec::string_match::MatchType::Prefix(s)) => Ok(StringMatch::Prefix(s.clone())),
+            Some(sec::string_match::MatchType::Suffix(s)) => Ok(StringMatch::Suffix(s.clone())),
+            Some(sec::string_match::MatchType::Presence(_)) => Ok(StringMatch::Presence),
+            None => Err(format!("{field}[{i}]: no match type")),
+        })
+        .collect()
+}
+
+fn nets(field: &str, v: &[sec::Address]) -> Result<Vec<ipnet::IpNet>, String> {
+    v.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let ip = ip_of(&a.address).map_err(|e| format!("{field}[{i}]: {e}"))?;
+            let len = u8::try_from(a.length).map_err(|_| format!("{field}[{i}].length"))?;
+            ipnet::IpNet::new(ip, len)
+                .map_err(|_| format!("{field}[{i}]: /{} is not a prefix length for {ip}", a.length))
+        })
+        .collect()
+}
+
+fn ports(field: &str, v: &[u32]) -> Result<Vec<u16>, String> {
+    v.iter().map(|p| port_of(field, *p)).collect()
+}
+
+fn service_accounts(field: &str, v: &[sec::ServiceAccountMatch]) -> Result<Vec<StringMatch>, String> {
+    v.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if m.namespace.is_empty() || m.service_account.is_empty() || m.namespace.contains('/') || m.service_account.contains('/') {
+                return Err(format!("{field}[{i}]: namespace and serviceAccount are required, without '/'"));
+            }
+            // Any trust domain: `<td>/ns/<ns>/sa/<sa>`.
+            Ok(StringMatch::Suffix(format!(
+                "/ns/{}/sa/{}",
+                m.namespace, m.service_account
+            )))
+        })
+        .collect()
+}
+
+/// One workload-API match; `None` when it sets nothing (Istio's ztunnel skips those).
+fn convert_match(field: &str, m: &sec::Match) -> Result<Option<Match>, String> {
+    if !m.extensions.is_empty() {
+        return Err(format!("unsupported Istio field `{field}.extensions`"));
+    }
+    let out = Match {
+        source: Source {
+            principals: strings(&format!("{field}.principals"), &m.principals)?,
+            not_principals: strings(&format!("{field}.not_principals"), &m.not_principals)?,
+            namespaces: strings(&format!("{field}.namespaces"), &m.namespaces)?,
+            not_namespaces: strings(&format!("{field}.not_namespaces"), &m.not_namespaces)?,
+            ip_blocks: nets(&format!("{field}.source_ips"), &m.source_ips)?,
+            not_ip_blocks: nets(&format!("{field}.not_source_ips"), &m.not_source_ips)?,
+            ..Source::default()
+        },
+        service_accounts: service_accounts(&format!("{field}.service_accounts"), &m.service_accounts)?,
+        not_service_accounts: service_accounts(
+            &format!("{field}.not_service_accounts"),
+            &m.not_service_accounts,
+        )?,
+        destination_ips: nets(&format!("{field}.destination_ips"), &m.destination_ips)?,
+        not_destination_ips: nets(
+            &format!("{field}.not_destination_ips"),
+            &m.not_destination_ips,
+        )?,
+        ports: ports(&format!("{field}.destination_ports"), &m.destination_ports)?,
+        not_ports: ports(
+            &format!("{field}.not_destination_ports"),
+            &m.not_destination_ports,
+        )?,
+    };
+    Ok((out != Match::default()).then_some(out))
+}
