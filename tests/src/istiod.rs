@@ -157,7 +157,9 @@ impl AggregatedDiscoveryService for Ads {
             }
         });
         self.0.lock().unwrap().tasks.push(handle.abort_handle());
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -205,7 +207,9 @@ impl IstioCertificateService for Ca {
             .1
             .sign_csr(&r.csr, &id, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(IstioCertificateResponse { cert_chain: chain }))
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: chain,
+        }))
     }
 }
 

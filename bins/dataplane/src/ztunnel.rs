@@ -143,8 +143,12 @@ impl ProxyArgs {
     fn file_only(&self, role: &'static str) -> Result<(), Error> {
         if self.xds_address.is_some() {
             return Err(Error::Usage(match role {
-                "sidecar" => "--xds-address is not supported by the sidecar yet (ztunnel only); use --config",
-                _ => "--xds-address is not supported by the waypoint yet (ztunnel only); use --config",
+                "sidecar" => {
+                    "--xds-address is not supported by the sidecar yet (ztunnel only); use --config"
+                }
+                _ => {
+                    "--xds-address is not supported by the waypoint yet (ztunnel only); use --config"
+                }
             }));
         }
         Ok(())

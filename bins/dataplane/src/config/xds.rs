@@ -103,7 +103,9 @@ fn reject(name: &str, reason: impl Into<String>) -> Rejection {
 
 fn ip_of(bytes: &[u8]) -> Result<IpAddr, String> {
     match bytes.len() {
-        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).map_err(|_| "bad IPv4")?)),
+        4 => Ok(IpAddr::from(
+            <[u8; 4]>::try_from(bytes).map_err(|_| "bad IPv4")?,
+        )),
         16 => Ok(IpAddr::from(
             <[u8; 16]>::try_from(bytes).map_err(|_| "bad IPv6")?,
         )),
@@ -200,7 +202,10 @@ impl XdsStore {
                     }
                     Err(e) => rejected.push(reject(&name, format!("Service: {e}"))),
                 },
-                None => rejected.push(reject(&name, "Address holds neither a workload nor a service")),
+                None => rejected.push(reject(
+                    &name,
+                    "Address holds neither a workload nor a service",
+                )),
             }
         }
         rejected
@@ -240,12 +245,14 @@ impl XdsStore {
         if w.network_gateway.is_some() {
             return Err("unsupported Istio field `network_gateway`: multiple networks are not supported yet".into());
         }
-        if w
-            .application_tunnel
+        if w.application_tunnel
             .as_ref()
             .is_some_and(|t| t.protocol != wl::application_tunnel::Protocol::None as i32)
         {
-            return Err("unsupported Istio field `application_tunnel`: PROXY tunnels are not supported".into());
+            return Err(
+                "unsupported Istio field `application_tunnel`: PROXY tunnels are not supported"
+                    .into(),
+            );
         }
         if !w.extensions.is_empty() {
             return Err("unsupported Istio field `extensions`".into());
@@ -288,8 +295,14 @@ impl XdsStore {
             let mut ports = Vec::new();
             for (i, p) in list.ports.iter().enumerate() {
                 ports.push((
-                    port_of(&format!("services[{key}].ports[{i}].service_port"), p.service_port)?,
-                    port_of(&format!("services[{key}].ports[{i}].target_port"), p.target_port)?,
+                    port_of(
+                        &format!("services[{key}].ports[{i}].service_port"),
+                        p.service_port,
+                    )?,
+                    port_of(
+                        &format!("services[{key}].ports[{i}].target_port"),
+                        p.target_port,
+                    )?,
                 ));
             }
             services.push((key.to_ascii_lowercase(), ports));
@@ -329,7 +342,9 @@ impl XdsStore {
             return Err("name and namespace are required".into());
         }
         if a.dry_run {
-            return Err("unsupported Istio field `dry_run`: dry-run policies are not supported yet".into());
+            return Err(
+                "unsupported Istio field `dry_run`: dry-run policies are not supported yet".into(),
+            );
         }
         if !a.extensions.is_empty() {
             return Err("unsupported Istio field `extensions`".into());
@@ -411,12 +426,16 @@ impl XdsStore {
                 GatewayRef::Hostname(key, port) => (svc_by_key.get(key).copied(), *port),
                 GatewayRef::Address(ip, port) => {
                     if let Some(w) = wl_by_ip.get(ip) {
-                        return Some(waypoint(&mut waypoints, &w.name, &w.namespace, w, *port, for_));
+                        return Some(waypoint(
+                            &mut waypoints,
+                            &w.name,
+                            &w.namespace,
+                            w,
+                            *port,
+                            for_,
+                        ));
                     }
-                    (
-                        self.services.values().find(|x| x.vips.contains(ip)),
-                        *port,
-                    )
+                    (self.services.values().find(|x| x.vips.contains(ip)), *port)
                 }
             };
             let svc = svc?;
@@ -424,7 +443,14 @@ impl XdsStore {
             let w = endpoints_of
                 .get(key.as_str())
                 .and_then(|e| e.iter().find(|w| w.healthy).or(e.first()))?;
-            Some(waypoint(&mut waypoints, &svc.name, &svc.namespace, w, port, for_))
+            Some(waypoint(
+                &mut waypoints,
+                &svc.name,
+                &svc.namespace,
+                w,
+                port,
+                for_,
+            ))
         };
 
         let mut workloads = Vec::new();
@@ -558,7 +584,10 @@ impl XdsStore {
         node_workloads.entry(s.node.as_str()).or_default();
         for w in &workloads {
             if let Some(n) = &w.node {
-                node_workloads.entry(n.as_str()).or_default().push(w.clone());
+                node_workloads
+                    .entry(n.as_str())
+                    .or_default()
+                    .push(w.clone());
             }
         }
         for (name, local) in node_workloads {
@@ -780,8 +809,12 @@ fn nets(field: &str, v: &[sec::Address]) -> Result<Vec<ipnet::IpNet>, String> {
         .map(|(i, a)| {
             let ip = ip_of(&a.address).map_err(|e| format!("{field}[{i}]: {e}"))?;
             let len = u8::try_from(a.length).map_err(|_| format!("{field}[{i}].length"))?;
-            ipnet::IpNet::new(ip, len)
-                .map_err(|_| format!("{field}[{i}]: /{} is not a prefix length for {ip}", a.length))
+            ipnet::IpNet::new(ip, len).map_err(|_| {
+                format!(
+                    "{field}[{i}]: /{} is not a prefix length for {ip}",
+                    a.length
+                )
+            })
         })
         .collect()
 }
@@ -790,12 +823,21 @@ fn ports(field: &str, v: &[u32]) -> Result<Vec<u16>, String> {
     v.iter().map(|p| port_of(field, *p)).collect()
 }
 
-fn service_accounts(field: &str, v: &[sec::ServiceAccountMatch]) -> Result<Vec<StringMatch>, String> {
+fn service_accounts(
+    field: &str,
+    v: &[sec::ServiceAccountMatch],
+) -> Result<Vec<StringMatch>, String> {
     v.iter()
         .enumerate()
         .map(|(i, m)| {
-            if m.namespace.is_empty() || m.service_account.is_empty() || m.namespace.contains('/') || m.service_account.contains('/') {
-                return Err(format!("{field}[{i}]: namespace and serviceAccount are required, without '/'"));
+            if m.namespace.is_empty()
+                || m.service_account.is_empty()
+                || m.namespace.contains('/')
+                || m.service_account.contains('/')
+            {
+                return Err(format!(
+                    "{field}[{i}]: namespace and serviceAccount are required, without '/'"
+                ));
             }
             // Any trust domain: `<td>/ns/<ns>/sa/<sa>`.
             Ok(StringMatch::Suffix(format!(
@@ -821,7 +863,10 @@ fn convert_match(field: &str, m: &sec::Match) -> Result<Option<Match>, String> {
             not_ip_blocks: nets(&format!("{field}.not_source_ips"), &m.not_source_ips)?,
             ..Source::default()
         },
-        service_accounts: service_accounts(&format!("{field}.service_accounts"), &m.service_accounts)?,
+        service_accounts: service_accounts(
+            &format!("{field}.service_accounts"),
+            &m.service_accounts,
+        )?,
         not_service_accounts: service_accounts(
             &format!("{field}.not_service_accounts"),
             &m.not_service_accounts,

@@ -126,11 +126,7 @@ impl Proxy {
             }
             .instrument(tracing::info_span!("xds")),
         );
-        *self
-            .inner
-            .xds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
+        *self.inner.xds.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
         XdsFollower { status }
     }
 }
