@@ -84,7 +84,8 @@ struct Applied {
 /// Policies compiled per workload.
 #[derive(Debug, Default, Clone)]
 pub struct PolicyIndex {
-    by_workload: HashMap<String, Applied>,
+    /// Workloads with the same namespace, labels and listed policies share one `Applied`.
+    by_workload: HashMap<String, Arc<Applied>>,
     policies: usize,
 }
 
@@ -140,7 +141,17 @@ impl PolicyIndex {
             .map(|p| (Arc::as_ptr(p), Arc::new(CompiledPolicy::new(p.clone()))))
             .collect();
         let mut by_workload = HashMap::new();
+        // Workloads alike (a deployment's replicas) get the same policies: computed once.
+        type Alike<'b> = (&'b str, &'b [String], &'b BTreeMap<String, String>);
+        let mut alike: HashMap<Alike<'a>, Option<Arc<Applied>>, foldhash::fast::RandomState> =
+            HashMap::default();
         for (w, listed) in workloads {
+            if let Some(shared) = alike.get(&(w.namespace, listed, w.labels)) {
+                if let Some(a) = shared {
+                    by_workload.insert(w.key.to_owned(), a.clone());
+                }
+                continue;
+            }
             let mut applied = Applied::default();
             let candidates = mesh
                 .iter()
@@ -174,9 +185,11 @@ impl PolicyIndex {
                     }
                 }
             }
-            if !applied.all.is_empty() {
-                by_workload.insert(w.key.to_owned(), applied);
+            let applied = (!applied.all.is_empty()).then(|| Arc::new(applied));
+            if let Some(a) = &applied {
+                by_workload.insert(w.key.to_owned(), a.clone());
             }
+            alike.insert((w.namespace, listed, w.labels), applied);
         }
         PolicyIndex {
             by_workload,

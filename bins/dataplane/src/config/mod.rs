@@ -599,7 +599,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
     };
 
     let mut workloads = Vec::new();
-    let mut by_ip: HashMap<IpAddr, Arc<Workload>> = HashMap::new();
+    let mut by_ip: state::FastMap<IpAddr, Arc<Workload>> = state::FastMap::default();
     let mut seen = HashSet::new();
     for w in &raw.workloads {
         let loc = &w.location;
@@ -688,7 +688,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
     }
 
     let mut service_ports = Vec::new();
-    let mut by_vip: HashMap<SocketAddr, Arc<ServicePort>> = HashMap::new();
+    let mut by_vip: state::FastMap<SocketAddr, Arc<ServicePort>> = state::FastMap::default();
     let mut by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>> = HashMap::new();
     let mut host_owner: HashMap<String, String> = HashMap::new();
     let mut seen = HashSet::new();

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use mesh_identity::{SpiffeId, TrustDomain};
 use mesh_telemetry::metrics::{PeerLabels, ServiceLabels, Str};
 
+/// Indexes keyed by addresses (looked up per connection): hashed with foldhash, a fast
+/// hasher; the keys come from the config, not from peers.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A workload (`WorkloadEntry`).
 #[derive(Debug)]
 pub struct Workload {
@@ -373,8 +377,8 @@ pub struct MeshState {
     pub workloads: Vec<Arc<Workload>>,
     /// All service ports, in config order.
     pub service_ports: Vec<Arc<ServicePort>>,
-    pub(crate) by_ip: HashMap<IpAddr, Arc<Workload>>,
-    pub(crate) by_vip: HashMap<SocketAddr, Arc<ServicePort>>,
+    pub(crate) by_ip: FastMap<IpAddr, Arc<Workload>>,
+    pub(crate) by_vip: FastMap<SocketAddr, Arc<ServicePort>>,
     pub(crate) by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>>,
 }
 
@@ -402,8 +406,8 @@ impl MeshState {
             nodes: HashMap::new(),
             workloads: Vec::new(),
             service_ports: Vec::new(),
-            by_ip: HashMap::new(),
-            by_vip: HashMap::new(),
+            by_ip: FastMap::default(),
+            by_vip: FastMap::default(),
             by_host: HashMap::new(),
         }
     }

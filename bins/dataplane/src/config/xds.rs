@@ -33,6 +33,8 @@ use mesh_xds::pb::workload as wl;
 use super::state::{self, Endpoint, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor};
 use super::{DEFAULT_HBONE_PORT, Workload};
 
+use super::state::FastMap;
+
 /// What this proxy knows about itself and the mesh that the workload API does not carry.
 #[derive(Debug, Clone)]
 pub struct XdsSettings {
@@ -63,19 +65,23 @@ struct XWorkload {
     name: String,
     namespace: String,
     address: IpAddr,
-    service_account: String,
     identity: SpiffeId,
-    node: Option<String>,
     healthy: bool,
     waypoint: Option<GatewayRef>,
-    labels: BTreeMap<String, String>,
     /// `namespace/hostname` → (service port, target port).
     services: Vec<(String, Vec<(u16, u16)>)>,
     policies: Vec<String>,
+    /// `namespace/name`.
+    key: String,
+    /// The state's workload, built once when the resource arrives (without its waypoint,
+    /// which is resolved at build time): a rebuild shares it instead of re-creating it.
+    arc: Arc<Workload>,
 }
 
 #[derive(Debug)]
 struct XService {
+    /// `namespace/hostname`: how workloads name it.
+    key: String,
     name: String,
     namespace: String,
     hostname: String,
@@ -89,9 +95,10 @@ struct XService {
 #[derive(Debug)]
 pub struct XdsStore {
     settings: XdsSettings,
-    workloads: HashMap<String, XWorkload>,
-    services: HashMap<String, XService>,
-    policies: HashMap<String, Policy>,
+    // Sorted by resource name: a build walks them in a stable order without sorting.
+    workloads: BTreeMap<String, XWorkload>,
+    services: BTreeMap<String, XService>,
+    policies: BTreeMap<String, Policy>,
 }
 
 fn reject(name: &str, reason: impl Into<String>) -> Rejection {
@@ -159,9 +166,9 @@ impl XdsStore {
     pub fn new(settings: XdsSettings) -> XdsStore {
         XdsStore {
             settings,
-            workloads: HashMap::new(),
-            services: HashMap::new(),
-            policies: HashMap::new(),
+            workloads: BTreeMap::new(),
+            services: BTreeMap::new(),
+            policies: BTreeMap::new(),
         }
     }
 
@@ -322,16 +329,39 @@ impl XdsStore {
                 w.canonical_revision.clone(),
             );
         }
-        Ok(XWorkload {
+        let node = (hbone && !w.node.is_empty()).then(|| w.node.clone());
+        let telemetry = state::peer_labels(
+            &w.name,
+            &w.namespace,
+            &identity,
+            &labels,
+            &self.settings.cluster_id,
+        );
+        let arc = Arc::new(Workload {
             name: w.name.clone(),
             namespace: w.namespace.clone(),
             address,
+            labels,
             service_account: sa,
+            ports: BTreeMap::new(),
+            node: node.clone(),
+            hbone_addr: node
+                .as_ref()
+                .map(|_| SocketAddr::new(address, DEFAULT_HBONE_PORT)),
+            netns: None,
+            telemetry,
+            identity: identity.clone(),
+            waypoint: None,
+        });
+        Ok(XWorkload {
+            arc,
+            key: format!("{}/{}", w.namespace, w.name),
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            address,
             identity,
-            node: (hbone && !w.node.is_empty()).then(|| w.node.clone()),
             healthy: w.status == wl::WorkloadStatus::Healthy as i32,
             waypoint,
-            labels,
             services,
             policies: w.authorization_policies.clone(),
         })
@@ -399,23 +429,16 @@ impl XdsStore {
         state.root_namespace = s.root_namespace.clone();
         state.cluster_id = s.cluster_id.clone();
 
-        // Stable order: by resource name.
-        let mut wl_names: Vec<&String> = self.workloads.keys().collect();
-        wl_names.sort();
-        let mut svc_names: Vec<&String> = self.services.keys().collect();
-        svc_names.sort();
-
         // Services by `namespace/hostname` and by VIP, for waypoint resolution.
-        let svc_by_key: HashMap<String, &XService> = self
+        let svc_by_key: FastMap<&str, &XService> = self
             .services
             .values()
-            .map(|x| (format!("{}/{}", x.namespace, x.hostname), x))
+            .map(|x| (x.key.as_str(), x))
             .collect();
-        let wl_by_ip: HashMap<IpAddr, &XWorkload> =
+        let wl_by_ip: FastMap<IpAddr, &XWorkload> =
             self.workloads.values().map(|w| (w.address, w)).collect();
-        let mut endpoints_of: HashMap<&str, Vec<&XWorkload>> = HashMap::new();
-        for n in &wl_names {
-            let w = &self.workloads[*n];
+        let mut endpoints_of: FastMap<&str, Vec<&XWorkload>> = FastMap::default();
+        for w in self.workloads.values() {
             for (key, _) in &w.services {
                 endpoints_of.entry(key.as_str()).or_default().push(w);
             }
@@ -423,7 +446,7 @@ impl XdsStore {
         let mut waypoints: HashMap<String, Arc<Waypoint>> = HashMap::new();
         let mut resolve = |g: &GatewayRef, for_: WaypointFor| -> Option<Arc<Waypoint>> {
             let (svc, port) = match g {
-                GatewayRef::Hostname(key, port) => (svc_by_key.get(key).copied(), *port),
+                GatewayRef::Hostname(key, port) => (svc_by_key.get(key.as_str()).copied(), *port),
                 GatewayRef::Address(ip, port) => {
                     if let Some(w) = wl_by_ip.get(ip) {
                         return Some(waypoint(
@@ -439,9 +462,8 @@ impl XdsStore {
                 }
             };
             let svc = svc?;
-            let key = format!("{}/{}", svc.namespace, svc.hostname);
             let w = endpoints_of
-                .get(key.as_str())
+                .get(svc.key.as_str())
                 .and_then(|e| e.iter().find(|w| w.healthy).or(e.first()))?;
             Some(waypoint(
                 &mut waypoints,
@@ -454,10 +476,10 @@ impl XdsStore {
         };
 
         let mut workloads = Vec::new();
-        let mut by_ip = HashMap::new();
+        let mut by_ip = FastMap::default();
         let mut listed: Vec<&[String]> = Vec::new();
-        for n in &wl_names {
-            let x = &self.workloads[*n];
+        let mut keys: Vec<&str> = Vec::new();
+        for (n, x) in &self.workloads {
             let wp = match &x.waypoint {
                 Some(g) => {
                     let r = resolve(g, WaypointFor::Workload);
@@ -468,44 +490,41 @@ impl XdsStore {
                 }
                 None => None,
             };
-            let w = Arc::new(Workload {
-                name: x.name.clone(),
-                namespace: x.namespace.clone(),
-                address: x.address,
-                labels: x.labels.clone(),
-                service_account: x.service_account.clone(),
-                ports: BTreeMap::new(),
-                node: x.node.clone(),
-                hbone_addr: x
-                    .node
-                    .as_ref()
-                    .map(|_| SocketAddr::new(x.address, DEFAULT_HBONE_PORT)),
-                netns: None,
-                telemetry: state::peer_labels(
-                    &x.name,
-                    &x.namespace,
-                    &x.identity,
-                    &x.labels,
-                    &s.cluster_id,
-                ),
-                identity: x.identity.clone(),
-                waypoint: wp,
-            });
+            let w = match wp {
+                None => x.arc.clone(),
+                Some(wp) => {
+                    let a = &x.arc;
+                    Arc::new(Workload {
+                        name: a.name.clone(),
+                        namespace: a.namespace.clone(),
+                        address: a.address,
+                        labels: a.labels.clone(),
+                        service_account: a.service_account.clone(),
+                        ports: a.ports.clone(),
+                        node: a.node.clone(),
+                        hbone_addr: a.hbone_addr,
+                        netns: None,
+                        telemetry: a.telemetry.clone(),
+                        identity: a.identity.clone(),
+                        waypoint: Some(wp),
+                    })
+                }
+            };
             if by_ip.contains_key(&x.address) {
                 tracing::warn!(workload = %n, address = %x.address, "address shared by two workloads; the first (by resource name) wins");
                 continue;
             }
             by_ip.insert(x.address, w.clone());
             listed.push(&x.policies);
+            keys.push(&x.key);
             workloads.push(w);
         }
 
         let mut service_ports = Vec::new();
-        let mut by_vip = HashMap::new();
+        let mut by_vip = FastMap::default();
         let mut by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>> = HashMap::new();
-        for n in &svc_names {
-            let x = &self.services[*n];
-            let key = format!("{}/{}", x.namespace, x.hostname);
+        for x in self.services.values() {
+            let key = x.key.as_str();
             let wp = x.waypoint.as_ref().map(|g| {
                 resolve(g, WaypointFor::Service)
                     .unwrap_or_else(|| unresolved_waypoint(&s.trust_domain, g))
@@ -524,7 +543,7 @@ impl XdsStore {
                 waypoint: wp,
             });
             let members: Vec<(&XWorkload, &Vec<(u16, u16)>)> = endpoints_of
-                .get(key.as_str())
+                .get(key)
                 .into_iter()
                 .flatten()
                 .copied()
@@ -580,7 +599,7 @@ impl XdsStore {
 
         // Nodes: ours, and one per other node name seen (their address is not known here and
         // not needed: peers are reached at their workloads' HBONE addresses).
-        let mut node_workloads: HashMap<&str, Vec<Arc<Workload>>> = HashMap::new();
+        let mut node_workloads: FastMap<&str, Vec<Arc<Workload>>> = FastMap::default();
         node_workloads.entry(s.node.as_str()).or_default();
         for w in &workloads {
             if let Some(n) = &w.node {
@@ -604,18 +623,12 @@ impl XdsStore {
         }
 
         // Policies: mesh and namespace scopes as usual, selector scopes where listed.
-        let mut policy_names: Vec<&String> = self.policies.keys().collect();
-        policy_names.sort();
-        let policies: Vec<Policy> = policy_names
-            .iter()
-            .map(|n| self.policies[*n].clone())
-            .collect();
-        let keys: Vec<String> = workloads.iter().map(|w| w.key()).collect();
+        let policies: Vec<Policy> = self.policies.values().cloned().collect();
         state.authz = mesh_authz::PolicyIndex::build_assigned(
             &policies,
             workloads
                 .iter()
-                .zip(&keys)
+                .zip(keys)
                 .zip(listed)
                 .map(|((w, key), listed)| {
                     (
@@ -648,16 +661,8 @@ impl XdsStore {
                 }
             }
         }
-        let mut port_protocols = HashMap::new();
-        for sp in &service_ports {
-            for ep in &sp.endpoints {
-                port_protocols
-                    .entry((ep.workload.key(), ep.port))
-                    .or_insert_with(|| sp.protocol.clone());
-            }
-        }
-        state.endpoint_sets = state::endpoint_sets(&service_ports, &HashMap::new());
-        state.port_protocols = port_protocols;
+        // `endpoint_sets` and `port_protocols` serve per-request (L7) balancing and sidecar
+        // inbound L7; a ztunnel (the only role following xDS so far) uses neither.
         state.waypoints_of = waypoints_of;
         state.waypoints = waypoints;
         state.workloads = workloads;
@@ -776,10 +781,12 @@ fn service(s: &wl::Service) -> Result<XService, String> {
         let t = port_of(&format!("ports[{i}].target_port"), p.target_port)?;
         ports.push((n, t, protocol(p.app_protocol)));
     }
+    let hostname = s.hostname.trim_end_matches('.').to_ascii_lowercase();
     Ok(XService {
+        key: format!("{}/{hostname}", s.namespace),
         name: s.name.clone(),
         namespace: s.namespace.clone(),
-        hostname: s.hostname.trim_end_matches('.').to_ascii_lowercase(),
+        hostname,
         vips,
         ports,
         waypoint: s

@@ -91,6 +91,13 @@ pub(crate) struct BenchArgs {
     /// Run the config-apply benchmark (load and swap a large mesh) instead of the topologies.
     #[arg(long)]
     config_apply: bool,
+    /// Run the xDS-apply benchmark (a workload-API snapshot of --config-size, then
+    /// single-workload deltas, into a running proxy) instead of the topologies.
+    #[arg(long)]
+    xds_apply: bool,
+    /// Single-workload deltas timed by --xds-apply.
+    #[arg(long, default_value_t = 20)]
+    xds_deltas: usize,
     /// Workloads, services and policies of the config-apply mesh.
     #[arg(
         long,
@@ -167,6 +174,7 @@ struct TopoResult {
 struct ControlReport {
     authz: Option<Vec<control::AuthzResult>>,
     config_apply: Option<control::ConfigResult>,
+    xds_apply: Option<control::XdsResult>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -194,7 +202,7 @@ pub(crate) fn main(mut args: BenchArgs) -> ExitCode {
         args.idle_tunnels = args.idle_tunnels.min(100);
         args.authz_decisions = args.authz_decisions.min(20_000);
     }
-    if args.authz || args.config_apply {
+    if args.authz || args.config_apply || args.xds_apply {
         return match run_control(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => crate::fail(format!("{e:#}")),
@@ -210,6 +218,7 @@ fn run_control(args: &BenchArgs) -> anyhow::Result<()> {
     let mut report = ControlReport {
         authz: None,
         config_apply: None,
+        xds_apply: None,
     };
     if args.authz {
         say!("== authz: {} decisions per case", args.authz_decisions);
@@ -248,6 +257,24 @@ fn run_control(args: &BenchArgs) -> anyhow::Result<()> {
             r.rss_peak_mb
         );
         report.config_apply = Some(r);
+    }
+    if args.xds_apply {
+        let (w, s, p) = match args.config_size[..] {
+            [w, s, p] => (w.max(21), s.max(1), p),
+            _ => bail!("--config-size takes W,S,P (e.g. 10000,1000,1000)"),
+        };
+        say!("== xDS apply: {w} workloads, {s} services, {p} policies");
+        let r = control::xds_apply(w, s, p, args.xds_deltas.max(1))?;
+        say!("");
+        say!(
+            "snapshot {:.1} MB: decode+validate+build+swap {:.0} ms; one changed workload: p50 {:.1} ms, max {:.1} ms ({} runs)",
+            r.snapshot_mb,
+            r.snapshot_ms,
+            r.delta_p50_ms,
+            r.delta_max_ms,
+            r.delta_runs
+        );
+        report.xds_apply = Some(r);
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
