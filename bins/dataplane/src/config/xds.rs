@@ -891,3 +891,225 @@ fn convert_match(field: &str, m: &sec::Match) -> Result<Option<Match>, String> {
     };
     Ok((out != Match::default()).then_some(out))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn store() -> XdsStore {
+        XdsStore::new(XdsSettings {
+            node: "n1".into(),
+            node_address: "10.0.0.1".parse().unwrap(),
+            cluster_id: "Kubernetes".into(),
+            root_namespace: "istio-system".into(),
+            trust_domain: "cluster.local".parse().unwrap(),
+            service_listeners: false,
+        })
+    }
+
+    fn wk(name: &str, ip: [u8; 4], services: &[(&str, u32, u32)]) -> wl::Workload {
+        let mut map = HashMap::new();
+        for (k, p, t) in services {
+            map.entry((*k).to_owned())
+                .or_insert_with(wl::PortList::default)
+                .ports
+                .push(wl::Port {
+                    service_port: *p,
+                    target_port: *t,
+                    app_protocol: 0,
+                });
+        }
+        wl::Workload {
+            uid: format!("c//Pod/ns/{name}"),
+            name: name.into(),
+            namespace: "ns".into(),
+            addresses: vec![ip.to_vec()],
+            tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+            service_account: name.into(),
+            node: "n1".into(),
+            services: map,
+            ..Default::default()
+        }
+    }
+
+    fn addr_w(w: wl::Workload) -> (String, wl::Address) {
+        (
+            w.uid.clone(),
+            wl::Address {
+                r#type: Some(wl::address::Type::Workload(w)),
+            },
+        )
+    }
+
+    fn addr_s(s: wl::Service) -> (String, wl::Address) {
+        (
+            format!("{}/{}", s.namespace, s.hostname),
+            wl::Address {
+                r#type: Some(wl::address::Type::Service(s)),
+            },
+        )
+    }
+
+    fn svc(name: &str, vip: [u8; 4], port: u32, target: u32) -> wl::Service {
+        wl::Service {
+            name: name.into(),
+            namespace: "ns".into(),
+            hostname: format!("{name}.ns.svc.cluster.local"),
+            addresses: vec![wl::NetworkAddress {
+                network: String::new(),
+                address: vip.to_vec(),
+                length: None,
+            }],
+            ports: vec![wl::Port {
+                service_port: port,
+                target_port: target,
+                app_protocol: 0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unsupported_fields_are_rejected_by_name_and_the_rest_applies() {
+        let mut s = store();
+        let mut net = wk("net", [10, 1, 0, 2], &[]);
+        net.network = "other".into();
+        let mut legacy = wk("legacy", [10, 1, 0, 3], &[]);
+        legacy.tunnel_protocol = wl::TunnelProtocol::LegacyIstioMtls as i32;
+        let mut bad_ip = wk("bad", [10, 1, 0, 4], &[]);
+        bad_ip.addresses = vec![vec![1, 2, 3]];
+        let rejected = s.apply_addresses(
+            vec![
+                addr_w(wk("good", [10, 1, 0, 1], &[])),
+                addr_w(net),
+                addr_w(legacy),
+                addr_w(bad_ip),
+            ],
+            vec![],
+        );
+        let reasons: Vec<String> = rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.name, r.reason))
+            .collect();
+        assert_eq!(rejected.len(), 3, "{reasons:?}");
+        assert!(reasons[0].contains("c//Pod/ns/net") && reasons[0].contains("`network`"));
+        assert!(reasons[1].contains("`tunnel_protocol`"));
+        assert!(reasons[2].contains("addresses[0]") && reasons[2].contains("3 bytes"));
+        let state = s.build();
+        assert_eq!(state.workloads.len(), 1);
+        assert!(state.workload_by_ip("10.1.0.1".parse().unwrap()).is_some());
+
+        let dry = sec::Authorization {
+            name: "p".into(),
+            namespace: "ns".into(),
+            dry_run: true,
+            ..Default::default()
+        };
+        let r = s.apply_authorizations(vec![("ns/p".into(), dry)], vec![]);
+        assert!(r[0].reason.contains("`dry_run`"), "{r:?}");
+    }
+
+    #[test]
+    fn services_take_endpoints_from_workloads() {
+        let mut s = store();
+        let key = "ns/web.ns.svc.cluster.local";
+        let mut sick = wk("sick", [10, 1, 0, 3], &[(key, 80, 8080)]);
+        sick.status = wl::WorkloadStatus::Unhealthy as i32;
+        let r = s.apply_addresses(
+            vec![
+                addr_s(svc("web", [10, 96, 0, 1], 80, 9090)),
+                // Its own target port wins; 0 falls back to the service's.
+                addr_w(wk("a", [10, 1, 0, 1], &[(key, 80, 8080)])),
+                addr_w(wk("b", [10, 1, 0, 2], &[(key, 80, 0)])),
+                addr_w(sick),
+            ],
+            vec![],
+        );
+        assert!(r.is_empty(), "{r:?}");
+        let state = s.build();
+        let sp = state
+            .service_by_vip("10.96.0.1:80".parse().unwrap())
+            .unwrap();
+        let eps: Vec<(String, u16)> = sp
+            .endpoints
+            .iter()
+            .map(|e| (e.workload.name.clone(), e.port))
+            .collect();
+        assert_eq!(eps, vec![("a".into(), 8080), ("b".into(), 9090)]);
+        assert!(
+            state
+                .service_by_host("web.ns.svc.cluster.local", 80)
+                .is_some()
+        );
+        // Local HBONE workloads are the node's; removal takes a workload out everywhere.
+        assert_eq!(state.node("n1").unwrap().workloads.len(), 3);
+        s.apply_addresses(vec![], vec!["c//Pod/ns/a".into()]);
+        let state = s.build();
+        let sp = state
+            .service_by_vip("10.96.0.1:80".parse().unwrap())
+            .unwrap();
+        assert_eq!(sp.endpoints.len(), 1);
+        assert!(state.workload_by_ip("10.1.0.1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn waypoints_resolve_to_their_workload_or_fail_closed() {
+        let mut s = store();
+        let wp_key = "ns/wp.ns.svc.cluster.local";
+        let mut web = svc("web", [10, 96, 0, 1], 80, 80);
+        web.waypoint = Some(wl::GatewayAddress {
+            destination: Some(wl::gateway_address::Destination::Hostname(
+                wl::NamespacedHostname {
+                    namespace: "ns".into(),
+                    hostname: "wp.ns.svc.cluster.local".into(),
+                },
+            )),
+            hbone_mtls_port: 15008,
+        });
+        let mut lost = wk("lost", [10, 1, 0, 9], &[]);
+        lost.waypoint = Some(wl::GatewayAddress {
+            destination: Some(wl::gateway_address::Destination::Address(
+                wl::NetworkAddress {
+                    network: String::new(),
+                    address: vec![10, 96, 9, 9],
+                    length: None,
+                },
+            )),
+            hbone_mtls_port: 0,
+        });
+        let r = s.apply_addresses(
+            vec![
+                addr_s(web),
+                addr_s(svc("wp", [10, 96, 0, 2], 15008, 15008)),
+                addr_w(wk("waypoint", [10, 1, 0, 7], &[(wp_key, 15008, 15008)])),
+                addr_w(wk(
+                    "a",
+                    [10, 1, 0, 1],
+                    &[("ns/web.ns.svc.cluster.local", 80, 80)],
+                )),
+                addr_w(lost),
+            ],
+            vec![],
+        );
+        assert!(r.is_empty(), "{r:?}");
+        let state = s.build();
+        let sp = state
+            .service_by_vip("10.96.0.1:80".parse().unwrap())
+            .unwrap();
+        let wp = sp.service.waypoint.as_ref().unwrap();
+        assert_eq!(wp.hbone_addr(), "10.1.0.7:15008".parse().unwrap());
+        assert_eq!(
+            wp.identity.as_str(),
+            "spiffe://cluster.local/ns/ns/sa/waypoint"
+        );
+        // Only the waypoint may reach the service's endpoints.
+        assert_eq!(state.waypoints_of["ns/a"].len(), 1);
+        // A waypoint nobody describes: traffic goes nowhere rather than around it.
+        let lost = state.workload_by_ip("10.1.0.9".parse().unwrap()).unwrap();
+        let wp = lost.waypoint.as_ref().unwrap();
+        assert_eq!(wp.hbone_addr(), "10.96.9.9:15008".parse().unwrap());
+        assert_eq!(wp.waypoint_for, WaypointFor::None);
+    }
+}
