@@ -117,17 +117,21 @@ fn push_ports(out: &mut Vec<Check>, v: &[u16], negate: bool) {
     }
 }
 
+/// The L4 checks of a source.
+fn push_source(k: &mut Vec<Check>, s: &crate::model::Source) {
+    push_strings(k, Attr::Principal, &s.principals, false);
+    push_strings(k, Attr::Principal, &s.not_principals, true);
+    push_strings(k, Attr::Namespace, &s.namespaces, false);
+    push_strings(k, Attr::Namespace, &s.not_namespaces, true);
+    push_nets(k, Attr::SourceIp, &s.ip_blocks, false);
+    push_nets(k, Attr::SourceIp, &s.not_ip_blocks, true);
+    push_nets(k, Attr::RemoteIp, &s.remote_ip_blocks, false);
+    push_nets(k, Attr::RemoteIp, &s.not_remote_ip_blocks, true);
+}
+
 fn compile_match(m: &crate::model::Match) -> Conj {
-    let s = &m.source;
     let mut k = Vec::new();
-    push_strings(&mut k, Attr::Principal, &s.principals, false);
-    push_strings(&mut k, Attr::Principal, &s.not_principals, true);
-    push_strings(&mut k, Attr::Namespace, &s.namespaces, false);
-    push_strings(&mut k, Attr::Namespace, &s.not_namespaces, true);
-    push_nets(&mut k, Attr::SourceIp, &s.ip_blocks, false);
-    push_nets(&mut k, Attr::SourceIp, &s.not_ip_blocks, true);
-    push_nets(&mut k, Attr::RemoteIp, &s.remote_ip_blocks, false);
-    push_nets(&mut k, Attr::RemoteIp, &s.not_remote_ip_blocks, true);
+    push_source(&mut k, &m.source);
     push_strings(&mut k, Attr::Principal, &m.service_accounts, false);
     push_strings(&mut k, Attr::Principal, &m.not_service_accounts, true);
     push_nets(&mut k, Attr::DestinationIp, &m.destination_ips, false);
@@ -190,14 +194,7 @@ impl CompiledPolicy {
                     .iter()
                     .map(|s| {
                         let mut k = Vec::new();
-                        push_strings(&mut k, Attr::Principal, &s.principals, false);
-                        push_strings(&mut k, Attr::Principal, &s.not_principals, true);
-                        push_strings(&mut k, Attr::Namespace, &s.namespaces, false);
-                        push_strings(&mut k, Attr::Namespace, &s.not_namespaces, true);
-                        push_nets(&mut k, Attr::SourceIp, &s.ip_blocks, false);
-                        push_nets(&mut k, Attr::SourceIp, &s.not_ip_blocks, true);
-                        push_nets(&mut k, Attr::RemoteIp, &s.remote_ip_blocks, false);
-                        push_nets(&mut k, Attr::RemoteIp, &s.not_remote_ip_blocks, true);
+                        push_source(&mut k, s);
                         k.into_boxed_slice()
                     })
                     .collect(),

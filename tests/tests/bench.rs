@@ -79,6 +79,9 @@ fn bench_authz_and_config_apply_report_figures() {
             "--authz-decisions",
             "2000",
             "--config-apply",
+            "--xds-apply",
+            "--xds-deltas",
+            "3",
             "--config-size",
             "2000,200,200",
             "--json",
@@ -126,4 +129,12 @@ fn bench_authz_and_config_apply_report_figures() {
     assert!(c["parse_ms"].as_f64().unwrap() > 0.0);
     assert!(c["apply_ms"].as_f64().unwrap() > 0.0);
     assert!(c["rss_mb"].as_f64().unwrap() > 0.0);
+    // The same mesh over the workload API: applied whole (the bench checks every workload
+    // arrived), then three single-workload deltas.
+    let x = &r["xds_apply"];
+    assert_eq!(x["workloads"], 2000);
+    assert_eq!(x["delta_runs"], 3);
+    assert!(x["snapshot_mb"].as_f64().unwrap() > 0.1);
+    assert!(x["snapshot_ms"].as_f64().unwrap() > 0.0);
+    assert!(x["delta_max_ms"].as_f64().unwrap() >= x["delta_p50_ms"].as_f64().unwrap());
 }

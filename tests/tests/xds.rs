@@ -18,7 +18,7 @@ use mesh_tests::istiod::{
     ADDRESS_TYPE, AUTHORIZATION_TYPE, FakeIstiod, address_of_service, address_of_workload, service,
     workload,
 };
-use mesh_tests::{Net, Proc, bin, connect_from, http_app, http_get};
+use mesh_tests::{Net, Proc, bin, connect_from, http, http_app, http_get};
 use mesh_xds::pb;
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,6 +71,27 @@ fn client_wl(net: Net) -> pb::workload::Workload {
 
 fn server_wl(name: &str, ip: IpAddr) -> pb::workload::Workload {
     workload(name, "ns", ip, "server", "b", &[(SVC, 9000, 9000)])
+}
+
+/// The client on node a, the server on node b, and the server's service.
+fn seed(i: &FakeIstiod, net: Net) {
+    i.set_many(
+        ADDRESS_TYPE,
+        vec![
+            (
+                "Kubernetes//Pod/ns/client".into(),
+                address_of_workload(client_wl(net)),
+            ),
+            (
+                "Kubernetes//Pod/ns/server".into(),
+                address_of_workload(server_wl("server", net.server())),
+            ),
+            (
+                SVC.into(),
+                address_of_service(service("server", "ns", net.vip().ip(), &[(9000, 9000)])),
+            ),
+        ],
+    );
 }
 
 fn server2_ip(net: Net) -> IpAddr {
@@ -144,23 +165,7 @@ async fn ztunnel_follows_istiod() {
     let net = Net { b: 81 };
     let f = fixture().await;
     let i = &f.istiod;
-    i.set_many(
-        ADDRESS_TYPE,
-        vec![
-            (
-                "Kubernetes//Pod/ns/client".into(),
-                address_of_workload(client_wl(net)),
-            ),
-            (
-                "Kubernetes//Pod/ns/server".into(),
-                address_of_workload(server_wl("server", net.server())),
-            ),
-            (
-                SVC.into(),
-                address_of_service(service("server", "ns", net.vip().ip(), &[(9000, 9000)])),
-            ),
-        ],
-    );
+    seed(i, net);
     http_app(net.app(), "server").await;
     http_app(SocketAddr::new(server2_ip(net), 9000), "server2").await;
     let _a = ztunnel(&f, i.xds_addr, "a", net.node_a(), &["--service-listeners"]);
@@ -170,6 +175,13 @@ async fn ztunnel_follows_istiod() {
         app_of(r) == Some("server")
     })
     .await;
+    // Ready once the first xDS state (both types) is applied.
+    for node in [net.node_a(), net.node_b()] {
+        let (status, body) = http(SocketAddr::new(node, 15021), "GET", "/healthz/ready")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
 
     // Istio's ztunnel node identity and metadata; the bearer token was checked by the fake.
     let first = i.requests().into_iter().next().unwrap();
@@ -364,23 +376,7 @@ async fn control_plane_black_holed_killed_and_back() {
     let net = Net { b: 82 };
     let f = fixture().await;
     let i = &f.istiod;
-    i.set_many(
-        ADDRESS_TYPE,
-        vec![
-            (
-                "Kubernetes//Pod/ns/client".into(),
-                address_of_workload(client_wl(net)),
-            ),
-            (
-                "Kubernetes//Pod/ns/server".into(),
-                address_of_workload(server_wl("server", net.server())),
-            ),
-            (
-                SVC.into(),
-                address_of_service(service("server", "ns", net.vip().ip(), &[(9000, 9000)])),
-            ),
-        ],
-    );
+    seed(i, net);
     http_app(net.app(), "server").await;
     http_app(SocketAddr::new(server2_ip(net), 9000), "server2").await;
     let frozen = Arc::new(AtomicBool::new(false));
@@ -454,23 +450,7 @@ async fn certificates_rotate_under_traffic() {
     let net = Net { b: 83 };
     let f = fixture().await;
     let i = &f.istiod;
-    i.set_many(
-        ADDRESS_TYPE,
-        vec![
-            (
-                "Kubernetes//Pod/ns/client".into(),
-                address_of_workload(client_wl(net)),
-            ),
-            (
-                "Kubernetes//Pod/ns/server".into(),
-                address_of_workload(server_wl("server", net.server())),
-            ),
-            (
-                SVC.into(),
-                address_of_service(service("server", "ns", net.vip().ip(), &[(9000, 9000)])),
-            ),
-        ],
-    );
+    seed(i, net);
     http_app(net.app(), "server").await;
     // Short-lived certificates, and pooled HBONE connections that do not outlive them, so
     // new handshakes use the rotated ones.

@@ -936,23 +936,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         );
     }
 
-    // The waypoints a workload accepts traffic from: its own and its services'.
-    let mut waypoints_of: HashMap<String, Vec<Arc<Waypoint>>> = HashMap::new();
-    for w in &workloads {
-        if let Some(wp) = &w.waypoint {
-            waypoints_of.entry(w.key()).or_default().push(wp.clone());
-        }
-    }
-    for sp in &service_ports {
-        if let Some(wp) = &sp.service.waypoint {
-            for e in &sp.endpoints {
-                let list = waypoints_of.entry(e.workload.key()).or_default();
-                if !list.iter().any(|x| Arc::ptr_eq(x, wp)) {
-                    list.push(wp.clone());
-                }
-            }
-        }
-    }
+    let waypoints_of = state::waypoints_of(&workloads, &service_ports);
 
     let path_normalization = match raw
         .mesh

@@ -314,6 +314,31 @@ pub(crate) fn endpoint_sets(
     out
 }
 
+/// For each workload (`namespace/name`) with waypoints, the waypoints it accepts traffic from:
+/// its own and its services'.
+pub(crate) fn waypoints_of(
+    workloads: &[Arc<Workload>],
+    service_ports: &[Arc<ServicePort>],
+) -> HashMap<String, Vec<Arc<Waypoint>>> {
+    let mut out: HashMap<String, Vec<Arc<Waypoint>>> = HashMap::new();
+    for w in workloads {
+        if let Some(wp) = &w.waypoint {
+            out.entry(w.key()).or_default().push(wp.clone());
+        }
+    }
+    for sp in service_ports {
+        if let Some(wp) = &sp.service.waypoint {
+            for e in &sp.endpoints {
+                let list = out.entry(e.workload.key()).or_default();
+                if !list.iter().any(|x| Arc::ptr_eq(x, wp)) {
+                    list.push(wp.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A ztunnel node.
 #[derive(Debug)]
 pub struct Node {

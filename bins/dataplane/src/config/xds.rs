@@ -644,26 +644,9 @@ impl XdsStore {
         );
         state.policies = policies;
 
-        // The waypoints a workload accepts traffic from: its own and its services'.
-        let mut waypoints_of: HashMap<String, Vec<Arc<Waypoint>>> = HashMap::new();
-        for w in &workloads {
-            if let Some(wp) = &w.waypoint {
-                waypoints_of.entry(w.key()).or_default().push(wp.clone());
-            }
-        }
-        for sp in &service_ports {
-            if let Some(wp) = &sp.service.waypoint {
-                for e in &sp.endpoints {
-                    let list = waypoints_of.entry(e.workload.key()).or_default();
-                    if !list.iter().any(|x| Arc::ptr_eq(x, wp)) {
-                        list.push(wp.clone());
-                    }
-                }
-            }
-        }
         // `endpoint_sets` and `port_protocols` serve per-request (L7) balancing and sidecar
         // inbound L7; a ztunnel (the only role following xDS so far) uses neither.
-        state.waypoints_of = waypoints_of;
+        state.waypoints_of = state::waypoints_of(&workloads, &service_ports);
         state.waypoints = waypoints;
         state.workloads = workloads;
         state.service_ports = service_ports;

@@ -433,6 +433,8 @@ struct Inner {
     quit: CancellationToken,
     /// The xDS client's status, when the state comes from a control plane.
     xds: Mutex<Option<tokio::sync::watch::Receiver<mesh_xds::Status>>>,
+    /// `/healthz/ready`: what start-up still waits for.
+    readiness: mesh_telemetry::readiness::Readiness,
 }
 
 /// A running node proxy.
@@ -543,6 +545,7 @@ impl Proxy {
                 generation: AtomicU64::new(0),
                 quit: CancellationToken::new(),
                 xds: Mutex::new(None),
+                readiness: readiness.clone(),
             }),
         };
         let mut servers = Vec::new();
@@ -737,6 +740,29 @@ impl Proxy {
         Ok(report)
     }
 
+    /// Applies `state` from `source` (the config file, xDS), logging the outcome; a failure
+    /// is counted as a rejected config and the last good state keeps serving.
+    /// Returns whether it applied.
+    pub(crate) async fn apply_logged(&self, state: MeshState, source: &str) -> bool {
+        match self.apply(state).await {
+            Ok(r) => {
+                info!(
+                    generation = r.generation,
+                    listeners_added = r.listeners_added,
+                    listeners_removed = r.listeners_removed,
+                    connections_closed = r.connections_closed,
+                    "{source} applied"
+                );
+                true
+            }
+            Err(e) => {
+                self.inner.ctx.telemetry.rejected(e.to_string());
+                error!(error = %e, "{source} not applied; the last good state keeps serving");
+                false
+            }
+        }
+    }
+
     fn start_listener(&self, key: ListenerKey, what: String, p: Pending) -> Result<(), Error> {
         let inner = &self.inner;
         let ctx = inner.ctx.clone();
@@ -886,19 +912,9 @@ impl Proxy {
                         }
                     };
                     match parsed {
-                        Ok(state) => match proxy.apply(state).await {
-                            Ok(r) => info!(
-                                generation = r.generation,
-                                listeners_added = r.listeners_added,
-                                listeners_removed = r.listeners_removed,
-                                connections_closed = r.connections_closed,
-                                "config applied"
-                            ),
-                            Err(e) => {
-                                proxy.inner.ctx.telemetry.rejected(e.to_string());
-                                error!(error = %e, "config rejected; the last good config keeps serving");
-                            }
-                        },
+                        Ok(state) => {
+                            proxy.apply_logged(state, "config").await;
+                        }
                         Err(e) => {
                             proxy.inner.ctx.telemetry.rejected(e.to_string());
                             error!("config rejected; the last good config keeps serving:\n{e}");

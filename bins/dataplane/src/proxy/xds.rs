@@ -10,10 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use mesh_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, Client, Handler, Rejection, Typed, pb};
 use tokio::sync::Notify;
-use tracing::{Instrument as _, error, info, warn};
+use tracing::{Instrument as _, debug, error, warn};
 
 use super::{Inner, Proxy};
 use crate::config::xds::XdsStore;
+
+const RETRY_INITIAL: std::time::Duration = std::time::Duration::from_millis(500);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A running subscription: stops with the proxy.
 #[derive(Debug, Clone)]
@@ -49,20 +52,28 @@ impl Proxy {
     pub fn follow_xds(&self, store: XdsStore, config: mesh_xds::Config) -> XdsFollower {
         let store = Arc::new(Mutex::new(store));
         let dirty = Arc::new(Notify::new());
+        // The first state is applied once both types have answered (Istio's ztunnel waits
+        // for its initial sync too): never workloads without their policies. Not ready
+        // before that.
+        let answered = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let mut first = Some(self.inner.readiness.register("first xDS state"));
         let addresses = {
             let (store, dirty, inner) = (store.clone(), dirty.clone(), self.inner.clone());
+            let answered = answered.clone();
             Typed::<pb::workload::Address, _>::new(ADDRESS_TYPE, move |upserts, removes| {
                 let rejected = store
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .apply_addresses(upserts, removes);
                 record(&inner, "Address", &rejected);
+                answered.fetch_or(1, std::sync::atomic::Ordering::SeqCst);
                 dirty.notify_one();
                 rejected
             })
         };
         let authorizations = {
             let (store, dirty, inner) = (store.clone(), dirty.clone(), self.inner.clone());
+            let answered = answered.clone();
             Typed::<pb::security::Authorization, _>::new(
                 AUTHORIZATION_TYPE,
                 move |upserts, removes| {
@@ -71,6 +82,7 @@ impl Proxy {
                         .unwrap_or_else(|p| p.into_inner())
                         .apply_authorizations(upserts, removes);
                     record(&inner, "Authorization", &rejected);
+                    answered.fetch_or(2, std::sync::atomic::Ordering::SeqCst);
                     dirty.notify_one();
                     rejected
                 },
@@ -85,6 +97,7 @@ impl Proxy {
         let cancel = self.inner.cancel.clone();
         self.inner.tasks.spawn(
             async move {
+                let mut retry = RETRY_INITIAL;
                 loop {
                     tokio::select! {
                         () = cancel.cancelled() => {
@@ -92,6 +105,9 @@ impl Proxy {
                             return;
                         }
                         () = dirty.notified() => {}
+                    }
+                    if first.is_some() && answered.load(std::sync::atomic::Ordering::SeqCst) != 3 {
+                        continue;
                     }
                     let s = store.clone();
                     let built = tokio::task::spawn_blocking(move || {
@@ -106,21 +122,22 @@ impl Proxy {
                             continue;
                         }
                     };
-                    match proxy.apply(state).await {
-                        Ok(r) => info!(
-                            generation = r.generation,
-                            workloads,
-                            services,
-                            policies,
-                            listeners_added = r.listeners_added,
-                            listeners_removed = r.listeners_removed,
-                            connections_closed = r.connections_closed,
-                            "xDS state applied"
-                        ),
-                        Err(e) => {
-                            proxy.inner.ctx.telemetry.rejected(e.to_string());
-                            error!(error = %e, "xDS state not applied; the last good state keeps serving");
+                    debug!(workloads, services, policies, "xDS state built");
+                    if proxy.apply_logged(state, "xDS state").await {
+                        retry = RETRY_INITIAL;
+                        if let Some(p) = first.take() {
+                            p.done();
                         }
+                    } else {
+                        // Typically the CA is unreachable: try again even if istiod has
+                        // nothing new to send.
+                        let dirty = dirty.clone();
+                        let wait = retry;
+                        retry = (retry * 2).min(RETRY_MAX);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            dirty.notify_one();
+                        });
                     }
                 }
             }
