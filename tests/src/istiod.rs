@@ -57,6 +57,8 @@ struct State {
     nonce: u64,
     /// Connection and accept tasks, aborted by `stop`.
     tasks: Vec<AbortHandle>,
+    /// The CA answers `UNAVAILABLE` while set.
+    ca_down: bool,
 }
 
 impl State {
@@ -189,12 +191,19 @@ impl IstioCertificateService for Ca {
                 Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
                 _ => None,
             });
-        self.0.lock().unwrap().ca_requests.push(CaRequest {
-            impersonated: impersonated.clone(),
-            authorization: authorization.clone(),
-            cluster_id,
-            validity_seconds: r.validity_duration,
-        });
+        let down = {
+            let mut st = self.0.lock().unwrap();
+            st.ca_requests.push(CaRequest {
+                impersonated: impersonated.clone(),
+                authorization: authorization.clone(),
+                cluster_id,
+                validity_seconds: r.validity_duration,
+            });
+            st.ca_down
+        };
+        if down {
+            return Err(Status::unavailable("CA down (test)"));
+        }
         if authorization.as_deref() != Some("Bearer test-token") {
             return Err(Status::unauthenticated("bearer token required"));
         }
@@ -354,6 +363,11 @@ impl FakeIstiod {
                 m.remove(name);
             }
         }
+    }
+
+    /// Makes the CA answer `UNAVAILABLE` (or serve again).
+    pub fn set_ca_down(&self, down: bool) {
+        self.state.lock().unwrap().ca_down = down;
     }
 
     /// Every request received.

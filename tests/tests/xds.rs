@@ -490,3 +490,62 @@ async fn certificates_rotate_under_traffic() {
     let c = certs.iter().find(|c| c["identity"] == id).unwrap();
     assert!(c["expiresInSeconds"].as_u64().unwrap() <= 10, "{c}");
 }
+
+/// The CA is down when the ztunnels start: the xDS state cannot be applied (no certificates
+/// for its workloads), the ztunnels are not ready and nothing is served; they retry with
+/// backoff and serve once the CA answers, with no new push from istiod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_down_at_start_is_retried() {
+    let net = Net { b: 84 };
+    let f = fixture().await;
+    let i = &f.istiod;
+    seed(i, net);
+    http_app(net.app(), "server").await;
+    i.set_ca_down(true);
+    let _a = ztunnel(&f, i.xds_addr, "a", net.node_a(), &["--service-listeners"]);
+    let _b = ztunnel(&f, i.xds_addr, "b", net.node_b(), &[]);
+    // Both asked the CA (and were refused) at least twice: they retry.
+    for _ in 0..300 {
+        if i.ca_requests().len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(i.ca_requests().len() >= 4, "{:?}", i.ca_requests());
+    assert!(
+        get_via_vip(net).await.is_err(),
+        "nothing served without certificates"
+    );
+    let (status, _) = http(
+        SocketAddr::new(net.node_b(), 15021),
+        "GET",
+        "/healthz/ready",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status, 500,
+        "not ready before the first state (500, as Istio's ztunnel)"
+    );
+    let pushes = i.requests().len();
+    i.set_ca_down(false);
+    until(net, "served once the CA is back", |r| {
+        app_of(r) == Some("server")
+    })
+    .await;
+    let (status, _) = http(
+        SocketAddr::new(net.node_b(), 15021),
+        "GET",
+        "/healthz/ready",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    // No push was needed: only ACKs went to istiod meanwhile.
+    assert!(
+        i.requests()[pushes..]
+            .iter()
+            .all(|r| !r.response_nonce.is_empty() || r.initial_resource_versions.is_empty()),
+        "no resubscription"
+    );
+}
