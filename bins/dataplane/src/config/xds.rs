@@ -99,6 +99,17 @@ pub struct XdsStore {
     workloads: BTreeMap<String, XWorkload>,
     services: BTreeMap<String, XService>,
     policies: BTreeMap<String, Policy>,
+    /// Service ports built by the last build, reused while nothing they depend on changed.
+    cache: std::sync::Mutex<PortCache>,
+}
+
+/// The service ports of each service (by resource name) as last built, and the services
+/// (`namespace/hostname`) whose ports must be rebuilt: the service changed, or one of its
+/// workloads did.
+#[derive(Debug, Default)]
+struct PortCache {
+    ports: HashMap<String, Vec<Arc<ServicePort>>>,
+    dirty: HashSet<String>,
 }
 
 fn reject(name: &str, reason: impl Into<String>) -> Rejection {
@@ -169,6 +180,7 @@ impl XdsStore {
             workloads: BTreeMap::new(),
             services: BTreeMap::new(),
             policies: BTreeMap::new(),
+            cache: std::sync::Mutex::new(PortCache::default()),
         }
     }
 
@@ -190,21 +202,22 @@ impl XdsStore {
     ) -> Vec<Rejection> {
         let mut rejected = Vec::new();
         for name in removes {
-            self.workloads.remove(&name);
-            self.services.remove(&name);
+            self.forget(&name);
         }
         for (name, address) in upserts {
             match address.r#type {
                 Some(wl::address::Type::Workload(w)) => match self.workload(&w) {
                     Ok(x) => {
-                        self.services.remove(&name);
+                        self.forget(&name);
+                        self.touch(x.services.iter().map(|(k, _)| k.clone()));
                         self.workloads.insert(name, x);
                     }
                     Err(e) => rejected.push(reject(&name, format!("Workload: {e}"))),
                 },
                 Some(wl::address::Type::Service(s)) => match service(&s) {
                     Ok(x) => {
-                        self.workloads.remove(&name);
+                        self.forget(&name);
+                        self.touch([x.key.clone()]);
                         self.services.insert(name, x);
                     }
                     Err(e) => rejected.push(reject(&name, format!("Service: {e}"))),
@@ -216,6 +229,25 @@ impl XdsStore {
             }
         }
         rejected
+    }
+
+    /// Removes resource `name` (a workload or a service), marking the services it touched.
+    fn forget(&mut self, name: &str) {
+        if let Some(old) = self.workloads.remove(name) {
+            self.touch(old.services.into_iter().map(|(k, _)| k));
+        }
+        if let Some(old) = self.services.remove(name) {
+            self.touch([old.key]);
+        }
+    }
+
+    /// Marks services (`namespace/hostname`) for rebuilding.
+    fn touch(&self, keys: impl IntoIterator<Item = String>) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dirty
+            .extend(keys);
     }
 
     /// Applies an update of `istio.security.Authorization` resources; returns the rejected
@@ -479,6 +511,9 @@ impl XdsStore {
         let mut by_ip = FastMap::default();
         let mut listed: Vec<&[String]> = Vec::new();
         let mut keys: Vec<&str> = Vec::new();
+        // Two workloads on one address: which one is an endpoint depends on both, so no
+        // cached service port is trusted in this build.
+        let mut shared_address = false;
         for (n, x) in &self.workloads {
             let wp = match &x.waypoint {
                 Some(g) => {
@@ -511,6 +546,7 @@ impl XdsStore {
                 }
             };
             if by_ip.contains_key(&x.address) {
+                shared_address = true;
                 tracing::warn!(workload = %n, address = %x.address, "address shared by two workloads; the first (by resource name) wins");
                 continue;
             }
@@ -523,8 +559,43 @@ impl XdsStore {
         let mut service_ports = Vec::new();
         let mut by_vip = FastMap::default();
         let mut by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>> = HashMap::new();
-        for x in self.services.values() {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if shared_address {
+            cache.ports.clear();
+        }
+        let PortCache {
+            ports: cached,
+            dirty,
+        } = &mut *cache;
+        cached.retain(|name, _| self.services.contains_key(name));
+        for (name, x) in &self.services {
             let key = x.key.as_str();
+            // Waypoints are resolved per build: services with one, or with endpoints that
+            // have one, are always rebuilt.
+            let cacheable = !shared_address
+                && x.waypoint.is_none()
+                && !endpoints_of
+                    .get(key)
+                    .is_some_and(|e| e.iter().any(|w| w.waypoint.is_some()));
+            if cacheable
+                && !dirty.contains(key)
+                && let Some(sps) = cached.get(name)
+            {
+                for sp in sps {
+                    for vip in &x.vips {
+                        by_vip
+                            .entry(SocketAddr::new(*vip, sp.port))
+                            .or_insert_with(|| sp.clone());
+                    }
+                    by_host
+                        .entry(x.hostname.clone())
+                        .or_default()
+                        .insert(sp.port, sp.clone());
+                    service_ports.push(sp.clone());
+                }
+                continue;
+            }
+            let first_port = service_ports.len();
             let wp = x.waypoint.as_ref().map(|g| {
                 resolve(g, WaypointFor::Service)
                     .unwrap_or_else(|| unresolved_waypoint(&s.trust_domain, g))
@@ -595,32 +666,32 @@ impl XdsStore {
                     .insert(*number, sp.clone());
                 service_ports.push(sp);
             }
-        }
-
-        // Nodes: ours, and one per other node name seen (their address is not known here and
-        // not needed: peers are reached at their workloads' HBONE addresses).
-        let mut node_workloads: FastMap<&str, Vec<Arc<Workload>>> = FastMap::default();
-        node_workloads.entry(s.node.as_str()).or_default();
-        for w in &workloads {
-            if let Some(n) = &w.node {
-                node_workloads
-                    .entry(n.as_str())
-                    .or_default()
-                    .push(w.clone());
+            if cacheable {
+                cached.insert(name.clone(), service_ports[first_port..].to_vec());
+            } else {
+                cached.remove(name);
             }
         }
-        for (name, local) in node_workloads {
-            state.nodes.insert(
-                name.to_owned(),
-                Arc::new(Node {
-                    name: name.to_owned(),
-                    address: s.node_address,
-                    hbone_port: DEFAULT_HBONE_PORT,
-                    service_listeners: s.service_listeners && name == s.node,
-                    workloads: local,
-                }),
-            );
-        }
+        dirty.clear();
+        drop(cache);
+
+        // Our node (others are not needed: peers are reached at their workloads' HBONE
+        // addresses, and their addresses are not in the workload API).
+        let local = workloads
+            .iter()
+            .filter(|w| w.node.as_deref() == Some(s.node.as_str()))
+            .cloned()
+            .collect();
+        state.nodes.insert(
+            s.node.clone(),
+            Arc::new(Node {
+                name: s.node.clone(),
+                address: s.node_address,
+                hbone_port: DEFAULT_HBONE_PORT,
+                service_listeners: s.service_listeners,
+                workloads: local,
+            }),
+        );
 
         // Policies: mesh and namespace scopes as usual, selector scopes where listed.
         let policies: Vec<Policy> = self.policies.values().cloned().collect();
@@ -1094,5 +1165,54 @@ mod tests {
         let wp = lost.waypoint.as_ref().unwrap();
         assert_eq!(wp.hbone_addr(), "10.96.9.9:15008".parse().unwrap());
         assert_eq!(wp.waypoint_for, WaypointFor::None);
+    }
+
+    #[test]
+    fn unchanged_services_are_reused_changed_ones_rebuilt() {
+        let mut s = store();
+        let web = "ns/web.ns.svc.cluster.local";
+        let db = "ns/db.ns.svc.cluster.local";
+        s.apply_addresses(
+            vec![
+                addr_s(svc("web", [10, 96, 0, 1], 80, 80)),
+                addr_s(svc("db", [10, 96, 0, 2], 5432, 5432)),
+                addr_w(wk("w1", [10, 1, 0, 1], &[(web, 80, 8080)])),
+                addr_w(wk("d1", [10, 1, 0, 2], &[(db, 5432, 5432)])),
+            ],
+            vec![],
+        );
+        let port = |st: &MeshState, vip: &str| st.service_by_vip(vip.parse().unwrap()).cloned();
+        let a = s.build();
+        // w1 changes its target port: web is rebuilt, db is shared.
+        s.apply_addresses(
+            vec![addr_w(wk("w1", [10, 1, 0, 1], &[(web, 80, 8081)]))],
+            vec![],
+        );
+        let b = s.build();
+        let (web_a, web_b) = (
+            port(&a, "10.96.0.1:80").unwrap(),
+            port(&b, "10.96.0.1:80").unwrap(),
+        );
+        assert!(!Arc::ptr_eq(&web_a, &web_b));
+        assert_eq!(web_b.endpoints[0].port, 8081);
+        assert!(Arc::ptr_eq(
+            &port(&a, "10.96.0.2:5432").unwrap(),
+            &port(&b, "10.96.0.2:5432").unwrap()
+        ));
+        // d1 leaves: db has no endpoint any more; a removed service disappears.
+        s.apply_addresses(vec![], vec!["c//Pod/ns/d1".into()]);
+        let c = s.build();
+        assert!(port(&c, "10.96.0.2:5432").unwrap().endpoints.is_empty());
+        s.apply_addresses(vec![], vec![db.into()]);
+        let d = s.build();
+        assert!(port(&d, "10.96.0.2:5432").is_none());
+        assert!(Arc::ptr_eq(&web_b, &port(&d, "10.96.0.1:80").unwrap()));
+        // A second workload on w1's address: nothing cached is trusted, the first by
+        // resource name stays the endpoint.
+        s.apply_addresses(vec![addr_w(wk("a0", [10, 1, 0, 1], &[]))], vec![]);
+        let e = s.build();
+        let web_e = port(&e, "10.96.0.1:80").unwrap();
+        assert!(!Arc::ptr_eq(&web_b, &web_e));
+        assert!(web_e.endpoints.is_empty(), "a0 owns the address now");
     }
 }
