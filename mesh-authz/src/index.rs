@@ -81,11 +81,100 @@ struct Applied {
     uses_http: bool,
 }
 
+/// The policies sorted by how they apply, each compiled once.
+#[derive(Debug, Default)]
+struct Catalog {
+    root_namespace: String,
+    mesh: Vec<Arc<Policy>>,
+    by_ns: HashMap<String, Vec<Arc<Policy>>>,
+    /// `Scope::Assigned` policies by `namespace/name`.
+    assigned: HashMap<String, Arc<Policy>>,
+    /// By the address of the `Arc<Policy>` the catalog holds (an identity, never followed).
+    compiled: HashMap<usize, Arc<CompiledPolicy>>,
+}
+
+fn identity(p: &Arc<Policy>) -> usize {
+    Arc::as_ptr(p) as usize
+}
+
+impl Catalog {
+    fn new(policies: &[Policy], root_namespace: &str) -> Catalog {
+        let mut c = Catalog {
+            root_namespace: root_namespace.to_owned(),
+            ..Catalog::default()
+        };
+        for p in policies {
+            let p = Arc::new(p.clone());
+            match &p.scope {
+                Scope::Mesh => c.mesh.push(p),
+                Scope::Selector(_) if p.namespace == root_namespace => c.mesh.push(p),
+                Scope::Namespace | Scope::Selector(_) => {
+                    c.by_ns.entry(p.namespace.clone()).or_default().push(p)
+                }
+                // Enforced by waypoints (see `http`), not compiled for ztunnels.
+                Scope::TargetRefs(_) => {}
+                Scope::Assigned => {
+                    c.assigned.insert(format!("{}/{}", p.namespace, p.name), p);
+                }
+            }
+        }
+        // Each policy compiled once, shared by every workload it applies to.
+        c.compiled = c
+            .mesh
+            .iter()
+            .chain(c.by_ns.values().flatten())
+            .chain(c.assigned.values())
+            .map(|p| (identity(p), Arc::new(CompiledPolicy::new(p.clone()))))
+            .collect();
+        c
+    }
+
+    /// The policies applying to one workload; `None` if none does.
+    fn applied(&self, w: &WorkloadRef<'_>, listed: &[String]) -> Option<Arc<Applied>> {
+        let mut applied = Applied::default();
+        let candidates = self
+            .mesh
+            .iter()
+            .chain(self.by_ns.get(w.namespace).into_iter().flatten())
+            .map(|p| (p, false))
+            .chain(
+                listed
+                    .iter()
+                    .filter_map(|k| self.assigned.get(k))
+                    .map(|p| (p, true)),
+            );
+        for (p, listed) in candidates {
+            let applies = if listed {
+                // Listed twice by the control plane: applied once.
+                !applied.all.iter().any(|a| Arc::ptr_eq(a, p))
+            } else {
+                p.applies_to(&self.root_namespace, w.namespace, w.labels)
+            };
+            if applies {
+                applied.all.push(p.clone());
+                applied.uses_http |= p.uses_http();
+                let compiled = self.compiled.get(&identity(p)).cloned();
+                match (p.action, compiled) {
+                    (Action::Deny, Some(c)) => applied.deny.push(c),
+                    (Action::Allow, Some(c)) => {
+                        applied.allow_compiled.push(c);
+                        applied.allow.push(p.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        (!applied.all.is_empty()).then(|| Arc::new(applied))
+    }
+}
+
 /// Policies compiled per workload.
 #[derive(Debug, Default, Clone)]
 pub struct PolicyIndex {
-    /// Workloads with the same namespace, labels and listed policies share one `Applied`.
-    by_workload: HashMap<String, Arc<Applied>>,
+    /// Workloads with the same namespace, labels and listed policies share one `Applied`;
+    /// keys are shared too, so cloning the index copies no string.
+    by_workload: HashMap<Arc<str>, Arc<Applied>>,
+    catalog: Arc<Catalog>,
     policies: usize,
 }
 
@@ -115,85 +204,60 @@ impl PolicyIndex {
         workloads: impl IntoIterator<Item = (WorkloadRef<'a>, &'a [String])>,
         root_namespace: &str,
     ) -> PolicyIndex {
-        let mut assigned: HashMap<String, Arc<Policy>> = HashMap::new();
-        let mut mesh = Vec::new();
-        let mut by_ns: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
-        for p in policies {
-            let p = Arc::new(p.clone());
-            match &p.scope {
-                Scope::Mesh => mesh.push(p),
-                Scope::Selector(_) if p.namespace == root_namespace => mesh.push(p),
-                Scope::Namespace | Scope::Selector(_) => {
-                    by_ns.entry(p.namespace.clone()).or_default().push(p)
-                }
-                // Enforced by waypoints (see `http`), not compiled for ztunnels.
-                Scope::TargetRefs(_) => {}
-                Scope::Assigned => {
-                    assigned.insert(format!("{}/{}", p.namespace, p.name), p);
-                }
-            }
-        }
-        // Each policy compiled once, shared by every workload it applies to.
-        let compiled: HashMap<*const Policy, Arc<CompiledPolicy>> = mesh
-            .iter()
-            .chain(by_ns.values().flatten())
-            .chain(assigned.values())
-            .map(|p| (Arc::as_ptr(p), Arc::new(CompiledPolicy::new(p.clone()))))
-            .collect();
-        let mut by_workload = HashMap::new();
+        let catalog = Catalog::new(policies, root_namespace);
+        let workloads = workloads.into_iter();
+        let mut by_workload = HashMap::with_capacity(workloads.size_hint().0);
         // Workloads alike (a deployment's replicas) get the same policies: computed once.
         type Alike<'b> = (&'b str, &'b [String], &'b BTreeMap<String, String>);
         let mut alike: HashMap<Alike<'a>, Option<Arc<Applied>>, foldhash::fast::RandomState> =
             HashMap::default();
         for (w, listed) in workloads {
-            if let Some(shared) = alike.get(&(w.namespace, listed, w.labels)) {
-                if let Some(a) = shared {
-                    by_workload.insert(w.key.to_owned(), a.clone());
+            let applied = match alike.get(&(w.namespace, listed, w.labels)) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let a = catalog.applied(&w, listed);
+                    alike.insert((w.namespace, listed, w.labels), a.clone());
+                    a
                 }
-                continue;
+            };
+            if let Some(a) = applied {
+                by_workload.insert(Arc::from(w.key), a);
             }
-            let mut applied = Applied::default();
-            let candidates = mesh
-                .iter()
-                .chain(by_ns.get(w.namespace).into_iter().flatten())
-                .map(|p| (p, false))
-                .chain(
-                    listed
-                        .iter()
-                        .filter_map(|k| assigned.get(k))
-                        .map(|p| (p, true)),
-                );
-            for (p, listed) in candidates {
-                let applies = if listed {
-                    // Listed twice by the control plane: applied once.
-                    !applied.all.iter().any(|a| Arc::ptr_eq(a, p))
-                } else {
-                    p.applies_to(root_namespace, w.namespace, w.labels)
-                };
-                if applies {
-                    applied.all.push(p.clone());
-                    applied.uses_http |= p.uses_http();
-                    match p.action {
-                        Action::Deny => applied.deny.push(compiled[&Arc::as_ptr(p)].clone()),
-                        Action::Audit => {}
-                        Action::Allow => {
-                            applied
-                                .allow_compiled
-                                .push(compiled[&Arc::as_ptr(p)].clone());
-                            applied.allow.push(p.clone());
-                        }
-                    }
-                }
-            }
-            let applied = (!applied.all.is_empty()).then(|| Arc::new(applied));
-            if let Some(a) = &applied {
-                by_workload.insert(w.key.to_owned(), a.clone());
-            }
-            alike.insert((w.namespace, listed, w.labels), applied);
         }
         PolicyIndex {
             by_workload,
+            catalog: Arc::new(catalog),
             policies: policies.len(),
+        }
+    }
+
+    /// The same policies with some workloads changed: each of `upserts` (as in
+    /// [`build_assigned`](Self::build_assigned)) recomputed, each of `removes` (keys) dropped,
+    /// every other workload's entry shared with `self`. Costs a copy of the key table, not a
+    /// rebuild.
+    pub fn update_assigned<'a>(
+        &self,
+        upserts: impl IntoIterator<Item = (WorkloadRef<'a>, &'a [String])>,
+        removes: impl IntoIterator<Item = &'a str>,
+    ) -> PolicyIndex {
+        let mut by_workload = self.by_workload.clone();
+        for k in removes {
+            by_workload.remove(k);
+        }
+        for (w, listed) in upserts {
+            match self.catalog.applied(&w, listed) {
+                Some(a) => {
+                    by_workload.insert(Arc::from(w.key), a);
+                }
+                None => {
+                    by_workload.remove(w.key);
+                }
+            }
+        }
+        PolicyIndex {
+            by_workload,
+            catalog: self.catalog.clone(),
+            policies: self.policies,
         }
     }
 

@@ -1035,7 +1035,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         endpoint_sets,
         waypoints,
         waypoints_of,
-        policies,
+        policies: Arc::new(policies),
         authz,
         peer_authn,
         mtls,

@@ -389,7 +389,7 @@ pub struct MeshState {
     /// sources its ztunnel accepts.
     pub waypoints_of: HashMap<String, Vec<Arc<Waypoint>>>,
     /// Authorization policies, as validated.
-    pub policies: Vec<mesh_authz::Policy>,
+    pub policies: Arc<Vec<mesh_authz::Policy>>,
     /// The policies compiled per workload (`namespace/name`).
     pub authz: mesh_authz::PolicyIndex,
     /// `PeerAuthentication`s, as validated.
@@ -424,7 +424,7 @@ impl MeshState {
             endpoint_sets: HashMap::new(),
             waypoints: HashMap::new(),
             waypoints_of: HashMap::new(),
-            policies: Vec::new(),
+            policies: Arc::new(Vec::new()),
             authz: mesh_authz::PolicyIndex::default(),
             peer_authn: Vec::new(),
             mtls: mesh_authz::peer::PeerAuthnIndex::default(),

@@ -100,16 +100,45 @@ pub struct XdsStore {
     services: BTreeMap<String, XService>,
     policies: BTreeMap<String, Policy>,
     /// Service ports built by the last build, reused while nothing they depend on changed.
-    cache: std::sync::Mutex<PortCache>,
+    cache: std::sync::Mutex<Cache>,
+}
+
+/// What the last build produced, for the next build to patch instead of rebuilding.
+#[derive(Debug)]
+struct Built {
+    /// Two workloads shared an address: the next build is a full one.
+    shared_address: bool,
+    by_ip: FastMap<IpAddr, Arc<Workload>>,
+    by_vip: FastMap<SocketAddr, Arc<ServicePort>>,
+    by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>>,
+    node: Arc<Node>,
+    authz: mesh_authz::PolicyIndex,
+    policies: Arc<Vec<Policy>>,
+}
+
+/// A workload as the last build saw it.
+#[derive(Debug)]
+struct Old {
+    arc: Arc<Workload>,
+    key: String,
+    services: Vec<String>,
 }
 
 /// The service ports of each service (by resource name) as last built, and the services
 /// (`namespace/hostname`) whose ports must be rebuilt: the service changed, or one of its
 /// workloads did.
 #[derive(Debug, Default)]
-struct PortCache {
+struct Cache {
     ports: HashMap<String, Vec<Arc<ServicePort>>>,
     dirty: HashSet<String>,
+    built: Option<Built>,
+    /// Workloads (by resource name) changed since the last build, with what that build saw
+    /// (`None`: they were not there).
+    changed: BTreeMap<String, Option<Old>>,
+    /// Services or policies changed since the last build: the next build is a full one.
+    full: bool,
+    /// Builds that patched the previous one (for tests and logs).
+    patched: u64,
 }
 
 fn reject(name: &str, reason: impl Into<String>) -> Rejection {
@@ -180,7 +209,7 @@ impl XdsStore {
             workloads: BTreeMap::new(),
             services: BTreeMap::new(),
             policies: BTreeMap::new(),
-            cache: std::sync::Mutex::new(PortCache::default()),
+            cache: std::sync::Mutex::new(Cache::default()),
         }
     }
 
@@ -210,6 +239,10 @@ impl XdsStore {
                     Ok(x) => {
                         self.forget(&name);
                         self.touch(x.services.iter().map(|(k, _)| k.clone()));
+                        self.lock_cache()
+                            .changed
+                            .entry(name.clone())
+                            .or_insert(None);
                         self.workloads.insert(name, x);
                     }
                     Err(e) => rejected.push(reject(&name, format!("Workload: {e}"))),
@@ -218,6 +251,7 @@ impl XdsStore {
                     Ok(x) => {
                         self.forget(&name);
                         self.touch([x.key.clone()]);
+                        self.lock_cache().full = true;
                         self.services.insert(name, x);
                     }
                     Err(e) => rejected.push(reject(&name, format!("Service: {e}"))),
@@ -234,20 +268,30 @@ impl XdsStore {
     /// Removes resource `name` (a workload or a service), marking the services it touched.
     fn forget(&mut self, name: &str) {
         if let Some(old) = self.workloads.remove(name) {
-            self.touch(old.services.into_iter().map(|(k, _)| k));
+            let services: Vec<String> = old.services.into_iter().map(|(k, _)| k).collect();
+            self.touch(services.iter().cloned());
+            self.lock_cache()
+                .changed
+                .entry(name.to_owned())
+                .or_insert(Some(Old {
+                    arc: old.arc,
+                    key: old.key,
+                    services,
+                }));
         }
         if let Some(old) = self.services.remove(name) {
             self.touch([old.key]);
+            self.lock_cache().full = true;
         }
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Marks services (`namespace/hostname`) for rebuilding.
     fn touch(&self, keys: impl IntoIterator<Item = String>) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .dirty
-            .extend(keys);
+        self.lock_cache().dirty.extend(keys);
     }
 
     /// Applies an update of `istio.security.Authorization` resources; returns the rejected
@@ -258,6 +302,7 @@ impl XdsStore {
         removes: Vec<String>,
     ) -> Vec<Rejection> {
         let mut rejected = Vec::new();
+        self.lock_cache().full = true;
         for name in removes {
             self.policies.remove(&name);
         }
@@ -453,13 +498,197 @@ impl XdsStore {
         })
     }
 
-    /// The whole mesh state from the resources held.
+    /// The whole mesh state from the resources held: the last build patched for the
+    /// workloads changed since, when only workloads changed (and no waypoint is involved);
+    /// else built from every resource.
     pub fn build(&self) -> MeshState {
+        let mut cache = self.lock_cache();
+        if let Some(state) = self.build_incremental(&mut cache) {
+            return state;
+        }
+        self.build_full(&mut cache)
+    }
+
+    fn any_waypoint(&self) -> bool {
+        self.services.values().any(|x| x.waypoint.is_some())
+            || self.workloads.values().any(|x| x.waypoint.is_some())
+    }
+
+    fn empty_state(&self) -> MeshState {
         let s = &self.settings;
         let mut state = MeshState::empty();
         state.trust_domain = s.trust_domain.clone();
         state.root_namespace = s.root_namespace.clone();
         state.cluster_id = s.cluster_id.clone();
+        state
+    }
+
+    /// Our node with `local` workloads.
+    fn node(&self, local: Vec<Arc<Workload>>) -> Arc<Node> {
+        let s = &self.settings;
+        Arc::new(Node {
+            name: s.node.clone(),
+            address: s.node_address,
+            hbone_port: DEFAULT_HBONE_PORT,
+            service_listeners: s.service_listeners,
+            workloads: local,
+        })
+    }
+
+    fn is_local(&self, w: &Workload) -> bool {
+        w.node.as_deref() == Some(self.settings.node.as_str())
+    }
+
+    /// Healthy workloads naming service `key`, with their port mappings for it.
+    fn members<'s>(&'s self, key: &str) -> Vec<(&'s XWorkload, &'s Vec<(u16, u16)>)> {
+        self.workloads
+            .values()
+            .filter(|w| w.healthy)
+            .filter_map(|w| {
+                w.services
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, ports)| (w, ports))
+            })
+            .collect()
+    }
+
+    /// The last build with the changed workloads patched in: the address index, the
+    /// changed workloads' services, our node if it is concerned, their policy entries.
+    /// `None` when a full build is needed.
+    fn build_incremental(&self, cache: &mut Cache) -> Option<MeshState> {
+        let built = cache.built.as_ref()?;
+        if cache.full || built.shared_address || self.any_waypoint() {
+            return None;
+        }
+        let mut by_ip = built.by_ip.clone();
+        let mut affected: HashSet<&str> = HashSet::new();
+        let mut local_changed = false;
+        let mut removes: Vec<&str> = Vec::new();
+        let mut upserts: Vec<&XWorkload> = Vec::new();
+        for (uid, old) in &cache.changed {
+            if let Some(o) = old {
+                if by_ip
+                    .get(&o.arc.address)
+                    .is_some_and(|w| Arc::ptr_eq(w, &o.arc))
+                {
+                    by_ip.remove(&o.arc.address);
+                }
+                affected.extend(o.services.iter().map(String::as_str));
+                local_changed |= self.is_local(&o.arc);
+                removes.push(&o.key);
+            }
+            if let Some(x) = self.workloads.get(uid) {
+                if by_ip.insert(x.address, x.arc.clone()).is_some() {
+                    // Two workloads on one address: the full build decides (and warns).
+                    return None;
+                }
+                affected.extend(x.services.iter().map(|(k, _)| k.as_str()));
+                local_changed |= self.is_local(&x.arc);
+                upserts.push(x);
+            }
+        }
+        let mut by_vip = built.by_vip.clone();
+        let mut by_host = built.by_host.clone();
+        let mut rebuilt: Vec<(String, Vec<Arc<ServicePort>>)> = Vec::new();
+        for (name, x) in &self.services {
+            if !affected.contains(x.key.as_str()) {
+                continue;
+            }
+            let old = cache.ports.get(name)?;
+            for sp in old {
+                for vip in &x.vips {
+                    let a = SocketAddr::new(*vip, sp.port);
+                    if by_vip.get(&a).is_some_and(|e| Arc::ptr_eq(e, sp)) {
+                        by_vip.remove(&a);
+                    }
+                }
+                if let Some(ports) = by_host.get_mut(&x.hostname)
+                    && ports.get(&sp.port).is_some_and(|e| Arc::ptr_eq(e, sp))
+                {
+                    ports.remove(&sp.port);
+                }
+            }
+            let service = old
+                .first()
+                .map_or_else(|| service_arc(x, None), |sp| sp.service.clone());
+            let ports = ports_of(x, &service, &self.members(&x.key), &by_ip);
+            for sp in &ports {
+                for vip in &x.vips {
+                    by_vip
+                        .entry(SocketAddr::new(*vip, sp.port))
+                        .or_insert_with(|| sp.clone());
+                }
+                by_host
+                    .entry(x.hostname.clone())
+                    .or_default()
+                    .insert(sp.port, sp.clone());
+            }
+            rebuilt.push((name.clone(), ports));
+        }
+        for (name, ports) in rebuilt {
+            cache.ports.insert(name, ports);
+        }
+        let mut service_ports = Vec::new();
+        for name in self.services.keys() {
+            service_ports.extend(cache.ports.get(name)?.iter().cloned());
+        }
+        let workloads: Vec<Arc<Workload>> =
+            self.workloads.values().map(|x| x.arc.clone()).collect();
+        let built = cache.built.as_ref()?;
+        let node = if local_changed {
+            self.node(
+                workloads
+                    .iter()
+                    .filter(|w| self.is_local(w))
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            built.node.clone()
+        };
+        let authz = built.authz.update_assigned(
+            upserts.iter().map(|x| {
+                (
+                    mesh_authz::WorkloadRef {
+                        key: &x.key,
+                        namespace: &x.arc.namespace,
+                        labels: &x.arc.labels,
+                    },
+                    x.policies.as_slice(),
+                )
+            }),
+            removes,
+        );
+        let policies = built.policies.clone();
+        let mut state = self.empty_state();
+        state.nodes.insert(self.settings.node.clone(), node.clone());
+        state.authz = authz.clone();
+        state.policies = policies.clone();
+        state.workloads = workloads;
+        state.service_ports = service_ports;
+        state.by_ip = by_ip.clone();
+        state.by_vip = by_vip.clone();
+        state.by_host = by_host.clone();
+        cache.built = Some(Built {
+            shared_address: false,
+            by_ip,
+            by_vip,
+            by_host,
+            node,
+            authz,
+            policies,
+        });
+        cache.changed.clear();
+        cache.dirty.clear();
+        cache.patched += 1;
+        Some(state)
+    }
+
+    /// The whole mesh state built from every resource.
+    fn build_full(&self, cache: &mut Cache) -> MeshState {
+        let s = &self.settings;
+        let mut state = self.empty_state();
 
         // Services by `namespace/hostname` and by VIP, for waypoint resolution.
         let svc_by_key: FastMap<&str, &XService> = self
@@ -559,13 +788,13 @@ impl XdsStore {
         let mut service_ports = Vec::new();
         let mut by_vip = FastMap::default();
         let mut by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>> = HashMap::new();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if shared_address {
             cache.ports.clear();
         }
-        let PortCache {
+        let Cache {
             ports: cached,
             dirty,
+            ..
         } = &mut *cache;
         cached.retain(|name, _| self.services.contains_key(name));
         for (name, x) in &self.services {
@@ -595,24 +824,11 @@ impl XdsStore {
                 }
                 continue;
             }
-            let first_port = service_ports.len();
             let wp = x.waypoint.as_ref().map(|g| {
                 resolve(g, WaypointFor::Service)
                     .unwrap_or_else(|| unresolved_waypoint(&s.trust_domain, g))
             });
-            let service = Arc::new(Service {
-                target_key: format!("Service/{}/{}", x.namespace, x.name),
-                name: x.name.clone(),
-                namespace: x.namespace.clone(),
-                telemetry: mesh_telemetry::metrics::ServiceLabels {
-                    host: x.hostname.as_str().into(),
-                    name: x.name.as_str().into(),
-                    namespace: x.namespace.as_str().into(),
-                },
-                hosts: vec![x.hostname.clone()],
-                vips: x.vips.clone(),
-                waypoint: wp,
-            });
+            let service = service_arc(x, wp);
             let members: Vec<(&XWorkload, &Vec<(u16, u16)>)> = endpoints_of
                 .get(key)
                 .into_iter()
@@ -626,72 +842,37 @@ impl XdsStore {
                         .map(|(_, ports)| (w, ports))
                 })
                 .collect();
-            for (number, target, proto) in &x.ports {
-                let endpoints = members
-                    .iter()
-                    .filter_map(|(w, ports)| {
-                        let wl = by_ip.get(&w.address).filter(|a: &&Arc<Workload>| {
-                            a.name == w.name && a.namespace == w.namespace
-                        })?;
-                        // The workload's own mapping wins; else the service's target port;
-                        // else the service port.
-                        let port = ports
-                            .iter()
-                            .find(|(sp, _)| sp == number)
-                            .map(|(_, t)| *t)
-                            .filter(|t| *t != 0)
-                            .or((*target != 0).then_some(*target))
-                            .unwrap_or(*number);
-                        Some(Endpoint {
-                            workload: wl.clone(),
-                            port,
-                        })
-                    })
-                    .collect();
-                let sp = Arc::new(ServicePort::new(
-                    service.clone(),
-                    *number,
-                    format!("port-{number}"),
-                    proto.clone(),
-                    endpoints,
-                ));
+            let ports = ports_of(x, &service, &members, &by_ip);
+            for sp in &ports {
                 for vip in &x.vips {
                     by_vip
-                        .entry(SocketAddr::new(*vip, *number))
+                        .entry(SocketAddr::new(*vip, sp.port))
                         .or_insert_with(|| sp.clone());
                 }
                 by_host
                     .entry(x.hostname.clone())
                     .or_default()
-                    .insert(*number, sp.clone());
-                service_ports.push(sp);
+                    .insert(sp.port, sp.clone());
+                service_ports.push(sp.clone());
             }
             if cacheable {
-                cached.insert(name.clone(), service_ports[first_port..].to_vec());
+                cached.insert(name.clone(), ports);
             } else {
                 cached.remove(name);
             }
         }
         dirty.clear();
-        drop(cache);
 
         // Our node (others are not needed: peers are reached at their workloads' HBONE
         // addresses, and their addresses are not in the workload API).
-        let local = workloads
-            .iter()
-            .filter(|w| w.node.as_deref() == Some(s.node.as_str()))
-            .cloned()
-            .collect();
-        state.nodes.insert(
-            s.node.clone(),
-            Arc::new(Node {
-                name: s.node.clone(),
-                address: s.node_address,
-                hbone_port: DEFAULT_HBONE_PORT,
-                service_listeners: s.service_listeners,
-                workloads: local,
-            }),
+        let node = self.node(
+            workloads
+                .iter()
+                .filter(|w| self.is_local(w))
+                .cloned()
+                .collect(),
         );
+        state.nodes.insert(s.node.clone(), node.clone());
 
         // Policies: mesh and namespace scopes as usual, selector scopes where listed.
         let policies: Vec<Policy> = self.policies.values().cloned().collect();
@@ -713,7 +894,7 @@ impl XdsStore {
                 }),
             &s.root_namespace,
         );
-        state.policies = policies;
+        state.policies = Arc::new(policies);
 
         // `endpoint_sets` and `port_protocols` serve per-request (L7) balancing and sidecar
         // inbound L7; a ztunnel (the only role following xDS so far) uses neither.
@@ -721,11 +902,81 @@ impl XdsStore {
         state.waypoints = waypoints;
         state.workloads = workloads;
         state.service_ports = service_ports;
+        cache.built = Some(Built {
+            shared_address,
+            by_ip: by_ip.clone(),
+            by_vip: by_vip.clone(),
+            by_host: by_host.clone(),
+            node,
+            authz: state.authz.clone(),
+            policies: state.policies.clone(),
+        });
+        cache.changed.clear();
+        cache.full = false;
         state.by_ip = by_ip;
         state.by_vip = by_vip;
         state.by_host = by_host;
         state
     }
+}
+
+/// The state's service for `x`.
+fn service_arc(x: &XService, waypoint: Option<Arc<Waypoint>>) -> Arc<Service> {
+    Arc::new(Service {
+        target_key: format!("Service/{}/{}", x.namespace, x.name),
+        name: x.name.clone(),
+        namespace: x.namespace.clone(),
+        telemetry: mesh_telemetry::metrics::ServiceLabels {
+            host: x.hostname.as_str().into(),
+            name: x.name.as_str().into(),
+            namespace: x.namespace.as_str().into(),
+        },
+        hosts: vec![x.hostname.clone()],
+        vips: x.vips.clone(),
+        waypoint,
+    })
+}
+
+/// The ports of service `x` with their endpoints: `members` that hold their address.
+fn ports_of(
+    x: &XService,
+    service: &Arc<Service>,
+    members: &[(&XWorkload, &Vec<(u16, u16)>)],
+    by_ip: &FastMap<IpAddr, Arc<Workload>>,
+) -> Vec<Arc<ServicePort>> {
+    x.ports
+        .iter()
+        .map(|(number, target, proto)| {
+            let endpoints = members
+                .iter()
+                .filter_map(|(w, ports)| {
+                    let wl = by_ip
+                        .get(&w.address)
+                        .filter(|a| a.name == w.name && a.namespace == w.namespace)?;
+                    // The workload's own mapping wins; else the service's target port; else
+                    // the service port.
+                    let port = ports
+                        .iter()
+                        .find(|(sp, _)| sp == number)
+                        .map(|(_, t)| *t)
+                        .filter(|t| *t != 0)
+                        .or((*target != 0).then_some(*target))
+                        .unwrap_or(*number);
+                    Some(Endpoint {
+                        workload: wl.clone(),
+                        port,
+                    })
+                })
+                .collect();
+            Arc::new(ServicePort::new(
+                service.clone(),
+                *number,
+                format!("port-{number}"),
+                proto.clone(),
+                endpoints,
+            ))
+        })
+        .collect()
 }
 
 /// The waypoint named `namespace/name` run by workload `w` (one `Arc` per waypoint; used for
@@ -1214,5 +1465,112 @@ mod tests {
         let web_e = port(&e, "10.96.0.1:80").unwrap();
         assert!(!Arc::ptr_eq(&web_b, &web_e));
         assert!(web_e.endpoints.is_empty(), "a0 owns the address now");
+    }
+
+    /// What a proxy reads from a state, in a comparable form.
+    fn summary(st: &MeshState) -> Vec<String> {
+        let mut out = Vec::new();
+        for w in &st.workloads {
+            out.push(format!(
+                "w {} {} {:?} authz={:?}",
+                w.key(),
+                w.address,
+                w.node,
+                st.authz.applied(&w.key())
+            ));
+            let at = st.workload_by_ip(w.address).map(|x| x.key());
+            out.push(format!("ip {} {:?}", w.address, at));
+        }
+        let mut vips: Vec<String> = st
+            .vips()
+            .map(|(a, sp)| {
+                let eps: Vec<String> = sp
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{}:{}", e.workload.key(), e.port))
+                    .collect();
+                format!("vip {a} {eps:?}")
+            })
+            .collect();
+        vips.sort();
+        out.extend(vips);
+        let local: Vec<String> = st
+            .node("n1")
+            .map(|n| n.workloads.iter().map(|w| w.key()).collect())
+            .unwrap_or_default();
+        out.push(format!("local {local:?}"));
+        out
+    }
+
+    /// Patched builds equal full builds of the same resources, through a long random
+    /// sequence of workload changes (addresses, nodes, services, health, listed policies).
+    #[test]
+    fn incremental_builds_equal_full_builds() {
+        let mut inc = store();
+        let svc_keys = ["ns/s0.ns.svc.cluster.local", "ns/s1.ns.svc.cluster.local"];
+        let services = vec![
+            addr_s(svc("s0", [10, 96, 0, 1], 80, 8080)),
+            addr_s(svc("s1", [10, 96, 0, 2], 90, 0)),
+        ];
+        let deny = sec::Authorization {
+            name: "d".into(),
+            namespace: "ns".into(),
+            scope: sec::Scope::WorkloadSelector as i32,
+            action: sec::Action::Deny as i32,
+            rules: vec![sec::Rule::default()],
+            ..Default::default()
+        };
+        inc.apply_addresses(services.clone(), vec![]);
+        inc.apply_authorizations(vec![("ns/d".into(), deny.clone())], vec![]);
+        let mut current: BTreeMap<String, wl::Workload> = BTreeMap::new();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let _ = inc.build();
+        for step in 0..300 {
+            let id = next(12);
+            let uid = format!("c//Pod/ns/w{id}");
+            if next(4) == 0 {
+                current.remove(&uid);
+                inc.apply_addresses(vec![], vec![uid]);
+            } else {
+                let svc = svc_keys[next(2) as usize];
+                let mut w = wk(
+                    &format!("w{id}"),
+                    // Addresses unique per workload id, sometimes moving.
+                    [10, 1, next(2) as u8, id as u8 + 1],
+                    &[(
+                        svc,
+                        if svc.contains("s0") { 80 } else { 90 },
+                        next(3) as u32 * 1000,
+                    )],
+                );
+                w.node = if next(2) == 0 { "n1" } else { "n2" }.into();
+                if next(5) == 0 {
+                    w.status = wl::WorkloadStatus::Unhealthy as i32;
+                }
+                if next(3) == 0 {
+                    w.authorization_policies = vec!["ns/d".into()];
+                }
+                current.insert(uid.clone(), w.clone());
+                inc.apply_addresses(vec![addr_w(w)], vec![]);
+            }
+            let patched = inc.build();
+            let mut fresh = store();
+            fresh.apply_addresses(services.clone(), vec![]);
+            fresh.apply_authorizations(vec![("ns/d".into(), deny.clone())], vec![]);
+            fresh.apply_addresses(current.values().cloned().map(addr_w).collect(), vec![]);
+            let full = fresh.build();
+            assert_eq!(summary(&patched), summary(&full), "step {step}");
+        }
+        assert!(
+            inc.lock_cache().patched >= 290,
+            "{}",
+            inc.lock_cache().patched
+        );
     }
 }
