@@ -152,6 +152,14 @@ fn app_of(r: &Result<String, String>) -> Option<&str> {
     r.as_ref().ok().and_then(|b| b.split(' ').next())
 }
 
+/// The status of a ztunnel's `/healthz/ready`.
+async fn ready(node: IpAddr) -> u16 {
+    http(SocketAddr::new(node, 15021), "GET", "/healthz/ready")
+        .await
+        .unwrap()
+        .0
+}
+
 async fn config_dump(admin: IpAddr) -> serde_json::Value {
     let text = http_get(SocketAddr::new(admin, 15000), "/config_dump").await;
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("config dump {e}: {text}"))
@@ -177,10 +185,7 @@ async fn ztunnel_follows_istiod() {
     .await;
     // Ready once the first xDS state (both types) is applied.
     for node in [net.node_a(), net.node_b()] {
-        let (status, body) = http(SocketAddr::new(node, 15021), "GET", "/healthz/ready")
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(ready(node).await, 200, "{node} ready");
     }
 
     // Istio's ztunnel node identity and metadata; the bearer token was checked by the fake.
@@ -516,15 +521,9 @@ async fn ca_down_at_start_is_retried() {
         get_via_vip(net).await.is_err(),
         "nothing served without certificates"
     );
-    let (status, _) = http(
-        SocketAddr::new(net.node_b(), 15021),
-        "GET",
-        "/healthz/ready",
-    )
-    .await
-    .unwrap();
     assert_eq!(
-        status, 500,
+        ready(net.node_b()).await,
+        500,
         "not ready before the first state (500, as Istio's ztunnel)"
     );
     let pushes = i.requests().len();
@@ -533,14 +532,7 @@ async fn ca_down_at_start_is_retried() {
         app_of(r) == Some("server")
     })
     .await;
-    let (status, _) = http(
-        SocketAddr::new(net.node_b(), 15021),
-        "GET",
-        "/healthz/ready",
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(ready(net.node_b()).await, 200);
     // No push was needed: only ACKs went to istiod meanwhile.
     assert!(
         i.requests()[pushes..]

@@ -613,17 +613,7 @@ impl XdsStore {
                 .first()
                 .map_or_else(|| service_arc(x, None), |sp| sp.service.clone());
             let ports = ports_of(x, &service, &self.members(&x.key), &by_ip);
-            for sp in &ports {
-                for vip in &x.vips {
-                    by_vip
-                        .entry(SocketAddr::new(*vip, sp.port))
-                        .or_insert_with(|| sp.clone());
-                }
-                by_host
-                    .entry(x.hostname.clone())
-                    .or_default()
-                    .insert(sp.port, sp.clone());
-            }
+            index_ports(x, &ports, &mut by_vip, &mut by_host);
             rebuilt.push((name.clone(), ports));
         }
         for (name, ports) in rebuilt {
@@ -810,18 +800,8 @@ impl XdsStore {
                 && !dirty.contains(key)
                 && let Some(sps) = cached.get(name)
             {
-                for sp in sps {
-                    for vip in &x.vips {
-                        by_vip
-                            .entry(SocketAddr::new(*vip, sp.port))
-                            .or_insert_with(|| sp.clone());
-                    }
-                    by_host
-                        .entry(x.hostname.clone())
-                        .or_default()
-                        .insert(sp.port, sp.clone());
-                    service_ports.push(sp.clone());
-                }
+                index_ports(x, sps, &mut by_vip, &mut by_host);
+                service_ports.extend(sps.iter().cloned());
                 continue;
             }
             let wp = x.waypoint.as_ref().map(|g| {
@@ -843,18 +823,8 @@ impl XdsStore {
                 })
                 .collect();
             let ports = ports_of(x, &service, &members, &by_ip);
-            for sp in &ports {
-                for vip in &x.vips {
-                    by_vip
-                        .entry(SocketAddr::new(*vip, sp.port))
-                        .or_insert_with(|| sp.clone());
-                }
-                by_host
-                    .entry(x.hostname.clone())
-                    .or_default()
-                    .insert(sp.port, sp.clone());
-                service_ports.push(sp.clone());
-            }
+            index_ports(x, &ports, &mut by_vip, &mut by_host);
+            service_ports.extend(ports.iter().cloned());
             if cacheable {
                 cached.insert(name.clone(), ports);
             } else {
@@ -917,6 +887,27 @@ impl XdsStore {
         state.by_vip = by_vip;
         state.by_host = by_host;
         state
+    }
+}
+
+/// Adds service `x`'s `ports` to the VIP and host indexes (the first service claiming a
+/// VIP:port keeps it).
+fn index_ports(
+    x: &XService,
+    ports: &[Arc<ServicePort>],
+    by_vip: &mut FastMap<SocketAddr, Arc<ServicePort>>,
+    by_host: &mut HashMap<String, HashMap<u16, Arc<ServicePort>>>,
+) {
+    for sp in ports {
+        for vip in &x.vips {
+            by_vip
+                .entry(SocketAddr::new(*vip, sp.port))
+                .or_insert_with(|| sp.clone());
+        }
+        by_host
+            .entry(x.hostname.clone())
+            .or_default()
+            .insert(sp.port, sp.clone());
     }
 }
 
