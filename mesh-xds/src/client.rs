@@ -387,16 +387,11 @@ fn handle(
         ..DeltaDiscoveryRequest::default()
     };
     let Some(h) = handlers.iter().find(|h| h.type_url() == resp.type_url) else {
-        let detail = format!("not subscribed to {}", resp.type_url);
-        status.send_modify(|s| {
-            s.nacks += 1;
-            s.last_nack = Some(detail.clone());
-        });
-        reply.error_detail = Some(RpcStatus {
-            code: INVALID_ARGUMENT,
-            message: detail,
-            ..RpcStatus::default()
-        });
+        nack(
+            &mut reply,
+            status,
+            format!("not subscribed to {}", resp.type_url),
+        );
         return reply;
     };
     let mut rejected = Vec::new();
@@ -443,15 +438,20 @@ fn handle(
             .collect::<Vec<_>>()
             .join("; ");
         warn!(type_url = %resp.type_url, nonce = %resp.nonce, %detail, "xDS update partly rejected (NACK); the rest applied");
-        status.send_modify(|s| {
-            s.nacks += 1;
-            s.last_nack = Some(detail.clone());
-        });
-        reply.error_detail = Some(RpcStatus {
-            code: INVALID_ARGUMENT,
-            message: detail,
-            ..RpcStatus::default()
-        });
+        nack(&mut reply, status, detail);
     }
     reply
+}
+
+/// Turns `reply` into a NACK with `detail`, counted in the status.
+fn nack(reply: &mut DeltaDiscoveryRequest, status: &watch::Sender<Status>, detail: String) {
+    status.send_modify(|s| {
+        s.nacks += 1;
+        s.last_nack = Some(detail.clone());
+    });
+    reply.error_detail = Some(RpcStatus {
+        code: INVALID_ARGUMENT,
+        message: detail,
+        ..RpcStatus::default()
+    });
 }

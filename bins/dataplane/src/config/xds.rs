@@ -62,10 +62,6 @@ enum GatewayRef {
 
 #[derive(Debug)]
 struct XWorkload {
-    name: String,
-    namespace: String,
-    address: IpAddr,
-    identity: SpiffeId,
     healthy: bool,
     waypoint: Option<GatewayRef>,
     /// `namespace/hostname` → (service port, target port).
@@ -433,10 +429,6 @@ impl XdsStore {
         Ok(XWorkload {
             arc,
             key: format!("{}/{}", w.namespace, w.name),
-            name: w.name.clone(),
-            namespace: w.namespace.clone(),
-            address,
-            identity,
             healthy: w.status == wl::WorkloadStatus::Healthy as i32,
             waypoint,
             services,
@@ -579,7 +571,7 @@ impl XdsStore {
                 removes.push(&o.key);
             }
             if let Some(x) = self.workloads.get(uid) {
-                if by_ip.insert(x.address, x.arc.clone()).is_some() {
+                if by_ip.insert(x.arc.address, x.arc.clone()).is_some() {
                     // Two workloads on one address: the full build decides (and warns).
                     return None;
                 }
@@ -686,8 +678,11 @@ impl XdsStore {
             .values()
             .map(|x| (x.key.as_str(), x))
             .collect();
-        let wl_by_ip: FastMap<IpAddr, &XWorkload> =
-            self.workloads.values().map(|w| (w.address, w)).collect();
+        let wl_by_ip: FastMap<IpAddr, &XWorkload> = self
+            .workloads
+            .values()
+            .map(|w| (w.arc.address, w))
+            .collect();
         let mut endpoints_of: FastMap<&str, Vec<&XWorkload>> = FastMap::default();
         for w in self.workloads.values() {
             for (key, _) in &w.services {
@@ -702,8 +697,8 @@ impl XdsStore {
                     if let Some(w) = wl_by_ip.get(ip) {
                         return Some(waypoint(
                             &mut waypoints,
-                            &w.name,
-                            &w.namespace,
+                            &w.arc.name,
+                            &w.arc.namespace,
                             w,
                             *port,
                             for_,
@@ -764,12 +759,12 @@ impl XdsStore {
                     })
                 }
             };
-            if by_ip.contains_key(&x.address) {
+            if by_ip.contains_key(&x.arc.address) {
                 shared_address = true;
-                tracing::warn!(workload = %n, address = %x.address, "address shared by two workloads; the first (by resource name) wins");
+                tracing::warn!(workload = %n, address = %x.arc.address, "address shared by two workloads; the first (by resource name) wins");
                 continue;
             }
-            by_ip.insert(x.address, w.clone());
+            by_ip.insert(x.arc.address, w.clone());
             listed.push(&x.policies);
             keys.push(&x.key);
             workloads.push(w);
@@ -942,8 +937,8 @@ fn ports_of(
                 .iter()
                 .filter_map(|(w, ports)| {
                     let wl = by_ip
-                        .get(&w.address)
-                        .filter(|a| a.name == w.name && a.namespace == w.namespace)?;
+                        .get(&w.arc.address)
+                        .filter(|a| a.name == w.arc.name && a.namespace == w.arc.namespace)?;
                     // The workload's own mapping wins; else the service's target port; else
                     // the service port.
                     let port = ports
@@ -1000,9 +995,9 @@ fn waypoint(
     let wp = Arc::new(Waypoint {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
-        address: w.address,
+        address: w.arc.address,
         port,
-        identity: w.identity.clone(),
+        identity: w.arc.identity.clone(),
         waypoint_for: for_,
         target_key: format!("Gateway/{namespace}/{name}"),
     });
