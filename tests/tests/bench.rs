@@ -59,7 +59,11 @@ fn bench_quick_reports_every_topology() {
             r["churn_connections_per_s"].as_f64().unwrap() > 0.0,
             "{name}"
         );
-        assert_eq!(r["churn_failed"], 0, "{name}");
+        assert_eq!(
+            r["churn_failed"], 0,
+            "{name}: first failure {}",
+            r["churn_first_failure"]
+        );
     }
     let pair = &results[2];
     assert!(pair["added_latency_ms"]["p50"].is_f64());

@@ -189,23 +189,34 @@ pub(crate) fn churn(
     dst: SocketAddr,
     workers: usize,
     duration: Duration,
-) -> (u64, u64) {
+) -> (u64, u64, Option<String>) {
     let ok = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let err = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..workers)
         .map(|_| {
             let (ok, err, stop) = (ok.clone(), err.clone(), stop.clone());
+            let first_error = first_error.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let r = connect(src, dst)
                         .map_err(anyhow::Error::from)
                         .and_then(|mut s| request(&mut s, GET_CLOSE, &mut buf));
-                    match r {
-                        Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => err.fetch_add(1, Ordering::Relaxed),
+                    let failure = match r {
+                        Ok(200) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Ok(status) => format!("status {status}"),
+                        Err(e) => format!("{e:#}"),
                     };
+                    err.fetch_add(1, Ordering::Relaxed);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(failure);
                 }
             })
         })
@@ -215,7 +226,12 @@ pub(crate) fn churn(
     for t in threads {
         let _ = t.join();
     }
-    (ok.load(Ordering::Relaxed), err.load(Ordering::Relaxed))
+    let first = first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    (
+        ok.load(Ordering::Relaxed),
+        err.load(Ordering::Relaxed),
+        first,
+    )
 }
 
 /// Opens `n` connections, each proven up by one request, and keeps them open.

@@ -166,6 +166,8 @@ struct TopoResult {
     idle_tunnel_kib: Option<f64>,
     churn_connections_per_s: f64,
     churn_failed: u64,
+    /// Why the first failed churn connection failed.
+    churn_first_failure: Option<String>,
     churn_cpu_s_per_1000_connections: Option<f64>,
 }
 
@@ -447,7 +449,11 @@ fn measure(
             args.churn_duration
         );
         let before = topology::total_stat(&path.procs);
-        let (ok, failed) = load::churn(client, path.http, 4, args.churn_duration);
+        let (ok, failed, first_failure) = load::churn(client, path.http, 4, args.churn_duration);
+        if let Some(f) = &first_failure {
+            say!("   churn: {failed} failed; first: {f}");
+        }
+        r.churn_first_failure = first_failure;
         let after = topology::total_stat(&path.procs);
         r.churn_connections_per_s = ok as f64 / args.churn_duration.as_secs_f64();
         r.churn_failed = failed;
