@@ -50,73 +50,92 @@ fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
-/// Normalizes a request path (without the query) by `mode`. `None` for a path that cannot be
-/// a request path (not starting with `/`, or a malformed percent escape): the request is
-/// refused rather than guessed at.
+/// Normalizes a request path (without the query) by `mode`, in time linear in its length.
+/// `None` for a path that cannot be a request path (not starting with `/`, a malformed percent
+/// escape, or `%00`, refused in every mode as Istio documents): the request is refused rather
+/// than guessed at.
+///
+/// The order is Istio's documented one (and Envoy's): percent-decode, then RFC 3986
+/// dot-segment removal, then merge slashes, so `/public//../admin` is `/public/admin`.
 pub fn normalize_path(path: &str, mode: PathNormalization) -> Option<String> {
     let path = path.split('#').next().unwrap_or_default();
     if !path.starts_with('/') && !path.starts_with('\\') {
         return None;
     }
+    if path.as_bytes().windows(3).any(|w| w == b"%00") || path.contains('\0') {
+        return None;
+    }
     if mode == PathNormalization::None {
         return Some(path.to_owned());
     }
-    // Percent-decoding: unreserved characters always (RFC 3986 6.2.2.2); `/` and `\` only in
-    // DECODE_AND_MERGE_SLASHES. Anything else stays encoded (normalized to upper case).
-    let b = path.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            ) else {
-                return None;
-            };
-            let c = h << 4 | l;
-            let unreserved = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
-            let slash =
-                matches!(c, b'/' | b'\\') && mode == PathNormalization::DecodeAndMergeSlashes;
-            if unreserved || slash {
-                out.push(c);
-            } else {
-                out.extend_from_slice(format!("%{c:02X}").as_bytes());
-            }
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    let decoded = String::from_utf8(out).ok()?.replace('\\', "/");
-    // Dot segments (RFC 3986 5.2.4) over the segments; merged slashes drop empty ones.
+    let decoded = percent_decode(path, mode == PathNormalization::DecodeAndMergeSlashes)?;
     let merge = matches!(
         mode,
         PathNormalization::MergeSlashes | PathNormalization::DecodeAndMergeSlashes
     );
+    Some(remove_dot_segments(&decoded, merge))
+}
+
+/// Percent-decoding: unreserved characters always (RFC 3986 6.2.2.2); `/` and `\` only when
+/// `slashes`. Anything else stays encoded (hex normalized to upper case). `\` becomes `/`.
+fn percent_decode(path: &str, slashes: bool) -> Option<String> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            out.push(if b[i] == b'\\' { b'/' } else { b[i] });
+            i += 1;
+            continue;
+        }
+        let (Some(h), Some(l)) = (
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) else {
+            return None;
+        };
+        let c = h << 4 | l;
+        let unreserved = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        if unreserved {
+            out.push(c);
+        } else if slashes && matches!(c, b'/' | b'\\') {
+            out.push(b'/');
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(h)], HEX[usize::from(l)]]);
+        }
+        i += 3;
+    }
+    // Only ASCII bytes were decoded; the rest came from a `&str`.
+    String::from_utf8(out).ok()
+}
+
+/// RFC 3986 5.2.4 over `/`-separated segments (one pass, a stack of segments), then, when
+/// `merge`, empty segments dropped. A path ending in `/`, `/.` or `/..` keeps a trailing `/`.
+fn remove_dot_segments(decoded: &str, merge: bool) -> String {
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut segs: Vec<&str> = Vec::new();
-    for (i, seg) in decoded.split('/').enumerate().skip(1) {
-        let last = i == decoded.split('/').count() - 1;
+    let mut rest = decoded.split('/').skip(1).peekable();
+    while let Some(seg) = rest.next() {
+        let last = rest.peek().is_none();
         match seg {
             "." => {}
             ".." => {
                 segs.pop();
             }
-            "" if merge || last => {}
+            "" if last => {}
             s => segs.push(s),
         }
     }
     let mut p = String::with_capacity(decoded.len());
-    for s in &segs {
+    for s in segs.iter().filter(|s| !(merge && s.is_empty())) {
         p.push('/');
         p.push_str(s);
     }
     if p.is_empty() || (trailing && !p.ends_with('/')) {
         p.push('/');
     }
-    Some(p)
+    p
 }
 
 /// A `paths` entry: Istio's exact, `prefix*`, `*suffix`, `*`, or a template with `{*}` (one
