@@ -32,6 +32,10 @@ pub struct Request {
     pub body: Bytes,
     /// Request headers.
     pub headers: http::HeaderMap,
+    /// The client's TCP address (`None` when not served from a socket, e.g. in tests).
+    pub peer: Option<SocketAddr>,
+    /// Our address the client connected to.
+    pub local: Option<SocketAddr>,
 }
 
 impl Request {
@@ -84,11 +88,16 @@ impl Response {
 /// A route handler.
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
+/// Decides, from the client's address and ours, whether a connection may change state (see
+/// [`Router::refuse_changes_from`]): `true` refuses.
+pub type PeerCheck = Arc<dyn Fn(SocketAddr, SocketAddr) -> bool + Send + Sync>;
+
 /// Exact-path routes.
 #[derive(Clone, Default)]
 pub struct Router {
     routes: HashMap<String, Handler>,
     local_only: bool,
+    refuse_changes: Option<PeerCheck>,
 }
 
 impl std::fmt::Debug for Router {
@@ -119,6 +128,7 @@ impl Router {
     pub fn merge(mut self, other: Router) -> Router {
         self.routes.extend(other.routes);
         self.local_only |= other.local_only;
+        self.refuse_changes = self.refuse_changes.or(other.refuse_changes);
         self
     }
 
@@ -127,6 +137,15 @@ impl Router {
     /// loopback name (DNS rebinding). For endpoints that change state or expose config.
     pub fn local_only(mut self) -> Router {
         self.local_only = true;
+        self
+    }
+
+    /// Refuses (403) every request other than `GET`/`HEAD` (those that change state, such as
+    /// `POST /quitquitquit` or `/logging`) from a connection `check` flags, and from one whose
+    /// addresses are unknown. A proxy passes a check that recognises its own outbound sockets,
+    /// so a workload cannot reach these endpoints through the data path.
+    pub fn refuse_changes_from(mut self, check: PeerCheck) -> Router {
+        self.refuse_changes = Some(check);
         self
     }
 
@@ -143,6 +162,18 @@ impl Router {
             return Response::text(
                 StatusCode::FORBIDDEN,
                 "admin requests must come from a local tool (no Origin, loopback Host)\n",
+            );
+        }
+        if let Some(check) = &self.refuse_changes
+            && !matches!(req.method, Method::GET | Method::HEAD)
+            && match (req.peer, req.local) {
+                (Some(peer), Some(local)) => check(peer, local),
+                _ => true,
+            }
+        {
+            return Response::text(
+                StatusCode::FORBIDDEN,
+                "state-changing admin requests are refused on this connection\n",
             );
         }
         match self.routes.get(&req.path) {
@@ -214,6 +245,8 @@ fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
 async fn handle(
     router: Arc<Router>,
     req: http::Request<Incoming>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -231,6 +264,8 @@ async fn handle(
         query: parse_query(parts.uri.query()),
         body,
         headers: parts.headers,
+        peer: Some(peer),
+        local,
     };
     Ok(to_hyper(router.handle(&req)))
 }
@@ -262,8 +297,10 @@ pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationTo
         };
         let router = router.clone();
         let cancel = cancel.clone();
+        let local = tcp.local_addr().ok();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(router.clone(), req));
+            let svc =
+                hyper::service::service_fn(move |req| handle(router.clone(), req, peer, local));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
@@ -313,6 +350,8 @@ mod tests {
                 query: vec![],
                 body: Bytes::new(),
                 headers: h,
+                peer: None,
+                local: None,
             })
             .status
         };
@@ -331,6 +370,37 @@ mod tests {
             ]),
             StatusCode::FORBIDDEN
         );
+    }
+
+    /// A workload that reaches admin through the proxy's own outbound socket cannot stop the
+    /// proxy: state-changing methods are refused on a connection the check flags, and on one
+    /// whose addresses are unknown; reads still work.
+    #[test]
+    fn quitquitquit_through_the_data_path_is_refused() {
+        let own: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let r = Router::new()
+            .route("/quitquitquit", |_req: &Request| {
+                Response::text(StatusCode::OK, "bye")
+            })
+            .refuse_changes_from(Arc::new(move |peer, _local| peer == own));
+        let local: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+        let req = |method: Method, peer: Option<SocketAddr>| {
+            r.handle(&Request {
+                method,
+                path: "/quitquitquit".into(),
+                query: vec![],
+                body: Bytes::new(),
+                headers: http::HeaderMap::new(),
+                peer,
+                local: Some(local),
+            })
+            .status
+        };
+        assert_eq!(req(Method::POST, Some(own)), StatusCode::FORBIDDEN);
+        assert_eq!(req(Method::POST, None), StatusCode::FORBIDDEN);
+        let tool: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(req(Method::POST, Some(tool)), StatusCode::OK);
+        assert_eq!(req(Method::GET, Some(own)), StatusCode::OK);
     }
 
     #[test]

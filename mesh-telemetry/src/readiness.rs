@@ -88,6 +88,8 @@ mod tests {
             query: vec![],
             body: bytes::Bytes::new(),
             headers: http::HeaderMap::new(),
+            peer: None,
+            local: None,
         })
     }
 

@@ -203,13 +203,8 @@ impl ProxyArgs {
 
     /// The proxy settings for a proxy whose own address is `ip`.
     fn proxy_config(&self, ip: std::net::IpAddr, log: LogControl) -> ProxyConfig {
-        let admin_ip = if ip.is_loopback() {
-            ip
-        } else {
-            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-        };
         let mut cfg = ProxyConfig {
-            admin_addr: listen_addr(self.admin_addr, admin_ip, self.admin_port),
+            admin_addr: listen_addr(self.admin_addr, loopback_or(ip), self.admin_port),
             metrics_addr: listen_addr(self.metrics_addr, ip, self.metrics_port),
             readiness_addr: listen_addr(self.readiness_addr, ip, self.readiness_port),
             access_log: self.access_log.clone(),
@@ -247,7 +242,8 @@ pub struct ZtunnelArgs {
     /// `serviceListeners: true`), for hosts without traffic capture.
     #[arg(long, requires = "address")]
     pub service_listeners: bool,
-    /// SOCKS5 port on the node address; 0 disables SOCKS5.
+    /// SOCKS5 port on the node address when it is loopback, else on 127.0.0.1; 0 disables
+    /// SOCKS5.
     #[arg(long, default_value_t = 15080, value_name = "PORT")]
     pub socks5_port: u16,
     /// SOCKS5 listen address, overriding `<node address>:<socks5-port>`.
@@ -310,6 +306,16 @@ pub struct WaypointArgs {
     /// Settings shared with the other proxies.
     #[command(flatten)]
     pub common: ProxyArgs,
+}
+
+/// `ip` if it is a loopback address (a node of a local mesh), else `127.0.0.1`: where the
+/// admin and SOCKS5 listeners go by default, never reachable from the network.
+fn loopback_or(ip: std::net::IpAddr) -> std::net::IpAddr {
+    if ip.is_loopback() {
+        ip
+    } else {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    }
 }
 
 /// `explicit`, else `ip:port` unless `port` is 0.
@@ -409,7 +415,11 @@ async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
         .ok_or_else(|| Error::UnknownNode(args.node.clone()))?;
     let mut cfg = c.proxy_config(node.address, log);
     cfg.node = args.node.clone();
-    cfg.socks5_addr = listen_addr(args.socks5_addr, node.address, args.socks5_port);
+    cfg.socks5_addr = listen_addr(
+        args.socks5_addr,
+        loopback_or(node.address),
+        args.socks5_port,
+    );
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
     serve(c, cfg, state).await
 }
@@ -431,7 +441,7 @@ async fn run_xds(args: &ZtunnelArgs, xds: &str, log: LogControl) -> Result<(), E
     });
     let mut cfg = c.proxy_config(address, log);
     cfg.node = args.node.clone();
-    cfg.socks5_addr = listen_addr(args.socks5_addr, address, args.socks5_port);
+    cfg.socks5_addr = listen_addr(args.socks5_addr, loopback_or(address), args.socks5_port);
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, address, args.plaintext_port);
     let (ca, bundle) = c.cert_provider()?;
     let proxy = Proxy::start(cfg, store.build(), ca, bundle).await?;

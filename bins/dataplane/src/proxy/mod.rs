@@ -15,6 +15,7 @@ mod inbound;
 mod jwks;
 mod observe;
 mod outbound;
+mod own;
 mod plaintext;
 pub mod route;
 mod sniff;
@@ -173,6 +174,8 @@ pub(crate) struct Ctx {
     pub(crate) jwks: jwks::JwksCache,
     /// The network namespaces of in-pod workloads, by path.
     pub(crate) netns: arc_swap::ArcSwap<HashMap<std::path::PathBuf, Arc<crate::sockets::Netns>>>,
+    /// This proxy's own listening addresses: never a destination of the data path.
+    pub(crate) own: own::OwnAddrs,
 }
 
 impl Ctx {
@@ -435,6 +438,8 @@ struct Inner {
     xds: Mutex<Option<tokio::sync::watch::Receiver<mesh_xds::Status>>>,
     /// `/healthz/ready`: what start-up still waits for.
     readiness: mesh_telemetry::readiness::Readiness,
+    /// The admin, metrics and readiness addresses, as bound.
+    servers: Mutex<Vec<SocketAddr>>,
 }
 
 /// A running node proxy.
@@ -533,6 +538,7 @@ impl Proxy {
             live: LiveConns::default(),
             server_tls: ArcSwap::from_pointee(HashMap::new()),
             upstreams: http::Upstreams::default(),
+            own: own::OwnAddrs::default(),
         });
         let proxy = Proxy {
             inner: Arc::new(Inner {
@@ -546,6 +552,7 @@ impl Proxy {
                 quit: CancellationToken::new(),
                 xds: Mutex::new(None),
                 readiness: readiness.clone(),
+                servers: Mutex::new(Vec::new()),
             }),
         };
         let mut servers = Vec::new();
@@ -568,6 +575,11 @@ impl Proxy {
         for (name, addr) in names.iter().zip(&bound) {
             info!(%addr, "{name} endpoint listening");
         }
+        *proxy
+            .inner
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = bound;
         if let Err(e) = proxy.apply(state).await {
             proxy.inner.cancel.cancel();
             return Err(e);
@@ -737,7 +749,21 @@ impl Proxy {
             }
         }
         report.connections_closed = ctx.live.reauthorize(&state);
+        self.refresh_own_addrs();
         Ok(report)
+    }
+
+    /// Records every address this proxy listens on, for [`own::OwnAddrs::contains`].
+    fn refresh_own_addrs(&self) {
+        let inner = &self.inner;
+        let mut addrs = inner
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        addrs.extend(listeners.values().map(|h| h.listening.addr));
+        inner.ctx.own.set(addrs);
     }
 
     /// Applies `state` from `source` (the config file, xDS), logging the outcome; a failure

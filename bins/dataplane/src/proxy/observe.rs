@@ -409,6 +409,7 @@ pub(crate) fn admin_router(
         )
     })
     .local_only()
+    .refuse_changes_from(Arc::new(super::own::is_own_socket))
 }
 
 /// Binds the admin, metrics and readiness listeners (failing at once if one cannot be bound,
@@ -468,6 +469,18 @@ pub(crate) fn log_refusal<'a>(
 pub(crate) struct ConnectError {
     pub(crate) reason: String,
     pub(crate) timed_out: bool,
+    /// The destination is one of this proxy's own listeners: not even tried.
+    pub(crate) own: bool,
+}
+
+impl ConnectError {
+    fn own(addr: SocketAddr) -> ConnectError {
+        ConnectError {
+            reason: format!("{addr} is this proxy's own listener: not allowed"),
+            timed_out: false,
+            own: true,
+        }
+    }
 }
 
 /// Connects to `addr` with `timeout`, with nodelay set and the proxy's socket mark.
@@ -482,12 +495,27 @@ pub(crate) async fn connect(
         Ok(Err(e)) => Err(ConnectError {
             reason: format!("connect to {addr} failed: {e}"),
             timed_out: false,
+            own: false,
         }),
         Err(_) => Err(ConnectError {
             reason: format!("connect to {addr} timed out"),
             timed_out: true,
+            own: false,
         }),
     }
+}
+
+/// [`connect`] for the data path: refuses a destination that is one of this proxy's own
+/// listeners (admin, metrics, readiness, data) before connecting.
+pub(crate) async fn connect_out(
+    ctx: &super::Ctx,
+    addr: SocketAddr,
+    source: Option<&Arc<dyn mesh_hbone::SocketSource>>,
+) -> Result<tokio::net::TcpStream, ConnectError> {
+    if ctx.own.contains(addr) {
+        return Err(ConnectError::own(addr));
+    }
+    connect(addr, ctx.cfg.connect_timeout, ctx.cfg.socket_mark, source).await
 }
 
 /// Connects to a local workload's app at `addr` for a client at `client`: from the client's
@@ -500,6 +528,9 @@ pub(crate) async fn connect_app(
     client: Option<std::net::IpAddr>,
 ) -> Result<tokio::net::TcpStream, ConnectError> {
     let timeout = ctx.cfg.connect_timeout;
+    if ctx.own.contains(addr) {
+        return Err(ConnectError::own(addr));
+    }
     match client.filter(|c| ctx.cfg.tproxy && *c != addr.ip() && c.is_ipv4() == addr.is_ipv4()) {
         Some(c) => match tokio::time::timeout(
             timeout,
@@ -511,21 +542,15 @@ pub(crate) async fn connect_app(
             Ok(Err(e)) => Err(ConnectError {
                 reason: format!("connect to {addr} from {c} (transparent) failed: {e}"),
                 timed_out: false,
+                own: false,
             }),
             Err(_) => Err(ConnectError {
                 reason: format!("connect to {addr} timed out"),
                 timed_out: true,
+                own: false,
             }),
         },
-        None => {
-            connect(
-                addr,
-                timeout,
-                ctx.cfg.socket_mark,
-                ctx.socket_source(workload).as_ref(),
-            )
-            .await
-        }
+        None => connect_out(ctx, addr, ctx.socket_source(workload).as_ref()).await,
     }
 }
 

@@ -48,18 +48,11 @@ pub(super) async fn captured(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let Some(dst) = crate::sockets::original_dst(&tcp) else {
         return warn!(src.addr = %peer, "outbound connection was not redirected by capture rules: closed");
     };
-    // The proxy's own listeners are never a destination: a capture rule that also caught the
-    // proxy's own connections would loop here.
-    let own = [
-        ctx.cfg.outbound_addr,
-        ctx.cfg.outbound_addr_v6,
-        ctx.cfg.plaintext_addr,
-    ]
-    .into_iter()
-    .flatten()
-    .any(|a| a.port() == dst.port() && (a.ip().is_unspecified() || a.ip() == dst.ip()));
-    if own {
-        return warn!(src.addr = %peer, dst.addr = %dst, "captured outbound connection to the proxy's own port: closed (are the proxy's sockets marked?)");
+    // The proxy's own listeners are never a destination: a workload must not reach admin or
+    // metrics through its proxy, and a capture rule that also caught the proxy's own
+    // connections would loop here.
+    if ctx.own.contains(dst) {
+        return warn!(src.addr = %peer, dst.addr = %dst, "captured outbound connection to the proxy's own listener: closed");
     }
     proxy(ctx, tcp, peer, Target::Addr(dst), Vec::new(), false).await;
 }
@@ -463,13 +456,7 @@ async fn plain(
         rec.dst_service = dst_service;
         rec
     };
-    let mut upstream = match observe::connect(
-        addr,
-        ctx.cfg.connect_timeout,
-        ctx.cfg.socket_mark,
-        ctx.socket_source(src).as_ref(),
-    )
-    .await
+    let mut upstream = match observe::connect_out(ctx, addr, ctx.socket_source(src).as_ref()).await
     {
         Ok(u) => u,
         Err(e) => {
@@ -480,7 +467,10 @@ async fn plain(
                     .refused(labels, ResponseFlags::ConnectFailure);
             }
             observe::log_refusal(access, record(), &e.reason, start);
-            let r = if e.timed_out {
+            let r = if e.own {
+                warn!(src.addr = %peer, dst.addr = %addr, "refused: destination is this proxy's own listener");
+                Reply::NotAllowed
+            } else if e.timed_out {
                 Reply::HostUnreachable
             } else {
                 Reply::ConnectionRefused
