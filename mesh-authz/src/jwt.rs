@@ -131,9 +131,9 @@ pub struct RequestAuthentication {
     pub rules: Vec<Arc<JwtRule>>,
 }
 
-/// Where a rule's keys come from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+/// Where a rule's keys come from. Serialized and debug-printed with an inline JWKS's secret
+/// members redacted (see `redact.rs`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeySource {
     /// `jwks` inline (the JSON text).
     Inline(String),

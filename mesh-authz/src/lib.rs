@@ -35,6 +35,7 @@ pub mod istio;
 pub mod jwt;
 mod model;
 pub mod peer;
+mod redact;
 
 pub use index::{Decision, PolicyIndex, WorkloadRef};
 pub use model::{
