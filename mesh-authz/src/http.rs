@@ -376,9 +376,22 @@ pub fn audited<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> Option<&'a Pol
 /// Decides a request against `policies` (those attached to what it targets): DENY first,
 /// then, if any ALLOW applies, one must match.
 pub fn evaluate_http<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> HttpDecision<'a> {
+    decide(policies, |p| p.rules.iter().any(|rule| rule.matches_http(r)))
+}
+
+/// Decides a stream that is not parsed as HTTP (a waypoint's or sidecar's TCP path) against
+/// `policies`, with the L4 reading of HTTP-only fields Istio's ztunnel uses: an ALLOW rule
+/// using them never matches, a DENY rule is enforced without them (both fail closed).
+pub fn evaluate_conn<'a>(policies: &[&'a Policy], c: &Connection<'_>) -> HttpDecision<'a> {
+    decide(policies, |p| p.matches(c))
+}
+
+/// Istio authz: any matching DENY denies; then, if an ALLOW applies, one must match. AUDIT
+/// policies never decide.
+fn decide<'a>(policies: &[&'a Policy], matches: impl Fn(&Policy) -> bool) -> HttpDecision<'a> {
     if let Some(p) = policies
         .iter()
-        .find(|p| p.action == Action::Deny && p.rules.iter().any(|rule| rule.matches_http(r)))
+        .find(|p| p.action == Action::Deny && matches(p))
     {
         return HttpDecision::DeniedBy(p);
     }
@@ -389,7 +402,7 @@ pub fn evaluate_http<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> HttpDeci
     if allows.peek().is_none() {
         return HttpDecision::Allow;
     }
-    if allows.any(|p| p.rules.iter().any(|rule| rule.matches_http(r))) {
+    if allows.any(|p| matches(p)) {
         HttpDecision::Allow
     } else {
         HttpDecision::NotAllowed

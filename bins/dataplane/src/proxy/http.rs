@@ -746,12 +746,7 @@ fn authorize(
     // workload at a sidecar) and who sent it.
     let (self_ip, destination_ip, destination_port) = match &s.side {
         Side::Waypoint(waypoint) => {
-            let service_key = s.service.as_ref().map(|sp| sp.service.target_key.as_str());
-            for key in std::iter::once(waypoint.target_key.as_str()).chain(service_key) {
-                if let Some(ps) = state.waypoint_policies.get(key) {
-                    policies.extend(ps.iter().map(|p| &**p));
-                }
-            }
+            policies = super::waypoint::policies_for(&state, waypoint, s.service.as_deref());
             let sp = s.service.as_ref();
             (
                 waypoint.address,

@@ -189,6 +189,19 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let Some(wp) = ctx.state.load().waypoints.get(me).cloned() else {
         return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
     };
+    // Every stream the waypoint carries is authorized: TCP ports, workload targets.
+    if let Err(reason) = authorize_tcp(
+        &ctx.state.load(),
+        &wp,
+        target.service.as_deref(),
+        &src_identity,
+        client,
+        authority,
+    ) {
+        ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
+        observe::log_refusal(access, record(Some(&target)), &reason, start);
+        return req.refuse(StatusCode::UNAUTHORIZED);
+    }
     // A new tunnel to the endpoint's ztunnel with the waypoint's own identity; the client's
     // address is passed on so the destination's policy sees the original source IP.
     let upstream = open_upstream(
@@ -246,6 +259,27 @@ async fn carry_tcp(
     start: tokio::time::Instant,
 ) {
     let access = &ctx.telemetry.access;
+    // Not HTTP: the waypoint's policies still apply, read at L4 (HTTP fields fail closed).
+    if let Err(reason) = authorize_tcp(
+        &ctx.state.load(),
+        wp,
+        Some(sp),
+        src_identity,
+        headers.client,
+        authority,
+    ) {
+        let rec = observe::record(
+            "waypoint",
+            headers.client,
+            None,
+            Some(src_identity.as_str()),
+            Some(authority),
+            None,
+            SecurityPolicy::MutualTls,
+        );
+        // The stream was accepted to sniff it: dropping it resets the tunnel.
+        return observe::log_refusal(access, rec, &reason, start);
+    }
     let Some(ep) = sp.pick().cloned() else {
         return warn!(%authority, "no endpoints for a sniffed TCP stream");
     };
@@ -291,6 +325,57 @@ async fn carry_tcp(
     drop(labels);
     let result = observe::copy_counted(&mut io, &mut upstream, &counter).await;
     observe::log_copied(access, rec, &result, 0, Some(counter.totals()), start);
+}
+
+/// The waypoint's policies for a stream to `service` (`None`: to a workload): those whose
+/// `targetRefs` name the service or this waypoint's Gateway. Used by the HTTP and TCP paths.
+pub(super) fn policies_for<'s>(
+    state: &'s crate::config::MeshState,
+    waypoint: &crate::config::Waypoint,
+    service: Option<&ServicePort>,
+) -> Vec<&'s mesh_authz::Policy> {
+    let service_key = service.map(|sp| sp.service.target_key.as_str());
+    std::iter::once(waypoint.target_key.as_str())
+        .chain(service_key)
+        .filter_map(|key| state.waypoint_policies.get(key))
+        .flat_map(|ps| ps.iter().map(|p| &**p))
+        .collect()
+}
+
+/// Authorizes a stream the waypoint carries as TCP (a declared TCP port, a sniffed non-HTTP
+/// stream, a workload target) with its policies, read at L4. `Err` is the reason to log.
+fn authorize_tcp(
+    state: &crate::config::MeshState,
+    waypoint: &crate::config::Waypoint,
+    service: Option<&ServicePort>,
+    src_identity: &mesh_identity::SpiffeId,
+    client: Option<SocketAddr>,
+    authority: SocketAddr,
+) -> Result<(), String> {
+    let policies = policies_for(state, waypoint, service);
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let principal = src_identity.as_str();
+    let conn = mesh_authz::Connection {
+        source_ip: client.map_or(waypoint.address, |c| c.ip()),
+        remote_ip: None,
+        source_principal: Some(principal.strip_prefix("spiffe://").unwrap_or(principal)),
+        source_namespace: Some(src_identity.namespace()),
+        destination_ip: authority.ip(),
+        destination_port: authority.port(),
+    };
+    match mesh_authz::http::evaluate_conn(&policies, &conn) {
+        mesh_authz::http::HttpDecision::Allow => Ok(()),
+        mesh_authz::http::HttpDecision::DeniedBy(p) => {
+            warn!(%authority, src.identity = %src_identity, policy = %format_args!("{}/{}", p.namespace, p.name), "TCP stream refused by authorization policy");
+            Err(format!("denied by {}/{}", p.namespace, p.name))
+        }
+        mesh_authz::http::HttpDecision::NotAllowed => {
+            warn!(%authority, src.identity = %src_identity, "TCP stream refused: no ALLOW policy matched");
+            Err("no ALLOW policy matched".to_owned())
+        }
+    }
 }
 
 /// Why an upstream tunnel could not be opened.
