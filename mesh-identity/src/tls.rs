@@ -6,15 +6,28 @@
 //! server's chain and requires its SPIFFE id to equal the expected identity **exactly** (no DNS
 //! names, no wildcards). Certificates are resolved from a [`CertStore`] on every handshake, so
 //! rotation needs no new configuration.
+//!
+//! No session resumption, either side: a resumed TLS 1.3 session skips certificate
+//! verification, so a client could keep an identity after its certificate expired or its CA
+//! left the trust bundle. Every connection makes a full handshake (HBONE connections are
+//! pooled and long-lived, so this costs little).
+//!
+//! Key exchange prefers the hybrid post-quantum X25519MLKEM768 (rustls' `prefer-post-quantum`
+//! feature, enabled for the workspace), with X25519 offered alongside so a classical-only
+//! peer still connects without a HelloRetryRequest.
 
 use std::fmt;
 use std::sync::Arc;
 
+use rustls::client::Resumption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
 use rustls::crypto::{CryptoProvider, verify_tls13_signature};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert,
+    WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
@@ -114,6 +127,9 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(StoreResolver(certs)));
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption: neither stateful sessions nor tickets (see the module doc).
+    cfg.session_storage = Arc::new(NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
@@ -136,6 +152,7 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(StoreResolver(certs)));
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
 }
 
