@@ -1,6 +1,7 @@
 //! Policies compiled for evaluation: each rule keeps only the checks its fields actually
 //! set, IP blocks become (network, mask) integer pairs, and a rule that can never match at L4
-//! (an ALLOW rule with HTTP-only fields) is marked once. Same semantics as [`Policy::matches`]
+//! (an ALLOW rule with HTTP-only fields) is marked once. Remote-address checks pass when the
+//! connection has no remote address, and an ALLOW rule needing one then never matches. Same semantics as [`Policy::matches`]
 //! (the property test compares them), fewer branches and no `IpNet` arithmetic per decision.
 
 use std::net::IpAddr;
@@ -72,7 +73,7 @@ impl Check {
             Values::Nets(n) => {
                 let ip = match self.attr {
                     Attr::SourceIp => c.source_ip,
-                    Attr::RemoteIp => c.remote_ip.unwrap_or(c.source_ip),
+                    Attr::RemoteIp => c.remote_ip.unwrap_or(c.source_ip), // known: see `passes`
                     _ => c.destination_ip,
                 };
                 n.iter().any(|n| n.contains(ip))
@@ -83,6 +84,11 @@ impl Check {
 
     #[inline]
     fn passes(&self, c: &Connection<'_>) -> bool {
+        // No remote address (a ztunnel): the check is dropped, as Istio's ztunnel drops
+        // `remoteIpBlocks` from a DENY rule (an ALLOW rule never gets here).
+        if matches!(self.attr, Attr::RemoteIp) && c.remote_ip.is_none() {
+            return true;
+        }
         self.hit(c) != self.negate
     }
 }
@@ -127,6 +133,8 @@ fn push_source(k: &mut Vec<Check>, s: &crate::model::Source) {
     push_nets(k, Attr::SourceIp, &s.not_ip_blocks, true);
     push_nets(k, Attr::RemoteIp, &s.remote_ip_blocks, false);
     push_nets(k, Attr::RemoteIp, &s.not_remote_ip_blocks, true);
+    push_strings(k, Attr::Principal, &s.service_accounts, false);
+    push_strings(k, Attr::Principal, &s.not_service_accounts, true);
 }
 
 fn compile_match(m: &crate::model::Match) -> Conj {
@@ -158,12 +166,15 @@ struct CompiledRule {
     when: Conj,
     /// Each clause: any of its alternatives must pass (none: the clause fails).
     any_of: Box<[Box<[Conj]>]>,
+    /// An ALLOW rule using the remote address: never matches a connection without one.
+    needs_remote: bool,
 }
 
 impl CompiledRule {
     #[inline]
     fn matches(&self, c: &Connection<'_>) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| all(s, c)))
+        (!self.needs_remote || c.remote_ip.is_some())
+            && (self.from.is_empty() || self.from.iter().any(|s| all(s, c)))
             && (self.to.is_empty() || self.to.iter().any(|o| all(o, c)))
             && all(&self.when, c)
             && self
@@ -232,6 +243,10 @@ impl CompiledPolicy {
                                 push_strings(&mut k, Attr::Namespace, v, false);
                                 push_strings(&mut k, Attr::Namespace, n, true);
                             }
+                            Condition::RemoteIp(v, n) => {
+                                push_nets(&mut k, Attr::RemoteIp, v, false);
+                                push_nets(&mut k, Attr::RemoteIp, n, true);
+                            }
                             Condition::AnyOf(_) => {}
                         }
                     }
@@ -245,6 +260,7 @@ impl CompiledPolicy {
                         _ => None,
                     })
                     .collect(),
+                needs_remote: policy.action == Action::Allow && r.uses_remote_ip(),
             })
             .collect();
         CompiledPolicy { policy, rules }

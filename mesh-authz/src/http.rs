@@ -8,8 +8,9 @@
 //! Istio's waypoint policies do; selector and namespace policies stay with the ztunnels.
 //! Request-principal fields and `request.auth.*` conditions use the request's verified JWT
 //! ([`crate::jwt::RequestAuth`]); without one they are absent: `requestPrincipals` and
-//! `values` do not match, `notRequestPrincipals` and `notValues` do. `remote.ip` and
-//! `connection.sni` are not provided and are absent too.
+//! `values` do not match, `notRequestPrincipals` and `notValues` do. `remote.ip` is the original
+//! client (`conn.remote_ip`); `connection.sni` is not provided, so it fails closed: a DENY rule
+//! is enforced without it, an ALLOW rule using it never matches. Headers: see [`crate::headers`].
 
 use crate::model::{Action, Connection, Policy, Rule, StringMatch};
 
@@ -207,8 +208,9 @@ pub struct HttpFacts<'a> {
     pub method: &'a str,
     /// Normalized path, without the query.
     pub path: &'a str,
-    /// Header lookup by lower-case name.
-    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// Header lookup by lower-case name: a repeated header's values joined with `,`
+    /// ([`crate::headers::header_value`]).
+    pub header: &'a dyn Fn(&str) -> Option<std::borrow::Cow<'a, str>>,
     /// The verified JWT, if the request carried one.
     pub auth: Option<&'a crate::jwt::RequestAuth>,
 }
@@ -240,8 +242,9 @@ pub enum HttpCondition {
     Presenter(Vec<StringMatch>, Vec<StringMatch>),
     /// `request.auth.claims[a][b]`: a string claim, or any element of a string list claim.
     Claim(Vec<String>, Vec<StringMatch>, Vec<StringMatch>),
-    /// An attribute this data plane does not provide (`remote.ip`, `connection.sni`): absent;
-    /// the flag says whether `values` were given.
+    /// An attribute this data plane does not provide (`connection.sni`): a DENY rule is
+    /// enforced without it, an ALLOW rule using it never matches; the flag says whether
+    /// `values` were given.
     Absent(String, bool),
 }
 
@@ -282,13 +285,11 @@ fn any_of<'v>(
 }
 
 impl HttpCondition {
-    fn matches(&self, r: &HttpFacts<'_>) -> bool {
+    fn matches(&self, r: &HttpFacts<'_>, action: Action) -> bool {
         use serde_json::Value;
         match self {
-            HttpCondition::Header(name, values, not_values) => {
-                let v = (r.header)(name);
-                (values.is_empty() || values.iter().any(|m| m.matches(v)))
-                    && !not_values.iter().any(|m| m.matches(v))
+            HttpCondition::Header(name, v, n) => {
+                crate::headers::condition_matches(action, v, n, (r.header)(name).as_deref())
             }
             HttpCondition::RequestPrincipal(v, n) => {
                 any_of(v, n, r.auth.map(|a| a.principal.as_str()).into_iter())
@@ -314,16 +315,20 @@ impl HttpCondition {
                 };
                 any_of(v, n, strs.into_iter())
             }
-            // Only notValues on an absent attribute can hold.
-            HttpCondition::Absent(_, has_values) => !has_values,
+            // Not evaluated here: fails closed (Istio's rule for what a proxy cannot see).
+            HttpCondition::Absent(..) => action != Action::Allow,
         }
     }
 }
 
 impl Rule {
-    /// Whether the rule matches an HTTP request (L4 and L7 fields together).
-    pub fn matches_http(&self, r: &HttpFacts<'_>) -> bool {
+    /// Whether the rule of a policy with `action` matches an HTTP request (L4 and L7 fields
+    /// together; what cannot be evaluated fails closed for that action).
+    pub fn matches_http(&self, action: Action, r: &HttpFacts<'_>) -> bool {
         let conn = &r.conn;
+        if self.lacks_remote_ip(action, conn) {
+            return false;
+        }
         let principal = r.auth.map(|a| a.principal.as_str());
         let request_principal = |s: &crate::model::Source| {
             let hit =
@@ -342,7 +347,7 @@ impl Rule {
                     .iter()
                     .any(|o| o.matches_conn(conn) && o.http.matches(r)))
             && self.when.iter().all(|w| w.matches_conn(conn))
-            && self.http_when.iter().all(|w| w.matches(r))
+            && self.http_when.iter().all(|w| w.matches(r, action))
     }
 }
 
@@ -369,14 +374,16 @@ impl HttpDecision<'_> {
 pub fn audited<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> Option<&'a Policy> {
     policies
         .iter()
-        .find(|p| p.action == Action::Audit && p.rules.iter().any(|rule| rule.matches_http(r)))
+        .find(|p| p.action == Action::Audit && p.rules.iter().any(|x| x.matches_http(p.action, r)))
         .copied()
 }
 
 /// Decides a request against `policies` (those attached to what it targets): DENY first,
 /// then, if any ALLOW applies, one must match.
 pub fn evaluate_http<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> HttpDecision<'a> {
-    decide(policies, |p| p.rules.iter().any(|rule| rule.matches_http(r)))
+    decide(policies, |p| {
+        p.rules.iter().any(|x| x.matches_http(p.action, r))
+    })
 }
 
 /// Decides a stream that is not parsed as HTTP (a waypoint's or sidecar's TCP path) against
@@ -511,7 +518,7 @@ mod tests {
             }),
         };
         fn decide_with(policy: &Policy, a: Option<&crate::jwt::RequestAuth>) -> bool {
-            let header = |_: &str| None::<&str>;
+            let header = |_: &str| None::<std::borrow::Cow<str>>;
             let facts = HttpFacts {
                 conn: Connection {
                     source_ip: "10.0.0.1".parse().unwrap(),

@@ -113,6 +113,10 @@ pub struct SourceSpec {
     #[serde(default)]
     pub not_remote_ip_blocks: Vec<String>,
     #[serde(default)]
+    pub service_accounts: Vec<String>,
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
+    #[serde(default)]
     pub request_principals: Vec<String>,
     #[serde(default)]
     pub not_request_principals: Vec<String>,
@@ -194,8 +198,7 @@ fn claim_path(k: &str) -> Option<Vec<String>> {
 fn is_http_when_key(k: &str) -> bool {
     matches!(
         k,
-        "remote.ip"
-            | "request.auth.principal"
+        "request.auth.principal"
             | "request.auth.audiences"
             | "request.auth.presenter"
             | "connection.sni"
@@ -242,7 +245,7 @@ impl AuthorizationPolicySpec {
         );
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.iter().enumerate() {
-            rules.push(r.to_rule(&format!("spec.rules[{i}]"), &mut errs));
+            rules.push(r.to_rule(&format!("spec.rules[{i}]"), namespace, &mut errs));
         }
         if !errs.is_empty() {
             return Err(errs);
@@ -346,7 +349,7 @@ fn ports(v: &[String], field: &str, errs: &mut Vec<FieldError>) -> Vec<u16> {
 }
 
 impl RuleSpec {
-    fn to_rule(&self, path: &str, errs: &mut Vec<FieldError>) -> Rule {
+    fn to_rule(&self, path: &str, namespace: &str, errs: &mut Vec<FieldError>) -> Rule {
         let mut http_only = Vec::new();
         let from = self
             .from
@@ -355,6 +358,7 @@ impl RuleSpec {
             .map(|(i, f)| {
                 let s = &f.source;
                 let p = format!("{path}.from[{i}].source");
+                crate::refs::check_service_accounts_alone(s, &p, errs);
                 for (name, v) in [
                     ("requestPrincipals", &s.request_principals),
                     ("notRequestPrincipals", &s.not_request_principals),
@@ -380,6 +384,18 @@ impl RuleSpec {
                     not_remote_ip_blocks: cidrs(
                         &s.not_remote_ip_blocks,
                         &format!("{p}.notRemoteIpBlocks"),
+                        errs,
+                    ),
+                    service_accounts: crate::refs::service_accounts(
+                        &s.service_accounts,
+                        namespace,
+                        &format!("{p}.serviceAccounts"),
+                        errs,
+                    ),
+                    not_service_accounts: crate::refs::service_accounts(
+                        &s.not_service_accounts,
+                        namespace,
+                        &format!("{p}.notServiceAccounts"),
                         errs,
                     ),
                 }
@@ -444,6 +460,12 @@ impl RuleSpec {
                 });
             }
             let cond = match c.key.as_str() {
+                // Istio's `remote.ip`; where the remote address is unknown (ztunnels) it follows
+                // the HTTP-only rule (see `Connection::remote_ip`).
+                "remote.ip" => Condition::RemoteIp(
+                    cidrs(&c.values, &format!("{p}.values"), errs),
+                    cidrs(&c.not_values, &format!("{p}.notValues"), errs),
+                ),
                 "source.ip" => Condition::SourceIp(
                     cidrs(&c.values, &format!("{p}.values"), errs),
                     cidrs(&c.not_values, &format!("{p}.notValues"), errs),

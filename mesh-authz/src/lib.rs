@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod compiled;
+pub mod headers;
 pub mod http;
 mod index;
 pub mod istio;
@@ -36,6 +37,7 @@ pub mod jwt;
 mod model;
 pub mod peer;
 mod redact;
+mod refs;
 
 pub use index::{Decision, PolicyIndex, WorkloadRef};
 pub use model::{

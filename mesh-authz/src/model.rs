@@ -6,7 +6,9 @@
 //! - `not*` fields match when none of their values match. A connection without a principal
 //!   (plaintext) matches no `principals`/`namespaces` value and every `not*` of them.
 //! - HTTP-only fields at L4 (Istio's ztunnel translation): an ALLOW rule using them never
-//!   matches; a DENY rule is enforced without them (more restrictive).
+//!   matches; a DENY rule is enforced without them (more restrictive). `remoteIpBlocks` and
+//!   `remote.ip` follow the same rule wherever the original client is not known
+//!   ([`Connection::remote_ip`] is `None`: at a ztunnel, as in Istio).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -109,6 +111,11 @@ pub struct Source {
     pub not_ip_blocks: Vec<IpNet>,
     pub remote_ip_blocks: Vec<IpNet>,
     pub not_remote_ip_blocks: Vec<IpNet>,
+    /// `serviceAccounts` (Istio 1.22), as principal matches `*/ns/<ns>/sa/<sa>` (any trust
+    /// domain).
+    pub service_accounts: Vec<StringMatch>,
+    /// `notServiceAccounts`.
+    pub not_service_accounts: Vec<StringMatch>,
     /// `requestPrincipals` (JWT `iss/sub`; evaluated at L7).
     pub request_principals: Vec<StringMatch>,
     /// `notRequestPrincipals`.
@@ -136,6 +143,8 @@ pub enum Condition {
     SourceNamespace(Vec<StringMatch>, Vec<StringMatch>),
     DestinationIp(Vec<IpNet>, Vec<IpNet>),
     DestinationPort(Vec<u16>, Vec<u16>),
+    /// `remote.ip`: the original client, where known (see [`Connection::remote_ip`]).
+    RemoteIp(Vec<IpNet>, Vec<IpNet>),
     /// Any of these matches (Istio's workload-API clause); none: the condition fails.
     AnyOf(Vec<Match>),
 }
@@ -218,7 +227,11 @@ pub struct Policy {
 pub struct Connection<'a> {
     /// The peer address of the connection.
     pub source_ip: IpAddr,
-    /// The original client address (`Forwarded`), when known; else `source_ip` is used.
+    /// `remote.ip`, the original client address, where this proxy evaluates it (sidecars and
+    /// waypoints: the client the peer proxy asserts in `Forwarded`, else the peer). `None`
+    /// where it is not evaluated (a ztunnel, as Istio's): an ALLOW rule using
+    /// `remoteIpBlocks` or `remote.ip` then never matches, and a DENY rule is enforced
+    /// without them.
     pub remote_ip: Option<IpAddr>,
     /// The authenticated principal, `<trust-domain>/ns/<ns>/sa/<sa>`; `None` for plaintext.
     pub source_principal: Option<&'a str>,
@@ -248,8 +261,14 @@ fn opt(empty: bool, hit: impl FnOnce() -> bool) -> Option<bool> {
 }
 
 impl Source {
+    /// Whether it sets `remoteIpBlocks` or `notRemoteIpBlocks`.
+    pub(crate) fn uses_remote_ip(&self) -> bool {
+        !self.remote_ip_blocks.is_empty() || !self.not_remote_ip_blocks.is_empty()
+    }
+
+    /// Whether `c` matches. Remote IP blocks hold when the remote address is unknown (a DENY
+    /// is enforced without them; [`Rule::matches`] keeps an ALLOW rule from matching).
     pub(crate) fn matches_conn(&self, c: &Connection<'_>) -> bool {
-        let remote = c.remote_ip.unwrap_or(c.source_ip);
         pos_neg(
             opt(self.principals.is_empty(), || {
                 any_str(&self.principals, c.source_principal)
@@ -266,11 +285,18 @@ impl Source {
             }),
             any_ip(&self.not_ip_blocks, c.source_ip),
         ) && pos_neg(
-            opt(self.remote_ip_blocks.is_empty(), || {
-                any_ip(&self.remote_ip_blocks, remote)
+            opt(self.service_accounts.is_empty(), || {
+                any_str(&self.service_accounts, c.source_principal)
             }),
-            any_ip(&self.not_remote_ip_blocks, remote),
-        )
+            any_str(&self.not_service_accounts, c.source_principal),
+        ) && c.remote_ip.is_none_or(|remote| {
+            pos_neg(
+                opt(self.remote_ip_blocks.is_empty(), || {
+                    any_ip(&self.remote_ip_blocks, remote)
+                }),
+                any_ip(&self.not_remote_ip_blocks, remote),
+            )
+        })
     }
 }
 
@@ -292,16 +318,37 @@ impl Condition {
             Condition::DestinationPort(v, n) => both(v, n, |x| x.contains(&c.destination_port)),
             Condition::SourcePrincipal(v, n) => both(v, n, |x| any_str(x, c.source_principal)),
             Condition::SourceNamespace(v, n) => both(v, n, |x| any_str(x, c.source_namespace)),
+            // Unknown remote address: the condition is dropped (see `Rule::matches`).
+            Condition::RemoteIp(v, n) => c
+                .remote_ip
+                .is_none_or(|remote| both(v, n, |x| any_ip(x, remote))),
             Condition::AnyOf(m) => m.iter().any(|m| m.matches_conn(c)),
         }
     }
 }
 
 impl Rule {
+    /// Whether it uses `remoteIpBlocks`, `notRemoteIpBlocks` or `remote.ip`.
+    pub(crate) fn uses_remote_ip(&self) -> bool {
+        self.from.iter().any(Source::uses_remote_ip)
+            || self
+                .when
+                .iter()
+                .any(|w| matches!(w, Condition::RemoteIp(..)))
+    }
+
+    /// Whether an ALLOW rule can never match `c` because it needs the remote address and
+    /// `c` has none.
+    pub(crate) fn lacks_remote_ip(&self, action: Action, c: &Connection<'_>) -> bool {
+        action == Action::Allow && c.remote_ip.is_none() && self.uses_remote_ip()
+    }
+
     /// Whether the rule matches `c` for a policy with `action` (see the module docs for
     /// HTTP-only fields).
     pub fn matches(&self, action: Action, c: &Connection<'_>) -> bool {
-        if action == Action::Allow && !self.http_only.is_empty() {
+        if (action == Action::Allow && !self.http_only.is_empty())
+            || self.lacks_remote_ip(action, c)
+        {
             return false;
         }
         (self.from.is_empty() || self.from.iter().any(|s| s.matches_conn(c)))

@@ -228,13 +228,15 @@ fn remote_ip_blocks_use_the_original_client() {
         "p",
         r#"{"rules":[{"from":[{"source":{"remoteIpBlocks":["192.0.2.0/24"]}}]}]}"#,
     )]);
-    let mut c = Conn::plaintext();
+    let mut c = Conn::plaintext().ip("192.0.2.7");
     assert!(
         !w.allowed("shop/db", c),
-        "without a remote address the peer address is used"
+        "without a remote address (a ztunnel) the ALLOW rule never matches"
     );
     c.remote = Some("192.0.2.7");
     assert!(w.allowed("shop/db", c));
+    c.remote = Some("10.1.0.5");
+    assert!(!w.allowed("shop/db", c));
 }
 
 #[test]
@@ -480,7 +482,20 @@ mod reference {
         if allow && !r.http_only.is_empty() {
             return false;
         }
-        let remote = c.remote_ip.unwrap_or(c.source_ip);
+        // Istio's ztunnel: without the remote address, `remoteIpBlocks` / `remote.ip` are
+        // HTTP-level (ALLOW never matches, DENY is enforced without them).
+        let uses_remote = r
+            .from
+            .iter()
+            .any(|s| !s.remote_ip_blocks.is_empty() || !s.not_remote_ip_blocks.is_empty())
+            || r.when.iter().any(|w| matches!(w, Condition::RemoteIp(..)));
+        if allow && uses_remote && c.remote_ip.is_none() {
+            return false;
+        }
+        let remote_field = |v: &[ipnet::IpNet], n: &[ipnet::IpNet]| match c.remote_ip {
+            None => true,
+            Some(remote) => field(v, n, |x| in_net(x, remote)),
+        };
         let mut from_ok = r.from.is_empty();
         for s in &r.from {
             if field(&s.principals, &s.not_principals, |m| {
@@ -488,8 +503,9 @@ mod reference {
             }) && field(&s.namespaces, &s.not_namespaces, |m| {
                 str_hit(m, c.source_namespace)
             }) && field(&s.ip_blocks, &s.not_ip_blocks, |n| in_net(n, c.source_ip))
-                && field(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |n| {
-                    in_net(n, remote)
+                && remote_field(&s.remote_ip_blocks, &s.not_remote_ip_blocks)
+                && field(&s.service_accounts, &s.not_service_accounts, |m| {
+                    str_hit(m, c.source_principal)
                 })
             {
                 from_ok = true;
@@ -509,6 +525,7 @@ mod reference {
                 Condition::DestinationPort(v, n) => field(v, n, |p| *p == c.destination_port),
                 Condition::SourcePrincipal(v, n) => field(v, n, |m| str_hit(m, c.source_principal)),
                 Condition::SourceNamespace(v, n) => field(v, n, |m| str_hit(m, c.source_namespace)),
+                Condition::RemoteIp(v, n) => remote_field(v, n),
                 Condition::AnyOf(ms) => ms.iter().any(|m| {
                     let s = &m.source;
                     field(&s.principals, &s.not_principals, |x| {
@@ -606,6 +623,18 @@ mod reference {
                 "notIpBlocks": not_ip_blocks, "remoteIpBlocks": remote, "notRemoteIpBlocks": not_remote}})
         }
     }
+    fn service_account() -> impl Strategy<Value = String> {
+        prop_oneof![Just("a/x"), Just("x"), Just("b/y")].prop_map(str::to_owned)
+    }
+    prop_compose! {
+        /// Service accounts go without principals and namespaces (Istio's rule).
+        fn sa_source()(sas in list(service_account()), not_sas in list(service_account()),
+                       remote in list(net()))
+            -> serde_json::Value {
+            serde_json::json!({"source": {"serviceAccounts": sas, "notServiceAccounts": not_sas,
+                "remoteIpBlocks": remote}})
+        }
+    }
     prop_compose! {
         fn operation()(ports in list(port()), not_ports in list(port()), http in any::<bool>()) -> serde_json::Value {
             let paths: Vec<&str> = if http { vec!["/x"] } else { vec![] };
@@ -623,6 +652,9 @@ mod reference {
             (list(smatch()), list(smatch())).prop_map(
                 |(v, n)| serde_json::json!({"key": "source.namespace", "values": v, "notValues": n})
             ),
+            (list(net()), list(net())).prop_map(
+                |(v, n)| serde_json::json!({"key": "remote.ip", "values": v, "notValues": n})
+            ),
         ]
         .prop_filter("a condition needs values", |c| {
             !c["values"].as_array().unwrap().is_empty()
@@ -630,7 +662,7 @@ mod reference {
         })
     }
     prop_compose! {
-        fn rule()(from in proptest::collection::vec(source(), 0..2),
+        fn rule()(from in proptest::collection::vec(prop_oneof![source(), sa_source()], 0..2),
                   to in proptest::collection::vec(operation(), 0..2),
                   when in proptest::collection::vec(condition(), 0..2)) -> serde_json::Value {
             serde_json::json!({"from": from, "to": to, "when": when})

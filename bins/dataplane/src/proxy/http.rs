@@ -782,11 +782,13 @@ fn authorize(
             }
         });
         let headers = req.headers();
-        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        // A repeated header is matched joined (and per value where that denies).
+        let header = |n: &str| mesh_authz::headers::header_value(headers, n);
         let facts = mesh_authz::http::HttpFacts {
             conn: mesh_authz::Connection {
                 source_ip,
-                remote_ip: None,
+                // `remote.ip`: the original client, as the peer proxy asserts it.
+                remote_ip: Some(source_ip),
                 source_principal: principal,
                 source_namespace: s.src_identity.as_ref().map(|i| i.namespace()),
                 destination_ip,

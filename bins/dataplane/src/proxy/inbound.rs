@@ -151,7 +151,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let live = ctx.live.register(super::LiveInbound {
         workload: a.dst.key(),
         source_ip: a.source_ip,
-        remote_ip: a.client.map(|c| c.ip()),
+        remote_ip: ctx.cfg.l7_inbound.then_some(a.source_ip),
         principal: Some(a.principal),
         namespace: Some(src_identity.namespace().to_owned()),
         destination: authority,
@@ -366,7 +366,10 @@ async fn admit(
         &dst.key(),
         &mesh_authz::Connection {
             source_ip,
-            remote_ip: client.map(|c| c.ip()),
+            // `remote.ip` / `remoteIpBlocks`: evaluated by a sidecar against the original
+            // client (as Istio's sidecars); a ztunnel has none, so they are HTTP-level there
+            // (Istio's ztunnel: an ALLOW rule using them never matches).
+            remote_ip: ctx.cfg.l7_inbound.then_some(source_ip),
             source_principal: Some(principal),
             source_namespace: Some(src_identity.namespace()),
             destination_ip: authority.ip(),

@@ -138,7 +138,8 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         &dst.key(),
         &mesh_authz::Connection {
             source_ip: peer.ip(),
-            remote_ip: None,
+            // `remote.ip` at a sidecar (Istio's sidecars); a ztunnel has none (Istio's).
+            remote_ip: ctx.cfg.l7_inbound.then_some(peer.ip()),
             source_principal: None,
             source_namespace: None,
             destination_ip: dst_addr.ip(),
@@ -177,7 +178,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
     let _live = ctx.live.register(super::LiveInbound {
         workload: dst.key(),
         source_ip: peer.ip(),
-        remote_ip: None,
+        remote_ip: ctx.cfg.l7_inbound.then_some(peer.ip()),
         principal: None,
         namespace: None,
         destination: dst_addr,

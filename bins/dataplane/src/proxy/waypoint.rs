@@ -359,7 +359,7 @@ fn authorize_tcp(
     let principal = src_identity.as_str();
     let conn = mesh_authz::Connection {
         source_ip: client.map_or(waypoint.address, |c| c.ip()),
-        remote_ip: None,
+        remote_ip: Some(client.map_or(waypoint.address, |c| c.ip())),
         source_principal: Some(principal.strip_prefix("spiffe://").unwrap_or(principal)),
         source_namespace: Some(src_identity.namespace()),
         destination_ip: authority.ip(),
