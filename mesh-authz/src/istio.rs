@@ -278,6 +278,13 @@ pub(crate) fn scope<'a>(
             });
         }
         match t.kind.as_str() {
+            "GatewayClass" => targets.extend(crate::refs::gateway_class(
+                t,
+                namespace,
+                root_namespace,
+                &f,
+                errs,
+            )),
             "Service" | "ServiceEntry" | "Gateway" => targets.push(crate::model::TargetRef {
                 kind: if t.kind == "Gateway" {
                     "Gateway"
@@ -289,7 +296,7 @@ pub(crate) fn scope<'a>(
             }),
             k => errs.push(FieldError {
                 field: format!("{f}.kind"),
-                reason: format!("{k:?}: expected Service, ServiceEntry or Gateway"),
+                reason: format!("{k:?}: expected Service, ServiceEntry, Gateway or GatewayClass"),
             }),
         }
     }

@@ -1,8 +1,12 @@
-//! References in a policy spec to identities that newer Istio releases added:
-//! `source.serviceAccounts` / `notServiceAccounts` (Istio 1.22).
+//! References in a policy spec to identities and resources that newer Istio releases added:
+//! `source.serviceAccounts` / `notServiceAccounts` (Istio 1.22) and `targetRefs` to the
+//! `istio-waypoint` GatewayClass (Istio 1.25, the mesh-wide waypoint default).
 
-use crate::istio::{FieldError, SourceSpec};
-use crate::model::StringMatch;
+use crate::istio::{FieldError, SourceSpec, TargetRefSpec};
+use crate::model::{StringMatch, TargetRef};
+
+/// The GatewayClass of waypoints: a policy targeting it applies at every waypoint.
+pub(crate) const WAYPOINT_CLASS: &str = "istio-waypoint";
 
 /// `serviceAccounts` entries (`<namespace>/<serviceaccount>`, or `<serviceaccount>` of the
 /// policy's `namespace`) as principal matches for any trust domain, `*/ns/<ns>/sa/<sa>`.
@@ -62,4 +66,47 @@ pub(crate) fn check_service_accounts_alone(s: &SourceSpec, p: &str, errs: &mut V
             });
         }
     }
+}
+
+/// A `kind: GatewayClass` target: only `istio-waypoint`, from a policy in the root namespace
+/// (Istio's rule), in group `gateway.networking.k8s.io`.
+pub(crate) fn gateway_class(
+    t: &TargetRefSpec,
+    namespace: &str,
+    root_namespace: &str,
+    f: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<TargetRef> {
+    let before = errs.len();
+    if namespace != root_namespace {
+        errs.push(FieldError {
+            field: format!("{f}.kind"),
+            reason: format!(
+                "GatewayClass targets are allowed only in the root namespace ({root_namespace:?})"
+            ),
+        });
+    }
+    if t.name != WAYPOINT_CLASS {
+        errs.push(FieldError {
+            field: format!("{f}.name"),
+            reason: format!(
+                "{:?}: only the {WAYPOINT_CLASS:?} GatewayClass is supported",
+                t.name
+            ),
+        });
+    }
+    if let Some(g) = t
+        .group
+        .as_deref()
+        .filter(|g| *g != "gateway.networking.k8s.io")
+    {
+        errs.push(FieldError {
+            field: format!("{f}.group"),
+            reason: format!("{g:?}: a GatewayClass is in gateway.networking.k8s.io"),
+        });
+    }
+    (errs.len() == before).then(|| TargetRef {
+        kind: "GatewayClass".to_owned(),
+        name: WAYPOINT_CLASS.to_owned(),
+    })
 }

@@ -1,6 +1,8 @@
 //! Newer Istio AuthorizationPolicy fields: `source.serviceAccounts` / `notServiceAccounts`
 //! (Istio 1.22: `<namespace>/<serviceaccount>`, or `<serviceaccount>` in the policy's own
-//! namespace; no wildcards; not with `principals` or `namespaces`).
+//! namespace; no wildcards; not with `principals` or `namespaces`) and the waypoint
+//! default-deny attachment, `targetRefs` to the `istio-waypoint` GatewayClass (Istio 1.25: root
+//! namespace only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -100,5 +102,42 @@ fn service_accounts_errors_name_the_field() {
     assert!(
         has("spec.rules[0].from[2].source.serviceAccounts: cannot be set with principals"),
         "{text:?}"
+    );
+}
+
+#[test]
+fn waypoint_gateway_class_target_is_accepted_in_the_root_namespace_only() {
+    let class = serde_json::json!({
+        "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "istio-waypoint"}]
+    });
+    let p = spec(class.clone())
+        .to_policy(ROOT, "default-deny", ROOT)
+        .unwrap();
+    assert_eq!(
+        p.scope,
+        Scope::TargetRefs(vec![TargetRef {
+            kind: "GatewayClass".into(),
+            name: "istio-waypoint".into()
+        }])
+    );
+    assert!(p.rules.is_empty(), "no rules: an ALLOW matching nothing");
+
+    let errs = spec(class).to_policy("shop", "x", ROOT).unwrap_err();
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("spec.targetRefs[0].kind: GatewayClass"),
+        "{errs:?}"
+    );
+    let errs = spec(serde_json::json!({
+        "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "istio"}]
+    }))
+    .to_policy(ROOT, "x", ROOT)
+    .unwrap_err();
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("spec.targetRefs[0].name: \"istio\""),
+        "{errs:?}"
     );
 }

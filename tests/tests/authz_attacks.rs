@@ -1,6 +1,8 @@
 //! Authorization bypasses and leaks, with the real binaries: a header sent twice past a
-//! waypoint DENY, a DENY on `remote.ip` that the waypoint skipped (fail open), and
-//! `remoteIpBlocks` read as Istio reads it at a ztunnel and at a sidecar.
+//! waypoint DENY, a DENY on `remote.ip` that the waypoint skipped (fail open), Istio's
+//! waypoint default-deny (`targetRefs` to the `istio-waypoint` GatewayClass), inline JWKS
+//! secrets in `/config_dump`, and `remoteIpBlocks` read as Istio reads it at a ztunnel and at
+//! a sidecar.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,6 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use mesh_tests::*;
 use tokio::io::BufReader;
+
+const HMAC_K: &str = "aG1hYy1zZWNyZXQtdGhhdC1tdXN0LW5vdC1sZWFrLTEyMzQ";
 
 /// Node `a` runs `ns/client` (127.b.1.10) and `ns/intruder` (127.b.1.11), node `b` runs
 /// `ns/web` (127.b.1.21, app on 8080); services `web` (VIP 127.b.2.1:80) and `other` (VIP
@@ -173,6 +177,62 @@ spec:
     assert_eq!(status, 403);
     assert!(!headers.iter().any(|(k, _)| k == "x-app"));
     mesh.expect_log("wp", "denied by ns/no-intruder");
+}
+
+/// Istio 1.25's default-deny for waypoints: an ALLOW without rules in the root namespace,
+/// attached to the `istio-waypoint` GatewayClass, denies at every waypoint; a more specific
+/// ALLOW on a service admits what it matches there. Its inline JWKS secret never shows in
+/// `/config_dump`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waypoint_class_default_deny_is_enforced_and_dumps_hide_jwks_secrets() {
+    let b = 122;
+    let policies = format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: waypoint-default-deny, namespace: istio-system}}
+spec:
+  targetRefs:
+  - {{group: gateway.networking.k8s.io, kind: GatewayClass, name: istio-waypoint}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: web-reads, namespace: ns}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: web}}]
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/ns/sa/client]}}}}]
+    to: [{{operation: {{methods: [GET]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: hmac, namespace: ns}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: other}}]
+  jwtRules:
+  - issuer: hmac-issuer
+    jwks: '{{"keys":[{{"kty":"oct","kid":"h1","alg":"HS256","k":"{HMAC_K}"}}]}}'
+"#
+    );
+    let mesh = start(b, &waypoint_mesh(b, &policies)).await;
+    let mut web = conn(&format!("127.{b}.1.10"), &format!("127.{b}.2.1:80")).await;
+    let (status, headers, body) = http_request(&mut web, "GET", "/x", "web.ns.svc", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(headers.contains(&("x-app".into(), "web".into())));
+    let (status, _, _) = http_request(&mut web, "DELETE", "/x", "web.ns.svc", &[]).await;
+    assert_eq!(status, 403, "only the GET is allowed on web");
+    // `other` has no policy of its own: the class default denies everything.
+    let mut other = conn(&format!("127.{b}.1.10"), &format!("127.{b}.2.2:80")).await;
+    let (status, headers, body) = http_request(&mut other, "GET", "/x", "other.ns.svc", &[]).await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    assert!(!headers.iter().any(|(k, _)| k == "x-app"));
+    mesh.expect_log("wp", "request refused by authorization policy: 403");
+
+    let admin: SocketAddr = format!("127.{b}.0.3:15000").parse().unwrap();
+    let dump = http_get(admin, "/config_dump").await;
+    assert!(dump.contains("waypoint-default-deny"), "{dump}");
+    assert!(dump.contains("\"h1\""), "the key is listed: {dump}");
+    assert!(!dump.contains(HMAC_K), "secret in the dump: {dump}");
 }
 
 /// `remoteIpBlocks` at a ztunnel (Istio's ztunnel: an HTTP attribute, so an ALLOW rule using

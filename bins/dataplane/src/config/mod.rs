@@ -5,6 +5,7 @@
 //! reason: `mesh.yaml: document 3 (WorkloadEntry demo/echo): spec.address: "1.2.3" is not an IP
 //! address`. Nothing is applied unless the whole file is valid.
 
+mod attach;
 pub mod model;
 mod state;
 pub mod xds;
@@ -968,6 +969,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             }
         }
     }
+    attach::class_to_every_waypoint(&mut waypoint_policies, &root_namespace, &waypoints);
     let request_authns = validate_policies(v, "RequestAuthentication", &raw.request_authns, |p| {
         p.spec
             .to_authentication(&p.namespace, &p.name, &root_namespace)
@@ -983,6 +985,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
             }
         }
     }
+    attach::class_to_every_waypoint(&mut authn_rules, &root_namespace, &waypoints);
     // Sidecars: the selector / namespace / mesh RequestAuthentications of each of their
     // workloads (ztunnels do not read JWTs).
     let mut sidecar_authn = HashMap::new();
