@@ -6,6 +6,7 @@
 //! address`. Nothing is applied unless the whole file is valid.
 
 mod attach;
+mod fail_closed;
 pub mod model;
 mod state;
 pub mod xds;
@@ -1040,6 +1041,7 @@ fn compile(v: &mut Validator, raw: Raw) -> MeshState {
         waypoints_of,
         policies: Arc::new(policies),
         authz,
+        failed_policies: BTreeMap::new(),
         peer_authn,
         mtls,
         nodes,

@@ -392,6 +392,9 @@ pub struct MeshState {
     pub policies: Arc<Vec<mesh_authz::Policy>>,
     /// The policies compiled per workload (`namespace/name`).
     pub authz: mesh_authz::PolicyIndex,
+    /// xDS `Authorization`s that could not be converted, by resource name, with the reason:
+    /// each is enforced as a DENY of everything it applies to until a valid version arrives.
+    pub failed_policies: BTreeMap<String, String>,
     /// `PeerAuthentication`s, as validated.
     pub peer_authn: Vec<mesh_authz::peer::PeerAuthentication>,
     /// Effective mTLS modes per workload (`namespace/name`).
@@ -426,6 +429,7 @@ impl MeshState {
             waypoints_of: HashMap::new(),
             policies: Arc::new(Vec::new()),
             authz: mesh_authz::PolicyIndex::default(),
+            failed_policies: BTreeMap::new(),
             peer_authn: Vec::new(),
             mtls: mesh_authz::peer::PeerAuthnIndex::default(),
             nodes: HashMap::new(),

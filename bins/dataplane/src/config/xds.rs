@@ -95,6 +95,8 @@ pub struct XdsStore {
     workloads: BTreeMap<String, XWorkload>,
     services: BTreeMap<String, XService>,
     policies: BTreeMap<String, Policy>,
+    /// Authorizations that failed conversion (held in `policies` as DENY-all), with why.
+    failed: BTreeMap<String, String>,
     /// Service ports built by the last build, reused while nothing they depend on changed.
     cache: std::sync::Mutex<Cache>,
 }
@@ -205,6 +207,7 @@ impl XdsStore {
             workloads: BTreeMap::new(),
             services: BTreeMap::new(),
             policies: BTreeMap::new(),
+            failed: BTreeMap::new(),
             cache: std::sync::Mutex::new(Cache::default()),
         }
     }
@@ -301,13 +304,23 @@ impl XdsStore {
         self.lock_cache().full = true;
         for name in removes {
             self.policies.remove(&name);
+            self.failed.remove(&name);
         }
         for (name, a) in upserts {
             match self.authorization(&a) {
                 Ok(p) => {
+                    self.failed.remove(&name);
                     self.policies.insert(name, p);
                 }
-                Err(e) => rejected.push(reject(&name, format!("Authorization: {e}"))),
+                Err(e) => {
+                    // Fail closed until a valid version arrives (see `fail_closed`).
+                    let reason = format!("Authorization: {e}");
+                    tracing::warn!(policy = %name, %reason, "unconvertible policy: denying what it applies to");
+                    self.policies
+                        .insert(name.clone(), super::fail_closed::deny_all(&name, &a));
+                    self.failed.insert(name.clone(), reason.clone());
+                    rejected.push(reject(&name, reason));
+                }
             }
         }
         rejected
@@ -512,6 +525,7 @@ impl XdsStore {
         state.trust_domain = s.trust_domain.clone();
         state.root_namespace = s.root_namespace.clone();
         state.cluster_id = s.cluster_id.clone();
+        state.failed_policies = self.failed.clone();
         state
     }
 

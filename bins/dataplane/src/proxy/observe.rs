@@ -335,6 +335,7 @@ fn config_dump_rest(
         "services": services,
         "waypoints": waypoints_json(state),
         "authorizationPolicies": state.policies,
+        "authorizationFailClosed": state.failed_policies,
         "peerAuthentications": state.peer_authn,
         "requestAuthentications": state.request_authns,
         "jwks": ctx.jwks.dump(),
