@@ -233,7 +233,8 @@ async fn ztunnel_follows_istiod() {
     }
 
     // One update with a valid DENY policy and a broken one: the broken one is NACKed by
-    // name, the DENY applies.
+    // name (and fails closed where it applies: listed by no workload here, nowhere), the
+    // DENY applies.
     let deny = pb::security::Authorization {
         name: "deny-client".into(),
         namespace: "ns".into(),
@@ -256,6 +257,7 @@ async fn ztunnel_follows_istiod() {
     let broken = pb::security::Authorization {
         name: "broken".into(),
         namespace: "ns".into(),
+        scope: pb::security::Scope::WorkloadSelector as i32,
         rules: vec![pb::security::Rule {
             clauses: vec![pb::security::Clause {
                 matches: vec![pb::security::Match {
@@ -303,6 +305,8 @@ async fn ztunnel_follows_istiod() {
     );
     assert!(dump["xds"]["nacks"].as_u64().unwrap() >= 1, "{dump}");
     assert_eq!(dump["xds"]["connected"], true);
+    let failed = dump["authorizationFailClosed"]["ns/broken"].as_str().unwrap_or("");
+    assert!(failed.contains("70000 is not a port"), "{dump}");
     // Policy removed: allowed again.
     i.remove(AUTHORIZATION_TYPE, "ns/deny-client");
     until(net, "DENY lifted", |r| app_of(r) == Some("server2")).await;

@@ -2,7 +2,8 @@
 //! and replaced, until a valid version arrives, by a DENY-everything policy of the same name
 //! and scope, so the workloads it applies to (listed by the control plane, or in its
 //! namespace or the mesh) are denied rather than left without the policy. `/config_dump`
-//! lists such policies with the reason under `authorizationFailClosed`.
+//! lists such policies with the reason under `authorizationFailClosed`. A dry-run policy is
+//! the exception: Istio never enforces one, so it is rejected and not enforced.
 
 use mesh_authz::{Action, Policy, Rule, Scope};
 use mesh_xds::pb::security as sec;
@@ -154,6 +155,27 @@ mod tests {
         assert!(!allowed(&s.build(), "ns/db", "shop"));
         s.apply_authorizations(vec![], vec!["ns/deny-evil".into()]);
         let state = s.build();
+        assert!(allowed(&state, "ns/db", "shop"));
+        assert!(state.failed_policies.is_empty());
+    }
+
+    /// Dry-run policies are never enforced (Istio): unsupported, so NACKed, but not failed
+    /// closed; one that becomes dry-run stops being enforced.
+    #[test]
+    fn dry_run_authorization_is_rejected_but_never_enforced() {
+        let mut s = store();
+        s.apply_addresses(
+            vec![workload("db", [10, 1, 0, 1], &["ns/deny-evil"])],
+            vec![],
+        );
+        s.apply_authorizations(vec![("ns/deny-evil".into(), deny_evil(false))], vec![]);
+        assert!(!allowed(&s.build(), "ns/db", "evil"));
+        let mut dry = deny_evil(false);
+        dry.dry_run = true;
+        let rejected = s.apply_authorizations(vec![("ns/deny-evil".into(), dry)], vec![]);
+        assert!(rejected[0].reason.contains("dry_run"), "{rejected:?}");
+        let state = s.build();
+        assert!(allowed(&state, "ns/db", "evil"));
         assert!(allowed(&state, "ns/db", "shop"));
         assert!(state.failed_policies.is_empty());
     }

@@ -312,6 +312,12 @@ impl XdsStore {
                     self.failed.remove(&name);
                     self.policies.insert(name, p);
                 }
+                // Istio never enforces a dry-run policy: unsupported here, and not enforced.
+                Err(e) if a.dry_run => {
+                    self.policies.remove(&name);
+                    self.failed.remove(&name);
+                    rejected.push(reject(&name, format!("Authorization: {e}")));
+                }
                 Err(e) => {
                     // Fail closed until a valid version arrives (see `fail_closed`).
                     let reason = format!("Authorization: {e}");
