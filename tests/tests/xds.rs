@@ -305,7 +305,9 @@ async fn ztunnel_follows_istiod() {
     );
     assert!(dump["xds"]["nacks"].as_u64().unwrap() >= 1, "{dump}");
     assert_eq!(dump["xds"]["connected"], true);
-    let failed = dump["authorizationFailClosed"]["ns/broken"].as_str().unwrap_or("");
+    let failed = dump["authorizationFailClosed"]["ns/broken"]
+        .as_str()
+        .unwrap_or("");
     assert!(failed.contains("70000 is not a port"), "{dump}");
     // Policy removed: allowed again.
     i.remove(AUTHORIZATION_TYPE, "ns/deny-client");
