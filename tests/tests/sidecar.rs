@@ -584,7 +584,8 @@ fn sidecars_ztunnels_and_waypoints_mix() {
         .block_on(rc.spawn(async {
             let s = socks5_connect(
                 "10.74.0.4".parse().unwrap(),
-                "10.74.0.10:15080".parse().unwrap(),
+                // SOCKS5 listens on loopback (the node address is not loopback).
+                "127.0.0.1:15080".parse().unwrap(),
                 "web.ns.svc",
                 80,
             )
