@@ -10,6 +10,7 @@
     missing_docs
 )]
 
+pub mod bind;
 pub mod istiod;
 
 use std::io::{BufRead, BufReader};
@@ -112,6 +113,22 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process (`VmRSS`), in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     /// SIGTERM, then wait up to 10 s (500 × 20 ms); returns whether it exited successfully.

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use mesh_hbone::headers::ConnectHeaders;
@@ -303,6 +304,13 @@ async fn policy_matrix_outcomes_and_401() {
         .iter()
         .map(|(id, _)| CertStore::fixed(mesh.ca.issue(&id.parse().unwrap()).unwrap()))
         .collect();
+    let sources: Vec<Arc<dyn mesh_hbone::SocketSource>> = SOURCES
+        .iter()
+        .map(|(_, addr)| {
+            let ip = addr.parse::<std::net::SocketAddr>().unwrap().ip();
+            Arc::new(mesh_tests::bind::BindFrom(ip)) as Arc<dyn mesh_hbone::SocketSource>
+        })
+        .collect();
     let mut failures = Vec::new();
     for (i, case) in CASES.iter().enumerate() {
         std::fs::write(&mesh.config, net.config() + &case_yaml(case)).unwrap();
@@ -310,19 +318,16 @@ async fn policy_matrix_outcomes_and_401() {
             mesh.expect_log("b", &format!("generation={}", i + 1));
         }
         for &(src, port, allowed) in case.expect {
-            let (_, addr) = SOURCES[src];
             let r = pool
                 .connect(ConnectRequest {
                     source: stores[src].clone(),
                     destination_identity: "spiffe://cluster.local/ns/ns/sa/server".parse().unwrap(),
                     hbone_addr: net.hbone(),
                     authority: std::net::SocketAddr::new(net.server(), port),
-                    headers: ConnectHeaders {
-                        client: Some(addr.parse().unwrap()),
-                        ..ConnectHeaders::default()
-                    }
-                    .to_header_map(),
-                    socket_source: None,
+                    // The source address is the TCP peer's (a `Forwarded` header from a
+                    // peer that is not the workload's waypoint is ignored).
+                    headers: ConnectHeaders::default().to_header_map(),
+                    socket_source: Some(sources[src].clone()),
                 })
                 .await;
             let outcome = match r {

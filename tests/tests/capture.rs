@@ -155,7 +155,11 @@ fn peer_authentication_strict_and_permissive() {
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "live plaintext closed: {closed:?}"
     );
-    mesh.expect_log("b", "PeerAuthentication is now STRICT");
+    mesh.expect_log(
+        "b",
+        "closing live connection: no longer allowed by the new policies",
+    );
+    mesh.expect_log("b", "PeerAuthentication is STRICT");
     assert_eq!(
         plain(net.app(), b"strict"),
         b"",
@@ -209,6 +213,92 @@ fn peer_authentication_strict_and_permissive() {
     drop(mesh);
     rt.shutdown_timeout(Duration::from_secs(1));
 }
+
+/// Plaintext inbound used to decide, then connect to the app, then register the connection:
+/// a DENY applied while the app was slow to accept was never applied to it. Now it is
+/// registered first, so the DENY landing during the connect closes it before a byte reaches
+/// the app.
+#[test]
+fn deny_landing_during_a_slow_app_connect_closes_plaintext() {
+    let Some(ns) = NetNs::create("mesh-t136") else {
+        return;
+    };
+    let net = Net { b: 136 };
+    let dnat = format!("{}:15006", net.node_b());
+    let server = net.server().to_string();
+    ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-s",
+        LEGACY_136,
+        "-d",
+        &server,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &dnat,
+    ]);
+    let legacy = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: legacy, namespace: other}}\nspec: {{address: {LEGACY_136}, labels: {{app: legacy}}}}\n"
+    );
+    let deny = format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-legacy, namespace: ns}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  action: DENY\n  rules: [{{from: [{{source: {{ipBlocks: [{LEGACY_136}/32]}}}}]}}]\n"
+    );
+    let rt = ns.runtime();
+    let mut mesh = TestMesh::new(&(net.config() + &legacy));
+    mesh.netns = Some(ns.name.clone());
+    let accepted = rt
+        .block_on(rt.spawn(async move { echo_server(net.app()).await }))
+        .unwrap();
+    mesh.ztunnel("b", &["--config-poll-interval", "50ms"]);
+    let src: std::net::IpAddr = LEGACY_136.parse().unwrap();
+    assert_eq!(
+        rt.block_on(rt.spawn(echo_from(src, net.app(), b"before")))
+            .unwrap(),
+        b"before",
+        "delivered while allowed"
+    );
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+
+    // The app is slow to accept: its SYNs are dropped for a while (the proxy's connect hangs).
+    let drop_syn = |op: &str| {
+        ns.run(&[
+            "iptables", "-t", "filter", op, "OUTPUT", "-p", "tcp", "-d", &server, "--dport",
+            "9000", "--syn", "-j", "DROP",
+        ])
+    };
+    drop_syn("-A");
+    let attempt = rt.spawn(echo_from(src, net.app(), b"during the connect"));
+    std::thread::sleep(Duration::from_millis(300));
+    // The DENY lands while the proxy is still connecting; then the app accepts again (the
+    // SYN retransmitted at ~1 s gets through, well within the 5 s connect timeout).
+    std::fs::write(&mesh.config, net.config() + &legacy + &deny).unwrap();
+    mesh.expect_log("b", "generation=2");
+    drop_syn("-D");
+    let got = rt.block_on(attempt).unwrap();
+    assert_eq!(
+        got, b"",
+        "the DENY applied to the connection being connected"
+    );
+    mesh.expect_log(
+        "b",
+        "no longer allowed by the new policies (during connect)",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) <= before + 1,
+        "at most the bare connect reached the app"
+    );
+    drop(mesh);
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+const LEGACY_136: &str = "127.136.1.30";
 
 #[test]
 fn admin_is_never_on_a_non_loopback_address() {

@@ -88,6 +88,18 @@ pub struct ProxyArgs {
     /// How long open connections may finish after SIGTERM/SIGINT before they are closed.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
+    /// Time an HTTP/1.1 client has to send a complete request head (also the longest an
+    /// idle keep-alive connection waits for its next request) at the L7 servers (waypoint,
+    /// sidecar).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub http_header_timeout: Duration,
+    /// Most connections open at once over all data listeners (HBONE, SOCKS5, VIPs, capture);
+    /// more are closed at accept and counted in `mesh_connections_refused_total`.
+    #[arg(long, default_value_t = 50_000, value_name = "N")]
+    pub max_connections: usize,
+    /// Most connections open at once on one data listener.
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub max_connections_per_listener: usize,
     /// How often the config file is checked for changes (a changed, valid file is applied at
     /// once; an invalid one is logged and the last good config keeps serving).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
@@ -211,6 +223,11 @@ impl ProxyArgs {
             max_metric_series: self.max_metric_series,
             log: Some(log),
             connect_timeout: self.connect_timeout,
+            l7: crate::proxy::L7Limits {
+                header_timeout: self.http_header_timeout,
+            },
+            max_connections: self.max_connections,
+            max_connections_per_listener: self.max_connections_per_listener,
             drain_timeout: self.drain_timeout,
             ..ProxyConfig::default()
         };

@@ -215,13 +215,23 @@ impl http_body::Body for RecordedBody {
     }
 }
 
-/// Upstream HTTP connections by endpoint address: idle HTTP/1.1 ones, and one multiplexed
-/// HTTP/2 connection each.
+/// Upstream HTTP connections by endpoint address and client: idle HTTP/1.1 ones, and one
+/// multiplexed HTTP/2 connection each. The client is part of the key because an upstream
+/// connection carries who it is for (the HBONE tunnel's `Forwarded` client and source
+/// workload, a TPROXY connection's source address): one client's requests never ride a
+/// connection opened for another.
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<CountedBody>>>>,
-    h2: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<CountedBody>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<CountedBody>>>>,
+    h2: Mutex<HashMap<PoolKey, hyper::client::conn::http2::SendRequest<CountedBody>>>,
 }
+
+/// (endpoint, client address).
+type PoolKey = (SocketAddr, Option<std::net::IpAddr>);
+
+/// Most keys each upstream map holds; past it, closed and empty entries are dropped, and a
+/// connection that still finds no room is closed instead of pooled.
+const MAX_POOL_KEYS: usize = 4096;
 
 /// A sender on an upstream connection.
 enum Sender {
@@ -267,7 +277,8 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Sender, String>>,
 {
-    let (mut sender, pooled) = match s.ctx.upstreams.take(addr, s.h2) {
+    let key = (addr, s.client.map(|c| c.ip()));
+    let (mut sender, pooled) = match s.ctx.upstreams.take(key, s.h2) {
         Some(x) => (x, true),
         None => (open().await.map_err(SendError::Connect)?, false),
     };
@@ -280,21 +291,21 @@ where
         sender = open().await.map_err(SendError::Connect)?;
         result = sender.try_send(req).await;
     }
-    s.ctx.upstreams.put(addr, sender);
+    s.ctx.upstreams.put(key, sender);
     result.map_err(|(e, _)| SendError::Request(e))
 }
 
 impl Upstreams {
-    fn take(&self, addr: SocketAddr, h2: bool) -> Option<Sender> {
+    fn take(&self, key: PoolKey, h2: bool) -> Option<Sender> {
         if h2 {
             let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             return conns
-                .get(&addr)
+                .get(&key)
                 .filter(|s| !s.is_closed())
                 .map(|s| Sender::H2(s.clone()));
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some(s) = list.pop() {
             if s.is_ready() {
                 return Some(Sender::H1(s));
@@ -303,12 +314,18 @@ impl Upstreams {
         None
     }
 
-    fn put(&self, addr: SocketAddr, s: Sender) {
+    fn put(&self, key: PoolKey, s: Sender) {
         match s {
             Sender::H2(s) => {
                 if !s.is_closed() {
                     let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-                    conns.insert(addr, s);
+                    if conns.len() >= MAX_POOL_KEYS && !conns.contains_key(&key) {
+                        conns.retain(|_, c| !c.is_closed());
+                        if conns.len() >= MAX_POOL_KEYS {
+                            return;
+                        }
+                    }
+                    conns.insert(key, s);
                 }
             }
             Sender::H1(s) => {
@@ -316,7 +333,16 @@ impl Upstreams {
                     return;
                 }
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                let list = idle.entry(addr).or_default();
+                if idle.len() >= MAX_POOL_KEYS && !idle.contains_key(&key) {
+                    idle.retain(|_, l| {
+                        l.retain(|c| !c.is_closed());
+                        !l.is_empty()
+                    });
+                    if idle.len() >= MAX_POOL_KEYS {
+                        return;
+                    }
+                }
+                let list = idle.entry(key).or_default();
                 // Bounded: a burst of parallel requests does not leave unbounded idle
                 // connections.
                 if list.len() < 16 {
@@ -417,16 +443,18 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let h2 = stream.h2;
+    let ctx = stream.ctx.clone();
     let svc = hyper::service::service_fn(move |req| {
         let stream = stream.clone();
         async move { Ok::<_, Infallible>(handle(&stream, req).await) }
     });
+    let limits = ctx.cfg.l7;
     let result = if h2 {
-        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        super::hygiene::h2_server()
             .serve_connection(TokioIo::new(io), svc)
             .await
     } else {
-        hyper::server::conn::http1::Builder::new()
+        super::hygiene::h1_server(&limits)
             .serve_connection(TokioIo::new(io), svc)
             .await
     };
@@ -435,29 +463,7 @@ where
     }
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Removes the hop-by-hop headers a proxy must not forward, keeping `te: trailers` (the one
-/// hop-by-hop value HTTP/2 allows, which gRPC needs end to end).
-fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    let te_trailers = headers
-        .get("te")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
-    }
-    if te_trailers {
-        headers.insert("te", HeaderValue::from_static("trailers"));
-    }
-}
+use super::hygiene::strip_hop_by_hop;
 
 /// What routing found out, for the request's metrics and log line.
 #[derive(Default)]
@@ -473,6 +479,8 @@ struct Meta {
 
 async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
     let start = tokio::time::Instant::now();
+    // Method case, one authority, no mesh-only headers: before anything reads the request.
+    let checked = super::hygiene::check_request(&mut req);
     // Trace context: a request id and a W3C traceparent are generated when absent, and sent
     // on (B3 and tracestate headers pass through untouched).
     if !req.headers().contains_key("x-request-id") {
@@ -506,13 +514,7 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let authority = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
-        .unwrap_or_default();
+    let authority = checked.as_ref().cloned().unwrap_or_default();
     let request_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(
@@ -526,23 +528,12 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         flags: "-",
         ..Meta::default()
     };
-    let mut req = req;
-    let resp = match authenticate(s, &mut req, &authority, &mut meta).await {
-        // Refused by JWT authentication (401).
-        Err(resp) => resp,
-        Ok(auth) => match authorize(s, &req, &path, &authority, auth.as_ref(), &mut meta) {
-            Ok(normalized) => {
-                // The upstream gets the path that was evaluated.
-                let mut req = req;
-                if normalized != path
-                    && let Ok(uri) = normalized.parse()
-                {
-                    *req.uri_mut() = uri;
-                }
-                route_request(s, req, &normalized, &authority, &mut meta).await
-            }
-            Err((status, body)) => text(status, body),
-        },
+    let resp = match checked {
+        Err((status, body)) => {
+            meta.flags = "DPE";
+            text(status, body)
+        }
+        Ok(_) => authenticate_and_route(s, req, &path, &authority, &mut meta).await,
     };
     finish(
         s,
@@ -556,6 +547,33 @@ async fn handle(s: &Stream, mut req: Request<Incoming>) -> Response<Body> {
         request_bytes,
         meta,
     )
+}
+
+/// JWT authentication, authorization, then routing, of a request that passed the checks.
+async fn authenticate_and_route(
+    s: &Stream,
+    mut req: Request<CountedBody>,
+    path: &str,
+    authority: &str,
+    meta: &mut Meta,
+) -> Response<Body> {
+    match authenticate(s, &mut req, authority, meta).await {
+        // Refused by JWT authentication (401).
+        Err(resp) => resp,
+        Ok(auth) => match authorize(s, &req, path, authority, auth.as_ref(), meta) {
+            Ok(normalized) => {
+                // The upstream gets the path that was evaluated, in origin form (the
+                // authority it goes to is the `Host` that was evaluated).
+                if (normalized != path || req.uri().authority().is_some())
+                    && let Ok(uri) = normalized.parse()
+                {
+                    *req.uri_mut() = uri;
+                }
+                route_request(s, req, &normalized, authority, meta).await
+            }
+            Err((status, body)) => text(status, body),
+        },
+    }
 }
 
 /// Wraps the response so the request is recorded (metrics, access log) when it ends.
@@ -839,7 +857,7 @@ async fn route_request(
 ) -> Response<Body> {
     let sp = match (&s.side, &s.service) {
         (Side::Inbound { workload, port, .. }, _) => {
-            return Box::pin(forward_local(s, workload, *port, req, meta)).await;
+            return Box::pin(forward_local(s, workload, *port, req, authority, meta)).await;
         }
         (_, Some(sp)) => sp.clone(),
         (_, None) => {
@@ -1007,12 +1025,21 @@ async fn forward_local(
     workload: &Arc<crate::config::Workload>,
     port: u16,
     mut req: Request<CountedBody>,
+    authority: &str,
     meta: &mut Meta,
 ) -> Response<Body> {
     let addr = SocketAddr::new(workload.address, port);
     meta.upstream = Some(addr);
     meta.dst = Some((workload.clone(), s.service.clone()));
     strip_hop_by_hop(req.headers_mut());
+    if s.h2 {
+        // HTTP/2 requests carry the scheme and the authority (the evaluated one); h2 refuses
+        // the origin form the path was put in.
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = format!("http://{authority}{pq}").parse() {
+            *req.uri_mut() = uri;
+        }
+    }
     let resp = send_pooled(s, addr, req, || async {
         let tcp = super::observe::connect_app(&s.ctx, workload, addr, s.client.map(|c| c.ip()))
             .await
@@ -1077,11 +1104,9 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     if h2 {
-        let (sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(io),
-        )
-        .await?;
+        let (sender, conn) = super::hygiene::h2_client()
+            .handshake(TokioIo::new(io))
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "upstream HTTP/2 connection ended");

@@ -2,7 +2,7 @@
 //! workload (and so the certificate); a CONNECT must name that same workload (400 otherwise),
 //! and is answered 503 when the application does not accept the connection.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -61,17 +61,16 @@ pub(super) async fn serve_hbone<F, Fut>(
 }
 
 /// A CONNECT that passed the checks: what the tunnel's life and its log line need.
-struct Admitted {
+struct Admitted<'a> {
     dst: Arc<Workload>,
     src: Option<Arc<Workload>>,
     client: Option<SocketAddr>,
     host: Option<String>,
-    source_ip: IpAddr,
-    principal: String,
     /// The app connection and its metrics (none when served as HTTP: connected per request).
     upstream: Option<(TcpStream, ConnectionRecorder)>,
-    /// The state snapshot the decision was made on (its address, for comparison only).
-    decided_on: usize,
+    /// The registration that a policy change cancels (`close`); none when served as HTTP
+    /// (authorized per request).
+    live: Option<(super::LiveGuard<'a>, CancellationToken)>,
 }
 
 /// A sidecar's inbound CONNECT that is served as HTTP: the workload's JWT and policies
@@ -145,26 +144,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let authority = req.authority;
     let hbone_addr = req.conn.local_addr;
     let src_identity = req.conn.peer_identity.clone();
-    // Registered so that a policy change can close it; if a change landed after the
-    // decision and before the registration, it is re-checked here.
-    let close = CancellationToken::new();
-    let live = ctx.live.register(super::LiveInbound {
-        workload: a.dst.key(),
-        source_ip: a.source_ip,
-        remote_ip: ctx.cfg.l7_inbound.then_some(a.source_ip),
-        principal: Some(a.principal),
-        namespace: Some(src_identity.namespace().to_owned()),
-        destination: authority,
-        close: close.clone(),
-    });
-    {
-        let now = ctx.state.load();
-        if Arc::as_ptr(&*now) as usize != a.decided_on && !ctx.live.still_allowed(live.id, &now) {
-            warn!(dst.workload = %a.dst.key(), src.identity = %src_identity, "refused: a policy change denies it: 401");
-            return req.refuse(StatusCode::UNAUTHORIZED);
-        }
-    }
-    let Some((mut upstream, rec)) = a.upstream else {
+    let (Some((mut upstream, rec)), Some((_live, close))) = (a.upstream, a.live) else {
         return req.refuse(StatusCode::INTERNAL_SERVER_ERROR);
     };
     let tunnel = match req.accept() {
@@ -177,11 +157,12 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         reporter: Reporter::Destination,
     };
     let result = tokio::select! {
-        r = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter) => r,
+        biased;
         () = close.cancelled() => Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             "closed: no longer allowed by authorization policy",
         )),
+        r = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter) => r,
     };
     // Counted as they passed, so also right when the copy ended in an error.
     let (to_app, from_app) = rec.totals();
@@ -220,23 +201,27 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
 /// Checks a CONNECT (its authority is this listener's workload, authorization policy) and
 /// connects to the application. A refusal is logged, counted and returned as the status to
 /// answer.
-async fn admit(
-    ctx: &Ctx,
+async fn admit<'c>(
+    ctx: &'c Ctx,
     req: &InboundConnect,
     start: tokio::time::Instant,
     l7: bool,
-) -> Result<Admitted, StatusCode> {
+) -> Result<Admitted<'c>, StatusCode> {
     let authority = req.authority;
     let src_identity = &req.conn.peer_identity;
     let state = ctx.state.load_full();
     let local_ip = req.conn.local_addr.ip();
     let hbone_port = ctx.hbone_port(&state);
     let hbone_addr = req.conn.local_addr;
-    let (client, host) = {
+    let (asserted, host) = {
         let h = req.connect_headers();
         (h.client, h.host)
     };
-    let source_ip = client.map_or(req.conn.peer_addr.ip(), |c| c.ip());
+    // Authorization (`ipBlocks`, `source.ip`) uses the TCP peer address; until the peer is
+    // known to be entitled to assert another client address, the log shows the peer too.
+    let peer = req.conn.peer_addr;
+    let source_ip = peer.ip();
+    let mut client = Some(peer);
     let access = &ctx.telemetry.access;
     let dst = match state.workload_by_ip(authority.ip()) {
         // The HBONE port itself is never a destination: that would loop into ourselves.
@@ -308,10 +293,20 @@ async fn admit(
         observe::log_refusal(access, rec, &reason, start);
         return Err(StatusCode::UNAUTHORIZED);
     }
+    // Only the workload's own waypoint may assert the original client (`Forwarded`): from any
+    // other mesh peer the header is ignored, or any certificate holder could claim any IP.
+    if asserted.is_some()
+        && state
+            .waypoints_of
+            .get(&dst.key())
+            .is_some_and(|wps| wps.iter().any(|w| w.identity == *src_identity))
+    {
+        client = asserted;
+    }
     // The source workload, when the client address is a workload with the peer's identity;
     // otherwise only what the certificate tells.
     let src = state
-        .workload_by_ip(source_ip)
+        .workload_by_ip(client.map_or(source_ip, |c| c.ip()))
         .filter(|w| w.identity == *src_identity)
         .cloned();
     let src_labels = match &src {
@@ -343,8 +338,8 @@ async fn admit(
         rec
     };
     // L4 authorization, by the destination's ztunnel (Istio: the enforcement point is the
-    // receiving side). The client's address is the one its ztunnel asserts in `Forwarded`
-    // (trusted: the peer is an authenticated mesh proxy), else the connection's peer address.
+    // receiving side): `source.ip` is the TCP peer; `remote.ip` the original client that the
+    // workload's waypoint asserted, else the peer.
     let principal = src_identity
         .as_str()
         .strip_prefix("spiffe://")
@@ -352,33 +347,37 @@ async fn admit(
     if l7 {
         // Authorized per request (with the HTTP fields), connected per request.
         return Ok(Admitted {
-            decided_on: Arc::as_ptr(&state) as usize,
-            principal: principal.to_owned(),
+            live: None,
             dst,
             src,
             client,
             host,
-            source_ip,
             upstream: None,
         });
     }
-    let decision = state.authz.evaluate(
-        &dst.key(),
-        &mesh_authz::Connection {
+    drop(state);
+    // Register → decide → guard (the one admission path): a policy change during the app
+    // connect or the tunnel's life closes it.
+    let close = CancellationToken::new();
+    let admitted = ctx.live.admit(
+        super::LiveInbound {
+            workload: dst.key(),
             source_ip,
             // `remote.ip` / `remoteIpBlocks`: evaluated by a sidecar against the original
             // client (as Istio's sidecars); a ztunnel has none, so they are HTTP-level there
             // (Istio's ztunnel: an ALLOW rule using them never matches).
-            remote_ip: ctx.cfg.l7_inbound.then_some(source_ip),
-            source_principal: Some(principal),
-            source_namespace: Some(src_identity.namespace()),
-            destination_ip: authority.ip(),
-            destination_port: authority.port(),
+            remote_ip: ctx
+                .cfg
+                .l7_inbound
+                .then(|| client.map_or(source_ip, |c| c.ip())),
+            principal: Some(principal.to_owned()),
+            namespace: Some(src_identity.namespace().to_owned()),
+            destination: authority,
+            close: close.clone(),
         },
+        &ctx.state,
     );
-    // The reason is formatted only for a denial (deciding itself never allocates).
-    if !decision.is_allowed() {
-        let policy = decision.to_string();
+    let refuse = |policy: &str| {
         warn!(
             target: "access",
             direction = "inbound",
@@ -391,30 +390,36 @@ async fn admit(
         );
         ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
         observe::log_refusal(access, record(), &format!("{policy} (401)"), start);
-        return Err(StatusCode::UNAUTHORIZED);
-    }
-    let decided_on = Arc::as_ptr(&state) as usize;
-    drop(state);
-    let upstream = match observe::connect_app(ctx, &dst, authority, Some(source_ip)).await {
-        Ok(u) => u,
-        Err(observe::ConnectError { reason, .. }) => {
-            warn!(%authority, %reason, dst.workload = %dst.key(), "application unreachable: 503");
-            ctx.telemetry
-                .tcp
-                .refused(&labels, ResponseFlags::ConnectFailure);
-            observe::log_refusal(access, record(), &format!("{reason} (503)"), start);
-            return Err(StatusCode::SERVICE_UNAVAILABLE);
-        }
+        StatusCode::UNAUTHORIZED
+    };
+    let live = match admitted {
+        Ok(guard) => guard,
+        Err(policy) => return Err(refuse(&policy)),
+    };
+    let app_client = client.map_or(source_ip, |c| c.ip());
+    let connect = observe::connect_app(ctx, &dst, authority, Some(app_client));
+    let upstream = tokio::select! {
+        biased;
+        () = close.cancelled() => return Err(refuse("no longer allowed by the new policies (during connect)")),
+        r = connect => match r {
+            Ok(u) => u,
+            Err(observe::ConnectError { reason, .. }) => {
+                warn!(%authority, %reason, dst.workload = %dst.key(), "application unreachable: 503");
+                ctx.telemetry
+                    .tcp
+                    .refused(&labels, ResponseFlags::ConnectFailure);
+                observe::log_refusal(access, record(), &format!("{reason} (503)"), start);
+                return Err(StatusCode::SERVICE_UNAVAILABLE);
+            }
+        },
     };
     let rec = ctx.telemetry.tcp.open(&labels);
     Ok(Admitted {
-        decided_on,
-        principal: principal.to_owned(),
+        live: Some((live, close)),
         dst,
         src,
         client,
         host,
-        source_ip,
         upstream: Some((upstream, rec)),
     })
 }

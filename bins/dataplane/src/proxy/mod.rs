@@ -11,6 +11,7 @@
 //! accepting, and live inbound connections that the new policies deny are closed.
 
 mod http;
+mod hygiene;
 mod inbound;
 mod jwks;
 mod observe;
@@ -22,6 +23,7 @@ mod sniff;
 mod waypoint;
 mod xds;
 
+pub use hygiene::L7Limits;
 pub use xds::XdsFollower;
 
 use std::collections::HashMap;
@@ -37,7 +39,7 @@ use mesh_identity::{CertManager, CertProvider, RotationPolicy, TrustBundle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::Error;
 use crate::config::MeshState;
@@ -97,6 +99,13 @@ pub struct ProxyConfig {
     /// Inbound by TPROXY (`meshctl capture install --tproxy`): the plaintext listener is
     /// transparent, and connections to the app come from the client's own address.
     pub tproxy: bool,
+    /// Limits of the L7 (HTTP) servers.
+    pub l7: hygiene::L7Limits,
+    /// Most connections open at once over all data listeners; more are closed at accept
+    /// (counted in `mesh_connections_refused_total`).
+    pub max_connections: usize,
+    /// Most connections open at once on one listener.
+    pub max_connections_per_listener: usize,
 }
 
 impl Default for ProxyConfig {
@@ -123,6 +132,9 @@ impl Default for ProxyConfig {
             l7_outbound: false,
             l7_inbound: false,
             tproxy: false,
+            l7: hygiene::L7Limits::default(),
+            max_connections: 50_000,
+            max_connections_per_listener: 20_000,
         }
     }
 }
@@ -180,12 +192,15 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// Where connections made for `w` are created: its network namespace when it is served
-    /// in-pod, else here.
+    /// in-pod, else here, bound to its own address (so HBONE peers see the workload as the
+    /// TCP source).
     pub(crate) fn socket_source(
         &self,
         w: &crate::config::Workload,
     ) -> Option<Arc<dyn mesh_hbone::SocketSource>> {
-        let ns = w.netns.as_ref()?;
+        let Some(ns) = w.netns.as_ref() else {
+            return Some(crate::sockets::SourceAddr::new(w.address));
+        };
         let netns = self.netns.load().get(ns)?.clone();
         Some(netns)
     }
@@ -249,10 +264,28 @@ impl LiveConns {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn register(&self, conn: LiveInbound) -> LiveGuard<'_> {
+    /// The one admission path of every inbound connection (HBONE and plaintext): register,
+    /// then decide on the state in force after registering, then stay guarded. A policy
+    /// change that lands at any point after the registration (during the app connect, or the
+    /// connection's whole life) cancels `conn.close` (as Istio's ztunnel
+    /// `ConnectionManager::assert_rbac`); one that landed before it is in the state decided
+    /// on. `Err` is the reason of a refusal (the connection is then unregistered).
+    pub(crate) fn admit(
+        &self,
+        conn: LiveInbound,
+        state: &ArcSwap<MeshState>,
+    ) -> Result<LiveGuard<'_>, String> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, conn);
-        LiveGuard { registry: self, id }
+        let guard = LiveGuard { registry: self, id };
+        // Loaded after the registration: an apply that swaps the state later re-checks this
+        // connection (it takes the lock after the swap).
+        let state = state.load();
+        let refused = self.lock().get(&id).and_then(|c| refusal(c, &state));
+        match refused {
+            Some(reason) => Err(reason),
+            None => Ok(guard),
+        }
     }
 
     /// Closes the connections `state` no longer allows (authorization, or STRICT peer
@@ -261,14 +294,7 @@ impl LiveConns {
         let conns = self.lock();
         let mut closed = 0;
         for c in conns.values() {
-            let reason =
-                if c.principal.is_none() && state.mtls.strict(&c.workload, c.destination.port()) {
-                    Some("PeerAuthentication is now STRICT".to_owned())
-                } else {
-                    let decision = state.authz.evaluate(&c.workload, &c.connection());
-                    (!decision.is_allowed()).then(|| decision.to_string())
-                };
-            if let Some(reason) = reason {
+            if let Some(reason) = refusal(c, state) {
                 warn!(
                     target: "access",
                     direction = "inbound",
@@ -285,24 +311,26 @@ impl LiveConns {
         closed
     }
 
-    /// Whether the connection `id` is still allowed by `state` (for a connection that was
-    /// decided on an older snapshot than the one in force when it registered).
-    pub(crate) fn still_allowed(&self, id: u64, state: &MeshState) -> bool {
-        let conns = self.lock();
-        let Some(c) = conns.get(&id) else { return true };
-        if c.principal.is_none() && state.mtls.strict(&c.workload, c.destination.port()) {
-            return false;
-        }
-        state
-            .authz
-            .evaluate(&c.workload, &c.connection())
-            .is_allowed()
-    }
-
     /// Number of live inbound connections.
     fn len(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// The proxy-wide connection cap, within what a semaphore holds.
+fn proxy_max_connections(cfg: &ProxyConfig) -> usize {
+    cfg.max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+}
+
+/// Why `state` refuses connection `c` (STRICT peer authentication for a plaintext one, or
+/// authorization), or `None`.
+fn refusal(c: &LiveInbound, state: &MeshState) -> Option<String> {
+    if c.principal.is_none() && state.mtls.strict(&c.workload, c.destination.port()) {
+        return Some("PeerAuthentication is STRICT".to_owned());
+    }
+    let decision = state.authz.evaluate(&c.workload, &c.connection());
+    (!decision.is_allowed()).then(|| decision.to_string())
 }
 
 /// The listeners and identities `state` asks of this proxy: a node's workloads, SOCKS5,
@@ -440,6 +468,8 @@ struct Inner {
     readiness: mesh_telemetry::readiness::Readiness,
     /// The admin, metrics and readiness addresses, as bound.
     servers: Mutex<Vec<SocketAddr>>,
+    /// One permit per open data connection (`max_connections`).
+    conn_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running node proxy.
@@ -457,9 +487,11 @@ impl std::fmt::Debug for Proxy {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    let bound = crate::sockets::listen(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        TcpListener::from_std(l)
+    });
+    bound.map_err(|source| Error::Bind { addr, source })
 }
 
 /// A listener bound for a new state, not yet serving.
@@ -540,6 +572,7 @@ impl Proxy {
             upstreams: http::Upstreams::default(),
             own: own::OwnAddrs::default(),
         });
+        let conn_permits = Arc::new(tokio::sync::Semaphore::new(proxy_max_connections(&ctx.cfg)));
         let proxy = Proxy {
             inner: Arc::new(Inner {
                 ctx,
@@ -553,6 +586,7 @@ impl Proxy {
                 xds: Mutex::new(None),
                 readiness: readiness.clone(),
                 servers: Mutex::new(Vec::new()),
+                conn_permits,
             }),
         };
         let mut servers = Vec::new();
@@ -859,6 +893,15 @@ impl Proxy {
         let force = self.inner.force.clone();
         let addr = listener.local_addr().ok();
         let span = tracing::info_span!("listener", kind, addr = ?addr);
+        let proxy_permits = self.inner.conn_permits.clone();
+        let listener_permits = Arc::new(tokio::sync::Semaphore::new(
+            self.inner
+                .ctx
+                .cfg
+                .max_connections_per_listener
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        let refused = self.inner.ctx.telemetry.connections_refused.clone();
         self.inner.tasks.spawn(
             async move {
                 loop {
@@ -868,6 +911,30 @@ impl Proxy {
                     };
                     match accepted {
                         Ok((tcp, peer)) => {
+                            // Limits first, before any work or memory for the connection.
+                            let permits = proxy_permits
+                                .clone()
+                                .try_acquire_owned()
+                                .map_err(|_| "proxy")
+                                .and_then(|p| {
+                                    listener_permits
+                                        .clone()
+                                        .try_acquire_owned()
+                                        .map(|l| (p, l))
+                                        .map_err(|_| "listener")
+                                });
+                            let permits = match permits {
+                                Ok(p) => p,
+                                Err(limit) => {
+                                    refused
+                                        .get_or_create(&[("listener", kind), ("limit", limit)])
+                                        .inc();
+                                    debug!(%peer, limit, "connection limit reached: closed");
+                                    // An RST, at once: no TIME_WAIT, the client learns now.
+                                    let _ = tcp.set_zero_linger();
+                                    continue;
+                                }
+                            };
                             let _ = tcp.set_nodelay(true);
                             let conn = handler(tcp, peer);
                             let force = force.clone();
@@ -875,6 +942,7 @@ impl Proxy {
                             let span = tracing::debug_span!("conn", kind, %peer);
                             tasks.spawn(
                                 async move {
+                                    let _permits = permits;
                                     tokio::select! {
                                         () = force.cancelled() => {}
                                         () = conn => {}

@@ -26,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 use super::Inner;
 use crate::config::{MeshState, Workload};
 
+/// `mesh_connections_refused_total{listener, limit}`.
+pub(crate) type ConnLimitFamily =
+    prometheus_client::metrics::family::Family<[(&'static str, &'static str); 2], Counter>;
+
 /// Telemetry shared by every connection of a proxy.
 pub(crate) struct Telemetry {
     pub(crate) registry: Arc<Registry>,
@@ -34,6 +38,9 @@ pub(crate) struct Telemetry {
     pub(crate) access: AccessLogger,
     pub(crate) config_rejected: Counter,
     pub(crate) config_generation: Gauge,
+    /// Connections refused at accept because a connection limit was reached, by listener
+    /// kind and limit (`proxy`, `listener`).
+    pub(crate) connections_refused: ConnLimitFamily,
     /// The last rejected config: when and why (for `/config_dump`).
     pub(crate) last_rejection: Mutex<Option<(String, String)>>,
 }
@@ -62,7 +69,14 @@ impl Telemetry {
             "Generation of the mesh config in force (1 at start, +1 per applied change)",
             config_generation.clone(),
         );
+        let connections_refused = ConnLimitFamily::default();
+        mesh.register(
+            "connections_refused",
+            "Connections closed at accept because a connection limit (--max-connections, --max-connections-per-listener) was reached",
+            connections_refused.clone(),
+        );
         Telemetry {
+            connections_refused,
             registry: Arc::new(registry),
             tcp,
             requests,

@@ -132,23 +132,25 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         };
         return super::http::serve(tcp, stream).await;
     }
-    // L4 authorization with no peer identity (policies on principals or namespaces do not
-    // match plaintext, as in Istio).
-    let decision = state.authz.evaluate(
-        &dst.key(),
-        &mesh_authz::Connection {
+    drop(state);
+    // Register → decide → guard, the one admission path: L4 authorization with no peer
+    // identity (policies on principals or namespaces do not match plaintext, as in Istio),
+    // and a DENY or STRICT landing during the app connect or later closes the connection.
+    let close = tokio_util::sync::CancellationToken::new();
+    let admitted = ctx.live.admit(
+        super::LiveInbound {
+            workload: dst.key(),
             source_ip: peer.ip(),
             // `remote.ip` at a sidecar (Istio's sidecars); a ztunnel has none (Istio's).
             remote_ip: ctx.cfg.l7_inbound.then_some(peer.ip()),
-            source_principal: None,
-            source_namespace: None,
-            destination_ip: dst_addr.ip(),
-            destination_port: dst_addr.port(),
+            principal: None,
+            namespace: None,
+            destination: dst_addr,
+            close: close.clone(),
         },
+        &ctx.state,
     );
-    let denied = (!decision.is_allowed()).then(|| decision.to_string());
-    drop(state);
-    if let Some(reason) = denied {
+    let refuse = |reason: &str| {
         warn!(
             target: "access",
             direction = "inbound",
@@ -159,37 +161,36 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
             "plaintext connection refused by authorization policy"
         );
         ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
-        return observe::log_refusal(access, record(), &reason, start);
-    }
-    let mut upstream = match observe::connect_app(&ctx, &dst, dst_addr, Some(peer.ip())).await {
-        Ok(u) => u,
-        Err(observe::ConnectError { reason, .. }) => {
-            debug!(%reason, "application unreachable");
-            ctx.telemetry
-                .tcp
-                .refused(&labels, ResponseFlags::ConnectFailure);
-            return observe::log_refusal(access, record(), &reason, start);
-        }
+        observe::log_refusal(access, record(), reason, start);
+    };
+    let _live = match admitted {
+        Ok(guard) => guard,
+        Err(reason) => return refuse(&reason),
+    };
+    let connect = observe::connect_app(&ctx, &dst, dst_addr, Some(peer.ip()));
+    let mut upstream = tokio::select! {
+        biased;
+        () = close.cancelled() => return refuse("no longer allowed by the new policies (during connect)"),
+        r = connect => match r {
+            Ok(u) => u,
+            Err(observe::ConnectError { reason, .. }) => {
+                debug!(%reason, "application unreachable");
+                ctx.telemetry
+                    .tcp
+                    .refused(&labels, ResponseFlags::ConnectFailure);
+                return observe::log_refusal(access, record(), &reason, start);
+            }
+        },
     };
     let rec = ctx.telemetry.tcp.open(&labels);
     drop((labels, src_labels));
-    // Registered so that a policy change (DENY, or STRICT) can close it.
-    let close = tokio_util::sync::CancellationToken::new();
-    let _live = ctx.live.register(super::LiveInbound {
-        workload: dst.key(),
-        source_ip: peer.ip(),
-        remote_ip: ctx.cfg.l7_inbound.then_some(peer.ip()),
-        principal: None,
-        namespace: None,
-        destination: dst_addr,
-        close: close.clone(),
-    });
     let result = tokio::select! {
-        r = observe::copy_counted(&mut tcp, &mut upstream, &rec) => r,
+        biased;
         () = close.cancelled() => Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             "closed: no longer allowed by the new policies",
         )),
+        r = observe::copy_counted(&mut tcp, &mut upstream, &rec) => r,
     };
     observe::log_copied(access, record(), &result, 0, Some(rec.totals()), start);
 }

@@ -38,7 +38,10 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let access = &ctx.telemetry.access;
     let authority = req.authority;
     let src_identity = req.conn.peer_identity.clone();
-    let headers = req.connect_headers();
+    let mut headers = req.connect_headers();
+    // The client is the TCP peer (source ztunnels and sidecars dial from the workload's own
+    // address): no peer of a waypoint is entitled to assert another one in `Forwarded`.
+    headers.client = Some(req.conn.peer_addr);
     let state = ctx.state.load_full();
     let me = &ctx.node_name;
     // `me` is this waypoint's `namespace/name`; compared without building a key per stream.

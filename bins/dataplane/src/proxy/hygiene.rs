@@ -1,0 +1,278 @@
+//! What the L7 servers (waypoint, sidecar both directions) accept, before any policy or route
+//! looks at a request: limits on the connection (header bytes and count, time to send the
+//! headers, HTTP/2 streams and resets) and checks of the request itself (method case, one
+//! authority, headers only the mesh may set). Envoy's defaults where it has them.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// Largest request head (request line and headers) or HTTP/2 header list (Envoy:
+/// `max_request_headers_kb` 60).
+pub(crate) const MAX_HEADER_BYTES: usize = 60 * 1024;
+/// Most request headers (Envoy: `max_headers_count` 100).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Concurrent HTTP/2 streams per downstream or upstream connection.
+const MAX_STREAMS: u32 = 100;
+/// Streams reset by the peer before we accepted them, and streams we reset for its errors,
+/// before the connection is closed (rapid reset, CVE-2023-44487).
+const MAX_RESETS: usize = 50;
+/// Bytes buffered for sending per HTTP/2 stream.
+const MAX_SEND_BUF: usize = 1024 * 1024;
+/// HTTP/2 keepalive: a PING after this much silence, and the connection closed if it is not
+/// answered within the timeout.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limits of an L7 server, settable per proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct L7Limits {
+    /// Time a client has to send a complete request head, also the longest an idle
+    /// keep-alive HTTP/1.1 connection waits for its next request (slowloris).
+    pub header_timeout: Duration,
+}
+
+impl Default for L7Limits {
+    fn default() -> Self {
+        L7Limits {
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The HTTP/1.1 server with the limits: 431 for a head over [`MAX_HEADER_BYTES`] or more
+/// than [`MAX_HEADERS`] headers, the connection closed when a head takes longer than
+/// `header_timeout`.
+pub(crate) fn h1_server(limits: &L7Limits) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    b
+}
+
+/// The HTTP/2 server with the limits (header list, streams, resets, send buffer, keepalive).
+pub(crate) fn h2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(MAX_RESETS)
+        .max_local_error_reset_streams(MAX_RESETS)
+        .max_send_buf_size(MAX_SEND_BUF)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    b
+}
+
+/// The HTTP/2 client to upstreams with the same limits.
+pub(crate) fn h2_client() -> hyper::client::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_reset_streams(MAX_RESETS)
+        .max_pending_accept_reset_streams(MAX_RESETS)
+        .max_local_error_reset_streams(MAX_RESETS)
+        .max_send_buf_size(MAX_SEND_BUF)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    b
+}
+
+/// Headers a client must not set: the mesh (or Envoy) sets them for its own peers.
+fn mesh_only(name: &str) -> bool {
+    name == "x-forwarded-client-cert" || name.starts_with("x-envoy-")
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop headers a proxy must not forward, and those the `Connection`
+/// header names (RFC 9110 7.6.1), keeping `te: trailers` (the one hop-by-hop value HTTP/2
+/// allows, which gRPC needs end to end).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers
+        .get("te")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for n in named {
+        headers.remove(n.as_str());
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+    if te_trailers {
+        headers.insert("te", HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Checks a request as it arrives and returns the authority that authorization, routing and
+/// the upstream all use: 400 for a method not in upper case (Istio documents this), two
+/// `Host` headers, or a `Host` that disagrees with the absolute-form URI or HTTP/2
+/// `:authority`; the host's trailing dot is dropped and `Host` set to the result. Removes
+/// headers only the mesh may set (`x-forwarded-client-cert`, `x-envoy-*`).
+pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCode, &'static str)> {
+    if req
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err((StatusCode::BAD_REQUEST, "method must be upper case\n"));
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().map(|h| h.to_str());
+    if hosts.next().is_some() {
+        return Err((StatusCode::BAD_REQUEST, "more than one Host header\n"));
+    }
+    let host = match host {
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) => return Err((StatusCode::BAD_REQUEST, "invalid Host header\n")),
+        None => None,
+    };
+    let uri_authority = req.uri().authority().map(|a| a.as_str());
+    let authority = match (host, uri_authority) {
+        (Some(h), Some(u)) if !h.eq_ignore_ascii_case(u) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "Host does not match the request's authority\n",
+            ));
+        }
+        (Some(h), _) => h,
+        (None, Some(u)) => u,
+        (None, None) => "",
+    };
+    let authority = normalize_authority(authority);
+    if !authority.is_empty() {
+        let v = HeaderValue::from_str(&authority)
+            .map_err(|_| (StatusCode::BAD_REQUEST, "invalid authority\n"))?;
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let forbidden: Vec<header::HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|n| mesh_only(n.as_str()))
+        .cloned()
+        .collect();
+    for n in forbidden {
+        req.headers_mut().remove(n);
+    }
+    Ok(authority)
+}
+
+/// Lower case, without the host's trailing dot (`Example.com.:80` → `example.com:80`).
+fn normalize_authority(a: &str) -> String {
+    let a = a.to_ascii_lowercase();
+    let (host, port) = match a.rsplit_once(':') {
+        // `host:port` or `[v6]:port`; a bare IPv6 address has no port.
+        Some((h, p))
+            if (!h.contains(':') || h.ends_with(']'))
+                && !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (h, Some(p))
+        }
+        _ => (a.as_str(), None),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str, hosts: &[&str], extra: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn lower_case_method_is_refused() {
+        let mut r = req("get", "/admin", &["a"], &[]);
+        assert_eq!(
+            check_request(&mut r).unwrap_err().0,
+            StatusCode::BAD_REQUEST
+        );
+        let mut r = req("GET", "/admin", &["a"], &[]);
+        assert!(check_request(&mut r).is_ok());
+    }
+
+    #[test]
+    fn duplicate_or_conflicting_host_is_refused() {
+        let mut r = req("GET", "/", &["a.example", "b.example"], &[]);
+        assert!(check_request(&mut r).is_err());
+        let mut r = req("GET", "http://evil.example/x", &["good.example"], &[]);
+        assert!(check_request(&mut r).is_err());
+        let mut r = req("GET", "http://Good.example/x", &["good.example"], &[]);
+        assert_eq!(check_request(&mut r).unwrap(), "good.example");
+    }
+
+    #[test]
+    fn trailing_dot_is_normalized_and_host_set() {
+        let mut r = req("GET", "/", &["Echo.Demo.svc.:8080"], &[]);
+        assert_eq!(check_request(&mut r).unwrap(), "echo.demo.svc:8080");
+        assert_eq!(r.headers()[header::HOST], "echo.demo.svc:8080");
+        assert_eq!(normalize_authority("[::1]:80"), "[::1]:80");
+        assert_eq!(normalize_authority("a.b."), "a.b");
+    }
+
+    #[test]
+    fn spoofed_mesh_headers_are_stripped() {
+        let mut r = req(
+            "GET",
+            "/",
+            &["a"],
+            &[
+                (
+                    "x-forwarded-client-cert",
+                    "By=spiffe://x;URI=spiffe://admin",
+                ),
+                ("x-envoy-original-path", "/admin"),
+                ("x-user", "kept"),
+            ],
+        );
+        check_request(&mut r).unwrap();
+        assert!(r.headers().get("x-forwarded-client-cert").is_none());
+        assert!(r.headers().get("x-envoy-original-path").is_none());
+        assert_eq!(r.headers()["x-user"], "kept");
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-ok", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none() && h.get("connection").is_none());
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-ok"], "1");
+    }
+}
