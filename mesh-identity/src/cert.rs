@@ -15,10 +15,18 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::{Error, SpiffeId};
 
 /// The one crypto provider of the mesh: aws-lc-rs, passed explicitly to every rustls builder.
+/// With the `fips` feature, its FIPS 140-3 validated module with only FIPS-approved
+/// algorithms (`rustls::crypto::default_fips_provider`).
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .get_or_init(|| {
+            #[cfg(feature = "fips")]
+            let p = rustls::crypto::default_fips_provider();
+            #[cfg(not(feature = "fips"))]
+            let p = rustls::crypto::aws_lc_rs::default_provider();
+            Arc::new(p)
+        })
         .clone()
 }
 

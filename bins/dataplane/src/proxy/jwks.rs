@@ -199,13 +199,11 @@ async fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
             if added == 0 {
                 return Err("no system root certificates for https jwksUri".to_owned());
             }
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            let cfg = rustls::ClientConfig::builder_with_provider(mesh_identity::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
             Ok(Arc::new(cfg))
         })
         .await?;
