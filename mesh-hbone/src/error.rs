@@ -61,6 +61,43 @@ pub enum Error {
     /// The pool or server is shutting down.
     #[error("shutting down")]
     Shutdown,
+    /// The peer broke an HTTP/2 abuse limit; the connection was closed with GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    #[error("http/2 flood ({kind}) after {frames} frames: connection closed")]
+    Flood {
+        /// Which limit.
+        kind: FloodKind,
+        /// Frames received from the peer on the connection until then.
+        frames: u64,
+    },
+    /// The peer did not answer a keepalive PING in time (or stopped reading).
+    #[error("keepalive PING unanswered for {0:?}: connection closed")]
+    PingTimeout(std::time::Duration),
+    /// An [`H2Settings`](crate::H2Settings) value is unusable.
+    #[error("invalid HTTP/2 settings: {0}")]
+    InvalidSettings(String),
+}
+
+/// The HTTP/2 abuse limit a peer broke (see [`Error::Flood`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FloodKind {
+    /// A header block (HEADERS plus CONTINUATION payloads) over the header list cap.
+    HeaderBlock,
+    /// Too many consecutive frames that carry nothing.
+    EmptyFrames,
+    /// Too many streams reset right after opening them (rapid reset).
+    RapidReset,
+}
+
+impl std::fmt::Display for FloodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FloodKind::HeaderBlock => "header block over the cap",
+            FloodKind::EmptyFrames => "empty frames",
+            FloodKind::RapidReset => "rapid reset",
+        })
+    }
 }
 
 impl Error {
@@ -71,8 +108,10 @@ impl Error {
             | Error::Tls { .. }
             | Error::Alpn { .. }
             | Error::Status { .. } => Side::Upstream,
-            Error::H2(_) | Error::Io(_) => Side::Downstream,
-            Error::Identity(_) | Error::Shutdown => Side::Internal,
+            Error::H2(_) | Error::Io(_) | Error::Flood { .. } | Error::PingTimeout(_) => {
+                Side::Downstream
+            }
+            Error::Identity(_) | Error::Shutdown | Error::InvalidSettings(_) => Side::Internal,
         }
     }
 

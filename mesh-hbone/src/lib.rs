@@ -7,48 +7,32 @@
 //!   requests and hands each CONNECT to the caller to accept (200) or refuse (401, 503, …).
 //! - [`copy_bidirectional`]: the byte pump between a tunnel and a plain stream, half-close
 //!   aware, with connection-owned buffers (no per-chunk allocation).
+//! - [`H2Settings`]: the HTTP/2 limits both sides apply (header bytes, streams, resets, empty
+//!   frames, windows, keepalive, idle), enforced by h2 and by a frame guard below it.
 //!
 //! See `examples/tunnel.rs` for a client and server in one process.
 
 #![warn(missing_docs)]
 
+mod bufio;
 mod error;
+mod guard;
 pub mod headers;
+mod keepalive;
 mod pool;
 mod server;
+mod settings;
 mod stream;
 
-pub use error::{Error, Side};
+pub use bufio::BufferedTcp;
+pub use error::{Error, FloodKind, Side};
 pub use pool::{ConnectRequest, Pool, PoolConfig};
 pub use server::{ConnInfo, InboundConnect, accept_tls, serve_connection};
+pub use settings::{DEFAULT_MAX_HEADER_LIST_SIZE, H2Settings};
 pub use stream::{ByteCounter, CopyStats, H2Stream, copy_bidirectional};
 
 /// The HBONE port.
 pub const HBONE_PORT: u16 = 15008;
-
-/// HTTP/2 settings shared by client and server.
-#[derive(Debug, Clone)]
-pub struct H2Settings {
-    /// Most concurrent tunnels the server allows per connection (Istio: 100).
-    pub max_concurrent_streams: u32,
-    /// Initial flow-control window of a tunnel. Large so one tunnel can fill a fast link.
-    pub stream_window: u32,
-    /// Initial flow-control window of a connection.
-    pub connection_window: u32,
-    /// Largest HTTP/2 frame we accept.
-    pub max_frame_size: u32,
-}
-
-impl Default for H2Settings {
-    fn default() -> Self {
-        H2Settings {
-            max_concurrent_streams: 100,
-            stream_window: 4 * 1024 * 1024,
-            connection_window: 16 * 1024 * 1024,
-            max_frame_size: 256 * 1024,
-        }
-    }
-}
 
 /// Where a proxy's outbound TCP sockets are created. By default in the proxy's own network
 /// namespace; a node proxy serving workloads in their own namespaces (ztunnel's in-pod mode)
@@ -126,10 +110,3 @@ pub(crate) fn set_keepalive(tcp: &tokio::net::TcpStream) {
         tracing::debug!(error = %e, "cannot enable TCP keepalive");
     }
 }
-
-/// The transport under TLS: TCP with a read buffer. rustls pulls ciphertext 4 KiB at a time;
-/// buffering 64 KiB per connection turns the four-plus reads per 16 KiB record into one
-/// syscall on bulk transfers. Writes pass straight through (vectored).
-pub type BufferedTcp = tokio::io::BufReader<tokio::net::TcpStream>;
-
-pub(crate) const TLS_READ_BUFFER: usize = 64 * 1024;

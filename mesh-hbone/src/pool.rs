@@ -4,7 +4,9 @@
 //! ztunnel does, so a tunnel never rides a connection authenticated as someone else. Each carries
 //! at most `max_streams_per_connection` tunnels; when all are full a new connection is dialled.
 //! Dials for one key are serialised, so a burst of N tunnels opens ⌈N / max⌉ connections, not N.
-//! A connection with no tunnel for `idle_timeout` is closed.
+//! A connection with no tunnel for `idle_timeout` is closed. Every connection applies the
+//! [`H2Settings`] limits to the server too (a compromised node is a peer like any other):
+//! header list cap, empty-frame guard, keepalive PINGs, no server push.
 //!
 //! Locking: the pool map is a `std::sync::Mutex` held only for lookups (never across `.await`);
 //! the per-key dial lock is an async mutex held across the dial on purpose, off the data path.
@@ -25,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug};
 
-use crate::{Error, H2Settings, H2Stream};
+use crate::guard::{FrameGuard, Role, Tripwire};
+use crate::keepalive::Keepalive;
+use crate::{BufferedTcp, Error, H2Settings, H2Stream};
 
 /// Pool settings.
 #[derive(Debug, Clone)]
@@ -249,11 +253,10 @@ impl Pool {
                 status: response.status(),
             }));
         }
-        Ok(H2Stream::new(
-            stream,
-            response.into_body(),
-            Some(Box::new(slot)),
-        ))
+        Ok(
+            H2Stream::new(stream, response.into_body(), Some(Box::new(slot)))
+                .with_stall_timeout(self.inner.cfg.h2.idle_timeout),
+        )
     }
 
     async fn dial(&self, key: &Key, req: &ConnectRequest) -> Result<(), Error> {
@@ -265,23 +268,22 @@ impl Pool {
                 .await
                 .map_err(|source| Error::Connect { addr, source })?;
             crate::set_keepalive(&tcp);
-            let io = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, tcp);
-            let tls = TlsConnector::from(tls_cfg)
-                .connect(ServerName::IpAddress(addr.ip().into()), io)
+            let mut tls = TlsConnector::from(tls_cfg)
+                .connect(
+                    ServerName::IpAddress(addr.ip().into()),
+                    BufferedTcp::new(tcp),
+                )
                 .await
                 .map_err(|source| Error::Tls { addr, source })?;
             if tls.get_ref().1.alpn_protocol() != Some(mesh_identity::ALPN_H2) {
                 return Err(Error::Alpn { addr });
             }
-            let (send, conn) = h2::client::Builder::new()
-                .initial_window_size(cfg.h2.stream_window)
-                .initial_connection_window_size(cfg.h2.connection_window)
-                .max_frame_size(cfg.h2.max_frame_size)
-                .handshake::<_, Bytes>(tls)
-                .await?;
-            Ok((send, conn))
+            tls.get_mut().0.enable_read_buffer();
+            let (io, trip) = FrameGuard::new(tls, &cfg.h2, Role::Client);
+            let (send, conn) = cfg.h2.client_builder()?.handshake::<_, Bytes>(io).await?;
+            Ok((send, conn, trip))
         };
-        let (send, h2conn) = tokio::time::timeout(cfg.connect_timeout, handshake)
+        let (send, mut h2conn, trip) = tokio::time::timeout(cfg.connect_timeout, handshake)
             .await
             .map_err(|_| Error::Connect {
                 addr,
@@ -302,15 +304,24 @@ impl Pool {
         let span = tracing::debug_span!("hbone_conn", %addr, dst.identity = %key.dst);
         let pool = self.clone();
         let key = key.clone();
-        self.inner
-            .tasks
-            .spawn(pool.drive(key, conn, h2conn).instrument(span));
+        let keepalive = Keepalive::new(h2conn.ping_pong(), &cfg.h2);
+        self.inner.tasks.spawn(
+            pool.drive(key, conn, h2conn, keepalive, trip)
+                .instrument(span),
+        );
         Ok(())
     }
 
-    /// Drives one connection's I/O; closes it after `idle_timeout` without tunnels.
-    async fn drive<T>(self, key: Key, conn: Arc<Conn>, mut h2conn: h2::client::Connection<T, Bytes>)
-    where
+    /// Drives one connection's I/O; closes it after `idle_timeout` without tunnels, when a
+    /// keepalive PING goes unanswered, or when the server breaks a frame limit.
+    async fn drive<T>(
+        self,
+        key: Key,
+        conn: Arc<Conn>,
+        mut h2conn: h2::client::Connection<T, Bytes>,
+        mut keepalive: Keepalive,
+        trip: Arc<Tripwire>,
+    ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let idle_timeout = self.inner.cfg.idle_timeout;
@@ -327,6 +338,14 @@ impl Pool {
                     break;
                 }
                 () = self.inner.cancel.cancelled() => break,
+                e = keepalive.failed() => {
+                    debug!(error = %e, "closing hbone connection");
+                    break;
+                }
+                () = trip.tripped() => {
+                    debug!(flood = ?trip.what(), "server broke an HTTP/2 limit: closing");
+                    break;
+                }
                 () = tokio::time::sleep(tick) => {
                     let opened = conn.opened.load(Ordering::Relaxed);
                     if conn.active.load(Ordering::Acquire) == 0 && opened == last_opened {

@@ -5,6 +5,11 @@
 //! [`InboundConnect`], which the caller [`accept`](InboundConnect::accept)s (200, then bytes) or
 //! [`refuse`](InboundConnect::refuse)s (401, 503 …). No byte is read from or written to the tunnel
 //! before the 200 is sent.
+//!
+//! Abuse limits ([`H2Settings`]): h2 enforces the header list cap, concurrent streams, resets
+//! before accept and local error resets; the frame guard ([`crate::guard`]) closes CONTINUATION
+//! and empty-frame floods and rapid reset; keepalive PINGs close dead or non-reading peers;
+//! a connection without tunnels for the idle timeout is closed with GOAWAY.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::RecvStream;
 use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
 use http::{HeaderMap, Method, Response, StatusCode};
 use mesh_identity::{SpiffeId, peer_identity};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,10 +29,14 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
+use crate::guard::{FrameGuard, Role};
 use crate::headers::ConnectHeaders;
-use crate::{Error, H2Settings, H2Stream};
+use crate::keepalive::Keepalive;
+use crate::{BufferedTcp, Error, H2Settings, H2Stream};
 
 const H2_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a GOAWAY after a flood may take to leave before the connection is dropped.
+const GOAWAY_FLUSH: Duration = Duration::from_secs(1);
 
 /// Facts about an accepted, authenticated HBONE connection.
 #[derive(Debug, Clone)]
@@ -51,6 +60,7 @@ pub struct InboundConnect {
     pub headers: HeaderMap,
     respond: SendResponse<Bytes>,
     body: RecvStream,
+    stall_timeout: Duration,
 }
 
 impl InboundConnect {
@@ -64,7 +74,7 @@ impl InboundConnect {
         let send = self
             .respond
             .send_response(status_response(StatusCode::OK), false)?;
-        Ok(H2Stream::new(send, self.body, None))
+        Ok(H2Stream::new(send, self.body, None).with_stall_timeout(self.stall_timeout))
     }
 
     /// Answers `status` (e.g. 401 denied, 503 upstream unavailable) and ends the stream.
@@ -81,20 +91,21 @@ fn status_response(status: StatusCode) -> Response<()> {
     r
 }
 
-/// Completes the TLS handshake on an accepted TCP connection (within `timeout`) and reads the
-/// client's verified identity. Refuses peers that do not negotiate ALPN `h2`.
+/// Completes the TLS handshake on an accepted TCP connection (within `timeout`, after which the
+/// connection is closed) and reads the client's verified identity. Refuses peers that do not
+/// negotiate ALPN `h2`. The 64 KiB read buffer is allocated only once the handshake is done,
+/// so a connection that never authenticates costs little.
 pub async fn accept_tls(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
-) -> Result<(TlsStream<crate::BufferedTcp>, ConnInfo), Error> {
+) -> Result<(TlsStream<BufferedTcp>, ConnInfo), Error> {
     let peer_addr = tcp.peer_addr()?;
     let local_addr = tcp.local_addr()?;
     let _ = tcp.set_nodelay(true);
     crate::set_keepalive(&tcp);
-    let io = tokio::io::BufReader::with_capacity(crate::TLS_READ_BUFFER, tcp);
-    let handshake = TlsAcceptor::from(config).accept(io);
-    let tls = match tokio::time::timeout(timeout, handshake).await {
+    let handshake = TlsAcceptor::from(config).accept(BufferedTcp::new(tcp));
+    let mut tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             return Err(Error::Tls {
@@ -114,6 +125,7 @@ pub async fn accept_tls(
         return Err(Error::Alpn { addr: peer_addr });
     }
     let peer_identity = peer_identity(session.peer_certificates())?;
+    tls.get_mut().0.enable_read_buffer();
     Ok((
         tls,
         ConnInfo {
@@ -124,9 +136,12 @@ pub async fn accept_tls(
     ))
 }
 
-/// Serves HTTP/2 on an authenticated connection until the client closes it or `cancel` fires
-/// (then GOAWAY is sent and open tunnels may finish). Each well-formed CONNECT is passed to
-/// `handler` on its own task; the tasks are owned here and aborted when the connection ends.
+/// Serves HTTP/2 on an authenticated connection until the client closes it, `cancel` fires
+/// (then GOAWAY is sent and open tunnels may finish), it has no tunnel for
+/// `settings.idle_timeout` (GOAWAY, then `Ok`), or the client breaks a limit of `settings`:
+/// [`Error::Flood`] (after GOAWAY `ENHANCE_YOUR_CALM`), [`Error::PingTimeout`], or h2's
+/// [`Error::H2`]. Each well-formed CONNECT is passed to `handler` on its own task; the tasks
+/// are owned here and aborted when the connection ends.
 pub async fn serve_connection<IO, F, Fut>(
     io: IO,
     info: ConnInfo,
@@ -139,12 +154,26 @@ where
     F: Fn(InboundConnect) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let handshake = h2::server::Builder::new()
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .initial_window_size(settings.stream_window)
-        .initial_connection_window_size(settings.connection_window)
-        .max_frame_size(settings.max_frame_size)
-        .handshake::<_, Bytes>(io);
+    // Boxed: a caller's task is sized for its largest state from accept on, so an inline
+    // HTTP/2 state machine would be paid by every connection still in its TLS handshake.
+    Box::pin(serve(io, info, settings, cancel, handler)).await
+}
+
+async fn serve<IO, F, Fut>(
+    io: IO,
+    info: ConnInfo,
+    settings: &H2Settings,
+    cancel: CancellationToken,
+    handler: F,
+) -> Result<(), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(InboundConnect) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let builder = settings.server_builder()?;
+    let (io, trip) = FrameGuard::new(io, settings, Role::Server);
+    let handshake = builder.handshake::<_, Bytes>(io);
     let mut conn = tokio::time::timeout(H2_HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| {
@@ -153,6 +182,9 @@ where
                 "HTTP/2 handshake timed out",
             ))
         })??;
+    let mut keepalive = Keepalive::new(conn.ping_pong(), settings);
+    let idle = tokio::time::sleep(settings.idle_timeout);
+    tokio::pin!(idle);
     let info = Arc::new(info);
     let mut tunnels = JoinSet::new();
     let mut shutting_down = false;
@@ -160,8 +192,12 @@ where
         tokio::select! {
             accepted = conn.accept() => match accepted {
                 None => break Ok(()),
+                // After our GOAWAY the client may close first, mid-write: that is the end we
+                // asked for.
+                Some(Err(e)) if shutting_down && e.is_io() => break Ok(()),
                 Some(Err(e)) => break Err(Error::H2(e)),
                 Some(Ok((req, mut respond))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
                     if req.method() != Method::CONNECT {
                         debug!(method = %req.method(), "not CONNECT: 400");
                         let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
@@ -184,17 +220,41 @@ where
                         headers: parts.headers,
                         respond,
                         body,
+                        stall_timeout: settings.idle_timeout,
                     });
                     tunnels.spawn(fut.instrument(span));
                 }
             },
-            Some(_) = tunnels.join_next(), if !tunnels.is_empty() => {}
+            Some(_) = tunnels.join_next(), if !tunnels.is_empty() => {
+                if tunnels.is_empty() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
+                }
+            }
             () = cancel.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 conn.graceful_shutdown();
             }
+            () = &mut idle, if tunnels.is_empty() && !shutting_down => {
+                debug!(src.identity = %info.peer_identity, "idle HBONE connection: GOAWAY");
+                shutting_down = true;
+                conn.graceful_shutdown();
+            }
+            e = keepalive.failed() => break Err(e),
+            () = trip.tripped() => {
+                let (kind, frames) = trip.what().unwrap_or((crate::FloodKind::EmptyFrames, 0));
+                break Err(Error::Flood { kind, frames });
+            }
         }
     };
+    if let Err(Error::Flood { .. }) = &result {
+        // The guard feeds h2 nothing more; let the GOAWAY out, briefly.
+        conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+        let _ = tokio::time::timeout(
+            GOAWAY_FLUSH,
+            std::future::poll_fn(|cx| conn.poll_closed(cx)),
+        )
+        .await;
+    }
     tunnels.abort_all();
     while tunnels.join_next().await.is_some() {}
     result

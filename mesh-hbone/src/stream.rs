@@ -35,6 +35,8 @@ pub struct H2Stream {
     recv_eof: bool,
     eos_sent: bool,
     _guard: Option<Box<dyn Guard>>,
+    /// See [`H2Stream::with_stall_timeout`].
+    stall_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for H2Stream {
@@ -59,6 +61,7 @@ impl H2Stream {
             recv_eof: false,
             eos_sent: false,
             _guard: guard,
+            stall_timeout: None,
         }
     }
 }
@@ -204,9 +207,10 @@ where
         read_buf,
         recv_eof,
         _guard,
+        stall_timeout,
         ..
     } = tunnel;
-    let up = plain_to_tunnel(r, &mut send, counter);
+    let up = plain_to_tunnel(r, &mut send, counter, stall_timeout);
     let down = tunnel_to_plain(&mut recv, read_buf, recv_eof, w, counter);
     let result = tokio::try_join!(up, down);
     match result {
@@ -225,6 +229,7 @@ async fn plain_to_tunnel<R: AsyncRead + Unpin>(
     r: &mut R,
     send: &mut SendStream<Bytes>,
     counter: &dyn ByteCounter,
+    stall_timeout: Option<std::time::Duration>,
 ) -> io::Result<u64> {
     let mut buf = BytesMut::new();
     let mut size = INITIAL_BUF;
@@ -249,7 +254,15 @@ async fn plain_to_tunnel<R: AsyncRead + Unpin>(
         let mut chunk = buf.split().freeze();
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
-            let cap = std::future::poll_fn(|cx| send.poll_capacity(cx)).await;
+            let cap = std::future::poll_fn(|cx| send.poll_capacity(cx));
+            // A peer that keeps its window closed is cut; the timer is armed only when
+            // capacity is not there at once.
+            let cap = match stall_timeout {
+                Some(t) => tokio::time::timeout(t, cap).await.map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "peer's window stayed closed")
+                })?,
+                None => cap.await,
+            };
             match cap {
                 Some(Ok(0)) => continue,
                 Some(Ok(cap)) => {
@@ -295,5 +308,14 @@ async fn tunnel_to_plain<W: AsyncWrite + Unpin>(
     match w.shutdown().await {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
         _ => Ok(total),
+    }
+}
+
+impl H2Stream {
+    /// Resets the tunnel in [`copy_bidirectional`] when the peer keeps its receive window at
+    /// zero (or stops reading the connection) for `timeout` while we have bytes for it.
+    pub(crate) fn with_stall_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.stall_timeout = Some(timeout);
+        self
     }
 }
