@@ -10,6 +10,7 @@
     missing_docs
 )]
 
+pub mod backends;
 pub mod bind;
 pub mod istiod;
 
@@ -113,6 +114,12 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// SIGKILL (a crash: no drain, sockets closed by the kernel), then waits for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The process id.

@@ -1044,7 +1044,8 @@ async fn forward_local(
         let tcp = super::observe::connect_app(&s.ctx, workload, addr, s.client.map(|c| c.ip()))
             .await
             .map_err(|e| e.reason)?;
-        handshake(tcp, s.h2)
+        // Reset, not closed, if the connection fails (a request body cut mid-way).
+        handshake(super::reset::ResetOnDrop::new(tcp), s.h2)
             .await
             .map_err(|e| format!("handshake: {e}"))
     })

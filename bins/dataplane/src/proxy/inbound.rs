@@ -151,7 +151,9 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };
-    let (mut r, mut w) = upstream.split();
+    // A tunnel that ends in an error (or is cut short) resets the app's connection.
+    let mut app = super::reset::ResetOnDrop::new(&mut upstream);
+    let (mut r, mut w) = app.split();
     let counter = observe::TunnelBytes {
         rec: &rec,
         reporter: Reporter::Destination,
@@ -164,6 +166,9 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         )),
         r = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter) => r,
     };
+    if result.is_ok() {
+        app.clean();
+    }
     // Counted as they passed, so also right when the copy ended in an error.
     let (to_app, from_app) = rec.totals();
     let error = result.err().map(|e| e.to_string());

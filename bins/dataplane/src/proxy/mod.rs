@@ -18,6 +18,7 @@ mod observe;
 mod outbound;
 mod own;
 mod plaintext;
+mod reset;
 pub mod route;
 mod sniff;
 mod waypoint;

@@ -127,7 +127,8 @@ async fn proxy(
                 side: super::http::Side::Outbound(src),
                 h2,
             };
-            return super::http::serve(tcp, stream).await;
+            // An HTTP connection that fails (an upstream cut mid-response) is reset.
+            return super::http::serve(super::reset::ResetOnDrop::new(tcp), stream).await;
         }
         // Not HTTP after all (an undeclared port): carried as TCP below.
         return Box::pin(l4(ctx, tcp, peer, src, target, early, socks, start)).await;
@@ -294,12 +295,17 @@ async fn tunnel(
         }
         rec.request_bytes(early.len() as u64);
     }
+    // A tunnel that ends in an error (or is cut short) resets the client's connection.
+    let mut tcp = super::reset::ResetOnDrop::new(tcp);
     let (mut r, mut w) = tcp.split();
     let counter = observe::TunnelBytes {
         rec: &rec,
         reporter: Reporter::Source,
     };
     let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter).await;
+    if result.is_ok() {
+        tcp.clean();
+    }
     // Counted as they passed (early data included), so also right after an error.
     let (sent, received) = rec.totals();
     let error = result.err().map(|e| e.to_string());

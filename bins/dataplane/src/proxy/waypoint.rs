@@ -244,6 +244,11 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };
     let result = observe::copy_counted(&mut downstream, &mut upstream, &rec).await;
+    if result.is_err() {
+        // Cut on one side: cut on both (a reset, which each peer passes on as a TCP reset).
+        downstream.abort();
+        upstream.abort();
+    }
     let mut r = record(Some(&target));
     r.dst_hbone_addr = Some(hbone_addr);
     observe::log_copied(access, r, &result, 0, Some(rec.totals()), start);
@@ -327,6 +332,10 @@ async fn carry_tcp(
     let counter = ctx.telemetry.tcp.open(&labels);
     drop(labels);
     let result = observe::copy_counted(&mut io, &mut upstream, &counter).await;
+    if result.is_err() {
+        io.inner.abort();
+        upstream.abort();
+    }
     observe::log_copied(access, rec, &result, 0, Some(counter.totals()), start);
 }
 
