@@ -495,10 +495,17 @@ async fn plain(
             r.request_bytes(early.len() as u64);
         }
     }
+    // A copy that fails resets both sides (a cut connection never looks complete).
+    let mut tcp = super::reset::ResetOnDrop::new(tcp);
+    let mut upstream = super::reset::ResetOnDrop::new(upstream);
     let result = match &rec {
         Some(r) => observe::copy_counted(&mut tcp, &mut upstream, r).await,
         None => tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await,
     };
+    if result.is_ok() {
+        tcp.clean();
+        upstream.clean();
+    }
     let totals = rec.as_ref().map(|r| r.totals());
     observe::log_copied(access, record(), &result, early.len() as u64, totals, start);
 }

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use super::{Ctx, observe};
 
 /// Serves one captured plaintext connection.
-pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
+pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let start = tokio::time::Instant::now();
     let access = &ctx.telemetry.access;
     // TPROXY keeps the original destination as the socket's own address; REDIRECT/DNAT
@@ -168,7 +168,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         Err(reason) => return refuse(&reason),
     };
     let connect = observe::connect_app(&ctx, &dst, dst_addr, Some(peer.ip()));
-    let mut upstream = tokio::select! {
+    let upstream = tokio::select! {
         biased;
         () = close.cancelled() => return refuse("no longer allowed by the new policies (during connect)"),
         r = connect => match r {
@@ -184,6 +184,10 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
     };
     let rec = ctx.telemetry.tcp.open(&labels);
     drop((labels, src_labels));
+    // A copy that fails (one side reset, a policy change closed it) resets both sides: a cut
+    // connection never looks like a complete, shorter one.
+    let mut tcp = super::reset::ResetOnDrop::new(tcp);
+    let mut upstream = super::reset::ResetOnDrop::new(upstream);
     let result = tokio::select! {
         biased;
         () = close.cancelled() => Err(std::io::Error::new(
@@ -192,5 +196,9 @@ pub(super) async fn serve(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) {
         )),
         r = observe::copy_counted(&mut tcp, &mut upstream, &rec) => r,
     };
+    if result.is_ok() {
+        tcp.clean();
+        upstream.clean();
+    }
     observe::log_copied(access, record(), &result, 0, Some(rec.totals()), start);
 }
