@@ -13,64 +13,6 @@ use tokio::io::BufReader;
 
 const HMAC_K: &str = "aG1hYy1zZWNyZXQtdGhhdC1tdXN0LW5vdC1sZWFrLTEyMzQ";
 
-/// Node `a` runs `ns/client` (127.b.1.10) and `ns/intruder` (127.b.1.11), node `b` runs
-/// `ns/web` (127.b.1.21, app on 8080); services `web` (VIP 127.b.2.1:80) and `other` (VIP
-/// 127.b.2.2:80, same endpoint) use waypoint `ns/wp` (127.b.0.3). `policies` is appended.
-fn waypoint_mesh(b: u8, policies: &str) -> String {
-    format!(
-        r#"apiVersion: dataplane.mesh.dev/v1alpha1
-kind: Node
-metadata: {{name: a}}
-spec: {{address: 127.{b}.0.1, serviceListeners: true, workloads: [ns/client, ns/intruder]}}
----
-apiVersion: dataplane.mesh.dev/v1alpha1
-kind: Node
-metadata: {{name: b}}
-spec: {{address: 127.{b}.0.2, workloads: [ns/web]}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: client, namespace: ns}}
-spec: {{address: 127.{b}.1.10, serviceAccount: client}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: intruder, namespace: ns}}
-spec: {{address: 127.{b}.1.11, serviceAccount: client}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: ns}}
-spec: {{address: 127.{b}.1.21, serviceAccount: web, labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: web, namespace: ns, labels: {{istio.io/use-waypoint: wp}}}}
-spec:
-  hosts: [web.ns.svc]
-  addresses: [127.{b}.2.1]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: other, namespace: ns, labels: {{istio.io/use-waypoint: wp}}}}
-spec:
-  hosts: [other.ns.svc]
-  addresses: [127.{b}.2.2]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: web}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: wp, namespace: ns}}
-spec:
-  gatewayClassName: istio-waypoint
-  addresses: [{{value: 127.{b}.0.3}}]
-{policies}"#
-    )
-}
-
 /// Starts the mesh and the app; returns it with a keep-alive connection from `client` (or
 /// from `intruder`) to `vip`.
 async fn start(b: u8, yaml: &str) -> TestMesh {

@@ -11,57 +11,20 @@ use tokio::time::Instant;
 use mesh_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
+/// The shared waypoint mesh (`ns/client` at 127.b.1.10 and `ns/intruder` at 127.b.1.11 on
+/// node a, `ns/web` behind waypoint `ns/wp`) with a DENY on `/admin` at the waypoint.
 fn config(b: u8) -> String {
-    format!(
-        r#"apiVersion: dataplane.mesh.dev/v1alpha1
-kind: Node
-metadata: {{name: a}}
-spec: {{address: 127.{b}.0.1, serviceListeners: true, workloads: [ns/client, ns/client2]}}
----
-apiVersion: dataplane.mesh.dev/v1alpha1
-kind: Node
-metadata: {{name: b}}
-spec: {{address: 127.{b}.0.2, workloads: [ns/web]}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: client, namespace: ns}}
-spec: {{address: 127.{b}.1.10, serviceAccount: client}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: client2, namespace: ns}}
-spec: {{address: 127.{b}.1.11, serviceAccount: client}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: ns}}
-spec: {{address: 127.{b}.1.21, serviceAccount: web, labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: web, namespace: ns, labels: {{istio.io/use-waypoint: wp}}}}
-spec:
-  hosts: [web.ns.svc]
-  addresses: [127.{b}.2.1]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: web}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: wp, namespace: ns}}
-spec:
-  gatewayClassName: istio-waypoint
-  addresses: [{{value: 127.{b}.0.3}}]
----
+    waypoint_mesh(
+        b,
+        r#"---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {{name: no-admin, namespace: ns}}
+metadata: {name: no-admin, namespace: ns}
 spec:
-  targetRefs: [{{kind: Service, group: "", name: web}}]
+  targetRefs: [{kind: Service, group: "", name: web}]
   action: DENY
-  rules: [{{to: [{{operation: {{paths: ["/admin", "/admin/*"]}}}}]}}]
-"#
+  rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
+"#,
     )
 }
 
