@@ -647,7 +647,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // `try_`: `from_secs_f64` panics past `u64::MAX` seconds (`timeout: 99999999999999999999h`).
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 fn valid_header_name(h: &str) -> bool {
@@ -1079,5 +1080,6 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
     }
 }
