@@ -133,7 +133,9 @@ fn remove_dot_segments(decoded: &str, merge: bool) -> String {
         p.push('/');
         p.push_str(s);
     }
-    if p.is_empty() || (trailing && !p.ends_with('/')) {
+    // The final empty segment was skipped above, so a trailing `/` is added back even after
+    // an empty segment: `/a//` stays `/a//` (unmerged), and normalizing twice changes nothing.
+    if p.is_empty() || trailing {
         p.push('/');
     }
     p
