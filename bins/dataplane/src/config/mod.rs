@@ -88,13 +88,20 @@ pub fn parse(file: &Path, text: &str) -> Result<MeshState, ConfigError> {
     let mut v = Validator::default();
     // YAML 1.2 booleans only: `n`, `no`, `on` stay strings (a Node named `n` is not `false`).
     // Budgets sized for meshes of tens of thousands of resources (the defaults stop at 1024
-    // documents); alias/anchor limits stay at their defaults against YAML bombs.
+    // documents). Alias expansion is bounded by the text's size, not by the defaults (1M
+    // events): with those, a 300-byte alias bomb cost 0.35–0.7 s and 200 MB (found by
+    // `tests/fuzz_config.rs`); this way parsing stays linear in the input.
+    let alias_work = text.len() + 16 * 1024;
     let options = serde_saphyr::options! {
         strict_booleans: true,
         budget: serde_saphyr::budget! {
             max_documents: 200_000,
             max_nodes: 4_000_000,
             max_events: 16_000_000,
+            max_recorded_anchor_events: alias_work,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: alias_work,
         },
     };
     let docs: Vec<serde_json::Value> = match serde_saphyr::from_multiple_with_options(text, options)
