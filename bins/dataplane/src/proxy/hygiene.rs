@@ -178,7 +178,10 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
 
 /// Lower case, without the host's trailing dot (`Example.com.:80` → `example.com:80`).
 fn normalize_authority(a: &str) -> String {
-    let a = a.to_ascii_lowercase();
+    let lower = a.to_ascii_lowercase();
+    // Every trailing dot, of the value and of the host: `a..` as `a.` would escape a policy
+    // on `a`, and normalizing the result again would change it.
+    let a = lower.trim_end_matches('.');
     let (host, port) = match a.rsplit_once(':') {
         // `host:port` or `[v6]:port`; a bare IPv6 address has no port.
         Some((h, p))
@@ -188,14 +191,18 @@ fn normalize_authority(a: &str) -> String {
         {
             (h, Some(p))
         }
-        _ => (a.as_str(), None),
+        _ => (a, None),
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = host.trim_end_matches('.');
     match port {
         Some(p) => format!("{host}:{p}"),
         None => host.to_owned(),
     }
 }
+
+#[cfg(test)]
+#[path = "hygiene_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
