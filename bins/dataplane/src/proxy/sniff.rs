@@ -145,6 +145,10 @@ pub(super) async fn peek(tcp: &tokio::net::TcpStream) -> Sniffed {
 }
 
 #[cfg(test)]
+#[path = "sniff_fuzz.rs"]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
