@@ -134,6 +134,15 @@ async fn path_method_authority_and_header_tricks_cannot_bypass_a_deny() {
             "absolute-form URI naming another host",
             format!("GET http://other.ns.svc/admin HTTP/1.1\r\n{host}"),
         ),
+        (
+            "Connection naming Host (dropping it after authorization)",
+            format!("GET /public/x HTTP/1.1\r\n{host}\r\nConnection: host"),
+        ),
+        ("no Host at all", "GET /admin HTTP/1.0".to_owned()),
+        (
+            "a Host an upstream reads differently",
+            "GET /admin HTTP/1.1\r\nHost: x@web.ns.svc".to_owned(),
+        ),
     ] {
         let (status, text) = l7.raw(&head).await;
         assert_eq!(status, 400, "{what}: {text}");

@@ -104,6 +104,47 @@ async fn service_traffic_goes_through_its_waypoint() {
     mesh.expect_log("b", r#""bytes_sent":12"#);
 }
 
+/// A direct tunnel opened before the workload got a waypoint must not outlive the change: the
+/// destination closes it when the waypoint is attached (else a peer could hold it and skip the
+/// waypoint's L7 policy for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_opened_before_a_waypoint_is_attached_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let net = Net { b: 143 };
+    let mut mesh = TestMesh::new(&config(net, "none"));
+    echo_server(net.app()).await;
+    mesh.ztunnel("b", &["--config-poll-interval", "100ms"]);
+    let pool = Pool::new(PoolConfig::default(), mesh.ca.trust_bundle().unwrap());
+    let client = CertStore::fixed(
+        mesh.ca
+            .issue(&"spiffe://cluster.local/ns/ns/sa/client".parse().unwrap())
+            .unwrap(),
+    );
+    let mut tunnel = pool
+        .connect(ConnectRequest {
+            source: client,
+            destination_identity: "spiffe://cluster.local/ns/ns/sa/server".parse().unwrap(),
+            hbone_addr: net.hbone(),
+            authority: net.app(),
+            headers: ConnectHeaders::default().to_header_map(),
+            socket_source: None,
+        })
+        .await
+        .unwrap();
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping", "direct while no waypoint is attached");
+    std::fs::write(&mesh.config, config(net, "wp")).unwrap();
+    mesh.expect_log("b", "generation=2");
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), tunnel.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "the direct tunnel is closed once the waypoint is attached: {r:?}"
+    );
+    mesh.expect_log("b", "not from the workload's waypoint");
+}
+
 #[test]
 fn waypoint_config_errors_name_the_field() {
     let dir = tempfile::tempdir().unwrap();

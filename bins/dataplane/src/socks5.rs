@@ -142,7 +142,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Target, usize)>, Socks5Error>
             let mut o = [0u8; 16];
             o.copy_from_slice(a);
             let ip = Ipv6Addr::from(o);
-            Ok(port_at(20).map(|p| (Target::Addr(SocketAddr::new(IpAddr::V6(ip), p)), 22)))
+            // An IPv4-mapped address is the IPv4 one (else it would miss the mesh's indexes).
+            let ip = IpAddr::V6(ip).to_canonical();
+            Ok(port_at(20).map(|p| (Target::Addr(SocketAddr::new(ip, p)), 22)))
         }
         0x03 => {
             let Some(&n) = buf.get(4) else {
@@ -161,7 +163,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Target, usize)>, Socks5Error>
             };
             // A literal address sent as a name is an address.
             let target = match name.parse::<IpAddr>() {
-                Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+                Ok(ip) => Target::Addr(SocketAddr::new(ip.to_canonical(), port)),
                 Err(_) => Target::Host(name.to_owned(), port),
             };
             Ok(Some((target, end + 2)))
@@ -239,6 +241,21 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn ipv4_mapped_targets_are_ipv4() {
+        let mut req = vec![5, 1, 0, 4];
+        req.extend_from_slice(&"::ffff:10.0.0.7".parse::<Ipv6Addr>().unwrap().octets());
+        req.extend_from_slice(&8080u16.to_be_bytes());
+        let (t, _) = parse_request(&req).unwrap().unwrap();
+        assert!(matches!(t, Target::Addr(a) if a == "10.0.0.7:8080".parse().unwrap()));
+        let name = b"::ffff:10.0.0.7";
+        let mut req = vec![5, 1, 0, 3, name.len() as u8];
+        req.extend_from_slice(name);
+        req.extend_from_slice(&8080u16.to_be_bytes());
+        let (t, _) = parse_request(&req).unwrap().unwrap();
+        assert!(matches!(t, Target::Addr(a) if a == "10.0.0.7:8080".parse().unwrap()));
+    }
+
+    #[test]
     fn parses_requests() {
         assert_eq!(parse_greeting(&[5, 1, 0]).unwrap(), Some(3));
         assert_eq!(parse_greeting(&[5, 2, 2]).unwrap(), None);
@@ -291,7 +308,7 @@ mod tests {
             let len = b.len();
             b.extend_from_slice(&extra);
             let (t, n) = parse_request(&b).unwrap().unwrap();
-            prop_assert_eq!(t, Target::Addr(SocketAddr::new(ip, port)));
+            prop_assert_eq!(t, Target::Addr(SocketAddr::new(ip.to_canonical(), port)));
             prop_assert_eq!(n, len);
             // Every strict prefix asks for more bytes.
             for i in 0..len {

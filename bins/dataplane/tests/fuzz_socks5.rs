@@ -222,7 +222,7 @@ proptest! {
         b.extend(name.bytes());
         b.extend(port.to_be_bytes());
         let (t, n) = parse_request(&b).unwrap().unwrap();
-        prop_assert_eq!(t, Target::Addr(SocketAddr::new(ip, port)));
+        prop_assert_eq!(t, Target::Addr(SocketAddr::new(ip.to_canonical(), port)));
         prop_assert_eq!(n, b.len());
     }
 }

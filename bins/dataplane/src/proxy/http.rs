@@ -773,7 +773,17 @@ fn authorize(
                 sp.map_or(0, |sp| sp.port),
             )
         }
-        Side::Inbound { workload, port, .. } => {
+        Side::Inbound {
+            workload,
+            port,
+            mtls,
+        } => {
+            // A keep-alive plaintext connection outlives a switch to STRICT: every request
+            // checks it again.
+            if !*mtls && state.mtls.strict(&workload.key(), *port) {
+                meta.flags = "RBAC";
+                return Err((StatusCode::FORBIDDEN, "RBAC: access denied"));
+            }
             policies.extend(
                 state
                     .authz

@@ -136,6 +136,20 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
     {
         return Err((StatusCode::BAD_REQUEST, "method must be upper case\n"));
     }
+    // Headers the client names in `Connection` go first, before anything below reads the
+    // request or the proxy adds to it: naming `Host` would otherwise drop the authority that
+    // was authorized from the request the upstream gets.
+    let names_host = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|n| n.trim().eq_ignore_ascii_case("host"));
+    if names_host {
+        return Err((StatusCode::BAD_REQUEST, "Connection must not name Host\n"));
+    }
+    strip_hop_by_hop(req.headers_mut());
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next().map(|h| h.to_str());
     if hosts.next().is_some() {
@@ -159,11 +173,18 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
         (None, None) => "",
     };
     let authority = normalize_authority(authority);
-    if !authority.is_empty() {
-        let v = HeaderValue::from_str(&authority)
-            .map_err(|_| (StatusCode::BAD_REQUEST, "invalid authority\n"))?;
-        req.headers_mut().insert(header::HOST, v);
+    // As Envoy: a request must name its host, and only as a host name or a bracketed IP
+    // literal with an optional port (no `user@`, lists or bare IPv6 that upstreams could read
+    // differently from the policy).
+    if authority.is_empty() {
+        return Err((StatusCode::BAD_REQUEST, "missing Host\n"));
     }
+    if !valid_authority(&authority) {
+        return Err((StatusCode::BAD_REQUEST, "invalid Host\n"));
+    }
+    let v = HeaderValue::from_str(&authority)
+        .map_err(|_| (StatusCode::BAD_REQUEST, "invalid authority\n"))?;
+    req.headers_mut().insert(header::HOST, v);
     let forbidden: Vec<header::HeaderName> = req
         .headers()
         .keys()
@@ -174,6 +195,35 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
         req.headers_mut().remove(n);
     }
     Ok(authority)
+}
+
+/// `host[:port]` with a host of letters, digits, `.`, `-`, `_`, or `[IPv6][:port]`.
+fn valid_authority(a: &str) -> bool {
+    let (host, port) = match a.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, rest)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => ("[", rest),
+            _ => return false,
+        },
+        None => match a.split_once(':') {
+            Some((h, p)) => (h, p),
+            None => (a, ""),
+        },
+    };
+    let port = match (host, port) {
+        ("[", "") => return true,
+        ("[", p) => match p.strip_prefix(':') {
+            Some(p) => p,
+            None => return false,
+        },
+        (_, p) => p,
+    };
+    let host_ok = host == "["
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
+    let port_ok = (port.is_empty() && !a.ends_with(':')) || port.parse::<u16>().is_ok();
+    host_ok && port_ok
 }
 
 /// Lower case, without the host's trailing dot (`Example.com.:80` → `example.com:80`).
@@ -247,6 +297,38 @@ mod tests {
         assert_eq!(r.headers()[header::HOST], "echo.demo.svc:8080");
         assert_eq!(normalize_authority("[::1]:80"), "[::1]:80");
         assert_eq!(normalize_authority("a.b."), "a.b");
+    }
+
+    #[test]
+    fn missing_odd_or_connection_dropped_host_is_refused() {
+        for (hosts, extra) in [
+            (vec![], vec![]),
+            (vec![""], vec![]),
+            (vec!["."], vec![]),
+            (vec!["x@admin.example"], vec![]),
+            (vec!["admin.example, b"], vec![]),
+            (vec!["::1"], vec![]),
+            (vec!["a.example:99999"], vec![]),
+            (vec!["a.example:"], vec![]),
+            (vec!["a.example"], vec![("connection", "Host")]),
+        ] {
+            let mut r = req("GET", "/", &hosts, &extra);
+            assert_eq!(
+                check_request(&mut r).map_err(|e| e.0),
+                Err(StatusCode::BAD_REQUEST),
+                "{hosts:?} {extra:?}"
+            );
+        }
+        for ok in [
+            "a.example",
+            "a-b_c.example:8080",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:80",
+        ] {
+            let mut r = req("GET", "/", &[ok], &[]);
+            assert!(check_request(&mut r).is_ok(), "{ok}");
+        }
     }
 
     #[test]

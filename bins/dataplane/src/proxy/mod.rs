@@ -330,6 +330,16 @@ fn refusal(c: &LiveInbound, state: &MeshState) -> Option<String> {
     if c.principal.is_none() && state.mtls.strict(&c.workload, c.destination.port()) {
         return Some("PeerAuthentication is STRICT".to_owned());
     }
+    // A workload with waypoints accepts mTLS traffic only from them, also for tunnels opened
+    // before a waypoint was attached.
+    if let (Some(principal), Some(wps)) = (&c.principal, state.waypoints_of.get(&c.workload))
+        && !wps.iter().any(|w| {
+            let id = w.identity.as_str();
+            id.strip_prefix("spiffe://").unwrap_or(id) == principal
+        })
+    {
+        return Some("not from the workload's waypoint".to_owned());
+    }
     let decision = state.authz.evaluate(&c.workload, &c.connection());
     (!decision.is_allowed()).then(|| decision.to_string())
 }
@@ -503,6 +513,20 @@ enum Pending {
     Plaintext(TcpListener),
     Outbound(TcpListener),
     Waypoint(TcpListener),
+}
+
+impl Pending {
+    /// The bound address.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Pending::Hbone(l)
+            | Pending::Socks5(l)
+            | Pending::Service(l)
+            | Pending::Plaintext(l)
+            | Pending::Outbound(l)
+            | Pending::Waypoint(l) => l.local_addr().ok(),
+        }
+    }
 }
 
 /// What a config asks of this proxy: listeners, and the identity presented on each local
@@ -758,6 +782,8 @@ impl Proxy {
         ctx.telemetry
             .config_generation
             .set(i64::try_from(report.generation).unwrap_or(i64::MAX));
+        // New listeners are our own addresses before they accept anything.
+        self.refresh_own_addrs(pending.iter().filter_map(|(_, _, p)| p.local_addr()));
         for (key, what, p) in pending {
             self.start_listener(key, what, p)?;
             report.listeners_added += 1;
@@ -784,12 +810,13 @@ impl Proxy {
             }
         }
         report.connections_closed = ctx.live.reauthorize(&state);
-        self.refresh_own_addrs();
+        self.refresh_own_addrs(std::iter::empty());
         Ok(report)
     }
 
-    /// Records every address this proxy listens on, for [`own::OwnAddrs::contains`].
-    fn refresh_own_addrs(&self) {
+    /// Records every address this proxy listens on (plus `extra`, listeners about to start),
+    /// for [`own::OwnAddrs::contains`].
+    fn refresh_own_addrs(&self, extra: impl Iterator<Item = SocketAddr>) {
         let inner = &self.inner;
         let mut addrs = inner
             .servers
@@ -798,6 +825,7 @@ impl Proxy {
             .clone();
         let listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
         addrs.extend(listeners.values().map(|h| h.listening.addr));
+        addrs.extend(extra);
         inner.ctx.own.set(addrs);
     }
 
