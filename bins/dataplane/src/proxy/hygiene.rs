@@ -96,6 +96,17 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// The header names a `Connection` header lists (trimmed, non-empty).
+fn connection_names(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
 /// Removes the hop-by-hop headers a proxy must not forward, and those the `Connection`
 /// header names (RFC 9110 7.6.1), keeping `te: trailers` (the one hop-by-hop value HTTP/2
 /// allows, which gRPC needs end to end).
@@ -103,13 +114,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = headers
         .get("te")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
+    let named: Vec<String> = connection_names(headers)
+        .map(str::to_ascii_lowercase)
         .collect();
     for n in named {
         headers.remove(n.as_str());
@@ -139,13 +145,7 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
     // Headers the client names in `Connection` go first, before anything below reads the
     // request or the proxy adds to it: naming `Host` would otherwise drop the authority that
     // was authorized from the request the upstream gets.
-    let names_host = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|n| n.trim().eq_ignore_ascii_case("host"));
+    let names_host = connection_names(req.headers()).any(|n| n.eq_ignore_ascii_case("host"));
     if names_host {
         return Err((StatusCode::BAD_REQUEST, "Connection must not name Host\n"));
     }
