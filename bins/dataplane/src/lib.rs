@@ -12,6 +12,7 @@
 pub mod capture;
 pub mod config;
 mod error;
+pub mod limits;
 pub mod proxy;
 pub mod sockets;
 pub mod socks5;

@@ -402,13 +402,13 @@ async fn admit<'c>(
         Err(policy) => return Err(refuse(&policy)),
     };
     let app_client = client.map_or(source_ip, |c| c.ip());
-    let connect = observe::connect_app(ctx, &dst, authority, Some(app_client));
+    let connect = super::connect::connect_app(ctx, &dst, authority, Some(app_client));
     let upstream = tokio::select! {
         biased;
         () = close.cancelled() => return Err(refuse("no longer allowed by the new policies (during connect)")),
         r = connect => match r {
             Ok(u) => u,
-            Err(observe::ConnectError { reason, .. }) => {
+            Err(super::connect::ConnectError { reason, .. }) => {
                 warn!(%authority, %reason, dst.workload = %dst.key(), "application unreachable: 503");
                 ctx.telemetry
                     .tcp

@@ -462,7 +462,8 @@ async fn plain(
         rec.dst_service = dst_service;
         rec
     };
-    let mut upstream = match observe::connect_out(ctx, addr, ctx.socket_source(src).as_ref()).await
+    let mut upstream = match super::connect::connect_out(ctx, addr, ctx.socket_source(src).as_ref())
+        .await
     {
         Ok(u) => u,
         Err(e) => {

@@ -167,13 +167,13 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
         Ok(guard) => guard,
         Err(reason) => return refuse(&reason),
     };
-    let connect = observe::connect_app(&ctx, &dst, dst_addr, Some(peer.ip()));
+    let connect = super::connect::connect_app(&ctx, &dst, dst_addr, Some(peer.ip()));
     let upstream = tokio::select! {
         biased;
         () = close.cancelled() => return refuse("no longer allowed by the new policies (during connect)"),
         r = connect => match r {
             Ok(u) => u,
-            Err(observe::ConnectError { reason, .. }) => {
+            Err(super::connect::ConnectError { reason, .. }) => {
                 debug!(%reason, "application unreachable");
                 ctx.telemetry
                     .tcp
