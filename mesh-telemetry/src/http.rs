@@ -279,13 +279,19 @@ fn to_hyper(r: Response) -> http::Response<Full<Bytes>> {
     resp
 }
 
+/// How long a stopping server lets its open connections finish the response in flight (the
+/// `200 OK` of `POST /quitquitquit`, a metrics scrape) before it drops them.
+const GRACE: Duration = Duration::from_secs(2);
+
 /// Serves `router` on `listener` until `cancel`. Each connection is limited to 30 s of
-/// idleness reading headers.
+/// idleness reading headers. Once cancelled, stops accepting, lets each open connection
+/// finish its response in flight (graceful HTTP/1 shutdown, at most 2 s), then returns.
 pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) {
     let router = Arc::new(router);
+    let conns = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -295,23 +301,37 @@ pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationTo
                 }
             },
         };
-        let router = router.clone();
-        let cancel = cancel.clone();
-        let local = tcp.local_addr().ok();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| handle(router.clone(), req, peer, local));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(tcp), svc);
-            tokio::select! {
-                () = cancel.cancelled() => {}
-                r = conn => if let Err(e) = r {
-                    debug!(%peer, error = %e, "admin connection error");
-                }
+        conns.spawn(serve_conn(tcp, peer, router.clone(), cancel.clone()));
+    }
+    conns.close();
+    let _ = tokio::time::timeout(GRACE, conns.wait()).await;
+}
+
+async fn serve_conn(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    cancel: CancellationToken,
+) {
+    let local = tcp.local_addr().ok();
+    let svc = hyper::service::service_fn(move |req| handle(router.clone(), req, peer, local));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(tcp), svc);
+    tokio::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(GRACE, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => return,
             }
-        });
+        }
+    };
+    if let Err(e) = r {
+        debug!(%peer, error = %e, "admin connection error");
     }
 }
 
@@ -401,6 +421,34 @@ mod tests {
         let tool: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         assert_eq!(req(Method::POST, Some(tool)), StatusCode::OK);
         assert_eq!(req(Method::GET, Some(own)), StatusCode::OK);
+    }
+
+    /// `POST /quitquitquit` stops the server that answers it: the answer still reaches the
+    /// caller in full, even one too large for the socket buffers and read slowly (before,
+    /// the stopping server dropped the connection mid-response and the caller got nothing).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_stops_the_server_gets_its_whole_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let big = "x".repeat(4 << 20);
+        let r = Router::new().route("/quitquitquit", move |_req: &Request| {
+            stop.cancel();
+            Response::text(StatusCode::OK, big.clone())
+        });
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(serve(l, r, cancel));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST /quitquitquit HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{} bytes", got.len());
+        assert!(got.len() > 4 << 20, "{} bytes", got.len());
+        server.await.unwrap();
     }
 
     #[test]

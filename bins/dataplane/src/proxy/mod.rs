@@ -359,6 +359,9 @@ struct Inner {
     readiness: mesh_telemetry::readiness::Readiness,
     /// The admin, metrics and readiness addresses, as bound.
     servers: Mutex<Vec<SocketAddr>>,
+    /// Cancelled once the admin, metrics and readiness servers have stopped (their responses
+    /// in flight, such as `POST /quitquitquit`'s, written).
+    servers_stopped: CancellationToken,
     /// One permit per open data connection (`max_connections`).
     conn_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -491,6 +494,7 @@ impl Proxy {
                 xds: Mutex::new(None),
                 readiness: readiness.clone(),
                 servers: Mutex::new(Vec::new()),
+                servers_stopped: CancellationToken::new(),
                 conn_permits,
             }),
         };
@@ -510,6 +514,7 @@ impl Proxy {
         let bound = observe::spawn_servers(
             servers.into_iter().map(|(a, _, r)| (a, r)).collect(),
             proxy.inner.cancel.clone(),
+            proxy.inner.servers_stopped.clone(),
         )?;
         for (name, addr) in names.iter().zip(&bound) {
             info!(%addr, "{name} endpoint listening");
@@ -986,6 +991,9 @@ impl Proxy {
         }
         inner.ctx.pool.shutdown().await;
         inner.ctx.certs.shutdown().await;
+        // The admin servers stop on `cancel` and finish their responses within 2 s.
+        let stopped = inner.servers_stopped.cancelled();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), stopped).await;
         info!("ztunnel stopped");
     }
 }

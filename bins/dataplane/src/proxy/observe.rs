@@ -432,6 +432,7 @@ pub(crate) fn admin_router(
 pub(crate) fn spawn_servers(
     servers: Vec<(SocketAddr, Router)>,
     cancel: CancellationToken,
+    stopped: CancellationToken,
 ) -> Result<Vec<SocketAddr>, crate::Error> {
     let mut bound = Vec::new();
     for (addr, router) in servers {
@@ -452,16 +453,19 @@ pub(crate) fn spawn_servers(
         .name("admin".into())
         .spawn(move || {
             rt.block_on(async move {
+                let mut servers = tokio::task::JoinSet::new();
                 for (l, router) in bound {
                     match tokio::net::TcpListener::from_std(l) {
                         Ok(l) => {
-                            tokio::spawn(mesh_telemetry::http::serve(l, router, cancel.clone()));
+                            servers.spawn(mesh_telemetry::http::serve(l, router, cancel.clone()));
                         }
                         Err(e) => tracing::error!(error = %e, "admin listener"),
                     }
                 }
                 cancel.cancelled().await;
+                while servers.join_next().await.is_some() {}
             });
+            stopped.cancel();
         })
         .map_err(crate::Error::Runtime)?;
     Ok(addrs)
