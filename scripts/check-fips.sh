@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the proxies with aws-lc's FIPS 140-3 validated module (`--features fips`) and checks
-# that every mesh TLS configuration is FIPS-approved. Not part of `.ci/test`: the FIPS module
+# that every mesh TLS configuration is FIPS-approved. Not part of `scripts/test`: the FIPS module
 # (aws-lc-fips-sys) builds from source with CMake and Go and takes several minutes.
 #
 #   scripts/check-fips.sh            # test + release binaries in ../target-fips
