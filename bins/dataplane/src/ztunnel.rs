@@ -217,7 +217,7 @@ impl ProxyArgs {
     }
 
     /// The proxy settings for a proxy whose own address is `ip`.
-    fn proxy_config(&self, ip: std::net::IpAddr, log: LogControl) -> ProxyConfig {
+    pub fn proxy_config(&self, ip: std::net::IpAddr, log: LogControl) -> ProxyConfig {
         let mut cfg = ProxyConfig {
             admin_addr: listen_addr(self.admin_addr, loopback_or(ip), self.admin_port),
             metrics_addr: listen_addr(self.metrics_addr, ip, self.metrics_port),
