@@ -28,6 +28,7 @@
 mod balance;
 pub mod gateway;
 pub mod istio;
+pub mod layer;
 mod route;
 
 pub use balance::{DestinationPolicy, LoadBalancer, Subset, choose};
@@ -36,12 +37,6 @@ pub use route::{
     RouteTable, StringMatch,
 };
 
-/// A problem in a route spec, with the field path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct FieldError {
-    /// Path such as `spec.http[0].match[1].uri.regex`.
-    pub field: String,
-    /// Why it is wrong.
-    pub reason: String,
-}
+/// A problem in a route spec, with the field path (such as `spec.http[0].match[1].uri.regex`):
+/// the one field error type of the mesh's policy crates, shared with `mesh-authz`.
+pub use mesh_authz::istio::FieldError;

@@ -241,6 +241,15 @@ impl RequestMatch {
 impl HttpRoute {
     /// Picks a destination with `r` (any random number): weights split requests.
     pub fn pick(&self, r: u32) -> Option<&Destination> {
+        let Action::Forward { destinations, .. } = &self.action else {
+            return None;
+        };
+        destinations.get(self.pick_index(r)?)
+    }
+
+    /// The index (in the `Forward` destinations) of the destination [`HttpRoute::pick`]
+    /// picks with `r`.
+    pub fn pick_index(&self, r: u32) -> Option<usize> {
         let Action::Forward {
             destinations,
             total,
@@ -249,17 +258,17 @@ impl HttpRoute {
         else {
             return None;
         };
-        if *total == 0 {
+        if *total == 0 || destinations.is_empty() {
             return None;
         }
         let mut x = r % total;
-        for d in destinations {
+        for (i, d) in destinations.iter().enumerate() {
             if x < d.weight {
-                return Some(d);
+                return Some(i);
             }
             x -= d.weight;
         }
-        destinations.last()
+        Some(destinations.len() - 1)
     }
 
     /// The path after this route's `rewrite.uri` (Istio: replaces the matched prefix, or the
@@ -677,9 +686,14 @@ impl RouteTable {
     /// The first route that matches `r` (none: no route applies, e.g. send to the addressed
     /// service as is).
     pub fn select(&self, r: &RequestFacts<'_>) -> Option<&HttpRoute> {
-        self.routes
-            .iter()
-            .find(|route| route.matches.is_empty() || route.matches.iter().any(|m| m.matches(r)))
+        self.routes.get(self.select_index(r)?)
+    }
+
+    /// The index in [`RouteTable::routes`] of the route [`RouteTable::select`] selects.
+    pub fn select_index(&self, r: &RequestFacts<'_>) -> Option<usize> {
+        self.routes.iter().position(|route| {
+            route.matches.is_empty() || route.matches.iter().any(|m| m.matches(r))
+        })
     }
 }
 
