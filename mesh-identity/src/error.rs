@@ -55,6 +55,14 @@ pub enum Error {
     /// The certificate manager was shut down.
     #[error("certificate manager is shut down")]
     Shutdown,
+    /// A control plane's address or TLS settings cannot be used.
+    #[error("control plane {address}: {reason}")]
+    ControlPlane {
+        /// The address.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {

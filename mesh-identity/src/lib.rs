@@ -7,6 +7,9 @@
 //!   old certificate while renewal fails. Any [`CertProvider`] can back it.
 //! - [`server_config`] / [`client_config`]: rustls configurations for mesh mTLS (TLS 1.3, ALPN
 //!   `h2`, client certificates required, exact SPIFFE identity checks).
+//! - [`grpc::ControlPlane`]: gRPC channels to istiod (TLS with its roots, keepalive); the data
+//!   plane also builds its xDS channel with it. [`istio_ca`]: the Istio CA client.
+//! - `testing` (cargo feature): `testing::FakeCa`, a fake Istio CA for tests.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), mesh_identity::Error> {
@@ -27,6 +30,8 @@ pub mod grpc;
 pub mod istio_ca;
 mod spiffe;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tls;
 
 pub use ca::{
