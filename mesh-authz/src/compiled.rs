@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::model::{Action, Condition, Connection, Policy, StringMatch};
+use crate::model::string::StringMatch;
+use crate::model::{Action, Condition, Connection, Policy};
 
 #[derive(Debug, Clone, Copy)]
 enum Net {

@@ -10,7 +10,8 @@
 
 use std::borrow::Cow;
 
-use crate::model::{Action, StringMatch};
+use crate::model::Action;
+use crate::model::string::StringMatch;
 
 /// The value of header `name` in `headers` as policies match it: absent, the single value
 /// (borrowed), or the values joined with `,` (allocated only then). Bytes that are not UTF-8

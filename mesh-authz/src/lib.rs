@@ -7,6 +7,23 @@
 //! The decision core is synchronous and allocation-free on the allow path: inputs in
 //! ([`Connection`]), [`Decision`] out. No tokio, no I/O.
 //!
+//! # Layers
+//!
+//! Modules import only from the layers below them (`scripts/import-cycles.py mesh-authz`
+//! checks that the module graph has no cycle):
+//!
+//! 1. `error` ([`Error`], [`FieldError`]) and `model`: plain data ([`Policy`],
+//!    [`StringMatch`], the HTTP fields in `model::l7`) with Istio's L4 matching semantics.
+//! 2. [`istio`], the `AuthorizationPolicy` spec (serde types, `targetRefs`/selector scope)
+//!    validated into the model; [`headers`], request headers as policies see them.
+//! 3. L4 evaluation: `compiled` and `index` ([`PolicyIndex`]); [`peer`]
+//!    (`PeerAuthentication`, using the Istio selector types and [`WorkloadRef`]).
+//! 4. [`jwt`], `RequestAuthentication` (its spec uses the Istio selector and `targetRefs`)
+//!    and per-request token verification into a [`jwt::RequestAuth`].
+//! 5. [`http`], L7 evaluation per request, over the model, [`headers`] and the verified JWT.
+//!
+//! The root only declares modules and re-exports.
+//!
 //! ```
 //! use mesh_authz::{Connection, PolicyIndex, WorkloadRef, istio::AuthorizationPolicySpec};
 //! let spec: AuthorizationPolicySpec = serde_json::from_str(r#"{
@@ -29,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod compiled;
+mod error;
 pub mod headers;
 pub mod http;
 mod index;
@@ -36,9 +54,8 @@ pub mod istio;
 pub mod jwt;
 mod model;
 pub mod peer;
-mod redact;
-mod refs;
 
+pub use error::{Error, FieldError};
 pub use index::{Decision, PolicyIndex, WorkloadRef};
 pub use model::{
     Action, Condition, Connection, Match, Operation, Policy, Rule, Scope, Source, StringMatch,

@@ -17,8 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
+use crate::error::FieldError;
 use crate::index::WorkloadRef;
-use crate::istio::{FieldError, WorkloadSelector};
+use crate::istio::spec::WorkloadSelector;
 
 /// `mtls.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]

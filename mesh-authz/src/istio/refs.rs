@@ -1,9 +1,12 @@
 //! References in a policy spec to identities and resources that newer Istio releases added:
 //! `source.serviceAccounts` / `notServiceAccounts` (Istio 1.22) and `targetRefs` to the
-//! `istio-waypoint` GatewayClass (Istio 1.25, the mesh-wide waypoint default).
+//! `istio-waypoint` GatewayClass (Istio 1.25, the mesh-wide waypoint default), and the
+//! [`scope`] of a policy-like resource from its `selector` and `targetRefs`.
 
-use crate::istio::{FieldError, SourceSpec, TargetRefSpec};
-use crate::model::{StringMatch, TargetRef};
+use super::spec::{SourceSpec, TargetRefSpec, WorkloadSelector};
+use crate::error::FieldError;
+use crate::model::string::StringMatch;
+use crate::model::{Scope, TargetRef};
 
 /// The GatewayClass of waypoints: a policy targeting it applies at every waypoint.
 pub(crate) const WAYPOINT_CLASS: &str = "istio-waypoint";
@@ -109,4 +112,52 @@ pub(crate) fn gateway_class(
         kind: "GatewayClass".to_owned(),
         name: WAYPOINT_CLASS.to_owned(),
     })
+}
+
+/// The scope of a policy-like resource from its `selector` and `targetRefs`/`targetRef`.
+pub(crate) fn scope<'a>(
+    selector: Option<&WorkloadSelector>,
+    refs: impl Iterator<Item = &'a TargetRefSpec>,
+    namespace: &str,
+    root_namespace: &str,
+    errs: &mut Vec<FieldError>,
+) -> Scope {
+    let mut targets = Vec::new();
+    for (i, t) in refs.enumerate() {
+        let f = format!("spec.targetRefs[{i}]");
+        if t.namespace.is_some() {
+            errs.push(FieldError {
+                field: format!("{f}.namespace"),
+                reason: "not supported: a policy targets resources of its own namespace".into(),
+            });
+        }
+        match t.kind.as_str() {
+            "GatewayClass" => targets.extend(gateway_class(t, namespace, root_namespace, &f, errs)),
+            "Service" | "ServiceEntry" | "Gateway" => targets.push(TargetRef {
+                kind: if t.kind == "Gateway" {
+                    "Gateway"
+                } else {
+                    "Service"
+                }
+                .to_owned(),
+                name: t.name.clone(),
+            }),
+            k => errs.push(FieldError {
+                field: format!("{f}.kind"),
+                reason: format!("{k:?}: expected Service, ServiceEntry, Gateway or GatewayClass"),
+            }),
+        }
+    }
+    if !targets.is_empty() && selector.is_some() {
+        errs.push(FieldError {
+            field: "spec.selector".into(),
+            reason: "selector and targetRefs are mutually exclusive".into(),
+        });
+    }
+    match selector {
+        _ if !targets.is_empty() => Scope::TargetRefs(targets),
+        Some(sel) => Scope::Selector(sel.match_labels.clone()),
+        None if namespace == root_namespace => Scope::Mesh,
+        None => Scope::Namespace,
+    }
 }

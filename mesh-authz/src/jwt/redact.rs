@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::jwt::KeySource;
+use super::rule::KeySource;
 
 /// What replaces a secret value.
 pub(crate) const REDACTED: &str = "<redacted>";

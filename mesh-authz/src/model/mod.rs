@@ -15,6 +15,12 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub(crate) mod l7;
+pub(crate) mod string;
+
+use l7::{HttpCondition, HttpOperation};
+pub use string::StringMatch;
+
 /// ALLOW or DENY.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -58,46 +64,6 @@ pub struct TargetRef {
     pub name: String,
 }
 
-/// A string match with Istio's `*` wildcards.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum StringMatch {
-    /// `*`: any non-empty value.
-    Presence,
-    /// `abc*`.
-    Prefix(String),
-    /// `*abc`.
-    Suffix(String),
-    /// `abc`.
-    Exact(String),
-}
-
-impl StringMatch {
-    /// Parses Istio's syntax: `*`, `prefix*`, `*suffix` or an exact value.
-    pub fn parse(s: &str) -> StringMatch {
-        if s == "*" {
-            StringMatch::Presence
-        } else if let Some(rest) = s.strip_prefix('*') {
-            StringMatch::Suffix(rest.to_owned())
-        } else if let Some(rest) = s.strip_suffix('*') {
-            StringMatch::Prefix(rest.to_owned())
-        } else {
-            StringMatch::Exact(s.to_owned())
-        }
-    }
-
-    /// Whether `v` (absent: no value) matches.
-    pub fn matches(&self, v: Option<&str>) -> bool {
-        let Some(v) = v else { return false };
-        match self {
-            StringMatch::Presence => !v.is_empty(),
-            StringMatch::Prefix(p) => v.starts_with(p.as_str()),
-            StringMatch::Suffix(s) => v.ends_with(s.as_str()),
-            StringMatch::Exact(e) => v == e,
-        }
-    }
-}
-
 /// A `from[].source`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[allow(missing_docs)]
@@ -130,7 +96,7 @@ pub struct Operation {
     pub ports: Vec<u16>,
     pub not_ports: Vec<u16>,
     /// Its HTTP fields (evaluated at a waypoint).
-    pub http: crate::http::HttpOperation,
+    pub http: HttpOperation,
 }
 
 /// A `when` condition on an L4 attribute: (values, notValues).
@@ -202,7 +168,7 @@ pub struct Rule {
     /// Conditions, all of which must match.
     pub when: Vec<Condition>,
     /// HTTP `when` conditions (evaluated at a waypoint).
-    pub http_when: Vec<crate::http::HttpCondition>,
+    pub http_when: Vec<HttpCondition>,
     /// HTTP-only fields the rule uses (names, for logs); see the module docs.
     pub http_only: Vec<String>,
 }
