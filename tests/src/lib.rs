@@ -1,4 +1,5 @@
-//! Test harness for end-to-end tests that drive the real binaries (`ztunnel`, `meshctl`).
+//! Test harness for end-to-end tests that drive the real binaries (`ztunnel`, `meshctl`), and
+//! ([`inproc`]) for path tests that start the same proxy cores inside the test process.
 //!
 //! Each test uses its own loopback block `127.<block>.0.0/16` so tests run in parallel without
 //! port conflicts: nodes at `127.<b>.0.N`, workloads at `127.<b>.1.N`, VIPs at `127.<b>.2.N`.
@@ -12,6 +13,7 @@
 
 pub mod backends;
 pub mod bind;
+pub mod inproc;
 pub mod istiod;
 
 use std::io::{BufRead, BufReader};

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use mesh_hbone::headers::ConnectHeaders;
 use mesh_hbone::{ConnectRequest, Error, Pool, PoolConfig};
 use mesh_identity::CertStore;
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 
 const POLICIES: &str = r#"
@@ -52,10 +53,10 @@ fn config(net: Net) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_allow_deny_and_answer_401() {
     let net = Net { b: 41 };
-    let mut mesh = TestMesh::new(&config(net));
+    let mut mesh = InprocMesh::new(&config(net));
     let accepted = echo_server(net.app()).await;
-    mesh.ztunnel("b", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.ztunnel("a", &[]).await;
 
     // Allowed: ns/client matches cluster.local/ns/ns/* on port 9000.
     let mut s = socks5_connect(net.client(), net.socks(), "server.ns.svc", 9000)
@@ -295,10 +296,10 @@ fn case_yaml(c: &Case) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_matrix_outcomes_and_401() {
     let net = Net { b: 43 };
-    let mut mesh = TestMesh::new(&net.config());
+    let mut mesh = InprocMesh::new(&net.config());
     let accepted = echo_server(net.app()).await;
     echo_server(std::net::SocketAddr::new(net.server(), 9001)).await;
-    mesh.ztunnel("b", &["--config-poll-interval", "50ms"]);
+    mesh.ztunnel("b", &["--config-poll-interval", "50ms"]).await;
     let pool = Pool::new(PoolConfig::default(), mesh.ca.trust_bundle().unwrap());
     let stores: Vec<_> = SOURCES
         .iter()

@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 use tokio::io::BufReader;
 
@@ -15,13 +16,13 @@ const HMAC_K: &str = "aG1hYy1zZWNyZXQtdGhhdC1tdXN0LW5vdC1sZWFrLTEyMzQ";
 
 /// Starts the mesh and the app; returns it with a keep-alive connection from `client` (or
 /// from `intruder`) to `vip`.
-async fn start(b: u8, yaml: &str) -> TestMesh {
-    let mut mesh = TestMesh::new(yaml);
+async fn start(b: u8, yaml: &str) -> InprocMesh {
+    let mut mesh = InprocMesh::new(yaml);
     http_app(format!("127.{b}.1.21:8080").parse().unwrap(), "web").await;
     let none: [&str; 0] = [];
-    mesh.ztunnel("b", &none);
-    mesh.waypoint("wp", "ns/wp", &none);
-    mesh.ztunnel("a", &none);
+    mesh.ztunnel("b", &none).await;
+    mesh.waypoint("wp", "ns/wp", &none).await;
+    mesh.ztunnel("a", &none).await;
     mesh
 }
 
@@ -211,18 +212,19 @@ spec:
   rules: [{{from: [{{source: {{remoteIpBlocks: ["127.{b}.1.10/32"]}}}}]}}]
 "#
         );
-    let mut mesh = TestMesh::new(&yaml);
+    let mut mesh = InprocMesh::new(&yaml);
     echo_server(net.app()).await;
     echo_server(format!("127.{b}.1.30:9000").parse().unwrap()).await;
     let none: [&str; 0] = [];
-    mesh.ztunnel("b", &none);
+    mesh.ztunnel("b", &none).await;
     mesh.sidecar(
         "side",
         "ns/side",
         None,
         &["--outbound-port", "0", "--plaintext-port", "0"],
-    );
-    mesh.ztunnel("a", &none);
+    )
+    .await;
+    mesh.ztunnel("a", &none).await;
 
     // The sidecar matches the client's address: allowed.
     let side: SocketAddr = format!("127.{b}.2.3:9000").parse().unwrap();

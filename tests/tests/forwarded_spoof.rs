@@ -12,6 +12,7 @@ use mesh_hbone::headers::ConnectHeaders;
 use mesh_hbone::{ConnectRequest, Error, Pool, PoolConfig};
 use mesh_identity::CertStore;
 use mesh_tests::bind::BindFrom;
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,10 +22,10 @@ async fn forged_forwarded_header_cannot_pass_ip_blocks() {
         "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: from-client-ip, namespace: ns}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  rules: [{{from: [{{source: {{ipBlocks: [{}/32]}}}}]}}]\n",
         net.client()
     );
-    let mut mesh = TestMesh::new(&(net.config() + &policy));
+    let mut mesh = InprocMesh::new(&(net.config() + &policy));
     echo_server(net.app()).await;
-    mesh.ztunnel("b", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.ztunnel("a", &[]).await;
 
     // The real client, through its ztunnel (which dials HBONE from the client's own address,
     // so no header is needed): allowed.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -164,12 +165,13 @@ async fn jwt_authentication_and_claim_policies_at_the_waypoint() {
         hits.clone(),
     )
     .await;
-    let mut mesh = TestMesh::new(&config(b));
+    let mut mesh = InprocMesh::new(&config(b));
     http_app(format!("127.{b}.1.21:8080").parse().unwrap(), "api").await;
     let none: [&str; 0] = [];
-    mesh.ztunnel("b", &none);
-    mesh.waypoint("wp", "ns/wp", &["--jwks-refresh", "1s"]);
-    mesh.ztunnel("a", &none);
+    mesh.ztunnel("b", &none).await;
+    mesh.waypoint("wp", "ns/wp", &["--jwks-refresh", "1s"])
+        .await;
+    mesh.ztunnel("a", &none).await;
     let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
     let vip: SocketAddr = format!("127.{b}.2.1:80").parse().unwrap();
     let mut s = tokio::io::BufReader::new(connect_from(client, vip).await.unwrap());

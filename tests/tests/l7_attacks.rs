@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
 
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -29,17 +30,17 @@ spec:
 }
 
 struct L7 {
-    mesh: TestMesh,
+    mesh: InprocMesh,
     b: u8,
 }
 
 impl L7 {
     async fn start(b: u8, waypoint_args: &[&str]) -> L7 {
-        let mut mesh = TestMesh::new(&config(b));
+        let mut mesh = InprocMesh::new(&config(b));
         http_app(format!("127.{b}.1.21:8080").parse().unwrap(), "web").await;
-        mesh.ztunnel("b", &[]);
-        mesh.waypoint("wp", "ns/wp", waypoint_args);
-        mesh.ztunnel("a", &[]);
+        mesh.ztunnel("b", &[]).await;
+        mesh.waypoint("wp", "ns/wp", waypoint_args).await;
+        mesh.ztunnel("a", &[]).await;
         L7 { mesh, b }
     }
 

@@ -6,13 +6,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_by_a_passthrough_destination_reaches_the_client_as_a_reset() {
     let net = Net { b: 142 };
-    let mut mesh = TestMesh::new(&net.config());
+    let mut mesh = InprocMesh::new(&net.config());
     // Outside the mesh: sends 256 KiB, then resets its connection.
     let outside: SocketAddr = "127.142.3.50:9100".parse().unwrap();
     let l = tokio::net::TcpListener::bind(outside).await.unwrap();
@@ -25,7 +26,7 @@ async fn reset_by_a_passthrough_destination_reaches_the_client_as_a_reset() {
             });
         }
     });
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("a", &[]).await;
     let mut s = socks5_connect(net.client(), net.socks(), "127.142.3.50", 9100)
         .await
         .unwrap();

@@ -12,6 +12,7 @@ use mesh_hbone::{
     ConnectRequest, Error, H2Settings, Pool, PoolConfig, accept_tls, serve_connection,
 };
 use mesh_identity::{CertStore, LocalCa, SpiffeId, TrustBundle, server_config};
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,7 +39,7 @@ const CLIENT: &str = "spiffe://cluster.local/ns/ns/sa/client";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_refuses_server_with_another_identity() {
     let net = Net { b: 31 };
-    let mut mesh = TestMesh::new(&net.config());
+    let mut mesh = InprocMesh::new(&net.config());
     // An impostor holds a valid mesh certificate, but for another identity, and listens where
     // node b's ztunnel would accept HBONE for ns/server.
     let impostor = CertStore::fixed(
@@ -76,7 +77,7 @@ async fn client_refuses_server_with_another_identity() {
             .await;
         }
     });
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("a", &[]).await;
     let mut s = connect_from(net.client(), net.vip()).await.unwrap();
     let _ = s.write_all(b"secret payload").await;
     let mut buf = [0u8; 16];
@@ -104,9 +105,9 @@ async fn client_refuses_server_with_another_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_refuses_foreign_trust_domain_other_ca_plaintext_and_certless_tls() {
     let net = Net { b: 32 };
-    let mut mesh = TestMesh::new(&net.config());
+    let mut mesh = InprocMesh::new(&net.config());
     let accepted = echo_server(net.app()).await;
-    mesh.ztunnel("b", &[]);
+    mesh.ztunnel("b", &[]).await;
     let bundle = mesh.ca.trust_bundle().unwrap();
 
     // Positive control: a proper mesh client gets through.
@@ -231,8 +232,8 @@ async fn certless_tls(addr: SocketAddr, _bundle: &TrustBundle) -> std::io::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_non_local_authority_is_400_and_app_down_is_503() {
     let net = Net { b: 33 };
-    let mut mesh = TestMesh::new(&net.config());
-    mesh.ztunnel("b", &[]);
+    let mut mesh = InprocMesh::new(&net.config());
+    mesh.ztunnel("b", &[]).await;
     let good = CertStore::fixed(mesh.ca.issue(&id(CLIENT)).unwrap());
     let pool = Pool::new(PoolConfig::default(), mesh.ca.trust_bundle().unwrap());
     let status = |r: Result<mesh_hbone::H2Stream, Error>| match r {

@@ -1,5 +1,5 @@
 //! Every byte an upstream sent reaches the client before the stream ends, whatever order the
-//! upstream writes and closes in (real binaries): client → ztunnel a → waypoint → ztunnel b →
+//! upstream writes and closes in (in-process proxy cores): client → ztunnel a → waypoint → ztunnel b →
 //! a backend that writes its response head and body separately and closes at once, as
 //! Python's `http.server` does. HTTP/1.1, HTTP/2 and TCP; small and large bodies.
 
@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use mesh_tests::backends::*;
-use mesh_tests::*;
+use mesh_tests::inproc::InprocMesh;
 
 /// Node a runs the client, node b the backend `web`, whose service (VIP 127.b.2.1) uses the
 /// waypoint at 127.b.0.3: port 80 HTTP (→ 8080), 81 HTTP2 (→ 8081), 82 TCP (→ 8082).
@@ -57,20 +57,20 @@ spec:
 }
 
 struct Setup {
-    mesh: TestMesh,
+    mesh: InprocMesh,
     client: IpAddr,
     vip: IpAddr,
 }
 
 async fn setup(b: u8) -> Setup {
-    let mut mesh = TestMesh::new(&config(b));
+    let mut mesh = InprocMesh::new(&config(b));
     let web = |port: u16| SocketAddr::new(format!("127.{b}.1.20").parse().unwrap(), port);
     split_writer_http1(web(8080)).await;
     split_writer_http2(web(8081)).await;
     split_writer_tcp(web(8082)).await;
-    mesh.ztunnel("b", &[]);
-    mesh.waypoint("wp", "ns/wp", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
     Setup {
         mesh,
         client: format!("127.{b}.1.10").parse().unwrap(),
@@ -84,7 +84,7 @@ const ROUNDS: usize = 40;
 
 /// Runs `ROUNDS` sequential requests of each size through `f`; panics with the tally of any
 /// that did not complete.
-async fn rounds<F, Fut>(what: &str, mesh: &TestMesh, f: F)
+async fn rounds<F, Fut>(what: &str, mesh: &InprocMesh, f: F)
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Ending>,

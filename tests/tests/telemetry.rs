@@ -1,13 +1,14 @@
-//! Telemetry through the real binaries: Istio metrics on both reporters equal the traffic the
-//! test sent (bytes counted while a connection is open), refusals carry `DENY`, config
-//! rejections are counted and shown in `/config_dump`, the admin endpoints and readiness
-//! answer, and `meshctl proxy-config` renders a running proxy.
+//! Telemetry: Istio metrics on both reporters equal the traffic the test sent (bytes counted
+//! while a connection is open), refusals carry `DENY`, config rejections are counted and shown
+//! in `/config_dump` (in-process proxy cores); the admin endpoints and readiness answer, the log
+//! level changes at run time, and `meshctl proxy-config` renders a running proxy (the binary).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -21,11 +22,13 @@ fn at(ip: std::net::IpAddr, port: u16) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_equal_the_traffic_on_both_reporters() {
     let net = Net { b: 61 };
-    let mut mesh = TestMesh::new(&net.config());
+    let mut mesh = InprocMesh::new(&net.config());
     let payload = Arc::new(random_bytes(RESP));
     let mut rx = sink_server(net.app(), payload).await;
-    mesh.ztunnel("b", &["--config-poll-interval", "100ms"]);
-    mesh.ztunnel("a", &["--config-poll-interval", "100ms"]);
+    mesh.ztunnel("b", &["--config-poll-interval", "100ms"])
+        .await;
+    mesh.ztunnel("a", &["--config-poll-interval", "100ms"])
+        .await;
     let (ma, mb) = (at(net.node_a(), 15020), at(net.node_b(), 15020));
 
     let request = random_bytes(REQ);

@@ -1,10 +1,12 @@
-//! Bytes through client → ztunnel A → HBONE/mTLS → ztunnel B → server, with the real binary.
+//! Bytes through client → ztunnel A → HBONE/mTLS → ztunnel B → server, with in-process proxy
+//! cores ([`mesh_tests::inproc`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,11 +36,11 @@ async fn check_one_mib(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mib_each_way_with_half_close() {
     let net = Net { b: 21 };
-    let mut mesh = TestMesh::new(&net.config());
+    let mut mesh = InprocMesh::new(&net.config());
     let payload = Arc::new(random_bytes(MIB));
     let mut rx = sink_server(net.app(), payload.clone()).await;
-    mesh.ztunnel("b", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.ztunnel("a", &[]).await;
 
     // Through the service VIP listener of node a.
     let s = connect_from(net.client(), net.vip()).await.unwrap();
@@ -70,17 +72,17 @@ async fn one_mib_each_way_with_half_close() {
     mesh.expect_log("b", r#""direction":"inbound""#);
     mesh.expect_log("b", &format!(r#""bytes_sent":{MIB},"bytes_recv":{MIB}"#));
     for p in &mut mesh.procs {
-        assert!(p.stop(), "{} exits cleanly", p.name);
+        assert!(p.stop().await, "{} exits cleanly", p.name);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_connections_share_one_pooled_hbone_connection() {
     let net = Net { b: 22 };
-    let mut mesh = TestMesh::new(&net.config());
+    let mut mesh = InprocMesh::new(&net.config());
     let accepted = echo_server(net.app()).await;
-    mesh.ztunnel("b", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.ztunnel("a", &[]).await;
 
     let mut conns = Vec::new();
     for i in 0..100 {
@@ -124,10 +126,10 @@ async fn hundred_connections_share_one_pooled_hbone_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_local_workloads_may_use_a_node() {
     let net = Net { b: 23 };
-    let mut mesh = TestMesh::new(&net.config());
+    let mut mesh = InprocMesh::new(&net.config());
     let accepted = echo_server(net.app()).await;
-    mesh.ztunnel("b", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.ztunnel("a", &[]).await;
     // 127.23.1.99 is no workload: node a refuses to act for it.
     let stranger = "127.23.1.99".parse().unwrap();
     let err = socks5_connect(stranger, net.socks(), "server.ns.svc", 9000)

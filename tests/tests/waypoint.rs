@@ -8,6 +8,7 @@
 use mesh_hbone::headers::ConnectHeaders;
 use mesh_hbone::{ConnectRequest, Error, Pool, PoolConfig};
 use mesh_identity::CertStore;
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 
 fn config(net: Net, use_waypoint: &str) -> String {
@@ -42,11 +43,14 @@ async fn service_traffic_goes_through_its_waypoint() {
     let net = Net { b: 65 };
     let yaml = config(net, "wp");
     assert!(yaml.contains("istio.io/use-waypoint: wp"), "{yaml}");
-    let mut mesh = TestMesh::new(&yaml);
+    let mut mesh = InprocMesh::new(&yaml);
     echo_server(net.app()).await;
-    mesh.ztunnel("b", &["--config-poll-interval", "100ms"]);
-    mesh.waypoint("wp", "ns/wp", &["--config-poll-interval", "100ms"]);
-    mesh.ztunnel("a", &["--config-poll-interval", "100ms"]);
+    mesh.ztunnel("b", &["--config-poll-interval", "100ms"])
+        .await;
+    mesh.waypoint("wp", "ns/wp", &["--config-poll-interval", "100ms"])
+        .await;
+    mesh.ztunnel("a", &["--config-poll-interval", "100ms"])
+        .await;
 
     // Client → ztunnel a → waypoint → ztunnel b → server, bytes intact.
     let mut s = connect_from(net.client(), net.vip()).await.unwrap();
@@ -111,9 +115,10 @@ async fn service_traffic_goes_through_its_waypoint() {
 async fn tunnel_opened_before_a_waypoint_is_attached_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let net = Net { b: 143 };
-    let mut mesh = TestMesh::new(&config(net, "none"));
+    let mut mesh = InprocMesh::new(&config(net, "none"));
     echo_server(net.app()).await;
-    mesh.ztunnel("b", &["--config-poll-interval", "100ms"]);
+    mesh.ztunnel("b", &["--config-poll-interval", "100ms"])
+        .await;
     let pool = Pool::new(PoolConfig::default(), mesh.ca.trust_bundle().unwrap());
     let client = CertStore::fixed(
         mesh.ca
@@ -300,13 +305,13 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_routing_at_the_waypoint() {
     let b = 67;
-    let mut mesh = TestMesh::new(&l7_config(b));
+    let mut mesh = InprocMesh::new(&l7_config(b));
     http_app(format!("127.{b}.1.21:8080").parse().unwrap(), "v1").await;
     http_app(format!("127.{b}.1.22:8080").parse().unwrap(), "v2").await;
     let info: [&str; 0] = [];
-    mesh.ztunnel("b", &info);
-    mesh.waypoint("wp", "ns/wp", &info);
-    mesh.ztunnel("a", &info);
+    mesh.ztunnel("b", &info).await;
+    mesh.waypoint("wp", "ns/wp", &info).await;
+    mesh.ztunnel("a", &info).await;
     let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
     let vip: std::net::SocketAddr = format!("127.{b}.2.1:80").parse().unwrap();
     let mut s = tokio::io::BufReader::new(connect_from(client, vip).await.unwrap());
@@ -463,12 +468,12 @@ spec:
     - {name: web-v1, port: 80, weight: 1}
     - {name: web-v2, port: 80, weight: 1}
 "#;
-    let mut mesh = TestMesh::new(&yaml);
+    let mut mesh = InprocMesh::new(&yaml);
     http_app(format!("127.{b}.1.21:8080").parse().unwrap(), "v1").await;
     http_app(format!("127.{b}.1.22:8080").parse().unwrap(), "v2").await;
-    mesh.ztunnel("b", &[]);
-    mesh.waypoint("wp", "ns/wp", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
     let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
     let vip: std::net::SocketAddr = format!("127.{b}.2.1:80").parse().unwrap();
     let mut s = tokio::io::BufReader::new(connect_from(client, vip).await.unwrap());
@@ -506,12 +511,12 @@ async fn grpc_unary_and_streaming_through_the_waypoint() {
         })
         .map(|d| d.replace("protocol: HTTP,", "protocol: GRPC,"))
         .collect();
-    let mut mesh = TestMesh::new(&docs.join("---\n"));
+    let mut mesh = InprocMesh::new(&docs.join("---\n"));
     grpc_app(format!("127.{b}.1.21:8080").parse().unwrap(), "v1").await;
     grpc_app(format!("127.{b}.1.22:8080").parse().unwrap(), "v2").await;
-    mesh.ztunnel("b", &[]);
-    mesh.waypoint("wp", "ns/wp", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
     let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
     let vip: std::net::SocketAddr = format!("127.{b}.2.1:80").parse().unwrap();
     let tcp = connect_from(client, vip).await.unwrap();
@@ -601,7 +606,7 @@ async fn undeclared_protocols_are_sniffed_at_the_waypoint() {
         .collect();
     let yaml = docs.join("---\n");
     assert!(yaml.contains("name: greeting"), "{yaml}");
-    let mut mesh = TestMesh::new(&yaml);
+    let mut mesh = InprocMesh::new(&yaml);
     for (ip, name) in [(21, "v1"), (22, "v2")] {
         http_app(format!("127.{b}.1.{ip}:8080").parse().unwrap(), name).await;
         let l = tokio::net::TcpListener::bind(format!("127.{b}.1.{ip}:2525"))
@@ -623,9 +628,9 @@ async fn undeclared_protocols_are_sniffed_at_the_waypoint() {
             }
         });
     }
-    mesh.ztunnel("b", &[]);
-    mesh.waypoint("wp", "ns/wp", &[]);
-    mesh.ztunnel("a", &[]);
+    mesh.ztunnel("b", &[]).await;
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
     let client: std::net::IpAddr = format!("127.{b}.1.10").parse().unwrap();
 
     // HTTP detected: the VirtualService's direct response answers.

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -79,12 +80,12 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Vec<u8>>,
 {
-    let mut mesh = TestMesh::new(&config(net, port, wp_for, policies[0]));
+    let mut mesh = InprocMesh::new(&config(net, port, wp_for, policies[0]));
     echo_server(net.app()).await;
     let poll = ["--config-poll-interval", "100ms"];
-    mesh.ztunnel("b", &poll);
-    mesh.waypoint("wp", "ns/wp", &poll);
-    mesh.ztunnel("a", &poll);
+    mesh.ztunnel("b", &poll).await;
+    mesh.waypoint("wp", "ns/wp", &poll).await;
+    mesh.ztunnel("a", &poll).await;
     assert_eq!(attempt().await, PAYLOAD, "allowed at L4: carried");
     for (generation, policy) in [(2, policies[1]), (3, policies[2])] {
         std::fs::write(&mesh.config, config(net, port, wp_for, policy)).unwrap();
