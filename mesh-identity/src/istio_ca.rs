@@ -3,6 +3,11 @@
 //! node proxy asks **on behalf of** a local workload with the `ImpersonatedIdentity` metadata
 //! as Istio's ztunnel does, and the returned chain must carry exactly the requested SPIFFE id.
 //! Rotation at half-life and retries with backoff come from [`crate::CertManager`].
+//!
+//! A sidecar or a waypoint asks for **its own** identity only, with its own token and no
+//! `ImpersonatedIdentity` (istiod grants impersonation to ztunnel alone):
+//! `impersonate: false`, and [`IstioCaClient::only_for`] when the identity is known up front
+//! (a waypoint's), so a request for any other identity fails here instead of at the CA.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +52,8 @@ pub struct IstioCaConfig {
 pub struct IstioCaClient {
     config: IstioCaConfig,
     roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Own-identity mode: the one identity this client may ask for.
+    only: Option<SpiffeId>,
 }
 
 impl IstioCaClient {
@@ -58,10 +65,34 @@ impl IstioCaClient {
             .or_else(|| config.control_plane.ca_pem.clone())
             .unwrap_or_default();
         let roots = crate::cert::certs_from_pem(&String::from_utf8_lossy(&pem))?;
-        Ok(IstioCaClient { config, roots })
+        Ok(IstioCaClient {
+            config,
+            roots,
+            only: None,
+        })
+    }
+
+    /// Own-identity mode for a proxy with one identity (a waypoint): never impersonates, and
+    /// refuses to ask for any identity but `id`.
+    pub fn only_for(mut self, id: SpiffeId) -> IstioCaClient {
+        self.config.impersonate = false;
+        self.only = Some(id);
+        self
+    }
+
+    /// Whether requests carry `ImpersonatedIdentity` (a node proxy asking for its workloads).
+    pub fn impersonates(&self) -> bool {
+        self.config.impersonate
     }
 
     async fn fetch(&self, id: &SpiffeId) -> Result<WorkloadCert, String> {
+        if let Some(own) = &self.only
+            && own != id
+        {
+            return Err(format!(
+                "this proxy asks Istio's CA for its own identity {own} only, not {id}"
+            ));
+        }
         let key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
         let mut params = CertificateParams::default();
@@ -135,5 +166,38 @@ impl CertProvider for IstioCaClient {
                 reason,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn own_identity_mode_never_asks_for_another_identity() {
+        let own: SpiffeId = "spiffe://cluster.local/ns/ns/sa/waypoint".parse().unwrap();
+        let other: SpiffeId = "spiffe://cluster.local/ns/ns/sa/db".parse().unwrap();
+        let client = IstioCaClient::new(IstioCaConfig {
+            // Nothing listens there: a request that got that far would fail differently.
+            control_plane: ControlPlane::new("http://127.160.0.1:9"),
+            token_file: None,
+            cluster_id: None,
+            validity: Duration::from_secs(3600),
+            impersonate: true,
+            trust_roots_pem: Some(
+                rcgen::generate_simple_self_signed(vec!["root".to_owned()])
+                    .unwrap()
+                    .cert
+                    .pem()
+                    .into_bytes(),
+            ),
+        })
+        .unwrap()
+        .only_for(own);
+        assert!(!client.impersonates());
+        let e = client.fetch_certificate(&other).await.unwrap_err();
+        assert!(e.to_string().contains("its own identity"), "{e}");
     }
 }
