@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+mod error;
 pub mod http;
 pub mod logging;
 pub mod metrics;
@@ -44,6 +45,8 @@ pub mod requests;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
+
+pub use error::Error;
 
 /// The registry in Prometheus text format.
 pub fn encode(registry: &Registry) -> String {

@@ -11,6 +11,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::Error;
 use crate::http::{Response, Router};
 
 type Handle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
@@ -64,13 +65,18 @@ impl LogControl {
             .clone()
     }
 
-    /// Replaces the filter; errors (and changes nothing) if `filter` does not parse.
-    pub fn set(&self, filter: &str) -> Result<(), String> {
-        let env = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    /// Replaces the filter; errors (and changes nothing) if `filter` does not parse
+    /// ([`Error::LogFilter`]) or this control cannot change the process's filter
+    /// ([`Error::LogNotControlled`]).
+    pub fn set(&self, filter: &str) -> Result<(), Error> {
+        let env = EnvFilter::try_new(filter).map_err(|source| Error::LogFilter {
+            filter: filter.to_owned(),
+            source,
+        })?;
         let Some(h) = &self.handle else {
-            return Err("logging is not controlled by this process".into());
+            return Err(Error::LogNotControlled);
         };
-        h.reload(env).map_err(|e| e.to_string())?;
+        h.reload(env)?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = filter.to_owned();
         Ok(())
     }
@@ -110,5 +116,35 @@ impl LogControl {
                 format!("current log level is {}\n", c.current()),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uncontrolled() -> LogControl {
+        LogControl {
+            handle: None,
+            initial: "info".into(),
+            current: Arc::new(Mutex::new("info".into())),
+        }
+    }
+
+    #[test]
+    fn set_errors_are_typed_with_the_former_texts() {
+        let c = uncontrolled();
+        let bad = "x=notalevel";
+        let want = EnvFilter::try_new(bad).err().map(|e| e.to_string());
+        let got = c.set(bad).err();
+        assert!(matches!(got, Some(Error::LogFilter { .. })), "{got:?}");
+        assert_eq!(got.map(|e| e.to_string()), want);
+        let got = c.set("debug").err();
+        assert!(matches!(got, Some(Error::LogNotControlled)), "{got:?}");
+        assert_eq!(
+            got.map(|e| e.to_string()).as_deref(),
+            Some("logging is not controlled by this process")
+        );
+        assert_eq!(c.current(), "info", "nothing changed");
     }
 }
