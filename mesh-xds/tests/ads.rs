@@ -1,93 +1,27 @@
-//! The Delta ADS client against a scripted fake control plane (a tonic ADS server): ACK,
+//! The Delta ADS client against the fake control plane (`mesh_xds::testing::FakeAds`): ACK,
 //! NACK naming the bad resource while the rest applies, resume with
 //! `initial_resource_versions`, removals, a black-holed control plane detected by keepalive.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Resource};
 use envoy_types::pb::google::protobuf::Any;
+use mesh_xds::testing::FakeAds;
 use mesh_xds::{ADDRESS_TYPE, Client, Config, NodeInfo, Rejection, Typed, pb};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
 
-type Out = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+/// This crate's tests listen on 127.170.0.0/16 only.
+const LOOPBACK: &str = "127.170.0.1:0";
 
-/// The fake control plane: every request it receives goes to `requests`; each new stream's
-/// response sender goes to `streams`, so the test decides what to send.
-#[derive(Clone)]
-struct Fake {
-    requests: mpsc::UnboundedSender<DeltaDiscoveryRequest>,
-    streams: mpsc::UnboundedSender<Out>,
-}
-
-type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Fake {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        _: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("state of the world is not served"))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        req: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        assert_eq!(
-            req.metadata().get("authorization").unwrap(),
-            "Bearer test-token",
-            "bearer token sent"
-        );
-        let mut incoming = req.into_inner();
-        let requests = self.requests.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(r)) = incoming.message().await {
-                let _ = requests.send(r);
-            }
-        });
-        let (tx, rx) = mpsc::channel(16);
-        self.streams.send(tx).unwrap();
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-async fn serve(fake: Fake) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let svc = AggregatedDiscoveryServiceServer::new(fake);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let svc = svc.clone();
-            tokio::spawn(async move {
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(
-                            hyper_util::rt::TokioIo::new(tcp),
-                            hyper_util::service::TowerToHyperService::new(svc),
-                        )
-                        .await;
-            });
-        }
-    });
-    addr
+async fn fake() -> FakeAds {
+    let ads = FakeAds::start(LOOPBACK.parse().unwrap()).await.unwrap();
+    ads.require_bearer(Some("test-token"));
+    ads
 }
 
 fn workload(name: &str, ip: [u8; 4]) -> Any {
@@ -125,6 +59,17 @@ struct Seen {
     removes: Vec<String>,
 }
 
+/// A plaintext channel with the test's short keepalive and connect limits.
+fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .http2_keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_timeout(Duration::from_millis(300))
+        .keep_alive_while_idle(true)
+        .connect_lazy()
+}
+
 fn config(addr: SocketAddr, token: &std::path::Path) -> Config {
     let mut c = Config::new(
         format!("http://{addr}"),
@@ -139,17 +84,16 @@ fn config(addr: SocketAddr, token: &std::path::Path) -> Config {
     c.token_file = Some(token.to_owned());
     c.backoff_initial = Duration::from_millis(50);
     c.backoff_max = Duration::from_millis(200);
-    c.keepalive_interval = Duration::from_millis(200);
-    c.keepalive_timeout = Duration::from_millis(300);
     c.connect_timeout = Duration::from_millis(500);
     c
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<DeltaDiscoveryRequest>) -> DeltaDiscoveryRequest {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+/// The `i`-th request (from 0) the fake received.
+async fn nth(ads: &FakeAds, i: usize) -> DeltaDiscoveryRequest {
+    tokio::time::timeout(Duration::from_secs(5), ads.wait_requests(i + 1))
         .await
         .expect("a request in time")
-        .unwrap()
+        .swap_remove(i)
 }
 
 #[tokio::test]
@@ -157,13 +101,7 @@ async fn ack_nack_resume_and_removal() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "test-token\n").unwrap();
-    let (req_tx, mut requests) = mpsc::unbounded_channel();
-    let (stream_tx, mut streams) = mpsc::unbounded_channel();
-    let addr = serve(Fake {
-        requests: req_tx,
-        streams: stream_tx,
-    })
-    .await;
+    let ads = fake().await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let s = seen.clone();
     let handler = Typed::<pb::workload::Address, _>::new(ADDRESS_TYPE, move |upserts, removes| {
@@ -172,10 +110,15 @@ async fn ack_nack_resume_and_removal() {
         s.removes.extend(removes);
         Vec::<Rejection>::new()
     });
-    let client = Client::start(config(addr, &token), vec![Arc::new(handler)]);
+    let client = Client::start(
+        channel(ads.addr()),
+        config(ads.addr(), &token),
+        vec![Arc::new(handler)],
+    );
 
-    // Subscribe: node metadata as Istio expects, wildcard, nothing known yet.
-    let first = next(&mut requests).await;
+    // Subscribe: node metadata as Istio expects, wildcard, nothing known yet; the bearer
+    // token sent.
+    let first = nth(&ads, 0).await;
     assert_eq!(first.type_url, ADDRESS_TYPE);
     let node = first.node.expect("node on the first request");
     assert_eq!(
@@ -183,14 +126,20 @@ async fn ack_nack_resume_and_removal() {
         "ztunnel~10.0.0.1~ztunnel-x.istio-system~istio-system.svc.cluster.local"
     );
     assert!(first.initial_resource_versions.is_empty());
-    let out = streams.recv().await.unwrap();
+    assert_eq!(
+        ads.authorizations()[0].as_deref(),
+        Some("Bearer test-token")
+    );
+    // The (empty) answer to the subscription is ACKed.
+    let empty = nth(&ads, 1).await;
+    assert!(!empty.response_nonce.is_empty());
+    assert!(empty.error_detail.is_none());
 
     // One good workload and one that does not decode: NACK naming the bad one, the good one
     // applied.
-    out.send(Ok(DeltaDiscoveryResponse {
-        type_url: ADDRESS_TYPE.into(),
-        nonce: "n1".into(),
-        resources: vec![
+    let nonce = ads.push(
+        ADDRESS_TYPE,
+        vec![
             resource("ns/w1", "v1", workload("w1", [10, 0, 0, 7])),
             resource(
                 "ns/bad",
@@ -201,12 +150,10 @@ async fn ack_nack_resume_and_removal() {
                 },
             ),
         ],
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
-    let nack = next(&mut requests).await;
-    assert_eq!(nack.response_nonce, "n1");
+        Vec::new(),
+    );
+    let nack = nth(&ads, 2).await;
+    assert_eq!(nack.response_nonce, nonce);
     let detail = nack.error_detail.expect("NACK").message;
     assert!(
         detail.contains("ns/bad") && !detail.contains("ns/w1"),
@@ -220,22 +167,21 @@ async fn ack_nack_resume_and_removal() {
     assert_eq!(client.status().nacks, 1);
 
     // An update that is fine: ACK (no error detail).
-    out.send(Ok(DeltaDiscoveryResponse {
-        type_url: ADDRESS_TYPE.into(),
-        nonce: "n2".into(),
-        resources: vec![resource("ns/w2", "v1", workload("w2", [10, 0, 0, 8]))],
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
-    let ack = next(&mut requests).await;
-    assert_eq!(ack.response_nonce, "n2");
+    let nonce = ads.push(
+        ADDRESS_TYPE,
+        vec![resource("ns/w2", "v1", workload("w2", [10, 0, 0, 8]))],
+        Vec::new(),
+    );
+    let ack = nth(&ads, 3).await;
+    assert_eq!(ack.response_nonce, nonce);
     assert!(ack.error_detail.is_none());
 
     // The control plane goes away: the client reconnects and resumes with the versions it
     // applied (not the rejected resource).
-    drop(out);
-    let resumed = next(&mut requests).await;
+    ads.stop();
+    ads.restart().await.unwrap();
+    let resumed = nth(&ads, 4).await;
+    assert!(resumed.response_nonce.is_empty(), "a subscription");
     let mut known: Vec<_> = resumed.initial_resource_versions.into_iter().collect();
     known.sort();
     assert_eq!(
@@ -245,23 +191,22 @@ async fn ack_nack_resume_and_removal() {
             ("ns/w2".to_owned(), "v1".to_owned())
         ]
     );
-    let out = streams.recv().await.unwrap();
     let mut w = client.watch();
     tokio::time::timeout(Duration::from_secs(5), w.wait_for(|s| s.connects >= 2))
         .await
         .expect("second stream")
         .unwrap();
+    // The rejected resource, never accepted, is sent again and refused again.
+    let again = nth(&ads, 5).await;
+    let detail = again.error_detail.expect("NACK").message;
+    assert!(
+        detail.contains("ns/bad") && !detail.contains("ns/w"),
+        "{detail}"
+    );
 
     // A removal reaches the handler.
-    out.send(Ok(DeltaDiscoveryResponse {
-        type_url: ADDRESS_TYPE.into(),
-        nonce: "n3".into(),
-        removed_resources: vec!["ns/w1".into()],
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
-    assert!(next(&mut requests).await.error_detail.is_none());
+    ads.remove(ADDRESS_TYPE, "ns/w1");
+    assert!(nth(&ads, 6).await.error_detail.is_none());
     assert_eq!(seen.lock().unwrap().removes, ["ns/w1"]);
     client.stop();
 }
@@ -274,7 +219,7 @@ async fn black_holed_control_plane_is_detected() {
     let token = dir.path().join("token");
     std::fs::write(&token, "test-token").unwrap();
     // Accepts, reads, never writes.
-    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole = tokio::net::TcpListener::bind(LOOPBACK).await.unwrap();
     let hole_addr = hole.local_addr().unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -283,7 +228,11 @@ async fn black_holed_control_plane_is_detected() {
         }
     });
     let handler = Typed::<pb::workload::Address, _>::new(ADDRESS_TYPE, |_, _| Vec::new());
-    let client = Client::start(config(hole_addr, &token), vec![Arc::new(handler)]);
+    let client = Client::start(
+        channel(hole_addr),
+        config(hole_addr, &token),
+        vec![Arc::new(handler)],
+    );
     let mut w = client.watch();
     tokio::time::timeout(
         Duration::from_secs(5),
@@ -300,19 +249,16 @@ async fn black_holed_control_plane_is_detected() {
     client.stop();
 
     // A real control plane behind a relay that can be frozen.
-    let (req_tx, mut requests) = mpsc::unbounded_channel();
-    let (stream_tx, mut streams) = mpsc::unbounded_channel();
-    let upstream = serve(Fake {
-        requests: req_tx,
-        streams: stream_tx,
-    })
-    .await;
+    let ads = fake().await;
     let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let relay = relay(upstream, frozen.clone()).await;
+    let relay = relay(ads.addr(), frozen.clone()).await;
     let handler = Typed::<pb::workload::Address, _>::new(ADDRESS_TYPE, |_, _| Vec::new());
-    let client = Client::start(config(relay, &token), vec![Arc::new(handler)]);
-    next(&mut requests).await;
-    let _out = streams.recv().await.unwrap();
+    let client = Client::start(
+        channel(relay),
+        config(relay, &token),
+        vec![Arc::new(handler)],
+    );
+    nth(&ads, 0).await;
     client.wait_connected().await;
     // Freeze: bytes are swallowed both ways, no FIN, no RST.
     frozen.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -332,7 +278,7 @@ async fn black_holed_control_plane_is_detected() {
 
 /// A TCP relay to `to` that, while `frozen`, reads and discards everything.
 async fn relay(to: SocketAddr, frozen: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = tokio::net::TcpListener::bind(LOOPBACK).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((down, _)) = l.accept().await {

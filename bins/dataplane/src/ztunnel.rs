@@ -473,14 +473,17 @@ async fn run_xds(args: &ZtunnelArgs, xds: &str, log: LogControl) -> Result<(), E
         &args.node,
         &c.cluster_id,
     );
+    // The xDS channel: TLS with the mesh roots, HTTP/2 keepalive; it reconnects by itself.
+    let mut control_plane = mesh_identity::grpc::ControlPlane::new(xds);
+    control_plane.ca_pem = c.root_pem()?;
+    control_plane.server_name = c.xds_server_name.clone();
+    control_plane.keepalive_interval = Some(c.xds_keepalive_interval);
+    control_plane.keepalive_timeout = c.xds_keepalive_timeout;
+    let channel = control_plane.lazy_channel()?;
     let mut config = mesh_xds::Config::new(xds, node);
-    config.ca_pem = c.root_pem()?;
-    config.server_name = c.xds_server_name.clone();
     config.token_file = c.xds_token.clone();
-    config.keepalive_interval = c.xds_keepalive_interval;
-    config.keepalive_timeout = c.xds_keepalive_timeout;
     info!(address = %xds, node = %args.node, "following the control plane");
-    let _follower = proxy.follow_xds(store, config);
+    let _follower = proxy.follow_xds(store, channel, config);
     run_until_stopped(proxy).await
 }
 

@@ -47,9 +47,14 @@ fn record(inner: &Inner, kind: &str, rejected: &[Rejection]) {
 }
 
 impl Proxy {
-    /// Subscribes to Istio's workload API (`Address`, `Authorization`) with `config` and
-    /// applies every update to this proxy, starting from `store`.
-    pub fn follow_xds(&self, store: XdsStore, config: mesh_xds::Config) -> XdsFollower {
+    /// Subscribes to Istio's workload API (`Address`, `Authorization`) over `channel` with
+    /// `config` and applies every update to this proxy, starting from `store`.
+    pub fn follow_xds(
+        &self,
+        store: XdsStore,
+        channel: mesh_xds::Channel,
+        config: mesh_xds::Config,
+    ) -> XdsFollower {
         let store = Arc::new(Mutex::new(store));
         let dirty = Arc::new(Notify::new());
         // The first state is applied once both types have answered (Istio's ztunnel waits
@@ -89,7 +94,7 @@ impl Proxy {
             )
         };
         let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(addresses), Arc::new(authorizations)];
-        let client = Client::start(config, handlers);
+        let client = Client::start(channel, config, handlers);
         let status = client.watch();
         let proxy = Proxy {
             inner: self.inner.clone(),
