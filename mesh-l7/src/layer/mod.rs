@@ -4,6 +4,7 @@
 //! - [`trace`]: `x-request-id` and a valid W3C `traceparent` on every request;
 //! - [`record`]: the request counted and recorded (metrics, access log) once, when its
 //!   response body ends or is dropped;
+//! - [`guard`]: the proxy's own checks of a request as it arrives (hygiene);
 //! - [`jwt`]: `RequestAuthentication` (401 for a bad token);
 //! - [`authz`]: path normalization and `AuthorizationPolicy` (403 when denied);
 //! - [`routing`]: the route table's decision (direct responses, redirects, weighted
@@ -17,6 +18,7 @@
 
 pub mod authz;
 mod body;
+pub mod guard;
 pub mod jwt;
 pub mod record;
 pub mod routing;
@@ -29,9 +31,12 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 pub use authz::{AuthzLayer, AuthzSource, Scope};
 pub use body::Body;
+pub use guard::{Guard, GuardLayer, Refusal};
 pub use jwt::{Authenticated, JwtLayer, JwtSource};
 pub use record::{CountedBody, Finished, RecordLayer, RecordedBody, Recorder};
 pub use routing::{Lookup, Picked, RouteLayer, RouteSource, Target, UpstreamRequest};
+/// tower, as the layers use it (proxies compose the stack with its `ServiceBuilder`).
+pub use tower;
 pub use trace::{TraceContextLayer, TraceIds};
 
 /// What a request went through, for its metrics and access log line: kept in the response's
