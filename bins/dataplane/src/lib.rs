@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: the local mesh file (Istio resources) → validated [`config::MeshState`].
 //! - [`proxy`]: a node's L4 proxy: inbound HBONE, SOCKS5 and service-VIP outbound.
+//! - [`netns`]: network-namespace "pods" (veth, addresses, capture) for tests and the bench.
 //! - [`socks5`]: the SOCKS5 handshake.
 //! - [`ztunnel`]: the ztunnel and waypoint command lines and process mains.
 
@@ -13,6 +14,7 @@ pub mod capture;
 pub mod config;
 mod error;
 pub mod limits;
+pub mod netns;
 pub mod proxy;
 pub mod sockets;
 pub mod socks5;
