@@ -16,6 +16,7 @@ mod error;
 pub mod limits;
 pub mod netns;
 pub mod proxy;
+pub mod roles;
 pub mod sockets;
 pub mod socks5;
 pub mod ztunnel;

@@ -435,7 +435,7 @@ async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
         .cloned()
         .ok_or_else(|| Error::UnknownNode(args.node.clone()))?;
     let mut cfg = c.proxy_config(node.address, log);
-    cfg.node = args.node.clone();
+    cfg.role = crate::roles::ztunnel(&args.node);
     cfg.socks5_addr = listen_addr(
         args.socks5_addr,
         loopback_or(node.address),
@@ -461,7 +461,7 @@ async fn run_xds(args: &ZtunnelArgs, xds: &str, log: LogControl) -> Result<(), E
         service_listeners: args.service_listeners,
     });
     let mut cfg = c.proxy_config(address, log);
-    cfg.node = args.node.clone();
+    cfg.role = crate::roles::ztunnel(&args.node);
     cfg.socks5_addr = listen_addr(args.socks5_addr, loopback_or(address), args.socks5_port);
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, address, args.plaintext_port);
     let (ca, bundle) = c.cert_provider()?;
@@ -501,7 +501,7 @@ async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
         .cloned()
         .ok_or_else(|| Error::UnknownSidecar(args.workload.clone()))?;
     let mut cfg = c.proxy_config(node.address, log);
-    cfg.node = node_name;
+    cfg.role = crate::roles::sidecar(&node_name, args.tproxy);
     cfg.socket_mark = match c.socket_mark {
         None => Some(DEFAULT_SOCKET_MARK),
         Some(0) => None,
@@ -523,9 +523,6 @@ async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
         ));
     }
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
-    cfg.l7_outbound = true;
-    cfg.l7_inbound = true;
-    cfg.tproxy = args.tproxy;
     serve(c, cfg, state).await
 }
 
@@ -539,7 +536,7 @@ async fn run_waypoint(args: WaypointArgs, log: LogControl) -> Result<(), Error> 
         .cloned()
         .ok_or_else(|| Error::UnknownWaypoint(args.gateway.clone()))?;
     let mut cfg = c.proxy_config(wp.address, log);
-    cfg.waypoint = Some(args.gateway.clone());
+    cfg.role = crate::roles::waypoint(&args.gateway);
     cfg.jwks_refresh = args.jwks_refresh;
     serve(c, cfg, state).await
 }

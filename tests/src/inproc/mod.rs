@@ -113,7 +113,7 @@ impl InprocMesh {
             .unwrap_or_else(|| panic!("no Node {node} in the mesh config"))
             .address;
         let mut cfg = args.common.proxy_config(node_addr, log_control());
-        cfg.node = node.to_owned();
+        cfg.role = mesh_dataplane::roles::ztunnel(node);
         cfg.socks5_addr = listen_addr(args.socks5_addr, loopback_or(node_addr), args.socks5_port);
         cfg.plaintext_addr = listen_addr(args.plaintext_addr, node_addr, args.plaintext_port);
         self.start(node, &args.common, cfg, state, None).await
@@ -134,7 +134,7 @@ impl InprocMesh {
             .unwrap_or_else(|| panic!("no waypoint {gateway} in the mesh config"))
             .address;
         let mut cfg = args.common.proxy_config(wp_addr, log_control());
-        cfg.waypoint = Some(gateway.to_owned());
+        cfg.role = mesh_dataplane::roles::waypoint(gateway);
         cfg.jwks_refresh = args.jwks_refresh;
         self.start(name, &args.common, cfg, state, None).await
     }
@@ -161,7 +161,7 @@ impl InprocMesh {
             .unwrap_or_else(|| panic!("no sidecar workload {workload} in the mesh config"))
             .address;
         let mut cfg = args.common.proxy_config(node_addr, log_control());
-        cfg.node = node_name;
+        cfg.role = mesh_dataplane::roles::sidecar(&node_name, args.tproxy);
         cfg.socket_mark = match args.common.socket_mark {
             None => Some(mesh_dataplane::ztunnel::DEFAULT_SOCKET_MARK),
             Some(0) => None,
@@ -170,9 +170,6 @@ impl InprocMesh {
         let localhost = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
         cfg.outbound_addr = listen_addr(args.outbound_addr, localhost, args.outbound_port);
         cfg.plaintext_addr = listen_addr(args.plaintext_addr, node_addr, args.plaintext_port);
-        cfg.l7_outbound = true;
-        cfg.l7_inbound = true;
-        cfg.tproxy = args.tproxy;
         // (The binary also listens on [::1]:15001 when its namespace has IPv6 loopback; the
         // IPv6 capture tests drive the binary.)
         self.start(name, &args.common, cfg, state, netns).await

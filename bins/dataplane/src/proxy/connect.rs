@@ -71,7 +71,9 @@ pub(crate) async fn connect_app(
     if ctx.own.contains(addr) {
         return Err(ConnectError::own(addr));
     }
-    match client.filter(|c| ctx.cfg.tproxy && *c != addr.ip() && c.is_ipv4() == addr.is_ipv4()) {
+    match client.filter(|c| {
+        ctx.layers().transparent_inbound && *c != addr.ip() && c.is_ipv4() == addr.is_ipv4()
+    }) {
         Some(c) => match tokio::time::timeout(
             timeout,
             crate::sockets::connect_transparent(addr, c, crate::capture::TPROXY_MARK),

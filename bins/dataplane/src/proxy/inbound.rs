@@ -78,7 +78,7 @@ struct Admitted<'a> {
 /// `HTTP` (`false`), `HTTP2` or `GRPC` (`true`) and the workload has such policies or a
 /// `RequestAuthentication`; otherwise connection-level L4 applies.
 pub(super) fn l7_inbound(ctx: &Ctx, authority: SocketAddr) -> Option<bool> {
-    if !ctx.cfg.l7_inbound {
+    if !ctx.layers().inbound_http {
         return None;
     }
     let state = ctx.state.load();
@@ -228,15 +228,9 @@ async fn admit<'c>(
     let source_ip = peer.ip();
     let mut client = Some(peer);
     let access = &ctx.telemetry.access;
-    let dst = match state.workload_by_ip(authority.ip()) {
+    let dst = match ctx.local_workload(&state, authority.ip()) {
         // The HBONE port itself is never a destination: that would loop into ourselves.
-        Some(w)
-            if w.node.as_deref() == Some(ctx.node_name.as_str())
-                && w.address == local_ip
-                && authority.port() != hbone_port =>
-        {
-            w.clone()
-        }
+        Some(w) if w.address == local_ip && authority.port() != hbone_port => w,
         _ => {
             warn!(
                 %authority,
@@ -372,8 +366,8 @@ async fn admit<'c>(
             // client (as Istio's sidecars); a ztunnel has none, so they are HTTP-level there
             // (Istio's ztunnel: an ALLOW rule using them never matches).
             remote_ip: ctx
-                .cfg
-                .l7_inbound
+                .layers()
+                .inbound_http
                 .then(|| client.map_or(source_ip, |c| c.ip())),
             principal: Some(principal.to_owned()),
             namespace: Some(src_identity.namespace().to_owned()),

@@ -15,6 +15,7 @@ mod http;
 mod hygiene;
 mod inbound;
 mod jwks;
+mod listeners;
 mod live;
 mod observe;
 mod outbound;
@@ -22,17 +23,19 @@ mod own;
 mod plaintext;
 mod reset;
 pub mod route;
+mod settings;
 mod sniff;
 mod upstreams;
 mod waypoint;
 mod xds;
 
 pub use hygiene::L7Limits;
+pub(crate) use listeners::{InPodKind, ListenerKey};
 pub(crate) use live::{LiveConns, LiveGuard, LiveInbound};
+pub use settings::{ListenerKind, Listening, ProxyConfig};
 pub use xds::XdsFollower;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,136 +44,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use mesh_hbone::{Pool, PoolConfig};
 use mesh_identity::{CertManager, CertProvider, RotationPolicy, TrustBundle};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::Error;
 use crate::config::MeshState;
-
-/// Settings of one node proxy.
-#[derive(Debug, Clone)]
-pub struct ProxyConfig {
-    /// The `Node` of the mesh config this proxy runs as (a ztunnel).
-    pub node: String,
-    /// The waypoint `Gateway` (`namespace/name`) this proxy runs as instead of a node.
-    pub waypoint: Option<String>,
-    /// SOCKS5 listen address; `None` disables SOCKS5.
-    pub socks5_addr: Option<SocketAddr>,
-    /// Limit for connecting to a destination (HBONE peer or local app).
-    pub connect_timeout: Duration,
-    /// Limit for an inbound TLS handshake.
-    pub handshake_timeout: Duration,
-    /// How long open connections may finish after shutdown begins.
-    pub drain_timeout: Duration,
-    /// HBONE client pool settings.
-    pub pool: PoolConfig,
-    /// Plaintext inbound listener (Istio's 15006): connections redirected here by capture
-    /// rules are delivered to the local workload they were addressed to, unless its
-    /// `PeerAuthentication` is STRICT. `None` disables it.
-    pub plaintext_addr: Option<SocketAddr>,
-    /// Captured outbound listener (Istio's 15001): connections that capture rules (iptables
-    /// REDIRECT in the workload's network namespace) sent here go to their original
-    /// destination through the mesh. `None` disables it.
-    pub outbound_addr: Option<SocketAddr>,
-    /// The IPv6 twin of `outbound_addr` (`[::1]:15001`, where ip6tables REDIRECT sends
-    /// locally generated IPv6 connections).
-    pub outbound_addr_v6: Option<SocketAddr>,
-    /// `SO_MARK` set on every socket the proxy opens (Istio's 1337), so capture rules can
-    /// leave the proxy's own traffic alone. `None`: unmarked.
-    pub socket_mark: Option<u32>,
-    /// Admin endpoint (`/config_dump`, `/certs`, `/logging`); must be a loopback address.
-    pub admin_addr: Option<SocketAddr>,
-    /// Prometheus endpoint (`/metrics`, `/stats/prometheus`).
-    pub metrics_addr: Option<SocketAddr>,
-    /// Readiness endpoint (`/healthz/ready`).
-    pub readiness_addr: Option<SocketAddr>,
-    /// Where the JSON access log goes.
-    pub access_log: mesh_telemetry::access::Sink,
-    /// Cap on label sets per metric.
-    pub max_metric_series: usize,
-    /// Run-time log control for `/logging` (installed by the binary).
-    pub log: Option<mesh_telemetry::logging::LogControl>,
-    /// Refresh interval of remote JWKS (waypoint).
-    pub jwks_refresh: Duration,
-    /// HTTP on captured outbound connections to services without a waypoint is routed here,
-    /// per request (a sidecar's client-side L7).
-    pub l7_outbound: bool,
-    /// HBONE to a local workload's declared HTTP port is served per request when the
-    /// workload has policies with HTTP fields or a `RequestAuthentication` (a sidecar's
-    /// server-side L7).
-    pub l7_inbound: bool,
-    /// Inbound by TPROXY (`meshctl capture install --tproxy`): the plaintext listener is
-    /// transparent, and connections to the app come from the client's own address.
-    pub tproxy: bool,
-    /// Limits of the L7 (HTTP) servers.
-    pub l7: hygiene::L7Limits,
-    /// Most connections open at once over all data listeners; more are closed at accept
-    /// (counted in `mesh_connections_refused_total`).
-    pub max_connections: usize,
-    /// Most connections open at once on one listener.
-    pub max_connections_per_listener: usize,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        ProxyConfig {
-            node: String::new(),
-            waypoint: None,
-            socks5_addr: None,
-            connect_timeout: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(5),
-            pool: PoolConfig::default(),
-            plaintext_addr: None,
-            outbound_addr: None,
-            outbound_addr_v6: None,
-            socket_mark: None,
-            admin_addr: None,
-            metrics_addr: None,
-            readiness_addr: None,
-            access_log: mesh_telemetry::access::Sink::Off,
-            max_metric_series: mesh_telemetry::metrics::DEFAULT_MAX_SERIES,
-            log: None,
-            jwks_refresh: Duration::from_secs(20 * 60),
-            l7_outbound: false,
-            l7_inbound: false,
-            tproxy: false,
-            l7: hygiene::L7Limits::default(),
-            max_connections: 50_000,
-            max_connections_per_listener: 20_000,
-        }
-    }
-}
-
-/// What a listener is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// Inbound HBONE for one local workload.
-    Hbone,
-    /// SOCKS5 outbound.
-    Socks5,
-    /// A service VIP:port.
-    Service,
-    /// Plaintext inbound (captured connections to local workloads).
-    Plaintext,
-    /// Captured outbound (connections of local workloads to anywhere).
-    Outbound,
-    /// A waypoint's HBONE listener.
-    Waypoint,
-}
-
-/// A bound listener.
-#[derive(Debug, Clone)]
-pub struct Listening {
-    /// Its purpose.
-    pub kind: ListenerKind,
-    /// Its address.
-    pub addr: SocketAddr,
-    /// What it serves (workload or service name).
-    pub what: String,
-}
 
 pub(crate) struct Ctx {
     pub(crate) state: ArcSwap<MeshState>,
@@ -210,6 +89,29 @@ impl Ctx {
         Some(netns)
     }
 
+    /// The workload at `ip` in `state` when it is one this proxy serves (a workload of its
+    /// node): the one lookup of a local source or destination.
+    pub(crate) fn local_workload(
+        &self,
+        state: &MeshState,
+        ip: std::net::IpAddr,
+    ) -> Option<Arc<crate::config::Workload>> {
+        state
+            .workload_by_ip(ip)
+            .filter(|w| self.is_local(w))
+            .cloned()
+    }
+
+    /// Whether `w` is a workload this proxy serves.
+    pub(crate) fn is_local(&self, w: &crate::config::Workload) -> bool {
+        w.node.as_deref() == Some(self.node_name.as_str())
+    }
+
+    /// The layers this proxy's role turns on.
+    pub(crate) fn layers(&self) -> crate::roles::Layers {
+        self.cfg.role.layers()
+    }
+
     /// This node's HBONE port in the current state.
     pub(crate) fn hbone_port(&self, state: &MeshState) -> u16 {
         state
@@ -222,119 +124,6 @@ impl Ctx {
 fn proxy_max_connections(cfg: &ProxyConfig) -> usize {
     cfg.max_connections
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
-}
-
-/// The listeners and identities `state` asks of this proxy: a node's workloads, SOCKS5,
-/// plaintext and VIP listeners; or a waypoint's one HBONE listener.
-fn plan(cfg: &ProxyConfig, node_name: &str, state: &MeshState) -> Result<Plan, Error> {
-    if let Some(key) = &cfg.waypoint {
-        let wp = state
-            .waypoints
-            .get(key)
-            .ok_or_else(|| Error::UnknownWaypoint(key.clone()))?;
-        return Ok(Plan {
-            desired: vec![(
-                ListenerKey::Waypoint(wp.hbone_addr()),
-                format!("waypoint {key}"),
-            )],
-            identities: vec![(wp.address, wp.identity.clone())],
-        });
-    }
-    let node = state
-        .node(node_name)
-        .ok_or_else(|| Error::UnknownNode(node_name.to_owned()))?;
-    let mut desired: Vec<(ListenerKey, String)> = Vec::new();
-    for w in &node.workloads {
-        let addr = SocketAddr::new(w.address, node.hbone_port);
-        let Some(ns) = &w.netns else {
-            desired.push((ListenerKey::Hbone(addr), w.key()));
-            continue;
-        };
-        // In-pod: the workload's own listeners, inside its network namespace.
-        let in_pod = |kind, addr| ListenerKey::InPod(ns.clone(), kind, addr);
-        desired.push((
-            in_pod(InPodKind::Hbone, addr),
-            format!("{} (in-pod)", w.key()),
-        ));
-        let outbound = in_pod(
-            InPodKind::Outbound,
-            SocketAddr::new(LOCALHOST, OUTBOUND_PORT),
-        );
-        if !desired.iter().any(|(k, _)| *k == outbound) {
-            desired.push((outbound, format!("{} captured outbound (in-pod)", w.key())));
-        }
-        desired.push((
-            in_pod(
-                InPodKind::Plaintext,
-                SocketAddr::new(w.address, PLAINTEXT_PORT),
-            ),
-            format!("{} plaintext inbound (in-pod)", w.key()),
-        ));
-    }
-    if let Some(addr) = cfg.socks5_addr {
-        desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
-    }
-    if let Some(addr) = cfg.plaintext_addr {
-        desired.push((
-            ListenerKey::Plaintext(addr),
-            format!("node {} plaintext inbound", node.name),
-        ));
-    }
-    for addr in [cfg.outbound_addr, cfg.outbound_addr_v6]
-        .into_iter()
-        .flatten()
-    {
-        desired.push((
-            ListenerKey::Outbound(addr),
-            format!("node {} captured outbound", node.name),
-        ));
-    }
-    if node.service_listeners {
-        let mut vips: Vec<_> = state.vips().collect();
-        vips.sort_by_key(|(a, _)| **a);
-        for (addr, sp) in vips {
-            let what = format!(
-                "{}/{} ({})",
-                sp.service.namespace,
-                sp.service.name,
-                sp.service.hosts.first().map_or("", String::as_str)
-            );
-            desired.push((ListenerKey::Service(*addr), what));
-        }
-    }
-    Ok(Plan {
-        desired,
-        identities: node
-            .workloads
-            .iter()
-            .map(|w| (w.address, w.identity.clone()))
-            .collect(),
-    })
-}
-
-/// Istio's captured-outbound port, inside each in-pod workload's namespace.
-const OUTBOUND_PORT: u16 = 15001;
-/// Istio's plaintext inbound port, inside each in-pod workload's namespace.
-const PLAINTEXT_PORT: u16 = 15006;
-const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-/// A listener opened inside a workload's network namespace (in-pod mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum InPodKind {
-    Hbone,
-    Outbound,
-    Plaintext,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum ListenerKey {
-    InPod(std::path::PathBuf, InPodKind, SocketAddr),
-    Hbone(SocketAddr),
-    Socks5(SocketAddr),
-    Service(SocketAddr),
-    Plaintext(SocketAddr),
-    Outbound(SocketAddr),
-    Waypoint(SocketAddr),
 }
 
 struct ListenerHandle {
@@ -380,43 +169,13 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    let bound = crate::sockets::listen(addr).and_then(|l| {
-        l.set_nonblocking(true)?;
-        TcpListener::from_std(l)
-    });
-    bound.map_err(|source| Error::Bind { addr, source })
-}
-
-/// A listener bound for a new state, not yet serving.
-enum Pending {
-    Hbone(TcpListener),
-    Socks5(TcpListener),
-    Service(TcpListener),
-    Plaintext(TcpListener),
-    Outbound(TcpListener),
-    Waypoint(TcpListener),
-}
-
-impl Pending {
-    /// The bound address.
-    fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Pending::Hbone(l)
-            | Pending::Socks5(l)
-            | Pending::Service(l)
-            | Pending::Plaintext(l)
-            | Pending::Outbound(l)
-            | Pending::Waypoint(l) => l.local_addr().ok(),
-        }
-    }
-}
-
 /// What a config asks of this proxy: listeners, and the identity presented on each local
 /// address.
-struct Plan {
-    desired: Vec<(ListenerKey, String)>,
-    identities: Vec<(std::net::IpAddr, mesh_identity::SpiffeId)>,
+pub(crate) struct Plan {
+    /// The listeners, each with what it serves (for logs and `Listening::what`).
+    pub(crate) desired: Vec<(ListenerKey, String)>,
+    /// The identity presented on each local address.
+    pub(crate) identities: Vec<(std::net::IpAddr, mesh_identity::SpiffeId)>,
 }
 
 /// What applying a config changed.
@@ -440,15 +199,7 @@ impl Proxy {
         ca: Arc<dyn CertProvider>,
         bundle: TrustBundle,
     ) -> Result<Proxy, Error> {
-        match &cfg.waypoint {
-            Some(w) if !state.waypoints.contains_key(w) => {
-                return Err(Error::UnknownWaypoint(w.clone()));
-            }
-            None if state.node(&cfg.node).is_none() => {
-                return Err(Error::UnknownNode(cfg.node.clone()));
-            }
-            _ => {}
-        }
+        cfg.role.serves().check(&state)?;
         if let Some(a) = cfg.admin_addr
             && !a.ip().is_loopback()
         {
@@ -471,7 +222,7 @@ impl Proxy {
                 bundle.clone(),
             ),
             state: ArcSwap::from_pointee(MeshState::empty()),
-            node_name: cfg.waypoint.clone().unwrap_or_else(|| cfg.node.clone()),
+            node_name: cfg.role.serves_as().to_owned(),
             certs: CertManager::new(ca, RotationPolicy::default()),
             bundle,
             cfg,
@@ -533,13 +284,7 @@ impl Proxy {
             node = %proxy.inner.ctx.node_name,
             listeners = proxy.listening().len(),
             "{} ready",
-            if proxy.inner.ctx.cfg.waypoint.is_some() {
-                "waypoint"
-            } else if proxy.inner.ctx.node_name.starts_with("sidecar/") {
-                "sidecar"
-            } else {
-                "ztunnel"
-            }
+            proxy.inner.ctx.cfg.role.name()
         );
         Ok(proxy)
     }
@@ -554,7 +299,7 @@ impl Proxy {
         let Plan {
             desired,
             identities,
-        } = plan(&ctx.cfg, &ctx.node_name, &state)?;
+        } = ctx.cfg.role.serves().plan(&ctx.cfg, &state)?;
         // Certificates and binds first: a failure leaves the running config untouched.
         let mut server_tls = HashMap::new();
         for (ip, id) in &identities {
@@ -565,101 +310,21 @@ impl Proxy {
             )?;
             server_tls.insert(*ip, tls);
         }
-        // In-pod namespaces: opened (a thread entering each) before their listeners bind.
-        let mut namespaces = HashMap::new();
-        {
-            let open = ctx.netns.load();
-            for (key, _) in &desired {
-                if let ListenerKey::InPod(path, _, _) = key
-                    && !namespaces.contains_key(path)
-                {
-                    let ns = match open.get(path) {
-                        Some(ns) => ns.clone(),
-                        None => crate::sockets::Netns::open(
-                            path,
-                            Some(
-                                ctx.cfg
-                                    .socket_mark
-                                    .unwrap_or(crate::ztunnel::DEFAULT_SOCKET_MARK),
-                            ),
-                        )
-                        .map_err(|source| Error::Netns {
-                            path: path.clone(),
-                            source,
-                        })?,
-                    };
-                    namespaces.insert(path.clone(), ns);
-                }
-            }
-        }
+        let namespaces = listeners::open_namespaces(ctx, &desired)?;
         let existing: Vec<ListenerKey> = {
             let l = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
             l.keys().cloned().collect()
         };
-        let mut pending = Vec::new();
-        for (key, what) in &desired {
-            if existing.contains(key) {
-                continue;
-            }
-            let p = match key {
-                ListenerKey::Hbone(addr) => Pending::Hbone(bind(*addr).await?),
-                ListenerKey::Socks5(addr) => Pending::Socks5(bind(*addr).await?),
-                ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
-                ListenerKey::Plaintext(addr) if ctx.cfg.tproxy => Pending::Plaintext(
-                    crate::sockets::bind_transparent(*addr).map_err(|source| Error::Bind {
-                        addr: *addr,
-                        source,
-                    })?,
-                ),
-                ListenerKey::Plaintext(addr) => Pending::Plaintext(bind(*addr).await?),
-                ListenerKey::Outbound(addr) => Pending::Outbound(bind(*addr).await?),
-                ListenerKey::InPod(path, kind, addr) => {
-                    let l = match namespaces.get(path) {
-                        Some(ns) => ns.bind(*addr).await.map_err(|source| Error::Bind {
-                            addr: *addr,
-                            source,
-                        })?,
-                        None => {
-                            return Err(Error::Runtime(std::io::Error::other("netns not open")));
-                        }
-                    };
-                    match kind {
-                        InPodKind::Hbone => Pending::Hbone(l),
-                        InPodKind::Outbound => Pending::Outbound(l),
-                        InPodKind::Plaintext => Pending::Plaintext(l),
-                    }
-                }
-                ListenerKey::Waypoint(addr) => Pending::Waypoint(bind(*addr).await?),
-            };
-            pending.push((key.clone(), what.clone(), p));
-        }
+        let pending = listeners::bind_new(ctx, &desired, &existing, &namespaces).await?;
         // Swap: from here on new connections see the new state.
         ctx.server_tls.store(Arc::new(server_tls));
         ctx.netns.store(Arc::new(namespaces));
         let old = ctx.state.swap(Arc::new(state));
         let state = ctx.state.load_full();
         // Remote JWKS of the RequestAuthentications this proxy enforces.
-        if ctx.cfg.waypoint.is_some() {
-            ctx.jwks.sync(
-                state
-                    .waypoint_authn
-                    .values()
-                    .flat_map(|a| a.rules())
-                    .map(|r| (r.keys.clone(), r.timeout)),
-                &inner.cancel,
-            );
-        } else if ctx.cfg.l7_inbound
-            && let Some(node) = state.node(&ctx.node_name)
-        {
-            ctx.jwks.sync(
-                node.workloads
-                    .iter()
-                    .filter_map(|w| state.sidecar_authn.get(&w.key()))
-                    .flat_map(|a| a.rules())
-                    .map(|r| (r.keys.clone(), r.timeout)),
-                &inner.cancel,
-            );
-        }
+        let role = &ctx.cfg.role;
+        ctx.jwks
+            .sync(role.serves().jwks(role.layers(), &state), &inner.cancel);
         let mut report = ApplyReport {
             generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
             ..ApplyReport::default()
@@ -687,7 +352,7 @@ impl Proxy {
             });
         }
         // Certificates of identities this proxy no longer serves.
-        if let Ok(before) = plan(&ctx.cfg, &ctx.node_name, &old) {
+        if let Ok(before) = ctx.cfg.role.serves().plan(&ctx.cfg, &old) {
             for (_, id) in &before.identities {
                 if !identities.iter().any(|(_, x)| x == id) {
                     ctx.certs.remove(id);
@@ -735,146 +400,6 @@ impl Proxy {
                 false
             }
         }
-    }
-
-    fn start_listener(&self, key: ListenerKey, what: String, p: Pending) -> Result<(), Error> {
-        let inner = &self.inner;
-        let ctx = inner.ctx.clone();
-        let stop = inner.cancel.child_token();
-        let (kind, listener) = match &p {
-            Pending::Hbone(l) => (ListenerKind::Hbone, l),
-            Pending::Socks5(l) => (ListenerKind::Socks5, l),
-            Pending::Service(l) => (ListenerKind::Service, l),
-            Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
-            Pending::Outbound(l) => (ListenerKind::Outbound, l),
-            Pending::Waypoint(l) => (ListenerKind::Waypoint, l),
-        };
-        let addr = listener.local_addr().map_err(Error::Runtime)?;
-        info!(?kind, %addr, %what, "listening");
-        let listening = Listening { kind, addr, what };
-        match p {
-            Pending::Hbone(l) => {
-                let cancel = inner.cancel.clone();
-                self.serve(l, "hbone", stop.clone(), move |tcp, _peer| {
-                    inbound::serve(ctx.clone(), tcp, cancel.clone())
-                });
-            }
-            Pending::Socks5(l) => {
-                self.serve(l, "socks5", stop.clone(), move |tcp, peer| {
-                    outbound::socks5(ctx.clone(), tcp, peer)
-                });
-            }
-            Pending::Service(l) => {
-                self.serve(l, "service", stop.clone(), move |tcp, peer| {
-                    outbound::service(ctx.clone(), tcp, peer)
-                });
-            }
-            Pending::Plaintext(l) => {
-                self.serve(l, "plaintext", stop.clone(), move |tcp, peer| {
-                    plaintext::serve(ctx.clone(), tcp, peer)
-                });
-            }
-            Pending::Outbound(l) => {
-                self.serve(l, "outbound", stop.clone(), move |tcp, peer| {
-                    outbound::captured(ctx.clone(), tcp, peer)
-                });
-            }
-            Pending::Waypoint(l) => {
-                let cancel = inner.cancel.clone();
-                self.serve(l, "waypoint", stop.clone(), move |tcp, _peer| {
-                    waypoint::serve(ctx.clone(), tcp, cancel.clone())
-                });
-            }
-        }
-        let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        listeners.insert(key, ListenerHandle { listening, stop });
-        Ok(())
-    }
-
-    /// Spawns the accept loop of `listener` until `stop`; each connection runs `handler` on
-    /// its own task, aborted when the drain deadline passes.
-    fn serve<F, Fut>(
-        &self,
-        listener: TcpListener,
-        kind: &'static str,
-        stop: CancellationToken,
-        handler: F,
-    ) where
-        F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let tasks = self.inner.tasks.clone();
-        let force = self.inner.force.clone();
-        let addr = listener.local_addr().ok();
-        let span = tracing::info_span!("listener", kind, addr = ?addr);
-        let proxy_permits = self.inner.conn_permits.clone();
-        let listener_permits = Arc::new(tokio::sync::Semaphore::new(
-            self.inner
-                .ctx
-                .cfg
-                .max_connections_per_listener
-                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-        ));
-        let refused = self.inner.ctx.telemetry.connections_refused.clone();
-        self.inner.tasks.spawn(
-            async move {
-                loop {
-                    let accepted = tokio::select! {
-                        () = stop.cancelled() => break,
-                        r = listener.accept() => r,
-                    };
-                    match accepted {
-                        Ok((tcp, peer)) => {
-                            // Limits first, before any work or memory for the connection.
-                            let permits = proxy_permits
-                                .clone()
-                                .try_acquire_owned()
-                                .map_err(|_| "proxy")
-                                .and_then(|p| {
-                                    listener_permits
-                                        .clone()
-                                        .try_acquire_owned()
-                                        .map(|l| (p, l))
-                                        .map_err(|_| "listener")
-                                });
-                            let permits = match permits {
-                                Ok(p) => p,
-                                Err(limit) => {
-                                    refused
-                                        .get_or_create(&[("listener", kind), ("limit", limit)])
-                                        .inc();
-                                    debug!(%peer, limit, "connection limit reached: closed");
-                                    // An RST, at once: no TIME_WAIT, the client learns now.
-                                    let _ = tcp.set_zero_linger();
-                                    continue;
-                                }
-                            };
-                            let _ = tcp.set_nodelay(true);
-                            let conn = handler(tcp, peer);
-                            let force = force.clone();
-                            // debug level: an enabled span costs an enter/exit on every poll.
-                            let span = tracing::debug_span!("conn", kind, %peer);
-                            tasks.spawn(
-                                async move {
-                                    let _permits = permits;
-                                    tokio::select! {
-                                        () = force.cancelled() => {}
-                                        () = conn => {}
-                                    }
-                                }
-                                .instrument(span),
-                            );
-                        }
-                        Err(e) => {
-                            // Typically EMFILE: back off instead of spinning.
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }
-            .instrument(span),
-        );
     }
 
     /// Resolves when `POST /quitquitquit` asked the proxy to exit (Istio's endpoint for a

@@ -246,7 +246,7 @@ pub(crate) fn config_dump(inner: &Arc<Inner>) -> serde_json::Value {
                 "labels": w.labels,
                 "node": w.node,
                 "hboneAddress": w.hbone_addr,
-                "local": w.node.as_deref() == Some(ctx.node_name.as_str()),
+                "local": ctx.is_local(w),
                 "authorizationPolicies": state.authz.applied(&w.key()),
                 "mtls": mtls_json(&state, w),
                 "waypoint": w.waypoint.as_ref().map(|wp| wp.key()),

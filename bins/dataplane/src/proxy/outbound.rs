@@ -86,9 +86,9 @@ async fn proxy(
     let state = ctx.state.load_full();
     // The source workload is known from the client's address; only this node's workloads may
     // use this node's ztunnel (it holds only their identities).
-    let src = match state.workload_by_ip(peer.ip()) {
-        Some(w) if w.node.as_deref() == Some(ctx.node_name.as_str()) => w.clone(),
-        _ => {
+    let src = match ctx.local_workload(&state, peer.ip()) {
+        Some(w) => w,
+        None => {
             warn!(
                 src.addr = %peer,
                 node = %ctx.node_name,
@@ -99,7 +99,7 @@ async fn proxy(
     };
     // A sidecar routes HTTP to services without a waypoint itself, per request (with a
     // waypoint, L7 happens there, once).
-    if ctx.cfg.l7_outbound
+    if ctx.layers().outbound_http
         && !socks
         && let Target::Addr(addr) = &target
         && let Some(sp) = state

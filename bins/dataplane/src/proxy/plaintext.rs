@@ -20,7 +20,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let access = &ctx.telemetry.access;
     // TPROXY keeps the original destination as the socket's own address; REDIRECT/DNAT
     // leave it in conntrack.
-    let original = if ctx.cfg.tproxy {
+    let original = if ctx.layers().transparent_inbound {
         tcp.local_addr().ok()
     } else {
         crate::sockets::original_dst(&tcp)
@@ -48,8 +48,8 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     // own connections would loop back here.
     let own_port =
         dst_addr.port() == ctx.hbone_port(&state) || Some(dst_addr) == ctx.cfg.plaintext_addr;
-    let dst = match state.workload_by_ip(dst_addr.ip()) {
-        Some(w) if w.node.as_deref() == Some(ctx.node_name.as_str()) && !own_port => w.clone(),
+    let dst = match ctx.local_workload(&state, dst_addr.ip()) {
+        Some(w) if !own_port => w,
         _ => {
             warn!(src.addr = %peer, dst.addr = %dst_addr, "plaintext inbound to an address that is not a workload of this node: closed");
             let rec = observe::record(
@@ -142,7 +142,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
             workload: dst.key(),
             source_ip: peer.ip(),
             // `remote.ip` at a sidecar (Istio's sidecars); a ztunnel has none (Istio's).
-            remote_ip: ctx.cfg.l7_inbound.then_some(peer.ip()),
+            remote_ip: ctx.layers().inbound_http.then_some(peer.ip()),
             principal: None,
             namespace: None,
             destination: dst_addr,

@@ -250,7 +250,7 @@ pub(crate) fn config_apply(w: usize, s: usize, p: usize) -> anyhow::Result<Confi
     // Start-up: the proxy serving the full mesh.
     let state = mesh_dataplane::config::parse(&path, &yaml).context("generated config")?;
     let cfg = ProxyConfig {
-        node: "bench".into(),
+        role: mesh_dataplane::roles::ztunnel("bench"),
         ..ProxyConfig::default()
     };
     let proxy = rt.block_on(Proxy::start(cfg, state, Arc::new(ca), bundle))?;
@@ -478,7 +478,7 @@ pub(crate) fn xds_apply(w: usize, s: usize, p: usize, runs: usize) -> anyhow::Re
         service_listeners: false,
     });
     let cfg = ProxyConfig {
-        node: "bench".into(),
+        role: mesh_dataplane::roles::ztunnel("bench"),
         ..ProxyConfig::default()
     };
     let proxy = rt.block_on(Proxy::start(cfg, store.build(), Arc::new(ca), bundle))?;

@@ -1,0 +1,302 @@
+//! The listeners of a proxy: what a [`Plan`] asks for ([`ListenerKey`]), binding them before
+//! a new state is swapped in (a failure leaves the running state untouched), and the accept
+//! loop with its connection limits, which hands each connection to its data path.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::{Ctx, ListenerHandle, ListenerKind, Listening, Proxy};
+use super::{inbound, outbound, plaintext, waypoint};
+use crate::Error;
+
+/// The open network namespaces of in-pod workloads, by path.
+pub(super) type Namespaces = HashMap<std::path::PathBuf, Arc<crate::sockets::Netns>>;
+
+/// A listener opened inside a workload's network namespace (in-pod mode)./// A listener opened inside a workload's network namespace (in-pod mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum InPodKind {
+    Hbone,
+    Outbound,
+    Plaintext,
+}
+
+/// One listener a [`Plan`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum ListenerKey {
+    InPod(std::path::PathBuf, InPodKind, SocketAddr),
+    Hbone(SocketAddr),
+    Socks5(SocketAddr),
+    Service(SocketAddr),
+    Plaintext(SocketAddr),
+    Outbound(SocketAddr),
+    Waypoint(SocketAddr),
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let bound = crate::sockets::listen(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        TcpListener::from_std(l)
+    });
+    bound.map_err(|source| Error::Bind { addr, source })
+}
+
+/// A listener bound for a new state, not yet serving.
+pub(super) enum Pending {
+    Hbone(TcpListener),
+    Socks5(TcpListener),
+    Service(TcpListener),
+    Plaintext(TcpListener),
+    Outbound(TcpListener),
+    Waypoint(TcpListener),
+}
+
+impl Pending {
+    /// The bound address.
+    pub(super) fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Pending::Hbone(l)
+            | Pending::Socks5(l)
+            | Pending::Service(l)
+            | Pending::Plaintext(l)
+            | Pending::Outbound(l)
+            | Pending::Waypoint(l) => l.local_addr().ok(),
+        }
+    }
+}
+
+/// The network namespaces of `desired`'s in-pod listeners: those already open are reused,
+/// the others opened (a thread entering each) before their listeners bind.
+pub(super) fn open_namespaces(
+    ctx: &Ctx,
+    desired: &[(ListenerKey, String)],
+) -> Result<Namespaces, Error> {
+    let mut namespaces = HashMap::new();
+    let open = ctx.netns.load();
+    for (key, _) in desired {
+        if let ListenerKey::InPod(path, _, _) = key
+            && !namespaces.contains_key(path)
+        {
+            let ns = match open.get(path) {
+                Some(ns) => ns.clone(),
+                None => crate::sockets::Netns::open(
+                    path,
+                    Some(
+                        ctx.cfg
+                            .socket_mark
+                            .unwrap_or(crate::ztunnel::DEFAULT_SOCKET_MARK),
+                    ),
+                )
+                .map_err(|source| Error::Netns {
+                    path: path.clone(),
+                    source,
+                })?,
+            };
+            namespaces.insert(path.clone(), ns);
+        }
+    }
+    Ok(namespaces)
+}
+
+/// Binds the listeners of `desired` not in `existing`; the first failure fails them all
+/// (dropping what was bound).
+pub(super) async fn bind_new(
+    ctx: &Ctx,
+    desired: &[(ListenerKey, String)],
+    existing: &[ListenerKey],
+    namespaces: &Namespaces,
+) -> Result<Vec<(ListenerKey, String, Pending)>, Error> {
+    let mut pending = Vec::new();
+    for (key, what) in desired {
+        if existing.contains(key) {
+            continue;
+        }
+        let p = match key {
+            ListenerKey::Hbone(addr) => Pending::Hbone(bind(*addr).await?),
+            ListenerKey::Socks5(addr) => Pending::Socks5(bind(*addr).await?),
+            ListenerKey::Service(addr) => Pending::Service(bind(*addr).await?),
+            ListenerKey::Plaintext(addr) if ctx.layers().transparent_inbound => {
+                Pending::Plaintext(crate::sockets::bind_transparent(*addr).map_err(|source| {
+                    Error::Bind {
+                        addr: *addr,
+                        source,
+                    }
+                })?)
+            }
+            ListenerKey::Plaintext(addr) => Pending::Plaintext(bind(*addr).await?),
+            ListenerKey::Outbound(addr) => Pending::Outbound(bind(*addr).await?),
+            ListenerKey::InPod(path, kind, addr) => {
+                let l = match namespaces.get(path) {
+                    Some(ns) => ns.bind(*addr).await.map_err(|source| Error::Bind {
+                        addr: *addr,
+                        source,
+                    })?,
+                    None => {
+                        return Err(Error::Runtime(std::io::Error::other("netns not open")));
+                    }
+                };
+                match kind {
+                    InPodKind::Hbone => Pending::Hbone(l),
+                    InPodKind::Outbound => Pending::Outbound(l),
+                    InPodKind::Plaintext => Pending::Plaintext(l),
+                }
+            }
+            ListenerKey::Waypoint(addr) => Pending::Waypoint(bind(*addr).await?),
+        };
+        pending.push((key.clone(), what.clone(), p));
+    }
+    Ok(pending)
+}
+
+impl Proxy {
+    pub(super) fn start_listener(
+        &self,
+        key: ListenerKey,
+        what: String,
+        p: Pending,
+    ) -> Result<(), Error> {
+        let inner = &self.inner;
+        let ctx = inner.ctx.clone();
+        let stop = inner.cancel.child_token();
+        let (kind, listener) = match &p {
+            Pending::Hbone(l) => (ListenerKind::Hbone, l),
+            Pending::Socks5(l) => (ListenerKind::Socks5, l),
+            Pending::Service(l) => (ListenerKind::Service, l),
+            Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
+            Pending::Outbound(l) => (ListenerKind::Outbound, l),
+            Pending::Waypoint(l) => (ListenerKind::Waypoint, l),
+        };
+        let addr = listener.local_addr().map_err(Error::Runtime)?;
+        info!(?kind, %addr, %what, "listening");
+        let listening = Listening { kind, addr, what };
+        match p {
+            Pending::Hbone(l) => {
+                let cancel = inner.cancel.clone();
+                self.serve(l, "hbone", stop.clone(), move |tcp, _peer| {
+                    inbound::serve(ctx.clone(), tcp, cancel.clone())
+                });
+            }
+            Pending::Socks5(l) => {
+                self.serve(l, "socks5", stop.clone(), move |tcp, peer| {
+                    outbound::socks5(ctx.clone(), tcp, peer)
+                });
+            }
+            Pending::Service(l) => {
+                self.serve(l, "service", stop.clone(), move |tcp, peer| {
+                    outbound::service(ctx.clone(), tcp, peer)
+                });
+            }
+            Pending::Plaintext(l) => {
+                self.serve(l, "plaintext", stop.clone(), move |tcp, peer| {
+                    plaintext::serve(ctx.clone(), tcp, peer)
+                });
+            }
+            Pending::Outbound(l) => {
+                self.serve(l, "outbound", stop.clone(), move |tcp, peer| {
+                    outbound::captured(ctx.clone(), tcp, peer)
+                });
+            }
+            Pending::Waypoint(l) => {
+                let cancel = inner.cancel.clone();
+                self.serve(l, "waypoint", stop.clone(), move |tcp, _peer| {
+                    waypoint::serve(ctx.clone(), tcp, cancel.clone())
+                });
+            }
+        }
+        let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.insert(key, ListenerHandle { listening, stop });
+        Ok(())
+    }
+
+    /// Spawns the accept loop of `listener` until `stop`; each connection runs `handler` on
+    /// its own task, aborted when the drain deadline passes.
+    fn serve<F, Fut>(
+        &self,
+        listener: TcpListener,
+        kind: &'static str,
+        stop: CancellationToken,
+        handler: F,
+    ) where
+        F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let tasks = self.inner.tasks.clone();
+        let force = self.inner.force.clone();
+        let addr = listener.local_addr().ok();
+        let span = tracing::info_span!("listener", kind, addr = ?addr);
+        let proxy_permits = self.inner.conn_permits.clone();
+        let listener_permits = Arc::new(tokio::sync::Semaphore::new(
+            self.inner
+                .ctx
+                .cfg
+                .max_connections_per_listener
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        let refused = self.inner.ctx.telemetry.connections_refused.clone();
+        self.inner.tasks.spawn(
+            async move {
+                loop {
+                    let accepted = tokio::select! {
+                        () = stop.cancelled() => break,
+                        r = listener.accept() => r,
+                    };
+                    match accepted {
+                        Ok((tcp, peer)) => {
+                            // Limits first, before any work or memory for the connection.
+                            let permits = proxy_permits
+                                .clone()
+                                .try_acquire_owned()
+                                .map_err(|_| "proxy")
+                                .and_then(|p| {
+                                    listener_permits
+                                        .clone()
+                                        .try_acquire_owned()
+                                        .map(|l| (p, l))
+                                        .map_err(|_| "listener")
+                                });
+                            let permits = match permits {
+                                Ok(p) => p,
+                                Err(limit) => {
+                                    refused
+                                        .get_or_create(&[("listener", kind), ("limit", limit)])
+                                        .inc();
+                                    debug!(%peer, limit, "connection limit reached: closed");
+                                    // An RST, at once: no TIME_WAIT, the client learns now.
+                                    let _ = tcp.set_zero_linger();
+                                    continue;
+                                }
+                            };
+                            let _ = tcp.set_nodelay(true);
+                            let conn = handler(tcp, peer);
+                            let force = force.clone();
+                            // debug level: an enabled span costs an enter/exit on every poll.
+                            let span = tracing::debug_span!("conn", kind, %peer);
+                            tasks.spawn(
+                                async move {
+                                    let _permits = permits;
+                                    tokio::select! {
+                                        () = force.cancelled() => {}
+                                        () = conn => {}
+                                    }
+                                }
+                                .instrument(span),
+                            );
+                        }
+                        Err(e) => {
+                            // Typically EMFILE: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
