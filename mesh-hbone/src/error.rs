@@ -75,7 +75,7 @@ pub enum Error {
     PingTimeout(std::time::Duration),
     /// An [`H2Settings`](crate::H2Settings) value is unusable.
     #[error("invalid HTTP/2 settings: {0}")]
-    InvalidSettings(String),
+    InvalidSettings(crate::SettingsError),
 }
 
 /// The HTTP/2 abuse limit a peer broke (see [`Error::Flood`]).

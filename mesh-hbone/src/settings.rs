@@ -75,44 +75,53 @@ impl Default for H2Settings {
     }
 }
 
+/// Which [`H2Settings`] value is unusable, in [`Error::InvalidSettings`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// [`H2Settings::stream_window`] outside 65535..=2^31-1.
+    #[error("stream window {0} is outside 65535..=2147483647")]
+    StreamWindow(u32),
+    /// [`H2Settings::connection_window`] outside 65535..=2^31-1.
+    #[error("connection window {0} is outside 65535..=2147483647")]
+    ConnectionWindow(u32),
+    /// [`H2Settings::max_frame_size`] outside 16384..=16777215.
+    #[error("max frame size {0} is outside 16384..=16777215")]
+    MaxFrameSize(u32),
+    /// [`H2Settings::max_header_list_size`] below 1024.
+    #[error("max header list size {0} is below 1024")]
+    MaxHeaderListSize(u32),
+    /// [`H2Settings::max_send_buffer_size`] zero or over `u32::MAX`.
+    #[error("max send buffer size {0} is outside 1..=4294967295")]
+    MaxSendBufferSize(usize),
+    /// A keepalive interval or timeout, or the idle timeout, that is zero (its name).
+    #[error("{0} must be positive")]
+    ZeroDuration(&'static str),
+}
+
 impl H2Settings {
     /// Checks that the values are usable: [`Error::InvalidSettings`] names the bad one.
     pub fn validate(&self) -> Result<(), Error> {
         self.check().map_err(Error::InvalidSettings)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), SettingsError> {
         const MAX_WINDOW: u32 = (1 << 31) - 1;
         let window_ok = |w: u32| (65_535..=MAX_WINDOW).contains(&w);
         if !window_ok(self.stream_window) {
-            return Err(format!(
-                "stream window {} is outside 65535..={MAX_WINDOW}",
-                self.stream_window
-            ));
+            return Err(SettingsError::StreamWindow(self.stream_window));
         }
         if !window_ok(self.connection_window) {
-            return Err(format!(
-                "connection window {} is outside 65535..={MAX_WINDOW}",
-                self.connection_window
-            ));
+            return Err(SettingsError::ConnectionWindow(self.connection_window));
         }
         if !(16_384..=16_777_215).contains(&self.max_frame_size) {
-            return Err(format!(
-                "max frame size {} is outside 16384..=16777215",
-                self.max_frame_size
-            ));
+            return Err(SettingsError::MaxFrameSize(self.max_frame_size));
         }
         if self.max_header_list_size < 1024 {
-            return Err(format!(
-                "max header list size {} is below 1024",
-                self.max_header_list_size
-            ));
+            return Err(SettingsError::MaxHeaderListSize(self.max_header_list_size));
         }
         if self.max_send_buffer_size == 0 || self.max_send_buffer_size > u32::MAX as usize {
-            return Err(format!(
-                "max send buffer size {} is outside 1..=4294967295",
-                self.max_send_buffer_size
-            ));
+            return Err(SettingsError::MaxSendBufferSize(self.max_send_buffer_size));
         }
         for (name, d) in [
             ("keepalive interval", self.keepalive_interval),
@@ -120,7 +129,7 @@ impl H2Settings {
             ("idle timeout", self.idle_timeout),
         ] {
             if d.is_zero() {
-                return Err(format!("{name} must be positive"));
+                return Err(SettingsError::ZeroDuration(name));
             }
         }
         Ok(())
@@ -196,5 +205,55 @@ mod tests {
                 .to_string()
                 .contains("idle timeout")
         );
+    }
+
+    #[test]
+    fn settings_errors_are_typed_with_the_former_texts() {
+        let cases = [
+            (
+                H2Settings {
+                    connection_window: 1,
+                    ..H2Settings::default()
+                },
+                SettingsError::ConnectionWindow(1),
+                "connection window 1 is outside 65535..=2147483647",
+            ),
+            (
+                H2Settings {
+                    max_header_list_size: 10,
+                    ..H2Settings::default()
+                },
+                SettingsError::MaxHeaderListSize(10),
+                "max header list size 10 is below 1024",
+            ),
+            (
+                H2Settings {
+                    max_send_buffer_size: 0,
+                    ..H2Settings::default()
+                },
+                SettingsError::MaxSendBufferSize(0),
+                "max send buffer size 0 is outside 1..=4294967295",
+            ),
+            (
+                H2Settings {
+                    keepalive_timeout: Duration::ZERO,
+                    ..H2Settings::default()
+                },
+                SettingsError::ZeroDuration("keepalive timeout"),
+                "keepalive timeout must be positive",
+            ),
+        ];
+        for (settings, want, text) in cases {
+            match settings.validate() {
+                Err(Error::InvalidSettings(got)) => {
+                    assert_eq!(got, want);
+                    assert_eq!(
+                        Error::InvalidSettings(got).to_string(),
+                        format!("invalid HTTP/2 settings: {text}")
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }
