@@ -22,7 +22,9 @@ mod outbound;
 mod own;
 mod plaintext;
 mod reset;
+mod role;
 pub mod route;
+pub(crate) mod serves;
 mod settings;
 mod sniff;
 mod upstreams;
@@ -32,6 +34,7 @@ mod xds;
 pub use hygiene::L7Limits;
 pub(crate) use listeners::{InPodKind, ListenerKey};
 pub(crate) use live::{LiveConns, LiveGuard, LiveInbound};
+pub use role::{Layers, Role};
 pub use settings::{ListenerKind, Listening, ProxyConfig};
 pub use xds::XdsFollower;
 
@@ -108,7 +111,7 @@ impl Ctx {
     }
 
     /// The layers this proxy's role turns on.
-    pub(crate) fn layers(&self) -> crate::roles::Layers {
+    pub(crate) fn layers(&self) -> Layers {
         self.cfg.role.layers()
     }
 

@@ -11,8 +11,8 @@ use super::hygiene;
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// What this proxy is: the listeners it serves and the layers it turns on
-    /// ([`crate::roles::ztunnel`], [`crate::roles::waypoint`], [`crate::roles::sidecar`]).
-    pub role: crate::roles::Role,
+    /// (`crate::roles::{ztunnel, waypoint, sidecar}`).
+    pub role: super::Role,
     /// SOCKS5 listen address; `None` disables SOCKS5.
     pub socks5_addr: Option<SocketAddr>,
     /// Limit for connecting to a destination (HBONE peer or local app).
@@ -63,7 +63,7 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            role: crate::roles::Role::default(),
+            role: super::Role::default(),
             socks5_addr: None,
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),

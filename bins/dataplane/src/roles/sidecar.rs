@@ -3,14 +3,14 @@
 //! client-side L7 on captured outbound, server-side L7 (the workload's JWT and HTTP policies)
 //! on inbound; with TPROXY capture, transparent inbound.
 
-use super::{Layers, Role, ztunnel::node_listeners};
+use crate::proxy::{Layers, Role, serves};
 
 /// A sidecar serving node `node` (`sidecar/<namespace>/<name>`); `transparent` when capture
 /// uses TPROXY for inbound (`meshctl capture install --tproxy`).
 pub fn sidecar(node: &str, transparent: bool) -> Role {
     Role::new(
         "sidecar",
-        node_listeners(node),
+        serves::node(node),
         Layers {
             outbound_http: true,
             inbound_http: true,

@@ -1,0 +1,101 @@
+//! The composition a proxy runs as ([`Role`]): which listeners it serves for a mesh state
+//! ([`Serves`]) and which layers its data paths turn on ([`Layers`]). The core asks "is this
+//! layer on", never "which proxy am I"; `crate::roles` composes the ztunnel, the waypoint and
+//! the sidecar from these parts.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Plan, ProxyConfig};
+use crate::Error;
+use crate::config::MeshState;
+
+/// What one proxy process is: the listeners it serves and the layers it turns on.
+#[derive(Clone)]
+pub struct Role {
+    name: &'static str,
+    serves: Arc<dyn Serves>,
+    layers: Layers,
+}
+
+impl Role {
+    /// A role from its parts (`crate::roles` builds the standard ones).
+    pub(crate) fn new(name: &'static str, serves: Arc<dyn Serves>, layers: Layers) -> Role {
+        Role {
+            name,
+            serves,
+            layers,
+        }
+    }
+
+    /// `ztunnel`, `waypoint` or `sidecar`, for logs.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The name this proxy serves as in the mesh state: a `Node` (`node-a`,
+    /// `sidecar/ns/name`) or a waypoint `Gateway` (`ns/name`).
+    pub fn serves_as(&self) -> &str {
+        self.serves.key()
+    }
+
+    /// The layers turned on.
+    pub fn layers(&self) -> Layers {
+        self.layers
+    }
+
+    pub(crate) fn serves(&self) -> &dyn Serves {
+        &*self.serves
+    }
+}
+
+impl fmt::Debug for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Role")
+            .field("name", &self.name)
+            .field("serves", &self.serves.key())
+            .field("layers", &self.layers)
+            .finish()
+    }
+}
+
+impl Default for Role {
+    /// A node's L4 proxy for an unnamed node (set the role before starting).
+    fn default() -> Role {
+        Role::new("ztunnel", super::serves::node(""), Layers::default())
+    }
+}
+
+/// Layers the data paths turn on. Each is written once in the core and used by every role
+/// that turns it on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layers {
+    /// HTTP on captured outbound connections to services without a waypoint is proxied per
+    /// request (client-side L7: routing, retries, the source's metrics).
+    pub outbound_http: bool,
+    /// HBONE or captured plaintext to a local workload's declared HTTP port is served per
+    /// request when the workload has policies with HTTP fields or a `RequestAuthentication`
+    /// (server-side L7), and JWKS of those are kept fresh.
+    pub inbound_http: bool,
+    /// Captured inbound arrives by TPROXY: the plaintext listener is transparent, and
+    /// connections to the app come from the client's own address.
+    pub transparent_inbound: bool,
+}
+
+/// Which listeners a role opens for a mesh state, and what it asks of the state.
+pub(crate) trait Serves: Send + Sync {
+    /// The `Node` or `Gateway` key this proxy serves as.
+    fn key(&self) -> &str;
+    /// Fails when `state` does not define what this proxy serves.
+    fn check(&self, state: &MeshState) -> Result<(), Error>;
+    /// The listeners and identities `state` asks of this proxy.
+    fn plan(&self, cfg: &ProxyConfig, state: &MeshState) -> Result<Plan, Error>;
+    /// The remote JWKS (and fetch timeouts) of the `RequestAuthentication`s this proxy
+    /// enforces in `state`.
+    fn jwks(
+        &self,
+        layers: Layers,
+        state: &MeshState,
+    ) -> Vec<(mesh_authz::jwt::KeySource, Duration)>;
+}

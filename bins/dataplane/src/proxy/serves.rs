@@ -1,0 +1,200 @@
+//! What a proxy serves, as listener plans: the workloads of a `Node` (inbound HBONE per
+//! workload or in-pod, SOCKS5, plaintext, captured outbound, service VIPs) or a waypoint
+//! `Gateway` (one HBONE listener). Mechanisms of the core; `crate::roles` picks one per role.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::role::{Layers, Serves};
+use super::{InPodKind, ListenerKey, Plan, ProxyConfig};
+use crate::Error;
+use crate::config::MeshState;
+
+/// The listeners of `Node` `node` (a ztunnel's, or a sidecar's node of one workload).
+pub(crate) fn node(node: &str) -> Arc<dyn Serves> {
+    Arc::new(NodeListeners {
+        node: node.to_owned(),
+    })
+}
+
+/// The one HBONE listener of waypoint `Gateway` `gateway` (`namespace/name`).
+pub(crate) fn gateway(gateway: &str) -> Arc<dyn Serves> {
+    Arc::new(GatewayListener {
+        gateway: gateway.to_owned(),
+    })
+}
+
+struct NodeListeners {
+    node: String,
+}
+
+/// Istio's captured-outbound port, inside each in-pod workload's namespace.
+const OUTBOUND_PORT: u16 = 15001;
+/// Istio's plaintext inbound port, inside each in-pod workload's namespace.
+const PLAINTEXT_PORT: u16 = 15006;
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+impl Serves for NodeListeners {
+    fn key(&self) -> &str {
+        &self.node
+    }
+
+    fn check(&self, state: &MeshState) -> Result<(), Error> {
+        match state.node(&self.node) {
+            Some(_) => Ok(()),
+            None => Err(Error::UnknownNode(self.node.clone())),
+        }
+    }
+
+    fn plan(&self, cfg: &ProxyConfig, state: &MeshState) -> Result<Plan, Error> {
+        let node = state
+            .node(&self.node)
+            .ok_or_else(|| Error::UnknownNode(self.node.clone()))?;
+        let mut desired: Vec<(ListenerKey, String)> = Vec::new();
+        for w in &node.workloads {
+            workload_listeners(&mut desired, w, node.hbone_port);
+        }
+        if let Some(addr) = cfg.socks5_addr {
+            desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
+        }
+        if let Some(addr) = cfg.plaintext_addr {
+            desired.push((
+                ListenerKey::Plaintext(addr),
+                format!("node {} plaintext inbound", node.name),
+            ));
+        }
+        for addr in [cfg.outbound_addr, cfg.outbound_addr_v6]
+            .into_iter()
+            .flatten()
+        {
+            desired.push((
+                ListenerKey::Outbound(addr),
+                format!("node {} captured outbound", node.name),
+            ));
+        }
+        if node.service_listeners {
+            vip_listeners(&mut desired, state);
+        }
+        Ok(Plan {
+            desired,
+            identities: node
+                .workloads
+                .iter()
+                .map(|w| (w.address, w.identity.clone()))
+                .collect(),
+        })
+    }
+
+    fn jwks(
+        &self,
+        layers: Layers,
+        state: &MeshState,
+    ) -> Vec<(mesh_authz::jwt::KeySource, Duration)> {
+        // Only the server-side HTTP layer authenticates requests on a node.
+        if !layers.inbound_http {
+            return Vec::new();
+        }
+        let Some(node) = state.node(&self.node) else {
+            return Vec::new();
+        };
+        node.workloads
+            .iter()
+            .filter_map(|w| state.sidecar_authn.get(&w.key()))
+            .flat_map(|a| a.rules())
+            .map(|r| (r.keys.clone(), r.timeout))
+            .collect()
+    }
+}
+
+/// A local workload's listeners: inbound HBONE on its address, or, in-pod, inbound HBONE,
+/// captured outbound and plaintext inbound inside its network namespace.
+fn workload_listeners(
+    desired: &mut Vec<(ListenerKey, String)>,
+    w: &crate::config::Workload,
+    hbone_port: u16,
+) {
+    let addr = SocketAddr::new(w.address, hbone_port);
+    let Some(ns) = &w.netns else {
+        desired.push((ListenerKey::Hbone(addr), w.key()));
+        return;
+    };
+    let in_pod = |kind, addr| ListenerKey::InPod(ns.clone(), kind, addr);
+    desired.push((
+        in_pod(InPodKind::Hbone, addr),
+        format!("{} (in-pod)", w.key()),
+    ));
+    let outbound = in_pod(
+        InPodKind::Outbound,
+        SocketAddr::new(LOCALHOST, OUTBOUND_PORT),
+    );
+    if !desired.iter().any(|(k, _)| *k == outbound) {
+        desired.push((outbound, format!("{} captured outbound (in-pod)", w.key())));
+    }
+    desired.push((
+        in_pod(
+            InPodKind::Plaintext,
+            SocketAddr::new(w.address, PLAINTEXT_PORT),
+        ),
+        format!("{} plaintext inbound (in-pod)", w.key()),
+    ));
+}
+
+/// One listener per service VIP:port, in address order.
+fn vip_listeners(desired: &mut Vec<(ListenerKey, String)>, state: &MeshState) {
+    let mut vips: Vec<_> = state.vips().collect();
+    vips.sort_by_key(|(a, _)| **a);
+    for (addr, sp) in vips {
+        let what = format!(
+            "{}/{} ({})",
+            sp.service.namespace,
+            sp.service.name,
+            sp.service.hosts.first().map_or("", String::as_str)
+        );
+        desired.push((ListenerKey::Service(*addr), what));
+    }
+}
+
+struct GatewayListener {
+    gateway: String,
+}
+
+impl Serves for GatewayListener {
+    fn key(&self) -> &str {
+        &self.gateway
+    }
+
+    fn check(&self, state: &MeshState) -> Result<(), Error> {
+        match state.waypoints.contains_key(&self.gateway) {
+            true => Ok(()),
+            false => Err(Error::UnknownWaypoint(self.gateway.clone())),
+        }
+    }
+
+    fn plan(&self, _cfg: &ProxyConfig, state: &MeshState) -> Result<Plan, Error> {
+        let wp = state
+            .waypoints
+            .get(&self.gateway)
+            .ok_or_else(|| Error::UnknownWaypoint(self.gateway.clone()))?;
+        Ok(Plan {
+            desired: vec![(
+                ListenerKey::Waypoint(wp.hbone_addr()),
+                format!("waypoint {}", self.gateway),
+            )],
+            identities: vec![(wp.address, wp.identity.clone())],
+        })
+    }
+
+    fn jwks(
+        &self,
+        _layers: Layers,
+        state: &MeshState,
+    ) -> Vec<(mesh_authz::jwt::KeySource, Duration)> {
+        state
+            .waypoint_authn
+            .values()
+            .flat_map(|a| a.rules())
+            .map(|r| (r.keys.clone(), r.timeout))
+            .collect()
+    }
+}
