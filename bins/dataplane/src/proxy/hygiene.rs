@@ -134,6 +134,30 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `:authority`; the host's trailing dot is dropped and `Host` set to the result. Removes
 /// headers only the mesh may set (`x-forwarded-client-cert`, `x-envoy-*`).
 pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCode, &'static str)> {
+    let authority = checked_authority(req)?;
+    // Headers the client names in `Connection` go before anything below reads the request
+    // or the proxy adds to it (naming `Host` was refused above: it would drop the authority
+    // that was authorized from the request the upstream gets).
+    strip_hop_by_hop(req.headers_mut());
+    let v = HeaderValue::from_str(&authority)
+        .map_err(|_| (StatusCode::BAD_REQUEST, "invalid authority\n"))?;
+    req.headers_mut().insert(header::HOST, v);
+    let forbidden: Vec<header::HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|n| mesh_only(n.as_str()))
+        .cloned()
+        .collect();
+    for n in forbidden {
+        req.headers_mut().remove(n);
+    }
+    Ok(authority)
+}
+
+/// The checks of [`check_request`] that read the request without changing it, and the
+/// authority they yield (hop-by-hop headers cannot change it: a `Connection` naming `Host`
+/// is refused).
+pub(crate) fn checked_authority<B>(req: &Request<B>) -> Result<String, (StatusCode, &'static str)> {
     if req
         .method()
         .as_str()
@@ -142,14 +166,10 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
     {
         return Err((StatusCode::BAD_REQUEST, "method must be upper case\n"));
     }
-    // Headers the client names in `Connection` go first, before anything below reads the
-    // request or the proxy adds to it: naming `Host` would otherwise drop the authority that
-    // was authorized from the request the upstream gets.
     let names_host = connection_names(req.headers()).any(|n| n.eq_ignore_ascii_case("host"));
     if names_host {
         return Err((StatusCode::BAD_REQUEST, "Connection must not name Host\n"));
     }
-    strip_hop_by_hop(req.headers_mut());
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next().map(|h| h.to_str());
     if hosts.next().is_some() {
@@ -182,19 +202,23 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
     if !valid_authority(&authority) {
         return Err((StatusCode::BAD_REQUEST, "invalid Host\n"));
     }
-    let v = HeaderValue::from_str(&authority)
-        .map_err(|_| (StatusCode::BAD_REQUEST, "invalid authority\n"))?;
-    req.headers_mut().insert(header::HOST, v);
-    let forbidden: Vec<header::HeaderName> = req
-        .headers()
-        .keys()
-        .filter(|n| mesh_only(n.as_str()))
-        .cloned()
-        .collect();
-    for n in forbidden {
-        req.headers_mut().remove(n);
-    }
     Ok(authority)
+}
+
+/// [`check_request`] as the request path's guard: refusals are answered 400 (`DPE`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hygiene;
+
+impl mesh_l7::layer::Guard for Hygiene {
+    fn check<B>(&self, req: &mut Request<B>) -> Result<(), mesh_l7::layer::Refusal> {
+        check_request(req)
+            .map(drop)
+            .map_err(|(status, body)| mesh_l7::layer::Refusal {
+                status,
+                body,
+                flags: "DPE",
+            })
+    }
 }
 
 /// `host[:port]` with a host of letters, digits, `.`, `-`, `_`, or `[IPv6][:port]`.

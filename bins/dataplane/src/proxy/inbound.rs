@@ -119,11 +119,7 @@ async fn serve_l7(ctx: Arc<Ctx>, req: InboundConnect, h2: bool, start: tokio::ti
             |w| w.telemetry.clone(),
         ),
         src_identity: Some(src_identity),
-        side: super::http::Side::Inbound {
-            workload: a.dst,
-            port: authority.port(),
-            mtls: true,
-        },
+        profile: super::profiles::Profile::sidecar_inbound(a.dst, authority.port(), true),
         h2,
     };
     super::http::serve(tunnel, stream).await;

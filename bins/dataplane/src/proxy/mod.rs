@@ -21,6 +21,7 @@ mod observe;
 mod outbound;
 mod own;
 mod plaintext;
+mod profiles;
 mod reset;
 mod role;
 pub mod route;

@@ -124,7 +124,7 @@ async fn proxy(
                 client: Some(peer),
                 src_identity: Some(src.identity.clone()),
                 src_labels: src.telemetry.clone(),
-                side: super::http::Side::Outbound(src),
+                profile: super::profiles::Profile::sidecar_outbound(src),
                 h2,
             };
             // An HTTP connection that fails (an upstream cut mid-response) is reset.

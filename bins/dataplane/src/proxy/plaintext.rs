@@ -123,11 +123,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
             client: Some(peer),
             src_labels,
             src_identity: None,
-            side: super::http::Side::Inbound {
-                workload: dst,
-                port: dst_addr.port(),
-                mtls: false,
-            },
+            profile: super::profiles::Profile::sidecar_inbound(dst, dst_addr.port(), false),
             h2,
         };
         return super::http::serve(tcp, stream).await;

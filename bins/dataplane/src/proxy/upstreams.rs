@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tracing::debug;
 
-use super::http::{CountedBody, Stream};
+use super::http::{ReqBody, Stream};
 
 /// Upstream HTTP connections by endpoint address and client: idle HTTP/1.1 ones, and one
 /// multiplexed HTTP/2 connection each. The client is part of the key because an upstream
@@ -20,8 +20,8 @@ use super::http::{CountedBody, Stream};
 /// connection opened for another.
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<CountedBody>>>>,
-    h2: Mutex<HashMap<PoolKey, hyper::client::conn::http2::SendRequest<CountedBody>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<ReqBody>>>>,
+    h2: Mutex<HashMap<PoolKey, hyper::client::conn::http2::SendRequest<ReqBody>>>,
 }
 
 /// (endpoint, client address).
@@ -33,16 +33,16 @@ const MAX_POOL_KEYS: usize = 4096;
 
 /// A sender on an upstream connection.
 pub(super) enum Sender {
-    H1(SendRequest<CountedBody>),
-    H2(hyper::client::conn::http2::SendRequest<CountedBody>),
+    H1(SendRequest<ReqBody>),
+    H2(hyper::client::conn::http2::SendRequest<ReqBody>),
 }
 
 /// A request's outcome on a connection: the response, or the error with the request when the
 /// connection failed before taking it (safe to send elsewhere).
-type TrySend = Result<Response<Incoming>, (hyper::Error, Option<Request<CountedBody>>)>;
+type TrySend = Result<Response<Incoming>, (hyper::Error, Option<Request<ReqBody>>)>;
 
 impl Sender {
-    async fn try_send(&mut self, req: Request<CountedBody>) -> TrySend {
+    async fn try_send(&mut self, req: Request<ReqBody>) -> TrySend {
         let r = match self {
             Sender::H1(s) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
@@ -68,7 +68,7 @@ pub(super) enum SendError {
 pub(super) async fn send_pooled<F, Fut>(
     s: &Stream,
     addr: SocketAddr,
-    req: Request<CountedBody>,
+    req: Request<ReqBody>,
     open: F,
 ) -> Result<Response<Incoming>, SendError>
 where

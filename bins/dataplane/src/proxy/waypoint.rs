@@ -98,7 +98,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
             .filter(|w| w.identity == src_identity);
         let stream = super::http::Stream {
             ctx: ctx.clone(),
-            side: super::http::Side::Waypoint(waypoint),
+            profile: super::profiles::Profile::waypoint(waypoint, Some(&sp)),
             service: Some(sp),
             client: headers.client,
             src_labels: src.map_or_else(

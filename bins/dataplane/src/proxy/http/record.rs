@@ -1,0 +1,129 @@
+//! Each finished request in the metrics (Istio's standard request metrics) and the access log.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response};
+use mesh_l7::layer::Finished;
+use mesh_l7::layer::trace::{TRACEPARENT, X_REQUEST_ID, trace_id};
+use mesh_telemetry::metrics::{PeerLabels, Str};
+
+use super::Stream;
+use crate::config::{ServicePort, Workload};
+
+/// The workload (and service) a request was sent to: in the response's extensions, from the
+/// upstream.
+#[derive(Clone)]
+pub(super) struct Dst(
+    pub(super) Arc<Workload>,
+    pub(super) Option<Arc<ServicePort>>,
+);
+
+/// Records a stream's requests.
+#[derive(Clone)]
+pub(super) struct Recorder(pub(super) Arc<Stream>);
+
+/// What is kept of a request until its response ends.
+pub(super) struct Started {
+    method: http::Method,
+    /// The path and query as the client sent them.
+    path: String,
+    /// The authority the request was handled with (empty if it was refused for it).
+    authority: String,
+    traceparent: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    dst: Option<Dst>,
+}
+
+impl mesh_l7::layer::Recorder for Recorder {
+    type Request = Started;
+
+    fn start<B>(&self, req: &Request<B>) -> Started {
+        Started {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            authority: crate::proxy::hygiene::checked_authority(req).unwrap_or_default(),
+            traceparent: req.headers().get(TRACEPARENT).cloned(),
+            request_id: req.headers().get(X_REQUEST_ID).cloned(),
+            dst: None,
+        }
+    }
+
+    fn respond<B>(&self, req: &mut Started, resp: &mut Response<B>) {
+        req.dst = resp.extensions_mut().remove::<Dst>();
+    }
+
+    fn finish(&self, req: Started, done: &Finished<'_>) {
+        let s = &self.0;
+        let t = &s.ctx.telemetry;
+        let grpc_status = done.grpc_status.unwrap_or_default();
+        let unknown = PeerLabels::unknown();
+        let (dst, service) = match &req.dst {
+            Some(Dst(w, sp)) => (&w.telemetry, sp.as_ref().map(|sp| &sp.service.telemetry)),
+            None => (&unknown, None),
+        };
+        let mut standard = crate::proxy::observe::labels(
+            s.profile.reporter,
+            &s.src_labels,
+            dst,
+            service.or(s.service.as_ref().map(|sp| &sp.service.telemetry)),
+            s.profile.security,
+        );
+        standard.request_protocol = Str::from(if grpc_status.is_empty() {
+            "http"
+        } else {
+            "grpc"
+        });
+        let labels = mesh_telemetry::requests::RequestLabels {
+            standard,
+            response_code: Str::from(done.status.as_str()),
+            grpc_response_status: Str::from(grpc_status),
+        };
+        t.requests.record(
+            &labels,
+            mesh_telemetry::requests::Finished {
+                duration_ms: done.duration.as_secs_f64() * 1000.0,
+                request_bytes: done.request_bytes,
+                response_bytes: done.response_bytes,
+            },
+        );
+        if !t.access.enabled() {
+            return;
+        }
+        let meta = done.meta;
+        let host = req
+            .dst
+            .as_ref()
+            .and_then(|Dst(_, sp)| sp.as_ref())
+            .and_then(|sp| sp.service.hosts.first().map(String::as_str));
+        t.access.log(&mesh_telemetry::access::RequestRecord {
+            timestamp: mesh_telemetry::access::now_rfc3339(),
+            reporter: s.profile.log_reporter,
+            src_addr: s.client,
+            src_identity: s.src_identity.as_ref().map(|i| i.as_str()),
+            method: req.method.as_str(),
+            authority: &req.authority,
+            path: meta.logged_path.as_deref().unwrap_or(&req.path),
+            protocol: if s.h2 { "HTTP/2" } else { "HTTP/1.1" },
+            status: done.status.as_u16(),
+            bytes_received: done.request_bytes,
+            bytes_sent: done.response_bytes,
+            duration_ms: done.duration.as_millis() as u64,
+            route: meta.route.as_deref(),
+            upstream: meta.upstream,
+            dst_service: host,
+            response_flags: meta.flags,
+            trace_id: text(&req.traceparent).and_then(trace_id),
+            request_id: text(&req.request_id),
+            audit_policy: meta.audit.as_deref(),
+        });
+    }
+}
+
+/// A header value as text, if it is.
+fn text(v: &Option<HeaderValue>) -> Option<&str> {
+    v.as_ref().and_then(|v| v.to_str().ok())
+}

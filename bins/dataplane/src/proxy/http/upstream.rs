@@ -1,0 +1,237 @@
+//! The upstream at the bottom of the stack: a routed request goes to an endpoint of its
+//! destination over HBONE (balanced by the destination's endpoint set), with the stream's
+//! identity; an unrouted one to the local app. Connections are pooled
+//! ([`send_pooled`](crate::proxy::upstreams)); failures answer 503 with Envoy's flags.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use mesh_hbone::headers::ConnectHeaders;
+use mesh_l7::layer::{Meta, Target, UpstreamRequest, local};
+use tracing::{debug, warn};
+
+use super::record::Dst;
+use super::{ReqBody, RespBody, Stream};
+use crate::config::{ServicePort, Workload};
+use crate::proxy::hygiene::strip_hop_by_hop;
+use crate::proxy::profiles::Upstream;
+use crate::proxy::upstreams::{SendError, Sender, send_pooled};
+
+/// Sends a request where the stack decided.
+pub(super) async fn call(
+    s: Arc<Stream>,
+    u: UpstreamRequest<ReqBody>,
+) -> Result<Response<RespBody>, Infallible> {
+    Ok(match &s.profile.upstream {
+        Upstream::App { workload, port } => forward_local(&s, workload, *port, u.request).await,
+        Upstream::Mesh => forward_mesh(&s, u).await,
+    })
+}
+
+fn unavailable(body: &'static str, flags: &'static str) -> Response<RespBody> {
+    local(StatusCode::SERVICE_UNAVAILABLE, body, flags)
+}
+
+/// A routed request: to an endpoint of its destination, over HBONE.
+async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespBody> {
+    let Some(sp) = &s.service else {
+        return unavailable("no such service\n", "NR");
+    };
+    if let Target::Picked(p) = &u.target
+        && p.destination().is_none()
+    {
+        return unavailable("no route destination\n", "NR");
+    }
+    // The endpoints the target names: the route's destination (its port, else the
+    // addressed port if the host has it, else the host's only port; its subset), or the
+    // addressed service's.
+    let found = {
+        let state = s.ctx.state.load();
+        let host = sp.service.hosts.first().map_or("", String::as_str);
+        match &u.target {
+            Target::Picked(p) => p.destination().and_then(|d| {
+                let port = d.port.unwrap_or(sp.port);
+                let port = if state.service_by_host(&d.host, port).is_some() {
+                    port
+                } else {
+                    *state.by_host.get(&d.host)?.keys().next()?
+                };
+                let dest_service = state.service_by_host(&d.host, port).cloned();
+                let set = state.endpoint_set(&d.host, port, d.subset.as_deref())?;
+                Some((set.clone(), dest_service))
+            }),
+            _ => state
+                .endpoint_set(host, sp.port, None)
+                .map(|set| (set.clone(), Some(sp.clone()))),
+        }
+    };
+    let Some((dest, dest_service)) = found else {
+        return unavailable("no such service\n", "NR");
+    };
+    let Some((ep, _in_flight)) = dest.choose() else {
+        return unavailable("no healthy upstream\n", "UH");
+    };
+    let dst = Dst(ep.workload.clone(), dest_service);
+    let mut resp = send_mesh(s, sp, &ep.workload, ep.port, u.request).await;
+    // Recorded once an endpoint was chosen, even if it then failed.
+    resp.extensions_mut().insert(dst);
+    resp
+}
+
+/// Sends to a chosen endpoint: no hop-by-hop headers, HTTP/2 in absolute form.
+async fn send_mesh(
+    s: &Stream,
+    sp: &ServicePort,
+    workload: &Arc<Workload>,
+    port: u16,
+    mut req: Request<ReqBody>,
+) -> Response<RespBody> {
+    strip_hop_by_hop(req.headers_mut());
+    let Some(hbone_addr) = workload.hbone_addr else {
+        return unavailable("endpoint outside the mesh\n", "UF");
+    };
+    let addr = SocketAddr::new(workload.address, port);
+    let host = sp.service.hosts.first().map_or("", String::as_str);
+    if s.h2 {
+        // HTTP/2 upstream requests carry the scheme and authority.
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let auth = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(host);
+        if let Ok(uri) = format!("http://{auth}{pq}").parse() {
+            *req.uri_mut() = uri;
+        }
+        req.headers_mut().remove(header::HOST);
+    }
+    let identity = &workload.identity;
+    let resp = send_pooled(s, addr, req, || {
+        connect(s, identity, hbone_addr, addr, host)
+    })
+    .await;
+    let mut resp = match resp {
+        Ok(resp) => resp.map(RespBody::Upstream),
+        Err(SendError::Connect(e)) => {
+            warn!(upstream = %addr, error = %e, side = s.profile.name, "upstream connect failed: 503");
+            unavailable("upstream connect error\n", "UF")
+        }
+        Err(SendError::Request(e)) => {
+            warn!(upstream = %addr, error = %e, side = s.profile.name, "upstream request failed: 503");
+            unavailable("upstream request failed\n", "UF")
+        }
+    };
+    Meta::of(&mut resp).upstream = Some(addr);
+    resp
+}
+
+/// An unrouted request: to the app on the workload's address (from its namespace, marked),
+/// over a reused HTTP connection.
+async fn forward_local(
+    s: &Stream,
+    workload: &Arc<Workload>,
+    port: u16,
+    mut req: Request<ReqBody>,
+) -> Response<RespBody> {
+    let addr = SocketAddr::new(workload.address, port);
+    strip_hop_by_hop(req.headers_mut());
+    if s.h2 {
+        // HTTP/2 requests carry the scheme and the authority (the evaluated one); h2 refuses
+        // the origin form the path was put in.
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let authority = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if let Ok(uri) = format!("http://{authority}{pq}").parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    let resp = send_pooled(s, addr, req, || async {
+        let tcp =
+            crate::proxy::connect::connect_app(&s.ctx, workload, addr, s.client.map(|c| c.ip()))
+                .await
+                .map_err(|e| e.reason)?;
+        // Reset, not closed, if the connection fails (a request body cut mid-way).
+        handshake(crate::proxy::reset::ResetOnDrop::new(tcp), s.h2)
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    })
+    .await;
+    let mut resp = match resp {
+        Ok(resp) => resp.map(RespBody::Upstream),
+        Err(SendError::Connect(reason)) => {
+            warn!(upstream = %addr, %reason, "application unreachable: 503");
+            unavailable("upstream connect error\n", "UF")
+        }
+        Err(SendError::Request(e)) => {
+            warn!(upstream = %addr, error = %e, "application request failed: 503");
+            unavailable("upstream request failed\n", "UF")
+        }
+    };
+    Meta::of(&mut resp).upstream = Some(addr);
+    resp.extensions_mut()
+        .insert(Dst(workload.clone(), s.service.clone()));
+    resp
+}
+
+/// A new HTTP connection to `addr` through HBONE to its ztunnel, with the stream's identity.
+async fn connect(
+    s: &Stream,
+    identity: &mesh_identity::SpiffeId,
+    hbone_addr: SocketAddr,
+    addr: SocketAddr,
+    host: &str,
+) -> Result<Sender, String> {
+    let headers = ConnectHeaders {
+        client: s.client,
+        host: Some(host.to_owned()),
+        ..ConnectHeaders::default()
+    };
+    let socket_source = s
+        .profile
+        .tunnel_source
+        .as_ref()
+        .and_then(|w| s.ctx.socket_source(w));
+    let tunnel = crate::proxy::waypoint::open_upstream(
+        &s.ctx,
+        &s.profile.identity,
+        identity,
+        hbone_addr,
+        addr,
+        headers,
+        socket_source,
+    )
+    .await
+    .map_err(|e| e.reason)?;
+    handshake(tunnel, s.h2).await.map_err(|e| e.to_string())
+}
+
+/// An HTTP client connection (HTTP/2 prior knowledge or HTTP/1.1) on `io`, its driver spawned.
+async fn handshake<IO>(io: IO, h2: bool) -> hyper::Result<Sender>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        let (sender, conn) = crate::proxy::hygiene::h2_client()
+            .handshake(TokioIo::new(io))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream HTTP connection ended");
+        }
+    });
+    Ok(Sender::H1(sender))
+}

@@ -1,0 +1,158 @@
+//! What the L7 proxy is on a stream, as data: how it reports, whose identity its upstream
+//! tunnels carry, where JWT rules and authorization policies come from (or none), and where
+//! requests go. One constructor per role — waypoint, sidecar outbound, sidecar inbound — all
+//! here; the request path itself (`http`) reads the data and never asks which role it is.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mesh_telemetry::metrics::{Reporter, SecurityPolicy};
+
+use crate::config::{ServicePort, Waypoint, Workload};
+
+/// The L7 proxy's description of a stream.
+#[derive(Clone)]
+pub(crate) struct Profile {
+    /// Its name in logs (`waypoint`, `outbound`, `inbound`).
+    pub(crate) name: &'static str,
+    /// The metrics reporter.
+    pub(crate) reporter: Reporter,
+    /// The access log's reporter (`waypoint`, `source`, `destination`).
+    pub(crate) log_reporter: &'static str,
+    /// The metrics security policy label.
+    pub(crate) security: SecurityPolicy,
+    /// The identity upstream tunnels present.
+    pub(crate) identity: mesh_identity::SpiffeId,
+    /// The workload upstream tunnels leave from (its address or network namespace); `None`:
+    /// the proxy's own.
+    pub(crate) tunnel_source: Option<Arc<Workload>>,
+    /// Where JWT rules come from; `None`: no JWT authentication here.
+    pub(crate) authn: Option<Authn>,
+    /// Where authorization policies come from; `None`: none here (the server side's).
+    pub(crate) authz: Option<Authz>,
+    /// Where requests go.
+    pub(crate) upstream: Upstream,
+}
+
+/// The `RequestAuthentication`s that apply.
+#[derive(Clone)]
+pub(crate) enum Authn {
+    /// Those whose `targetRefs` name one of these keys (merged, in order).
+    Targets(Vec<String>),
+    /// Those selecting the workload with this key.
+    Workload(String),
+}
+
+/// The `AuthorizationPolicy`s that apply, and the connection's destination.
+#[derive(Clone)]
+pub(crate) struct Authz {
+    /// Which.
+    pub(crate) policies: Policies,
+    /// Plaintext to this workload port: refused per request once `STRICT` applies (a
+    /// keep-alive connection outlives a switch to STRICT).
+    pub(crate) strict: Option<(String, u16)>,
+    /// The proxy's address (the source when no client address is known).
+    pub(crate) self_ip: IpAddr,
+    /// Where the request went, as policies see it.
+    pub(crate) destination_ip: IpAddr,
+    /// Its port.
+    pub(crate) destination_port: u16,
+}
+
+/// Which policies.
+#[derive(Clone)]
+pub(crate) enum Policies {
+    /// Those whose `targetRefs` name this waypoint's Gateway or the addressed Service.
+    Targets(Arc<Waypoint>),
+    /// Those of the workload with this key (selector, namespace, mesh).
+    Workload(String),
+}
+
+/// Where requests go.
+#[derive(Clone)]
+pub(crate) enum Upstream {
+    /// Routed (the addressed service's routes) to mesh endpoints, over HBONE.
+    Mesh,
+    /// The local app, unrouted.
+    App {
+        /// The workload.
+        workload: Arc<Workload>,
+        /// The app's port.
+        port: u16,
+    },
+}
+
+impl Profile {
+    /// A waypoint: JWT and L7 policy of its targets (the addressed service, its own
+    /// Gateway), reporter `waypoint`, upstream tunnels with the waypoint's identity.
+    pub(crate) fn waypoint(waypoint: Arc<Waypoint>, service: Option<&Arc<ServicePort>>) -> Profile {
+        let targets = service
+            .map(|sp| sp.service.target_key.clone())
+            .into_iter()
+            .chain([waypoint.target_key.clone()])
+            .collect();
+        Profile {
+            name: "waypoint",
+            reporter: Reporter::Waypoint,
+            log_reporter: "waypoint",
+            security: SecurityPolicy::MutualTls,
+            identity: waypoint.identity.clone(),
+            tunnel_source: None,
+            authn: Some(Authn::Targets(targets)),
+            authz: Some(Authz {
+                strict: None,
+                self_ip: waypoint.address,
+                destination_ip: service
+                    .and_then(|sp| sp.service.vips.first().copied())
+                    .unwrap_or(waypoint.address),
+                destination_port: service.map_or(0, |sp| sp.port),
+                policies: Policies::Targets(waypoint),
+            }),
+            upstream: Upstream::Mesh,
+        }
+    }
+
+    /// A sidecar's captured outbound: routing only (policy is the server side's), reporter
+    /// `source`, upstream tunnels with the client workload's identity and address.
+    pub(crate) fn sidecar_outbound(workload: Arc<Workload>) -> Profile {
+        Profile {
+            name: "outbound",
+            reporter: Reporter::Source,
+            log_reporter: "source",
+            // As Istio's client sidecars report it.
+            security: SecurityPolicy::Unknown,
+            identity: workload.identity.clone(),
+            tunnel_source: Some(workload),
+            authn: None,
+            authz: None,
+            upstream: Upstream::Mesh,
+        }
+    }
+
+    /// A sidecar's inbound (over HBONE when `mtls`, else captured plaintext): the workload's
+    /// JWT rules and policies, per request, then the app on `port`.
+    pub(crate) fn sidecar_inbound(workload: Arc<Workload>, port: u16, mtls: bool) -> Profile {
+        let key = workload.key();
+        Profile {
+            name: "inbound",
+            reporter: Reporter::Destination,
+            log_reporter: "destination",
+            security: if mtls {
+                SecurityPolicy::MutualTls
+            } else {
+                SecurityPolicy::Unknown
+            },
+            identity: workload.identity.clone(),
+            tunnel_source: Some(workload.clone()),
+            authn: Some(Authn::Workload(key.clone())),
+            authz: Some(Authz {
+                strict: (!mtls).then(|| (key.clone(), port)),
+                self_ip: workload.address,
+                destination_ip: workload.address,
+                destination_port: port,
+                policies: Policies::Workload(key),
+            }),
+            upstream: Upstream::App { workload, port },
+        }
+    }
+}
