@@ -10,8 +10,11 @@ use std::time::Duration;
 use mesh_identity::{LocalCa, TrustBundle};
 use tracing::{error, info};
 
+mod istiod;
+
 use crate::Error;
 use crate::proxy::{Proxy, ProxyConfig};
+use istiod::{follow, run_sidecar_xds, run_waypoint_xds, split_key, xds_store};
 use mesh_telemetry::logging::LogControl;
 
 /// Parses `250ms`, `30s`, `10m`, `24h` or a bare number of seconds.
@@ -38,6 +41,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
     /// Mesh config file (multi-document YAML of Istio resources and our Node / MeshConfig).
+    /// With `--xds-address` (waypoint, sidecar): the L7 resources istiod's workload API does
+    /// not carry, and only those (VirtualService, DestinationRule, HTTPRoute,
+    /// AuthorizationPolicy, RequestAuthentication).
     #[arg(long, value_name = "FILE", required_unless_present = "xds_address")]
     pub config: Option<PathBuf>,
     /// State directory of the local CA (create it with `meshctl ca init --dir DIR`).
@@ -45,11 +51,13 @@ pub struct ProxyArgs {
     pub ca_dir: Option<PathBuf>,
     /// Take the mesh from istiod's workload API (Delta ADS) instead of a file:
     /// `https://istiod.istio-system.svc:15012` (or `http://` for a plaintext control plane).
-    /// ztunnel only.
-    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    /// Workloads, services, endpoints and L4 policy come from istiod; a waypoint or sidecar
+    /// takes its L7 resources from `--config` beside it.
+    #[arg(long, value_name = "URL")]
     pub xds_address: Option<String>,
     /// Take workload certificates from Istio's CA (`IstioCertificateService`) instead of a
-    /// local CA, asking on behalf of each local workload: usually the same URL as
+    /// local CA: a ztunnel asks on behalf of each local workload (`ImpersonatedIdentity`), a
+    /// waypoint or sidecar for its own identity with its own token. Usually the same URL as
     /// `--xds-address`.
     #[arg(long, value_name = "URL", conflicts_with = "ca_dir")]
     pub ca_address: Option<String>,
@@ -154,21 +162,6 @@ impl ProxyArgs {
             .ok_or(Error::Usage("--config FILE is required"))
     }
 
-    /// `--xds-address` is a ztunnel feature for now.
-    fn file_only(&self, role: &'static str) -> Result<(), Error> {
-        if self.xds_address.is_some() {
-            return Err(Error::Usage(match role {
-                "sidecar" => {
-                    "--xds-address is not supported by the sidecar yet (ztunnel only); use --config"
-                }
-                _ => {
-                    "--xds-address is not supported by the waypoint yet (ztunnel only); use --config"
-                }
-            }));
-        }
-        Ok(())
-    }
-
     fn root_pem(&self) -> Result<Option<Vec<u8>>, Error> {
         self.xds_root_ca
             .as_ref()
@@ -183,9 +176,12 @@ impl ProxyArgs {
             .transpose()
     }
 
-    /// The certificate source: Istio's CA (`--ca-address`, on behalf of each workload) or
-    /// the local CA (`--ca-dir`); and the mesh trust bundle.
-    fn cert_provider(&self) -> Result<(Arc<dyn mesh_identity::CertProvider>, TrustBundle), Error> {
+    /// The certificate source: Istio's CA (`--ca-address`, for `whom`) or the local CA
+    /// (`--ca-dir`); and the mesh trust bundle.
+    fn cert_provider(
+        &self,
+        whom: CaFor,
+    ) -> Result<(Arc<dyn mesh_identity::CertProvider>, TrustBundle), Error> {
         if let Some(addr) = &self.ca_address {
             let pem = self.root_pem()?.ok_or(Error::Usage(
                 "--xds-root-ca FILE (the mesh root certificates) is required with --ca-address",
@@ -201,10 +197,14 @@ impl ProxyArgs {
                     token_file: self.xds_token.clone(),
                     cluster_id: Some(self.cluster_id.clone()),
                     validity: self.cert_ttl,
-                    impersonate: true,
+                    impersonate: whom == CaFor::Workloads,
                     trust_roots_pem: None,
                 },
             )?;
+            let client = match whom {
+                CaFor::Own(Some(id)) => client.only_for(id),
+                _ => client,
+            };
             return Ok((Arc::new(client), bundle));
         }
         let dir = self
@@ -240,6 +240,17 @@ impl ProxyArgs {
         self.hbone.apply(&mut cfg);
         cfg
     }
+}
+
+/// Whose certificates a proxy asks Istio's CA for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CaFor {
+    /// A node proxy's workloads, on behalf of each (`ImpersonatedIdentity`; istiod grants it
+    /// to ztunnel only).
+    Workloads,
+    /// Its own identity, with its own token (waypoint, sidecar); the identity when known up
+    /// front.
+    Own(Option<mesh_identity::SpiffeId>),
 }
 
 /// ztunnel settings. Every port and address can be set so several ztunnels share one host.
@@ -308,6 +319,10 @@ pub struct SidecarArgs {
     /// listener is transparent and the app sees each client's own address.
     #[arg(long)]
     pub tproxy: bool,
+    /// The workload's own address (Istio's `INSTANCE_IP`), needed with `--xds-address` (a
+    /// config file gives it in the WorkloadEntry).
+    #[arg(long, value_name = "IP")]
+    pub address: Option<std::net::IpAddr>,
     /// Settings shared with the other proxies.
     #[command(flatten)]
     pub common: ProxyArgs,
@@ -324,6 +339,11 @@ pub struct WaypointArgs {
     /// unknown key id triggers a refetch sooner.
     #[arg(long, default_value = "20m", value_parser = parse_duration, value_name = "DURATION")]
     pub jwks_refresh: Duration,
+    /// This waypoint's own address (Istio's `INSTANCE_IP`), needed with `--xds-address` (a
+    /// config file gives it in the Gateway). Its identity is the service account named after
+    /// the Gateway, as Istio deploys waypoints.
+    #[arg(long, value_name = "IP")]
+    pub address: Option<std::net::IpAddr>,
     /// Settings shared with the other proxies.
     #[command(flatten)]
     pub common: ProxyArgs,
@@ -427,6 +447,11 @@ pub fn raise_fd_limit() {
 async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
     if let Some(xds) = &c.xds_address {
+        if c.config.is_some() {
+            return Err(Error::Usage(
+                "a ztunnel takes everything from istiod: --config and --xds-address are exclusive",
+            ));
+        }
         return run_xds(&args, xds, log).await;
     }
     let state = crate::config::load_file(c.config_file()?)?;
@@ -442,7 +467,7 @@ async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
         args.socks5_port,
     );
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
-    serve(c, cfg, state).await
+    serve(c, cfg, state, CaFor::Workloads).await
 }
 
 /// A ztunnel following istiod: starts on an empty mesh holding only its own node, then
@@ -452,19 +477,12 @@ async fn run_xds(args: &ZtunnelArgs, xds: &str, log: LogControl) -> Result<(), E
     let address = args.address.ok_or(Error::Usage(
         "--address (this ztunnel's own IP) is required with --xds-address",
     ))?;
-    let store = crate::config::xds::XdsStore::new(crate::config::xds::XdsSettings {
-        node: args.node.clone(),
-        node_address: address,
-        cluster_id: c.cluster_id.clone(),
-        root_namespace: crate::config::DEFAULT_ROOT_NAMESPACE.to_owned(),
-        trust_domain: crate::config::default_trust_domain(),
-        service_listeners: args.service_listeners,
-    });
+    let store = xds_store(c, &args.node, address, args.service_listeners);
     let mut cfg = c.proxy_config(address, log);
     cfg.role = crate::roles::ztunnel(&args.node);
     cfg.socks5_addr = listen_addr(args.socks5_addr, loopback_or(address), args.socks5_port);
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, address, args.plaintext_port);
-    let (ca, bundle) = c.cert_provider()?;
+    let (ca, bundle) = c.cert_provider(CaFor::Workloads)?;
     let proxy = Proxy::start(cfg, store.build(), ca, bundle).await?;
     let node = mesh_xds::NodeInfo::ztunnel(
         &address.to_string(),
@@ -473,35 +491,37 @@ async fn run_xds(args: &ZtunnelArgs, xds: &str, log: LogControl) -> Result<(), E
         &args.node,
         &c.cluster_id,
     );
-    // The xDS channel: TLS with the mesh roots, HTTP/2 keepalive; it reconnects by itself.
-    let mut control_plane = mesh_identity::grpc::ControlPlane::new(xds);
-    control_plane.ca_pem = c.root_pem()?;
-    control_plane.server_name = c.xds_server_name.clone();
-    control_plane.keepalive_interval = Some(c.xds_keepalive_interval);
-    control_plane.keepalive_timeout = c.xds_keepalive_timeout;
-    let channel = control_plane.lazy_channel()?;
-    let mut config = mesh_xds::Config::new(xds, node);
-    config.token_file = c.xds_token.clone();
     info!(address = %xds, node = %args.node, "following the control plane");
-    let _follower = proxy.follow_xds(store, channel, config);
+    let _follower = follow(c, &proxy, xds, store, node, None)?;
     run_until_stopped(proxy).await
 }
 
 async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
-    c.file_only("sidecar")?;
-    let state = crate::config::load_file(c.config_file()?)?;
-    let (ns, name) = args
-        .workload
-        .split_once('/')
-        .unwrap_or(("default", args.workload.as_str()));
+    let (ns, name) = split_key(&args.workload);
     let node_name = crate::config::sidecar_node_name(ns, name);
+    if let Some(xds) = &c.xds_address {
+        return run_sidecar_xds(&args, xds, &node_name, log).await;
+    }
+    let state = crate::config::load_file(c.config_file()?)?;
     let node = state
         .node(&node_name)
         .cloned()
         .ok_or_else(|| Error::UnknownSidecar(args.workload.clone()))?;
-    let mut cfg = c.proxy_config(node.address, log);
-    cfg.role = crate::roles::sidecar(&node_name, args.tproxy);
+    let cfg = sidecar_config(&args, node.address, &node_name, log);
+    serve(c, cfg, state, CaFor::Own(None)).await
+}
+
+/// A sidecar's proxy settings: its listeners around workload address `address`.
+fn sidecar_config(
+    args: &SidecarArgs,
+    address: std::net::IpAddr,
+    node_name: &str,
+    log: LogControl,
+) -> ProxyConfig {
+    let c = &args.common;
+    let mut cfg = c.proxy_config(address, log);
+    cfg.role = crate::roles::sidecar(node_name, args.tproxy);
     cfg.socket_mark = match c.socket_mark {
         None => Some(DEFAULT_SOCKET_MARK),
         Some(0) => None,
@@ -522,13 +542,15 @@ async fn run_sidecar(args: SidecarArgs, log: LogControl) -> Result<(), Error> {
             args.outbound_port,
         ));
     }
-    cfg.plaintext_addr = listen_addr(args.plaintext_addr, node.address, args.plaintext_port);
-    serve(c, cfg, state).await
+    cfg.plaintext_addr = listen_addr(args.plaintext_addr, address, args.plaintext_port);
+    cfg
 }
 
 async fn run_waypoint(args: WaypointArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
-    c.file_only("waypoint")?;
+    if let Some(xds) = &c.xds_address {
+        return run_waypoint_xds(&args, xds, log).await;
+    }
     let state = crate::config::load_file(c.config_file()?)?;
     let wp = state
         .waypoints
@@ -538,7 +560,8 @@ async fn run_waypoint(args: WaypointArgs, log: LogControl) -> Result<(), Error> 
     let mut cfg = c.proxy_config(wp.address, log);
     cfg.role = crate::roles::waypoint(&args.gateway);
     cfg.jwks_refresh = args.jwks_refresh;
-    serve(c, cfg, state).await
+    let own = CaFor::Own(Some(wp.identity.clone()));
+    serve(c, cfg, state, own).await
 }
 
 /// The socket mark a sidecar uses by default (Istio's).
@@ -549,8 +572,9 @@ async fn serve(
     c: &ProxyArgs,
     cfg: ProxyConfig,
     state: crate::config::MeshState,
+    whom: CaFor,
 ) -> Result<(), Error> {
-    let (ca, bundle) = c.cert_provider()?;
+    let (ca, bundle) = c.cert_provider(whom)?;
     let proxy = Proxy::start(cfg, state, ca, bundle).await?;
     proxy.watch_config(
         c.config_file()?.to_owned(),

@@ -5,18 +5,28 @@
 //! [`MeshState`](crate::config::MeshState) off the async workers and applies it like a
 //! reloaded file. Updates arriving while a rebuild runs coalesce into one more rebuild. While
 //! the control plane is away the last applied state keeps serving.
+//!
+//! A waypoint or a sidecar also watches its local L7 file: a changed, valid file
+//! replaces the store's L7 resources and rebuilds like an xDS update; an invalid one is logged
+//! and counted, and the last good one keeps serving.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mesh_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, Client, Handler, Rejection, Typed, pb};
 use tokio::sync::Notify;
-use tracing::{Instrument as _, debug, error, warn};
+use tracing::{Instrument as _, debug, error, info, warn};
 
 use super::{Inner, Proxy};
 use crate::config::xds::XdsStore;
 
 const RETRY_INITIAL: std::time::Duration = std::time::Duration::from_millis(500);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The local file of L7 resources beside istiod (`--config` with `--xds-address`, checked
+/// with [`crate::config::parse_l7`]) and how often it is polled for changes.
+type L7File = (PathBuf, Duration);
 
 /// A running subscription: stops with the proxy.
 #[derive(Debug, Clone)]
@@ -54,6 +64,19 @@ impl Proxy {
         store: XdsStore,
         channel: mesh_xds::Channel,
         config: mesh_xds::Config,
+    ) -> XdsFollower {
+        self.follow_istiod(store, channel, config, None)
+    }
+
+    /// As [`follow_xds`](Self::follow_xds), also watching the local L7 file `l7` (path, poll
+    /// interval; its first version is already in `store`): each valid change rebuilds the
+    /// state.
+    pub fn follow_istiod(
+        &self,
+        store: XdsStore,
+        channel: mesh_xds::Channel,
+        config: mesh_xds::Config,
+        l7: Option<L7File>,
     ) -> XdsFollower {
         let store = Arc::new(Mutex::new(store));
         let dirty = Arc::new(Notify::new());
@@ -96,6 +119,9 @@ impl Proxy {
         let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(addresses), Arc::new(authorizations)];
         let client = Client::start(channel, config, handlers);
         let status = client.watch();
+        if let Some(file) = l7 {
+            self.watch_l7(file, store.clone(), dirty.clone());
+        }
         let proxy = Proxy {
             inner: self.inner.clone(),
         };
@@ -151,4 +177,56 @@ impl Proxy {
         *self.inner.xds.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
         XdsFollower { status }
     }
+
+    /// Polls the L7 file; a changed, valid version goes into `store` and `dirty` asks for a
+    /// rebuild. An invalid one is logged with file, field and reason, and counted.
+    fn watch_l7(&self, (path, interval): L7File, store: Arc<Mutex<XdsStore>>, dirty: Arc<Notify>) {
+        let inner = self.inner.clone();
+        let cancel = self.inner.cancel.clone();
+        let span = tracing::info_span!("l7_watch", file = %path.display());
+        self.inner.tasks.spawn(
+            async move {
+                let mut last = read(&path).await;
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                    let now = read(&path).await;
+                    if now.is_none() || now == last {
+                        continue;
+                    }
+                    last = now.clone();
+                    let text =
+                        String::from_utf8_lossy(now.as_deref().unwrap_or_default()).into_owned();
+                    let p = path.clone();
+                    let parsed =
+                        tokio::task::spawn_blocking(move || crate::config::parse_l7(&p, &text))
+                            .await;
+                    match parsed {
+                        Ok(Ok(res)) => {
+                            store.lock().unwrap_or_else(|p| p.into_inner()).set_l7(res);
+                            info!("L7 file changed; rebuilding");
+                            dirty.notify_one();
+                        }
+                        Ok(Err(e)) => {
+                            inner.ctx.telemetry.rejected(e.to_string());
+                            error!("L7 file rejected; the last good one keeps serving:\n{e}");
+                        }
+                        Err(e) => error!(error = %e, "L7 file parsing panicked"),
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The file's bytes, read off the async workers; `None` when unreadable.
+async fn read(path: &std::path::Path) -> Option<Vec<u8>> {
+    let p = path.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::read(p))
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
