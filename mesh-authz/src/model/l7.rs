@@ -45,19 +45,23 @@ impl PathMatch {
         Ok(PathMatch::Template { segments, rest })
     }
 
-    /// Whether a normalized path matches.
+    /// Whether a normalized path matches (per request: no allocation).
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Plain(m) => m.matches(Some(path)),
             PathMatch::Template { segments, rest } => {
-                let got: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-                if got.len() < segments.len() || (!rest && got.len() != segments.len()) {
-                    return false;
+                let mut got = path.trim_start_matches('/').split('/');
+                for want in segments {
+                    let hit = match (want, got.next()) {
+                        (_, None) => false,
+                        (None, Some(g)) => !g.is_empty(),
+                        (Some(w), Some(g)) => w == g,
+                    };
+                    if !hit {
+                        return false;
+                    }
                 }
-                segments.iter().zip(&got).all(|(want, g)| match want {
-                    None => !g.is_empty(),
-                    Some(w) => w == g,
-                })
+                *rest || got.next().is_none()
             }
         }
     }
@@ -113,5 +117,29 @@ mod tests {
         assert!(m("/api/{**}", "/api"), "{{**}} matches zero segments");
         assert!(PathMatch::parse("/api/{**}/x").is_err());
         assert!(PathMatch::parse("/api/v{*}").is_err());
+    }
+
+    /// The former matcher (split into a `Vec`), as the reference.
+    fn reference(segments: &[Option<String>], rest: bool, path: &str) -> bool {
+        let got: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if got.len() < segments.len() || (!rest && got.len() != segments.len()) {
+            return false;
+        }
+        segments.iter().zip(&got).all(|(want, g)| match want {
+            None => !g.is_empty(),
+            Some(w) => w == g,
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn template_matching_is_the_former_one(
+            segments in proptest::collection::vec(proptest::option::of("[ab]{0,2}"), 0..4),
+            rest: bool,
+            path in "/?[ab/]{0,8}",
+        ) {
+            let m = PathMatch::Template { segments: segments.clone(), rest };
+            proptest::prop_assert_eq!(m.matches(&path), reference(&segments, rest, &path));
+        }
     }
 }
