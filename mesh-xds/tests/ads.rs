@@ -211,6 +211,66 @@ async fn ack_nack_resume_and_removal() {
     client.stop();
 }
 
+/// A control plane that ends its streams cleanly (as istiod does to rebalance) is resumed on
+/// a new stream with what was applied; updates reach every connected client.
+#[tokio::test]
+async fn streams_ended_by_the_control_plane_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "test-token").unwrap();
+    let ads = fake().await;
+    ads.set(ADDRESS_TYPE, "ns/w1", workload("w1", [10, 0, 0, 7]).value);
+    let start = || {
+        let handler = Typed::<pb::workload::Address, _>::new(ADDRESS_TYPE, |_, _| Vec::new());
+        Client::start(
+            channel(ads.addr()),
+            config(ads.addr(), &token),
+            vec![Arc::new(handler)],
+        )
+    };
+    let (a, b) = (start(), start());
+    // Each subscribes and ACKs the workload: 4 requests.
+    ads.wait_requests(4).await;
+    assert_eq!(ads.open_streams(), 2);
+    ads.set(ADDRESS_TYPE, "ns/w2", workload("w2", [10, 0, 0, 8]).value);
+    let acks = tokio::time::timeout(Duration::from_secs(5), ads.wait_requests(6))
+        .await
+        .unwrap();
+    assert!(acks.iter().all(|r| r.error_detail.is_none()));
+    ads.end_streams();
+    // The two resumed subscriptions (ACKs of their answers may come in between).
+    let resumes = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let subs: Vec<_> = ads.requests()[6..]
+                .iter()
+                .filter(|r| r.response_nonce.is_empty())
+                .cloned()
+                .collect();
+            if subs.len() >= 2 {
+                break subs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    for resumed in &resumes {
+        let mut known: Vec<_> = resumed.initial_resource_versions.keys().cloned().collect();
+        known.sort();
+        assert_eq!(known, ["ns/w1", "ns/w2"]);
+    }
+    for c in [&a, &b] {
+        let mut w = c.watch();
+        tokio::time::timeout(Duration::from_secs(5), w.wait_for(|s| s.connects == 2))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.status().nacks, 0);
+    }
+    a.stop();
+    b.stop();
+}
+
 /// A control plane that accepts connections and never answers is given up on (connect
 /// timeout), and one that goes silent mid-stream is detected by keepalive pings.
 #[tokio::test]
