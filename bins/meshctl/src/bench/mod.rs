@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use self::topology::{CLIENT, HTTP_PORT, ProxyOpts, SERVER, TCP_PORT, Topology};
+use self::topology::{HTTP_PORT, ProxyOpts, SERVER, TCP_PORT, Topology};
 use crate::say;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -74,8 +74,10 @@ pub(crate) struct BenchArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Instruction-count mode: run the ztunnel pair under callgrind and report instructions per
-    /// request (from runs of N and 2N requests, so start-up cancels out). Needs valgrind.
+    /// Instruction-count mode: run the ztunnel pair (and the waypoint and sidecar-pair
+    /// topologies when listed; sidecar-pair needs root) under callgrind and report
+    /// instructions per request (from runs of N and 2N requests, so start-up cancels out).
+    /// Needs valgrind.
     #[arg(long, value_name = "N")]
     callgrind: Option<u64>,
     /// Keep the callgrind output files here (for `callgrind_annotate`), instead of a temp dir.
@@ -349,7 +351,11 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let mut instructions = Vec::new();
     if let Some(n) = args.callgrind {
-        for topo in [Topology::ZtunnelPair, Topology::Waypoint] {
+        for topo in [
+            Topology::ZtunnelPair,
+            Topology::Waypoint,
+            Topology::SidecarPair,
+        ] {
             if topo == Topology::ZtunnelPair || args.topologies.contains(&topo) {
                 instructions.push(callgrind(dir.path(), args, n, topo)?);
             }
@@ -525,7 +531,11 @@ fn callgrind(
         };
         say!("== callgrind: {count} requests through {}", topo.name());
         let mut path = topology::setup(topo, dir, &opts)?;
-        load::sequential(CLIENT, path.http, count, args.payload)?;
+        // The capture topologies' client runs inside pod A.
+        let (client, http) = (path.client, path.http);
+        pods::run_in(path.client_netns.as_deref(), || {
+            load::sequential(client, http, count, args.payload)
+        })??;
         for p in &mut path.procs {
             p.stop();
         }
