@@ -635,61 +635,35 @@ pub fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
 }
 
 /// A network namespace created for one test and deleted when dropped (even on failure),
-/// with loopback up. Requires root; [`NetNs::create`] returns `None` (after printing why)
-/// otherwise, so the test can skip.
+/// with loopback up: a [`mesh_dataplane::netns::Pod`] named `<name>-<pid>`. Requires root;
+/// [`NetNs::create`] returns `None` (after printing why) otherwise, so the test can skip.
 pub struct NetNs {
     pub name: String,
+    pod: mesh_dataplane::netns::Pod,
 }
 
 impl NetNs {
     pub fn create(name: &str) -> Option<NetNs> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root for network namespaces and iptables");
+        if let Err(e) = mesh_dataplane::netns::check_available() {
+            eprintln!("SKIPPED: {e}");
             return None;
         }
-        for tool in ["ip", "iptables"] {
-            let found = Command::new(tool)
-                .arg("-V")
-                .output()
-                .is_ok_and(|o| o.status.success())
-                || Command::new(tool)
-                    .arg("--version")
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-            if !found {
-                eprintln!("SKIPPED: {tool} is not installed");
-                return None;
-            }
-        }
         let name = format!("{name}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = NetNs { name };
-        ns.run(&["ip", "link", "set", "lo", "up"]);
-        Some(ns)
+        let pod = mesh_dataplane::netns::Pod::create(&name)
+            .unwrap_or_else(|e| panic!("ip netns add {name}: {e}"));
+        Some(NetNs { name, pod })
+    }
+
+    /// The namespace as a pod of the shared topology builder ([`mesh_dataplane::netns`]).
+    pub fn pod(&self) -> &mesh_dataplane::netns::Pod {
+        &self.pod
     }
 
     /// Runs `cmd` inside the namespace; panics on failure.
     pub fn run(&self, cmd: &[&str]) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(cmd)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?} in {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pod
+            .exec(cmd)
+            .unwrap_or_else(|e| panic!("{cmd:?} in {}: {e}", self.name));
     }
 
     /// Runs `f` on a thread that entered the namespace, with its own current-thread runtime:
@@ -700,48 +674,44 @@ impl NetNs {
         Fut: std::future::Future<Output = T>,
         T: Send + 'static,
     {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        self.pod
+            .run(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f())
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
     }
-}
 
-impl NetNs {
     /// A multi-thread runtime whose worker threads live in the namespace: run socket work
     /// with `rt.block_on(rt.spawn(fut))` (a spawned task runs on a worker; `block_on` alone
     /// would run the future on the calling thread, outside the namespace).
     pub fn runtime(&self) -> tokio::runtime::Runtime {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            // Workers start here, inheriting this thread's namespace.
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-        })
-        .join()
-        .unwrap()
+        self.pod.runtime(2).unwrap()
     }
 }
 
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+/// A "switch" namespace (`<name>-<pid>`) with a bridge that pods attach to
+/// ([`mesh_dataplane::netns::Switch::attach`]); `None` (after printing why) without root.
+pub fn switch(name: &str) -> Option<mesh_dataplane::netns::Switch> {
+    if let Err(e) = mesh_dataplane::netns::check_available() {
+        eprintln!("SKIPPED: {e}");
+        return None;
     }
+    let name = format!("{name}-{}", std::process::id());
+    Some(
+        mesh_dataplane::netns::Switch::create(&name)
+            .unwrap_or_else(|e| panic!("switch {name}: {e}")),
+    )
+}
+
+/// Two pods joined by a veth pair, `va` in `a` with `addr_a` and `vb` in `b` with `addr_b`
+/// (`10.0.0.2/24`, `fd00::2/64`); panics on failure.
+pub fn link_pods(a: &NetNs, addr_a: &str, b: &NetNs, addr_b: &str) {
+    mesh_dataplane::netns::link(a.pod(), "va", &[addr_a], b.pod(), "vb", &[addr_b])
+        .unwrap_or_else(|e| panic!("veth between {} and {}: {e}", a.name, b.name));
 }
 
 /// A minimal HTTP/1.1 app for tests: answers every request on a keep-alive connection with

@@ -171,13 +171,12 @@ fn sidecars_carry_captured_traffic_over_hbone() {
         return;
     };
     // One veth pair: va in pod a, vb in pod b.
-    pa.run(&[
-        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &pb.name,
-    ]);
-    pa.run(&["ip", "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "va"]);
-    pa.run(&["ip", "link", "set", "va", "up"]);
-    pb.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vb"]);
-    pb.run(&["ip", "link", "set", "vb", "up"]);
+    link_pods(
+        &pa,
+        &format!("{CLIENT_IP}/24"),
+        &pb,
+        &format!("{SERVER_IP}/24"),
+    );
 
     let mut mesh = TestMesh::new(&config());
     let (ra, rb) = (pa.runtime(), pb.runtime());
@@ -484,7 +483,7 @@ spec:
 /// with an ambient workload, and the waypoint).
 #[test]
 fn sidecars_ztunnels_and_waypoints_mix() {
-    let Some(sw) = NetNs::create("mesh-t74s") else {
+    let Some(mut sw) = switch("mesh-t74s") else {
         return;
     };
     let pods: Vec<NetNs> = ["mesh-t74a", "mesh-t74b", "mesh-t74c"]
@@ -492,26 +491,12 @@ fn sidecars_ztunnels_and_waypoints_mix() {
         .map(|n| NetNs::create(n).unwrap())
         .collect();
     let (pa, pb, pc) = (&pods[0], &pods[1], &pods[2]);
-    sw.run(&["ip", "link", "add", "br0", "type", "bridge"]);
-    sw.run(&["ip", "link", "set", "br0", "up"]);
-    for (i, (ns, addrs)) in [
+    for (ns, addrs) in [
         (pa, &["10.74.0.2/24"][..]),
         (pb, &["10.74.0.3/24"][..]),
         (pc, &["10.74.0.10/24", "10.74.0.4/24", "10.74.0.5/24"][..]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let (inner, outer) = (format!("eth{i}"), format!("port{i}"));
-        sw.run(&[
-            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
-        ]);
-        sw.run(&["ip", "link", "set", &outer, "master", "br0"]);
-        sw.run(&["ip", "link", "set", &outer, "up"]);
-        for a in addrs {
-            ns.run(&["ip", "addr", "add", a, "dev", &inner]);
-        }
-        ns.run(&["ip", "link", "set", &inner, "up"]);
+    ] {
+        sw.attach(ns.pod(), addrs).unwrap();
     }
 
     let mut mesh = TestMesh::new(&mixed_config());
@@ -659,31 +644,16 @@ spec:
 /// run time and an already-running process of it is captured from then on.
 #[test]
 fn in_pod_ztunnels_serve_pods_and_onboard_without_restart() {
-    let Some(sw) = NetNs::create("mesh-t75s") else {
+    let Some(mut sw) = switch("mesh-t75s") else {
         return;
     };
     let pods: Vec<NetNs> = ["mesh-t75a", "mesh-t75b", "mesh-t75c", "mesh-t75d"]
         .iter()
         .map(|n| NetNs::create(n).unwrap())
         .collect();
-    sw.run(&["ip", "link", "add", "br0", "type", "bridge"]);
-    sw.run(&["ip", "link", "set", "br0", "up"]);
     for (i, ns) in pods.iter().enumerate() {
-        let (inner, outer) = (format!("eth{i}"), format!("port{i}"));
-        sw.run(&[
-            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
-        ]);
-        sw.run(&["ip", "link", "set", &outer, "master", "br0"]);
-        sw.run(&["ip", "link", "set", &outer, "up"]);
-        ns.run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.75.0.{}/24", i + 2),
-            "dev",
-            &inner,
-        ]);
-        ns.run(&["ip", "link", "set", &inner, "up"]);
+        sw.attach(ns.pod(), &[&format!("10.75.0.{}/24", i + 2)])
+            .unwrap();
     }
     let refs: Vec<&NetNs> = pods.iter().collect();
     let mut mesh = TestMesh::new(&in_pod_config(&refs, false));
@@ -774,13 +744,7 @@ fn tproxy_lets_the_app_see_the_client_address() {
     let Some(pb) = NetNs::create("mesh-t76b") else {
         return;
     };
-    pa.run(&[
-        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &pb.name,
-    ]);
-    pa.run(&["ip", "addr", "add", "10.76.0.2/24", "dev", "va"]);
-    pa.run(&["ip", "link", "set", "va", "up"]);
-    pb.run(&["ip", "addr", "add", "10.76.0.3/24", "dev", "vb"]);
-    pb.run(&["ip", "link", "set", "vb", "up"]);
+    link_pods(&pa, "10.76.0.2/24", &pb, "10.76.0.3/24");
     let cfg = config()
         .replace(CLIENT_IP, "10.76.0.2")
         .replace(SERVER_IP, "10.76.0.3")
@@ -905,13 +869,7 @@ fn ipv6_pods_through_sidecars() {
     let Some(pb) = NetNs::create("mesh-t77b") else {
         return;
     };
-    pa.run(&[
-        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &pb.name,
-    ]);
-    pa.run(&["ip", "addr", "add", "fd00:77::2/64", "dev", "va", "nodad"]);
-    pa.run(&["ip", "link", "set", "va", "up"]);
-    pb.run(&["ip", "addr", "add", "fd00:77::3/64", "dev", "vb", "nodad"]);
-    pb.run(&["ip", "link", "set", "vb", "up"]);
+    link_pods(&pa, "fd00:77::2/64", &pb, "fd00:77::3/64");
     let cfg = config()
         .replace(CLIENT_IP, "fd00:77::2")
         .replace(VIP, "fd00:77::100")

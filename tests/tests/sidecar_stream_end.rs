@@ -79,13 +79,12 @@ struct Pods {
 fn pods(tag: &str) -> Option<Pods> {
     let pa = NetNs::create(&format!("mesh-t116{tag}a"))?;
     let pb = NetNs::create(&format!("mesh-t116{tag}b"))?;
-    pa.run(&[
-        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &pb.name,
-    ]);
-    pa.run(&["ip", "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "va"]);
-    pa.run(&["ip", "link", "set", "va", "up"]);
-    pb.run(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", "vb"]);
-    pb.run(&["ip", "link", "set", "vb", "up"]);
+    link_pods(
+        &pa,
+        &format!("{CLIENT_IP}/24"),
+        &pb,
+        &format!("{SERVER_IP}/24"),
+    );
     let mut mesh = TestMesh::new(&config());
     let (ra, rb) = (pa.runtime(), pb.runtime());
     let any = |port: u16| SocketAddr::new("0.0.0.0".parse().unwrap(), port);

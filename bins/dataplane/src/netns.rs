@@ -171,16 +171,7 @@ impl Pod {
 
     /// Runs `f` on a thread inside the namespace and returns its result.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<T, NetnsError> {
-                self.enter()?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| NetnsError::Panicked {
-                netns: self.name.clone(),
-            })?
-        })
+        run_in(&self.name, f)
     }
 
     /// A multi-thread runtime whose `workers` worker threads (and blocking threads) live in
@@ -217,6 +208,22 @@ impl Drop for Pod {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Runs `f` on a thread inside the named namespace (`ip netns` name) and returns its result;
+/// threads `f` starts are inside too.
+pub fn run_in<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let path = PathBuf::from(format!("/var/run/netns/{netns}"));
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<T, NetnsError> {
+            enter(&path)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| NetnsError::Panicked {
+            netns: netns.to_owned(),
+        })?
+    })
 }
 
 fn enter(path: &std::path::Path) -> Result<(), NetnsError> {

@@ -268,7 +268,7 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
             let sidecars = topo == Topology::SidecarPair;
             let pods = super::pods::Pods::create()
                 .with_context(|| format!("the {} topology", topo.name()))?;
-            let servers = super::pods::runtime_in(&pods.b)?;
+            let servers = pods.runtime_b()?;
             servers.block_on(
                 servers.spawn(super::start_servers(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
             )??;
@@ -297,14 +297,7 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
                     procs.push(start_proxy(Role::Ztunnel, node, &config, &ca, opts)?);
                 }
             }
-            for ns in [&pods.a, &pods.b] {
-                mesh_dataplane::capture::install(
-                    &mesh_dataplane::capture::CaptureSpec::default(),
-                    Some(ns),
-                    false,
-                )
-                .map_err(anyhow::Error::msg)?;
-            }
+            pods.capture()?;
             Ok(RunningPath {
                 http: SocketAddr::new(super::pods::POD_VIP, HTTP_PORT),
                 tcp: SocketAddr::new(super::pods::POD_VIP, TCP_PORT),
