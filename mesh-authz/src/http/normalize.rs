@@ -35,9 +35,9 @@ impl PathNormalization {
 }
 
 impl std::str::FromStr for PathNormalization {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        PathNormalization::parse(s).map_err(|e| e.to_string())
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        PathNormalization::parse(s)
     }
 }
 
