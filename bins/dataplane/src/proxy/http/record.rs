@@ -24,6 +24,13 @@ pub(super) struct Recorder(pub(super) Arc<Stream>);
 
 /// What is kept of a request until its response ends.
 pub(super) struct Started {
+    /// For the access log, when it is on.
+    head: Option<Head>,
+    dst: Option<Dst>,
+}
+
+/// The request as the access log shows it.
+struct Head {
     method: http::Method,
     /// The path and query as the client sent them.
     path: String,
@@ -31,14 +38,14 @@ pub(super) struct Started {
     authority: String,
     traceparent: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
-    dst: Option<Dst>,
 }
 
 impl mesh_l7::layer::Recorder for Recorder {
     type Request = Started;
 
     fn start<B>(&self, req: &Request<B>) -> Started {
-        Started {
+        // The metrics need nothing of the request head: it is only kept for the log.
+        let head = self.0.ctx.telemetry.access.enabled().then(|| Head {
             method: req.method().clone(),
             path: req
                 .uri()
@@ -48,8 +55,8 @@ impl mesh_l7::layer::Recorder for Recorder {
             authority: crate::proxy::hygiene::checked_authority(req).unwrap_or_default(),
             traceparent: req.headers().get(TRACEPARENT).cloned(),
             request_id: req.headers().get(X_REQUEST_ID).cloned(),
-            dst: None,
-        }
+        });
+        Started { head, dst: None }
     }
 
     fn respond<B>(&self, req: &mut Started, resp: &mut Response<B>) {
@@ -90,9 +97,9 @@ impl mesh_l7::layer::Recorder for Recorder {
                 response_bytes: done.response_bytes,
             },
         );
-        if !t.access.enabled() {
+        let Some(head) = &req.head else {
             return;
-        }
+        };
         let meta = done.meta;
         let host = req
             .dst
@@ -104,9 +111,9 @@ impl mesh_l7::layer::Recorder for Recorder {
             reporter: s.profile.log_reporter,
             src_addr: s.client,
             src_identity: s.src_identity.as_ref().map(|i| i.as_str()),
-            method: req.method.as_str(),
-            authority: &req.authority,
-            path: meta.logged_path.as_deref().unwrap_or(&req.path),
+            method: head.method.as_str(),
+            authority: &head.authority,
+            path: meta.logged_path.as_deref().unwrap_or(&head.path),
             protocol: if s.h2 { "HTTP/2" } else { "HTTP/1.1" },
             status: done.status.as_u16(),
             bytes_received: done.request_bytes,
@@ -116,8 +123,8 @@ impl mesh_l7::layer::Recorder for Recorder {
             upstream: meta.upstream,
             dst_service: host,
             response_flags: meta.flags,
-            trace_id: text(&req.traceparent).and_then(trace_id),
-            request_id: text(&req.request_id),
+            trace_id: text(&head.traceparent).and_then(trace_id),
+            request_id: text(&head.request_id),
             audit_policy: meta.audit.as_deref(),
         });
     }
