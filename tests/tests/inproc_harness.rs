@@ -34,6 +34,15 @@ async fn logs_are_per_proxy_and_apply_changes_what_is_served() {
     assert!(!mesh.logs("a").contains("node=b"), "{}", mesh.logs("a"));
     assert!(!mesh.logs("b").contains(r#""direction":"outbound""#));
 
+    // Endpoints as the flags set them: b's metrics port is off, a's on the node address.
+    assert_eq!(mesh.proxy("b").endpoints().metrics, None);
+    let metrics_a = mesh.proxy("a").endpoints().metrics.unwrap();
+    assert_eq!(metrics_a, SocketAddr::new(net.node_a(), 15020));
+    let scraped = http_get(metrics_a, "/metrics").await;
+    assert!(
+        scraped.contains("istio_tcp_connections_opened_total"),
+        "{scraped}"
+    );
     let opened = metric(
         &mesh.proxy("b").metrics_text(),
         "istio_tcp_connections_opened_total",

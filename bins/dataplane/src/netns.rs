@@ -210,6 +210,12 @@ impl Drop for Pod {
     }
 }
 
+/// Makes the calling thread enter the named namespace (`ip netns` name), e.g. in a runtime's
+/// `on_thread_start`: sockets it creates from now on are the namespace's.
+pub fn enter_current_thread(netns: &str) -> Result<(), NetnsError> {
+    enter(&PathBuf::from(format!("/var/run/netns/{netns}")))
+}
+
 /// Runs `f` on a thread inside the named namespace (`ip netns` name) and returns its result;
 /// threads `f` starts are inside too.
 pub fn run_in<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {

@@ -196,17 +196,21 @@ impl InprocMesh {
             Sink::File(f) => Some(f.clone()),
             _ => None,
         };
+        let endpoints = Endpoints {
+            admin: cfg.admin_addr,
+            metrics: cfg.metrics_addr,
+            readiness: cfg.readiness_addr,
+        };
         let (id, logs) = logs::register(&common.log);
         let mut rt = tokio::runtime::Builder::new_multi_thread();
         rt.worker_threads(common.worker_threads.max(1))
             .thread_name(format!("{}{id}", logs::THREAD_PREFIX))
             .enable_all();
-        if let Some(ns) = netns {
-            let path = format!("/var/run/netns/{ns}");
+        if let Some(ns) = netns.map(str::to_owned) {
             // Every worker and blocking thread enters the pod before it runs anything.
             rt.on_thread_start(move || {
-                let f = std::fs::File::open(&path).unwrap();
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                mesh_dataplane::netns::enter_current_thread(&ns)
+                    .unwrap_or_else(|e| panic!("proxy thread: {e}"));
             });
         }
         let rt = rt.build().unwrap();
@@ -238,6 +242,7 @@ impl InprocMesh {
             id,
             logs,
             access,
+            endpoints,
         });
         self.procs.last().unwrap()
     }
@@ -287,9 +292,26 @@ pub struct InprocProxy {
     id: u64,
     logs: Arc<Mutex<String>>,
     access: Option<PathBuf>,
+    endpoints: Endpoints,
+}
+
+/// Where a proxy's HTTP endpoints listen, as configured by its flags (`None`: disabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Admin (`/config_dump`, `/certs`, `/logging`, `/quitquitquit`).
+    pub admin: Option<std::net::SocketAddr>,
+    /// Prometheus (`/metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Readiness (`/healthz/ready`).
+    pub readiness: Option<std::net::SocketAddr>,
 }
 
 impl InprocProxy {
+    /// Its admin, metrics and readiness addresses.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints
+    }
+
     /// The running core (`None` once stopped).
     pub fn core(&self) -> Option<&Proxy> {
         self.proxy.as_deref()
