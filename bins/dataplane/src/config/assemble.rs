@@ -175,14 +175,12 @@ fn index_request_authn(v: &mut Validator, state: &mut MeshState, res: &Resources
         .into_iter()
         .map(|(k, rules)| (k, Arc::new(mesh_authz::jwt::Authenticator::new(rules))))
         .collect();
-    // Sidecars: the selector / namespace / mesh RequestAuthentications of each of their
-    // workloads (ztunnels do not read JWTs).
+    // Per workload: the selector / namespace / mesh RequestAuthentications that apply to it,
+    // enforced wherever the workload's inbound HTTP layer is on (its sidecar); workloads with
+    // the same rules share one authenticator.
     let mut sidecar_authn = HashMap::new();
-    for w in state
-        .workloads
-        .iter()
-        .filter(|w| w.node.as_deref().is_some_and(|n| n.starts_with("sidecar/")))
-    {
+    let mut shared: HashMap<Vec<*const mesh_authz::jwt::JwtRule>, Arc<_>> = HashMap::new();
+    for w in &state.workloads {
         let rules: Vec<Arc<mesh_authz::jwt::JwtRule>> = request_authns
             .iter()
             .filter(|ra| {
@@ -191,12 +189,14 @@ fn index_request_authn(v: &mut Validator, state: &mut MeshState, res: &Resources
             })
             .flat_map(|ra| ra.rules.iter().cloned())
             .collect();
-        if !rules.is_empty() {
-            sidecar_authn.insert(
-                w.key(),
-                Arc::new(mesh_authz::jwt::Authenticator::new(rules)),
-            );
+        if rules.is_empty() {
+            continue;
         }
+        let key = rules.iter().map(Arc::as_ptr).collect();
+        let authn = shared
+            .entry(key)
+            .or_insert_with(|| Arc::new(mesh_authz::jwt::Authenticator::new(rules)));
+        sidecar_authn.insert(w.key(), authn.clone());
     }
     state.sidecar_authn = sidecar_authn;
     state.request_authns = request_authns;
