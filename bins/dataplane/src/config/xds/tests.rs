@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use mesh_identity::SpiffeId;
 
 use mesh_xds::pb::security as sec;
 use mesh_xds::pb::workload as wl;
@@ -381,4 +384,69 @@ fn incremental_builds_equal_full_builds() {
         "{}",
         inc.lock_cache().patched
     );
+}
+
+/// A sidecar's own workload is local whatever node istiod names; others are not.
+#[test]
+fn a_sidecar_serves_its_own_workload() {
+    let mut s = XdsStore::new(XdsSettings {
+        node: "sidecar/ns/a".into(),
+        ..store().settings.clone()
+    })
+    .with_role(XdsRole::Sidecar {
+        workload: "ns/a".into(),
+    });
+    s.set_l7(Arc::new(Resources::default()));
+    s.apply_addresses(
+        vec![
+            addr_w(wk("a", [10, 1, 0, 1], &[])),
+            addr_w(wk("b", [10, 1, 0, 2], &[])),
+        ],
+        vec![],
+    );
+    let state = s.build();
+    let node = state.node("sidecar/ns/a").unwrap();
+    let local: Vec<String> = node.workloads.iter().map(|w| w.key()).collect();
+    assert_eq!(local, vec!["ns/a".to_owned()]);
+    assert_eq!(
+        node.workloads[0].hbone_addr,
+        Some("10.1.0.1:15008".parse().unwrap())
+    );
+}
+
+/// A waypoint is in its own state before istiod names it, with its own identity; the L7
+/// kinds of its file are merged with istiod's services, and a route to a host istiod does
+/// not have is reported without failing the build.
+#[test]
+fn a_waypoint_merges_its_l7_file() {
+    let identity: SpiffeId = "spiffe://cluster.local/ns/ns/sa/wp".parse().unwrap();
+    let mut s = store().with_role(XdsRole::Waypoint {
+        key: "ns/wp".into(),
+        identity: identity.clone(),
+    });
+    let l7 = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: ns}\nspec:\n  hosts: [web.ns.svc.cluster.local]\n  http:\n  - route: [{destination: {host: gone.ns.svc.cluster.local}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: ns}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n";
+    s.set_l7(super::super::parse_l7(std::path::Path::new("l7.yaml"), l7).unwrap());
+    let state = s.build();
+    let wp = &state.waypoints["ns/wp"];
+    assert_eq!(wp.identity, identity);
+    assert_eq!(wp.address, "10.0.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(state.waypoint_policies["Gateway/ns/wp"].len(), 1);
+    s.apply_addresses(
+        vec![
+            addr_s(svc("web", [10, 96, 0, 1], 80, 8080)),
+            addr_w(wk(
+                "w1",
+                [10, 1, 0, 1],
+                &[("ns/web.ns.svc.cluster.local", 80, 8080)],
+            )),
+        ],
+        vec![],
+    );
+    let state = s.build();
+    assert!(state.routes.contains_key("web.ns.svc.cluster.local"));
+    let set = state
+        .endpoint_set("web.ns.svc.cluster.local", 80, None)
+        .unwrap();
+    assert_eq!(set.endpoints.len(), 1);
+    assert!(s.lock_cache().issues.contains("gone.ns.svc.cluster.local"));
 }
