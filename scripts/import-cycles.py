@@ -22,6 +22,7 @@ cycles, 1 with, 2 on usage errors.
     scripts/import-cycles.py                    # every member of the workspace
     scripts/import-cycles.py mesh-authz bins/dataplane
     scripts/import-cycles.py --edges mesh-authz # also list every edge (the layering)
+    scripts/import-cycles.py --self-test        # checks the script on a made-up crate
 """
 
 import argparse
@@ -401,12 +402,70 @@ def crate_roots(crate_dir):
     return roots
 
 
+def analyse(cdir, rootfile, label):
+    """The crate's module graph from one root: (crate, strongly connected components > 1)."""
+    crate = Crate(label, rootfile)
+    crate.base = cdir
+    discover(crate, rootfile, (), True)
+    for modpath, text in list(crate.texts.items()):
+        index_module(crate, modpath, text)
+    scan_edges(crate)
+    succ = {}
+    for a, b in crate.edges:
+        succ.setdefault(a, set()).add(b)
+    comps = [c for c in tarjan(sorted(crate.files, key=name), succ) if len(c) > 1]
+    return crate, comps, succ
+
+
+SELF_TEST = {
+    "Cargo.toml": '[package]\nname = "t"\n',
+    "src/lib.rs": "mod a;\nmod b;\nmod c;\nmod d;\npub use a::X;\n",
+    # a <-> b is a cycle (through a use list and an inline path).
+    "src/a.rs": "use crate::{b::{Y as Z}, d};\npub struct X;\nfn f() -> Z { d::g() }\n",
+    "src/b.rs": "pub struct Y;\nfn f() -> super::a::X { super::a::X }\n",
+    # c names `crate::X`, which the root re-exports from a: an edge to a, not to the root.
+    # Comments, strings and test modules' `super::*` add nothing.
+    "src/c.rs": (
+        'use crate::X;\n// crate::b::Y\nconst S: &str = "crate::b::Y";\n'
+        "#[cfg(test)]\nmod tests {\n    use super::*;\n}\n"
+    ),
+    "src/d.rs": "pub fn g() -> crate::b::Y { crate::b::Y }\n",
+}
+
+
+def self_test():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for rel, text in SELF_TEST.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        crate, comps, _ = analyse(root, root / "src/lib.rs", "t")
+        edges = {(name(a), name(b)) for a, b in crate.edges}
+        want = {
+            ("crate", "a"),
+            ("a", "b"),
+            ("a", "d"),
+            ("b", "a"),
+            ("c", "a"),
+            ("d", "b"),
+        }
+        cycles = [sorted(map(name, c)) for c in comps]
+        ok = edges == want and cycles == [["a", "b", "d"]]
+        print(f"edges {sorted(edges)}\ncycles {cycles}\n{'ok' if ok else 'FAILED'}")
+        return 0 if ok else 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("crates", nargs="*", help="crate directories (default: workspace members)")
     ap.add_argument("--workspace", default=None, help="workspace root (default: the script's repo)")
     ap.add_argument("--edges", action="store_true", help="print every module edge too")
+    ap.add_argument("--self-test", action="store_true", help="check the script itself")
     args = ap.parse_args()
+    if args.self_test:
+        return self_test()
     root = Path(args.workspace or Path(__file__).resolve().parent.parent)
     dirs = args.crates or members(root)
     total = 0
@@ -417,16 +476,7 @@ def main():
             return 2
         for rootfile in crate_roots(cdir):
             label = d if rootfile.name == "lib.rs" else f"{d} ({os.path.relpath(rootfile, cdir)})"
-            crate = Crate(label, rootfile)
-            crate.base = cdir
-            discover(crate, rootfile, (), True)
-            for modpath, text in list(crate.texts.items()):
-                index_module(crate, modpath, text)
-            scan_edges(crate)
-            succ = {}
-            for a, b in crate.edges:
-                succ.setdefault(a, set()).add(b)
-            comps = [c for c in tarjan(sorted(crate.files, key=name), succ) if len(c) > 1]
+            crate, comps, succ = analyse(cdir, rootfile, label)
             total += len(comps)
             status = f"{len(comps)} cycle(s)" if comps else "no cycles"
             print(f"{label}: {len(crate.files)} modules, {len(crate.edges)} edges, {status}")
