@@ -42,7 +42,7 @@ pub(super) async fn run_waypoint_xds(
     cfg.jwks_refresh = args.jwks_refresh;
     let (ca, bundle) = c.cert_provider(CaFor::Own(Some(identity)))?;
     let proxy = Proxy::start(cfg, store.build(), ca, bundle).await?;
-    let node = node_info("router", address, name, ns, &c.cluster_id);
+    let node = node_info("waypoint", address, name, ns, &c.cluster_id);
     info!(address = %xds, waypoint = %args.gateway, "following the control plane");
     let _follower = follow(c, &proxy, xds, store, node, l7)?;
     run_until_stopped(proxy).await
@@ -108,7 +108,8 @@ fn load_l7(c: &ProxyArgs, store: &mut XdsStore) -> Result<Option<(PathBuf, Durat
     Ok(Some((path.clone(), interval)))
 }
 
-/// Istio's node id for a proxy of `kind` (`sidecar`, `router`) in pod `name.ns`.
+/// Istio's node id for a proxy of `kind` (Istio's node types `sidecar`, `waypoint`) in pod
+/// `name.ns`.
 pub(super) fn node_info(
     kind: &str,
     address: std::net::IpAddr,

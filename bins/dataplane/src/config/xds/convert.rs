@@ -166,7 +166,12 @@ impl XdsStore {
         let key = format!("{}/{}", w.namespace, w.name);
         // A sidecar's own workload is served on its own node, whatever node istiod names.
         let node = match &self.role {
-            XdsRole::Sidecar { workload } if *workload == key => Some(self.settings.node.clone()),
+            XdsRole::Sidecar { workload } if *workload == key => {
+                if address != self.settings.node_address {
+                    tracing::warn!(workload = %key, %address, configured = %self.settings.node_address, "istiod gives the sidecar's workload another address than --address");
+                }
+                Some(self.settings.node.clone())
+            }
             _ => (hbone && !w.node.is_empty()).then(|| w.node.clone()),
         };
         let telemetry = state::peer_labels(
