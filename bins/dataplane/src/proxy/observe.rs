@@ -471,6 +471,21 @@ pub(crate) fn spawn_servers(
     Ok(addrs)
 }
 
+/// A refused connection, counted and logged once: the TCP metrics with `flags` (when the
+/// connection's labels are known) and one access-log line with `reason`.
+pub(crate) fn refuse<'a>(
+    telemetry: &Telemetry,
+    counted: Option<(&ConnectionLabels, ResponseFlags)>,
+    rec: ConnectionRecord<'a>,
+    reason: &'a str,
+    start: tokio::time::Instant,
+) {
+    if let Some((labels, flags)) = counted {
+        telemetry.tcp.refused(labels, flags);
+    }
+    log_refusal(&telemetry.access, rec, reason, start);
+}
+
 /// Logs a refused or failed connection to the access log.
 pub(crate) fn log_refusal<'a>(
     access: &AccessLogger,
