@@ -1,8 +1,12 @@
 //! HTTP routing for a mesh proxy, sans-IO: Istio `VirtualService` as users write it
 //! ([`istio`]), compiled into per-host route tables ([`RouteTable`]) that pick a route for a
 //! request's facts and a weighted destination for it; `DestinationRule` subsets and load
-//! balancing ([`DestinationPolicy`], [`choose`]). No I/O, no async: the proxy that carries
-//! requests asks, this crate answers.
+//! balancing ([`DestinationPolicy`], [`choose`]). The decisions do no I/O: the proxy that
+//! carries requests asks, this crate answers.
+//!
+//! [`layer`] is the L7 request path built on them, as tower layers any role of the proxy
+//! composes (trace context, recording, request checks, JWT, authorization, routing) in front
+//! of the proxy's own upstream service; `examples/proxy.rs` runs one stack in memory.
 //!
 //! ```
 //! use mesh_l7::{RequestFacts, RouteTable, istio::VirtualServiceSpec};
