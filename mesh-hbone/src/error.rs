@@ -75,7 +75,7 @@ pub enum Error {
     PingTimeout(std::time::Duration),
     /// An [`H2Settings`](crate::H2Settings) value is unusable.
     #[error("invalid HTTP/2 settings: {0}")]
-    InvalidSettings(crate::SettingsError),
+    InvalidSettings(SettingsError),
 }
 
 /// The HTTP/2 abuse limit a peer broke (see [`Error::Flood`]).
@@ -124,4 +124,28 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// Which [`H2Settings`](crate::H2Settings) value is unusable, in [`Error::InvalidSettings`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// `stream_window` outside 65535..=2^31-1.
+    #[error("stream window {0} is outside 65535..=2147483647")]
+    StreamWindow(u32),
+    /// `connection_window` outside 65535..=2^31-1.
+    #[error("connection window {0} is outside 65535..=2147483647")]
+    ConnectionWindow(u32),
+    /// `max_frame_size` outside 16384..=16777215.
+    #[error("max frame size {0} is outside 16384..=16777215")]
+    MaxFrameSize(u32),
+    /// `max_header_list_size` below 1024.
+    #[error("max header list size {0} is below 1024")]
+    MaxHeaderListSize(u32),
+    /// `max_send_buffer_size` zero or over `u32::MAX`.
+    #[error("max send buffer size {0} is outside 1..=4294967295")]
+    MaxSendBufferSize(usize),
+    /// A keepalive interval or timeout, or the idle timeout, that is zero (its name).
+    #[error("{0} must be positive")]
+    ZeroDuration(&'static str),
 }

@@ -25,10 +25,10 @@ mod settings;
 mod stream;
 
 pub use bufio::BufferedTcp;
-pub use error::{Error, FloodKind, Side};
+pub use error::{Error, FloodKind, SettingsError, Side};
 pub use pool::{ConnectRequest, Pool, PoolConfig};
 pub use server::{ConnInfo, InboundConnect, accept_tls, serve_connection};
-pub use settings::{DEFAULT_MAX_HEADER_LIST_SIZE, H2Settings, SettingsError};
+pub use settings::{DEFAULT_MAX_HEADER_LIST_SIZE, H2Settings};
 pub use stream::{ByteCounter, CopyStats, H2Stream, copy_bidirectional};
 
 /// The HBONE port.

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::Error;
+use crate::{Error, SettingsError};
 
 /// HTTP/2 settings and abuse limits shared by client and server.
 #[derive(Debug, Clone)]
@@ -73,30 +73,6 @@ impl Default for H2Settings {
             idle_timeout: Duration::from_secs(300),
         }
     }
-}
-
-/// Which [`H2Settings`] value is unusable, in [`Error::InvalidSettings`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SettingsError {
-    /// [`H2Settings::stream_window`] outside 65535..=2^31-1.
-    #[error("stream window {0} is outside 65535..=2147483647")]
-    StreamWindow(u32),
-    /// [`H2Settings::connection_window`] outside 65535..=2^31-1.
-    #[error("connection window {0} is outside 65535..=2147483647")]
-    ConnectionWindow(u32),
-    /// [`H2Settings::max_frame_size`] outside 16384..=16777215.
-    #[error("max frame size {0} is outside 16384..=16777215")]
-    MaxFrameSize(u32),
-    /// [`H2Settings::max_header_list_size`] below 1024.
-    #[error("max header list size {0} is below 1024")]
-    MaxHeaderListSize(u32),
-    /// [`H2Settings::max_send_buffer_size`] zero or over `u32::MAX`.
-    #[error("max send buffer size {0} is outside 1..=4294967295")]
-    MaxSendBufferSize(usize),
-    /// A keepalive interval or timeout, or the idle timeout, that is zero (its name).
-    #[error("{0} must be positive")]
-    ZeroDuration(&'static str),
 }
 
 impl H2Settings {
