@@ -92,4 +92,6 @@ pub fn local<B: From<Bytes>>(
 }
 
 #[cfg(test)]
+mod stack_tests;
+#[cfg(test)]
 pub(crate) mod testing;
