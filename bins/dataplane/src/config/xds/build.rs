@@ -219,7 +219,9 @@ impl XdsStore {
             .collect::<Vec<_>>()
             .join("; ");
         if issues != cache.issues {
-            if !issues.is_empty() {
+            // Before istiod's first answer everything the file names is missing: not news.
+            let synced = !self.services.is_empty() || !self.workloads.is_empty();
+            if !issues.is_empty() && synced {
                 tracing::warn!(%issues, "local L7 resources name what istiod does not (yet) provide");
             }
             cache.issues = issues;
