@@ -35,8 +35,36 @@ pub fn parse_l7(file: &Path, text: &str) -> Result<Arc<Resources>, ConfigError> 
     v.into_result(file, Arc::new(raw.res))
 }
 
+/// The workload labels istiod's workload API carries (a `Workload`'s canonical name and
+/// revision): the only ones a selector in the L7 file can match.
+const XDS_LABELS: &[&str] = &[
+    "service.istio.io/canonical-name",
+    "service.istio.io/canonical-revision",
+];
+
 /// Checks each resource on its own (what does not depend on istiod's resources).
 fn check_alone(v: &mut Validator, res: &Resources) {
+    // A selector on labels istiod does not send would match nothing: a DENY silently dropped.
+    let selectors = res
+        .policies
+        .iter()
+        .map(|p| (&p.location, p.spec.selector.as_ref()))
+        .chain(
+            res.request_authns
+                .iter()
+                .map(|p| (&p.location, p.spec.selector.as_ref())),
+        );
+    for (location, selector) in selectors {
+        for key in selector.iter().flat_map(|s| s.match_labels.keys()) {
+            if !XDS_LABELS.contains(&key.as_str()) {
+                v.err(
+                    location,
+                    format!("spec.selector.matchLabels.{key}"),
+                    "istiod's workload API carries no workload labels but service.istio.io/canonical-name and service.istio.io/canonical-revision: select by those, scope by namespace, or attach with targetRefs",
+                );
+            }
+        }
+    }
     // The root namespace only decides a policy's scope, not whether it is valid.
     let root = DEFAULT_ROOT_NAMESPACE;
     validate_policies(v, "AuthorizationPolicy", &res.policies, |p| {
@@ -100,6 +128,22 @@ mod tests {
             );
             assert!(e.contains("VirtualService, DestinationRule, HTTPRoute, AuthorizationPolicy, RequestAuthentication"), "{e}");
         }
+    }
+
+    #[test]
+    fn selectors_only_on_labels_istiod_sends() {
+        let policy = |labels: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: ns}}\nspec:\n  selector: {{matchLabels: {labels}}}\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]\n"
+            )
+        };
+        let ok = policy("{service.istio.io/canonical-name: web}");
+        parse_l7(Path::new("l7.yaml"), &ok).unwrap();
+        let e = err(&policy("{app: web}"));
+        assert!(
+            e.contains("document 1 (AuthorizationPolicy ns/p): spec.selector.matchLabels.app: istiod's workload API carries no workload labels"),
+            "{e}"
+        );
     }
 
     #[test]
