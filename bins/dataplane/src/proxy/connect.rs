@@ -1,6 +1,8 @@
-//! One way to connect to a destination that is not an HBONE peer: a plain workload or
-//! passthrough address (outbound), or the local app (inbound delivery, TPROXY from the
-//! client's address). The proxy's own listeners are refused first (`own.rs`).
+//! The two ways out of the proxy, each written once: [`dial_hbone`] (a tunnel to a mesh
+//! peer: sources' ztunnels and sidecars, the waypoint, the L7 layers' upstreams) and
+//! [`connect`] (plain TCP to a workload outside the mesh or a passthrough address, and
+//! [`connect_app`], the local app: inbound delivery, TPROXY from the client's address). The
+//! proxy's own listeners are refused first (`own.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,5 +95,85 @@ pub(crate) async fn connect_app(
             }),
         },
         None => connect_out(ctx, addr, ctx.socket_source(workload).as_ref()).await,
+    }
+}
+
+/// Why [`dial_hbone`] failed: who failed, for the status and response flags to report.
+#[derive(Debug)]
+pub(crate) enum DialError {
+    /// This proxy holds no certificate for the source identity.
+    NoCertificate(String),
+    /// The destination answered the CONNECT with this status (401: its policy refused, or it
+    /// accepts only its waypoint).
+    Status(http::StatusCode, String),
+    /// The dial, the TLS handshake or the CONNECT failed or timed out.
+    Unreachable(String),
+}
+
+impl DialError {
+    /// The reason, for logs.
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            DialError::NoCertificate(r) | DialError::Status(_, r) | DialError::Unreachable(r) => r,
+        }
+    }
+
+    /// Whether the destination refused by policy (401).
+    pub(crate) fn unauthorized(&self) -> bool {
+        matches!(self, DialError::Status(s, _) if *s == http::StatusCode::UNAUTHORIZED)
+    }
+
+    /// The response flags of the refused connection: `Deny` for a policy refusal, else a
+    /// connect failure.
+    pub(crate) fn flags(&self) -> mesh_telemetry::metrics::ResponseFlags {
+        use mesh_telemetry::metrics::ResponseFlags;
+        if self.unauthorized() {
+            ResponseFlags::Deny
+        } else {
+            ResponseFlags::ConnectFailure
+        }
+    }
+}
+
+/// Where an HBONE tunnel goes: the peer proxy at `hbone_addr`, which must present
+/// `destination`, and the `authority` it delivers to.
+pub(crate) struct HboneTarget<'a> {
+    pub(crate) destination: &'a mesh_identity::SpiffeId,
+    pub(crate) hbone_addr: SocketAddr,
+    pub(crate) authority: SocketAddr,
+}
+
+/// Opens an HBONE tunnel as `source` (its certificate from this proxy's store) through the
+/// pooled connection to `to.hbone_addr`, with `headers` on the CONNECT, from
+/// `socket_source` (a workload's address or namespace; `None`: the proxy's). Bounded by twice
+/// the connect timeout: the pool bounds the dial itself by one, this adds the CONNECT round
+/// trip, so a slow dial reports the pool's own error.
+pub(crate) async fn dial_hbone(
+    ctx: &super::Ctx,
+    source: &mesh_identity::SpiffeId,
+    to: HboneTarget<'_>,
+    headers: http::HeaderMap,
+    socket_source: Option<Arc<dyn mesh_hbone::SocketSource>>,
+) -> Result<mesh_hbone::H2Stream, DialError> {
+    let source = ctx
+        .certs
+        .store(source)
+        .await
+        .map_err(|e| DialError::NoCertificate(e.to_string()))?;
+    let req = mesh_hbone::ConnectRequest {
+        source,
+        destination_identity: to.destination.clone(),
+        hbone_addr: to.hbone_addr,
+        authority: to.authority,
+        headers,
+        socket_source,
+    };
+    match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e @ mesh_hbone::Error::Status { status, .. })) => {
+            Err(DialError::Status(status, e.to_string()))
+        }
+        Ok(Err(e)) => Err(DialError::Unreachable(e.to_string())),
+        Err(_) => Err(DialError::Unreachable("HBONE connect timed out".to_owned())),
     }
 }

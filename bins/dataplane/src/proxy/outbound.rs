@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_hbone::ConnectRequest;
 use mesh_hbone::headers::{Baggage, ConnectHeaders};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -359,19 +358,6 @@ async fn dial(
         dest.service.as_ref().map(|s| &s.service.telemetry),
         SecurityPolicy::MutualTls,
     );
-    let source = match ctx.certs.store(&src.identity).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, src.identity = %src.identity, "no certificate for source");
-            ctx.telemetry
-                .tcp
-                .refused(&labels, ResponseFlags::ConnectFailure);
-            return Err((
-                Reply::GeneralFailure,
-                "no certificate for the source workload".into(),
-            ));
-        }
-    };
     let headers = ConnectHeaders {
         client: Some(peer),
         host: host.cloned(),
@@ -379,51 +365,39 @@ async fn dial(
         traceparent: None,
     }
     .to_header_map();
-    let req = ConnectRequest {
-        source,
-        destination_identity: dest.identity.clone(),
+    let to = super::connect::HboneTarget {
+        destination: &dest.identity,
         hbone_addr: dest.hbone_addr,
         authority: dest.authority,
-        headers,
-        socket_source: ctx.socket_source(src),
     };
-    // The pool bounds the dial itself by the same timeout; this bound adds the CONNECT round
-    // trip, so a slow dial reports the pool's own error.
-    let timeout = ctx.cfg.connect_timeout * 2;
-    let via = dest.waypoint.as_ref().map(|w| w.key());
-    match tokio::time::timeout(timeout, ctx.pool.connect(req)).await {
-        Ok(Ok(t)) => Ok((t, ctx.telemetry.tcp.open(&labels))),
-        Ok(Err(e)) => {
-            let (r, flags) = match &e {
-                mesh_hbone::Error::Status { status, .. }
-                    if *status == http::StatusCode::UNAUTHORIZED =>
-                {
-                    (Reply::NotAllowed, ResponseFlags::Deny)
-                }
-                mesh_hbone::Error::Status { .. } => {
-                    (Reply::ConnectionRefused, ResponseFlags::ConnectFailure)
-                }
-                _ => (Reply::HostUnreachable, ResponseFlags::ConnectFailure),
-            };
-            warn!(
-                error = %e,
-                src.workload = %src.key(),
-                dst.addr = %dest.authority,
-                dst.identity = %dest.identity,
-                waypoint = via.as_deref().unwrap_or("-"),
-                "outbound HBONE failed"
-            );
-            ctx.telemetry.tcp.refused(&labels, flags);
-            Err((r, e.to_string()))
+    let dialed =
+        super::connect::dial_hbone(ctx, &src.identity, to, headers, ctx.socket_source(src));
+    let e = match dialed.await {
+        Ok(t) => return Ok((t, ctx.telemetry.tcp.open(&labels))),
+        Err(e) => e,
+    };
+    let reply = match &e {
+        super::connect::DialError::NoCertificate(reason) => {
+            warn!(error = %reason, src.identity = %src.identity, "no certificate for source");
+            ctx.telemetry.tcp.refused(&labels, e.flags());
+            let reason = "no certificate for the source workload".into();
+            return Err((Reply::GeneralFailure, reason));
         }
-        Err(_) => {
-            warn!(dst.addr = %dest.authority, hbone = %dest.hbone_addr, "outbound HBONE timed out");
-            ctx.telemetry
-                .tcp
-                .refused(&labels, ResponseFlags::ConnectFailure);
-            Err((Reply::HostUnreachable, "HBONE connect timed out".into()))
-        }
-    }
+        _ if e.unauthorized() => Reply::NotAllowed,
+        super::connect::DialError::Status(..) => Reply::ConnectionRefused,
+        super::connect::DialError::Unreachable(_) => Reply::HostUnreachable,
+    };
+    warn!(
+        error = %e.reason(),
+        src.workload = %src.key(),
+        dst.addr = %dest.authority,
+        dst.identity = %dest.identity,
+        hbone = %dest.hbone_addr,
+        waypoint = dest.waypoint.as_ref().map(|w| w.key()).as_deref().unwrap_or("-"),
+        "outbound HBONE failed"
+    );
+    ctx.telemetry.tcp.refused(&labels, e.flags());
+    Err((reply, e.reason().to_owned()))
 }
 
 /// Plain TCP to a workload outside the mesh (counted in metrics) or passthrough to an address

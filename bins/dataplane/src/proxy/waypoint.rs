@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::StatusCode;
+use mesh_hbone::InboundConnect;
 use mesh_hbone::headers::ConnectHeaders;
-use mesh_hbone::{ConnectRequest, InboundConnect};
 use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::connect::{HboneTarget, dial_hbone};
 use super::sniff::{Rewind, Sniffed, sniff};
 use super::{Ctx, observe};
 use crate::config::{ServicePort, Workload};
@@ -35,136 +36,43 @@ struct Target {
 
 async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let start = tokio::time::Instant::now();
-    let access = &ctx.telemetry.access;
-    let authority = req.authority;
-    let src_identity = req.conn.peer_identity.clone();
     let mut headers = req.connect_headers();
     // The client is the TCP peer (source ztunnels and sidecars dial from the workload's own
     // address): no peer of a waypoint is entitled to assert another one in `Forwarded`.
     headers.client = Some(req.conn.peer_addr);
     let state = ctx.state.load_full();
-    let me = &ctx.node_name;
-    // `me` is this waypoint's `namespace/name`; compared without building a key per stream.
-    let me_parts = me.split_once('/');
-    let uses_me = |wp: &Option<Arc<crate::config::Waypoint>>| {
-        wp.as_ref()
-            .is_some_and(|w| me_parts == Some((w.namespace.as_str(), w.name.as_str())))
+    let Some(wp) = state.waypoints.get(&ctx.node_name).cloned() else {
+        return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
     };
     // HTTP services get L7 routing: the stream is accepted and each request routed on its own;
     // ports with no declared protocol are sniffed first (Istio's protocol detection).
-    if let Some(sp) = state
-        .service_by_vip(authority)
-        .filter(|sp| {
-            uses_me(&sp.service.waypoint)
-                && matches!(sp.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "AUTO")
-        })
-        .cloned()
-    {
-        let Some(waypoint) = state.waypoints.get(me).cloned() else {
-            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
-        };
+    let http = state.service_by_vip(req.authority).filter(|sp| {
+        uses(&sp.service.waypoint, &wp)
+            && matches!(sp.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "AUTO")
+    });
+    if let Some(sp) = http.cloned() {
         drop(state);
-        let mut tunnel = match req.accept() {
-            Ok(t) => t,
-            Err(e) => return debug!(error = %e, "tunnel closed before 200"),
-        };
-        let (kind, prefix) = if sp.protocol == "AUTO" {
-            sniff(&mut tunnel).await
-        } else if sp.protocol == "HTTP" {
-            (Sniffed::Http1, Vec::new())
-        } else {
-            (Sniffed::Http2, Vec::new())
-        };
-        let io = Rewind {
-            prefix: bytes::Bytes::from(prefix),
-            inner: tunnel,
-        };
-        if kind == Sniffed::Tcp {
-            return carry_tcp(
-                &ctx,
-                &waypoint,
-                &sp,
-                io,
-                &headers,
-                &src_identity,
-                authority,
-                start,
-            )
-            .await;
-        }
-        let src = headers
-            .client
-            .and_then(|c| ctx.state.load().workload_by_ip(c.ip()).cloned())
-            .filter(|w| w.identity == src_identity);
-        let stream = super::http::Stream {
-            ctx: ctx.clone(),
-            profile: super::profiles::Profile::waypoint(waypoint, Some(&sp)),
-            service: Some(sp),
-            client: headers.client,
-            src_labels: src.map_or_else(
-                || observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
-                |w| w.telemetry.clone(),
-            ),
-            src_identity: Some(src_identity.clone()),
-            h2: kind == Sniffed::Http2,
-        };
-        return super::http::serve(io, stream).await;
+        return serve_http(ctx, req, wp, sp, headers, start).await;
     }
-    // What the client addressed: a service that uses this waypoint (balanced over its
-    // endpoints), or a workload that does.
-    let target = match state.service_by_vip(authority) {
-        Some(sp) if uses_me(&sp.service.waypoint) => sp.pick().map(|ep| Target {
-            workload: ep.workload.clone(),
-            port: ep.port,
-            service: Some(sp.clone()),
-        }),
-        _ => state
-            .workload_by_ip(authority.ip())
-            .filter(|w| uses_me(&w.waypoint))
-            .map(|w| Target {
-                workload: w.clone(),
-                port: authority.port(),
-                service: None,
-            }),
-    };
-    fn line<'a>(
-        client: Option<SocketAddr>,
-        src_identity: &'a str,
-        authority: SocketAddr,
-        t: Option<&'a Target>,
-    ) -> mesh_telemetry::access::ConnectionRecord<'a> {
-        let mut rec = observe::record(
-            "waypoint",
-            client,
+    let Some(target) = target(&state, &wp, req.authority) else {
+        let authority = req.authority;
+        warn!(%authority, src.identity = %req.conn.peer_identity, "not a service or workload of this waypoint: 400");
+        let rec = line(&req, &headers, None);
+        observe::refuse(
+            &ctx.telemetry,
             None,
-            Some(src_identity),
-            Some(authority),
-            t.map(|t| &*t.workload),
-            SecurityPolicy::MutualTls,
-        );
-        rec.dst_service = t
-            .and_then(|t| t.service.as_ref())
-            .and_then(|s| s.service.hosts.first().map(String::as_str));
-        rec
-    }
-    let client = headers.client;
-    let record = |t| line(client, src_identity.as_str(), authority, t);
-    let Some(target) = target else {
-        warn!(%authority, src.identity = %src_identity, "not a service or workload of this waypoint: 400");
-        observe::log_refusal(
-            access,
-            record(None),
+            rec,
             "not served by this waypoint (400)",
             start,
         );
         return req.refuse(StatusCode::BAD_REQUEST);
     };
+    let src_identity = &req.conn.peer_identity;
     let src = headers
         .client
         .and_then(|c| state.workload_by_ip(c.ip()))
-        .filter(|w| w.identity == src_identity)
-        .cloned();
-    let src_labels = match &src {
+        .filter(|w| w.identity == *src_identity);
+    let src_labels = match src {
         Some(w) => w.telemetry.clone(),
         None => observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
     };
@@ -175,70 +83,190 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         target.service.as_ref().map(|s| &s.service.telemetry),
         SecurityPolicy::MutualTls,
     );
+    // Every stream the waypoint carries is authorized: TCP ports, workload targets.
+    let authorized = authorize_tcp(
+        &state,
+        &wp,
+        target.service.as_deref(),
+        src_identity,
+        headers.client,
+        req.authority,
+    );
     drop(state);
+    if let Err(reason) = authorized {
+        let counted = Some((&labels, ResponseFlags::Deny));
+        let rec = line(&req, &headers, Some(&target));
+        observe::refuse(&ctx.telemetry, counted, rec, &reason, start);
+        return req.refuse(StatusCode::UNAUTHORIZED);
+    }
+    Box::pin(carry(&ctx, req, &wp, &target, &headers, &labels, start)).await;
+}
+
+/// Whether `waypoint` (a service's or workload's) is this one (compared without building a
+/// key per stream).
+fn uses(waypoint: &Option<Arc<crate::config::Waypoint>>, me: &crate::config::Waypoint) -> bool {
+    waypoint
+        .as_ref()
+        .is_some_and(|w| w.namespace == me.namespace && w.name == me.name)
+}
+
+/// What the client addressed: a service that uses this waypoint (balanced over its
+/// endpoints), or a workload that does.
+fn target(
+    state: &crate::config::MeshState,
+    wp: &crate::config::Waypoint,
+    authority: SocketAddr,
+) -> Option<Target> {
+    match state.service_by_vip(authority) {
+        Some(sp) if uses(&sp.service.waypoint, wp) => sp.pick().map(|ep| Target {
+            workload: ep.workload.clone(),
+            port: ep.port,
+            service: Some(sp.clone()),
+        }),
+        _ => state
+            .workload_by_ip(authority.ip())
+            .filter(|w| uses(&w.waypoint, wp))
+            .map(|w| Target {
+                workload: w.clone(),
+                port: authority.port(),
+                service: None,
+            }),
+    }
+}
+
+/// The access-log line of a stream of `req` to `t`.
+fn line<'a>(
+    req: &'a InboundConnect,
+    headers: &ConnectHeaders,
+    t: Option<&'a Target>,
+) -> mesh_telemetry::access::ConnectionRecord<'a> {
+    line_of(headers.client, &req.conn.peer_identity, req.authority, t)
+}
+
+/// The access-log line of a stream from `client` (`identity`) for `authority` to `t`.
+fn line_of<'a>(
+    client: Option<SocketAddr>,
+    identity: &'a mesh_identity::SpiffeId,
+    authority: SocketAddr,
+    t: Option<&'a Target>,
+) -> mesh_telemetry::access::ConnectionRecord<'a> {
+    let mut rec = observe::record(
+        "waypoint",
+        client,
+        None,
+        Some(identity.as_str()),
+        Some(authority),
+        t.map(|t| &*t.workload),
+        SecurityPolicy::MutualTls,
+    );
+    rec.dst_service = t
+        .and_then(|t| t.service.as_ref())
+        .and_then(|s| s.service.hosts.first().map(String::as_str));
+    rec
+}
+
+/// Accepts a stream to an HTTP service and serves it through the waypoint's HTTP stack
+/// (sniffed first when the port's protocol is not declared; not HTTP: carried as TCP).
+async fn serve_http(
+    ctx: Arc<Ctx>,
+    req: InboundConnect,
+    waypoint: Arc<crate::config::Waypoint>,
+    sp: Arc<ServicePort>,
+    headers: ConnectHeaders,
+    start: tokio::time::Instant,
+) {
+    let authority = req.authority;
+    let src_identity = req.conn.peer_identity.clone();
+    let mut tunnel = match req.accept() {
+        Ok(t) => t,
+        Err(e) => return debug!(error = %e, "tunnel closed before 200"),
+    };
+    let (kind, prefix) = match sp.protocol.as_str() {
+        "AUTO" => sniff(&mut tunnel).await,
+        "HTTP" => (Sniffed::Http1, Vec::new()),
+        _ => (Sniffed::Http2, Vec::new()),
+    };
+    let io = Rewind {
+        prefix: bytes::Bytes::from(prefix),
+        inner: tunnel,
+    };
+    if kind == Sniffed::Tcp {
+        let peer = (&headers, &src_identity, authority);
+        return carry_tcp(&ctx, &waypoint, &sp, io, peer, start).await;
+    }
+    let src = headers
+        .client
+        .and_then(|c| ctx.state.load().workload_by_ip(c.ip()).cloned())
+        .filter(|w| w.identity == src_identity);
+    let stream = super::http::Stream {
+        ctx: ctx.clone(),
+        profile: super::profiles::Profile::waypoint(waypoint, Some(&sp)),
+        service: Some(sp),
+        client: headers.client,
+        src_labels: src.map_or_else(
+            || observe::identity_labels(src_identity.as_str(), src_identity.namespace()),
+            |w| w.telemetry.clone(),
+        ),
+        src_identity: Some(src_identity.clone()),
+        h2: kind == Sniffed::Http2,
+    };
+    super::http::serve(io, stream).await;
+}
+
+/// Carries an authorized stream to `target` over a new HBONE tunnel to the endpoint's
+/// ztunnel with the waypoint's own identity; the client's address is passed on so the
+/// destination's policy sees the original source IP.
+async fn carry(
+    ctx: &Ctx,
+    req: InboundConnect,
+    wp: &crate::config::Waypoint,
+    target: &Target,
+    headers: &ConnectHeaders,
+    labels: &mesh_telemetry::metrics::ConnectionLabels,
+    start: tokio::time::Instant,
+) {
     let Some(hbone_addr) = target.workload.hbone_addr else {
         warn!(dst.workload = %target.workload.key(), "endpoint is on no mesh node: 503");
-        ctx.telemetry
-            .tcp
-            .refused(&labels, ResponseFlags::ConnectFailure);
-        observe::log_refusal(
-            access,
-            record(Some(&target)),
+        let counted = Some((labels, ResponseFlags::ConnectFailure));
+        let rec = line(&req, headers, Some(target));
+        observe::refuse(
+            &ctx.telemetry,
+            counted,
+            rec,
             "endpoint outside the mesh (503)",
             start,
         );
         return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let Some(wp) = ctx.state.load().waypoints.get(me).cloned() else {
-        return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
-    };
-    // Every stream the waypoint carries is authorized: TCP ports, workload targets.
-    if let Err(reason) = authorize_tcp(
-        &ctx.state.load(),
-        &wp,
-        target.service.as_deref(),
-        &src_identity,
-        client,
-        authority,
-    ) {
-        ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
-        observe::log_refusal(access, record(Some(&target)), &reason, start);
-        return req.refuse(StatusCode::UNAUTHORIZED);
-    }
-    // A new tunnel to the endpoint's ztunnel with the waypoint's own identity; the client's
-    // address is passed on so the destination's policy sees the original source IP.
-    let upstream = open_upstream(
-        &ctx,
-        &wp.identity,
-        &target.workload.identity,
+    let to = HboneTarget {
+        destination: &target.workload.identity,
         hbone_addr,
-        SocketAddr::new(target.workload.address, target.port),
-        forwarded(&headers),
-        None,
-    );
-    let mut upstream = match Box::pin(upstream).await {
+        authority: SocketAddr::new(target.workload.address, target.port),
+    };
+    let headers_out = forwarded(headers).to_header_map();
+    let mut upstream = match dial_hbone(ctx, &wp.identity, to, headers_out, None).await {
         Ok(t) => t,
-        Err(Upstream {
-            reason,
-            unauthorized,
-        }) => {
+        Err(e) => {
             // A 401 from the destination is passed back as is.
-            let (status, flags) = if unauthorized {
-                (StatusCode::UNAUTHORIZED, ResponseFlags::Deny)
+            let status = if e.unauthorized() {
+                StatusCode::UNAUTHORIZED
             } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ResponseFlags::ConnectFailure,
-                )
+                StatusCode::SERVICE_UNAVAILABLE
             };
-            warn!(dst.workload = %target.workload.key(), %reason, "waypoint upstream failed");
-            ctx.telemetry.tcp.refused(&labels, flags);
-            observe::log_refusal(access, record(Some(&target)), &reason, start);
+            warn!(dst.workload = %target.workload.key(), reason = %e.reason(), "waypoint upstream failed");
+            let rec = line(&req, headers, Some(target));
+            observe::refuse(
+                &ctx.telemetry,
+                Some((labels, e.flags())),
+                rec,
+                e.reason(),
+                start,
+            );
             return req.refuse(status);
         }
     };
-    let rec = ctx.telemetry.tcp.open(&labels);
-    drop((labels, src_labels));
+    let rec = ctx.telemetry.tcp.open(labels);
+    let (identity, authority) = (req.conn.peer_identity.clone(), req.authority);
     let mut downstream = match req.accept() {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
@@ -249,23 +277,29 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         downstream.abort();
         upstream.abort();
     }
-    let mut r = record(Some(&target));
-    r.dst_hbone_addr = Some(hbone_addr);
-    observe::log_copied(access, r, &result, 0, Some(rec.totals()), start);
+    let mut log = line_of(headers.client, &identity, authority, Some(target));
+    log.dst_hbone_addr = Some(hbone_addr);
+    observe::log_copied(
+        &ctx.telemetry.access,
+        log,
+        &result,
+        0,
+        Some(rec.totals()),
+        start,
+    );
 }
 
-/// Carries an accepted, sniffed-as-TCP stream to an endpoint of `sp` over HBONE.
-#[allow(clippy::too_many_arguments)]
+/// Carries an accepted, sniffed-as-TCP stream to an endpoint of `sp` over HBONE; `peer` is
+/// the stream's CONNECT headers, client identity and authority.
 async fn carry_tcp(
     ctx: &Ctx,
     wp: &crate::config::Waypoint,
     sp: &ServicePort,
     mut io: Rewind<mesh_hbone::H2Stream>,
-    headers: &ConnectHeaders,
-    src_identity: &mesh_identity::SpiffeId,
-    authority: SocketAddr,
+    peer: (&ConnectHeaders, &mesh_identity::SpiffeId, SocketAddr),
     start: tokio::time::Instant,
 ) {
+    let (headers, src_identity, authority) = peer;
     let access = &ctx.telemetry.access;
     // Not HTTP: the waypoint's policies still apply, read at L4 (HTTP fields fail closed).
     if let Err(reason) = authorize_tcp(
@@ -311,22 +345,17 @@ async fn carry_tcp(
         SecurityPolicy::MutualTls,
     );
     rec.dst_hbone_addr = Some(hbone_addr);
-    let upstream = open_upstream(
-        ctx,
-        &wp.identity,
-        &ep.workload.identity,
+    let to = HboneTarget {
+        destination: &ep.workload.identity,
         hbone_addr,
-        SocketAddr::new(ep.workload.address, ep.port),
-        forwarded(headers),
-        None,
-    );
-    let mut upstream = match Box::pin(upstream).await {
+        authority: SocketAddr::new(ep.workload.address, ep.port),
+    };
+    let headers_out = forwarded(headers).to_header_map();
+    let mut upstream = match dial_hbone(ctx, &wp.identity, to, headers_out, None).await {
         Ok(u) => u,
-        Err(Upstream { reason, .. }) => {
-            ctx.telemetry
-                .tcp
-                .refused(&labels, ResponseFlags::ConnectFailure);
-            return observe::log_refusal(access, rec, &reason, start);
+        Err(e) => {
+            let counted = Some((&labels, ResponseFlags::ConnectFailure));
+            return observe::refuse(&ctx.telemetry, counted, rec, e.reason(), start);
         }
     };
     let counter = ctx.telemetry.tcp.open(&labels);
@@ -390,13 +419,6 @@ fn authorize_tcp(
     }
 }
 
-/// Why an upstream tunnel could not be opened.
-pub(super) struct Upstream {
-    pub(super) reason: String,
-    /// The destination answered 401 (its policy, or it accepts only another waypoint).
-    pub(super) unauthorized: bool,
-}
-
 /// The headers a waypoint passes on to the destination: the client's address (so its policy
 /// sees the original source), host, baggage and trace context.
 pub(super) fn forwarded(h: &ConnectHeaders) -> ConnectHeaders {
@@ -405,43 +427,5 @@ pub(super) fn forwarded(h: &ConnectHeaders) -> ConnectHeaders {
         host: h.host.clone(),
         baggage: h.baggage.clone(),
         traceparent: h.traceparent.clone(),
-    }
-}
-
-/// Opens an HBONE tunnel from the waypoint (as `source`) to `authority` through its
-/// ztunnel at `hbone_addr`, which must present `destination`.
-pub(super) async fn open_upstream(
-    ctx: &Ctx,
-    source: &mesh_identity::SpiffeId,
-    destination: &mesh_identity::SpiffeId,
-    hbone_addr: SocketAddr,
-    authority: SocketAddr,
-    headers: ConnectHeaders,
-    socket_source: Option<Arc<dyn mesh_hbone::SocketSource>>,
-) -> Result<mesh_hbone::H2Stream, Upstream> {
-    let fail = |reason: String| Upstream {
-        reason,
-        unauthorized: false,
-    };
-    let source = ctx
-        .certs
-        .store(source)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let req = ConnectRequest {
-        source,
-        destination_identity: destination.clone(),
-        hbone_addr,
-        authority,
-        headers: headers.to_header_map(),
-        socket_source,
-    };
-    match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(Upstream {
-            unauthorized: matches!(&e, mesh_hbone::Error::Status { status, .. } if *status == StatusCode::UNAUTHORIZED),
-            reason: e.to_string(),
-        }),
-        Err(_) => Err(fail("HBONE connect timed out".to_owned())),
     }
 }

@@ -197,17 +197,16 @@ async fn connect(
         .tunnel_source
         .as_ref()
         .and_then(|w| s.ctx.socket_source(w));
-    let tunnel = crate::proxy::waypoint::open_upstream(
-        &s.ctx,
-        &s.profile.identity,
-        identity,
+    let to = crate::proxy::connect::HboneTarget {
+        destination: identity,
         hbone_addr,
-        addr,
-        headers,
-        socket_source,
-    )
-    .await
-    .map_err(|e| e.reason)?;
+        authority: addr,
+    };
+    let headers = headers.to_header_map();
+    let tunnel =
+        crate::proxy::connect::dial_hbone(&s.ctx, &s.profile.identity, to, headers, socket_source)
+            .await
+            .map_err(|e| e.reason().to_owned())?;
     handshake(tunnel, s.h2).await.map_err(|e| e.to_string())
 }
 
