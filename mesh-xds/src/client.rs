@@ -9,7 +9,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::session::{Received, Session, nack_detail};
 use crate::{Error, Handler, NodeInfo, Rejection};
@@ -88,7 +88,8 @@ impl Client {
     ) -> Client {
         let (status_tx, status) = watch::channel(Status::default());
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(run(channel, config, handlers, status_tx, stopped));
+        let span = tracing::info_span!("xds_client", address = %config.address);
+        tokio::spawn(run(channel, config, handlers, status_tx, stopped).instrument(span));
         Client { status, stop }
     }
 
