@@ -8,24 +8,119 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_telemetry::metrics::{PeerLabels, Reporter, ResponseFlags, SecurityPolicy};
+use mesh_telemetry::access::ConnectionRecord;
+use mesh_telemetry::metrics::{
+    ConnectionLabels, PeerLabels, Reporter, ResponseFlags, SecurityPolicy,
+};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{Ctx, observe};
+use crate::config::{MeshState, Workload};
+
+/// A captured connection to a local workload: what its checks and log lines need.
+struct Captured {
+    peer: SocketAddr,
+    dst_addr: SocketAddr,
+    dst: Arc<Workload>,
+    src: Option<Arc<Workload>>,
+    start: tokio::time::Instant,
+}
+
+impl Captured {
+    fn record(&self) -> ConnectionRecord<'_> {
+        observe::record(
+            "inbound",
+            Some(self.peer),
+            self.src.as_deref(),
+            None,
+            Some(self.dst_addr),
+            Some(&self.dst),
+            SecurityPolicy::Unknown,
+        )
+    }
+}
 
 /// Serves one captured plaintext connection.
 pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let start = tokio::time::Instant::now();
-    let access = &ctx.telemetry.access;
-    // TPROXY keeps the original destination as the socket's own address; REDIRECT/DNAT
-    // leave it in conntrack.
+    let Some(dst_addr) = original_destination(&ctx, &tcp, peer, start) else {
+        return;
+    };
+    let state = ctx.state.load_full();
+    let Some(dst) = destination(&ctx, &state, peer, dst_addr, start) else {
+        return;
+    };
+    let c = Captured {
+        peer,
+        dst_addr,
+        dst,
+        src: state.workload_by_ip(peer.ip()).cloned(),
+        start,
+    };
+    let src_labels = c
+        .src
+        .as_ref()
+        .map_or_else(PeerLabels::unknown, |w| PeerLabels {
+            // A plaintext peer proves no identity.
+            principal: mesh_telemetry::metrics::Str::from(mesh_telemetry::metrics::UNKNOWN),
+            ..w.telemetry.clone()
+        });
+    let labels = observe::labels(
+        Reporter::Destination,
+        &src_labels,
+        &c.dst.telemetry,
+        None,
+        SecurityPolicy::Unknown,
+    );
+    // PeerAuthentication STRICT: only mutual TLS (HBONE) may reach this workload port.
+    if state.mtls.strict(&c.dst.key(), dst_addr.port()) {
+        warn!(
+            target: "access",
+            direction = "inbound",
+            src.addr = %peer,
+            dst.addr = %dst_addr,
+            dst.workload = %c.dst.key(),
+            "plaintext refused: PeerAuthentication STRICT"
+        );
+        let reason = "plaintext refused: PeerAuthentication is STRICT";
+        let counted = Some((&labels, ResponseFlags::Deny));
+        return observe::refuse(&ctx.telemetry, counted, c.record(), reason, start);
+    }
+    drop(state);
+    // Where the inbound HTTP layer is on, declared HTTP ports of a workload with HTTP-field
+    // policies or JWT rules are served per request (no peer identity), as on HBONE inbound.
+    if let Some(h2) = super::inbound::l7_inbound(&ctx, dst_addr) {
+        let stream = super::http::Stream {
+            ctx: ctx.clone(),
+            service: None,
+            client: Some(peer),
+            src_labels,
+            src_identity: None,
+            profile: super::profiles::Profile::sidecar_inbound(c.dst, dst_addr.port(), false),
+            h2,
+        };
+        return super::http::serve(tcp, stream).await;
+    }
+    drop(src_labels);
+    Box::pin(admit_and_carry(&ctx, tcp, &c, labels)).await;
+}
+
+/// The address the client dialled: TPROXY keeps it as the socket's own address,
+/// REDIRECT/DNAT leave it in conntrack. `None` (logged): not a captured connection.
+fn original_destination(
+    ctx: &Ctx,
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    start: tokio::time::Instant,
+) -> Option<SocketAddr> {
     let original = if ctx.layers().transparent_inbound {
         tcp.local_addr().ok()
     } else {
-        crate::sockets::original_dst(&tcp)
+        crate::sockets::original_dst(tcp)
     };
-    let Some(dst_addr) = original else {
+    if original.is_none() {
         warn!(src.addr = %peer, "plaintext inbound connection was not redirected by capture rules: closed");
         let rec = observe::record(
             "inbound",
@@ -36,112 +131,59 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
             None,
             SecurityPolicy::Unknown,
         );
-        return observe::log_refusal(
-            access,
-            rec,
-            "no original destination (not a captured connection)",
-            start,
-        );
-    };
-    let state = ctx.state.load_full();
-    // Never deliver to the proxy's own ports: a capture rule that also matched the proxy's
-    // own connections would loop back here.
+        let reason = "no original destination (not a captured connection)";
+        observe::refuse(&ctx.telemetry, None, rec, reason, start);
+    }
+    original
+}
+
+/// The local workload at `dst_addr`; never the proxy's own ports (a capture rule that also
+/// matched the proxy's own connections would loop back here). `None` (logged): refused.
+fn destination(
+    ctx: &Ctx,
+    state: &MeshState,
+    peer: SocketAddr,
+    dst_addr: SocketAddr,
+    start: tokio::time::Instant,
+) -> Option<Arc<Workload>> {
     let own_port =
-        dst_addr.port() == ctx.hbone_port(&state) || Some(dst_addr) == ctx.cfg.plaintext_addr;
-    let dst = match ctx.local_workload(&state, dst_addr.ip()) {
-        Some(w) if !own_port => w,
-        _ => {
-            warn!(src.addr = %peer, dst.addr = %dst_addr, "plaintext inbound to an address that is not a workload of this node: closed");
-            let rec = observe::record(
-                "inbound",
-                Some(peer),
-                None,
-                None,
-                Some(dst_addr),
-                None,
-                SecurityPolicy::Unknown,
-            );
-            return observe::log_refusal(
-                access,
-                rec,
-                "destination is not a workload of this node",
-                start,
-            );
-        }
-    };
-    let src = state.workload_by_ip(peer.ip()).cloned();
-    let src_labels = src
-        .as_ref()
-        .map_or_else(PeerLabels::unknown, |w| PeerLabels {
-            // A plaintext peer proves no identity.
-            principal: mesh_telemetry::metrics::Str::from(mesh_telemetry::metrics::UNKNOWN),
-            ..w.telemetry.clone()
-        });
-    let labels = observe::labels(
-        Reporter::Destination,
-        &src_labels,
-        &dst.telemetry,
-        None,
-        SecurityPolicy::Unknown,
-    );
-    let record = || {
-        observe::record(
+        dst_addr.port() == ctx.hbone_port(state) || Some(dst_addr) == ctx.cfg.plaintext_addr;
+    let dst = ctx
+        .local_workload(state, dst_addr.ip())
+        .filter(|_| !own_port);
+    if dst.is_none() {
+        warn!(src.addr = %peer, dst.addr = %dst_addr, "plaintext inbound to an address that is not a workload of this node: closed");
+        let rec = observe::record(
             "inbound",
             Some(peer),
-            src.as_deref(),
+            None,
             None,
             Some(dst_addr),
-            Some(&dst),
+            None,
             SecurityPolicy::Unknown,
-        )
-    };
-    // PeerAuthentication STRICT: only mutual TLS (HBONE) may reach this workload port.
-    if state.mtls.strict(&dst.key(), dst_addr.port()) {
-        warn!(
-            target: "access",
-            direction = "inbound",
-            src.addr = %peer,
-            dst.addr = %dst_addr,
-            dst.workload = %dst.key(),
-            "plaintext refused: PeerAuthentication STRICT"
         );
-        ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
-        return observe::log_refusal(
-            access,
-            record(),
-            "plaintext refused: PeerAuthentication is STRICT",
-            start,
-        );
+        let reason = "destination is not a workload of this node";
+        observe::refuse(&ctx.telemetry, None, rec, reason, start);
     }
-    // A sidecar serves declared HTTP ports of a workload with HTTP-field policies or JWT
-    // rules per request (no peer identity), as on its HBONE inbound.
-    if let Some(h2) = super::inbound::l7_inbound(&ctx, dst_addr) {
-        drop(state);
-        let stream = super::http::Stream {
-            ctx: ctx.clone(),
-            service: None,
-            client: Some(peer),
-            src_labels,
-            src_identity: None,
-            profile: super::profiles::Profile::sidecar_inbound(dst, dst_addr.port(), false),
-            h2,
-        };
-        return super::http::serve(tcp, stream).await;
-    }
-    drop(state);
-    // Register → decide → guard, the one admission path: L4 authorization with no peer
-    // identity (policies on principals or namespaces do not match plaintext, as in Istio),
-    // and a DENY or STRICT landing during the app connect or later closes the connection.
-    let close = tokio_util::sync::CancellationToken::new();
+    dst
+}
+
+/// Register → decide → guard, the one admission path: L4 authorization with no peer
+/// identity (policies on principals or namespaces do not match plaintext, as in Istio), and a
+/// DENY or STRICT landing during the app connect or later closes the connection. Then the
+/// app connect and the copy.
+async fn admit_and_carry(ctx: &Ctx, tcp: TcpStream, c: &Captured, labels: ConnectionLabels) {
+    let close = CancellationToken::new();
     let admitted = ctx.live.admit(
         super::LiveInbound {
-            workload: dst.key(),
-            source_ip: peer.ip(),
-            // `remote.ip` at a sidecar (Istio's sidecars); a ztunnel has none (Istio's).
-            remote_ip: ctx.layers().inbound_http.then_some(peer.ip()),
+            workload: c.dst.key(),
+            source_ip: c.peer.ip(),
+            // `remote.ip` where the inbound HTTP layer is on (Istio's sidecars); a ztunnel
+            // has none (Istio's).
+            remote_ip: ctx.layers().inbound_http.then_some(c.peer.ip()),
             principal: None,
             namespace: None,
-            destination: dst_addr,
+            destination: c.dst_addr,
             close: close.clone(),
         },
         &ctx.state,
@@ -150,36 +192,35 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
         warn!(
             target: "access",
             direction = "inbound",
-            src.addr = %peer,
-            dst.addr = %dst_addr,
-            dst.workload = %dst.key(),
+            src.addr = %c.peer,
+            dst.addr = %c.dst_addr,
+            dst.workload = %c.dst.key(),
             %reason,
             "plaintext connection refused by authorization policy"
         );
-        ctx.telemetry.tcp.refused(&labels, ResponseFlags::Deny);
-        observe::log_refusal(access, record(), reason, start);
+        let counted = Some((&labels, ResponseFlags::Deny));
+        observe::refuse(&ctx.telemetry, counted, c.record(), reason, c.start);
     };
     let _live = match admitted {
         Ok(guard) => guard,
         Err(reason) => return refuse(&reason),
     };
-    let connect = super::connect::connect_app(&ctx, &dst, dst_addr, Some(peer.ip()));
+    let connect = super::connect::connect_app(ctx, &c.dst, c.dst_addr, Some(c.peer.ip()));
     let upstream = tokio::select! {
         biased;
         () = close.cancelled() => return refuse("no longer allowed by the new policies (during connect)"),
-        r = connect => match r {
-            Ok(u) => u,
-            Err(super::connect::ConnectError { reason, .. }) => {
-                debug!(%reason, "application unreachable");
-                ctx.telemetry
-                    .tcp
-                    .refused(&labels, ResponseFlags::ConnectFailure);
-                return observe::log_refusal(access, record(), &reason, start);
-            }
-        },
+        r = connect => r,
+    };
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(super::connect::ConnectError { reason, .. }) => {
+            debug!(%reason, "application unreachable");
+            let counted = Some((&labels, ResponseFlags::ConnectFailure));
+            return observe::refuse(&ctx.telemetry, counted, c.record(), &reason, c.start);
+        }
     };
     let rec = ctx.telemetry.tcp.open(&labels);
-    drop((labels, src_labels));
+    drop(labels);
     // A copy that fails (one side reset, a policy change closed it) resets both sides: a cut
     // connection never looks like a complete, shorter one.
     let mut tcp = super::reset::ResetOnDrop::new(tcp);
@@ -196,5 +237,6 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
         tcp.clean();
         upstream.clean();
     }
-    observe::log_copied(access, record(), &result, 0, Some(rec.totals()), start);
+    let access = &ctx.telemetry.access;
+    observe::log_copied(access, c.record(), &result, 0, Some(rec.totals()), c.start);
 }
