@@ -74,6 +74,7 @@ pub struct Status {
 pub struct Client {
     status: watch::Receiver<Status>,
     stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Client {
@@ -89,8 +90,9 @@ impl Client {
         let (status_tx, status) = watch::channel(Status::default());
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let span = tracing::info_span!("xds_client", address = %config.address);
-        tokio::spawn(run(channel, config, handlers, status_tx, stopped).instrument(span));
-        Client { status, stop }
+        let task =
+            tokio::spawn(run(channel, config, handlers, status_tx, stopped).instrument(span));
+        Client { status, stop, task }
     }
 
     /// The current status.
@@ -109,9 +111,16 @@ impl Client {
         let _ = rx.wait_for(|s| s.connected).await;
     }
 
-    /// Stops the client.
+    /// Stops the client (its task ends at its next await).
     pub fn stop(self) {
         let _ = self.stop.send(());
+    }
+
+    /// Stops the client and waits until its task ended: the stream is closed and no handler
+    /// runs any more.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
     }
 }
 

@@ -268,7 +268,15 @@ async fn streams_ended_by_the_control_plane_resume() {
         assert_eq!(c.status().nacks, 0);
     }
     a.stop();
-    b.stop();
+    // Shut down and awaited: its stream is gone at once.
+    b.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while ads.open_streams() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both streams closed");
 }
 
 /// A control plane that accepts connections and never answers is given up on (connect
