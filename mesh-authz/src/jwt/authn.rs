@@ -104,6 +104,63 @@ pub struct Authenticator {
     output_headers: Vec<String>,
 }
 
+/// The keys of `set` that may have signed a token with `header`: the same `kid` (any key
+/// when the token names none), the algorithm's family, and the JWK's `alg` if it names one.
+fn candidates<'k>(set: &'k KeySet, header: &jsonwebtoken::Header) -> Vec<&'k Key> {
+    let family = header.alg.family();
+    set.keys
+        .iter()
+        .filter(|k| match (&header.kid, &k.kid) {
+            (Some(want), Some(have)) => want == have,
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+        .filter(|k| k.key.family() == family && k.alg.is_none_or(|a| a == header.alg))
+        .collect()
+}
+
+/// The claims of `token` verified by the first of `candidates` whose signature holds, with
+/// `exp`/`nbf` checked (60 s leeway). A signature that holds with times that do not is
+/// [`JwtError::Expired`] or [`JwtError::NotYetValid`] at once.
+fn decode(
+    token: &str,
+    candidates: &[&Key],
+    alg: jsonwebtoken::Algorithm,
+) -> Result<serde_json::Map<String, Value>, JwtError> {
+    let mut validation = Validation::new(alg);
+    validation.required_spec_claims.clear();
+    validation.validate_aud = false;
+    validation.validate_nbf = true;
+    validation.leeway = 60;
+    for k in candidates {
+        match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &validation) {
+            Ok(d) => return Ok(d.claims),
+            Err(e) => {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    // The signature verified; the times did not.
+                    K::ExpiredSignature => return Err(JwtError::Expired),
+                    K::ImmatureSignature => return Err(JwtError::NotYetValid),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Err(JwtError::BadSignature)
+}
+
+/// `aud`: one string or a list of them.
+fn audiences(claims: &serde_json::Map<String, Value>) -> Vec<String> {
+    match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(v)) => v
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn header_value<'h>(headers: &'h http::HeaderMap, name: &str) -> impl Iterator<Item = &'h str> {
     headers.get_all(name).iter().filter_map(|v| v.to_str().ok())
 }
@@ -234,57 +291,12 @@ impl Authenticator {
             Some(s) => s.clone(),
             None => keys(&rule.keys).ok_or_else(|| JwtError::KeysUnavailable(rule.keys.clone()))?,
         };
-        let family = header.alg.family();
-        let candidates: Vec<&Key> = set
-            .keys
-            .iter()
-            .filter(|k| match (&header.kid, &k.kid) {
-                (Some(want), Some(have)) => want == have,
-                (Some(_), None) => false,
-                (None, _) => true,
-            })
-            .filter(|k| k.key.family() == family && k.alg.is_none_or(|a| a == header.alg))
-            .collect();
+        let candidates = candidates(&set, &header);
         if candidates.is_empty() {
             return Err(JwtError::UnknownKey(rule.keys.clone()));
         }
-        let mut validation = Validation::new(header.alg);
-        validation.required_spec_claims.clear();
-        validation.validate_aud = false;
-        validation.validate_nbf = true;
-        validation.leeway = 60;
-        let mut last = JwtError::BadSignature;
-        let mut claims = None;
-        for k in candidates {
-            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &k.key, &validation)
-            {
-                Ok(d) => {
-                    claims = Some(d.claims);
-                    break;
-                }
-                Err(e) => {
-                    use jsonwebtoken::errors::ErrorKind as K;
-                    last = match e.kind() {
-                        K::ExpiredSignature => JwtError::Expired,
-                        K::ImmatureSignature => JwtError::NotYetValid,
-                        _ => JwtError::BadSignature,
-                    };
-                    if last != JwtError::BadSignature {
-                        // The signature verified; the times did not.
-                        return Err(last);
-                    }
-                }
-            }
-        }
-        let claims = claims.ok_or(last)?;
-        let audiences: Vec<String> = match claims.get("aud") {
-            Some(Value::String(a)) => vec![a.clone()],
-            Some(Value::Array(v)) => v
-                .iter()
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let claims = decode(token, &candidates, header.alg)?;
+        let audiences = audiences(&claims);
         if !rule.audiences.is_empty() && !audiences.iter().any(|a| rule.audiences.contains(a)) {
             return Err(JwtError::Audience);
         }
