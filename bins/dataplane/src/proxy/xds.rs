@@ -132,7 +132,7 @@ impl Proxy {
                 loop {
                     tokio::select! {
                         () = cancel.cancelled() => {
-                            client.stop();
+                            client.shutdown().await;
                             return;
                         }
                         () = dirty.notified() => {}
