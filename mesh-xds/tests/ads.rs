@@ -211,6 +211,57 @@ async fn ack_nack_resume_and_removal() {
     client.stop();
 }
 
+/// A stream the control plane refuses (wrong token) is an error the status shows, with no
+/// stream counted; a token file that cannot be read is one too.
+#[tokio::test]
+async fn refused_streams_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "wrong-token").unwrap();
+    let ads = fake().await;
+    let start = |token: &std::path::Path| {
+        let handler = Typed::<pb::workload::Address, _>::new(ADDRESS_TYPE, |_, _| Vec::new());
+        Client::start(
+            channel(ads.addr()),
+            config(ads.addr(), token),
+            vec![Arc::new(handler)],
+        )
+    };
+    let client = start(&token);
+    let mut w = client.watch();
+    let s = tokio::time::timeout(
+        Duration::from_secs(5),
+        w.wait_for(|s| s.last_error.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone();
+    let e = s.last_error.unwrap();
+    assert!(e.contains("bearer token required"), "{e}");
+    assert_eq!(s.connects, 0);
+    assert_eq!(
+        ads.authorizations()[0].as_deref(),
+        Some("Bearer wrong-token")
+    );
+    client.shutdown().await;
+
+    let client = start(&dir.path().join("missing"));
+    let mut w = client.watch();
+    let e = tokio::time::timeout(
+        Duration::from_secs(5),
+        w.wait_for(|s| s.last_error.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .last_error
+    .clone()
+    .unwrap();
+    assert!(e.contains("token file") && e.contains("missing"), "{e}");
+    client.shutdown().await;
+}
+
 /// A control plane that ends its streams cleanly (as istiod does to rebalance) is resumed on
 /// a new stream with what was applied; updates reach every connected client.
 #[tokio::test]
