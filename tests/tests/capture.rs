@@ -309,9 +309,9 @@ fn admin_is_never_on_a_non_loopback_address() {
     ns.run(&[
         "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1",
     ]);
-    ns.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "d0"]);
-    ns.run(&["ip", "addr", "add", "192.0.2.10/24", "dev", "d0"]);
-    ns.run(&["ip", "link", "set", "d0", "up"]);
+    ns.pod()
+        .address("d0", &["192.0.2.1/24", "192.0.2.10/24"])
+        .unwrap();
     ns.run(&["ip", "link", "set", "d1", "up"]);
     let yaml = r#"apiVersion: dataplane.mesh.dev/v1alpha1
 kind: Node

@@ -155,11 +155,7 @@ fn tcpdump(ns: &NetNs, dev: &str, file: &std::path::Path) -> Option<Proc> {
 }
 
 fn ns_ok(ns: &NetNs, cmd: &[&str]) -> bool {
-    std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(cmd)
-        .output()
-        .is_ok_and(|o| o.status.success())
+    ns.pod().exec(cmd).is_ok()
 }
 
 #[test]
