@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::FieldError;
 use crate::istio::{DestinationRuleSpec, TrafficPolicySpec};
+use mesh_authz::istio::FieldError;
 
 /// Istio's `loadBalancer.simple`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
