@@ -6,7 +6,10 @@
 //! - [`proxy`]: a node's L4 proxy: inbound HBONE, SOCKS5 and service-VIP outbound.
 //! - [`netns`]: network-namespace "pods" (veth, addresses, capture) for tests and the bench.
 //! - [`socks5`]: the SOCKS5 handshake.
-//! - [`ztunnel`]: the ztunnel and waypoint command lines and process mains.
+//! - [`roles`]: the ztunnel, waypoint and sidecar: each a composition of the core's listeners
+//!   and layers, with its command line and process main.
+//! - [`process`]: what every proxy process shares: the common command line, logging, the
+//!   runtime, certificates, following istiod, the stop.
 
 #![warn(missing_docs)]
 
@@ -15,11 +18,12 @@ pub mod config;
 mod error;
 pub mod limits;
 pub mod netns;
+pub mod process;
 pub mod proxy;
 pub mod roles;
 pub mod sockets;
 pub mod socks5;
-pub mod ztunnel;
 
 pub use error::Error;
-pub use ztunnel::{ProxyArgs, SidecarArgs, WaypointArgs, ZtunnelArgs};
+pub use process::ProxyArgs;
+pub use roles::{SidecarArgs, WaypointArgs, ZtunnelArgs};

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::process::parse_duration;
 use crate::proxy::ProxyConfig;
-use crate::ztunnel::parse_duration;
 
 /// HBONE limits shared by every role, client and server side (`mesh_hbone::H2Settings`; the
 /// defaults are its defaults).

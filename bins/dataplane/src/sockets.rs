@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// The socket mark a sidecar uses by default (Istio's 1337): capture rules leave sockets
+/// with it alone.
+pub const DEFAULT_SOCKET_MARK: u32 = 1337;
+
 /// The destination the client originally connected to, before a REDIRECT or DNAT rule sent
 /// the connection here. `None` when the connection was not rewritten (then the kernel has no
 /// conntrack entry with a different destination, or the lookup fails).

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use mesh_dataplane::config::{MeshState, load_file};
-use mesh_dataplane::ztunnel::parse_duration;
+use mesh_dataplane::process::parse_duration;
 use mesh_identity::LocalCa;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket};

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mesh_dataplane::ztunnel::parse_duration;
+use mesh_dataplane::process::parse_duration;
 use mesh_identity::{LocalCa, SpiffeId};
 
 /// Writes one line to stdout (locked), ignoring a closed pipe.
@@ -216,9 +216,9 @@ pub(crate) fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Ztunnel(args) => mesh_dataplane::ztunnel::main(args),
-        Cmd::Waypoint(args) => mesh_dataplane::ztunnel::waypoint_main(args),
-        Cmd::Sidecar(args) => mesh_dataplane::ztunnel::sidecar_main(args),
+        Cmd::Ztunnel(args) => mesh_dataplane::roles::ztunnel::main(args),
+        Cmd::Waypoint(args) => mesh_dataplane::roles::waypoint::main(args),
+        Cmd::Sidecar(args) => mesh_dataplane::roles::sidecar::main(args),
         Cmd::Capture { cmd } => capture(cmd),
         Cmd::Demo(args) => demo::main(args),
         Cmd::Bench(args) => bench::main(args),

@@ -15,5 +15,5 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    mesh_dataplane::ztunnel::sidecar_main(Cli::parse().args)
+    mesh_dataplane::roles::sidecar::main(Cli::parse().args)
 }

@@ -15,5 +15,5 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    mesh_dataplane::ztunnel::waypoint_main(Cli::parse().args)
+    mesh_dataplane::roles::waypoint::main(Cli::parse().args)
 }

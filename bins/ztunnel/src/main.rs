@@ -14,5 +14,5 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    mesh_dataplane::ztunnel::main(Cli::parse().args)
+    mesh_dataplane::roles::ztunnel::main(Cli::parse().args)
 }

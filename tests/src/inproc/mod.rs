@@ -25,6 +25,7 @@ use std::time::Duration;
 use clap::Parser;
 use mesh_dataplane::config::MeshState;
 use mesh_dataplane::proxy::{ApplyReport, Listening, Proxy, ProxyConfig};
+use mesh_dataplane::roles;
 use mesh_dataplane::{ProxyArgs, SidecarArgs, WaypointArgs, ZtunnelArgs};
 use mesh_identity::LocalCa;
 use mesh_telemetry::access::Sink;
@@ -112,10 +113,7 @@ impl InprocMesh {
             .node(node)
             .unwrap_or_else(|| panic!("no Node {node} in the mesh config"))
             .address;
-        let mut cfg = args.common.proxy_config(node_addr, log_control());
-        cfg.role = mesh_dataplane::roles::ztunnel(node);
-        cfg.socks5_addr = listen_addr(args.socks5_addr, loopback_or(node_addr), args.socks5_port);
-        cfg.plaintext_addr = listen_addr(args.plaintext_addr, node_addr, args.plaintext_port);
+        let cfg = roles::ztunnel::proxy_config(&args, node_addr, log_control());
         self.start(node, &args.common, cfg, state, None).await
     }
 
@@ -133,9 +131,7 @@ impl InprocMesh {
             .get(gateway)
             .unwrap_or_else(|| panic!("no waypoint {gateway} in the mesh config"))
             .address;
-        let mut cfg = args.common.proxy_config(wp_addr, log_control());
-        cfg.role = mesh_dataplane::roles::waypoint(gateway);
-        cfg.jwks_refresh = args.jwks_refresh;
+        let cfg = roles::waypoint::proxy_config(&args, wp_addr, log_control());
         self.start(name, &args.common, cfg, state, None).await
     }
 
@@ -160,18 +156,10 @@ impl InprocMesh {
             .node(&node_name)
             .unwrap_or_else(|| panic!("no sidecar workload {workload} in the mesh config"))
             .address;
-        let mut cfg = args.common.proxy_config(node_addr, log_control());
-        cfg.role = mesh_dataplane::roles::sidecar(&node_name, args.tproxy);
-        cfg.socket_mark = match args.common.socket_mark {
-            None => Some(mesh_dataplane::ztunnel::DEFAULT_SOCKET_MARK),
-            Some(0) => None,
-            m => m,
-        };
-        let localhost = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-        cfg.outbound_addr = listen_addr(args.outbound_addr, localhost, args.outbound_port);
-        cfg.plaintext_addr = listen_addr(args.plaintext_addr, node_addr, args.plaintext_port);
-        // (The binary also listens on [::1]:15001 when its namespace has IPv6 loopback; the
-        // IPv6 capture tests drive the binary.)
+        let mut cfg = roles::sidecar::proxy_config(&args, node_addr, &node_name, log_control());
+        // Not on [::1], shared by every test on this host (the IPv6 capture tests drive the
+        // binary, in a namespace of its own).
+        cfg.outbound_addr_v6 = None;
         self.start(name, &args.common, cfg, state, netns).await
     }
 
@@ -406,26 +394,4 @@ fn log_control() -> mesh_telemetry::logging::LogControl {
 
 fn file_name(name: &str) -> String {
     name.replace('/', "_")
-}
-
-/// `ip` if loopback, else 127.0.0.1 (the binaries' rule for admin and SOCKS5).
-fn loopback_or(ip: std::net::IpAddr) -> std::net::IpAddr {
-    if ip.is_loopback() {
-        ip
-    } else {
-        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-    }
-}
-
-/// `explicit`, else `ip:port` unless `port` is 0 (the binaries' rule).
-fn listen_addr(
-    explicit: Option<std::net::SocketAddr>,
-    ip: std::net::IpAddr,
-    port: u16,
-) -> Option<std::net::SocketAddr> {
-    match (explicit, port) {
-        (Some(a), _) => Some(a),
-        (None, 0) => None,
-        (None, p) => Some(std::net::SocketAddr::new(ip, p)),
-    }
 }

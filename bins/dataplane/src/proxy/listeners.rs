@@ -90,7 +90,7 @@ pub(super) fn open_namespaces(
                     Some(
                         ctx.cfg
                             .socket_mark
-                            .unwrap_or(crate::ztunnel::DEFAULT_SOCKET_MARK),
+                            .unwrap_or(crate::sockets::DEFAULT_SOCKET_MARK),
                     ),
                 )
                 .map_err(|source| Error::Netns {

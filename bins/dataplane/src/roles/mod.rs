@@ -10,11 +10,12 @@
 //! | [`sidecar()`] | the same, for a node of one workload | HTTP on captured outbound and on inbound to HTTP ports; optionally transparent (TPROXY) inbound |
 //! | [`waypoint()`] | one HBONE listener at a waypoint `Gateway`'s address | the waypoint's HTTP stack on every stream |
 
-mod sidecar;
-mod waypoint;
-mod ztunnel;
+pub mod sidecar;
+pub mod waypoint;
+pub mod ztunnel;
 
 pub use crate::proxy::{Layers, Role};
 pub use sidecar::sidecar;
 pub use waypoint::waypoint;
 pub use ztunnel::ztunnel;
+pub use {sidecar::SidecarArgs, waypoint::WaypointArgs, ztunnel::ZtunnelArgs};

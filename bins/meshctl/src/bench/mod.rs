@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use mesh_dataplane::ztunnel::parse_duration;
+use mesh_dataplane::process::parse_duration;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -301,7 +301,7 @@ fn cpu_model() -> String {
 }
 
 fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    mesh_dataplane::ztunnel::raise_fd_limit();
+    mesh_dataplane::process::raise_fd_limit();
     let dir = tempfile::tempdir()?;
     // The server workload: an HTTP echo and a TCP sink, on their own runtime.
     let rt = tokio::runtime::Builder::new_multi_thread()
