@@ -12,32 +12,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
+use super::role::{InPodKind, ListenerKey};
 use super::{Ctx, ListenerHandle, ListenerKind, Listening, Proxy};
 use super::{inbound, outbound, plaintext, waypoint};
 use crate::Error;
 
 /// The open network namespaces of in-pod workloads, by path.
 pub(super) type Namespaces = HashMap<std::path::PathBuf, Arc<crate::sockets::Netns>>;
-
-/// A listener opened inside a workload's network namespace (in-pod mode)./// A listener opened inside a workload's network namespace (in-pod mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum InPodKind {
-    Hbone,
-    Outbound,
-    Plaintext,
-}
-
-/// One listener a [`Plan`] asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum ListenerKey {
-    InPod(std::path::PathBuf, InPodKind, SocketAddr),
-    Hbone(SocketAddr),
-    Socks5(SocketAddr),
-    Service(SocketAddr),
-    Plaintext(SocketAddr),
-    Outbound(SocketAddr),
-    Waypoint(SocketAddr),
-}
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     let bound = crate::sockets::listen(addr).and_then(|l| {

@@ -33,9 +33,9 @@ mod waypoint;
 mod xds;
 
 pub use hygiene::L7Limits;
-pub(crate) use listeners::{InPodKind, ListenerKey};
 pub(crate) use live::{LiveConns, LiveGuard, LiveInbound};
 pub use role::{Layers, Role};
+pub(crate) use role::{ListenerAddrs, ListenerKey, Plan};
 pub use settings::{ListenerKind, Listening, ProxyConfig};
 pub use xds::XdsFollower;
 
@@ -173,15 +173,6 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-/// What a config asks of this proxy: listeners, and the identity presented on each local
-/// address.
-pub(crate) struct Plan {
-    /// The listeners, each with what it serves (for logs and `Listening::what`).
-    pub(crate) desired: Vec<(ListenerKey, String)>,
-    /// The identity presented on each local address.
-    pub(crate) identities: Vec<(std::net::IpAddr, mesh_identity::SpiffeId)>,
-}
-
 /// What applying a config changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -303,7 +294,11 @@ impl Proxy {
         let Plan {
             desired,
             identities,
-        } = ctx.cfg.role.serves().plan(&ctx.cfg, &state)?;
+        } = ctx
+            .cfg
+            .role
+            .serves()
+            .plan(&ListenerAddrs::of(&ctx.cfg), &state)?;
         // Certificates and binds first: a failure leaves the running config untouched.
         let mut server_tls = HashMap::new();
         for (ip, id) in &identities {
@@ -356,7 +351,12 @@ impl Proxy {
             });
         }
         // Certificates of identities this proxy no longer serves.
-        if let Ok(before) = ctx.cfg.role.serves().plan(&ctx.cfg, &old) {
+        if let Ok(before) = ctx
+            .cfg
+            .role
+            .serves()
+            .plan(&ListenerAddrs::of(&ctx.cfg), &old)
+        {
             for (_, id) in &before.identities {
                 if !identities.iter().any(|(_, x)| x == id) {
                     ctx.certs.remove(id);

@@ -4,10 +4,10 @@
 //! the sidecar from these parts.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Plan, ProxyConfig};
 use crate::Error;
 use crate::config::MeshState;
 
@@ -60,13 +60,6 @@ impl fmt::Debug for Role {
     }
 }
 
-impl Default for Role {
-    /// A node's L4 proxy for an unnamed node (set the role before starting).
-    fn default() -> Role {
-        Role::new("ztunnel", super::serves::node(""), Layers::default())
-    }
-}
-
 /// Layers the data paths turn on. Each is written once in the core and used by every role
 /// that turns it on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,7 +83,7 @@ pub(crate) trait Serves: Send + Sync {
     /// Fails when `state` does not define what this proxy serves.
     fn check(&self, state: &MeshState) -> Result<(), Error>;
     /// The listeners and identities `state` asks of this proxy.
-    fn plan(&self, cfg: &ProxyConfig, state: &MeshState) -> Result<Plan, Error>;
+    fn plan(&self, addrs: &ListenerAddrs, state: &MeshState) -> Result<Plan, Error>;
     /// The remote JWKS (and fetch timeouts) of the `RequestAuthentication`s this proxy
     /// enforces in `state`.
     fn jwks(
@@ -98,4 +91,42 @@ pub(crate) trait Serves: Send + Sync {
         layers: Layers,
         state: &MeshState,
     ) -> Vec<(mesh_authz::jwt::KeySource, Duration)>;
+}
+
+/// A listener opened inside a workload's network namespace (in-pod mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum InPodKind {
+    Hbone,
+    Outbound,
+    Plaintext,
+}
+
+/// One listener a [`Plan`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum ListenerKey {
+    InPod(std::path::PathBuf, InPodKind, SocketAddr),
+    Hbone(SocketAddr),
+    Socks5(SocketAddr),
+    Service(SocketAddr),
+    Plaintext(SocketAddr),
+    Outbound(SocketAddr),
+    Waypoint(SocketAddr),
+}
+
+/// What a config asks of this proxy: listeners, and the identity presented on each local
+/// address.
+pub(crate) struct Plan {
+    /// The listeners, each with what it serves (for logs and `Listening::what`).
+    pub(crate) desired: Vec<(ListenerKey, String)>,
+    /// The identity presented on each local address.
+    pub(crate) identities: Vec<(std::net::IpAddr, mesh_identity::SpiffeId)>,
+}
+
+/// The configured node-wide listener addresses a plan includes (from `ProxyConfig`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ListenerAddrs {
+    pub(crate) socks5: Option<SocketAddr>,
+    pub(crate) plaintext: Option<SocketAddr>,
+    pub(crate) outbound: Option<SocketAddr>,
+    pub(crate) outbound_v6: Option<SocketAddr>,
 }

@@ -6,8 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::role::{Layers, Serves};
-use super::{InPodKind, ListenerKey, Plan, ProxyConfig};
+use super::role::{InPodKind, Layers, ListenerAddrs, ListenerKey, Plan, Role, Serves};
 use crate::Error;
 use crate::config::MeshState;
 
@@ -16,6 +15,13 @@ pub(crate) fn node(node: &str) -> Arc<dyn Serves> {
     Arc::new(NodeListeners {
         node: node.to_owned(),
     })
+}
+
+impl Default for Role {
+    /// A node's L4 proxy for an unnamed node (set the role before starting).
+    fn default() -> Role {
+        Role::new("ztunnel", node(""), Layers::default())
+    }
 }
 
 /// The one HBONE listener of waypoint `Gateway` `gateway` (`namespace/name`).
@@ -47,7 +53,7 @@ impl Serves for NodeListeners {
         }
     }
 
-    fn plan(&self, cfg: &ProxyConfig, state: &MeshState) -> Result<Plan, Error> {
+    fn plan(&self, addrs: &ListenerAddrs, state: &MeshState) -> Result<Plan, Error> {
         let node = state
             .node(&self.node)
             .ok_or_else(|| Error::UnknownNode(self.node.clone()))?;
@@ -55,19 +61,16 @@ impl Serves for NodeListeners {
         for w in &node.workloads {
             workload_listeners(&mut desired, w, node.hbone_port);
         }
-        if let Some(addr) = cfg.socks5_addr {
+        if let Some(addr) = addrs.socks5 {
             desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
         }
-        if let Some(addr) = cfg.plaintext_addr {
+        if let Some(addr) = addrs.plaintext {
             desired.push((
                 ListenerKey::Plaintext(addr),
                 format!("node {} plaintext inbound", node.name),
             ));
         }
-        for addr in [cfg.outbound_addr, cfg.outbound_addr_v6]
-            .into_iter()
-            .flatten()
-        {
+        for addr in [addrs.outbound, addrs.outbound_v6].into_iter().flatten() {
             desired.push((
                 ListenerKey::Outbound(addr),
                 format!("node {} captured outbound", node.name),
@@ -171,7 +174,7 @@ impl Serves for GatewayListener {
         }
     }
 
-    fn plan(&self, _cfg: &ProxyConfig, state: &MeshState) -> Result<Plan, Error> {
+    fn plan(&self, _addrs: &ListenerAddrs, state: &MeshState) -> Result<Plan, Error> {
         let wp = state
             .waypoints
             .get(&self.gateway)

@@ -114,3 +114,15 @@ pub struct Listening {
     /// What it serves (workload or service name).
     pub what: String,
 }
+
+impl super::ListenerAddrs {
+    /// The node-wide listener addresses `cfg` configures.
+    pub(crate) fn of(cfg: &ProxyConfig) -> super::ListenerAddrs {
+        super::ListenerAddrs {
+            socks5: cfg.socks5_addr,
+            plaintext: cfg.plaintext_addr,
+            outbound: cfg.outbound_addr,
+            outbound_v6: cfg.outbound_addr_v6,
+        }
+    }
+}
