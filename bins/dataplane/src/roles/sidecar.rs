@@ -10,7 +10,7 @@ use mesh_telemetry::logging::LogControl;
 use tracing::info;
 
 use crate::Error;
-use crate::config::xds::XdsRole;
+use crate::config::xds::Local;
 use crate::process::istiod::{follow, load_l7, node_info, split_key, xds_store};
 use crate::process::{CaFor, ProxyArgs, listen_addr, process_main, run_until_stopped, serve};
 use crate::proxy::{Layers, Proxy, ProxyConfig, Role, serves};
@@ -136,7 +136,7 @@ async fn run_xds(
         "--address (the workload's own IP) is required with --xds-address",
     ))?;
     let (ns, name) = split_key(&args.workload);
-    let mut store = xds_store(c, node_name, address, false).with_role(XdsRole::Sidecar {
+    let mut store = xds_store(c, node_name, address, false).serving(Local::OneWorkload {
         workload: format!("{ns}/{name}"),
     });
     let l7 = load_l7(c, &mut store)?;

@@ -10,7 +10,7 @@ use mesh_telemetry::logging::LogControl;
 use tracing::info;
 
 use crate::Error;
-use crate::config::xds::XdsRole;
+use crate::config::xds::Local;
 use crate::process::istiod::{follow, load_l7, node_info, split_key, xds_store};
 use crate::process::{CaFor, ProxyArgs, parse_duration, process_main, run_until_stopped, serve};
 use crate::proxy::{Layers, Proxy, ProxyConfig, Role, serves};
@@ -83,7 +83,7 @@ async fn run_xds(args: &WaypointArgs, xds: &str, log: LogControl) -> Result<(), 
     // Istio runs a waypoint as the service account named after its Gateway.
     let identity = mesh_identity::SpiffeId::new(&crate::config::default_trust_domain(), ns, name)
         .map_err(|_| Error::Usage("--gateway NAMESPACE/NAME must form a SPIFFE id"))?;
-    let mut store = xds_store(c, &args.gateway, address, false).with_role(XdsRole::Waypoint {
+    let mut store = xds_store(c, &args.gateway, address, false).serving(Local::Gateway {
         key: args.gateway.clone(),
         identity: identity.clone(),
     });

@@ -1,6 +1,6 @@
 //! Full builds: every accepted resource → the mesh state. Waypoints are resolved here (the
 //! control plane may name one before describing it), then the shared assembler
-//! ([`super::super::assemble`]) indexes policies and, for roles that proxy HTTP, the L7 kinds
+//! ([`super::super::assemble`]) indexes policies and, when the store holds an L7 file, the L7 kinds
 //! of the local file. Service ports that nothing changed are reused from the last build.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use super::super::state::{
     Endpoint, FastMap, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor,
 };
 use super::super::{DEFAULT_HBONE_PORT, Resources, Validator, Workload};
-use super::{Built, Cache, GatewayRef, XService, XWorkload, XdsRole, XdsStore};
+use super::{Built, Cache, GatewayRef, Local, XService, XWorkload, XdsStore};
 
 /// Service ports by host and port.
 type ByHost = HashMap<String, HashMap<u16, Arc<ServicePort>>>;
@@ -231,7 +231,7 @@ impl XdsStore {
     /// A waypoint is always in its own state, at its own address with its own identity (what
     /// istiod resolves for it keeps only what it serves).
     fn add_own_waypoint(&self, waypoints: &mut HashMap<String, Arc<Waypoint>>) {
-        let XdsRole::Waypoint { key, identity } = &self.role else {
+        let Local::Gateway { key, identity } = &self.local else {
             return;
         };
         let (namespace, name) = key.split_once('/').unwrap_or(("default", key.as_str()));

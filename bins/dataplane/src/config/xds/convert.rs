@@ -13,7 +13,7 @@ use mesh_xds::pb::workload as wl;
 
 use super::super::state;
 use super::super::{DEFAULT_HBONE_PORT, Workload};
-use super::{GatewayRef, XService, XWorkload, XdsRole, XdsStore};
+use super::{GatewayRef, Local, XService, XWorkload, XdsStore};
 
 fn ip_of(bytes: &[u8]) -> Result<IpAddr, String> {
     match bytes.len() {
@@ -165,8 +165,8 @@ impl XdsStore {
         }
         let key = format!("{}/{}", w.namespace, w.name);
         // A sidecar's own workload is served on its own node, whatever node istiod names.
-        let node = match &self.role {
-            XdsRole::Sidecar { workload } if *workload == key => {
+        let node = match &self.local {
+            Local::OneWorkload { workload } if *workload == key => {
                 if address != self.settings.node_address {
                     tracing::warn!(workload = %key, %address, configured = %self.settings.node_address, "istiod gives the sidecar's workload another address than --address");
                 }

@@ -20,7 +20,7 @@
 //!   a workload lists it in `authorization_policies`); rules ORed, clauses ANDed, a clause's
 //!   matches ORed.
 //!
-//! The store's role says which workloads are this proxy's own ([`XdsRole`]): a ztunnel's are
+//! The store's [`Local`] says which workloads are this proxy's own: a ztunnel's are
 //! those on its node; a sidecar's, its one workload; a waypoint has none, and is itself a
 //! waypoint in the state. A waypoint and a sidecar also hold the L7 kinds of their local file
 //! ([`XdsStore::set_l7`]), merged with istiod's resources by the shared assembler.
@@ -48,21 +48,23 @@ use super::state::{FastMap, Node, ServicePort};
 use super::{Resources, Workload};
 use convert::service;
 
-/// Which of the workload API's workloads are this proxy's own.
+/// Which of the workload API's workloads are local to this proxy (what it serves), set by
+/// the role that builds the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum XdsRole {
-    /// A node proxy: the HBONE workloads whose `node` is [`XdsSettings::node`].
+pub enum Local {
+    /// The HBONE workloads whose `node` is [`XdsSettings::node`] (a node's proxy).
     #[default]
-    Ztunnel,
-    /// The sidecar of workload `namespace/name`: that workload is its own, served on
-    /// [`XdsSettings::node`] (`sidecar/<namespace>/<name>`), whatever node istiod names.
-    Sidecar {
+    NodeWorkloads,
+    /// One workload `namespace/name`, served on [`XdsSettings::node`] whatever node istiod
+    /// names (a sidecar's).
+    OneWorkload {
         /// `namespace/name` of the workload.
         workload: String,
     },
-    /// The waypoint `namespace/name` (its `Gateway`, and the service named after it): the
-    /// state always holds it, at [`XdsSettings::node_address`] with `identity`.
-    Waypoint {
+    /// No workload; this proxy is the waypoint `namespace/name` (its `Gateway`, and the
+    /// service named after it): the state always holds it, at
+    /// [`XdsSettings::node_address`] with `identity`.
+    Gateway {
         /// `namespace/name`.
         key: String,
         /// Its own identity (Istio: the service account named after the Gateway).
@@ -134,7 +136,7 @@ pub struct XdsStore {
     failed: BTreeMap<String, String>,
     /// Service ports built by the last build, reused while nothing they depend on changed.
     cache: std::sync::Mutex<Cache>,
-    role: XdsRole,
+    local: Local,
     /// The L7 kinds of the local file (waypoint, sidecar); `None` for a ztunnel.
     l7: Option<Arc<Resources>>,
 }
@@ -197,14 +199,14 @@ impl XdsStore {
             policies: BTreeMap::new(),
             failed: BTreeMap::new(),
             cache: std::sync::Mutex::new(Cache::default()),
-            role: XdsRole::Ztunnel,
+            local: Local::NodeWorkloads,
             l7: None,
         }
     }
 
-    /// The same store for another role (set before any resource is applied).
-    pub fn with_role(mut self, role: XdsRole) -> XdsStore {
-        self.role = role;
+    /// The same store with other local workloads (set before any resource is applied).
+    pub fn serving(mut self, local: Local) -> XdsStore {
+        self.local = local;
         self
     }
 

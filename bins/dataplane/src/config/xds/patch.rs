@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::super::Workload;
 use super::super::state::{FastMap, MeshState, ServicePort};
 use super::build::{index_ports, ports_of, service_arc};
-use super::{Built, Cache, XWorkload, XdsRole, XdsStore};
+use super::{Built, Cache, Local, XWorkload, XdsStore};
 
 /// Service ports by host and port.
 type ByHost = HashMap<String, HashMap<u16, Arc<ServicePort>>>;
@@ -22,11 +22,11 @@ impl XdsStore {
     /// `None` when a full build is needed.
     pub(super) fn build_incremental(&self, cache: &mut Cache) -> Option<MeshState> {
         let built = cache.built.as_ref()?;
-        // Roles with their own waypoint or L7 indexes always build in full.
+        // A store that serves one workload or a gateway, or holds L7 kinds, builds in full.
         if cache.full
             || built.shared_address
             || self.any_waypoint()
-            || self.role != XdsRole::Ztunnel
+            || self.local != Local::NodeWorkloads
             || self.l7.is_some()
         {
             return None;

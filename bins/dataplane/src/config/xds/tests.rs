@@ -393,7 +393,7 @@ fn a_sidecar_serves_its_own_workload() {
         node: "sidecar/ns/a".into(),
         ..store().settings.clone()
     })
-    .with_role(XdsRole::Sidecar {
+    .serving(Local::OneWorkload {
         workload: "ns/a".into(),
     });
     s.set_l7(Arc::new(Resources::default()));
@@ -420,7 +420,7 @@ fn a_sidecar_serves_its_own_workload() {
 #[test]
 fn a_waypoint_merges_its_l7_file() {
     let identity: SpiffeId = "spiffe://cluster.local/ns/ns/sa/wp".parse().unwrap();
-    let mut s = store().with_role(XdsRole::Waypoint {
+    let mut s = store().serving(Local::Gateway {
         key: "ns/wp".into(),
         identity: identity.clone(),
     });
