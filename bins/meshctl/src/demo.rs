@@ -30,7 +30,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::say;
+use crate::out::say;
 
 /// The embedded default mesh (also `examples/mesh.yaml`).
 const DEFAULT_MESH: &str = include_str!("../../../examples/mesh.yaml");
@@ -61,11 +61,11 @@ pub(crate) fn main(args: DemoArgs) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return crate::fail(e),
+        Err(e) => return crate::out::fail(e),
     };
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => crate::fail(format!("{e:#}")),
+        Err(e) => crate::out::fail(format!("{e:#}")),
     }
 }
 
@@ -77,6 +77,62 @@ struct Node {
 }
 
 async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let (ca_dir, config) = prepare(&args)?;
+    let state = load_file(&config)?;
+
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    // Application workloads first, so the mesh has somewhere to deliver.
+    start_workloads(&state, &tasks, &stop).await?;
+
+    let exe = std::env::current_exe().context("locate meshctl")?;
+    let names = proxy_names(&state);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<String>(names.len().max(1));
+    let mut nodes = Vec::new();
+    for (name, role, flag) in &names {
+        let launch = Launch {
+            exe: &exe,
+            config: &config,
+            ca_dir: &ca_dir,
+            log: &args.log,
+        };
+        nodes.push(start_proxy(&launch, name, role, flag, &tasks, &ready_tx)?);
+    }
+    drop(ready_tx);
+    if wait_ready(&mut ready_rx, nodes.len()).await < nodes.len() {
+        stop_nodes(&mut nodes).await;
+        bail!("proxies did not become ready (see their logs above)");
+    }
+    print_banner(&state, &ca_dir, &config, &nodes);
+
+    let ok = Arc::new(AtomicU64::new(0));
+    if let Some((src, vip, host)) = client_plan(&state) {
+        tasks.spawn(client_loop(
+            src,
+            vip,
+            host,
+            args.interval,
+            ok.clone(),
+            stop.clone(),
+        ));
+    }
+
+    wait_for_stop(args.duration).await?;
+    stop.cancel();
+    stop_nodes(&mut nodes).await;
+    tasks.close();
+    tasks.wait().await;
+    let n = ok.load(Ordering::Relaxed);
+    say!("demo stopped cleanly; {n} requests succeeded through the mesh");
+    if args.duration.is_some() && client_plan(&state).is_some() && n == 0 {
+        bail!("no request succeeded through the mesh");
+    }
+    Ok(())
+}
+
+/// The state directory with its CA, and the mesh config to use (the given one, or the
+/// embedded default written there): the CA directory and the config path.
+fn prepare(args: &DemoArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     let state_dir = args.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
@@ -107,11 +163,15 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             path
         }
     };
-    let state = load_file(&config)?;
+    Ok((ca_dir, config))
+}
 
-    let stop = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    // Application workloads first, so the mesh has somewhere to deliver.
+/// An echo server on every service endpoint address (once per address).
+async fn start_workloads(
+    state: &MeshState,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut endpoints: Vec<(SocketAddr, String)> = Vec::new();
     for sp in &state.service_ports {
         for ep in &sp.endpoints {
@@ -127,10 +187,12 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .with_context(|| format!("echo workload {name}: listen on {addr}"))?;
         tasks.spawn(echo_server(l, name.clone(), stop.clone()));
     }
+    Ok(())
+}
 
-    let exe = std::env::current_exe().context("locate meshctl")?;
-    let mut nodes = Vec::new();
-    // Every node's ztunnel (or sidecar, for a workload with its own), then every waypoint.
+/// The proxies to start, as (name, role, name flag): every node's ztunnel (or sidecar, for a
+/// workload with its own), then every waypoint.
+fn proxy_names(state: &MeshState) -> Vec<(String, &'static str, &'static str)> {
     let mut names: Vec<(String, &'static str, &'static str)> = state
         .nodes
         .keys()
@@ -143,48 +205,78 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut waypoints: Vec<String> = state.waypoints.keys().cloned().collect();
     waypoints.sort();
     names.extend(waypoints.into_iter().map(|w| (w, "waypoint", "--gateway")));
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<String>(names.len().max(1));
-    for (name, role, flag) in &names {
-        let mut child = Command::new(&exe)
-            .arg(role)
-            .arg("--config")
-            .arg(&config)
-            .arg(flag)
-            .arg(name)
-            .arg("--ca-dir")
-            .arg(&ca_dir)
-            .arg("--log")
-            .arg(&args.log)
-            // No capture in the demo (it needs root): a sidecar serves its workload's inbound.
-            .args(if *role == "sidecar" {
-                &["--outbound-port", "0"][..]
-            } else {
-                &[]
-            })
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start {role} {name}"))?;
-        let label = format!("{role} {name}");
-        if let Some(stderr) = child.stderr.take() {
-            tasks.spawn(relay_logs(stderr, label.clone(), ready_tx.clone()));
-        }
-        if let Some(stdout) = child.stdout.take() {
-            tasks.spawn(relay_access_log(stdout, label));
-        }
-        nodes.push(Node {
-            name: name.clone(),
-            role,
-            child,
-        });
+    names
+}
+
+/// What every proxy of the demo is started with.
+struct Launch<'a> {
+    /// This executable (`meshctl`).
+    exe: &'a Path,
+    /// The mesh config.
+    config: &'a Path,
+    /// The local CA.
+    ca_dir: &'a Path,
+    /// Log filter.
+    log: &'a str,
+}
+
+/// Starts one proxy (`meshctl <role> ... <flag> <name>`) and relays its logs; readiness is
+/// reported on `ready_tx`.
+fn start_proxy(
+    Launch {
+        exe,
+        config,
+        ca_dir,
+        log,
+    }: &Launch<'_>,
+    name: &str,
+    role: &'static str,
+    flag: &str,
+    tasks: &TaskTracker,
+    ready_tx: &tokio::sync::mpsc::Sender<String>,
+) -> anyhow::Result<Node> {
+    let mut child = Command::new(exe)
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .arg(flag)
+        .arg(name)
+        .arg("--ca-dir")
+        .arg(ca_dir)
+        .arg("--log")
+        .arg(log)
+        // No capture in the demo (it needs root): a sidecar serves its workload's inbound.
+        .args(if role == "sidecar" {
+            &["--outbound-port", "0"][..]
+        } else {
+            &[]
+        })
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {role} {name}"))?;
+    let label = format!("{role} {name}");
+    if let Some(stderr) = child.stderr.take() {
+        tasks.spawn(relay_logs(stderr, label.clone(), ready_tx.clone()));
     }
-    drop(ready_tx);
+    if let Some(stdout) = child.stdout.take() {
+        tasks.spawn(relay_access_log(stdout, label));
+    }
+    Ok(Node {
+        name: name.to_owned(),
+        role,
+        child,
+    })
+}
+
+/// How many of `n` proxies reported ready within 30 s.
+async fn wait_ready(ready_rx: &mut tokio::sync::mpsc::Receiver<String>, n: usize) -> usize {
     let mut ready = 0;
     let deadline = tokio::time::sleep(Duration::from_secs(30));
     tokio::pin!(deadline);
-    while ready < nodes.len() {
+    while ready < n {
         tokio::select! {
             r = ready_rx.recv() => match r {
                 Some(_) => ready += 1,
@@ -193,27 +285,14 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             () = &mut deadline => break,
         }
     }
-    if ready < nodes.len() {
-        stop_nodes(&mut nodes).await;
-        bail!("proxies did not become ready (see their logs above)");
-    }
-    print_banner(&state, &ca_dir, &config, &nodes);
+    ready
+}
 
-    let ok = Arc::new(AtomicU64::new(0));
-    if let Some((src, vip, host)) = client_plan(&state) {
-        tasks.spawn(client_loop(
-            src,
-            vip,
-            host,
-            args.interval,
-            ok.clone(),
-            stop.clone(),
-        ));
-    }
-
+/// Waits for Ctrl-C, SIGTERM or the end of `duration`, and says which.
+async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let until = async {
-        match args.duration {
+        match duration {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
@@ -222,15 +301,6 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => say!("\nstopping (Ctrl-C)"),
         _ = term.recv() => say!("stopping (SIGTERM)"),
         () = until => say!("stopping (--duration elapsed)"),
-    }
-    stop.cancel();
-    stop_nodes(&mut nodes).await;
-    tasks.close();
-    tasks.wait().await;
-    let n = ok.load(Ordering::Relaxed);
-    say!("demo stopped cleanly; {n} requests succeeded through the mesh");
-    if args.duration.is_some() && client_plan(&state).is_some() && n == 0 {
-        bail!("no request succeeded through the mesh");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod out;
 mod proxy_config;
 
 use std::io::Write;
@@ -14,15 +15,7 @@ use clap::{Parser, Subcommand};
 use mesh_dataplane::process::parse_duration;
 use mesh_identity::{LocalCa, SpiffeId};
 
-/// Writes one line to stdout (locked), ignoring a closed pipe.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-        let _ = out.flush();
-    }};
-}
-pub(crate) use say;
+use out::{fail, say};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -206,11 +199,6 @@ fn capture(cmd: CaptureCmd) -> ExitCode {
             }
         }
     }
-}
-
-pub(crate) fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    let _ = writeln!(std::io::stderr().lock(), "error: {msg}");
-    ExitCode::FAILURE
 }
 
 fn main() -> ExitCode {

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use crate::say;
+use crate::out::say;
 
 /// `proxy-config` arguments.
 #[derive(Debug, clap::Args)]
@@ -51,14 +51,14 @@ pub(crate) fn main(args: ProxyConfigArgs) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return crate::fail(e),
+        Err(e) => return crate::out::fail(e),
     };
     match rt.block_on(run(&args)) {
         Ok(text) => {
             say!("{}", text.trim_end());
             ExitCode::SUCCESS
         }
-        Err(e) => crate::fail(format!("{e:#}")),
+        Err(e) => crate::out::fail(format!("{e:#}")),
     }
 }
 
@@ -125,6 +125,70 @@ fn list(v: &Value) -> String {
 /// The tables `proxy-config` prints.
 pub(crate) fn render(d: &Value) -> String {
     let mut out = String::new();
+    summary(&mut out, d);
+    let empty = Vec::new();
+    let arr = |k: &str| d[k].as_array().unwrap_or(&empty).clone();
+    let rows = |k: &str, row: fn(&Value) -> Vec<String>| arr(k).iter().map(row).collect();
+    table(
+        &mut out,
+        "WORKLOADS",
+        &[
+            "NAMESPACE",
+            "NAME",
+            "ADDRESS",
+            "NODE",
+            "LOCAL",
+            "MTLS",
+            "IDENTITY",
+            "POLICIES",
+        ],
+        rows("workloads", workload_row),
+    );
+    table(
+        &mut out,
+        "SERVICES",
+        &[
+            "NAMESPACE",
+            "NAME",
+            "HOST",
+            "VIPS",
+            "PORT",
+            "PROTOCOL",
+            "ENDPOINTS",
+        ],
+        rows("services", service_row),
+    );
+    table(
+        &mut out,
+        "AUTHORIZATION POLICIES",
+        &["NAMESPACE", "NAME", "ACTION", "SCOPE", "RULES"],
+        rows("authorizationPolicies", policy_row),
+    );
+    table(
+        &mut out,
+        "PEER AUTHENTICATION",
+        &["NAMESPACE", "NAME", "SELECTOR", "MODE", "PORTS"],
+        rows("peerAuthentications", peer_authentication_row),
+    );
+    table(
+        &mut out,
+        "CERTIFICATES",
+        &["IDENTITY", "NOT BEFORE", "NOT AFTER", "EXPIRES IN"],
+        rows("certificates", certificate_row),
+    );
+    table(
+        &mut out,
+        "LISTENERS",
+        &["KIND", "ADDRESS", "SERVES"],
+        rows("listeners", |l| {
+            vec![s(&l["kind"]), s(&l["address"]), s(&l["serves"])]
+        }),
+    );
+    out
+}
+
+/// The first lines: node, generation, trust domain, ... and config rejections, if any.
+fn summary(out: &mut String, d: &Value) {
     let _ = writeln!(
         out,
         "node {}  generation {}  trust domain {}  root namespace {}  cluster {}",
@@ -144,161 +208,100 @@ pub(crate) fn render(d: &Value) -> String {
             s(&rej["last"]["error"])
         );
     }
-    let empty = Vec::new();
-    let arr = |k: &str| d[k].as_array().unwrap_or(&empty).clone();
-    table(
-        &mut out,
-        "WORKLOADS",
-        &[
-            "NAMESPACE",
-            "NAME",
-            "ADDRESS",
-            "NODE",
-            "LOCAL",
-            "MTLS",
-            "IDENTITY",
-            "POLICIES",
-        ],
-        arr("workloads")
-            .iter()
-            .map(|w| {
-                let ports = w["mtls"]["ports"]
-                    .as_object()
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        let v: Vec<String> =
-                            p.iter().map(|(k, m)| format!("{k}={}", s(m))).collect();
-                        format!(" ({})", v.join(","))
-                    })
-                    .unwrap_or_default();
-                vec![
-                    s(&w["namespace"]),
-                    s(&w["name"]),
-                    s(&w["address"]),
-                    s(&w["node"]),
-                    if w["local"].as_bool() == Some(true) {
-                        "yes"
-                    } else {
-                        "no"
-                    }
-                    .into(),
-                    format!("{}{ports}", s(&w["mtls"]["mode"])),
-                    s(&w["identity"]),
-                    list(&w["authorizationPolicies"]),
-                ]
+}
+
+/// A row of WORKLOADS.
+fn workload_row(w: &Value) -> Vec<String> {
+    let ports = w["mtls"]["ports"]
+        .as_object()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let v: Vec<String> = p.iter().map(|(k, m)| format!("{k}={}", s(m))).collect();
+            format!(" ({})", v.join(","))
+        })
+        .unwrap_or_default();
+    vec![
+        s(&w["namespace"]),
+        s(&w["name"]),
+        s(&w["address"]),
+        s(&w["node"]),
+        if w["local"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+        .into(),
+        format!("{}{ports}", s(&w["mtls"]["mode"])),
+        s(&w["identity"]),
+        list(&w["authorizationPolicies"]),
+    ]
+}
+
+/// A row of SERVICES.
+fn service_row(x: &Value) -> Vec<String> {
+    vec![
+        s(&x["namespace"]),
+        s(&x["name"]),
+        list(&x["hosts"]),
+        list(&x["vips"]),
+        s(&x["port"]),
+        s(&x["protocol"]),
+        list(&x["endpoints"]),
+    ]
+}
+
+/// A row of AUTHORIZATION POLICIES.
+fn policy_row(p: &Value) -> Vec<String> {
+    let scope = match &p["scope"] {
+        Value::String(x) => x.clone(),
+        Value::Object(o) => o
+            .get("selector")
+            .and_then(Value::as_object)
+            .map(|l| {
+                let v: Vec<String> = l.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
+                format!("selector {}", v.join(","))
             })
-            .collect(),
-    );
-    table(
-        &mut out,
-        "SERVICES",
-        &[
-            "NAMESPACE",
-            "NAME",
-            "HOST",
-            "VIPS",
-            "PORT",
-            "PROTOCOL",
-            "ENDPOINTS",
-        ],
-        arr("services")
-            .iter()
-            .map(|x| {
-                vec![
-                    s(&x["namespace"]),
-                    s(&x["name"]),
-                    list(&x["hosts"]),
-                    list(&x["vips"]),
-                    s(&x["port"]),
-                    s(&x["protocol"]),
-                    list(&x["endpoints"]),
-                ]
-            })
-            .collect(),
-    );
-    table(
-        &mut out,
-        "AUTHORIZATION POLICIES",
-        &["NAMESPACE", "NAME", "ACTION", "SCOPE", "RULES"],
-        arr("authorizationPolicies")
-            .iter()
-            .map(|p| {
-                let scope = match &p["scope"] {
-                    Value::String(x) => x.clone(),
-                    Value::Object(o) => o
-                        .get("selector")
-                        .and_then(Value::as_object)
-                        .map(|l| {
-                            let v: Vec<String> =
-                                l.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
-                            format!("selector {}", v.join(","))
-                        })
-                        .unwrap_or_else(|| Value::Object(o.clone()).to_string()),
-                    v => s(v),
-                };
-                vec![
-                    s(&p["namespace"]),
-                    s(&p["name"]),
-                    s(&p["action"]),
-                    scope,
-                    p["rules"].as_array().map_or(0, Vec::len).to_string(),
-                ]
-            })
-            .collect(),
-    );
-    table(
-        &mut out,
-        "PEER AUTHENTICATION",
-        &["NAMESPACE", "NAME", "SELECTOR", "MODE", "PORTS"],
-        arr("peerAuthentications")
-            .iter()
-            .map(|p| {
-                let kv = |v: &Value| {
-                    v.as_object().filter(|o| !o.is_empty()).map_or_else(
-                        || "-".to_owned(),
-                        |o| {
-                            o.iter()
-                                .map(|(k, v)| format!("{k}={}", s(v)))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        },
-                    )
-                };
-                vec![
-                    s(&p["namespace"]),
-                    s(&p["name"]),
-                    kv(&p["selector"]),
-                    s(&p["mode"]),
-                    kv(&p["ports"]),
-                ]
-            })
-            .collect(),
-    );
-    table(
-        &mut out,
-        "CERTIFICATES",
-        &["IDENTITY", "NOT BEFORE", "NOT AFTER", "EXPIRES IN"],
-        arr("certificates")
-            .iter()
-            .map(|c| {
-                let secs = c["expiresInSeconds"].as_u64().unwrap_or(0);
-                vec![
-                    s(&c["identity"]),
-                    s(&c["notBefore"]),
-                    s(&c["notAfter"]),
-                    format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
-                ]
-            })
-            .collect(),
-    );
-    table(
-        &mut out,
-        "LISTENERS",
-        &["KIND", "ADDRESS", "SERVES"],
-        arr("listeners")
-            .iter()
-            .map(|l| vec![s(&l["kind"]), s(&l["address"]), s(&l["serves"])])
-            .collect(),
-    );
-    out
+            .unwrap_or_else(|| Value::Object(o.clone()).to_string()),
+        v => s(v),
+    };
+    vec![
+        s(&p["namespace"]),
+        s(&p["name"]),
+        s(&p["action"]),
+        scope,
+        p["rules"].as_array().map_or(0, Vec::len).to_string(),
+    ]
+}
+
+/// A row of PEER AUTHENTICATION.
+fn peer_authentication_row(p: &Value) -> Vec<String> {
+    let kv = |v: &Value| {
+        v.as_object().filter(|o| !o.is_empty()).map_or_else(
+            || "-".to_owned(),
+            |o| {
+                o.iter()
+                    .map(|(k, v)| format!("{k}={}", s(v)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        )
+    };
+    vec![
+        s(&p["namespace"]),
+        s(&p["name"]),
+        kv(&p["selector"]),
+        s(&p["mode"]),
+        kv(&p["ports"]),
+    ]
+}
+
+/// A row of CERTIFICATES.
+fn certificate_row(c: &Value) -> Vec<String> {
+    let secs = c["expiresInSeconds"].as_u64().unwrap_or(0);
+    vec![
+        s(&c["identity"]),
+        s(&c["notBefore"]),
+        s(&c["notAfter"]),
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    ]
 }

@@ -227,7 +227,11 @@ fn mesh_yaml(w: usize, s: usize, p: usize, salt: &str) -> String {
             y,
             "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p{k}, namespace: ns-{ns}}}\nspec:\n  selector: {{matchLabels: {{app: svc-{}}}}}\n  action: {}\n  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/ns-{ns}/sa/sa-{}], ipBlocks: [10.0.0.0/8]}}}}]\n    to: [{{operation: {{ports: [\"8080\"]}}}}]\n",
             k % s.max(1),
-            if k % 10 == 0 { "DENY" } else { "ALLOW" },
+            if k.is_multiple_of(10) {
+                "DENY"
+            } else {
+                "ALLOW"
+            },
             k % 13
         );
     }
@@ -321,132 +325,147 @@ type Encoded = Vec<(String, Vec<u8>)>;
 /// `bench`), `s` services with `w / s` endpoints each, `p` policies (one in ten
 /// namespace-wide, the rest listed by their service's workloads). Encoded, as on the wire.
 fn xds_resources(w: usize, s: usize, p: usize, revision: &str) -> (Encoded, Encoded) {
-    use mesh_xds::pb::{security as sec, workload as wl};
-    use prost::Message as _;
     let per = (w / s.max(1)).max(1);
-    let ns_of = |i: usize| (i / per) % 100;
-    let host = |j: usize| format!("svc-{j}.ns-{}.svc.cluster.local", j % 100);
     let mut addresses = Vec::with_capacity(w + s);
-    for i in 0..w {
-        let svc = (i / per).min(s.saturating_sub(1));
-        let ns = ns_of(i);
-        let mut services = std::collections::HashMap::new();
-        services.insert(
-            format!("ns-{}/{}", svc % 100, host(svc)),
-            wl::PortList {
-                ports: vec![
-                    wl::Port {
-                        service_port: 80,
-                        target_port: 8080,
-                        app_protocol: 0,
-                    },
-                    wl::Port {
-                        service_port: 9090,
-                        target_port: 9090,
-                        app_protocol: 0,
-                    },
-                ],
-            },
-        );
-        let listed = (0..p)
-            .filter(|k| k % 10 != 0 && k % s.max(1) == svc)
-            .map(|k| format!("ns-{}/p{k}", (k % s.max(1)) % 100))
-            .collect();
-        let uid = format!("Kubernetes//Pod/ns-{ns}/w{i}");
-        let wk = wl::Workload {
-            uid: uid.clone(),
-            name: format!("w{i}"),
-            namespace: format!("ns-{ns}"),
-            addresses: vec![vec![127, 71, (i / 250) as u8, (i % 250 + 1) as u8]],
-            tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
-            service_account: format!("sa-{}", i % 13),
-            node: if i < 20 { "bench" } else { "remote" }.into(),
-            canonical_name: format!("svc-{svc}"),
-            canonical_revision: revision.into(),
-            services,
-            authorization_policies: listed,
-            ..Default::default()
-        };
-        let a = wl::Address {
-            r#type: Some(wl::address::Type::Workload(wk)),
-        };
-        addresses.push((uid, a.encode_to_vec()));
-    }
-    for j in 0..s {
-        let sv = wl::Service {
-            name: format!("svc-{j}"),
-            namespace: format!("ns-{}", j % 100),
-            hostname: host(j),
-            addresses: vec![wl::NetworkAddress {
-                network: String::new(),
-                address: vec![127, 72, (j / 250) as u8, (j % 250 + 1) as u8],
-                length: None,
-            }],
+    addresses.extend((0..w).map(|i| xds_workload(i, per, s, p, revision)));
+    addresses.extend((0..s).map(xds_service));
+    let policies = (0..p).map(|k| xds_policy(k, s)).collect();
+    (addresses, policies)
+}
+
+/// The host of service `j` of the xDS mesh.
+fn xds_host(j: usize) -> String {
+    format!("svc-{j}.ns-{}.svc.cluster.local", j % 100)
+}
+
+/// Workload `i` of the xDS mesh (`per` workloads per service of `s`, `p` policies), encoded.
+fn xds_workload(i: usize, per: usize, s: usize, p: usize, revision: &str) -> (String, Vec<u8>) {
+    use mesh_xds::pb::workload as wl;
+    use prost::Message as _;
+    let svc = (i / per).min(s.saturating_sub(1));
+    let ns = (i / per) % 100;
+    let mut services = std::collections::HashMap::new();
+    services.insert(
+        format!("ns-{}/{}", svc % 100, xds_host(svc)),
+        wl::PortList {
             ports: vec![
                 wl::Port {
                     service_port: 80,
                     target_port: 8080,
-                    app_protocol: wl::AppProtocol::Http11 as i32,
+                    app_protocol: 0,
                 },
                 wl::Port {
                     service_port: 9090,
-                    target_port: 0,
-                    app_protocol: wl::AppProtocol::Grpc as i32,
+                    target_port: 9090,
+                    app_protocol: 0,
                 },
             ],
-            ..Default::default()
-        };
-        let a = wl::Address {
-            r#type: Some(wl::address::Type::Service(sv)),
-        };
-        addresses.push((format!("ns-{}/{}", j % 100, host(j)), a.encode_to_vec()));
-    }
-    let mut policies = Vec::with_capacity(p);
-    for k in 0..p {
-        let ns = (k % s.max(1)) % 100;
-        let m = sec::Match {
-            principals: vec![sec::StringMatch {
-                match_type: Some(sec::string_match::MatchType::Exact(format!(
-                    "cluster.local/ns/ns-{ns}/sa/sa-{}",
-                    k % 13
-                ))),
-            }],
-            source_ips: vec![sec::Address {
-                address: vec![10, 0, 0, 0],
-                length: 8,
-            }],
-            ..Default::default()
-        };
-        let ports = sec::Match {
-            destination_ports: vec![8080],
-            ..Default::default()
-        };
-        let a = sec::Authorization {
-            name: format!("p{k}"),
-            namespace: format!("ns-{ns}"),
-            scope: if k % 10 == 0 {
-                sec::Scope::Namespace
-            } else {
-                sec::Scope::WorkloadSelector
-            } as i32,
-            action: if k % 10 == 0 {
-                sec::Action::Deny
-            } else {
-                sec::Action::Allow
-            } as i32,
-            rules: vec![sec::Rule {
-                clauses: vec![
-                    sec::Clause { matches: vec![m] },
-                    sec::Clause {
-                        matches: vec![ports],
-                    },
-                ],
-            }],
-            ..Default::default()
-        };
-        policies.push((format!("ns-{ns}/p{k}"), a.encode_to_vec()));
-    }
-    (addresses, policies)
+        },
+    );
+    let listed = (0..p)
+        .filter(|k| k % 10 != 0 && k % s.max(1) == svc)
+        .map(|k| format!("ns-{}/p{k}", (k % s.max(1)) % 100))
+        .collect();
+    let uid = format!("Kubernetes//Pod/ns-{ns}/w{i}");
+    let wk = wl::Workload {
+        uid: uid.clone(),
+        name: format!("w{i}"),
+        namespace: format!("ns-{ns}"),
+        addresses: vec![vec![127, 71, (i / 250) as u8, (i % 250 + 1) as u8]],
+        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+        service_account: format!("sa-{}", i % 13),
+        node: if i < 20 { "bench" } else { "remote" }.into(),
+        canonical_name: format!("svc-{svc}"),
+        canonical_revision: revision.into(),
+        services,
+        authorization_policies: listed,
+        ..Default::default()
+    };
+    let a = wl::Address {
+        r#type: Some(wl::address::Type::Workload(wk)),
+    };
+    (uid, a.encode_to_vec())
+}
+
+/// Service `j` of the xDS mesh, encoded.
+fn xds_service(j: usize) -> (String, Vec<u8>) {
+    use mesh_xds::pb::workload as wl;
+    use prost::Message as _;
+    let sv = wl::Service {
+        name: format!("svc-{j}"),
+        namespace: format!("ns-{}", j % 100),
+        hostname: xds_host(j),
+        addresses: vec![wl::NetworkAddress {
+            network: String::new(),
+            address: vec![127, 72, (j / 250) as u8, (j % 250 + 1) as u8],
+            length: None,
+        }],
+        ports: vec![
+            wl::Port {
+                service_port: 80,
+                target_port: 8080,
+                app_protocol: wl::AppProtocol::Http11 as i32,
+            },
+            wl::Port {
+                service_port: 9090,
+                target_port: 0,
+                app_protocol: wl::AppProtocol::Grpc as i32,
+            },
+        ],
+        ..Default::default()
+    };
+    let a = wl::Address {
+        r#type: Some(wl::address::Type::Service(sv)),
+    };
+    (format!("ns-{}/{}", j % 100, xds_host(j)), a.encode_to_vec())
+}
+
+/// Policy `k` of the xDS mesh (of `s` services), encoded.
+fn xds_policy(k: usize, s: usize) -> (String, Vec<u8>) {
+    use mesh_xds::pb::security as sec;
+    use prost::Message as _;
+    let ns = (k % s.max(1)) % 100;
+    let m = sec::Match {
+        principals: vec![sec::StringMatch {
+            match_type: Some(sec::string_match::MatchType::Exact(format!(
+                "cluster.local/ns/ns-{ns}/sa/sa-{}",
+                k % 13
+            ))),
+        }],
+        source_ips: vec![sec::Address {
+            address: vec![10, 0, 0, 0],
+            length: 8,
+        }],
+        ..Default::default()
+    };
+    let ports = sec::Match {
+        destination_ports: vec![8080],
+        ..Default::default()
+    };
+    let a = sec::Authorization {
+        name: format!("p{k}"),
+        namespace: format!("ns-{ns}"),
+        scope: if k.is_multiple_of(10) {
+            sec::Scope::Namespace
+        } else {
+            sec::Scope::WorkloadSelector
+        } as i32,
+        action: if k.is_multiple_of(10) {
+            sec::Action::Deny
+        } else {
+            sec::Action::Allow
+        } as i32,
+        rules: vec![sec::Rule {
+            clauses: vec![
+                sec::Clause { matches: vec![m] },
+                sec::Clause {
+                    matches: vec![ports],
+                },
+            ],
+        }],
+        ..Default::default()
+    };
+    (format!("ns-{ns}/p{k}"), a.encode_to_vec())
 }
 
 fn decode<M: prost::Message + Default>(

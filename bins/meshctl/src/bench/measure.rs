@@ -1,0 +1,138 @@
+//! The measurement of one topology: latency, throughput, churn and idle-tunnel phases against
+//! its proxies.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::args::BenchArgs;
+use super::report::{Percentiles, TopoResult};
+use super::topology::{self, ProxyOpts, RunningPath, Topology};
+use super::{load, pods};
+use crate::out::say;
+
+fn mb(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Sets `topo` up, runs every phase against it and stops its proxies.
+pub(super) fn measure(
+    topo: Topology,
+    dir: &std::path::Path,
+    opts: &ProxyOpts,
+    args: &BenchArgs,
+) -> anyhow::Result<TopoResult> {
+    let mut path = topology::setup(topo, dir, opts)?;
+    // The capture topologies' load runs inside pod A (threads inherit the namespace).
+    let netns = path.client_netns.clone();
+    let r = pods::run_in(netns.as_deref(), || -> anyhow::Result<TopoResult> {
+        let path = &path;
+        let mut r = TopoResult {
+            topology: topo.name().into(),
+            ..Default::default()
+        };
+        latency_phase(path, args, &mut r);
+        throughput_phase(path, args, &mut r)?;
+        churn_phase(path, args, &mut r);
+        if !path.procs.is_empty() {
+            idle_phase(path, args, &mut r)?;
+        }
+        Ok(r)
+    })??;
+    for p in &mut path.procs {
+        p.stop();
+    }
+    Ok(r)
+}
+
+/// A warm-up, then the open-loop latency phase with the proxies' CPU and memory.
+fn latency_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) {
+    let client = path.client;
+    let proxied = !path.procs.is_empty();
+    // Warm-up: connections, pools, caches.
+    let _ = load::latency(
+        client,
+        path.http,
+        args.rate,
+        args.connections,
+        Duration::from_secs(1),
+        args.payload,
+    );
+
+    say!("   latency: {} rps × {:?}", args.rate, args.duration);
+    let before = topology::total_stat(&path.procs);
+    let mut lat = load::latency(
+        client,
+        path.http,
+        args.rate,
+        args.connections,
+        args.duration,
+        args.payload,
+    );
+    let after = topology::total_stat(&path.procs);
+    r.requests_ok = lat.ok;
+    r.requests_failed = lat.errors;
+    r.latency_ms = Percentiles::of(&mut lat.samples_us);
+    if proxied && lat.ok > 0 {
+        let cpu = after.cpu_s - before.cpu_s;
+        r.cpu_s_per_1000_requests = Some(cpu / (lat.ok as f64 / 1000.0));
+        r.vcpu_at_rate = Some(cpu / args.duration.as_secs_f64());
+        r.rss_steady_mb = Some(mb(after.rss));
+        r.anon_steady_mb = Some(mb(after.anon));
+    }
+}
+
+/// Throughput of one and eight TCP streams.
+fn throughput_phase(
+    path: &RunningPath,
+    args: &BenchArgs,
+    r: &mut TopoResult,
+) -> anyhow::Result<()> {
+    say!(
+        "   throughput: 1 and 8 streams × {:?}",
+        args.throughput_duration
+    );
+    r.throughput_1_stream_gbps =
+        load::throughput(path.client, path.tcp, 1, args.throughput_duration)?;
+    r.throughput_8_streams_gbps =
+        load::throughput(path.client, path.tcp, 8, args.throughput_duration)?;
+    Ok(())
+}
+
+/// One request per new connection, with the proxies' CPU.
+fn churn_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) {
+    let proxied = !path.procs.is_empty();
+    say!(
+        "   churn: new connection per request × {:?}",
+        args.churn_duration
+    );
+    let before = topology::total_stat(&path.procs);
+    let (ok, failed, first_failure) = load::churn(path.client, path.http, 4, args.churn_duration);
+    if let Some(f) = &first_failure {
+        say!("   churn: {failed} failed; first: {f}");
+    }
+    r.churn_first_failure = first_failure;
+    let after = topology::total_stat(&path.procs);
+    r.churn_connections_per_s = ok as f64 / args.churn_duration.as_secs_f64();
+    r.churn_failed = failed;
+    if proxied && ok > 0 {
+        r.churn_cpu_s_per_1000_connections =
+            Some((after.cpu_s - before.cpu_s) / (ok as f64 / 1000.0));
+    }
+}
+
+/// Private memory per open idle connection, then the proxies' peak RSS.
+fn idle_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) -> anyhow::Result<()> {
+    say!("   idle tunnels: {}", args.idle_tunnels);
+    // Let churned connections finish closing so they do not count.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = topology::total_stat(&path.procs);
+    let conns = load::open_idle(path.client, path.http, args.idle_tunnels)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let after = topology::total_stat(&path.procs);
+    // Private memory: the binary's file pages do not grow with tunnels.
+    r.idle_tunnel_kib =
+        Some(after.anon.saturating_sub(before.anon) as f64 / 1024.0 / args.idle_tunnels as f64);
+    drop(conns);
+    r.rss_peak_mb = Some(mb(topology::total_stat(&path.procs).hwm));
+    Ok(())
+}
