@@ -210,7 +210,7 @@ fn index_l7(v: &mut Validator, state: &mut MeshState, res: &Resources) {
         for ep in &sp.endpoints {
             port_protocols
                 .entry((ep.workload.key(), ep.port))
-                .or_insert_with(|| sp.protocol.clone());
+                .or_insert(sp.protocol);
         }
     }
     state.port_protocols = port_protocols;

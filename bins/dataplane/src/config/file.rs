@@ -17,10 +17,7 @@ use super::{
     SIDECAR_LABEL, Service, ServicePort, Validator, WaypointFor, Workload, default_trust_domain,
     sidecar_node_name, state,
 };
-
-const PROTOCOLS: &[&str] = &[
-    "HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TLS", "TCP", "MONGO", "MYSQL", "REDIS",
-];
+use crate::config::protocol::{DECLARED, Protocol};
 
 /// `(namespace, name)` of a workload.
 type Key = (String, String);
@@ -492,23 +489,22 @@ fn service_ports(
         // Istio's protocol selection: the declared protocol, else the port name's prefix
         // (`http-web`, `grpc`), else detected from the traffic (`AUTO`, sniffed at the
         // waypoint).
-        let by_name = p
-            .name
-            .split('-')
-            .next()
-            .map(str::to_ascii_uppercase)
-            .filter(|n| PROTOCOLS.contains(&n.as_str()));
+        let by_name = p.name.split('-').next().and_then(Protocol::parse);
         let protocol = match &p.protocol {
-            Some(x) => x.to_ascii_uppercase(),
-            None => by_name.unwrap_or_else(|| "AUTO".into()),
+            Some(x) => Protocol::parse(x).unwrap_or_else(|| {
+                let names: Vec<&str> = DECLARED.iter().map(|(n, _)| *n).collect();
+                v.err(
+                    loc,
+                    format!("{field}.protocol"),
+                    format!(
+                        "{:?} is not a known protocol ({names:?})",
+                        x.to_ascii_uppercase()
+                    ),
+                );
+                Protocol::Auto
+            }),
+            None => by_name.unwrap_or(Protocol::Auto),
         };
-        if p.protocol.is_some() && !PROTOCOLS.contains(&protocol.as_str()) {
-            v.err(
-                loc,
-                format!("{field}.protocol"),
-                format!("{protocol:?} is not a known protocol ({PROTOCOLS:?})"),
-            );
-        }
         let target = match p.target_port {
             Some(t) => parse_port(v, loc, &format!("{field}.targetPort"), t).unwrap_or(number),
             None => number,

@@ -12,6 +12,7 @@ mod file;
 mod l7file;
 pub mod model;
 mod parse;
+mod protocol;
 mod routes;
 mod state;
 mod waypoints;
@@ -29,6 +30,7 @@ pub use self::assemble::Resources;
 pub use self::l7file::{load_l7_file, parse_l7};
 pub use self::model::*;
 pub use self::parse::{L7_FILE_KINDS, is_dns_label, is_dns_subdomain};
+pub use self::protocol::Protocol;
 pub use self::state::{
     Endpoint, EndpointSet, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor, Workload,
 };

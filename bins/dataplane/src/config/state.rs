@@ -194,8 +194,8 @@ pub struct ServicePort {
     pub port: u16,
     /// Port name.
     pub name: String,
-    /// Declared protocol (upper case).
-    pub protocol: String,
+    /// Declared protocol.
+    pub protocol: super::Protocol,
     /// Endpoints, in config order.
     pub endpoints: Vec<Endpoint>,
     next: AtomicUsize,
@@ -206,7 +206,7 @@ impl ServicePort {
         service: Arc<Service>,
         port: u16,
         name: String,
-        protocol: String,
+        protocol: super::Protocol,
         endpoints: Vec<Endpoint>,
     ) -> Self {
         ServicePort {
@@ -378,7 +378,7 @@ pub struct MeshState {
     pub sidecar_authn: HashMap<String, Arc<mesh_authz::jwt::Authenticator>>,
     /// The declared protocol of a workload's port (`namespace/name`, target port), from the
     /// service ports it is an endpoint of.
-    pub port_protocols: HashMap<(String, u16), String>,
+    pub port_protocols: HashMap<(String, u16), super::Protocol>,
     /// HTTP route tables (`VirtualService`) by the service host they apply to.
     pub routes: HashMap<String, Arc<mesh_l7::RouteTable>>,
     /// Endpoint sets by (host, service port, subset name or ""), with their balancing.

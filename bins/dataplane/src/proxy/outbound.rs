@@ -103,19 +103,16 @@ async fn proxy(
         && let Target::Addr(addr) = &target
         && let Some(sp) = state
             .service_by_vip(*addr)
-            .filter(|sp| {
-                sp.service.waypoint.is_none()
-                    && matches!(sp.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "AUTO")
-            })
+            .filter(|sp| sp.service.waypoint.is_none() && sp.protocol.is_http())
             .cloned()
     {
         drop(state);
         let sniffed = super::sniff::peek(&tcp).await;
-        let h2 = match (sp.protocol.as_str(), sniffed) {
-            ("HTTP2" | "GRPC", _) | (_, Sniffed::Http2) => Some(true),
-            ("HTTP", _) | (_, Sniffed::Http1) => Some(false),
+        let h2 = sp.protocol.h2().or(match sniffed {
+            Sniffed::Http2 => Some(true),
+            Sniffed::Http1 => Some(false),
             _ => None,
-        };
+        });
         if let Some(h2) = h2 {
             let stream = super::http::Stream {
                 ctx: ctx.clone(),

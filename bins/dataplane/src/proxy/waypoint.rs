@@ -46,10 +46,9 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     };
     // HTTP services get L7 routing: the stream is accepted and each request routed on its own;
     // ports with no declared protocol are sniffed first (Istio's protocol detection).
-    let http = state.service_by_vip(req.authority).filter(|sp| {
-        uses(&sp.service.waypoint, &wp)
-            && matches!(sp.protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "AUTO")
-    });
+    let http = state
+        .service_by_vip(req.authority)
+        .filter(|sp| uses(&sp.service.waypoint, &wp) && sp.protocol.is_http());
     if let Some(sp) = http.cloned() {
         drop(state);
         return serve_http(ctx, req, wp, sp, headers, start).await;
@@ -181,10 +180,10 @@ async fn serve_http(
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };
-    let (kind, prefix) = match sp.protocol.as_str() {
-        "AUTO" => sniff(&mut tunnel).await,
-        "HTTP" => (Sniffed::Http1, Vec::new()),
-        _ => (Sniffed::Http2, Vec::new()),
+    let (kind, prefix) = match sp.protocol.h2() {
+        None => sniff(&mut tunnel).await,
+        Some(false) => (Sniffed::Http1, Vec::new()),
+        Some(true) => (Sniffed::Http2, Vec::new()),
     };
     let io = Rewind {
         prefix: bytes::Bytes::from(prefix),

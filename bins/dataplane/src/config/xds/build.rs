@@ -447,7 +447,7 @@ pub(super) fn ports_of(
                 service.clone(),
                 *number,
                 format!("port-{number}"),
-                proto.clone(),
+                *proto,
                 endpoints,
             ))
         })

@@ -56,16 +56,16 @@ fn gateway(field: &str, g: &wl::GatewayAddress) -> Result<GatewayRef, String> {
     }
 }
 
-fn protocol(p: i32) -> String {
+fn protocol(p: i32) -> super::super::Protocol {
+    use super::super::Protocol;
     match wl::AppProtocol::try_from(p) {
-        Ok(wl::AppProtocol::Http11) => "HTTP",
-        Ok(wl::AppProtocol::Http2) => "HTTP2",
-        Ok(wl::AppProtocol::Grpc) => "GRPC",
-        Ok(wl::AppProtocol::Tcp) => "TCP",
-        Ok(wl::AppProtocol::Tls) => "TLS",
-        _ => "AUTO",
+        Ok(wl::AppProtocol::Http11) => Protocol::Http,
+        Ok(wl::AppProtocol::Http2) => Protocol::Http2,
+        Ok(wl::AppProtocol::Grpc) => Protocol::Grpc,
+        Ok(wl::AppProtocol::Tcp) => Protocol::Tcp,
+        Ok(wl::AppProtocol::Tls) => Protocol::Tls,
+        _ => Protocol::Auto,
     }
-    .to_owned()
 }
 
 /// The fields this data plane does not support; whether the workload is reached by HBONE.

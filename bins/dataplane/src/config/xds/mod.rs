@@ -120,7 +120,7 @@ struct XService {
     hostname: String,
     vips: Vec<IpAddr>,
     /// (service port, target port or 0, protocol).
-    ports: Vec<(u16, u16, String)>,
+    ports: Vec<(u16, u16, super::Protocol)>,
     waypoint: Option<GatewayRef>,
 }
 

@@ -76,15 +76,10 @@ pub(super) fn l7_inbound(ctx: &Ctx, authority: SocketAddr) -> Option<bool> {
     if state.authz.http_policies(&key).is_none() && !state.sidecar_authn.contains_key(&key) {
         return None;
     }
-    match state
+    state
         .port_protocols
         .get(&(key, authority.port()))
-        .map(String::as_str)
-    {
-        Some("HTTP") => Some(false),
-        Some("HTTP2" | "GRPC") => Some(true),
-        _ => None,
-    }
+        .and_then(|p| p.h2())
 }
 
 /// Serves an admitted CONNECT as HTTP to the local app ([`l7_inbound`]).
