@@ -16,6 +16,7 @@ mod pods;
 mod report;
 mod servers;
 mod topology;
+mod xds;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -99,7 +100,7 @@ fn run_control(args: &BenchArgs) -> anyhow::Result<()> {
             _ => bail!("--config-size takes W,S,P (e.g. 10000,1000,1000)"),
         };
         say!("== xDS apply: {w} workloads, {s} services, {p} policies");
-        let r = control::xds_apply(w, s, p, args.xds_deltas.max(1))?;
+        let r = xds::xds_apply(w, s, p, args.xds_deltas.max(1))?;
         say!("");
         say!(
             "snapshot {:.1} MB: decode+validate+build+swap {:.0} ms; one changed workload: p50 {:.1} ms, max {:.1} ms ({} runs)",

@@ -75,7 +75,7 @@ pub(super) struct TopoResult {
 pub(super) struct ControlReport {
     pub(super) authz: Option<Vec<control::AuthzResult>>,
     pub(super) config_apply: Option<control::ConfigResult>,
-    pub(super) xds_apply: Option<control::XdsResult>,
+    pub(super) xds_apply: Option<super::xds::XdsResult>,
 }
 
 /// The figures of a run of the topologies.
