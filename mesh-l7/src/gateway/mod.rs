@@ -289,4 +289,25 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn zero_weights_are_reported_only_without_earlier_errors() {
+        let compile = |json: &str| {
+            let spec: HttpRouteSpec = serde_json::from_str(json).unwrap();
+            RouteTable::from_http_route(&spec, "web.ns.svc", |n| Some(format!("{n}.ns.svc")))
+                .unwrap_err()
+        };
+        let e = compile(r#"{"rules": [{"backendRefs": [{"name": "a", "weight": 0}]}]}"#);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].field, "spec.rules[0].backendRefs");
+        assert_eq!(e[0].reason, "weights add up to 0");
+        let e = compile(
+            r#"{"hostnames": ["x"], "rules": [{"backendRefs": [{"name": "a", "weight": 0, "port": 0}]}]}"#,
+        );
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.hostnames", "spec.rules[0].backendRefs[0].port"]
+        );
+    }
 }

@@ -410,4 +410,28 @@ mod tests {
             serde_json::from_str::<VirtualServiceSpec>(r#"{"hosts": [], "bogus": 1}"#).is_err()
         );
     }
+
+    #[test]
+    fn match_errors_keep_their_order() {
+        let vs = serde_json::from_str(
+            r#"{"hosts": ["svc"], "http": [{"match": [{"uri": {"regex": "("}, "port": 0, "method": {"regex": "("}, "headers": {"x-a": {}}}],
+               "route": [{"destination": {"host": "a", "port": {"number": 70000}}}], "timeout": "soon"}]}"#,
+        )
+        .unwrap();
+        let e = RouteTable::compile(&vs).unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.http[0].match[0].uri.regex",
+                "spec.http[0].match[0].port",
+                "spec.http[0].match[0].method.regex",
+                "spec.http[0].match[0].headers.x-a",
+                "spec.http[0].route[0].destination.port.number",
+                "spec.http[0].timeout",
+            ]
+        );
+        assert_eq!(e[1].reason, "0 is not a port");
+        assert_eq!(e[5].reason, "\"soon\" is not a duration (e.g. 1.5s, 300ms)");
+    }
 }
