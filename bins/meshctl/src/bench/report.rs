@@ -126,9 +126,41 @@ pub(super) fn print_table(r: &Report) {
         out.push_str("---|");
     }
     out.push('\n');
-    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
-    type Row<'a> = (&'a str, Box<dyn Fn(&TopoResult) -> String>);
-    let rows: Vec<Row> = vec![
+    for (name, f) in rows() {
+        out.push_str(&format!("| {name} |"));
+        for c in &cols {
+            out.push_str(&format!(" {} |", f(c)));
+        }
+        out.push('\n');
+    }
+    for i in &r.instructions {
+        let per: Vec<String> = i
+            .per_proxy
+            .iter()
+            .map(|(n, v)| format!("{n} {v:.0}"))
+            .collect();
+        out.push_str(&format!(
+            "\ninstructions per request ({}, callgrind): {:.0} ({})\n",
+            i.topology,
+            i.total,
+            per.join(", ")
+        ));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+}
+
+/// A table row: its name and how to format a topology's cell.
+type Row = (&'static str, Box<dyn Fn(&TopoResult) -> String>);
+
+/// An optional figure with `prec` decimals, `-` when absent.
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.prec$}"))
+}
+
+/// The rows of the table, in order.
+fn rows() -> Vec<Row> {
+    vec![
         (
             "requests ok / failed",
             Box::new(|c| format!("{} / {}", c.requests_ok, c.requests_failed)),
@@ -183,27 +215,5 @@ pub(super) fn print_table(r: &Report) {
             "churn proxy CPU s / 1000 conn",
             Box::new(move |c| opt(c.churn_cpu_s_per_1000_connections, 3)),
         ),
-    ];
-    for (name, f) in rows {
-        out.push_str(&format!("| {name} |"));
-        for c in &cols {
-            out.push_str(&format!(" {} |", f(c)));
-        }
-        out.push('\n');
-    }
-    for i in &r.instructions {
-        let per: Vec<String> = i
-            .per_proxy
-            .iter()
-            .map(|(n, v)| format!("{n} {v:.0}"))
-            .collect();
-        out.push_str(&format!(
-            "\ninstructions per request ({}, callgrind): {:.0} ({})\n",
-            i.topology,
-            i.total,
-            per.join(", ")
-        ));
-    }
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(out.as_bytes());
+    ]
 }
