@@ -286,7 +286,6 @@ fn match_route(
         j,
     );
     let method = m.method.clone().map(StringMatch::Exact);
-    let rewrite = &rule.rewrite;
     let route = HttpRoute {
         name: rule
             .spec
@@ -303,21 +302,25 @@ fn match_route(
         action: Action::Forward {
             destinations: rule.destinations.clone(),
             total: rule.total,
-            rewrite: if uri_rewrite.is_some() || rewrite.as_ref().is_some_and(|(h, _)| h.is_some())
-            {
-                Some(Rewrite {
-                    uri: uri_rewrite.map(|u| if u.is_empty() { "/".into() } else { u }),
-                    authority: rewrite.as_ref().and_then(|(h, _)| h.clone()),
-                })
-            } else {
-                None
-            },
+            rewrite: rewrite(rule, uri_rewrite),
         },
         headers: rule.headers.clone(),
         timeout: None,
         uri_prefixes: vec![uri_prefix],
     };
     Some((key, route))
+}
+
+/// The route's `rewrite`: the new path (empty: `/`) and the rule's new hostname, if either.
+fn rewrite(rule: &Rule<'_>, uri_rewrite: Option<String>) -> Option<Rewrite> {
+    let hostname = rule.rewrite.as_ref().and_then(|(h, _)| h.clone());
+    if uri_rewrite.is_none() && hostname.is_none() {
+        return None;
+    }
+    Some(Rewrite {
+        uri: uri_rewrite.map(|u| if u.is_empty() { "/".into() } else { u }),
+        authority: hostname,
+    })
 }
 
 /// The `path` of the match at `mf` (default: prefix `/`); `None` when invalid (reported).
