@@ -120,7 +120,7 @@ async fn proxy(
                 client: Some(peer),
                 src_identity: Some(src.identity.clone()),
                 src_labels: src.telemetry.clone(),
-                profile: super::profiles::Profile::sidecar_outbound(src),
+                profile: super::profiles::Profile::client_side(src),
                 h2,
             };
             // An HTTP connection that fails (an upstream cut mid-response) is reset.

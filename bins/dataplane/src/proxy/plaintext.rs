@@ -98,7 +98,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
             client: Some(peer),
             src_labels,
             src_identity: None,
-            profile: super::profiles::Profile::sidecar_inbound(c.dst, dst_addr.port(), false),
+            profile: super::profiles::Profile::server_side(c.dst, dst_addr.port(), false),
             h2,
         };
         return super::http::serve(tcp, stream).await;

@@ -1,6 +1,7 @@
 //! What the L7 proxy is on a stream, as data: how it reports, whose identity its upstream
 //! tunnels carry, where JWT rules and authorization policies come from (or none), and where
-//! requests go. One constructor per role — waypoint, sidecar outbound, sidecar inbound — all
+//! requests go. One constructor per place an HTTP stack sits — a waypoint's listener, the
+//! client side (the `outbound_http` layer), the server side (the `inbound_http` layer) — all
 //! here; the request path itself (`http`) reads the data and never asks which role it is.
 
 use std::net::IpAddr;
@@ -112,9 +113,10 @@ impl Profile {
         }
     }
 
-    /// A sidecar's captured outbound: routing only (policy is the server side's), reporter
-    /// `source`, upstream tunnels with the client workload's identity and address.
-    pub(crate) fn sidecar_outbound(workload: Arc<Workload>) -> Profile {
+    /// The client side (captured outbound, the `outbound_http` layer): routing only (policy
+    /// is the server side's), reporter `source`, upstream tunnels with the client workload's
+    /// identity and address.
+    pub(crate) fn client_side(workload: Arc<Workload>) -> Profile {
         Profile {
             name: "outbound",
             reporter: Reporter::Source,
@@ -129,9 +131,9 @@ impl Profile {
         }
     }
 
-    /// A sidecar's inbound (over HBONE when `mtls`, else captured plaintext): the workload's
-    /// JWT rules and policies, per request, then the app on `port`.
-    pub(crate) fn sidecar_inbound(workload: Arc<Workload>, port: u16, mtls: bool) -> Profile {
+    /// The server side (the `inbound_http` layer; over HBONE when `mtls`, else captured
+    /// plaintext): the workload's JWT rules and policies, per request, then the app on `port`.
+    pub(crate) fn server_side(workload: Arc<Workload>, port: u16, mtls: bool) -> Profile {
         let key = workload.key();
         Profile {
             name: "inbound",

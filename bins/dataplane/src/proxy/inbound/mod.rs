@@ -103,7 +103,7 @@ async fn serve_l7(ctx: Arc<Ctx>, req: InboundConnect, h2: bool, start: tokio::ti
             |w| w.telemetry.clone(),
         ),
         src_identity: Some(src_identity),
-        profile: super::profiles::Profile::sidecar_inbound(a.dst, authority.port(), true),
+        profile: super::profiles::Profile::server_side(a.dst, authority.port(), true),
         h2,
     };
     super::http::serve(tunnel, stream).await;
