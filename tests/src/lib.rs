@@ -258,17 +258,7 @@ impl TestMesh {
     /// Waits (up to 10 s) until the logs of `node` contain `needle`; returns the logs, or
     /// panics showing them. Log lines arrive through a pipe, after the event that caused them.
     pub fn expect_log(&self, node: &str, needle: &str) -> String {
-        for _ in 0..500 {
-            let logs = self.logs(node);
-            if logs.contains(needle) {
-                return logs;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "ztunnel {node} never logged {needle:?}; logs:\n{}",
-            self.logs(node)
-        );
+        wait_for_log(node, needle, || self.logs(node))
     }
 
     pub fn logs(&self, node: &str) -> String {
@@ -787,4 +777,17 @@ pub fn grpc_frame(msg: &[u8]) -> bytes::Bytes {
     v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     v.extend_from_slice(msg);
     bytes::Bytes::from(v)
+}
+
+/// Polls `logs` (up to 10 s) until it contains `needle`; returns the logs, or panics showing
+/// them (the one wait behind both harnesses' `expect_log`).
+pub(crate) fn wait_for_log(node: &str, needle: &str, logs: impl Fn() -> String) -> String {
+    for _ in 0..500 {
+        let text = logs();
+        if text.contains(needle) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("ztunnel {node} never logged {needle:?}; logs:\n{}", logs());
 }

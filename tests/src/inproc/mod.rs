@@ -247,17 +247,7 @@ impl InprocMesh {
     /// Waits (up to 10 s) until the logs of `node` contain `needle`; returns the logs, or
     /// panics showing them.
     pub fn expect_log(&self, node: &str, needle: &str) -> String {
-        for _ in 0..500 {
-            let logs = self.logs(node);
-            if logs.contains(needle) {
-                return logs;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "ztunnel {node} never logged {needle:?}; logs:\n{}",
-            self.logs(node)
-        );
+        crate::wait_for_log(node, needle, || self.logs(node))
     }
 
     /// The logs (and access log) of `node` so far; empty if there is no such proxy.
