@@ -16,7 +16,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 
 use crate::cert::{certs_from_pem, write_file};
-use crate::store::{BoxFuture, CertProvider};
+use crate::provider::{BoxFuture, CertProvider};
 use crate::{Error, SpiffeId, TrustBundle, WorkloadCert};
 
 /// File name of the root certificate in a CA state directory.

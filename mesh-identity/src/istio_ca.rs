@@ -17,7 +17,7 @@ use prost_types::{Struct, Value, value::Kind};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 
 use crate::grpc::ControlPlane;
-use crate::store::{BoxFuture, CertProvider};
+use crate::provider::{BoxFuture, CertProvider};
 use crate::{Error, SpiffeId, WorkloadCert};
 
 /// Istio's CA messages and service.

@@ -23,24 +23,26 @@
 
 #![warn(missing_docs)]
 
+mod bundle;
 mod ca;
 mod cert;
 mod error;
 pub mod grpc;
 pub mod istio_ca;
+mod provider;
 mod spiffe;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
 
+pub use bundle::TrustBundle;
 pub use ca::{
     DEFAULT_CERT_TTL, LocalCa, MAX_CERT_TTL, MIN_CERT_TTL, ROOT_CERT_FILE, ROOT_KEY_FILE,
 };
 pub use cert::{WorkloadCert, certs_from_pem, certs_to_pem, identity_of, provider};
 pub use error::Error;
+pub use provider::{BoxFuture, CertProvider};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
-pub use store::{
-    BoxFuture, CertManager, CertProvider, CertStore, RotationPolicy, refresh_delay, retry_delay,
-};
-pub use tls::{ALPN_H2, TrustBundle, client_config, peer_identity, server_config, verify_chain};
+pub use store::{CertManager, CertStore, RotationPolicy, refresh_delay, retry_delay};
+pub use tls::{ALPN_H2, client_config, peer_identity, server_config, verify_chain};

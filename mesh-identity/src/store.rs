@@ -7,8 +7,6 @@
 //! The schedule itself is the pure function [`refresh_delay`] / [`retry_delay`].
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -17,19 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, warn};
 
+use crate::provider::CertProvider;
 use crate::{Error, SpiffeId, WorkloadCert};
-
-/// A boxed, sendable future, as returned by [`CertProvider`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Something that issues certificates for identities: the local CA, or Istio's CA client.
-pub trait CertProvider: Send + Sync + 'static {
-    /// Issues a fresh certificate for `id`. Must return a certificate for exactly `id`.
-    fn fetch_certificate<'a>(
-        &'a self,
-        id: &'a SpiffeId,
-    ) -> BoxFuture<'a, Result<WorkloadCert, Error>>;
-}
 
 /// The current certificate of one identity.
 #[derive(Debug)]
@@ -258,7 +245,7 @@ async fn rotate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LocalCa;
+    use crate::{BoxFuture, LocalCa};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     struct Flaky {

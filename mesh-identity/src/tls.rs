@@ -16,7 +16,6 @@
 //! feature, enabled for the workspace), with X25519 offered alongside so a classical-only
 //! peer still connects without a HelloRetryRequest.
 
-use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::Resumption;
@@ -35,53 +34,11 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::cert::{certs_from_pem, certs_to_pem, identity_of, provider};
-use crate::{CertStore, Error, SpiffeId, TrustDomain};
+use crate::cert::{identity_of, provider};
+use crate::{CertStore, Error, SpiffeId, TrustBundle, TrustDomain};
 
 /// ALPN protocol spoken over mesh mTLS (HBONE is HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
-
-/// The set of root certificates mesh peers are verified against.
-#[derive(Clone)]
-pub struct TrustBundle {
-    roots: Arc<RootCertStore>,
-    ders: Arc<Vec<CertificateDer<'static>>>,
-}
-
-impl fmt::Debug for TrustBundle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TrustBundle({} roots)", self.ders.len())
-    }
-}
-
-impl TrustBundle {
-    /// Builds a bundle from DER root certificates.
-    pub fn from_der(ders: Vec<CertificateDer<'static>>) -> Result<Self, Error> {
-        let mut roots = RootCertStore::empty();
-        for der in &ders {
-            roots.add(der.clone())?;
-        }
-        Ok(TrustBundle {
-            roots: Arc::new(roots),
-            ders: Arc::new(ders),
-        })
-    }
-
-    /// Builds a bundle from PEM text holding one or more certificates.
-    pub fn from_pem(text: &str) -> Result<Self, Error> {
-        Self::from_der(certs_from_pem(text)?)
-    }
-
-    /// The roots as DER.
-    pub fn certificates(&self) -> &[CertificateDer<'static>] {
-        &self.ders
-    }
-
-    /// The roots as PEM.
-    pub fn to_pem(&self) -> String {
-        certs_to_pem(&self.ders)
-    }
-}
 
 /// Verifies that `chain` (leaf first) chains to `bundle` and is valid now for TLS client or
 /// server use. Returns the leaf's SPIFFE id.
@@ -92,7 +49,7 @@ pub fn verify_chain(bundle: &TrustBundle, chain: &[CertificateDer<'_>]) -> Resul
     let parsed = ParsedCertificate::try_from(leaf)?;
     verify_server_cert_signed_by_trust_anchor(
         &parsed,
-        &bundle.roots,
+        bundle.roots(),
         &chain[1..],
         UnixTime::now(),
         provider().signature_verification_algorithms.all,
@@ -116,8 +73,9 @@ pub fn server_config(
     trust_domains: Vec<TrustDomain>,
 ) -> Result<Arc<ServerConfig>, Error> {
     let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider.clone())
-        .build()?;
+    let inner =
+        WebPkiClientVerifier::builder_with_provider(bundle.roots().clone(), provider.clone())
+            .build()?;
     let verifier = Arc::new(SpiffeClientVerifier {
         inner,
         trust_domains,
@@ -142,7 +100,7 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider();
     let verifier = Arc::new(SpiffeServerVerifier {
-        roots: bundle.roots.clone(),
+        roots: bundle.roots().clone(),
         expected,
         provider: provider.clone(),
     });
