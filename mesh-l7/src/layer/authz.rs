@@ -15,7 +15,8 @@ use mesh_authz::http::{HttpDecision, HttpFacts, PathNormalization};
 use mesh_authz::{Connection, Policy};
 use tower::{Layer, Service};
 
-use super::{Authenticated, Meta};
+use super::jwt::Authenticated;
+use super::meta::Meta;
 
 /// What authorization applies to a request.
 #[derive(Debug)]

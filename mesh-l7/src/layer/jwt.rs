@@ -16,7 +16,7 @@ use mesh_authz::jwt::{
 };
 use tower::{Layer, Service};
 
-use super::Meta;
+use super::meta::Meta;
 
 /// The verified JWT of a request, in its extensions.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::Meta;
+use super::meta::Meta;
 
 /// `grpc-status`, in response headers (trailers-only responses) or trailers.
 const GRPC_STATUS: &str = "grpc-status";

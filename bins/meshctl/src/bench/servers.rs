@@ -13,8 +13,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::topology::{HTTP_PORT, TCP_PORT};
 use crate::out::say;
+
+/// HTTP echo port.
+pub(crate) const HTTP_PORT: u16 = 8080;
+/// TCP sink port.
+pub(crate) const TCP_PORT: u16 = 5001;
 
 /// The server workload on `ip`: an HTTP echo and a TCP sink.
 pub(crate) async fn start_servers(ip: std::net::IpAddr) -> anyhow::Result<()> {

@@ -61,10 +61,7 @@ pub(crate) const CLIENT: IpAddr = ip(1, 10);
 pub(crate) const SERVER: IpAddr = ip(1, 20);
 /// The service VIP.
 const VIP: IpAddr = ip(2, 1);
-/// HTTP echo port.
-pub(crate) const HTTP_PORT: u16 = 8080;
-/// TCP sink port.
-pub(crate) const TCP_PORT: u16 = 5001;
+pub(crate) use super::servers::{HTTP_PORT, TCP_PORT};
 
 fn mesh_config() -> String {
     format!(

@@ -1,0 +1,59 @@
+//! What a request went through ([`Meta`], in the response's extensions) and responses the
+//! proxy makes itself ([`local`]).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// What a request went through, for its metrics and access log line: kept in the response's
+/// extensions by the layer that knows it, read by the recorder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Envoy-style response flags (`-`, `DPE`, `RBAC`, `NR`, `UH`, `UF`, `DR`).
+    pub flags: &'static str,
+    /// The route that matched, by name.
+    pub route: Option<String>,
+    /// The upstream address the request was sent to.
+    pub upstream: Option<SocketAddr>,
+    /// The `AUDIT` policy (`namespace/name`) that marked the request.
+    pub audit: Option<String>,
+    /// The path as logged, when it differs from the request's (a token in the query
+    /// redacted).
+    pub logged_path: Option<String>,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta {
+            flags: "-",
+            route: None,
+            upstream: None,
+            audit: None,
+            logged_path: None,
+        }
+    }
+}
+
+impl Meta {
+    /// The response's [`Meta`], inserted if it has none yet.
+    pub fn of<B>(resp: &mut Response<B>) -> &mut Meta {
+        resp.extensions_mut().get_or_insert_default::<Meta>()
+    }
+}
+
+/// A `text/plain` response made by the proxy itself, marked with response `flags`.
+pub fn local<B: From<Bytes>>(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    flags: &'static str,
+) -> Response<B> {
+    let mut r = Response::new(B::from(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if flags != "-" {
+        Meta::of(&mut r).flags = flags;
+    }
+    r
+}
