@@ -72,7 +72,7 @@ pub struct ConnectRequest {
     /// Extra request headers (`Forwarded`, `baggage`, `traceparent`).
     pub headers: HeaderMap,
     /// Where the TCP socket is created (default: here). Part of the pool key.
-    pub socket_source: Option<Arc<dyn crate::SocketSource>>,
+    pub socket_source: Option<Arc<dyn crate::socket::SocketSource>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -264,10 +264,10 @@ impl Pool {
         let addr = key.addr;
         let tls_cfg = client_config(req.source.clone(), &self.inner.bundle, key.dst.clone())?;
         let handshake = async {
-            let tcp = crate::connect_tcp(addr, cfg.socket_mark, req.socket_source.as_ref())
+            let tcp = crate::socket::connect_tcp(addr, cfg.socket_mark, req.socket_source.as_ref())
                 .await
                 .map_err(|source| Error::Connect { addr, source })?;
-            crate::set_keepalive(&tcp);
+            crate::socket::set_keepalive(&tcp);
             let mut tls = TlsConnector::from(tls_cfg)
                 .connect(
                     ServerName::IpAddress(addr.ip().into()),

@@ -103,7 +103,7 @@ pub async fn accept_tls(
     let peer_addr = tcp.peer_addr()?;
     let local_addr = tcp.local_addr()?;
     let _ = tcp.set_nodelay(true);
-    crate::set_keepalive(&tcp);
+    crate::socket::set_keepalive(&tcp);
     let handshake = TlsAcceptor::from(config).accept(BufferedTcp::new(tcp));
     let mut tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,

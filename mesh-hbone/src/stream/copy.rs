@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{H2Stream, Stop, graceful, graceful_end, h2_to_io, reset_io, stopped};
+use super::tunnel::{H2Stream, Stop, graceful, graceful_end, h2_to_io, reset_io, stopped};
 
 const INITIAL_BUF: usize = 1024;
 const MAX_BUF: usize = 64 * 1024;
