@@ -15,6 +15,7 @@
 
 pub mod capture;
 pub mod config;
+mod duration;
 mod error;
 pub mod limits;
 pub mod netns;

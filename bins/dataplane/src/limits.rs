@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::process::parse_duration;
+use crate::duration::parse_duration;
 use crate::proxy::ProxyConfig;
 
 /// HBONE limits shared by every role, client and server side (`mesh_hbone::H2Settings`; the

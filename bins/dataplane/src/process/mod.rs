@@ -14,8 +14,9 @@ use tracing::{error, info};
 use crate::Error;
 use crate::proxy::{Proxy, ProxyConfig};
 
+pub use crate::duration::parse_duration;
+pub use args::ProxyArgs;
 pub(crate) use args::{CaFor, listen_addr, loopback_or};
-pub use args::{ProxyArgs, parse_duration};
 
 /// Installs the stderr log subscriber with a filter changeable at run time. Safe to call
 /// once per process.
