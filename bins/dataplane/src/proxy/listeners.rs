@@ -10,12 +10,20 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::ctx::Ctx;
 use super::role::{InPodKind, ListenerKey};
-use super::{Ctx, ListenerHandle, ListenerKind, Listening, Proxy};
+use super::settings::{ListenerKind, Listening};
 use super::{inbound, outbound, plaintext, waypoint};
 use crate::Error;
+
+/// A started listener: what it serves, and its stop.
+pub(super) struct ListenerHandle {
+    pub(super) listening: Listening,
+    pub(super) stop: CancellationToken,
+}
 
 /// The open network namespaces of in-pod workloads, by path.
 pub(super) type Namespaces = HashMap<std::path::PathBuf, Arc<crate::sockets::Netns>>;
@@ -135,149 +143,151 @@ pub(super) async fn bind_new(
     Ok(pending)
 }
 
-impl Proxy {
-    pub(super) fn start_listener(
-        &self,
-        key: ListenerKey,
-        what: String,
-        p: Pending,
-    ) -> Result<(), Error> {
-        let inner = &self.inner;
-        let ctx = inner.ctx.clone();
-        let stop = inner.cancel.child_token();
-        let (kind, listener) = match &p {
-            Pending::Hbone(l) => (ListenerKind::Hbone, l),
-            Pending::Socks5(l) => (ListenerKind::Socks5, l),
-            Pending::Service(l) => (ListenerKind::Service, l),
-            Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
-            Pending::Outbound(l) => (ListenerKind::Outbound, l),
-            Pending::Waypoint(l) => (ListenerKind::Waypoint, l),
-        };
-        let addr = listener.local_addr().map_err(Error::Runtime)?;
-        info!(?kind, %addr, %what, "listening");
-        let listening = Listening { kind, addr, what };
-        match p {
-            Pending::Hbone(l) => {
-                let cancel = inner.cancel.clone();
-                self.serve(l, "hbone", stop.clone(), move |tcp, _peer| {
-                    inbound::serve(ctx.clone(), tcp, cancel.clone())
-                });
-            }
-            Pending::Socks5(l) => {
-                self.serve(l, "socks5", stop.clone(), move |tcp, peer| {
-                    outbound::socks5(ctx.clone(), tcp, peer)
-                });
-            }
-            Pending::Service(l) => {
-                self.serve(l, "service", stop.clone(), move |tcp, peer| {
-                    outbound::service(ctx.clone(), tcp, peer)
-                });
-            }
-            Pending::Plaintext(l) => {
-                self.serve(l, "plaintext", stop.clone(), move |tcp, peer| {
-                    plaintext::serve(ctx.clone(), tcp, peer)
-                });
-            }
-            Pending::Outbound(l) => {
-                self.serve(l, "outbound", stop.clone(), move |tcp, peer| {
-                    outbound::captured(ctx.clone(), tcp, peer)
-                });
-            }
-            Pending::Waypoint(l) => {
-                let cancel = inner.cancel.clone();
-                self.serve(l, "waypoint", stop.clone(), move |tcp, _peer| {
-                    waypoint::serve(ctx.clone(), tcp, cancel.clone())
-                });
-            }
-        }
-        let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        listeners.insert(key, ListenerHandle { listening, stop });
-        Ok(())
-    }
+/// What starting a listener needs of the running proxy.
+pub(super) struct Spawner<'a> {
+    pub(super) ctx: &'a Arc<Ctx>,
+    pub(super) tasks: &'a TaskTracker,
+    /// The proxy's stop (listeners stop with it; HBONE connections drain on it).
+    pub(super) cancel: &'a CancellationToken,
+    /// The drain deadline: open connections are aborted.
+    pub(super) force: &'a CancellationToken,
+    /// One permit per open data connection of the proxy.
+    pub(super) permits: &'a Arc<tokio::sync::Semaphore>,
+}
 
-    /// Spawns the accept loop of `listener` until `stop`; each connection runs `handler` on
-    /// its own task, aborted when the drain deadline passes.
-    fn serve<F, Fut>(
-        &self,
-        listener: TcpListener,
-        kind: &'static str,
-        stop: CancellationToken,
-        handler: F,
-    ) where
-        F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let tasks = self.inner.tasks.clone();
-        let force = self.inner.force.clone();
-        let addr = listener.local_addr().ok();
-        let span = tracing::info_span!("listener", kind, addr = ?addr);
-        let proxy_permits = self.inner.conn_permits.clone();
-        let listener_permits = Arc::new(tokio::sync::Semaphore::new(
-            self.inner
-                .ctx
-                .cfg
-                .max_connections_per_listener
-                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-        ));
-        let refused = self.inner.ctx.telemetry.connections_refused.clone();
-        self.inner.tasks.spawn(
-            async move {
-                loop {
-                    let accepted = tokio::select! {
-                        () = stop.cancelled() => break,
-                        r = listener.accept() => r,
-                    };
-                    match accepted {
-                        Ok((tcp, peer)) => {
-                            // Limits first, before any work or memory for the connection.
-                            let permits = proxy_permits
-                                .clone()
-                                .try_acquire_owned()
-                                .map_err(|_| "proxy")
-                                .and_then(|p| {
-                                    listener_permits
-                                        .clone()
-                                        .try_acquire_owned()
-                                        .map(|l| (p, l))
-                                        .map_err(|_| "listener")
-                                });
-                            let permits = match permits {
-                                Ok(p) => p,
-                                Err(limit) => {
-                                    refused
-                                        .get_or_create(&[("listener", kind), ("limit", limit)])
-                                        .inc();
-                                    debug!(%peer, limit, "connection limit reached: closed");
-                                    // An RST, at once: no TIME_WAIT, the client learns now.
-                                    let _ = tcp.set_zero_linger();
-                                    continue;
+/// Starts serving a bound listener: its accept loop hands each connection to its data path.
+pub(super) fn start(s: &Spawner<'_>, what: String, p: Pending) -> Result<ListenerHandle, Error> {
+    let ctx = s.ctx.clone();
+    let stop = s.cancel.child_token();
+    let (kind, listener) = match &p {
+        Pending::Hbone(l) => (ListenerKind::Hbone, l),
+        Pending::Socks5(l) => (ListenerKind::Socks5, l),
+        Pending::Service(l) => (ListenerKind::Service, l),
+        Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
+        Pending::Outbound(l) => (ListenerKind::Outbound, l),
+        Pending::Waypoint(l) => (ListenerKind::Waypoint, l),
+    };
+    let addr = listener.local_addr().map_err(Error::Runtime)?;
+    info!(?kind, %addr, %what, "listening");
+    let listening = Listening { kind, addr, what };
+    match p {
+        Pending::Hbone(l) => {
+            let cancel = s.cancel.clone();
+            accept_loop(s, l, "hbone", stop.clone(), move |tcp, _peer| {
+                inbound::serve(ctx.clone(), tcp, cancel.clone())
+            });
+        }
+        Pending::Socks5(l) => {
+            accept_loop(s, l, "socks5", stop.clone(), move |tcp, peer| {
+                outbound::socks5(ctx.clone(), tcp, peer)
+            });
+        }
+        Pending::Service(l) => {
+            accept_loop(s, l, "service", stop.clone(), move |tcp, peer| {
+                outbound::service(ctx.clone(), tcp, peer)
+            });
+        }
+        Pending::Plaintext(l) => {
+            accept_loop(s, l, "plaintext", stop.clone(), move |tcp, peer| {
+                plaintext::serve(ctx.clone(), tcp, peer)
+            });
+        }
+        Pending::Outbound(l) => {
+            accept_loop(s, l, "outbound", stop.clone(), move |tcp, peer| {
+                outbound::captured(ctx.clone(), tcp, peer)
+            });
+        }
+        Pending::Waypoint(l) => {
+            let cancel = s.cancel.clone();
+            accept_loop(s, l, "waypoint", stop.clone(), move |tcp, _peer| {
+                waypoint::serve(ctx.clone(), tcp, cancel.clone())
+            });
+        }
+    }
+    Ok(ListenerHandle { listening, stop })
+}
+
+/// Spawns the accept loop of `listener` until `stop`; each connection runs `handler` on its
+/// own task, aborted when the drain deadline passes.
+fn accept_loop<F, Fut>(
+    s: &Spawner<'_>,
+    listener: TcpListener,
+    kind: &'static str,
+    stop: CancellationToken,
+    handler: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tasks = s.tasks.clone();
+    let force = s.force.clone();
+    let addr = listener.local_addr().ok();
+    let span = tracing::info_span!("listener", kind, addr = ?addr);
+    let proxy_permits = s.permits.clone();
+    let listener_permits = Arc::new(tokio::sync::Semaphore::new(
+        s.ctx
+            .cfg
+            .max_connections_per_listener
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+    ));
+    let refused = s.ctx.telemetry.connections_refused.clone();
+    s.tasks.spawn(
+        async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => break,
+                    r = listener.accept() => r,
+                };
+                match accepted {
+                    Ok((tcp, peer)) => {
+                        // Limits first, before any work or memory for the connection.
+                        let permits = proxy_permits
+                            .clone()
+                            .try_acquire_owned()
+                            .map_err(|_| "proxy")
+                            .and_then(|p| {
+                                listener_permits
+                                    .clone()
+                                    .try_acquire_owned()
+                                    .map(|l| (p, l))
+                                    .map_err(|_| "listener")
+                            });
+                        let permits = match permits {
+                            Ok(p) => p,
+                            Err(limit) => {
+                                refused
+                                    .get_or_create(&[("listener", kind), ("limit", limit)])
+                                    .inc();
+                                debug!(%peer, limit, "connection limit reached: closed");
+                                // An RST, at once: no TIME_WAIT, the client learns now.
+                                let _ = tcp.set_zero_linger();
+                                continue;
+                            }
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let conn = handler(tcp, peer);
+                        let force = force.clone();
+                        // debug level: an enabled span costs an enter/exit on every poll.
+                        let span = tracing::debug_span!("conn", kind, %peer);
+                        tasks.spawn(
+                            async move {
+                                let _permits = permits;
+                                tokio::select! {
+                                    () = force.cancelled() => {}
+                                    () = conn => {}
                                 }
-                            };
-                            let _ = tcp.set_nodelay(true);
-                            let conn = handler(tcp, peer);
-                            let force = force.clone();
-                            // debug level: an enabled span costs an enter/exit on every poll.
-                            let span = tracing::debug_span!("conn", kind, %peer);
-                            tasks.spawn(
-                                async move {
-                                    let _permits = permits;
-                                    tokio::select! {
-                                        () = force.cancelled() => {}
-                                        () = conn => {}
-                                    }
-                                }
-                                .instrument(span),
-                            );
-                        }
-                        Err(e) => {
-                            // Typically EMFILE: back off instead of spinning.
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
-            .instrument(span),
-        );
-    }
+        }
+        .instrument(span),
+    );
 }

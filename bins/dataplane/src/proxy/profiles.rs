@@ -158,3 +158,18 @@ impl Profile {
         }
     }
 }
+
+/// The waypoint's policies for a stream to `service` (`None`: to a workload): those whose
+/// `targetRefs` name the service or the waypoint's Gateway. Used by the HTTP and TCP paths.
+pub(crate) fn waypoint_policies<'s>(
+    state: &'s crate::config::MeshState,
+    waypoint: &Waypoint,
+    service: Option<&ServicePort>,
+) -> Vec<&'s mesh_authz::Policy> {
+    let service_key = service.map(|sp| sp.service.target_key.as_str());
+    std::iter::once(waypoint.target_key.as_str())
+        .chain(service_key)
+        .filter_map(|key| state.waypoint_policies.get(key))
+        .flat_map(|ps| ps.iter().map(|p| &**p))
+        .collect()
+}

@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tracing::debug;
 
-use super::http::{ReqBody, Stream};
+/// The body of a request sent upstream (counted as it is read).
+pub(crate) type ReqBody = mesh_l7::layer::CountedBody<Incoming>;
 
 /// Upstream HTTP connections by endpoint address and client: idle HTTP/1.1 ones, and one
 /// multiplexed HTTP/2 connection each. The client is part of the key because an upstream
@@ -62,11 +63,20 @@ pub(super) enum SendError {
     Request(hyper::Error),
 }
 
+/// Whose connections a request may share: the client's address (connections carry it to the
+/// destination) and the HTTP version.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PoolFrom {
+    pub(super) client: Option<std::net::IpAddr>,
+    pub(super) h2: bool,
+}
+
 /// Sends `req` to `addr` on a pooled connection, or on a new one from `open`; a pooled
 /// connection that closed before taking the request (its peer closed it while idle) is
 /// replaced once by a new one. The connection goes back to the pool after the response head.
 pub(super) async fn send_pooled<F, Fut>(
-    s: &Stream,
+    pools: &Upstreams,
+    from: PoolFrom,
     addr: SocketAddr,
     req: Request<ReqBody>,
     open: F,
@@ -75,8 +85,8 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Sender, String>>,
 {
-    let key = (addr, s.client.map(|c| c.ip()));
-    let (mut sender, pooled) = match s.ctx.upstreams.take(key, s.h2) {
+    let key = (addr, from.client);
+    let (mut sender, pooled) = match pools.take(key, from.h2) {
         Some(x) => (x, true),
         None => (open().await.map_err(SendError::Connect)?, false),
     };
@@ -89,7 +99,7 @@ where
         sender = open().await.map_err(SendError::Connect)?;
         result = sender.try_send(req).await;
     }
-    s.ctx.upstreams.put(key, sender);
+    pools.put(key, sender);
     result.map_err(|(e, _)| SendError::Request(e))
 }
 

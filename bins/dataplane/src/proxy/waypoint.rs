@@ -367,21 +367,6 @@ async fn carry_tcp(
     observe::log_copied(access, rec, &result, 0, Some(counter.totals()), start);
 }
 
-/// The waypoint's policies for a stream to `service` (`None`: to a workload): those whose
-/// `targetRefs` name the service or this waypoint's Gateway. Used by the HTTP and TCP paths.
-pub(super) fn policies_for<'s>(
-    state: &'s crate::config::MeshState,
-    waypoint: &crate::config::Waypoint,
-    service: Option<&ServicePort>,
-) -> Vec<&'s mesh_authz::Policy> {
-    let service_key = service.map(|sp| sp.service.target_key.as_str());
-    std::iter::once(waypoint.target_key.as_str())
-        .chain(service_key)
-        .filter_map(|key| state.waypoint_policies.get(key))
-        .flat_map(|ps| ps.iter().map(|p| &**p))
-        .collect()
-}
-
 /// Authorizes a stream the waypoint carries as TCP (a declared TCP port, a sniffed non-HTTP
 /// stream, a workload target) with its policies, read at L4. `Err` is the reason to log.
 fn authorize_tcp(
@@ -392,7 +377,7 @@ fn authorize_tcp(
     client: Option<SocketAddr>,
     authority: SocketAddr,
 ) -> Result<(), String> {
-    let policies = policies_for(state, waypoint, service);
+    let policies = super::profiles::waypoint_policies(state, waypoint, service);
     if policies.is_empty() {
         return Ok(());
     }

@@ -18,7 +18,7 @@ use mesh_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, Client, Handler, Rejection, Typ
 use tokio::sync::Notify;
 use tracing::{Instrument as _, debug, error, info, warn};
 
-use super::{Inner, Proxy};
+use super::runtime::{Inner, Proxy};
 use crate::config::xds::XdsStore;
 
 const RETRY_INITIAL: std::time::Duration = std::time::Duration::from_millis(500);

@@ -8,9 +8,9 @@
 
 mod record;
 mod sources;
+mod stream;
 mod upstream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -21,31 +21,7 @@ use mesh_l7::layer::{
 };
 use tracing::debug;
 
-use super::Ctx;
-use super::profiles::Profile;
-use crate::config::ServicePort;
-
-/// A request body on its way upstream (counted for the metrics).
-pub(crate) type ReqBody = mesh_l7::layer::CountedBody<Incoming>;
-/// A response body: the upstream's, or the proxy's own.
-pub(crate) type RespBody = mesh_l7::layer::Body<Incoming>;
-
-/// What the proxy knows of the stream a request arrived on.
-pub(crate) struct Stream {
-    pub(crate) ctx: Arc<Ctx>,
-    /// What the proxy is on this stream.
-    pub(crate) profile: Profile,
-    /// The service the client addressed (none for a sidecar's inbound to a bare port).
-    pub(crate) service: Option<Arc<ServicePort>>,
-    /// The original client address (from `Forwarded`).
-    pub(crate) client: Option<SocketAddr>,
-    /// The client's identity (the source ztunnel's peer).
-    pub(crate) src_identity: Option<mesh_identity::SpiffeId>,
-    /// The client's metric labels.
-    pub(crate) src_labels: mesh_telemetry::metrics::PeerLabels,
-    /// HTTP/2 (prior knowledge) on both legs, for `HTTP2` and `GRPC` ports; else HTTP/1.1.
-    pub(crate) h2: bool,
-}
+pub(crate) use stream::{ReqBody, RespBody, Stream};
 
 /// Serves HTTP requests on one stream until it ends.
 pub(crate) async fn serve<IO>(io: IO, stream: Stream)

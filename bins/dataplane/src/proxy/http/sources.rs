@@ -93,7 +93,7 @@ impl AuthzSource for Sources {
         let state = s.ctx.state.load();
         let policies: Vec<&mesh_authz::Policy> = match &authz.policies {
             Policies::Targets(waypoint) => {
-                crate::proxy::waypoint::policies_for(&state, waypoint, s.service.as_deref())
+                crate::proxy::profiles::waypoint_policies(&state, waypoint, s.service.as_deref())
             }
             Policies::Workload(key) => state.authz.policies_of(key).iter().map(|p| &**p).collect(),
         };

@@ -18,7 +18,7 @@ use super::{ReqBody, RespBody, Stream};
 use crate::config::{ServicePort, Workload};
 use crate::proxy::hygiene::strip_hop_by_hop;
 use crate::proxy::profiles::Upstream;
-use crate::proxy::upstreams::{SendError, Sender, send_pooled};
+use crate::proxy::upstreams::{PoolFrom, SendError, Sender, send_pooled};
 
 /// Sends a request where the stack decided.
 pub(super) async fn call(
@@ -109,7 +109,7 @@ async fn send_mesh(
         req.headers_mut().remove(header::HOST);
     }
     let identity = &workload.identity;
-    let resp = send_pooled(s, addr, req, || {
+    let resp = send_pooled(&s.ctx.upstreams, pool_from(s), addr, req, || {
         connect(s, identity, hbone_addr, addr, host)
     })
     .await;
@@ -151,7 +151,7 @@ async fn forward_local(
             *req.uri_mut() = uri;
         }
     }
-    let resp = send_pooled(s, addr, req, || async {
+    let resp = send_pooled(&s.ctx.upstreams, pool_from(s), addr, req, || async {
         let tcp =
             crate::proxy::connect::connect_app(&s.ctx, workload, addr, s.client.map(|c| c.ip()))
                 .await
@@ -233,4 +233,12 @@ where
         }
     });
     Ok(Sender::H1(sender))
+}
+
+/// Whose pooled connections the stream's requests may share.
+fn pool_from(s: &Stream) -> PoolFrom {
+    PoolFrom {
+        client: s.client.map(|c| c.ip()),
+        h2: s.h2,
+    }
 }
