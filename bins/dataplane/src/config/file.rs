@@ -14,9 +14,10 @@ use super::parse::{Named, Raw, is_hostname, parse_ip, parse_port};
 use super::waypoints::{Attach, compile_waypoints};
 use super::{
     DEFAULT_CLUSTER_ID, DEFAULT_HBONE_PORT, DEFAULT_ROOT_NAMESPACE, Endpoint, MeshState, Node,
-    SIDECAR_LABEL, Service, ServicePort, Validator, WaypointFor, Workload, default_trust_domain,
+    SIDECAR_LABEL, Service, ServicePort, WaypointFor, Workload, default_trust_domain,
     sidecar_node_name, state,
 };
+use crate::config::errors::Validator;
 use crate::config::protocol::{DECLARED, Protocol};
 
 /// `(namespace, name)` of a workload.

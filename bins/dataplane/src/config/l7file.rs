@@ -10,9 +10,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::assemble::{Resources, validate_policies};
-use super::parse::{Mode, Named};
-use super::{ConfigError, ConfigIssue, DEFAULT_ROOT_NAMESPACE, Validator};
+use super::DEFAULT_ROOT_NAMESPACE;
+use super::assemble::validate_policies;
+use super::errors::{ConfigError, ConfigIssue, Validator};
+use super::load::parse_raw;
+use super::parse::{Mode, Named, Resources};
 
 /// Reads and validates an L7 file (the kinds of [`super::L7_FILE_KINDS`]).
 pub fn load_l7_file(path: &Path) -> Result<Arc<Resources>, ConfigError> {
@@ -30,7 +32,7 @@ pub fn load_l7_file(path: &Path) -> Result<Arc<Resources>, ConfigError> {
 /// Validates the text of an L7 file; `file` is used in error messages.
 pub fn parse_l7(file: &Path, text: &str) -> Result<Arc<Resources>, ConfigError> {
     let mut v = Validator::default();
-    let raw = super::parse_raw(&mut v, file, text, Mode::L7Only)?;
+    let raw = parse_raw(&mut v, file, text, Mode::L7Only)?;
     check_alone(&mut v, &raw.res);
     v.into_result(file, Arc::new(raw.res))
 }

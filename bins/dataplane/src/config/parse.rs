@@ -1,14 +1,14 @@
 //! Parsing a mesh file: each YAML document checked for its kind and apiVersion, then typed
 //! (serde, unknown fields denied) into [`Raw`], the file's resources by kind. Field-level
-//! checks shared by the compile steps (names, ports, addresses) live here too.
+//! checks shared by the compile steps (names, ports, addresses) live here too, and so does
+//! [`Resources`], the typed kinds the shared assembler indexes.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::de::DeserializeOwned;
 
-use super::Validator;
-use super::assemble::Resources;
+use super::errors::Validator;
 use super::model::*;
 
 /// One resource of the file with its metadata and where it was found.
@@ -341,5 +341,42 @@ pub(super) fn parse_ip(v: &mut Validator, location: &str, field: &str, s: &str) 
             );
             None
         }
+    }
+}
+
+/// The kinds the shared assembler indexes: policies and the L7 kinds. From the file, or (with
+/// `--xds-address`) from a local file limited to [`super::L7_FILE_KINDS`].
+#[derive(Default)]
+pub struct Resources {
+    pub(super) policies: Vec<Named<mesh_authz::istio::AuthorizationPolicySpec>>,
+    pub(super) peer_authns: Vec<Named<mesh_authz::peer::PeerAuthenticationSpec>>,
+    pub(super) request_authns: Vec<Named<mesh_authz::jwt::RequestAuthenticationSpec>>,
+    pub(super) virtual_services: Vec<Named<mesh_l7::istio::VirtualServiceSpec>>,
+    pub(super) destination_rules: Vec<Named<mesh_l7::istio::DestinationRuleSpec>>,
+    pub(super) http_routes: Vec<Named<mesh_l7::gateway::HttpRouteSpec>>,
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resources")
+            .field("policies", &self.policies.len())
+            .field("peer_authns", &self.peer_authns.len())
+            .field("request_authns", &self.request_authns.len())
+            .field("virtual_services", &self.virtual_services.len())
+            .field("destination_rules", &self.destination_rules.len())
+            .field("http_routes", &self.http_routes.len())
+            .finish()
+    }
+}
+
+impl Resources {
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+            && self.peer_authns.is_empty()
+            && self.request_authns.is_empty()
+            && self.virtual_services.is_empty()
+            && self.destination_rules.is_empty()
+            && self.http_routes.is_empty()
     }
 }

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::assemble::Resources;
-use super::parse::Named;
-use super::{ServicePort, Validator};
+use super::ServicePort;
+use super::errors::Validator;
+use super::parse::{Named, Resources};
 
 /// Service ports by host and port.
 type ByHost = HashMap<String, HashMap<u16, Arc<ServicePort>>>;

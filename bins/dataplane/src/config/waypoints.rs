@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use mesh_identity::{SpiffeId, TrustDomain};
 
+use super::errors::Validator;
 use super::model::*;
 use super::parse::{Raw, parse_ip, parse_port};
-use super::{DEFAULT_HBONE_PORT, Validator, Waypoint, WaypointFor};
+use super::{DEFAULT_HBONE_PORT, Waypoint, WaypointFor};
 
 /// Waypoint `Gateway`s (`gatewayClassName: istio-waypoint`), by `namespace/name`.
 pub(super) fn compile_waypoints(

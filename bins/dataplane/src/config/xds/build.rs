@@ -10,10 +10,11 @@ use std::sync::Arc;
 use mesh_identity::{SpiffeId, TrustDomain};
 
 use super::super::assemble::{Sourced, assemble};
+use super::super::errors::Validator;
 use super::super::state::{
     Endpoint, FastMap, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor,
 };
-use super::super::{DEFAULT_HBONE_PORT, Resources, Validator, Workload};
+use super::super::{DEFAULT_HBONE_PORT, Resources, Workload};
 use super::{Built, Cache, GatewayRef, Local, XService, XWorkload, XdsStore};
 
 /// Service ports by host and port.
