@@ -15,7 +15,7 @@ use super::super::state::{
     Endpoint, FastMap, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor,
 };
 use super::super::{DEFAULT_HBONE_PORT, Resources, Workload};
-use super::{Built, Cache, GatewayRef, Local, XService, XWorkload, XdsStore};
+use super::store::{Built, Cache, GatewayRef, Local, XService, XWorkload, XdsStore};
 
 /// Service ports by host and port.
 type ByHost = HashMap<String, HashMap<u16, Arc<ServicePort>>>;

@@ -13,7 +13,7 @@ use mesh_xds::pb::workload as wl;
 
 use super::super::state;
 use super::super::{DEFAULT_HBONE_PORT, Workload};
-use super::{GatewayRef, Local, XService, XWorkload, XdsStore};
+use super::store::{GatewayRef, Local, XService, XWorkload, XdsStore};
 
 fn ip_of(bytes: &[u8]) -> Result<IpAddr, String> {
     match bytes.len() {

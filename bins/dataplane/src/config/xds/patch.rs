@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::super::Workload;
 use super::super::state::{FastMap, MeshState, ServicePort};
 use super::build::{index_ports, ports_of, service_arc};
-use super::{Built, Cache, Local, XWorkload, XdsStore};
+use super::store::{Built, Cache, Local, XWorkload, XdsStore};
 
 /// Service ports by host and port.
 type ByHost = HashMap<String, HashMap<u16, Arc<ServicePort>>>;
