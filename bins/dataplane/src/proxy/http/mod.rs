@@ -40,7 +40,10 @@ where
         .layer(JwtLayer::new(sources::Sources(s.clone())))
         .layer(AuthzLayer::new(sources::Sources(s.clone())))
         .layer(RouteLayer::new(sources::Sources(s)))
-        .service(service_fn(move |u| upstream::call(up.clone(), u)));
+        // The upstream call's future (a dial, a TLS handshake, hyper's send) is large: boxed
+        // once here, so the layers' futures around it stay small and are cheap to move (left
+        // inline, moving it through six layers cost ~70 000 instructions per request).
+        .service(service_fn(move |u| Box::pin(upstream::call(up.clone(), u))));
     let svc =
         hyper::service::service_fn(move |req: http::Request<Incoming>| stack.clone().oneshot(req));
     let result = if h2 {
