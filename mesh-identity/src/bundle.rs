@@ -1,14 +1,17 @@
-//! The trust bundle: the root certificates mesh peers are verified against. A leaf module, used
-//! by the local CA (which hands out its root) and by the TLS configurations.
+//! The trust bundle: the root certificates mesh peers are verified against, and
+//! [`verify_chain`], a chain's check against them. A leaf module, used by the local CA (which
+//! hands out its root) and by the TLS configurations.
 
 use std::fmt;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::server::ParsedCertificate;
+use rustls_pki_types::{CertificateDer, UnixTime};
 
-use crate::Error;
-use crate::cert::{certs_from_pem, certs_to_pem};
+use crate::cert::{certs_from_pem, certs_to_pem, identity_of, provider};
+use crate::{Error, SpiffeId};
 
 /// The set of root certificates mesh peers are verified against.
 #[derive(Clone)]
@@ -55,4 +58,21 @@ impl TrustBundle {
     pub fn to_pem(&self) -> String {
         certs_to_pem(&self.ders)
     }
+}
+
+/// Verifies that `chain` (leaf first) chains to `bundle` and is valid now for TLS client or
+/// server use. Returns the leaf's SPIFFE id.
+pub fn verify_chain(bundle: &TrustBundle, chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Error> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| Error::BadCertificate("empty chain".into()))?;
+    let parsed = ParsedCertificate::try_from(leaf)?;
+    verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        bundle.roots(),
+        &chain[1..],
+        UnixTime::now(),
+        provider().signature_verification_algorithms.all,
+    )?;
+    identity_of(leaf)
 }

@@ -317,7 +317,7 @@ mod tests {
         let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
         let cert = ca2.issue(&id).unwrap();
         let bundle = ca1.trust_bundle().unwrap();
-        crate::tls::verify_chain(&bundle, cert.chain()).unwrap();
+        crate::verify_chain(&bundle, cert.chain()).unwrap();
         assert_eq!(cert.identity(), &id);
         let ttl = cert
             .not_after()

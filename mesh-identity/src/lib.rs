@@ -36,7 +36,7 @@ mod store;
 pub mod testing;
 mod tls;
 
-pub use bundle::TrustBundle;
+pub use bundle::{TrustBundle, verify_chain};
 pub use ca::{
     DEFAULT_CERT_TTL, LocalCa, MAX_CERT_TTL, MIN_CERT_TTL, ROOT_CERT_FILE, ROOT_KEY_FILE,
 };
@@ -45,4 +45,4 @@ pub use error::Error;
 pub use provider::{BoxFuture, CertProvider};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::{CertManager, CertStore, RotationPolicy, refresh_delay, retry_delay};
-pub use tls::{ALPN_H2, client_config, peer_identity, server_config, verify_chain};
+pub use tls::{ALPN_H2, client_config, peer_identity, server_config};

@@ -40,23 +40,6 @@ use crate::{CertStore, Error, SpiffeId, TrustBundle, TrustDomain};
 /// ALPN protocol spoken over mesh mTLS (HBONE is HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// Verifies that `chain` (leaf first) chains to `bundle` and is valid now for TLS client or
-/// server use. Returns the leaf's SPIFFE id.
-pub fn verify_chain(bundle: &TrustBundle, chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Error> {
-    let leaf = chain
-        .first()
-        .ok_or_else(|| Error::BadCertificate("empty chain".into()))?;
-    let parsed = ParsedCertificate::try_from(leaf)?;
-    verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        bundle.roots(),
-        &chain[1..],
-        UnixTime::now(),
-        provider().signature_verification_algorithms.all,
-    )?;
-    identity_of(leaf)
-}
-
 /// The SPIFFE identity of a verified TLS peer, from its leaf certificate's URI SAN.
 pub fn peer_identity(peer_certs: Option<&[CertificateDer<'_>]>) -> Result<SpiffeId, Error> {
     let leaf = peer_certs
