@@ -22,7 +22,10 @@ pub fn ztunnel(node: &str) -> Role {
 }
 
 /// ztunnel settings. Every port and address can be set so several ztunnels share one host.
+/// A ztunnel takes everything from istiod or everything from a file: `--config` and
+/// `--xds-address` conflict (a usage error, exit code 2).
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("ztunnel_source").args(["config", "xds_address"]).multiple(false)))]
 pub struct ZtunnelArgs {
     /// Name of the `Node` in the config that this ztunnel is. Its workloads get their
     /// identities here; its address hosts the SOCKS5 port.
@@ -81,11 +84,7 @@ pub fn proxy_config(args: &ZtunnelArgs, address: IpAddr, log: LogControl) -> Pro
 async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
     if let Some(xds) = &c.xds_address {
-        if c.config.is_some() {
-            return Err(Error::Usage(
-                "a ztunnel takes everything from istiod: --config and --xds-address are exclusive",
-            ));
-        }
+        // (`--config` with it is refused by the command line: `ZtunnelArgs`.)
         return run_xds(&args, xds, log).await;
     }
     let state = crate::config::load_file(c.config_file()?)?;
