@@ -1,6 +1,6 @@
 //! Roles are compositions: a ztunnel, a waypoint and a sidecar are the same proxy core
 //! ([`crate::proxy::Proxy`]) with a different [`Role`]: which listeners it opens for a mesh
-//! state ([`Serves`]) and which layers its data paths turn on ([`Layers`]). This module and its
+//! state (its listener plan) and which layers its data paths turn on ([`Layers`]). This module and its
 //! three files are the only place that knows the roles; the core asks "is this layer on", never
 //! "which proxy am I".
 //!
