@@ -47,17 +47,31 @@ pub enum SecurityPolicy {
     Unknown,
 }
 
-/// Istio's `response_flags` label: why a connection failed, `-` when it did not.
+/// Why a connection or a request failed, `-` when it did not: one type for L4 and L7. The
+/// L4 values are Istio's TCP `response_flags` label; the L7 ones Envoy's `%RESPONSE_FLAGS%`
+/// in the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResponseFlags {
     /// No failure.
     None,
-    /// Refused by authorization or peer-authentication policy.
+    /// L4: refused by authorization or peer-authentication policy.
     Deny,
-    /// The destination could not be reached (also Istio's fallback for other failures).
+    /// L4: the destination could not be reached (also Istio's fallback for other failures).
     ConnectFailure,
-    /// The TLS handshake with the peer failed.
+    /// L4: the TLS handshake with the peer failed.
     TlsFailure,
+    /// L7 `DPE`: the downstream request was malformed or refused by the proxy's checks.
+    DownstreamProtocolError,
+    /// L7 `RBAC`: refused by authorization policy.
+    Rbac,
+    /// L7 `NR`: no route or no such service.
+    NoRoute,
+    /// L7 `UH`: no healthy upstream.
+    NoHealthyUpstream,
+    /// L7 `UF`: the upstream connection failed.
+    UpstreamConnectionFailure,
+    /// L7 `DR`: answered by the proxy itself (a direct response or a redirect).
+    DirectResponse,
 }
 
 macro_rules! label_values {
@@ -87,7 +101,19 @@ label_values!(ResponseFlags {
     Deny => "DENY",
     ConnectFailure => "CONNECT",
     TlsFailure => "TLS_FAILURE",
+    DownstreamProtocolError => "DPE",
+    Rbac => "RBAC",
+    NoRoute => "NR",
+    NoHealthyUpstream => "UH",
+    UpstreamConnectionFailure => "UF",
+    DirectResponse => "DR",
 });
+
+impl std::fmt::Display for ResponseFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The labels describing one side (workload) of a connection. Build one per workload when the
 /// config is loaded and share it: a connection clones `Arc`s, never strings.

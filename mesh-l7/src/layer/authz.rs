@@ -17,6 +17,7 @@ use tower::{Layer, Service};
 
 use super::jwt::Authenticated;
 use super::meta::Meta;
+use mesh_telemetry::metrics::ResponseFlags;
 
 /// What authorization applies to a request.
 #[derive(Debug)]
@@ -131,7 +132,7 @@ where
 }
 
 /// A refusal: status, body, response flags.
-type Refusal = (StatusCode, &'static str, &'static str);
+type Refusal = (StatusCode, &'static str, ResponseFlags);
 
 /// The decision on one request.
 struct Outcome {
@@ -199,11 +200,19 @@ fn decide<P: AuthzSource, B>(source: &P, scope: Scope<'_>, req: &Request<B>) -> 
         None => (pq, None),
     };
     let Some(normalized) = mesh_authz::http::normalize_path(raw, check.normalization) else {
-        out.refused = Some((StatusCode::BAD_REQUEST, "invalid request path\n", "DPE"));
+        out.refused = Some((
+            StatusCode::BAD_REQUEST,
+            "invalid request path\n",
+            ResponseFlags::DownstreamProtocolError,
+        ));
         return out;
     };
     if check.deny {
-        out.refused = Some((StatusCode::FORBIDDEN, "RBAC: access denied", "RBAC"));
+        out.refused = Some((
+            StatusCode::FORBIDDEN,
+            "RBAC: access denied",
+            ResponseFlags::Rbac,
+        ));
         return out;
     }
     if !check.policies.is_empty() {
@@ -235,7 +244,11 @@ fn decide<P: AuthzSource, B>(source: &P, scope: Scope<'_>, req: &Request<B>) -> 
                 _ => "no ALLOW policy matched".to_owned(),
             };
             source.denied(req, &normalized, &why);
-            out.refused = Some((StatusCode::FORBIDDEN, "RBAC: access denied", "RBAC"));
+            out.refused = Some((
+                StatusCode::FORBIDDEN,
+                "RBAC: access denied",
+                ResponseFlags::Rbac,
+            ));
             return out;
         }
     }

@@ -9,6 +9,7 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::layer::testing::echo;
+use mesh_telemetry::metrics::ResponseFlags;
 
 fn policy(name: &str, spec: serde_json::Value) -> Policy {
     let spec: AuthorizationPolicySpec = serde_json::from_value(spec).unwrap();
@@ -98,7 +99,10 @@ async fn deny_and_no_allow_get_403() {
     let src = Source::new(vec![deny_admin()]);
     let resp = call(&src, "/admin").await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    assert_eq!(resp.extensions().get::<Meta>().unwrap().flags, "RBAC");
+    assert_eq!(
+        resp.extensions().get::<Meta>().unwrap().flags,
+        ResponseFlags::Rbac
+    );
     assert_eq!(
         *src.denied.lock().unwrap(),
         ["/admin: denied by ns/no-admin"]
@@ -168,6 +172,9 @@ async fn path_encoding_cannot_bypass_a_deny() {
     for p in ["/%zzadmin", "/admin%00"] {
         let resp = call(&src, p).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{p}");
-        assert_eq!(resp.extensions().get::<Meta>().unwrap().flags, "DPE");
+        assert_eq!(
+            resp.extensions().get::<Meta>().unwrap().flags,
+            ResponseFlags::DownstreamProtocolError
+        );
     }
 }

@@ -17,7 +17,7 @@ pub struct Refusal {
     /// `text/plain` body.
     pub body: &'static str,
     /// Response flags (e.g. `DPE`).
-    pub flags: &'static str,
+    pub flags: mesh_telemetry::metrics::ResponseFlags,
 }
 
 /// Checks (and may change) a request.
@@ -121,6 +121,7 @@ where
 mod tests {
     use super::*;
     use crate::layer::{Meta, testing::echo};
+    use mesh_telemetry::metrics::ResponseFlags;
     use tower::ServiceExt;
 
     /// Refuses lower-case methods, removes `x-envoy-*` headers.
@@ -138,7 +139,7 @@ mod tests {
                 return Err(Refusal {
                     status: StatusCode::BAD_REQUEST,
                     body: "method must be upper case\n",
-                    flags: "DPE",
+                    flags: ResponseFlags::DownstreamProtocolError,
                 });
             }
             req.headers_mut().remove("x-envoy-original-path");
@@ -163,7 +164,10 @@ mod tests {
             .unwrap();
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(resp.extensions().get::<Meta>().unwrap().flags, "DPE");
+        assert_eq!(
+            resp.extensions().get::<Meta>().unwrap().flags,
+            ResponseFlags::DownstreamProtocolError
+        );
         assert_eq!(resp.into_body(), "method must be upper case\n");
     }
 }

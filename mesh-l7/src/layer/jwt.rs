@@ -17,6 +17,7 @@ use mesh_authz::jwt::{
 use tower::{Layer, Service};
 
 use super::meta::Meta;
+use mesh_telemetry::metrics::ResponseFlags;
 
 /// The verified JWT of a request, in its extensions.
 #[derive(Debug, Clone)]
@@ -226,7 +227,7 @@ fn refused<RB: From<Bytes>, J: JwtSource, B>(
     logged_path: Option<String>,
 ) -> Response<RB> {
     source.refused(req, e);
-    let mut resp = super::local(StatusCode::UNAUTHORIZED, e.to_string(), "-");
+    let mut resp = super::local(StatusCode::UNAUTHORIZED, e.to_string(), ResponseFlags::None);
     let authority = req
         .headers()
         .get(header::HOST)

@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use mesh_telemetry::metrics::ResponseFlags;
 
 /// What a request went through, for its metrics and access log line: kept in the response's
 /// extensions by the layer that knows it, read by the recorder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     /// Envoy-style response flags (`-`, `DPE`, `RBAC`, `NR`, `UH`, `UF`, `DR`).
-    pub flags: &'static str,
+    pub flags: ResponseFlags,
     /// The route that matched, by name.
     pub route: Option<String>,
     /// The upstream address the request was sent to.
@@ -26,7 +27,7 @@ pub struct Meta {
 impl Default for Meta {
     fn default() -> Self {
         Meta {
-            flags: "-",
+            flags: ResponseFlags::None,
             route: None,
             upstream: None,
             audit: None,
@@ -46,13 +47,13 @@ impl Meta {
 pub fn local<B: From<Bytes>>(
     status: StatusCode,
     body: impl Into<Bytes>,
-    flags: &'static str,
+    flags: ResponseFlags,
 ) -> Response<B> {
     let mut r = Response::new(B::from(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    if flags != "-" {
+    if flags != ResponseFlags::None {
         Meta::of(&mut r).flags = flags;
     }
     r

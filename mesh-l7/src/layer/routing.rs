@@ -15,6 +15,7 @@ use tower::{Layer, Service};
 
 use super::{Body, Meta};
 use crate::{Action, Destination, HttpRoute, RequestFacts, Rewrite, RouteTable};
+use mesh_telemetry::metrics::ResponseFlags;
 
 /// How requests of a stream are routed.
 #[derive(Debug, Clone)]
@@ -187,7 +188,7 @@ where
                 return local(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no such service\n",
-                    "NR",
+                    ResponseFlags::NoRoute,
                     None,
                 );
             }
@@ -215,7 +216,12 @@ where
         match &route.action {
             Action::DirectResponse { status, body } => {
                 let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-                local(status, Bytes::from(body.clone()), "DR", name)
+                local(
+                    status,
+                    Bytes::from(body.clone()),
+                    ResponseFlags::DirectResponse,
+                    name,
+                )
             }
             Action::Redirect(r) => {
                 let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -226,7 +232,7 @@ where
                 );
                 let status =
                     StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-                let mut resp = answer(status, Bytes::new(), "DR", name);
+                let mut resp = answer(status, Bytes::new(), ResponseFlags::DirectResponse, name);
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
@@ -235,7 +241,12 @@ where
             Action::Forward { rewrite, .. } => {
                 let Some(dest) = route.pick_index(rand::random()) else {
                     let body = "no route destination\n";
-                    return local(StatusCode::SERVICE_UNAVAILABLE, body, "NR", name);
+                    return local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        body,
+                        ResponseFlags::NoRoute,
+                        name,
+                    );
                 };
                 // The request as the destination sees it: rewritten path and authority,
                 // the route's and the destination's header operations.
@@ -303,7 +314,7 @@ fn authority<B>(req: &Request<B>) -> &str {
 fn answer<U>(
     status: StatusCode,
     body: impl Into<Bytes>,
-    flags: &'static str,
+    flags: ResponseFlags,
     route: Option<String>,
 ) -> Response<Body<U>> {
     let mut resp = super::local(status, body, flags);
@@ -316,7 +327,7 @@ fn answer<U>(
 fn local<F, U>(
     status: StatusCode,
     body: impl Into<Bytes>,
-    flags: &'static str,
+    flags: ResponseFlags,
     route: Option<String>,
 ) -> RouteFuture<F, U> {
     RouteState::Local {

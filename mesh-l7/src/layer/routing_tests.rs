@@ -8,6 +8,7 @@ use tower::{ServiceExt, service_fn};
 
 use super::*;
 use crate::istio::VirtualServiceSpec;
+use mesh_telemetry::metrics::ResponseFlags;
 
 fn table(spec: serde_json::Value) -> Arc<RouteTable> {
     let vs: VirtualServiceSpec = serde_json::from_value(spec).unwrap();
@@ -120,7 +121,7 @@ async fn direct_responses_and_redirects_are_answered_here() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         (meta(&r).flags, meta(&r).route.as_deref()),
-        ("DR", Some("down"))
+        (ResponseFlags::DirectResponse, Some("down"))
     );
     assert!(r.headers().get("x-target").is_none());
     let r = call(by_table(), "reviews:9080", "/old").await;
@@ -145,7 +146,7 @@ async fn no_table_no_service_and_direct() {
     assert_eq!(r.headers()["x-target"], "direct");
     let r = call(Lookup::NoService, "s", "/x").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(meta(&r).flags, "NR");
+    assert_eq!(meta(&r).flags, ResponseFlags::NoRoute);
 }
 
 /// Attacker: the client names another service in `Host`, in an absolute URI, or in a path

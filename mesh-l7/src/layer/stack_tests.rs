@@ -17,6 +17,7 @@ use super::testing::FakeIds;
 use super::*;
 use crate::RouteTable;
 use crate::istio::VirtualServiceSpec;
+use mesh_telemetry::metrics::ResponseFlags;
 
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<String>>>);
@@ -56,7 +57,7 @@ impl Guard for NeedsHost {
             false => Err(Refusal {
                 status: StatusCode::BAD_REQUEST,
                 body: "missing Host\n",
-                flags: "DPE",
+                flags: ResponseFlags::DownstreamProtocolError,
             }),
         }
     }

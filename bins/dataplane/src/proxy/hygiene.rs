@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mesh_telemetry::metrics::ResponseFlags;
 
 /// Largest request head (request line and headers) or HTTP/2 header list (Envoy:
 /// `max_request_headers_kb` 60).
@@ -216,7 +217,7 @@ impl mesh_l7::layer::Guard for Hygiene {
             .map_err(|(status, body)| mesh_l7::layer::Refusal {
                 status,
                 body,
-                flags: "DPE",
+                flags: ResponseFlags::DownstreamProtocolError,
             })
     }
 }

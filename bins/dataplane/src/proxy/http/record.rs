@@ -122,7 +122,7 @@ impl mesh_l7::layer::Recorder for Recorder {
             route: meta.route.as_deref(),
             upstream: meta.upstream,
             dst_service: host,
-            response_flags: meta.flags,
+            response_flags: meta.flags.as_str(),
             trace_id: text(&head.traceparent).and_then(trace_id),
             request_id: text(&head.request_id),
             audit_policy: meta.audit.as_deref(),

@@ -19,6 +19,7 @@ use crate::config::{ServicePort, Workload};
 use crate::proxy::hygiene::strip_hop_by_hop;
 use crate::proxy::profiles::Upstream;
 use crate::proxy::upstreams::{PoolFrom, SendError, Sender, send_pooled};
+use mesh_telemetry::metrics::ResponseFlags;
 
 /// Sends a request where the stack decided.
 pub(super) async fn call(
@@ -31,19 +32,19 @@ pub(super) async fn call(
     })
 }
 
-fn unavailable(body: &'static str, flags: &'static str) -> Response<RespBody> {
+fn unavailable(body: &'static str, flags: ResponseFlags) -> Response<RespBody> {
     local(StatusCode::SERVICE_UNAVAILABLE, body, flags)
 }
 
 /// A routed request: to an endpoint of its destination, over HBONE.
 async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespBody> {
     let Some(sp) = &s.service else {
-        return unavailable("no such service\n", "NR");
+        return unavailable("no such service\n", ResponseFlags::NoRoute);
     };
     if let Target::Picked(p) = &u.target
         && p.destination().is_none()
     {
-        return unavailable("no route destination\n", "NR");
+        return unavailable("no route destination\n", ResponseFlags::NoRoute);
     }
     // The endpoints the target names: the route's destination (its port, else the
     // addressed port if the host has it, else the host's only port; its subset), or the
@@ -69,10 +70,10 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
         }
     };
     let Some((dest, dest_service)) = found else {
-        return unavailable("no such service\n", "NR");
+        return unavailable("no such service\n", ResponseFlags::NoRoute);
     };
     let Some((ep, _in_flight)) = dest.choose() else {
-        return unavailable("no healthy upstream\n", "UH");
+        return unavailable("no healthy upstream\n", ResponseFlags::NoHealthyUpstream);
     };
     let dst = Dst(ep.workload.clone(), dest_service);
     let mut resp = send_mesh(s, sp, &ep.workload, ep.port, u.request).await;
@@ -91,7 +92,10 @@ async fn send_mesh(
 ) -> Response<RespBody> {
     strip_hop_by_hop(req.headers_mut());
     let Some(hbone_addr) = workload.hbone_addr else {
-        return unavailable("endpoint outside the mesh\n", "UF");
+        return unavailable(
+            "endpoint outside the mesh\n",
+            ResponseFlags::UpstreamConnectionFailure,
+        );
     };
     let addr = SocketAddr::new(workload.address, port);
     let host = sp.service.hosts.first().map_or("", String::as_str);
@@ -117,11 +121,17 @@ async fn send_mesh(
         Ok(resp) => resp.map(RespBody::Upstream),
         Err(SendError::Connect(e)) => {
             warn!(upstream = %addr, error = %e, side = s.profile.name, "upstream connect failed: 503");
-            unavailable("upstream connect error\n", "UF")
+            unavailable(
+                "upstream connect error\n",
+                ResponseFlags::UpstreamConnectionFailure,
+            )
         }
         Err(SendError::Request(e)) => {
             warn!(upstream = %addr, error = %e, side = s.profile.name, "upstream request failed: 503");
-            unavailable("upstream request failed\n", "UF")
+            unavailable(
+                "upstream request failed\n",
+                ResponseFlags::UpstreamConnectionFailure,
+            )
         }
     };
     Meta::of(&mut resp).upstream = Some(addr);
@@ -166,11 +176,17 @@ async fn forward_local(
         Ok(resp) => resp.map(RespBody::Upstream),
         Err(SendError::Connect(reason)) => {
             warn!(upstream = %addr, %reason, "application unreachable: 503");
-            unavailable("upstream connect error\n", "UF")
+            unavailable(
+                "upstream connect error\n",
+                ResponseFlags::UpstreamConnectionFailure,
+            )
         }
         Err(SendError::Request(e)) => {
             warn!(upstream = %addr, error = %e, "application request failed: 503");
-            unavailable("upstream request failed\n", "UF")
+            unavailable(
+                "upstream request failed\n",
+                ResponseFlags::UpstreamConnectionFailure,
+            )
         }
     };
     Meta::of(&mut resp).upstream = Some(addr);
