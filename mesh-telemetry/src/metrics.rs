@@ -72,6 +72,26 @@ pub enum ResponseFlags {
     UpstreamConnectionFailure,
     /// L7 `DR`: answered by the proxy itself (a direct response or a redirect).
     DirectResponse,
+    /// L7 `UT`: the upstream request (or one try of it) timed out.
+    UpstreamRequestTimeout,
+    /// L7 `URX`: retries (or L4 connect attempts) exhausted, or refused by the retry budget.
+    UpstreamRetryLimitExceeded,
+    /// L7 `UR`: the upstream reset the stream before or while answering.
+    UpstreamRemoteReset,
+    /// L7 `UC`: the upstream connection ended before the response.
+    UpstreamConnectionTermination,
+    /// L7/L4 `UO`: a connection-pool or circuit-breaker limit overflowed.
+    UpstreamOverflow,
+    /// L7 `FI`: a fault-injected abort.
+    FaultInjected,
+    /// L7 `DI`: a fault-injected delay.
+    DelayInjected,
+    /// L7/L4 `RL`: refused by a rate limit.
+    RateLimited,
+    /// L7 `RLSE`: the rate-limit service failed and the limit fails closed.
+    RateLimitServiceError,
+    /// L7 `UAEX`: refused by an external authorizer (`action: CUSTOM`).
+    UnauthorizedExternalService,
 }
 
 macro_rules! label_values {
@@ -107,6 +127,16 @@ label_values!(ResponseFlags {
     NoHealthyUpstream => "UH",
     UpstreamConnectionFailure => "UF",
     DirectResponse => "DR",
+    UpstreamRequestTimeout => "UT",
+    UpstreamRetryLimitExceeded => "URX",
+    UpstreamRemoteReset => "UR",
+    UpstreamConnectionTermination => "UC",
+    UpstreamOverflow => "UO",
+    FaultInjected => "FI",
+    DelayInjected => "DI",
+    RateLimited => "RL",
+    RateLimitServiceError => "RLSE",
+    UnauthorizedExternalService => "UAEX",
 });
 
 impl std::fmt::Display for ResponseFlags {
