@@ -8,6 +8,7 @@
 mod assemble;
 mod attach;
 mod defaults;
+mod endpoints;
 mod errors;
 mod fail_closed;
 mod file;
