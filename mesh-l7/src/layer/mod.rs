@@ -16,21 +16,25 @@
 //! upstream, audit) in the response's. The policy, key, route and recording sources are
 //! traits the proxy implements; the crate does no I/O of its own.
 
+pub mod attempt;
 pub mod authz;
 mod body;
 pub mod guard;
 pub mod jwt;
 mod meta;
 pub mod record;
+pub mod replay;
 pub mod routing;
 pub mod trace;
 
+pub use attempt::Attempt;
 pub use authz::{AuthzLayer, AuthzSource, Scope};
 pub use body::Body;
 pub use guard::{Guard, GuardLayer, Refusal};
 pub use jwt::{Authenticated, JwtLayer, JwtSource};
 pub use meta::{Meta, local};
 pub use record::{CountedBody, Finished, RecordLayer, RecordedBody, Recorder};
+pub use replay::{DEFAULT_REPLAY_CAP, ReplayBody, ReplayError};
 pub use routing::{Lookup, Picked, RouteLayer, RouteSource, Target, UpstreamRequest};
 /// tower, as the layers use it (proxies compose the stack with its `ServiceBuilder`).
 pub use tower;
