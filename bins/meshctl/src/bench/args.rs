@@ -59,6 +59,11 @@ pub(crate) struct BenchArgs {
     /// Keep the callgrind output files here (for `callgrind_annotate`), instead of a temp dir.
     #[arg(long, value_name = "DIR")]
     pub(super) callgrind_dir: Option<PathBuf>,
+    /// Run the bad-endpoint scenarios instead of the topologies: the waypoint path to a
+    /// service of three endpoints, one slow or failing, with routing only and with retries,
+    /// outlier detection and the latency-aware balancer (success rate and latency of each).
+    #[arg(long)]
+    pub(super) bad_endpoint: bool,
     /// Run the authorization micro-benchmark (1, 100, 1000 policies) instead of the
     /// topologies (combine with --config-apply for both).
     #[arg(long)]

@@ -122,7 +122,10 @@ pub(crate) fn latency(
                             run.ok += 1;
                             run.samples_us.push(due.elapsed().as_secs_f64() * 1e6);
                         }
-                        _ => {
+                        // A whole answer with another status: a failure, on a connection
+                        // that stays usable.
+                        Ok(_) => run.errors += 1,
+                        Err(_) => {
                             run.errors += 1;
                             stream = connect(src, dst).ok();
                         }

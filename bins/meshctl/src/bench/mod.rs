@@ -14,6 +14,7 @@ mod load;
 mod measure;
 mod pods;
 mod report;
+mod resilience;
 mod servers;
 mod topology;
 mod xds;
@@ -37,6 +38,12 @@ pub(crate) fn main(mut args: BenchArgs) -> ExitCode {
         args.churn_duration = args.churn_duration.min(Duration::from_secs(1));
         args.idle_tunnels = args.idle_tunnels.min(100);
         args.authz_decisions = args.authz_decisions.min(20_000);
+    }
+    if args.bad_endpoint {
+        return match run_bad_endpoint(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => crate::out::fail(format!("{e:#}")),
+        };
     }
     if args.authz || args.config_apply || args.xds_apply {
         return match run_control(&args) {
@@ -114,6 +121,23 @@ fn run_control(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+        say!("figures written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_bad_endpoint(args: &BenchArgs) -> anyhow::Result<()> {
+    mesh_dataplane::process::raise_fd_limit();
+    let dir = tempfile::tempdir()?;
+    let opts = ProxyOpts {
+        workers: args.workers,
+        log: args.proxy_log.clone(),
+        wrapper: Vec::new(),
+    };
+    let rows = resilience::bad_endpoint(dir.path(), &opts, args)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("write {}", path.display()))?;
         say!("figures written to {}", path.display());
     }
@@ -215,6 +239,7 @@ fn instructions(
     for topo in [
         Topology::ZtunnelPair,
         Topology::Waypoint,
+        Topology::WaypointFull,
         Topology::SidecarPair,
     ] {
         if topo == Topology::ZtunnelPair || args.topologies.contains(&topo) {

@@ -20,8 +20,27 @@ pub(crate) const HTTP_PORT: u16 = 8080;
 /// TCP sink port.
 pub(crate) const TCP_PORT: u16 = 5001;
 
+/// How a bench server answers: normally, late, or with errors (the bad endpoint of
+/// `--bad-endpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Behaviour {
+    /// Answers at once.
+    #[default]
+    Normal,
+    /// Answers every request this late.
+    Slow(std::time::Duration),
+    /// Answers every request with 503.
+    Failing,
+}
+
 /// The server workload on `ip`: an HTTP echo and a TCP sink.
 pub(crate) async fn start_servers(ip: std::net::IpAddr) -> anyhow::Result<()> {
+    start_servers_as(ip, Behaviour::Normal).await
+}
+
+/// The server workload on `ip`, answering HTTP as `how`.
+pub(crate) async fn start_servers_as(ip: std::net::IpAddr, how: Behaviour) -> anyhow::Result<()> {
     let http = TcpListener::bind(SocketAddr::new(ip, HTTP_PORT))
         .await
         .with_context(|| format!("bind {ip}:{HTTP_PORT}"))?;
@@ -42,7 +61,15 @@ pub(crate) async fn start_servers(ip: std::net::IpAddr) -> anyhow::Result<()> {
                     } else {
                         Bytes::from_static(b"ok")
                     };
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(body)))
+                    let mut resp = Response::new(Full::new(body));
+                    match how {
+                        Behaviour::Normal => {}
+                        Behaviour::Slow(d) => tokio::time::sleep(d).await,
+                        Behaviour::Failing => {
+                            *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)

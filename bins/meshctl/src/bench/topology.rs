@@ -26,6 +26,10 @@ pub(crate) enum Topology {
     /// Client → ztunnel A → HBONE → waypoint (HTTP routed per request at L7; TCP carried) →
     /// HBONE → ztunnel B → server.
     Waypoint,
+    /// The waypoint path with every L7 resilience mechanism configured (none firing):
+    /// timeout, retries and budget, fault and mirror at 0 %, rate limit, outlier detection,
+    /// connection pools. Against `waypoint`, the cost of having them.
+    WaypointFull,
     /// Client (pod A) → server (pod B) over the veth pair, no mesh: the baseline of the
     /// capture topologies. Needs root.
     DirectPods,
@@ -44,6 +48,7 @@ impl Topology {
             Topology::ZtunnelPair => "ztunnel-pair",
             Topology::RelayPair => "relay-pair",
             Topology::Waypoint => "waypoint",
+            Topology::WaypointFull => "waypoint-full",
             Topology::DirectPods => "direct-pods",
             Topology::SidecarPair => "sidecar-pair",
             Topology::ZtunnelPairCapture => "ztunnel-pair-capture",
@@ -51,7 +56,7 @@ impl Topology {
     }
 }
 
-const fn ip(c: u8, d: u8) -> IpAddr {
+pub(crate) const fn ip(c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 60, c, d))
 }
 
@@ -102,7 +107,7 @@ spec:
 }
 
 /// The mesh of [`mesh_config`] with the service behind a waypoint (at 127.60.0.3).
-fn waypoint_config() -> String {
+pub(crate) fn waypoint_config() -> String {
     mesh_config().replace(
         "metadata: {name: server, namespace: bench}\nspec:\n  hosts:",
         "metadata: {name: server, namespace: bench, labels: {istio.io/use-waypoint: wp}}\nspec:\n  hosts:",
@@ -322,32 +327,38 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
                 procs,
             ))
         }
-        Topology::ZtunnelPair | Topology::Waypoint => {
-            let ca = dir.join("ca");
-            mesh_identity::LocalCa::load_or_create(&ca)?;
-            let config = dir.join("mesh.yaml");
-            let waypoint = topo == Topology::Waypoint;
-            std::fs::write(
-                &config,
-                if waypoint {
-                    waypoint_config()
-                } else {
-                    mesh_config()
-                },
-            )?;
-            let mut procs = Vec::new();
-            procs.push(start_proxy(Role::Ztunnel, "b", &config, &ca, opts)?);
-            if waypoint {
-                procs.push(start_proxy(Role::Waypoint, "bench/wp", &config, &ca, opts)?);
-            }
-            procs.push(start_proxy(Role::Ztunnel, "a", &config, &ca, opts)?);
-            Ok(RunningPath::local(
-                SocketAddr::new(VIP, HTTP_PORT),
-                SocketAddr::new(VIP, TCP_PORT),
-                procs,
-            ))
+        Topology::ZtunnelPair => mesh_path(dir, &mesh_config(), false, opts),
+        Topology::Waypoint => mesh_path(dir, &waypoint_config(), true, opts),
+        Topology::WaypointFull => {
+            let config = waypoint_config() + super::resilience::FULL_L7;
+            mesh_path(dir, &config, true, opts)
         }
     }
+}
+
+/// Ztunnel B, the waypoint `bench/wp` if `waypoint`, and ztunnel A on the loopback mesh
+/// `config` (the clients at [`CLIENT`] reach the service VIP).
+pub(crate) fn mesh_path(
+    dir: &Path,
+    config: &str,
+    waypoint: bool,
+    opts: &ProxyOpts,
+) -> anyhow::Result<RunningPath> {
+    let ca = dir.join("ca");
+    mesh_identity::LocalCa::load_or_create(&ca)?;
+    let path = dir.join("mesh.yaml");
+    std::fs::write(&path, config)?;
+    let mut procs = Vec::new();
+    procs.push(start_proxy(Role::Ztunnel, "b", &path, &ca, opts)?);
+    if waypoint {
+        procs.push(start_proxy(Role::Waypoint, "bench/wp", &path, &ca, opts)?);
+    }
+    procs.push(start_proxy(Role::Ztunnel, "a", &path, &ca, opts)?);
+    Ok(RunningPath::local(
+        SocketAddr::new(VIP, HTTP_PORT),
+        SocketAddr::new(VIP, TCP_PORT),
+        procs,
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
