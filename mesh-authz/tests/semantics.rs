@@ -406,8 +406,11 @@ fn invalid_specs_name_the_field() {
     assert_eq!(e[0].field, "spec.rules[0].from[0].source.ipBlocks[0]");
     let e = bad(r#"{"rules":[{"to":[{"operation":{"ports":["http"]}}]}]}"#);
     assert_eq!(e[0].field, "spec.rules[0].to[0].operation.ports[0]");
+    // CUSTOM is supported now; without a provider it names the missing field.
     let e = bad(r#"{"action":"CUSTOM"}"#);
-    assert!(e[0].reason.contains("CUSTOM is not supported"), "{e:?}");
+    assert_eq!(e[0].field, "spec.provider.name", "{e:?}");
+    let e = bad(r#"{"action":"DENY","provider":{"name":"opa"}}"#);
+    assert_eq!(e[0].field, "spec.provider", "{e:?}");
     let e = bad(r#"{"rules":[{"when":[{"key":"source.pricipal","values":["x"]}]}]}"#);
     assert_eq!(e[0].field, "spec.rules[0].when[0].key");
     let unknown = serde_json::from_str::<AuthorizationPolicySpec>(
@@ -742,6 +745,7 @@ fn workload_api_clauses_and_assigned_scope() {
         name: "db".into(),
         scope: Scope::Assigned,
         action: Action::Allow,
+        provider: None,
         rules: vec![Rule {
             when: vec![
                 Condition::AnyOf(vec![web, any_sa_ops]),

@@ -176,9 +176,36 @@ pub fn evaluate_http<'a>(policies: &[&'a Policy], r: &HttpFacts<'_>) -> HttpDeci
 
 /// Decides a stream that is not parsed as HTTP (a waypoint's or sidecar's TCP path) against
 /// `policies`, with the L4 reading of HTTP-only fields Istio's ztunnel uses: an ALLOW rule
-/// using them never matches, a DENY rule is enforced without them (both fail closed).
+/// using them never matches, a DENY rule is enforced without them (both fail closed). A
+/// matching `CUSTOM` policy denies: this data plane asks external authorizers about HTTP
+/// requests only, so a stream it cannot have checked is refused (fail closed).
 pub fn evaluate_conn<'a>(policies: &[&'a Policy], c: &Connection<'_>) -> HttpDecision<'a> {
+    if let Some(p) = policies
+        .iter()
+        .find(|p| p.action == Action::Custom && p.rules.iter().any(|r| r.matches(Action::Deny, c)))
+    {
+        return HttpDecision::DeniedBy(p);
+    }
     decide(policies, |p| p.matches(c))
+}
+
+/// The `CUSTOM` policies among `policies` whose rules match the request, in order: Istio asks
+/// a policy's provider only about the requests its rules match (what a rule cannot evaluate
+/// counts as matching, so the authorizer is asked rather than skipped). Calls `each` with
+/// every matching policy; stops early when it returns `false`. Evaluated before DENY and
+/// ALLOW ([`evaluate_http`] ignores CUSTOM policies).
+pub fn custom_matches<'a>(
+    policies: &[&'a Policy],
+    r: &HttpFacts<'_>,
+    mut each: impl FnMut(&'a Policy) -> bool,
+) {
+    for p in policies.iter().filter(|p| p.action == Action::Custom) {
+        // Read as a DENY: a field that cannot be evaluated keeps the rule matching (the
+        // authorizer is asked), it never skips the check.
+        if p.rules.iter().any(|x| x.matches_http(Action::Deny, r)) && !each(p) {
+            return;
+        }
+    }
 }
 
 /// Istio authz: any matching DENY denies; then, if an ALLOW applies, one must match. AUDIT

@@ -19,5 +19,5 @@ mod eval;
 mod normalize;
 
 pub use crate::model::l7::{HttpCondition, HttpOperation, PathMatch};
-pub use eval::{HttpDecision, HttpFacts, audited, evaluate_conn, evaluate_http};
+pub use eval::{HttpDecision, HttpFacts, audited, custom_matches, evaluate_conn, evaluate_http};
 pub use normalize::{PathNormalization, normalize_path};

@@ -61,21 +61,16 @@ impl AuthorizationPolicySpec {
             None | Some("ALLOW") => Action::Allow,
             Some("DENY") => Action::Deny,
             Some("AUDIT") => Action::Audit,
-            Some(other @ "CUSTOM") => {
-                errs.push(FieldError {
-                    field: "spec.action".into(),
-                    reason: format!("{other} is not supported by this data plane"),
-                });
-                Action::Deny
-            }
+            Some("CUSTOM") => Action::Custom,
             Some(other) => {
                 errs.push(FieldError {
                     field: "spec.action".into(),
-                    reason: format!("{other:?} is not ALLOW or DENY"),
+                    reason: format!("{other:?} is not ALLOW, DENY, AUDIT or CUSTOM"),
                 });
                 Action::Deny
             }
         };
+        let provider = self.provider(action, &mut errs);
         let scope = scope(
             self.selector.as_ref(),
             self.target_refs.iter().chain(self.target_ref.as_ref()),
@@ -96,7 +91,31 @@ impl AuthorizationPolicySpec {
             scope,
             action,
             rules,
+            provider,
         })
+    }
+
+    /// `provider.name`: required with `CUSTOM` (Istio: "provider must be set for CUSTOM
+    /// action"), refused with any other action.
+    fn provider(&self, action: Action, errs: &mut Vec<FieldError>) -> Option<String> {
+        match (action, &self.provider) {
+            (Action::Custom, Some(p)) if !p.name.is_empty() => Some(p.name.clone()),
+            (Action::Custom, _) => {
+                errs.push(FieldError {
+                    field: "spec.provider.name".into(),
+                    reason: "a CUSTOM policy needs the name of an extension provider".into(),
+                });
+                None
+            }
+            (_, Some(_)) => {
+                errs.push(FieldError {
+                    field: "spec.provider".into(),
+                    reason: "only a CUSTOM policy has a provider".into(),
+                });
+                None
+            }
+            (_, None) => None,
+        }
     }
 }
 

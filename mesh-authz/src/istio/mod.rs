@@ -1,8 +1,9 @@
 //! Istio's `AuthorizationPolicy` spec (security.istio.io/v1) as users write it, and its
 //! validation into the crate's own [`Policy`](crate::Policy) model.
 //!
-//! Unknown fields are errors; fields this data plane does not implement (`action: CUSTOM`,
-//! `provider`) are rejected by name; `AUDIT` marks requests at waypoints; `targetRefs` make a
+//! Unknown fields are errors; `CUSTOM` policies name their external authorizer in
+//! `provider.name` (checked against the mesh's `extensionProviders` by the data plane);
+//! `AUDIT` marks requests at waypoints; `targetRefs` make a
 //! waypoint policy. HTTP-only fields are accepted and recorded: at L4 they follow Istio's
 //! ztunnel translation (an ALLOW rule using them never matches; a DENY rule is enforced
 //! without them, i.e. more broadly).
@@ -18,6 +19,6 @@ pub(crate) mod spec;
 pub use crate::error::FieldError;
 pub use convert::{L4_WHEN_KEYS, parse_cidr};
 pub use spec::{
-    AuthorizationPolicySpec, ConditionSpec, FromSpec, OperationSpec, RuleSpec, SourceSpec,
-    TargetRefSpec, ToSpec, WorkloadSelector,
+    AuthorizationPolicySpec, ConditionSpec, FromSpec, OperationSpec, ProviderSpec, RuleSpec,
+    SourceSpec, TargetRefSpec, ToSpec, WorkloadSelector,
 };

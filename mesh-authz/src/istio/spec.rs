@@ -13,9 +13,12 @@ pub struct AuthorizationPolicySpec {
     /// Workload selector; absent means namespace (or mesh, in the root namespace) scope.
     #[serde(default)]
     pub selector: Option<WorkloadSelector>,
-    /// `ALLOW` (default) or `DENY`.
+    /// `ALLOW` (default), `DENY`, `AUDIT` or `CUSTOM`.
     #[serde(default)]
     pub action: Option<String>,
+    /// The external authorizer of a `CUSTOM` policy (a mesh `extensionProviders` name).
+    #[serde(default)]
+    pub provider: Option<ProviderSpec>,
     /// Rules; absent or empty matches nothing.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
@@ -25,6 +28,14 @@ pub struct AuthorizationPolicySpec {
     /// The single-target form of `targetRefs`.
     #[serde(default)]
     pub target_ref: Option<TargetRefSpec>,
+}
+
+/// `provider` of a `CUSTOM` policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// The name of one of the mesh's `extensionProviders`.
+    pub name: String,
 }
 
 /// `targetRefs[]`.

@@ -32,6 +32,10 @@ pub enum Action {
     /// Mark matching requests as audited in the access log; never changes a decision
     /// (enforced at waypoints; ztunnels skip it, as L4 has no audit logging in Istio).
     Audit,
+    /// Ask the external authorizer named by [`Policy::provider`] about matching requests;
+    /// evaluated before DENY and ALLOW, at L7 only (Istio: CUSTOM needs a proxy that sees
+    /// requests; ztunnels skip it). Never counts as an ALLOW policy.
+    Custom,
 }
 
 /// Which workloads a policy applies to.
@@ -186,6 +190,9 @@ pub struct Policy {
     pub action: Action,
     /// Rules; empty matches nothing.
     pub rules: Vec<Rule>,
+    /// `provider.name` of a [`Action::Custom`] policy; `None` for the other actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// The L4 facts of one connection.
@@ -340,9 +347,10 @@ impl Policy {
             .applies_to(&self.namespace, root_namespace, namespace, labels)
     }
 
-    /// Whether any rule uses HTTP-only fields (paths, methods, request principals, …).
+    /// Whether any rule uses HTTP-only fields (paths, methods, request principals, …), or the
+    /// policy is `CUSTOM` (only a proxy that sees requests can ask the authorizer).
     pub fn uses_http(&self) -> bool {
-        self.rules.iter().any(|r| !r.http_only.is_empty())
+        self.action == Action::Custom || self.rules.iter().any(|r| !r.http_only.is_empty())
     }
 }
 

@@ -30,6 +30,7 @@ pub(super) fn deny_all(name: &str, a: &sec::Authorization) -> Policy {
         },
         action: Action::Deny,
         rules: vec![Rule::default()],
+        provider: None,
     }
 }
 

@@ -258,6 +258,7 @@ impl XdsStore {
             scope,
             action,
             rules,
+            provider: None,
         })
     }
 }
