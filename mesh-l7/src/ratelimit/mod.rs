@@ -1,0 +1,26 @@
+//! Rate limiting as Istio users configure it: a restricted `EnvoyFilter` ([`spec`]) with the
+//! shapes of Istio's task "Enabling Rate Limits using Envoy" — Envoy's local rate limit
+//! (`envoy.filters.http.local_ratelimit`, per proxy, per route, per client with descriptors),
+//! the global one (`envoy.filters.http.ratelimit` asking a RateLimitService), and connection
+//! limits (`envoy.filters.network.local_ratelimit`). [`RateLimitRules::compile`] checks a
+//! spec (every field it does not implement rejected by name); [`RateLimitPolicy::build`] makes
+//! one proxy's policy, whose buckets live as long as it; [`RateLimitPolicy::decide`] decides
+//! per request, sans-IO. The token bucket itself is [`crate::resilience::ratelimit`].
+
+mod compile;
+mod descriptor;
+pub mod envoy;
+mod fields;
+mod policy;
+pub mod spec;
+
+pub use compile::{Context, RateLimitRules};
+pub use descriptor::{Descriptor, RequestView};
+pub use policy::{
+    ConnectionLimit, Fraction, GlobalFilter, LocalOutcome, RateLimitPolicy, Verdict, VhostFacts,
+    x_ratelimit_headers,
+};
+pub use spec::EnvoyFilterSpec;
+
+#[cfg(test)]
+mod tests;
