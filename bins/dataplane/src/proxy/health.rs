@@ -1,0 +1,340 @@
+//! Proxy-wide endpoint health and connection-pool counters ([`Health`]), shared by every
+//! connection and request of the proxy and kept across config swaps: per destination host
+//! with a `DestinationRule` `outlierDetection` or `connectionPool`, the outlier state of its
+//! endpoints (`mesh_l7::resilience::outlier`, sans-IO) and its admission counters
+//! (`mesh_l7::resilience::pool`).
+//!
+//! The API the data paths use:
+//! - endpoint choice skips `ctx.health.is_ejected(host, addr, now)` (or filters with
+//!   [`HostHealth::ejected`]), L4 and L7 alike;
+//! - every attempt reports its outcome: `ctx.health.report(host, addr, outcome, now)`;
+//! - connections and requests take a [`Permit`] with [`HostHealth::admit`] (overflow: refuse
+//!   with `UO`), and retries (engineer A's layer) ask [`Health::admit_retry`].
+//!
+//! Bounds: hosts are only those a config's `DestinationRule`s name, endpoints only those the
+//! config lists for them (at most [`MAX_ENDPOINTS`] per host); [`Health::sync`] at each config
+//! swap drops hosts and endpoints that left. Traffic never adds an entry. Locks: one mutex per
+//! host's outlier state, never held across an await; the host map is an `ArcSwap`.
+
+// Parts of the API are used by the data paths as they are wired (L4, L7, retries).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use mesh_l7::resilience::outlier::{Event, Outcome, OutlierCluster};
+use mesh_l7::resilience::pool::{HostPolicy, Kind, Permit, PoolCounters, PoolPolicy};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::config::MeshState;
+
+/// Most endpoints tracked per host.
+pub(crate) const MAX_ENDPOINTS: usize = 65_536;
+
+/// One destination host's policy, outlier state and counters.
+pub(crate) struct HostHealth {
+    host: String,
+    policy: HostPolicy,
+    /// Shared with the entry of the previous config (state survives swaps).
+    outlier: Option<Arc<Mutex<OutlierCluster>>>,
+    counters: Arc<PoolCounters>,
+    ejections: Arc<AtomicU64>,
+    retries: Arc<AtomicU64>,
+}
+
+/// Why a connection or request was not admitted: a pool limit overflowed (`UO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection pool overflow ({0:?}) for the destination")]
+pub(crate) struct Overflow(pub(crate) Kind);
+
+impl HostHealth {
+    /// The compiled policy.
+    pub(crate) fn policy(&self) -> &HostPolicy {
+        &self.policy
+    }
+
+    /// The connection pool policy, when set.
+    pub(crate) fn pool(&self) -> Option<&PoolPolicy> {
+        self.policy.pool.as_ref()
+    }
+
+    fn cluster(&self) -> Option<std::sync::MutexGuard<'_, OutlierCluster>> {
+        let c = self.outlier.as_ref()?;
+        Some(c.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether `addr` is ejected now (and outlier detection applies: not in panic mode).
+    pub(crate) fn is_ejected(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.cluster().is_some_and(|c| c.is_ejected(addr, now))
+    }
+
+    /// The endpoints to skip now (empty without outlier detection or in panic mode).
+    pub(crate) fn ejected(&self, now: Instant) -> Vec<SocketAddr> {
+        self.cluster().map(|c| c.ejected(now)).unwrap_or_default()
+    }
+
+    /// Records an attempt's outcome; an ejection is logged and counted.
+    pub(crate) fn report(&self, addr: SocketAddr, outcome: Outcome, now: Instant) {
+        let Some(mut c) = self.cluster() else { return };
+        let event = c.report(addr, outcome, now);
+        drop(c);
+        if let Event::Ejected(d) = event {
+            self.ejections.fetch_add(1, Ordering::Relaxed);
+            warn!(host = %self.host, endpoint = %addr, ejected_for = ?d, "outlier detection: endpoint ejected");
+        }
+    }
+
+    /// Admits one more `kind` under the pool's limit (no pool: always, without a permit).
+    pub(crate) fn admit(&self, kind: Kind) -> Result<Option<Permit>, Overflow> {
+        let Some(p) = &self.policy.pool else {
+            return Ok(None);
+        };
+        match self.counters.try_acquire(p, kind) {
+            Some(permit) => Ok(Some(permit)),
+            None => Err(Overflow(kind)),
+        }
+    }
+
+    /// The counters (for tests and the admin view).
+    pub(crate) fn counters(&self) -> &PoolCounters {
+        &self.counters
+    }
+
+    /// Ejections so far.
+    pub(crate) fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Counts an L4 connect retry.
+    pub(crate) fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// L4 connect retries so far.
+    pub(crate) fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
+/// Endpoint health and pool counters of the whole proxy.
+#[derive(Default)]
+pub(crate) struct Health {
+    hosts: ArcSwap<HashMap<String, Arc<HostHealth>>>,
+}
+
+impl Health {
+    /// The entry of `host` (lower case), when its `DestinationRule` sets outlier detection
+    /// or a connection pool. Lock-free.
+    pub(crate) fn host(&self, host: &str) -> Option<Arc<HostHealth>> {
+        let hosts = self.hosts.load();
+        if hosts.is_empty() {
+            return None;
+        }
+        hosts.get(host).cloned()
+    }
+
+    /// Whether `addr` of `host` is ejected now.
+    pub(crate) fn is_ejected(&self, host: &str, addr: SocketAddr, now: Instant) -> bool {
+        self.host(host).is_some_and(|h| h.is_ejected(addr, now))
+    }
+
+    /// Records an attempt's outcome on `addr` of `host`.
+    pub(crate) fn report(&self, host: &str, addr: SocketAddr, outcome: Outcome, now: Instant) {
+        if let Some(h) = self.host(host) {
+            h.report(addr, outcome, now);
+        }
+    }
+
+    /// For the retry layer: admits one retry to `host` under `connectionPool.http.maxRetries`
+    /// (`Ok(None)`: no limit configured). Hold the permit for the retry's life.
+    pub(crate) fn admit_retry(&self, host: &str) -> Result<Option<Permit>, Overflow> {
+        match self.host(host) {
+            Some(h) => h.admit(Kind::Retry),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes a new config: one entry per host whose `DestinationRule` sets either policy,
+    /// tracking the host's current endpoints; state and counters of hosts and endpoints that
+    /// stay are kept, the others dropped.
+    pub(crate) fn sync(&self, state: &MeshState) {
+        let old = self.hosts.load_full();
+        let mut next = HashMap::new();
+        for (host, policy) in &state.host_policies {
+            let addrs = endpoints_of(state, host);
+            let prev = old.get(host);
+            let outlier =
+                policy
+                    .outlier
+                    .clone()
+                    .map(|p| match prev.and_then(|h| h.outlier.clone()) {
+                        Some(c) => {
+                            c.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .sync(p, addrs.iter().copied());
+                            c
+                        }
+                        None => Arc::new(Mutex::new(OutlierCluster::new(p, addrs.iter().copied()))),
+                    });
+            next.insert(
+                host.clone(),
+                Arc::new(HostHealth {
+                    host: host.clone(),
+                    policy: (**policy).clone(),
+                    outlier,
+                    counters: prev.map(|h| h.counters.clone()).unwrap_or_default(),
+                    ejections: prev.map(|h| h.ejections.clone()).unwrap_or_default(),
+                    retries: prev.map(|h| h.retries.clone()).unwrap_or_default(),
+                }),
+            );
+        }
+        self.hosts.store(Arc::new(next));
+    }
+}
+
+/// Every endpoint address of `host` (all its ports), at most [`MAX_ENDPOINTS`].
+fn endpoints_of(state: &MeshState, host: &str) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for sp in state.by_host.get(host).into_iter().flat_map(|p| p.values()) {
+        for ep in &sp.endpoints {
+            out.push(SocketAddr::new(ep.workload.address, ep.port));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out.truncate(MAX_ENDPOINTS);
+    out
+}
+
+impl Health {
+    /// The entry of a destination service: the first of its hosts with a policy.
+    pub(crate) fn for_service(&self, s: &crate::config::Service) -> Option<Arc<HostHealth>> {
+        if self.hosts.load().is_empty() {
+            return None;
+        }
+        s.hosts.iter().find_map(|h| self.host(h))
+    }
+}
+
+/// Picks an endpoint of `set` that is not ejected (the set's own balancing; a few draws, as
+/// Envoy's load balancers retry host selection): `None` when every draw hit an ejected one.
+pub(crate) fn choose<'a>(
+    set: &'a crate::config::EndpointSet,
+    health: Option<&HostHealth>,
+    now: Instant,
+) -> Option<(&'a crate::config::Endpoint, impl Sized + 'a)> {
+    let Some(h) = health.filter(|h| h.outlier.is_some()) else {
+        return set.choose();
+    };
+    let ejected = h.ejected(now);
+    if ejected.is_empty() {
+        return set.choose();
+    }
+    // Round robin reaches every endpoint within len() draws; random ones nearly so.
+    for _ in 0..set.endpoints.len().saturating_mul(2).max(1) {
+        let (ep, f) = set.choose()?;
+        if !ejected.contains(&SocketAddr::new(ep.workload.address, ep.port)) {
+            return Some((ep, f));
+        }
+    }
+    None
+}
+
+/// The error text of [`admit_connect`]'s overflow (`UO`).
+pub(crate) const OVERFLOW: &str = "connection pool overflow";
+
+/// Admits a new upstream connection under `health`'s pool: a pending-request slot while it is
+/// made (`http1MaxPendingRequests`) and a connection slot for its life (`maxConnections`).
+pub(crate) fn admit_connect(
+    health: Option<&HostHealth>,
+) -> Result<(Option<Permit>, Option<Permit>), String> {
+    let Some(h) = health else {
+        return Ok((None, None));
+    };
+    let pending = h.admit(Kind::Pending).map_err(|_| OVERFLOW.to_owned())?;
+    let conn = h.admit(Kind::Connection).map_err(|_| OVERFLOW.to_owned())?;
+    Ok((pending, conn))
+}
+
+/// The outcome of an L7 response for outlier detection: the proxy's own failures by their
+/// flags (local origin), else the upstream's status.
+pub(crate) fn outcome_of<B>(resp: &http::Response<B>) -> Outcome {
+    use mesh_telemetry::metrics::ResponseFlags as F;
+    let flags = resp
+        .extensions()
+        .get::<mesh_l7::layer::Meta>()
+        .map_or(F::None, |m| m.flags);
+    match flags {
+        F::UpstreamConnectionFailure => Outcome::ConnectFailure,
+        F::UpstreamRemoteReset | F::UpstreamConnectionTermination => Outcome::Reset,
+        F::UpstreamRequestTimeout => Outcome::Timeout,
+        _ if resp.status().is_server_error() => Outcome::Status(resp.status().as_u16()),
+        _ => Outcome::Success,
+    }
+}
+
+/// Runs a connection's byte copy `fut` under the pool's `maxConnectionDuration` and TCP
+/// `idleTimeout`; `activity` returns the bytes moved so far (both ways). `None`: a limit
+/// closed the connection (idle: no byte for a whole `idleTimeout`, checked once per period,
+/// so it closes between one and two periods after the last byte).
+pub(crate) async fn bounded<F: std::future::Future>(
+    fut: F,
+    pool: Option<&PoolPolicy>,
+    activity: impl Fn() -> (u64, u64),
+) -> Option<F::Output> {
+    let (max, idle) = pool.map_or((None, None), |p| {
+        (p.max_connection_duration, p.tcp_idle_timeout)
+    });
+    if max.is_none() && idle.is_none() {
+        return Some(fut.await);
+    }
+    let deadline = max.map(|d| Instant::now() + d);
+    tokio::pin!(fut);
+    let mut last = activity();
+    loop {
+        let tick = idle.map(|i| Instant::now() + i);
+        // At least one is set (checked above).
+        let Some(wake) = [deadline, tick].into_iter().flatten().min() else {
+            return Some(fut.await);
+        };
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep_until(wake) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return None;
+                }
+                let now = activity();
+                if now == last {
+                    return None;
+                }
+                last = now;
+            }
+        }
+    }
+}
+
+/// The next endpoint of `sp` to try after a connect failure (L4): not tried yet, not
+/// ejected, in the mesh (an HBONE address).
+pub(crate) fn next_endpoint(
+    sp: &crate::config::ServicePort,
+    tried: &[SocketAddr],
+    health: Option<&HostHealth>,
+    now: Instant,
+) -> Option<crate::config::Endpoint> {
+    sp.endpoints
+        .iter()
+        .filter(|e| e.workload.hbone_addr.is_some())
+        .find(|e| {
+            let a = SocketAddr::new(e.workload.address, e.port);
+            !tried.contains(&a) && !health.is_some_and(|h| h.is_ejected(a, now))
+        })
+        .cloned()
+}
+
+/// Connect attempts after the first one at L4 (Envoy's tcp_proxy `max_connect_attempts`
+/// minus one): bounded, each under the connect timeout.
+pub(crate) const L4_CONNECT_RETRIES: usize = 2;
