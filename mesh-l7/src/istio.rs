@@ -55,21 +55,24 @@ pub struct HttpRouteSpec {
     /// Header manipulation for every destination.
     #[serde(default)]
     pub headers: Option<HeadersSpec>,
-    /// Request timeout (kept; enforced with retries in a later release).
+    /// Request timeout (`0s`: none, Istio's default): 504 `UT` past it.
     #[serde(default)]
     pub timeout: Option<String>,
-    /// Not supported yet.
+    /// Retry policy (none: the mesh's default).
     #[serde(default)]
-    pub retries: Option<serde::de::IgnoredAny>,
-    /// Not supported yet.
+    pub retries: Option<crate::resilience::retry::RetrySpec>,
+    /// Fault injection (delay, abort).
     #[serde(default)]
-    pub fault: Option<serde::de::IgnoredAny>,
-    /// Not supported yet.
+    pub fault: Option<crate::resilience::fault::FaultSpec>,
+    /// Copies of the requests go there too (fire and forget).
     #[serde(default)]
-    pub mirror: Option<serde::de::IgnoredAny>,
-    /// Not supported yet.
+    pub mirror: Option<DestinationSpec>,
+    /// Share of requests `mirror` takes (none: all).
     #[serde(default)]
-    pub mirror_percentage: Option<serde::de::IgnoredAny>,
+    pub mirror_percentage: Option<crate::resilience::fault::PercentSpec>,
+    /// Several mirrors, each with its share (instead of `mirror`).
+    #[serde(default)]
+    pub mirrors: Vec<crate::resilience::mirror::MirrorSpec>,
     /// Not supported.
     #[serde(default)]
     pub cors_policy: Option<serde::de::IgnoredAny>,
@@ -301,12 +304,12 @@ pub struct TrafficPolicySpec {
     /// Load balancing.
     #[serde(default)]
     pub load_balancer: Option<LoadBalancerSpec>,
-    /// Not supported yet.
+    /// Connection pool limits and timeouts (circuit breaking).
     #[serde(default)]
-    pub connection_pool: Option<serde::de::IgnoredAny>,
-    /// Not supported yet.
+    pub connection_pool: Option<crate::resilience::pool::ConnectionPoolSpec>,
+    /// Passive health checking: ejection of failing endpoints.
     #[serde(default)]
-    pub outlier_detection: Option<serde::de::IgnoredAny>,
+    pub outlier_detection: Option<crate::resilience::outlier::OutlierDetectionSpec>,
     /// Not supported: mesh traffic is always HBONE mTLS.
     #[serde(default)]
     pub tls: Option<serde::de::IgnoredAny>,
@@ -328,13 +331,16 @@ pub struct LoadBalancerSpec {
     /// `ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM` (`UNSPECIFIED`: the default).
     #[serde(default)]
     pub simple: Option<String>,
-    /// Not supported yet.
+    /// Consistent hashing.
     #[serde(default)]
-    pub consistent_hash: Option<serde::de::IgnoredAny>,
-    /// Not supported yet.
+    pub consistent_hash: Option<crate::balance::spec::ConsistentHashSpec>,
+    /// Locality balancing and failover.
     #[serde(default)]
-    pub locality_lb_setting: Option<serde::de::IgnoredAny>,
-    /// Not supported yet.
+    pub locality_lb_setting: Option<crate::balance::spec::LocalityLbSettingSpec>,
+    /// Slow start (Istio 1.24+).
     #[serde(default)]
-    pub warmup: Option<serde::de::IgnoredAny>,
+    pub warmup: Option<crate::balance::spec::WarmupSpec>,
+    /// Slow start window (a duration), the older form of `warmup`.
+    #[serde(default)]
+    pub warmup_duration_secs: Option<String>,
 }

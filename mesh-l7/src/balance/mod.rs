@@ -7,8 +7,18 @@ use crate::istio::{DestinationRuleSpec, TrafficPolicySpec};
 use mesh_authz::istio::FieldError;
 
 mod choose;
+pub mod ewma;
+pub mod hash;
+pub mod locality;
+pub mod pick;
+mod policy;
+pub mod spec;
+pub mod warmup;
+#[cfg(test)]
+mod choice_tests;
 
 pub use self::choose::choose;
+pub use self::policy::Balancing;
 
 /// Istio's `loadBalancer.simple`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,6 +30,9 @@ pub enum LoadBalancer {
     RoundRobin,
     /// Uniformly at random.
     Random,
+    /// Cheaper of two random endpoints by peak EWMA latency times requests in flight
+    /// (linkerd2-proxy's balancer; no Istio `simple` value names it).
+    PeakEwma,
 }
 
 /// A named subset.
@@ -31,6 +44,8 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     /// Its balancing.
     pub lb: LoadBalancer,
+    /// Its hashing, locality and warmup.
+    pub balancing: Balancing,
 }
 
 /// A compiled `DestinationRule`.
@@ -42,6 +57,10 @@ pub struct DestinationPolicy {
     pub lb: LoadBalancer,
     /// Subsets.
     pub subsets: Vec<Subset>,
+    /// Hashing, locality and warmup for the host.
+    pub balancing: Balancing,
+    /// Outlier detection and connection pool of the host.
+    pub health: crate::resilience::pool::HostPolicy,
 }
 
 fn lb(
@@ -59,8 +78,6 @@ fn lb(
             });
         }
     };
-    unsupported(tp.connection_pool.is_some(), "connectionPool");
-    unsupported(tp.outlier_detection.is_some(), "outlierDetection");
     unsupported(tp.tls.is_some(), "tls");
     unsupported(tp.port_level_settings.is_some(), "portLevelSettings");
     unsupported(tp.tunnel.is_some(), "tunnel");
@@ -68,12 +85,6 @@ fn lb(
     let Some(l) = &tp.load_balancer else {
         return default;
     };
-    unsupported(l.consistent_hash.is_some(), "loadBalancer.consistentHash");
-    unsupported(
-        l.locality_lb_setting.is_some(),
-        "loadBalancer.localityLbSetting",
-    );
-    unsupported(l.warmup.is_some(), "loadBalancer.warmup");
     match l.simple.as_deref() {
         None | Some("UNSPECIFIED") => default,
         Some("LEAST_REQUEST") | Some("LEAST_CONN") => LoadBalancer::LeastRequest,
@@ -111,6 +122,21 @@ impl DestinationPolicy {
             LoadBalancer::default(),
             &mut errs,
         );
+        let health = crate::resilience::pool::HostPolicy::compile(spec, &mut errs);
+        let balancing =
+            |tp: Option<&TrafficPolicySpec>, f: &str, lb, errs: &mut Vec<FieldError>| {
+                let explicit = tp
+                    .and_then(|t| t.load_balancer.as_ref())
+                    .is_some_and(|l| l.simple.is_some());
+                tp.and_then(|tp| policy::balancing(tp, f, lb, explicit, errs))
+            };
+        let host_balancing = balancing(
+            spec.traffic_policy.as_ref(),
+            "spec.trafficPolicy",
+            host_lb,
+            &mut errs,
+        )
+        .unwrap_or_default();
         let mut subsets: Vec<Subset> = Vec::new();
         for (i, s) in spec.subsets.iter().enumerate() {
             if subsets.iter().any(|x| x.name == s.name) {
@@ -119,15 +145,19 @@ impl DestinationPolicy {
                     reason: format!("duplicate subset {:?}", s.name),
                 });
             }
+            let field = format!("spec.subsets[{i}].trafficPolicy");
+            let sub_lb = lb(s.traffic_policy.as_ref(), &field, host_lb, &mut errs);
+            // Istio: a subset's `loadBalancer` replaces the host's whole.
+            let sub_tp = s
+                .traffic_policy
+                .as_ref()
+                .filter(|t| t.load_balancer.is_some());
             subsets.push(Subset {
                 name: s.name.clone(),
                 labels: s.labels.clone(),
-                lb: lb(
-                    s.traffic_policy.as_ref(),
-                    &format!("spec.subsets[{i}].trafficPolicy"),
-                    host_lb,
-                    &mut errs,
-                ),
+                lb: sub_lb,
+                balancing: balancing(sub_tp, &field, sub_lb, &mut errs)
+                    .unwrap_or_else(|| host_balancing.clone()),
             });
         }
         if errs.is_empty() {
@@ -135,6 +165,8 @@ impl DestinationPolicy {
                 host: spec.host.to_ascii_lowercase(),
                 lb: host_lb,
                 subsets,
+                balancing: host_balancing,
+                health,
             })
         } else {
             Err(errs)
@@ -164,7 +196,7 @@ mod tests {
         );
         assert_eq!(p.subsets[1].lb, LoadBalancer::Random);
         let bad: DestinationRuleSpec = serde_json::from_str(
-            r#"{"host": "h", "trafficPolicy": {"loadBalancer": {"simple": "MAGLEV"}, "outlierDetection": {}}}"#,
+            r#"{"host": "h", "trafficPolicy": {"loadBalancer": {"simple": "MAGLEV"}, "tls": {}}}"#,
         )
         .unwrap();
         let e = DestinationPolicy::compile(&bad).unwrap_err();
@@ -172,7 +204,7 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "spec.trafficPolicy.outlierDetection",
+                "spec.trafficPolicy.tls",
                 "spec.trafficPolicy.loadBalancer.simple"
             ]
         );

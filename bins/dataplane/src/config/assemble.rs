@@ -47,11 +47,13 @@ pub(super) fn assemble(
         &res.policies,
         |p| p.spec.to_policy(&p.namespace, &p.name, &root),
     ));
+    state.ext_authz = Arc::new(super::ext_authz::index_resources(v, res, &policies));
     index_policies(state, policies, &src.assigned);
     index_peer_authn(v, state, res);
     state.waypoints_of = state::waypoints_of(&state.workloads, &state.service_ports);
     index_waypoint_policies(state);
     index_request_authn(v, state, res);
+    state.rate_limits = Arc::new(super::ratelimits::index(v, state, res));
     if src.l7 {
         index_l7(v, state, res);
     }
@@ -183,6 +185,11 @@ fn index_l7(v: &mut Validator, state: &mut MeshState, res: &Resources) {
         routes::compile_destination_rules(v, &res.destination_rules, &state.by_host);
     state.routes = routes::compile_routes(v, res, &state.by_host, &destination_policies);
     state.endpoint_sets = state::endpoint_sets(&state.service_ports, &destination_policies);
+    state.host_policies = destination_policies
+        .iter()
+        .filter(|(_, p)| p.health != mesh_l7::resilience::pool::HostPolicy::default())
+        .map(|(h, p)| (h.clone(), Arc::new(p.health.clone())))
+        .collect();
 }
 
 /// Validates each named security resource with `to_policy`; duplicates by namespace/name and

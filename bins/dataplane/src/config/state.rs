@@ -46,6 +46,8 @@ pub struct Workload {
     /// The waypoint traffic addressed to this workload directly goes through
     /// (`istio.io/use-waypoint`, for a waypoint serving workloads).
     pub waypoint: Option<Arc<Waypoint>>,
+    /// Where it runs (`region/zone/subzone`), for locality-aware balancing.
+    pub locality: Option<mesh_l7::balance::locality::Locality>,
 }
 
 /// What a waypoint serves (`istio.io/waypoint-for`).
@@ -176,6 +178,9 @@ pub struct Service {
     /// `Service/<namespace>/<name>`: the key of the `targetRefs` resources attached to it,
     /// built once.
     pub target_key: String,
+    /// Its routing preference (workload API `load_balancing`, Kubernetes
+    /// `trafficDistribution`), for locality-aware balancing at L4 and L7.
+    pub load_balancing: Option<mesh_l7::balance::locality::Placement>,
 }
 
 /// For each workload (`namespace/name`) with waypoints, the waypoints it accepts traffic from:
@@ -229,6 +234,10 @@ pub struct MeshState {
     pub cluster_id: String,
     /// Path normalization before L7 policy and routing.
     pub path_normalization: mesh_authz::http::PathNormalization,
+    /// The ext_authz providers `CUSTOM` policies name (`MeshConfig.extensionProviders`).
+    pub ext_authz: Arc<super::ext_authz::ExtAuthzProviders>,
+    /// `EnvoyFilter` rate limits by proxy.
+    pub rate_limits: Arc<super::ratelimits::RateLimits>,
     /// Waypoint policies (`targetRefs`) by target: `Service/<ns>/<name>` or
     /// `Gateway/<ns>/<name>`.
     pub waypoint_policies: HashMap<String, Vec<Arc<mesh_authz::Policy>>>,
@@ -247,6 +256,9 @@ pub struct MeshState {
     pub routes: HashMap<String, Arc<mesh_l7::RouteTable>>,
     /// Endpoint sets by (host, service port, subset name or ""), with their balancing.
     pub endpoint_sets: HashMap<(String, u16, String), Arc<EndpointSet>>,
+    /// `DestinationRule` outlier detection and connection pools by host (lower case), only
+    /// for hosts that set either.
+    pub host_policies: HashMap<String, Arc<mesh_l7::resilience::pool::HostPolicy>>,
     /// Waypoints by `namespace/name`.
     pub waypoints: HashMap<String, Arc<Waypoint>>,
     /// For each workload (`namespace/name`) with waypoints (its own, its services'), the only
@@ -282,6 +294,8 @@ impl MeshState {
             root_namespace: super::DEFAULT_ROOT_NAMESPACE.to_owned(),
             cluster_id: super::DEFAULT_CLUSTER_ID.to_owned(),
             path_normalization: mesh_authz::http::PathNormalization::default(),
+            ext_authz: Arc::default(),
+            rate_limits: Arc::default(),
             waypoint_policies: HashMap::new(),
             waypoint_authn: HashMap::new(),
             request_authns: Vec::new(),
@@ -289,6 +303,7 @@ impl MeshState {
             port_protocols: HashMap::new(),
             routes: HashMap::new(),
             endpoint_sets: HashMap::new(),
+            host_policies: HashMap::new(),
             waypoints: HashMap::new(),
             waypoints_of: HashMap::new(),
             policies: Arc::new(Vec::new()),

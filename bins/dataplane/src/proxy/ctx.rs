@@ -36,6 +36,16 @@ pub(crate) struct Ctx {
     pub(crate) netns: arc_swap::ArcSwap<HashMap<std::path::PathBuf, Arc<crate::sockets::Netns>>>,
     /// This proxy's own listening addresses: never a destination of the data path.
     pub(crate) own: own::OwnAddrs,
+    /// Per-endpoint balancing state (first seen, requests in flight, latency) kept across
+    /// config swaps; binds each new state's endpoint sets to this proxy.
+    pub(crate) endpoints: crate::config::EndpointRegistry,
+    /// The ext_authz gRPC channels (`action: CUSTOM`), shared by all streams.
+    pub(crate) ext_authz: super::ext_authz::Clients,
+    /// The global rate limit service channels, shared by all streams.
+    pub(crate) rate_limit: super::ratelimit_client::Clients,
+    /// Endpoint health (outlier detection) and connection-pool counters per destination
+    /// host, shared by all connections and kept across config swaps.
+    pub(crate) health: Arc<super::health::Health>,
 }
 
 impl Ctx {

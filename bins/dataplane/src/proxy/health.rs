@@ -16,9 +16,6 @@
 //! swap drops hosts and endpoints that left. Traffic never adds an entry. Locks: one mutex per
 //! host's outlier state, never held across an await; the host map is an `ArcSwap`.
 
-// Parts of the API are used by the data paths as they are wired (L4, L7, retries).
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_hbone::headers::{Baggage, ConnectHeaders};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -14,6 +13,7 @@ use tracing::{debug, warn};
 use mesh_telemetry::access::Outcome;
 use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
+use super::outbound_dial::{Dest, attempts};
 use super::route::{Route, route};
 use super::sniff::Sniffed;
 use super::{Ctx, observe};
@@ -59,17 +59,6 @@ pub(super) async fn captured(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
 async fn reply(tcp: &mut TcpStream, socks: bool, r: Reply) {
     if socks {
         let _ = socks5::send_reply(tcp, r).await;
-    }
-}
-
-fn baggage(w: &Workload) -> Baggage {
-    Baggage {
-        cluster: None,
-        namespace: Some(w.namespace.clone()),
-        workload_kind: Some("workloadentry".into()),
-        workload_name: Some(w.name.clone()),
-        service_name: Some(w.canonical_service().to_owned()),
-        service_version: Some(w.canonical_revision().to_owned()),
     }
 }
 
@@ -227,20 +216,6 @@ async fn l4(
     }
 }
 
-/// Where an outbound HBONE tunnel goes: a workload's node, or a waypoint.
-struct Dest {
-    /// The identity the HBONE server must present.
-    identity: mesh_identity::SpiffeId,
-    hbone_addr: SocketAddr,
-    /// The CONNECT authority.
-    authority: SocketAddr,
-    /// The destination workload, when known here.
-    workload: Option<Arc<Workload>>,
-    service: Option<Arc<crate::config::ServicePort>>,
-    /// Set when the tunnel goes to the destination's waypoint.
-    waypoint: Option<Arc<crate::config::Waypoint>>,
-}
-
 /// Carries one outbound connection through an HBONE tunnel to `dest`.
 #[allow(clippy::too_many_arguments)]
 async fn tunnel(
@@ -258,6 +233,12 @@ async fn tunnel(
         .service
         .as_ref()
         .and_then(|s| s.service.hosts.first().cloned());
+    // Boxed: the dial's state (labels, certificate lookup, the pool's handshake) is large and
+    // short-lived; inline it would stay in every tunnel's task for the tunnel's whole life
+    // (idle-tunnel memory). It may move `dest` to another endpoint (connect retries).
+    let mut dest = dest;
+    let dialed = Box::pin(attempts(ctx, src, &mut dest, host.as_ref(), peer)).await;
+    let dest = dest;
     let record = || {
         let mut rec = observe::record(
             "outbound",
@@ -273,14 +254,11 @@ async fn tunnel(
         rec.dst_service = host.as_deref();
         rec
     };
-    // Boxed: the dial's state (labels, certificate lookup, the pool's handshake) is large and
-    // short-lived; inline it would stay in every tunnel's task for the tunnel's whole life
-    // (idle-tunnel memory).
-    let (tunnel, rec) = match Box::pin(dial(ctx, src, &dest, host.as_ref(), peer)).await {
+    let (tunnel, rec, _pool_slot) = match dialed {
         Ok(x) => x,
-        Err((r, reason)) => {
-            observe::log_refusal(access, record(), &reason, start);
-            return reply(&mut tcp, socks, r).await;
+        Err(f) => {
+            observe::log_refusal(access, record(), &f.reason, start);
+            return reply(&mut tcp, socks, f.reply).await;
         }
     };
     reply(&mut tcp, socks, Reply::Success).await;
@@ -298,7 +276,17 @@ async fn tunnel(
         rec: &rec,
         reporter: Reporter::Source,
     };
-    let result = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter).await;
+    let copy = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter);
+    // connectionPool.tcp maxConnectionDuration / idleTimeout close the tunnel (cleanly).
+    let health = (dest.service.as_ref()).and_then(|sp| ctx.health.for_service(&sp.service));
+    let pool = health.as_deref().and_then(|h| h.pool());
+    let result = match super::health::bounded(copy, pool, || rec.totals()).await {
+        Some(r) => r.map(|_| ()),
+        None => {
+            debug!(dst.addr = %dest.authority, "tunnel closed by connectionPool.tcp duration or idle limit");
+            Ok(())
+        }
+    };
     if result.is_ok() {
         tcp.clean();
     }
@@ -323,78 +311,6 @@ async fn tunnel(
         }
         access.log(&rec);
     }
-}
-
-/// Opens the HBONE tunnel for one outbound connection and records it as opened; on failure
-/// records the refusal in the metrics and returns the SOCKS reply and the reason to log.
-async fn dial(
-    ctx: &Ctx,
-    src: &Workload,
-    dest: &Dest,
-    host: Option<&String>,
-    peer: SocketAddr,
-) -> Result<
-    (
-        mesh_hbone::H2Stream,
-        mesh_telemetry::metrics::ConnectionRecorder,
-    ),
-    (Reply, String),
-> {
-    let unknown;
-    let dst_labels = match &dest.workload {
-        Some(w) => &w.telemetry,
-        None => {
-            unknown = mesh_telemetry::metrics::PeerLabels::unknown();
-            &unknown
-        }
-    };
-    let labels = observe::labels(
-        Reporter::Source,
-        &src.telemetry,
-        dst_labels,
-        dest.service.as_ref().map(|s| &s.service.telemetry),
-        SecurityPolicy::MutualTls,
-    );
-    let headers = ConnectHeaders {
-        client: Some(peer),
-        host: host.cloned(),
-        baggage: baggage(src),
-        traceparent: None,
-    }
-    .to_header_map();
-    let to = super::connect::HboneTarget {
-        destination: &dest.identity,
-        hbone_addr: dest.hbone_addr,
-        authority: dest.authority,
-    };
-    let dialed =
-        super::connect::dial_hbone(ctx, &src.identity, to, headers, ctx.socket_source(src));
-    let e = match dialed.await {
-        Ok(t) => return Ok((t, ctx.telemetry.tcp.open(&labels))),
-        Err(e) => e,
-    };
-    let reply = match &e {
-        super::connect::DialError::NoCertificate(reason) => {
-            warn!(error = %reason, src.identity = %src.identity, "no certificate for source");
-            ctx.telemetry.tcp.refused(&labels, e.flags());
-            let reason = "no certificate for the source workload".into();
-            return Err((Reply::GeneralFailure, reason));
-        }
-        _ if e.unauthorized() => Reply::NotAllowed,
-        super::connect::DialError::Status(..) => Reply::ConnectionRefused,
-        super::connect::DialError::Unreachable(_) => Reply::HostUnreachable,
-    };
-    warn!(
-        error = %e.reason(),
-        src.workload = %src.key(),
-        dst.addr = %dest.authority,
-        dst.identity = %dest.identity,
-        hbone = %dest.hbone_addr,
-        waypoint = dest.waypoint.as_ref().map(|w| w.key()).as_deref().unwrap_or("-"),
-        "outbound HBONE failed"
-    );
-    ctx.telemetry.tcp.refused(&labels, e.flags());
-    Err((reply, e.reason().to_owned()))
 }
 
 /// Plain TCP to a workload outside the mesh (counted in metrics) or passthrough to an address

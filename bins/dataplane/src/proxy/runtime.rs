@@ -119,6 +119,10 @@ impl Proxy {
             server_tls: ArcSwap::from_pointee(HashMap::new()),
             upstreams: upstreams::Upstreams::default(),
             own: own::OwnAddrs::default(),
+            endpoints: crate::config::EndpointRegistry::default(),
+            ext_authz: Default::default(),
+            rate_limit: Default::default(),
+            health: Arc::default(),
         });
         let conn_permits = Arc::new(tokio::sync::Semaphore::new(proxy_max_connections(&ctx.cfg)));
         let proxy = Proxy {
@@ -212,8 +216,11 @@ impl Proxy {
         // Swap: from here on new connections see the new state.
         ctx.server_tls.store(Arc::new(server_tls));
         ctx.netns.store(Arc::new(namespaces));
+        // Endpoint choice: this proxy's locality layouts and the stats kept across swaps.
+        ctx.endpoints.bind(&state, &ctx.node_name);
         let old = ctx.state.swap(Arc::new(state));
         let state = ctx.state.load_full();
+        ctx.health.sync(&state);
         // Remote JWKS of the RequestAuthentications this proxy enforces.
         let role = &ctx.cfg.role;
         ctx.jwks

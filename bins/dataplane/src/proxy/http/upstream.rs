@@ -19,6 +19,7 @@ use crate::config::{ServicePort, Workload};
 use crate::proxy::hygiene::strip_hop_by_hop;
 use crate::proxy::profiles::Upstream;
 use crate::proxy::upstreams::{PoolFrom, SendError, Sender, send_pooled};
+use mesh_l7::resilience::pool::Kind;
 use mesh_telemetry::metrics::ResponseFlags;
 
 /// Sends a request where the stack decided.
@@ -72,11 +73,24 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
     let Some((dest, dest_service)) = found else {
         return unavailable("no such service\n", ResponseFlags::NoRoute);
     };
-    let Some((ep, _in_flight)) = dest.choose() else {
+    // Outlier detection and connection pool of the destination (engineer D).
+    let health = (dest_service.as_ref()).and_then(|d| s.ctx.health.for_service(&d.service));
+    let _request = match health.as_ref().map(|h| h.admit(Kind::Request)) {
+        Some(Err(_)) => return unavailable("upstream overflow\n", ResponseFlags::UpstreamOverflow),
+        Some(Ok(permit)) => permit,
+        None => None,
+    };
+    let now = tokio::time::Instant::now();
+    let Some((ep, _in_flight)) = crate::proxy::health::choose(&dest, health.as_deref(), now) else {
         return unavailable("no healthy upstream\n", ResponseFlags::NoHealthyUpstream);
     };
     let dst = Dst(ep.workload.clone(), dest_service);
-    let mut resp = send_mesh(s, sp, &ep.workload, ep.port, u.request).await;
+    let mut resp = send_mesh(s, sp, &ep.workload, ep.port, u.request, health.as_deref()).await;
+    if let Some(h) = &health {
+        let addr = SocketAddr::new(ep.workload.address, ep.port);
+        let outcome = crate::proxy::health::outcome_of(&resp);
+        h.report(addr, outcome, tokio::time::Instant::now());
+    }
     // Recorded once an endpoint was chosen, even if it then failed.
     resp.extensions_mut().insert(dst);
     resp
@@ -89,8 +103,10 @@ async fn send_mesh(
     workload: &Arc<Workload>,
     port: u16,
     mut req: Request<ReqBody>,
+    health: Option<&crate::proxy::health::HostHealth>,
 ) -> Response<RespBody> {
     strip_hop_by_hop(req.headers_mut());
+    let down = super::upgrade::prepare(&mut req);
     let Some(hbone_addr) = workload.hbone_addr else {
         return unavailable(
             "endpoint outside the mesh\n",
@@ -113,12 +129,18 @@ async fn send_mesh(
         req.headers_mut().remove(header::HOST);
     }
     let identity = &workload.identity;
-    let resp = send_pooled(&s.ctx.upstreams, pool_from(s), addr, req, || {
-        connect(s, identity, hbone_addr, addr, host)
+    let resp = send_pooled(&s.ctx.upstreams, pool_from(s), addr, req, || async move {
+        // A new connection: a pending request while it is made, then a connection slot
+        // for the connection's life (connectionPool limits).
+        let (_pending, conn) = crate::proxy::health::admit_connect(health)?;
+        connect(s, identity, hbone_addr, addr, host, conn).await
     })
     .await;
-    let mut resp = match resp {
+    let resp = match resp {
         Ok(resp) => resp.map(RespBody::Upstream),
+        Err(SendError::Connect(e)) if e == crate::proxy::health::OVERFLOW => {
+            unavailable("upstream overflow\n", ResponseFlags::UpstreamOverflow)
+        }
         Err(SendError::Connect(e)) => {
             warn!(upstream = %addr, error = %e, side = s.profile.name, "upstream connect failed: 503");
             unavailable(
@@ -134,6 +156,7 @@ async fn send_mesh(
             )
         }
     };
+    let mut resp = super::upgrade::finish(&s.ctx.telemetry.upgrades, down, resp);
     Meta::of(&mut resp).upstream = Some(addr);
     resp
 }
@@ -148,6 +171,7 @@ async fn forward_local(
 ) -> Response<RespBody> {
     let addr = SocketAddr::new(workload.address, port);
     strip_hop_by_hop(req.headers_mut());
+    let down = super::upgrade::prepare(&mut req);
     if s.h2 {
         // HTTP/2 requests carry the scheme and the authority (the evaluated one); h2 refuses
         // the origin form the path was put in.
@@ -167,12 +191,12 @@ async fn forward_local(
                 .await
                 .map_err(|e| e.reason)?;
         // Reset, not closed, if the connection fails (a request body cut mid-way).
-        handshake(crate::proxy::reset::ResetOnDrop::new(tcp), s.h2)
+        handshake(crate::proxy::reset::ResetOnDrop::new(tcp), s.h2, None)
             .await
             .map_err(|e| format!("handshake: {e}"))
     })
     .await;
-    let mut resp = match resp {
+    let resp = match resp {
         Ok(resp) => resp.map(RespBody::Upstream),
         Err(SendError::Connect(reason)) => {
             warn!(upstream = %addr, %reason, "application unreachable: 503");
@@ -189,6 +213,7 @@ async fn forward_local(
             )
         }
     };
+    let mut resp = super::upgrade::finish(&s.ctx.telemetry.upgrades, down, resp);
     Meta::of(&mut resp).upstream = Some(addr);
     resp.extensions_mut()
         .insert(Dst(workload.clone(), s.service.clone()));
@@ -202,6 +227,7 @@ async fn connect(
     hbone_addr: SocketAddr,
     addr: SocketAddr,
     host: &str,
+    permit: Option<mesh_l7::resilience::pool::Permit>,
 ) -> Result<Sender, String> {
     let headers = ConnectHeaders {
         client: s.client,
@@ -223,11 +249,17 @@ async fn connect(
         crate::proxy::connect::dial_hbone(&s.ctx, &s.profile.identity, to, headers, socket_source)
             .await
             .map_err(|e| e.reason().to_owned())?;
-    handshake(tunnel, s.h2).await.map_err(|e| e.to_string())
+    handshake(tunnel, s.h2, permit)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// An HTTP client connection (HTTP/2 prior knowledge or HTTP/1.1) on `io`, its driver spawned.
-async fn handshake<IO>(io: IO, h2: bool) -> hyper::Result<Sender>
+async fn handshake<IO>(
+    io: IO,
+    h2: bool,
+    permit: Option<mesh_l7::resilience::pool::Permit>,
+) -> hyper::Result<Sender>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -236,6 +268,7 @@ where
             .handshake(TokioIo::new(io))
             .await?;
         tokio::spawn(async move {
+            let _permit = permit; // the connection's pool slot, until it ends
             if let Err(e) = conn.await {
                 debug!(error = %e, "upstream HTTP/2 connection ended");
             }
@@ -244,7 +277,9 @@ where
     }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        let _permit = permit; // the connection's pool slot, until it ends
+        // With upgrades: a 101 to a WebSocket upgrade hands the connection to the copy.
+        if let Err(e) = conn.with_upgrades().await {
             debug!(error = %e, "upstream HTTP connection ended");
         }
     });
