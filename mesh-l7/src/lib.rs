@@ -29,10 +29,12 @@
 
 #![warn(missing_docs)]
 
-mod balance;
+pub mod balance;
 pub mod gateway;
 pub mod istio;
 pub mod layer;
+pub mod ratelimit;
+pub mod resilience;
 mod route;
 
 pub use balance::{DestinationPolicy, LoadBalancer, Subset, choose};

@@ -31,6 +31,7 @@ struct Rule<'a> {
     rewrite: Option<UrlRewriteParts>,
     destinations: Vec<Destination>,
     total: u32,
+    mirrors: Vec<crate::resilience::mirror::MirrorPolicy>,
 }
 
 /// A compiled `path` match: precedence rank, uri condition, the prefix it matched (for
@@ -107,6 +108,7 @@ fn rule<'a>(
         );
     }
     let (headers, rewrite) = filters(&spec.filters, &f, errs);
+    let mirrors = mirrors(&spec.filters, &f, backend, errs);
     let (destinations, total) = backends(spec, &f, backend, errs);
     Rule {
         i,
@@ -116,7 +118,23 @@ fn rule<'a>(
         rewrite,
         destinations,
         total,
+        mirrors,
     }
+}
+
+/// The rule's `RequestMirror` filters (at `f`), their backends resolved as its backendRefs.
+fn mirrors(
+    filters: &[FilterSpec],
+    f: &str,
+    backend: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Vec<FieldError>,
+) -> Vec<crate::resilience::mirror::MirrorPolicy> {
+    let mirror = |(j, fl): (usize, &FilterSpec), errs: &mut Vec<FieldError>| {
+        let m = fl.request_mirror.as_ref().filter(|_| fl.kind == "RequestMirror")?;
+        let dest = |bf: &str, errs: &mut Vec<FieldError>| destination(&m.backend_ref, bf, backend, errs);
+        crate::resilience::mirror::request_mirror(m, &format!("{f}.filters[{j}]"), dest, errs)
+    };
+    filters.iter().enumerate().filter_map(|x| mirror(x, errs)).collect()
 }
 
 /// The filters of the rule at `f`: header operations and the URL rewrite.
@@ -150,6 +168,11 @@ fn filters(
                     "responseHeaderModifier is required for this type",
                 ),
             },
+            "RequestMirror" => {
+                if fl.request_mirror.is_none() {
+                    err(errs, ff.clone(), "requestMirror is required for this type");
+                }
+            }
             "URLRewrite" => match &fl.url_rewrite {
                 Some(u) => rewrite = Some((u.hostname.clone(), u.path.clone())),
                 None => err(errs, ff.clone(), "urlRewrite is required for this type"),
@@ -306,7 +329,10 @@ fn match_route(
         },
         headers: rule.headers.clone(),
         timeout: None,
+        retries: crate::resilience::retry::RetrySetting::MeshDefault,
         uri_prefixes: vec![uri_prefix],
+        fault: None,
+        mirrors: rule.mirrors.clone(),
     };
     Some((key, route))
 }

@@ -129,9 +129,9 @@ pub struct FilterSpec {
     /// Not supported yet.
     #[serde(default)]
     pub request_redirect: Option<serde::de::IgnoredAny>,
-    /// Not supported yet.
+    /// Mirror requests to another backend.
     #[serde(default)]
-    pub request_mirror: Option<serde::de::IgnoredAny>,
+    pub request_mirror: Option<crate::resilience::mirror::RequestMirrorSpec>,
     /// Not supported.
     #[serde(default)]
     pub extension_ref: Option<serde::de::IgnoredAny>,
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn unsupported_filters_and_backends_are_named() {
         let spec: HttpRouteSpec = serde_json::from_str(
-            r#"{"parentRefs": [{"name": "web"}], "rules": [{"filters": [{"type": "RequestMirror", "requestMirror": {}}], "backendRefs": [{"name": "nope"}]}]}"#,
+            r#"{"parentRefs": [{"name": "web"}], "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {}}], "backendRefs": [{"name": "nope"}]}]}"#,
         )
         .unwrap();
         let e = RouteTable::from_http_route(&spec, "web.ns.svc", |n| {

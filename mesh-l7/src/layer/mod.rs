@@ -19,25 +19,37 @@
 pub mod attempt;
 pub mod authz;
 mod body;
+pub mod ext_authz;
+pub mod fault;
 pub mod guard;
 pub mod jwt;
 mod meta;
+pub mod mirror;
+pub mod ratelimit;
 pub mod record;
 pub mod replay;
+pub mod retry;
 pub mod routing;
+pub mod timeout;
 pub mod trace;
 
 pub use attempt::Attempt;
 pub use authz::{AuthzLayer, AuthzSource, Scope};
 pub use body::Body;
+pub use ext_authz::{Authorizer, ExtAuthzLayer};
+pub use fault::{Dice, Fault, FaultLayer, ThreadDice};
 pub use guard::{Guard, GuardLayer, Refusal};
 pub use jwt::{Authenticated, JwtLayer, JwtSource};
-pub use meta::{Meta, local};
+pub use mirror::{Mirror, MirrorBody, MirrorLayer, MirrorLimits, MirrorStats};
+pub use meta::{Meta, UpstreamFailure, local};
+pub use ratelimit::{GlobalAnswer, GlobalError, RateLimitLayer, RateLimitSource};
 pub use record::{CountedBody, Finished, RecordLayer, RecordedBody, Recorder};
 pub use replay::{DEFAULT_REPLAY_CAP, ReplayBody, ReplayError};
+pub use retry::{RetryLayer, RetrySource};
 pub use routing::{Lookup, Picked, RouteLayer, RouteSource, Target, UpstreamRequest};
 /// tower, as the layers use it (proxies compose the stack with its `ServiceBuilder`).
 pub use tower;
+pub use timeout::TimeoutLayer;
 pub use trace::{TraceContextLayer, TraceIds};
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ pub struct Picked {
     table: Arc<RouteTable>,
     route: usize,
     dest: usize,
+    /// A mirrored copy: the route's mirror at this index is the destination.
+    mirror: Option<usize>,
 }
 
 impl Picked {
@@ -64,8 +66,24 @@ impl Picked {
         self.table.routes.get(self.route)
     }
 
-    /// The destination.
+    /// The same route with its mirror `i` as the destination (for a mirrored copy).
+    pub fn mirror(&self, i: usize) -> Picked {
+        Picked {
+            mirror: Some(i),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is a mirrored copy's target.
+    pub fn is_mirror(&self) -> bool {
+        self.mirror.is_some()
+    }
+
+    /// The destination (a mirror's, for a mirrored copy).
     pub fn destination(&self) -> Option<&Destination> {
+        if let Some(i) = self.mirror {
+            return self.route()?.mirrors.get(i).map(|m| &m.destination);
+        }
         match &self.route()?.action {
             Action::Forward { destinations, .. } => destinations.get(self.dest),
             _ => None,
@@ -268,6 +286,7 @@ where
                     table: table.clone(),
                     route: i,
                     dest,
+                    mirror: None,
                 };
                 if let Some(d) = picked.destination() {
                     d.headers.request.apply(req.headers_mut());

@@ -62,14 +62,6 @@ fn check_spec(vs: &VirtualServiceSpec, errs: &mut Vec<FieldError>) {
 /// `spec.http[i]` compiled (`None`: it sets no single action, which is reported).
 fn http_route(i: usize, h: &HttpRouteSpec, errs: &mut Vec<FieldError>) -> Option<HttpRoute> {
     let f = format!("spec.http[{i}]");
-    unsupported(h.retries.is_some(), &format!("{f}.retries"), errs);
-    unsupported(h.fault.is_some(), &format!("{f}.fault"), errs);
-    unsupported(h.mirror.is_some(), &format!("{f}.mirror"), errs);
-    unsupported(
-        h.mirror_percentage.is_some(),
-        &format!("{f}.mirrorPercentage"),
-        errs,
-    );
     unsupported(h.cors_policy.is_some(), &format!("{f}.corsPolicy"), errs);
     let mut matches = Vec::new();
     let mut uri_prefixes = Vec::new();
@@ -85,7 +77,23 @@ fn http_route(i: usize, h: &HttpRouteSpec, errs: &mut Vec<FieldError>) -> Option
         action,
         headers: rules(h.headers.as_ref(), &format!("{f}.headers"), errs),
         timeout,
+        retries: crate::resilience::retry::compile(
+            h.retries.as_ref(),
+            &format!("{f}.retries"),
+            errs,
+        ),
         uri_prefixes,
+        fault: h
+            .fault
+            .as_ref()
+            .and_then(|x| crate::resilience::fault::compile(x, &format!("{f}.fault"), errs)),
+        mirrors: crate::resilience::mirror::compile(
+            h.mirror.as_ref(),
+            h.mirror_percentage,
+            &h.mirrors,
+            &f,
+            errs,
+        ),
     })
 }
 

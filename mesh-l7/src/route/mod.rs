@@ -168,8 +168,14 @@ pub struct HttpRoute {
     pub headers: HeaderRules,
     /// Request timeout, if set.
     pub timeout: Option<Duration>,
+    /// Retries: the route's policy, none, or the mesh's default.
+    pub retries: crate::resilience::retry::RetrySetting,
     /// The uri match that selected it, for prefix rewrites (first match's, by index).
     pub(crate) uri_prefixes: Vec<Option<String>>,
+    /// Fault injection, if set.
+    pub fault: Option<crate::resilience::fault::FaultPolicy>,
+    /// Mirrors (empty: none).
+    pub mirrors: Vec<crate::resilience::mirror::MirrorPolicy>,
 }
 
 /// The facts of a request that routing looks at.
