@@ -138,7 +138,11 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
     let authority = checked_authority(req)?;
     // Headers the client names in `Connection` go before anything below reads the request
     // or the proxy adds to it (naming `Host` was refused above: it would drop the authority
-    // that was authorized from the request the upstream gets).
+    // that was authorized from the request the upstream gets). A WebSocket upgrade is noted
+    // first: its `Upgrade`/`Connection` go back only on the request sent upstream.
+    if super::http::upgrade::is_websocket(req) {
+        req.extensions_mut().insert(super::http::upgrade::WebSocket);
+    }
     strip_hop_by_hop(req.headers_mut());
     let v = HeaderValue::from_str(&authority)
         .map_err(|_| (StatusCode::BAD_REQUEST, "invalid authority\n"))?;

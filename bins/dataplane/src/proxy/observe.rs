@@ -37,6 +37,8 @@ pub(crate) struct Telemetry {
     pub(crate) connections_refused: ConnLimitFamily,
     /// The last rejected config: when and why (for `/config_dump`).
     pub(crate) last_rejection: Mutex<Option<(String, String)>>,
+    /// Upgraded (WebSocket) connections of the L7 proxies.
+    pub(crate) upgrades: super::http::upgrade::UpgradeMetrics,
 }
 
 impl Telemetry {
@@ -69,7 +71,9 @@ impl Telemetry {
             "Connections closed at accept because a connection limit (--max-connections, --max-connections-per-listener) was reached",
             connections_refused.clone(),
         );
+        let upgrades = super::http::upgrade::UpgradeMetrics::register(mesh);
         Telemetry {
+            upgrades,
             connections_refused,
             registry: Arc::new(registry),
             tcp,

@@ -6,9 +6,12 @@
 //! A direct response or redirect is answered here; a forwarded request's body is streamed,
 //! never buffered; upstream HTTP connections are reused per endpoint and client.
 
+mod ext_authz;
+mod ratelimit;
 mod record;
 mod sources;
 mod stream;
+pub(crate) mod upgrade;
 mod upstream;
 
 use std::sync::Arc;
@@ -38,8 +41,14 @@ where
         .layer(RecordLayer::new(record::Recorder(s.clone())))
         .layer(GuardLayer::new(super::hygiene::Hygiene))
         .layer(JwtLayer::new(sources::Sources(s.clone())))
+        .layer(mesh_l7::layer::ExtAuthzLayer::new(
+            sources::Sources(s.clone()),
+            ext_authz::Authorizer(s.clone()),
+        ))
         .layer(AuthzLayer::new(sources::Sources(s.clone())))
-        .layer(RouteLayer::new(sources::Sources(s)))
+        .layer(RouteLayer::new(sources::Sources(s.clone())))
+        .layer(mesh_l7::layer::RateLimitLayer::new(ratelimit::Limits(s)))
+        .layer(mesh_l7::layer::FaultLayer::<mesh_l7::layer::ThreadDice>::default())
         // The upstream call's future (a dial, a TLS handshake, hyper's send) is large: boxed
         // once here, so the layers' futures around it stay small and are cheap to move (left
         // inline, moving it through six layers cost ~70 000 instructions per request).
@@ -53,6 +62,7 @@ where
     } else {
         super::hygiene::h1_server(&limits)
             .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades()
             .await
     };
     if let Err(e) = result {

@@ -1,0 +1,218 @@
+//! WebSocket pass-through (HTTP/1.1 `Upgrade: websocket`, RFC 6455): the upgrade request goes
+//! through the whole stack like any request (authorization, routing, faults), its `Upgrade`
+//! and `Connection` headers kept aside by the hygiene check ([`WebSocket`]) and put back only
+//! on the request sent upstream; when the upstream answers `101 Switching Protocols`, the two
+//! upgraded connections are joined and bytes copied both ways with fixed buffers, counted.
+//! Only `websocket` is honoured, as Istio's default `upgrade_configs`: any other upgrade
+//! (`h2c` above all: a client speaking HTTP/2 straight to the app would bypass the per-request
+//! checks) is stripped as a hop-by-hop header, and a 101 the client did not ask for is 502.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use mesh_l7::layer::local;
+use mesh_telemetry::metrics::ResponseFlags;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::{Instrument, debug, debug_span};
+
+use super::RespBody;
+
+/// Copy buffer per direction of an upgraded connection.
+const BUF: usize = 16 * 1024;
+
+/// In a request's extensions: it asked to upgrade to WebSocket (its hop-by-hop headers were
+/// removed; [`prepare`] puts them back for the upstream).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WebSocket;
+
+/// Upgraded connections and their bytes, in the proxy's metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UpgradeMetrics {
+    /// Connections joined after a 101.
+    joined: Counter,
+    /// Bytes copied client → upstream.
+    bytes_up: Counter,
+    /// Bytes copied upstream → client.
+    bytes_down: Counter,
+    /// Upstream 101s refused because the client did not ask to upgrade.
+    unasked: Counter,
+}
+
+impl UpgradeMetrics {
+    /// The counters, registered in `r` (the `mesh_` sub-registry).
+    pub(crate) fn register(r: &mut Registry) -> UpgradeMetrics {
+        let m = UpgradeMetrics::default();
+        r.register(
+            "upgraded_connections",
+            "HTTP connections upgraded (WebSocket) and joined to their upstream after a 101",
+            m.joined.clone(),
+        );
+        r.register(
+            "upgraded_sent_bytes",
+            "Bytes of upgraded (WebSocket) connections copied from the client to the upstream",
+            m.bytes_up.clone(),
+        );
+        r.register(
+            "upgraded_received_bytes",
+            "Bytes of upgraded (WebSocket) connections copied from the upstream to the client",
+            m.bytes_down.clone(),
+        );
+        r.register(
+            "upgrade_refused",
+            "Upstream 101 responses answered 502 because the client had not asked to upgrade",
+            m.unasked.clone(),
+        );
+        m
+    }
+}
+
+/// Whether `req` is an HTTP/1.1 WebSocket upgrade: `GET`, `Connection` listing `upgrade`
+/// and `Upgrade: websocket` (case-insensitive, alone: a list such as `h2c, websocket` is
+/// not honoured).
+pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
+    if req.version() != Version::HTTP_11 || req.method() != Method::GET {
+        return false;
+    }
+    let mut upgrades = req.headers().get_all(header::UPGRADE).iter();
+    let websocket = upgrades
+        .next()
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    websocket && upgrades.next().is_none() && connection_upgrade
+}
+
+/// Before a request goes upstream (after its hop-by-hop headers were stripped): a WebSocket
+/// upgrade gets `Connection: upgrade` and `Upgrade: websocket` back, and the client side of
+/// the upgrade is taken out of it.
+pub(super) fn prepare<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
+    req.extensions().get::<WebSocket>()?;
+    let down = req.extensions_mut().remove::<OnUpgrade>()?;
+    let h = req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    Some(down)
+}
+
+/// After the upstream's response head: a 101 to a WebSocket upgrade joins the client and the
+/// upstream connections (a task copies until either side closes); a 101 nobody asked for is
+/// answered 502. Any other response leaves the client's connection plain HTTP.
+pub(super) fn finish(
+    m: &UpgradeMetrics,
+    down: Option<OnUpgrade>,
+    mut resp: Response<RespBody>,
+) -> Response<RespBody> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS || !resp.body().is_upstream() {
+        return resp;
+    }
+    let Some(down) = down else {
+        m.unasked.inc();
+        return local(
+            StatusCode::BAD_GATEWAY,
+            "upstream switched protocols unasked\n",
+            ResponseFlags::UpstreamConnectionTermination,
+        );
+    };
+    let up = hyper::upgrade::on(&mut resp);
+    // The copy outlives the request: it ends when either side closes (both connections are
+    // the client's own and its upstream's; nothing else is shared).
+    tokio::spawn(join(m.clone(), down, up).instrument(debug_span!("websocket")));
+    resp
+}
+
+/// Copies both ways between the upgraded client and upstream connections, counting bytes as
+/// they pass.
+async fn join(m: UpgradeMetrics, down: OnUpgrade, up: OnUpgrade) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    m.joined.inc();
+    let mut down = CountedIo(TokioIo::new(down), m.bytes_up.clone());
+    let mut up = CountedIo(TokioIo::new(up), m.bytes_down.clone());
+    match tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, BUF, BUF).await {
+        Ok((to_up, to_down)) => debug!(to_up, to_down, "upgraded connection closed"),
+        Err(e) => debug!(error = %e, "upgraded connection ended with error"),
+    }
+}
+
+/// An upgraded connection whose reads are counted.
+struct CountedIo<T>(T, Counter);
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.0).poll_read(cx, buf);
+        self.1.inc_by((buf.filled().len() - before) as u64);
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, upgrade: &[&str], connection: &str) -> Request<()> {
+        let mut b = Request::builder().method(method).uri("/ws");
+        for u in upgrade {
+            b = b.header(header::UPGRADE, *u);
+        }
+        b.header(header::CONNECTION, connection).body(()).unwrap()
+    }
+
+    #[test]
+    fn only_a_plain_websocket_upgrade_is_honoured() {
+        // RFC 6455 4.1: GET, `Upgrade: websocket`, `Connection` including `Upgrade`.
+        assert!(is_websocket(&req("GET", &["websocket"], "Upgrade")));
+        assert!(is_websocket(&req(
+            "GET",
+            &["WebSocket"],
+            "keep-alive, upgrade"
+        )));
+        // h2c smuggling (RFC 7540 3.2 upgrade through a proxy) is never honoured.
+        assert!(!is_websocket(&req(
+            "GET",
+            &["h2c"],
+            "Upgrade, HTTP2-Settings"
+        )));
+        assert!(!is_websocket(&req("GET", &["h2c, websocket"], "Upgrade")));
+        assert!(!is_websocket(&req("GET", &["websocket", "h2c"], "Upgrade")));
+        assert!(!is_websocket(&req("POST", &["websocket"], "Upgrade")));
+        assert!(!is_websocket(&req("GET", &["websocket"], "close")));
+    }
+}
