@@ -69,9 +69,11 @@ fn check_alone(v: &mut Validator, res: &Resources) {
     }
     // The root namespace only decides a policy's scope, not whether it is valid.
     let root = DEFAULT_ROOT_NAMESPACE;
-    validate_policies(v, "AuthorizationPolicy", &res.policies, |p| {
+    let policies = validate_policies(v, "AuthorizationPolicy", &res.policies, |p| {
         p.spec.to_policy(&p.namespace, &p.name, root)
     });
+    // The providers, and every CUSTOM policy naming one of them.
+    super::ext_authz::index_resources(v, res, &policies);
     validate_policies(v, "RequestAuthentication", &res.request_authns, |p| {
         p.spec.to_authentication(&p.namespace, &p.name, root)
     });

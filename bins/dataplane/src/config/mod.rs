@@ -8,15 +8,19 @@
 mod assemble;
 mod attach;
 mod defaults;
+mod endpoint_stats;
 mod endpoints;
 mod errors;
+pub mod ext_authz;
 mod fail_closed;
 mod file;
 mod l7file;
 mod load;
+mod locality;
 pub mod model;
 mod parse;
 mod protocol;
+pub mod ratelimits;
 mod routes;
 mod state;
 mod waypoints;
@@ -33,6 +37,8 @@ pub use self::defaults::{
     DEFAULT_CLUSTER_ID, DEFAULT_HBONE_PORT, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN,
     SIDECAR_LABEL, sidecar_node_name,
 };
+pub use self::endpoint_stats::{EndpointRegistry, Here};
+pub use self::endpoints::{Choice, InFlight};
 pub use self::errors::{ConfigError, ConfigIssue};
 pub use self::l7file::{load_l7_file, parse_l7};
 pub use self::load::{load_file, parse};

@@ -64,6 +64,9 @@ pub struct WorkloadEntrySpec {
     /// Service account: the identity is `spiffe://<td>/ns/<namespace>/sa/<serviceAccount>`.
     #[serde(default)]
     pub service_account: Option<String>,
+    /// Where it runs: `region/zone/subzone`.
+    #[serde(default)]
+    pub locality: Option<String>,
 }
 
 /// `networking.istio.io/v1` `ServiceEntry` spec.
@@ -156,6 +159,10 @@ pub struct MeshConfigSpec {
     /// `meshConfig.pathNormalization`; default `DECODE_AND_MERGE_SLASHES`).
     #[serde(default)]
     pub path_normalization: Option<PathNormalizationSpec>,
+    /// External authorizers `CUSTOM` policies name (Istio's `meshConfig.extensionProviders`;
+    /// `envoyExtAuthzGrpc` only, see [`super::ext_authz`]).
+    #[serde(default)]
+    pub extension_providers: Vec<super::ext_authz::ExtensionProviderSpec>,
 }
 
 /// `pathNormalization`.

@@ -39,6 +39,8 @@ pub const L7_FILE_KINDS: &[&str] = &[
     "HTTPRoute",
     "AuthorizationPolicy",
     "RequestAuthentication",
+    "MeshConfig",
+    "EnvoyFilter",
 ];
 
 /// The file's resources by kind, each typed but not yet checked against the others.
@@ -58,7 +60,6 @@ pub(super) struct Raw {
 // Istio fields of the supported kinds that this mesh does not implement yet; named in errors.
 const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ("weight", "WorkloadEntry weights are not supported yet"),
-    ("locality", "locality is not supported yet"),
     ("network", "multiple networks are not supported yet"),
     (
         "endpoints",
@@ -152,6 +153,22 @@ impl Raw {
             );
             return;
         }
+        if mode == Mode::L7Only && kind == "MeshConfig" {
+            // Beside istiod only the ext_authz providers: the rest of the mesh's settings
+            // come with istiod's config.
+            let spec = doc.get("spec").and_then(|s| s.as_object());
+            for k in spec.into_iter().flat_map(|s| s.keys()) {
+                if k != "extensionProviders" {
+                    v.err(&location, format!("spec.{k}"), "a MeshConfig in a file given with --xds-address may hold only extensionProviders");
+                }
+            }
+        }
+        if kind == "EnvoyFilter" && api != super::ratelimits::ENVOY_FILTER_API {
+            let want = super::ratelimits::ENVOY_FILTER_API;
+            let why = format!("EnvoyFilter is not supported yet with apiVersion {api:?}: only {want} rate limit filters");
+            v.err(&location, "kind", why);
+            return;
+        }
         let Some(want_api) = api_versions(v, &location, &kind) else {
             return;
         };
@@ -180,10 +197,13 @@ impl Raw {
             "VirtualService" => add_typed(v, &location, doc, &mut r.virtual_services),
             "DestinationRule" => add_typed(v, &location, doc, &mut r.destination_rules),
             "HTTPRoute" => add_typed(v, &location, doc, &mut r.http_routes),
+            "EnvoyFilter" => add_typed(v, &location, doc, &mut r.envoy_filters),
             "Node" => add_typed(v, &location, doc, &mut self.nodes),
             "Namespace" => self.add_namespace(v, &location, doc),
             _ => {
                 if let Some(d) = typed::<MeshConfigSpec>(v, &location, doc) {
+                    let providers = d.spec.extension_providers.clone();
+                    r.extension_providers = Some((location.clone(), providers));
                     if self.mesh.is_some() {
                         v.err(&location, "kind", "only one MeshConfig is allowed");
                     } else {
@@ -239,6 +259,7 @@ fn api_versions(v: &mut Validator, location: &str, kind: &str) -> Option<&'stati
         "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication" => SECURITY_VERSIONS,
         "Gateway" | "HTTPRoute" => GATEWAY_VERSIONS,
         "Namespace" => &["v1"],
+        "EnvoyFilter" => &[super::ratelimits::ENVOY_FILTER_API],
         k if NOT_YET_SUPPORTED_KINDS.contains(&k) => {
             v.err(
                 location,
@@ -354,6 +375,10 @@ pub struct Resources {
     pub(super) virtual_services: Vec<Named<mesh_l7::istio::VirtualServiceSpec>>,
     pub(super) destination_rules: Vec<Named<mesh_l7::istio::DestinationRuleSpec>>,
     pub(super) http_routes: Vec<Named<mesh_l7::gateway::HttpRouteSpec>>,
+    /// `EnvoyFilter`s (rate limits).
+    pub(super) envoy_filters: Vec<Named<mesh_l7::ratelimit::EnvoyFilterSpec>>,
+    /// `MeshConfig.extensionProviders` and where they were found.
+    pub(super) extension_providers: Option<(String, Vec<super::ext_authz::ExtensionProviderSpec>)>,
 }
 
 impl std::fmt::Debug for Resources {
@@ -365,6 +390,7 @@ impl std::fmt::Debug for Resources {
             .field("virtual_services", &self.virtual_services.len())
             .field("destination_rules", &self.destination_rules.len())
             .field("http_routes", &self.http_routes.len())
+            .field("envoy_filters", &self.envoy_filters.len())
             .finish()
     }
 }
@@ -378,5 +404,6 @@ impl Resources {
             && self.virtual_services.is_empty()
             && self.destination_rules.is_empty()
             && self.http_routes.is_empty()
+            && self.envoy_filters.is_empty()
     }
 }

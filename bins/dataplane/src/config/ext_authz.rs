@@ -1,0 +1,285 @@
+//! Istio's mesh `extensionProviders` (`MeshConfig`), the external authorizers `CUSTOM`
+//! `AuthorizationPolicy`s name: parsed, validated and indexed by name into
+//! [`ExtAuthzProviders`] for the L7 layer (`mesh_l7::layer::ext_authz`) and the gRPC client
+//! (`proxy::ext_authz`).
+//!
+//! Supported: `envoyExtAuthzGrpc` (`service`, `port`, `timeout`, `failOpen`,
+//! `statusOnError`, `clearRouteCache: true`). Rejected by name: `envoyExtAuthzHttp` and every
+//! other provider kind, `includeRequestBodyInCheck`, `clearRouteCache: false`, and the HTTP
+//! provider's header fields given to a gRPC provider (a gRPC authorizer names the headers in
+//! its `CheckResponse`). A `CUSTOM` policy naming a provider that does not exist is an error
+//! at its location (and is denied at run time, fail closed).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use mesh_l7::layer::ext_authz::Provider;
+use serde::Deserialize;
+
+use super::errors::Validator;
+
+/// Istio's default `timeout` of an ext_authz provider (release note "authz-ext-authz": 10m).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `extensionProviders[]`: a name and exactly one provider kind (kept as JSON until
+/// validated, so an unsupported kind is rejected by its name).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExtensionProviderSpec {
+    /// The name `CUSTOM` policies use in `provider.name`.
+    pub name: String,
+    /// The provider kind (`envoyExtAuthzGrpc`, …) and its settings.
+    #[serde(flatten)]
+    pub kind: BTreeMap<String, serde_json::Value>,
+}
+
+/// `envoyExtAuthzGrpc`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GrpcSpec {
+    service: String,
+    port: u32,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    fail_open: bool,
+    #[serde(default)]
+    status_on_error: Option<String>,
+    #[serde(default)]
+    clear_route_cache: Option<bool>,
+    #[serde(default)]
+    include_request_body_in_check: Option<serde_json::Value>,
+}
+
+/// The HTTP provider's fields, named when given to a gRPC provider.
+const HTTP_ONLY_FIELDS: &[&str] = &[
+    "pathPrefix",
+    "includeRequestHeadersInCheck",
+    "includeAdditionalHeadersInCheck",
+    "includeHeadersInCheck",
+    "headersToUpstreamOnAllow",
+    "headersToDownstreamOnDeny",
+    "headersToDownstreamOnAllow",
+];
+
+/// One provider: what the layer needs and where the authorizer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtAuthzProvider {
+    /// Timeout, fail-open, status on error.
+    pub settings: Provider,
+    /// The authorizer's service host (`[<namespace>/]<hostname>` with the namespace dropped).
+    pub host: String,
+    /// The service port.
+    pub port: u16,
+}
+
+/// The mesh's ext_authz providers by name, and whether any `CUSTOM` policy exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtAuthzProviders {
+    /// By `extensionProviders[].name`.
+    pub by_name: HashMap<String, Arc<ExtAuthzProvider>>,
+    /// Some `CUSTOM` policy exists (the layer is active).
+    pub has_custom: bool,
+}
+
+/// Validates `specs` (found at `location`) and checks that every `CUSTOM` policy of
+/// `policies` names one of them (an unknown name is reported at the policy's location,
+/// `policy_location`).
+pub(super) fn index(
+    v: &mut Validator,
+    location: &str,
+    specs: &[ExtensionProviderSpec],
+    policies: &[mesh_authz::Policy],
+    policy_location: impl Fn(&mesh_authz::Policy) -> String,
+) -> ExtAuthzProviders {
+    let mut out = ExtAuthzProviders::default();
+    for (i, spec) in specs.iter().enumerate() {
+        let field = format!("spec.extensionProviders[{i}]");
+        if out.by_name.contains_key(&spec.name) {
+            v.err(
+                location,
+                format!("{field}.name"),
+                format!("duplicate provider {:?}", spec.name),
+            );
+            continue;
+        }
+        if let Some(p) = provider(v, location, &field, spec) {
+            out.by_name.insert(spec.name.clone(), Arc::new(p));
+        }
+    }
+    for p in policies
+        .iter()
+        .filter(|p| p.action == mesh_authz::Action::Custom)
+    {
+        out.has_custom = true;
+        let name = p.provider.as_deref().unwrap_or_default();
+        if !out.by_name.contains_key(name) {
+            v.err(
+                &policy_location(p),
+                "spec.provider.name",
+                format!("{name:?} is not one of the mesh's extensionProviders (requests it would check are denied)"),
+            );
+        }
+    }
+    out
+}
+
+/// One `extensionProviders[i]` at `field`.
+fn provider(
+    v: &mut Validator,
+    location: &str,
+    field: &str,
+    spec: &ExtensionProviderSpec,
+) -> Option<ExtAuthzProvider> {
+    if spec.name.is_empty() {
+        v.err(location, format!("{field}.name"), "a provider needs a name");
+    }
+    let mut kinds = spec.kind.iter();
+    let (Some((kind, value)), None) = (kinds.next(), kinds.next()) else {
+        v.err(
+            location,
+            field,
+            "a provider needs exactly one kind (envoyExtAuthzGrpc)",
+        );
+        return None;
+    };
+    if kind != "envoyExtAuthzGrpc" {
+        let why = if kind == "envoyExtAuthzHttp" {
+            "the HTTP ext_authz API is not supported; use envoyExtAuthzGrpc"
+        } else {
+            "only envoyExtAuthzGrpc providers are supported"
+        };
+        v.err(location, format!("{field}.{kind}"), why);
+        return None;
+    }
+    let at = format!("{field}.envoyExtAuthzGrpc");
+    if let Some(obj) = value.as_object() {
+        for k in obj
+            .keys()
+            .filter(|k| HTTP_ONLY_FIELDS.contains(&k.as_str()))
+        {
+            v.err(
+                location,
+                format!("{at}.{k}"),
+                "a field of envoyExtAuthzHttp; a gRPC authorizer sets headers in its CheckResponse",
+            );
+        }
+        if obj.keys().any(|k| HTTP_ONLY_FIELDS.contains(&k.as_str())) {
+            return None;
+        }
+    }
+    let g: GrpcSpec = match serde_json::from_value(value.clone()) {
+        Ok(g) => g,
+        Err(e) => {
+            v.err(location, &at, e.to_string());
+            return None;
+        }
+    };
+    grpc(v, location, &at, spec, g)
+}
+
+/// The checked settings of a gRPC provider.
+fn grpc(
+    v: &mut Validator,
+    location: &str,
+    at: &str,
+    spec: &ExtensionProviderSpec,
+    g: GrpcSpec,
+) -> Option<ExtAuthzProvider> {
+    let mut errs: Vec<(String, String)> = Vec::new();
+    let mut err = |f: &str, why: String| errs.push((format!("{at}.{f}"), why));
+    if g.include_request_body_in_check.is_some() {
+        err(
+            "includeRequestBodyInCheck",
+            "request bodies are not sent to the authorizer".into(),
+        );
+    }
+    if g.clear_route_cache == Some(false) {
+        err(
+            "clearRouteCache",
+            "routing always sees the authorizer's headers (the route is chosen after the check); only true is valid".into(),
+        );
+    }
+    let host = g
+        .service
+        .rsplit_once('/')
+        .map_or(g.service.as_str(), |(_, h)| h);
+    if host.is_empty() {
+        err("service", "a service host is required".into());
+    }
+    let port = u16::try_from(g.port).ok().filter(|p| *p != 0);
+    if port.is_none() {
+        err("port", format!("{} is not a port (1-65535)", g.port));
+    }
+    let timeout = match g.timeout.as_deref().map(crate::duration::parse_duration) {
+        None => DEFAULT_TIMEOUT,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            err("timeout", "must be more than 0s".into());
+            DEFAULT_TIMEOUT
+        }
+        Some(Err(e)) => {
+            err("timeout", e);
+            DEFAULT_TIMEOUT
+        }
+    };
+    // Istio: `statusOnError` defaults to 403; Envoy takes an error status.
+    let status_on_error = match g.status_on_error.as_deref() {
+        None | Some("") => StatusCode::FORBIDDEN,
+        Some(s) => match s
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(c) if c.is_client_error() || c.is_server_error() => c,
+            _ => {
+                err(
+                    "statusOnError",
+                    format!("{s:?} is not an HTTP error status (400-599)"),
+                );
+                StatusCode::FORBIDDEN
+            }
+        },
+    };
+    let ok = errs.is_empty();
+    for (f, why) in errs {
+        v.err(location, f, why);
+    }
+    ok.then(|| ExtAuthzProvider {
+        settings: Provider {
+            name: Arc::from(spec.name.as_str()),
+            timeout,
+            fail_open: g.fail_open,
+            status_on_error,
+        },
+        host: host.to_ascii_lowercase(),
+        port: port.unwrap_or_default(),
+    })
+}
+
+/// [`index`] over the resources of a source: the `MeshConfig`'s providers, and the validated
+/// policies (an unknown provider reported at the `AuthorizationPolicy`'s document).
+pub(super) fn index_resources(
+    v: &mut Validator,
+    res: &super::parse::Resources,
+    policies: &[mesh_authz::Policy],
+) -> ExtAuthzProviders {
+    let (location, specs) = match &res.extension_providers {
+        Some((l, s)) => (l.as_str(), s.as_slice()),
+        None => ("MeshConfig", &[][..]),
+    };
+    index(v, location, specs, policies, |p| {
+        res.policies
+            .iter()
+            .find(|n| n.namespace == p.namespace && n.name == p.name)
+            .map_or_else(
+                || format!("AuthorizationPolicy {}/{}", p.namespace, p.name),
+                |n| n.location.clone(),
+            )
+    })
+}
+
+#[cfg(test)]
+#[path = "ext_authz_tests.rs"]
+mod tests;
