@@ -26,6 +26,9 @@ pub enum Context {
     Gateway,
 }
 
+/// A configured descriptor's entries (a value `None`: any value).
+type Entries = Vec<(String, Option<String>)>;
+
 /// A local limiter's checked config (buckets made per proxy).
 #[derive(Debug, Clone)]
 pub(crate) struct LocalTemplate {
@@ -35,7 +38,7 @@ pub(crate) struct LocalTemplate {
     enforced: Fraction,
     headers: Vec<(HeaderName, HeaderValue, Append)>,
     x_headers: bool,
-    descriptors: Vec<(Vec<(String, Option<String>)>, BucketConfig)>,
+    descriptors: Vec<(Entries, BucketConfig)>,
     max_dynamic: usize,
     status: StatusCode,
 }

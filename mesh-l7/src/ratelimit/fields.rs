@@ -117,7 +117,9 @@ pub(crate) fn duration(s: &str) -> Option<Duration> {
         return ms.parse().ok().map(Duration::from_millis);
     }
     let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+    (0.0..1e9)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 pub(crate) fn bucket(
@@ -210,7 +212,7 @@ pub(crate) fn headers(
                 );
                 continue;
             }
-            (Some(true), None) | (None, Some("APPEND_IF_EXISTS_OR_ADD")) => Append::Append,
+            (Some(true), None) | (None, Some("APPEND_IF_EXISTS_OR_ADD")) => Append::Add,
             (None, Some("ADD_IF_ABSENT")) => Append::IfAbsent,
             // Envoy's default for append (true) applies to requests; a local reply is
             // written fresh, so appending and overwriting differ only among these headers.

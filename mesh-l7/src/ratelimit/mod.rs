@@ -23,4 +23,4 @@ pub use policy::{
 pub use spec::EnvoyFilterSpec;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -35,7 +35,7 @@ impl Fraction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Append {
     Overwrite,
-    Append,
+    Add,
     IfAbsent,
 }
 

@@ -222,7 +222,7 @@ fn fractions_roll() {
     assert_eq!(passed, 4);
 }
 
-const GLOBAL: &str = r#"{
+pub(crate) const GLOBAL_JSON: &str = r#"{
   "configPatches": [
     {"applyTo": "HTTP_FILTER",
      "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager", "subFilter": {"name": "envoy.filters.http.router"}}}}},
@@ -238,7 +238,8 @@ const GLOBAL: &str = r#"{
 
 #[test]
 fn global_descriptors_from_actions() {
-    let p = RateLimitPolicy::build([&rules(GLOBAL)], Context::Gateway, Instant::now()).unwrap();
+    let p =
+        RateLimitPolicy::build([&rules(GLOBAL_JSON)], Context::Gateway, Instant::now()).unwrap();
     let h = HeaderMap::new();
     let v = p.decide(VH, None, &view(&h, None), Instant::now(), &mut || 0);
     let (g, d) = v.global.unwrap();
@@ -269,7 +270,7 @@ fn global_descriptors_from_actions() {
 // when the header is absent; header_value_match with expect_match; generic_key's default key.
 #[test]
 fn actions_follow_envoy() {
-    let json = GLOBAL.replace(
+    let json = GLOBAL_JSON.replace(
         r#"[{"request_headers": {"header_name": ":path", "descriptor_key": "PATH"}}]"#,
         r#"[{"generic_key": {"descriptor_value": "g"}}, {"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}, {"actions": [{"header_value_match": {"descriptor_value": "get", "headers": [{"name": ":method", "exact_match": "GET"}]}}]"#,
     );
@@ -333,14 +334,14 @@ fn other_patches_and_fields_are_rejected_by_name() {
         errors(&bad),
         ["spec.configPatches[0].patch.value.typed_config.value.token_bucket.fill_interval"]
     );
-    let bad = GLOBAL.replace("\"envoy_grpc\"", "\"google_grpc\": {}, \"envoy_grpc\"");
+    let bad = GLOBAL_JSON.replace("\"envoy_grpc\"", "\"google_grpc\": {}, \"envoy_grpc\"");
     assert_eq!(
         errors(&bad),
         [
             "spec.configPatches[0].patch.value.typed_config.rate_limit_service.grpc_service.google_grpc"
         ]
     );
-    let bad = GLOBAL.replace("\"remote_address\"", "x").replace(
+    let bad = GLOBAL_JSON.replace("\"remote_address\"", "x").replace(
         ":path\", \"descriptor_key\": \"PATH\"}",
         ":path\", \"descriptor_key\": \"PATH\"}, \"masked_remote_address\": {}",
     );
