@@ -88,6 +88,12 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
         let counted = Some((&labels, ResponseFlags::Deny));
         return observe::refuse(&ctx.telemetry, counted, c.record(), reason, start);
     }
+    if !state.rate_limits.admit_connection(c.dst.address, start) {
+        // Envoy's network local rate limit: the connection is closed.
+        let reason = "connection rate limit exceeded";
+        let counted = Some((&labels, ResponseFlags::RateLimited));
+        return observe::refuse(&ctx.telemetry, counted, c.record(), reason, start);
+    }
     drop(state);
     // Where the inbound HTTP layer is on, declared HTTP ports of a workload with HTTP-field
     // policies or JWT rules are served per request (no peer identity), as on HBONE inbound.

@@ -102,6 +102,13 @@ pub(super) async fn admit<'c>(
         .workload_by_ip(c.client.map_or(req.conn.peer_addr.ip(), |a| a.ip()))
         .filter(|w| w.identity == *src_identity)
         .cloned();
+    if !state.rate_limits.admit_connection(dst.address, start) {
+        // Envoy's network local rate limit closes the connection; a tunnel gets 429.
+        let labels = labels(&state, &c, &dst);
+        let counted = Some((&labels, ResponseFlags::RateLimited));
+        let reason = "connection rate limit exceeded (429)";
+        return Err(c.refuse(ctx, counted, reason, StatusCode::TOO_MANY_REQUESTS));
+    }
     if l7 {
         // Authorized per request (with the HTTP fields), connected per request.
         return Ok(Admitted {

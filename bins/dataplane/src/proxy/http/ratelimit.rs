@@ -1,0 +1,64 @@
+//! What the rate limit layer asks of a stream: the policy of the proxy it is on (a
+//! waypoint's, or a workload's inbound or outbound), the virtual host (the addressed service
+//! and port, or the workload port inbound), the client address the mesh asserts, and the
+//! global rate limit client.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mesh_l7::layer::{GlobalAnswer, GlobalError, RateLimitSource};
+use mesh_l7::ratelimit::{Descriptor, GlobalFilter, RateLimitPolicy, VhostFacts};
+
+use super::Stream;
+use crate::proxy::profiles::{Authz, Policies, Upstream};
+
+/// A stream's rate limit source.
+#[derive(Clone)]
+pub(super) struct Limits(pub(super) Arc<Stream>);
+
+impl RateLimitSource for Limits {
+    type Check = Pin<Box<dyn Future<Output = Result<GlobalAnswer, GlobalError>> + Send>>;
+
+    fn with_policy<T>(&self, f: impl FnOnce(&RateLimitPolicy, VhostFacts<'_>) -> T) -> Option<T> {
+        let s = &self.0;
+        let state = s.ctx.state.load();
+        let rl = &state.rate_limits;
+        if rl.is_empty() {
+            return None;
+        }
+        let host = s.service.as_ref().and_then(|sp| sp.service.hosts.first());
+        let host = host.map(String::as_str);
+        let (policy, port) = match (&s.profile.upstream, &s.profile.authz) {
+            (Upstream::App { workload, port }, _) => (rl.inbound.get(&workload.address), *port),
+            (
+                Upstream::Mesh,
+                Some(Authz {
+                    policies: Policies::Targets(wp),
+                    ..
+                }),
+            ) => (
+                rl.waypoints.get(&wp.target_key),
+                s.service.as_ref().map_or(0, |sp| sp.port),
+            ),
+            (Upstream::Mesh, _) => {
+                let w = s.profile.tunnel_source.as_ref();
+                let port = s.service.as_ref().map_or(0, |sp| sp.port);
+                (w.and_then(|w| rl.outbound.get(&w.address)), port)
+            }
+        };
+        Some(f(policy?, VhostFacts { host, port }))
+    }
+
+    fn client(&self) -> Option<IpAddr> {
+        // The original client as the peer proxy asserted it (`Forwarded` from a trusted
+        // peer), never a header the client wrote.
+        self.0.client.map(|c| c.ip())
+    }
+
+    fn check(&self, filter: &GlobalFilter, descriptors: Vec<Descriptor>) -> Self::Check {
+        let s = &self.0;
+        let state = s.ctx.state.load();
+        Box::pin(s.ctx.rate_limit.check(&state, filter, descriptors))
+    }
+}
