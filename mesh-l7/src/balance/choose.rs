@@ -18,7 +18,7 @@ pub fn choose(
     Some(match lb {
         LoadBalancer::RoundRobin => turn % n,
         LoadBalancer::Random => r1 as usize % n,
-        LoadBalancer::LeastRequest => {
+        LoadBalancer::LeastRequest | LoadBalancer::PeakEwma => {
             // Envoy: power of two choices.
             let a = r1 as usize % n;
             let b = r2 as usize % n;

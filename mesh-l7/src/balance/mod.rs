@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use crate::istio::{DestinationRuleSpec, TrafficPolicySpec};
 use mesh_authz::istio::FieldError;
 
+#[cfg(test)]
+mod choice_tests;
 mod choose;
 pub mod ewma;
 pub mod hash;
@@ -14,8 +16,6 @@ pub mod pick;
 mod policy;
 pub mod spec;
 pub mod warmup;
-#[cfg(test)]
-mod choice_tests;
 
 pub use self::choose::choose;
 pub use self::policy::Balancing;

@@ -279,6 +279,11 @@ fn compile_workloads(
                 continue;
             }
         };
+        let locality = super::locality::parse(w.spec.locality.as_deref().unwrap_or_default())
+            .unwrap_or_else(|e| {
+                v.err(loc, "spec.locality", e);
+                None
+            });
         let mut ports = BTreeMap::new();
         for (name, p) in &w.spec.ports {
             if let Some(p) = parse_port(v, loc, &format!("spec.ports.{name}"), *p) {
@@ -315,6 +320,7 @@ fn compile_workloads(
                 &w.spec.labels,
                 WaypointFor::Workload,
             ),
+            locality,
         });
         if let Some(other) = out.by_ip.get(&address) {
             v.err(
@@ -381,6 +387,7 @@ fn compile_services(v: &mut Validator, raw: &Raw, attach: &Attach<'_>, out: &mut
                 &BTreeMap::new(),
                 WaypointFor::Service,
             ),
+            load_balancing: None,
         });
         let selected: Vec<Arc<Workload>> = match &s.spec.workload_selector {
             Some(sel) => workloads_by_ns

@@ -290,6 +290,7 @@ impl XdsStore {
                         telemetry: a.telemetry.clone(),
                         identity: a.identity.clone(),
                         waypoint: Some(wp),
+                        locality: a.locality.clone(),
                     })
                 }
             };
@@ -410,6 +411,7 @@ pub(super) fn service_arc(x: &XService, waypoint: Option<Arc<Waypoint>>) -> Arc<
         hosts: vec![x.hostname.clone()],
         vips: x.vips.clone(),
         waypoint,
+        load_balancing: x.load_balancing.clone(),
     })
 }
 

@@ -196,6 +196,7 @@ impl XdsStore {
             telemetry,
             identity: identity.clone(),
             waypoint: None,
+            locality: super::super::locality::workload_locality(w.locality.as_ref()),
         });
         Ok(XWorkload {
             arc,
@@ -273,14 +274,7 @@ pub(super) fn service(s: &wl::Service) -> Result<XService, String> {
     if !s.weighted_waypoints.is_empty() {
         return Err("unsupported Istio field `weighted_waypoints`".into());
     }
-    if let Some(lb) = &s.load_balancing
-        && (lb.mode != 0 || !lb.routing_preference.is_empty())
-    {
-        return Err(
-            "unsupported Istio field `load_balancing`: locality-aware balancing is not supported yet"
-                .into(),
-        );
-    }
+    let load_balancing = super::super::locality::load_balancing(s.load_balancing.as_ref())?;
     let mut vips = Vec::new();
     for (i, a) in s.addresses.iter().enumerate() {
         if !a.network.is_empty() {
@@ -316,6 +310,7 @@ pub(super) fn service(s: &wl::Service) -> Result<XService, String> {
             .as_ref()
             .map(|g| gateway("waypoint", g))
             .transpose()?,
+        load_balancing,
     })
 }
 

@@ -87,6 +87,8 @@ pub(super) struct XService {
     /// (service port, target port or 0, protocol).
     pub(super) ports: Vec<(u16, u16, crate::config::Protocol)>,
     pub(super) waypoint: Option<GatewayRef>,
+    /// Routing preference (`load_balancing`).
+    pub(super) load_balancing: Option<mesh_l7::balance::locality::Placement>,
 }
 
 /// The accepted workload-API resources, by resource name.

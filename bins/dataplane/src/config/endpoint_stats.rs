@@ -1,0 +1,185 @@
+//! Per-endpoint state that outlives a config: when the proxy first saw an endpoint (warmup),
+//! its requests in flight and its latency estimate (peak EWMA), in a map keyed by endpoint
+//! address ([`EndpointRegistry`]), one per proxy.
+//!
+//! [`EndpointRegistry::bind`] runs at each config swap, before the new state is published: it
+//! prunes the endpoints that left, adds the new ones (first seen now; those of the first
+//! config are warm), and binds every endpoint set and service port of the new state to this
+//! proxy: the stats of its endpoints and its locality layout. Requests then never touch the
+//! map. Bounded: entries only for endpoints of the current config, at most [`MAX_TRACKED`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_l7::balance::ewma::PeakEwma;
+use mesh_l7::balance::locality::{Locality, Place};
+use tokio::time::Instant;
+
+use super::state::{MeshState, Workload};
+
+/// Most endpoints tracked; beyond, new endpoints get fresh (unshared) stats.
+pub(crate) const MAX_TRACKED: usize = 65_536;
+
+/// One endpoint's state.
+#[derive(Debug)]
+pub(crate) struct EndpointStats {
+    /// When the proxy first saw it (`None`: it was there from the start, warm).
+    pub first_seen: Option<Instant>,
+    /// Requests in flight.
+    pub active: std::sync::atomic::AtomicUsize,
+    /// Latency estimate (read and updated without awaiting).
+    pub ewma: Mutex<PeakEwma>,
+}
+
+impl EndpointStats {
+    pub(crate) fn new(first_seen: Option<Instant>, since_epoch: Duration) -> EndpointStats {
+        EndpointStats {
+            first_seen,
+            active: std::sync::atomic::AtomicUsize::new(0),
+            ewma: Mutex::new(PeakEwma::new(since_epoch)),
+        }
+    }
+}
+
+/// The endpoint stats of one proxy, kept across config swaps.
+#[derive(Debug)]
+pub struct EndpointRegistry {
+    epoch: Instant,
+    map: Mutex<Option<HashMap<SocketAddr, Arc<EndpointStats>>>>,
+}
+
+impl Default for EndpointRegistry {
+    fn default() -> Self {
+        EndpointRegistry {
+            epoch: Instant::now(),
+            map: Mutex::new(None),
+        }
+    }
+}
+
+/// Where the proxy is, for locality rules: the node it runs on and the locality and labels of
+/// the first workload there with a locality (a ztunnel's node's; a waypoint's or sidecar's own).
+#[derive(Debug, Clone, Default)]
+pub struct Here {
+    /// Node name.
+    pub node: String,
+    /// Locality.
+    pub locality: Option<Locality>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Cluster.
+    pub cluster: String,
+}
+
+impl Here {
+    /// The proxy on `node` in `state`.
+    pub fn of(state: &MeshState, node: &str) -> Here {
+        let own = state
+            .node(node)
+            .and_then(|n| n.workloads.iter().find(|w| w.locality.is_some()))
+            .or_else(|| {
+                // A sidecar's or waypoint's node may have no `Node` entry: its workloads.
+                state
+                    .workloads
+                    .iter()
+                    .find(|w| w.node.as_deref() == Some(node) && w.locality.is_some())
+            });
+        Here {
+            node: node.to_owned(),
+            locality: own.and_then(|w| w.locality.clone()),
+            labels: own.map(|w| w.labels.clone()).unwrap_or_default(),
+            cluster: state.cluster_id.clone(),
+        }
+    }
+
+    /// As a [`Place`].
+    pub fn place(&self) -> Place<'_> {
+        Place {
+            locality: self.locality.as_ref(),
+            node: Some(self.node.as_str()),
+            cluster: &self.cluster,
+            network: "",
+            labels: Some(&self.labels),
+        }
+    }
+}
+
+/// An endpoint's [`Place`].
+pub(crate) fn place_of<'a>(w: &'a Workload, cluster: &'a str) -> Place<'a> {
+    Place {
+        locality: w.locality.as_ref(),
+        node: w.node.as_deref(),
+        cluster,
+        network: "",
+        labels: Some(&w.labels),
+    }
+}
+
+impl EndpointRegistry {
+    /// The time base of latency estimates.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// Time since [`epoch`](Self::epoch).
+    pub fn since_epoch(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.epoch)
+    }
+
+    /// Binds `state`'s endpoint sets and service ports to this proxy (on `node`), pruning the
+    /// endpoints that left. Call before publishing `state`.
+    pub fn bind(&self, state: &MeshState, node: &str) {
+        let now = Instant::now();
+        let here = Here::of(state, node);
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for set in state.endpoint_sets.values() {
+            addrs.extend(set.endpoints.iter().map(|e| e.addr()));
+        }
+        let stats = self.stats_for(&addrs, now);
+        let lookup = |a: SocketAddr| {
+            stats
+                .get(&a)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(EndpointStats::new(None, self.since_epoch(now))))
+        };
+        for set in state.endpoint_sets.values() {
+            set.bind(self, &here, &state.cluster_id, &lookup);
+        }
+        for sp in &state.service_ports {
+            sp.bind(&here, &state.cluster_id);
+        }
+    }
+
+    /// The stats of `addrs`, made for the new ones; every other entry is dropped.
+    fn stats_for(
+        &self,
+        addrs: &[SocketAddr],
+        now: Instant,
+    ) -> HashMap<SocketAddr, Arc<EndpointStats>> {
+        let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // The first config's endpoints are not warming (Envoy: hosts present when the cluster
+        // initializes skip slow start).
+        let first = guard.is_none();
+        let old = guard.take().unwrap_or_default();
+        let mut next = HashMap::with_capacity(addrs.len().min(MAX_TRACKED));
+        for a in addrs {
+            if next.contains_key(a) {
+                continue;
+            }
+            let s = match old.get(a) {
+                Some(s) => s.clone(),
+                None if next.len() >= MAX_TRACKED => continue,
+                None => Arc::new(EndpointStats::new(
+                    (!first).then_some(now),
+                    self.since_epoch(now),
+                )),
+            };
+            next.insert(*a, s);
+        }
+        let out = next.clone();
+        *guard = Some(next);
+        out
+    }
+}

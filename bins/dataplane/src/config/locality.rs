@@ -1,0 +1,74 @@
+//! Locality from the two config sources: a `WorkloadEntry`'s `locality` string and the workload
+//! API's `Workload.locality` / `Service.load_balancing` (which istiod also fills from a
+//! Kubernetes Service's `trafficDistribution`: `PreferClose`/`PreferSameZone` become
+//! `[NETWORK, REGION, ZONE, SUBZONE]` FAILOVER, `PreferSameNode` adds `NODE`).
+
+use mesh_l7::balance::locality::{Locality, Mode, Placement, Scope};
+use mesh_xds::pb::workload as wl;
+
+/// A workload API locality (`None` when all parts are empty).
+pub(crate) fn workload_locality(l: Option<&wl::Locality>) -> Option<Locality> {
+    let l = l?;
+    if l.region.is_empty() && l.zone.is_empty() && l.subzone.is_empty() {
+        return None;
+    }
+    Some(Locality {
+        region: l.region.clone(),
+        zone: l.zone.clone(),
+        subzone: l.subzone.clone(),
+    })
+}
+
+/// A workload API `load_balancing`, as ztunnel reads it; unsupported values are rejected by
+/// name.
+pub(crate) fn load_balancing(lb: Option<&wl::LoadBalancing>) -> Result<Option<Placement>, String> {
+    use wl::load_balancing::{HealthPolicy, Mode as M, Scope as S};
+    let Some(lb) = lb else { return Ok(None) };
+    if lb.health_policy == HealthPolicy::AllowAll as i32 {
+        return Err(
+            "unsupported Istio field `load_balancing.health_policy`: ALLOW_ALL is not supported yet"
+                .into(),
+        );
+    }
+    let mode = match M::try_from(lb.mode) {
+        // ztunnel: an unspecified mode fails over.
+        Ok(M::UnspecifiedMode) | Ok(M::Failover) => Mode::Failover,
+        Ok(M::Strict) => Mode::Strict,
+        Ok(M::Passthrough) => {
+            return Err(
+                "unsupported Istio field `load_balancing.mode`: PASSTHROUGH is not supported yet"
+                    .into(),
+            );
+        }
+        Err(_) => return Err(format!("load_balancing.mode: unknown value {}", lb.mode)),
+    };
+    let mut scopes = Vec::new();
+    for (i, s) in lb.routing_preference.iter().enumerate() {
+        scopes.push(match S::try_from(*s) {
+            Ok(S::Region) => Scope::Region,
+            Ok(S::Zone) => Scope::Zone,
+            Ok(S::Subzone) => Scope::Subzone,
+            Ok(S::Node) => Scope::Node,
+            Ok(S::Cluster) => Scope::Cluster,
+            Ok(S::Network) => Scope::Network,
+            Ok(S::UnspecifiedScope) | Err(_) => {
+                return Err(format!(
+                    "load_balancing.routing_preference[{i}]: unknown scope {s}"
+                ));
+            }
+        });
+    }
+    if scopes.is_empty() {
+        // No preference: nothing to rank by (a mode alone has no effect in ztunnel either).
+        return Ok(None);
+    }
+    Ok(Some(Placement::Preference { scopes, mode }))
+}
+
+/// A `WorkloadEntry.locality` (`region/zone/subzone`).
+pub(crate) fn parse(s: &str) -> Result<Option<Locality>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    Locality::parse(s).map(Some)
+}
