@@ -22,6 +22,36 @@ pub struct Meta {
     /// The path as logged, when it differs from the request's (a token in the query
     /// redacted).
     pub logged_path: Option<String>,
+    /// Why the upstream gave no response, when it did not (set by the upstream service).
+    pub failure: Option<UpstreamFailure>,
+}
+
+/// Why the upstream gave no response: typed, so retries, outlier detection and the access
+/// log's flags ask it instead of matching error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UpstreamFailure {
+    /// No connection could be opened (`UF`).
+    ConnectFailure,
+    /// The upstream reset the stream (`UR`).
+    Reset,
+    /// The connection ended before the response (`UC`).
+    ConnectionTermination,
+    /// HTTP/2 `REFUSED_STREAM`: the upstream did not process the request (`UR`).
+    RefusedStream,
+}
+
+impl UpstreamFailure {
+    /// The Envoy response flag it is logged with.
+    pub fn flag(self) -> ResponseFlags {
+        match self {
+            UpstreamFailure::ConnectFailure => ResponseFlags::UpstreamConnectionFailure,
+            UpstreamFailure::Reset | UpstreamFailure::RefusedStream => {
+                ResponseFlags::UpstreamRemoteReset
+            }
+            UpstreamFailure::ConnectionTermination => ResponseFlags::UpstreamConnectionTermination,
+        }
+    }
 }
 
 impl Default for Meta {
@@ -32,6 +62,7 @@ impl Default for Meta {
             upstream: None,
             audit: None,
             logged_path: None,
+            failure: None,
         }
     }
 }

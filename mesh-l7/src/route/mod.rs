@@ -400,14 +400,14 @@ mod tests {
     #[test]
     fn unsupported_fields_are_named() {
         let vs = serde_json::from_str(
-            r#"{"hosts": ["svc"], "http": [{"route": [{"destination": {"host": "a"}}], "retries": {"attempts": 3}, "fault": {}}], "tcp": []}"#,
+            r#"{"hosts": ["svc"], "http": [{"route": [{"destination": {"host": "a"}}], "corsPolicy": {}, "fault": {}}], "tcp": []}"#,
         )
         .unwrap();
         let e = RouteTable::compile(&vs).unwrap_err();
         let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["spec.tcp", "spec.http[0].retries", "spec.http[0].fault"]
+            ["spec.tcp", "spec.http[0].corsPolicy", "spec.http[0].fault"]
         );
         let vs = serde_json::from_str(r#"{"hosts": ["svc"], "http": [{"match": [{"uri": {"regex": "("}}], "route": [{"destination": {"host": "a"}}]}]}"#).unwrap();
         let e = RouteTable::compile(&vs).unwrap_err();
