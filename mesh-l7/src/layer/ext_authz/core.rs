@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
-use super::{CheckError, CheckResult, HeaderMode, Provider};
+use super::types::{CheckError, CheckResult, HeaderMode, Provider};
 
 /// What to do with a request after one provider's check.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use mesh_telemetry::metrics::ResponseFlags;
 use tower::{Layer, Service};
 
 use super::core::{Verdict, apply_upstream, decide};
-use super::{Authorizer, CheckError, CheckInput, Provider, protocol_name};
+use super::types::{Authorizer, CheckError, CheckInput, Provider, protocol_name};
 use crate::layer::authz::{AuthzSource, Scope};
 use crate::layer::jwt::Authenticated;
 

@@ -1,38 +1,15 @@
-//! Istio's mesh `extensionProviders` (`MeshConfig`), the external authorizers `CUSTOM`
-//! `AuthorizationPolicy`s name: parsed, validated and indexed by name into
-//! [`ExtAuthzProviders`] for the L7 layer (`mesh_l7::layer::ext_authz`) and the gRPC client
-//! (`proxy::ext_authz`).
-//!
-//! Supported: `envoyExtAuthzGrpc` (`service`, `port`, `timeout`, `failOpen`,
-//! `statusOnError`, `clearRouteCache: true`). Rejected by name: `envoyExtAuthzHttp` and every
-//! other provider kind, `includeRequestBodyInCheck`, `clearRouteCache: false`, and the HTTP
-//! provider's header fields given to a gRPC provider (a gRPC authorizer names the headers in
-//! its `CheckResponse`). A `CUSTOM` policy naming a provider that does not exist is an error
-//! at its location (and is denied at run time, fail closed).
+//! Validation of `extensionProviders[]` into [`ExtAuthzProviders`], and the check that every
+//! `CUSTOM` policy names one of them.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::StatusCode;
 use mesh_l7::layer::ext_authz::Provider;
 use serde::Deserialize;
 
-use super::errors::Validator;
+use super::types::{DEFAULT_TIMEOUT, ExtAuthzProvider, ExtAuthzProviders, ExtensionProviderSpec};
 
-/// Istio's default `timeout` of an ext_authz provider (release note "authz-ext-authz": 10m).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// `extensionProviders[]`: a name and exactly one provider kind (kept as JSON until
-/// validated, so an unsupported kind is rejected by its name).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ExtensionProviderSpec {
-    /// The name `CUSTOM` policies use in `provider.name`.
-    pub name: String,
-    /// The provider kind (`envoyExtAuthzGrpc`, …) and its settings.
-    #[serde(flatten)]
-    pub kind: BTreeMap<String, serde_json::Value>,
-}
+use crate::config::errors::Validator;
 
 /// `envoyExtAuthzGrpc`.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,30 +40,10 @@ const HTTP_ONLY_FIELDS: &[&str] = &[
     "headersToDownstreamOnAllow",
 ];
 
-/// One provider: what the layer needs and where the authorizer is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtAuthzProvider {
-    /// Timeout, fail-open, status on error.
-    pub settings: Provider,
-    /// The authorizer's service host (`[<namespace>/]<hostname>` with the namespace dropped).
-    pub host: String,
-    /// The service port.
-    pub port: u16,
-}
-
-/// The mesh's ext_authz providers by name, and whether any `CUSTOM` policy exists.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExtAuthzProviders {
-    /// By `extensionProviders[].name`.
-    pub by_name: HashMap<String, Arc<ExtAuthzProvider>>,
-    /// Some `CUSTOM` policy exists (the layer is active).
-    pub has_custom: bool,
-}
-
 /// Validates `specs` (found at `location`) and checks that every `CUSTOM` policy of
 /// `policies` names one of them (an unknown name is reported at the policy's location,
 /// `policy_location`).
-pub(super) fn index(
+fn index(
     v: &mut Validator,
     location: &str,
     specs: &[ExtensionProviderSpec],
@@ -260,9 +217,11 @@ fn grpc(
 
 /// [`index`] over the resources of a source: the `MeshConfig`'s providers, and the validated
 /// policies (an unknown provider reported at the `AuthorizationPolicy`'s document).
-pub(super) fn index_resources(
+// `pub(crate)` for the config module (the Validator is its own, hence the allow).
+#[allow(private_interfaces)]
+pub(crate) fn index_resources(
     v: &mut Validator,
-    res: &super::parse::Resources,
+    res: &crate::config::parse::Resources,
     policies: &[mesh_authz::Policy],
 ) -> ExtAuthzProviders {
     let (location, specs) = match &res.extension_providers {
@@ -279,7 +238,3 @@ pub(super) fn index_resources(
             )
     })
 }
-
-#[cfg(test)]
-#[path = "ext_authz_tests.rs"]
-mod tests;
