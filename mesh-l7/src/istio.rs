@@ -322,6 +322,9 @@ pub struct TrafficPolicySpec {
     /// Not supported yet.
     #[serde(default)]
     pub proxy_protocol: Option<serde::de::IgnoredAny>,
+    /// Retry budget (Istio 1.27): active retries capped by a share of active requests.
+    #[serde(default)]
+    pub retry_budget: Option<crate::resilience::budget::RetryBudgetSpec>,
 }
 
 /// `loadBalancer`.

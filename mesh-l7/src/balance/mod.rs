@@ -46,6 +46,8 @@ pub struct Subset {
     pub lb: LoadBalancer,
     /// Its hashing, locality and warmup.
     pub balancing: Balancing,
+    /// Its retry budget (its own, else the host's).
+    pub retry_budget: Option<crate::resilience::budget::RetryBudgetPolicy>,
 }
 
 /// A compiled `DestinationRule`.
@@ -61,6 +63,8 @@ pub struct DestinationPolicy {
     pub balancing: Balancing,
     /// Outlier detection and connection pool of the host.
     pub health: crate::resilience::pool::HostPolicy,
+    /// The host's retry budget.
+    pub retry_budget: Option<crate::resilience::budget::RetryBudgetPolicy>,
 }
 
 fn lb(
@@ -137,6 +141,7 @@ impl DestinationPolicy {
             &mut errs,
         )
         .unwrap_or_default();
+        let host_budget = retry_budget(spec.traffic_policy.as_ref(), "spec", None, &mut errs);
         let mut subsets: Vec<Subset> = Vec::new();
         for (i, s) in spec.subsets.iter().enumerate() {
             if subsets.iter().any(|x| x.name == s.name) {
@@ -158,6 +163,12 @@ impl DestinationPolicy {
                 lb: sub_lb,
                 balancing: balancing(sub_tp, &field, sub_lb, &mut errs)
                     .unwrap_or_else(|| host_balancing.clone()),
+                retry_budget: retry_budget(
+                    s.traffic_policy.as_ref(),
+                    &format!("spec.subsets[{i}]"),
+                    host_budget,
+                    &mut errs,
+                ),
             });
         }
         if errs.is_empty() {
@@ -167,10 +178,27 @@ impl DestinationPolicy {
                 subsets,
                 balancing: host_balancing,
                 health,
+                retry_budget: host_budget,
             })
         } else {
             Err(errs)
         }
+    }
+}
+
+/// `trafficPolicy.retryBudget` under `f`, else `inherited` (Istio 1.30: a subset without
+/// one keeps the host's).
+fn retry_budget(
+    tp: Option<&TrafficPolicySpec>,
+    f: &str,
+    inherited: Option<crate::resilience::budget::RetryBudgetPolicy>,
+    errs: &mut Vec<FieldError>,
+) -> Option<crate::resilience::budget::RetryBudgetPolicy> {
+    match tp.and_then(|t| t.retry_budget.as_ref()) {
+        Some(b) => {
+            crate::resilience::budget::compile(b, &format!("{f}.trafficPolicy.retryBudget"), errs)
+        }
+        None => inherited,
     }
 }
 

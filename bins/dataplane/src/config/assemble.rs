@@ -185,6 +185,7 @@ fn index_l7(v: &mut Validator, state: &mut MeshState, res: &Resources) {
         routes::compile_destination_rules(v, &res.destination_rules, &state.by_host);
     state.routes = routes::compile_routes(v, res, &state.by_host, &destination_policies);
     state.endpoint_sets = state::endpoint_sets(&state.service_ports, &destination_policies);
+    state.retry_budgets = super::retry::budgets(&destination_policies);
     state.host_policies = destination_policies
         .iter()
         .filter(|(_, p)| p.health != mesh_l7::resilience::pool::HostPolicy::default())

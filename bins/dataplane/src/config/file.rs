@@ -98,6 +98,11 @@ fn settings(v: &mut Validator, raw: &Raw, state: &mut MeshState) {
     state.root_namespace = mesh
         .and_then(|m| m.spec.root_namespace.clone())
         .unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.to_owned());
+    state.default_retry = super::retry::default_policy(
+        v,
+        loc,
+        mesh.and_then(|m| m.spec.default_http_retry_policy.as_ref()),
+    );
     state.path_normalization = match mesh.and_then(|m| m.spec.path_normalization.as_ref()) {
         None => mesh_authz::http::PathNormalization::default(),
         Some(p) => match p.normalization.parse() {

@@ -21,6 +21,7 @@ pub mod model;
 mod parse;
 mod protocol;
 pub mod ratelimits;
+pub mod retry;
 mod routes;
 mod state;
 mod waypoints;

@@ -163,6 +163,10 @@ pub struct MeshConfigSpec {
     /// `envoyExtAuthzGrpc` only, see [`super::ext_authz`]).
     #[serde(default)]
     pub extension_providers: Vec<super::ext_authz::ExtensionProviderSpec>,
+    /// The retry policy of routes without `retries` (Istio's
+    /// `meshConfig.defaultHttpRetryPolicy`; default: Istio's 2 retries).
+    #[serde(default)]
+    pub default_http_retry_policy: Option<mesh_l7::resilience::retry::RetrySpec>,
 }
 
 /// `pathNormalization`.

@@ -254,6 +254,10 @@ pub struct MeshState {
     pub port_protocols: HashMap<(String, u16), super::Protocol>,
     /// HTTP route tables (`VirtualService`) by the service host they apply to.
     pub routes: HashMap<String, Arc<mesh_l7::RouteTable>>,
+    /// The mesh's default retry policy (MeshConfig `defaultHttpRetryPolicy`, else Istio's).
+    pub default_retry: Option<Arc<mesh_l7::resilience::retry::RetryPolicy>>,
+    /// `DestinationRule` retry budgets by host and subset.
+    pub retry_budgets: super::retry::RetryBudgets,
     /// Endpoint sets by (host, service port, subset name or ""), with their balancing.
     pub endpoint_sets: HashMap<(String, u16, String), Arc<EndpointSet>>,
     /// `DestinationRule` outlier detection and connection pools by host (lower case), only
@@ -302,6 +306,8 @@ impl MeshState {
             sidecar_authn: HashMap::new(),
             port_protocols: HashMap::new(),
             routes: HashMap::new(),
+            default_retry: super::retry::istio_default(),
+            retry_budgets: HashMap::new(),
             endpoint_sets: HashMap::new(),
             host_policies: HashMap::new(),
             waypoints: HashMap::new(),

@@ -46,6 +46,8 @@ pub(crate) struct Ctx {
     /// Endpoint health (outlier detection) and connection-pool counters per destination
     /// host, shared by all connections and kept across config swaps.
     pub(crate) health: Arc<super::health::Health>,
+    /// Retry budget counters per destination (host, subset), shared by all streams.
+    pub(crate) retry_budgets: mesh_l7::resilience::budget::BudgetRegistry,
 }
 
 impl Ctx {

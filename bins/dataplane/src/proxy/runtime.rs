@@ -123,6 +123,7 @@ impl Proxy {
             ext_authz: Default::default(),
             rate_limit: Default::default(),
             health: Arc::default(),
+            retry_budgets: Default::default(),
         });
         let conn_permits = Arc::new(tokio::sync::Semaphore::new(proxy_max_connections(&ctx.cfg)));
         let proxy = Proxy {

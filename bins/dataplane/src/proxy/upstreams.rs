@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tracing::debug;
 
-/// The body of a request sent upstream (counted as it is read).
-pub(crate) type ReqBody = mesh_l7::layer::CountedBody<Incoming>;
+/// The body of a request sent upstream: counted as it is read, and kept (up to a cap) for
+/// retries and mirrors below the retry layer.
+pub(crate) type ReqBody = mesh_l7::layer::ReplayBody<mesh_l7::layer::CountedBody<Incoming>>;
 
 /// Upstream HTTP connections by endpoint address and client: idle HTTP/1.1 ones, and one
 /// multiplexed HTTP/2 connection each. The client is part of the key because an upstream

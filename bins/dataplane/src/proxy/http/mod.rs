@@ -9,6 +9,7 @@
 mod ext_authz;
 mod ratelimit;
 mod record;
+mod retry;
 mod sources;
 mod stream;
 pub(crate) mod upgrade;
@@ -49,6 +50,11 @@ where
         .layer(RouteLayer::new(sources::Sources(s.clone())))
         .layer(mesh_l7::layer::RateLimitLayer::new(ratelimit::Limits(s)))
         .layer(mesh_l7::layer::FaultLayer::<mesh_l7::layer::ThreadDice>::default())
+        .layer(mesh_l7::layer::TimeoutLayer::new())
+        .layer(mesh_l7::layer::RetryLayer::new(
+            sources::Sources(up.clone()),
+            retry::REPLAY_CAP,
+        ))
         // The upstream call's future (a dial, a TLS handshake, hyper's send) is large: boxed
         // once here, so the layers' futures around it stay small and are cheap to move (left
         // inline, moving it through six layers cost ~70 000 instructions per request).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use mesh_hbone::headers::ConnectHeaders;
-use mesh_l7::layer::{Meta, Target, UpstreamRequest, local};
+use mesh_l7::layer::{Meta, Target, UpstreamFailure, UpstreamRequest, local};
 use tracing::{debug, warn};
 
 use super::record::Dst;
@@ -35,6 +35,18 @@ pub(super) async fn call(
 
 fn unavailable(body: &'static str, flags: ResponseFlags) -> Response<RespBody> {
     local(StatusCode::SERVICE_UNAVAILABLE, body, flags)
+}
+
+/// The 503 of a failed upstream: its typed cause (for `retryOn`) and flag.
+fn upstream_failed(body: &'static str, failure: UpstreamFailure) -> Response<RespBody> {
+    let mut resp = unavailable(body, failure.flag());
+    Meta::of(&mut resp).failure = Some(failure);
+    resp
+}
+
+/// The 503 of a request that failed on its upstream connection.
+fn failed(e: &hyper::Error) -> Response<RespBody> {
+    upstream_failed("upstream request failed\n", super::retry::failure_of(e))
 }
 
 /// A routed request: to an endpoint of its destination, over HBONE.
@@ -143,17 +155,11 @@ async fn send_mesh(
         }
         Err(SendError::Connect(e)) => {
             warn!(upstream = %addr, error = %e, side = s.profile.name, "upstream connect failed: 503");
-            unavailable(
-                "upstream connect error\n",
-                ResponseFlags::UpstreamConnectionFailure,
-            )
+            upstream_failed("upstream connect error\n", UpstreamFailure::ConnectFailure)
         }
         Err(SendError::Request(e)) => {
             warn!(upstream = %addr, error = %e, side = s.profile.name, "upstream request failed: 503");
-            unavailable(
-                "upstream request failed\n",
-                ResponseFlags::UpstreamConnectionFailure,
-            )
+            failed(&e)
         }
     };
     let mut resp = super::upgrade::finish(&s.ctx.telemetry.upgrades, down, resp);
@@ -200,17 +206,11 @@ async fn forward_local(
         Ok(resp) => resp.map(RespBody::Upstream),
         Err(SendError::Connect(reason)) => {
             warn!(upstream = %addr, %reason, "application unreachable: 503");
-            unavailable(
-                "upstream connect error\n",
-                ResponseFlags::UpstreamConnectionFailure,
-            )
+            upstream_failed("upstream connect error\n", UpstreamFailure::ConnectFailure)
         }
         Err(SendError::Request(e)) => {
             warn!(upstream = %addr, error = %e, "application request failed: 503");
-            unavailable(
-                "upstream request failed\n",
-                ResponseFlags::UpstreamConnectionFailure,
-            )
+            failed(&e)
         }
     };
     let mut resp = super::upgrade::finish(&s.ctx.telemetry.upgrades, down, resp);
