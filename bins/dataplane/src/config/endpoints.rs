@@ -412,3 +412,7 @@ pub(crate) fn endpoint_sets(
     }
     out
 }
+
+#[cfg(test)]
+#[path = "endpoints_tests.rs"]
+mod tests;

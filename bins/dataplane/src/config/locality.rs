@@ -72,3 +72,66 @@ pub(crate) fn parse(s: &str) -> Result<Option<Locality>, String> {
     }
     Locality::parse(s).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wl::load_balancing::{HealthPolicy, Mode as M, Scope as S};
+
+    fn lb(scopes: &[S], mode: M) -> wl::LoadBalancing {
+        wl::LoadBalancing {
+            routing_preference: scopes.iter().map(|s| *s as i32).collect(),
+            mode: mode as i32,
+            health_policy: HealthPolicy::OnlyHealthy as i32,
+        }
+    }
+
+    // istiod carries Kubernetes `trafficDistribution: PreferClose` to ztunnel as
+    // routing_preference [NETWORK, REGION, ZONE, SUBZONE], mode FAILOVER (Istio
+    // pilot/pkg/serviceregistry/kube/controller/ambient, `PreferClose`); ztunnel ranks by the
+    // longest matching prefix.
+    #[test]
+    fn workload_api_load_balancing() {
+        let close = lb(&[S::Network, S::Region, S::Zone, S::Subzone], M::Failover);
+        assert_eq!(
+            load_balancing(Some(&close)).unwrap(),
+            Some(Placement::Preference {
+                scopes: vec![Scope::Network, Scope::Region, Scope::Zone, Scope::Subzone],
+                mode: Mode::Failover
+            })
+        );
+        let strict = lb(&[S::Node], M::Strict);
+        assert!(matches!(
+            load_balancing(Some(&strict)).unwrap(),
+            Some(Placement::Preference {
+                mode: Mode::Strict,
+                ..
+            })
+        ));
+        assert_eq!(load_balancing(None).unwrap(), None);
+        let e = load_balancing(Some(&lb(&[S::Zone], M::Passthrough))).unwrap_err();
+        assert!(e.contains("load_balancing.mode"), "{e}");
+        let mut all = lb(&[S::Zone], M::Failover);
+        all.health_policy = HealthPolicy::AllowAll as i32;
+        assert!(
+            load_balancing(Some(&all))
+                .unwrap_err()
+                .contains("health_policy")
+        );
+        let e = load_balancing(Some(&lb(&[S::UnspecifiedScope], M::Strict))).unwrap_err();
+        assert!(e.contains("routing_preference[0]"), "{e}");
+    }
+
+    #[test]
+    fn workload_api_locality() {
+        assert_eq!(workload_locality(Some(&wl::Locality::default())), None);
+        let l = wl::Locality {
+            region: "r".into(),
+            zone: "z".into(),
+            subzone: String::new(),
+        };
+        assert_eq!(workload_locality(Some(&l)).unwrap().zone, "z");
+        assert_eq!(parse("").unwrap(), None);
+        assert!(parse("a/b/c/d").is_err());
+    }
+}

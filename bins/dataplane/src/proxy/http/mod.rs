@@ -6,6 +6,7 @@
 //! A direct response or redirect is answered here; a forwarded request's body is streamed,
 //! never buffered; upstream HTTP connections are reused per endpoint and client.
 
+mod affinity;
 mod ext_authz;
 mod ratelimit;
 mod record;

@@ -93,7 +93,10 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
         None => None,
     };
     let now = tokio::time::Instant::now();
-    let Some((ep, _in_flight)) = crate::proxy::health::choose(&dest, health.as_deref(), now) else {
+    // Endpoint choice (engineer C): locality, hash key, warmup, not ejected, not tried.
+    let client = s.client.map(|c| c.ip());
+    let chosen = super::affinity::choose(&dest, health.as_deref(), &u.request, client, now);
+    let Some((ep, _in_flight, set_cookie)) = chosen else {
         return unavailable("no healthy upstream\n", ResponseFlags::NoHealthyUpstream);
     };
     let dst = Dst(ep.workload.clone(), dest_service);
@@ -102,6 +105,10 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
         let addr = SocketAddr::new(ep.workload.address, ep.port);
         let outcome = crate::proxy::health::outcome_of(&resp);
         h.report(addr, outcome, tokio::time::Instant::now());
+    }
+    if let Some(c) = set_cookie {
+        // Envoy sets a generated hash cookie on the response.
+        resp.headers_mut().append(header::SET_COOKIE, c);
     }
     // Recorded once an endpoint was chosen, even if it then failed.
     resp.extensions_mut().insert(dst);
