@@ -244,7 +244,11 @@ where
             && let Some(route) = p.route()
             && !route.mirrors.is_empty()
             // The first attempt only: a retry is not copied again.
-            && req.request.extensions().get::<Attempt>().is_none()
+            && req
+                .request
+                .extensions()
+                .get::<Attempt>()
+                .is_none_or(|a| a.number <= 1)
         {
             for (i, m) in route.mirrors.iter().enumerate() {
                 if m.share.hits(self.dice.roll()) {

@@ -39,6 +39,8 @@ pub(crate) struct Telemetry {
     pub(crate) last_rejection: Mutex<Option<(String, String)>>,
     /// Upgraded (WebSocket) connections of the L7 proxies.
     pub(crate) upgrades: super::http::upgrade::UpgradeMetrics,
+    /// Mirrored request copies of the L7 proxies.
+    pub(crate) mirrors: super::http::mirror::MirrorMetrics,
 }
 
 impl Telemetry {
@@ -72,8 +74,10 @@ impl Telemetry {
             connections_refused.clone(),
         );
         let upgrades = super::http::upgrade::UpgradeMetrics::register(mesh);
+        let mirrors = super::http::mirror::MirrorMetrics::register(mesh);
         Telemetry {
             upgrades,
+            mirrors,
             connections_refused,
             registry: Arc::new(registry),
             tcp,

@@ -8,6 +8,7 @@
 
 mod affinity;
 mod ext_authz;
+pub(crate) mod mirror;
 mod ratelimit;
 mod record;
 mod retry;
@@ -55,6 +56,12 @@ where
         .layer(mesh_l7::layer::RetryLayer::new(
             sources::Sources(up.clone()),
             retry::REPLAY_CAP,
+        ))
+        // Mirrored copies of first attempts, through the same upstream service.
+        .layer(mesh_l7::layer::MirrorLayer::new(
+            mesh_l7::layer::ThreadDice,
+            mesh_l7::layer::MirrorLimits::default(),
+            up.ctx.telemetry.mirrors.0.clone(),
         ))
         // The upstream call's future (a dial, a TLS handshake, hyper's send) is large: boxed
         // once here, so the layers' futures around it stay small and are cheap to move (left
