@@ -7,10 +7,13 @@ use std::sync::{Arc, Mutex};
 use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
+use super::actions::recipes;
 use super::descriptor::Recipe;
 use super::envoy::*;
 use super::fields::*;
+use super::filters::{filter, local_template};
 use super::policy::*;
+use super::shapes::{filter_match, route_match};
 use super::spec::*;
 use crate::FieldError;
 use crate::resilience::ratelimit::{BucketConfig, BucketMap};
@@ -27,24 +30,25 @@ pub enum Context {
 }
 
 /// A configured descriptor's entries (a value `None`: any value).
-type Entries = Vec<(String, Option<String>)>;
+pub(crate) type Entries = Vec<(String, Option<String>)>;
 
 /// A local limiter's checked config (buckets made per proxy).
 #[derive(Debug, Clone)]
 pub(crate) struct LocalTemplate {
-    name: String,
-    bucket: Option<BucketConfig>,
-    enabled: Fraction,
-    enforced: Fraction,
-    headers: Vec<(HeaderName, HeaderValue, Append)>,
-    x_headers: bool,
-    descriptors: Vec<(Entries, BucketConfig)>,
-    max_dynamic: usize,
-    status: StatusCode,
+    pub(crate) name: String,
+    pub(crate) bucket: Option<BucketConfig>,
+    pub(crate) enabled: Fraction,
+    pub(crate) enforced: Fraction,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue, Append)>,
+    pub(crate) x_headers: bool,
+    pub(crate) descriptors: Vec<(Entries, BucketConfig)>,
+    pub(crate) max_dynamic: usize,
+    pub(crate) status: StatusCode,
 }
 
+/// One checked patch.
 #[derive(Debug, Clone)]
-enum Rule {
+pub(crate) enum Rule {
     LocalFilter(LocalTemplate),
     GlobalFilter(Arc<GlobalFilter>),
     Route {
@@ -262,44 +266,7 @@ fn patch(p: &PatchSpec, at: &str, errs: &mut Vec<FieldError>) -> Option<(Option<
                 );
             }
             let (port, vhost, route) = route_match(m, apply_to == "HTTP_ROUTE", at, errs)?;
-            let (rls, per_filter) = if apply_to == "HTTP_ROUTE" {
-                let v: RouteValue = typed(value, &vat, errs)?;
-                (
-                    v.route.map(|r| r.rate_limits).unwrap_or_default(),
-                    v.typed_per_filter_config,
-                )
-            } else {
-                let v: VirtualHostValue = typed(value, &vat, errs)?;
-                (v.rate_limits, v.typed_per_filter_config)
-            };
-            let rl_at = if apply_to == "HTTP_ROUTE" {
-                format!("{vat}.route.rate_limits")
-            } else {
-                format!("{vat}.rate_limits")
-            };
-            let rate_limits = recipes(&rls, &rl_at, errs);
-            let mut local = None;
-            for (name, cfg) in &per_filter {
-                let fat = format!("{vat}.typed_per_filter_config.{name}");
-                if name != "envoy.filters.http.local_ratelimit" {
-                    err(
-                        errs,
-                        fat,
-                        "only envoy.filters.http.local_ratelimit has a per-route config here",
-                    );
-                    continue;
-                }
-                let (ty, fields, fat) = unwrap_typed(cfg, &fat, errs)?;
-                if ty != LOCAL_HTTP_TYPE {
-                    err(
-                        errs,
-                        format!("{fat}.@type"),
-                        format!("{ty:?} is not {LOCAL_HTTP_TYPE}"),
-                    );
-                    continue;
-                }
-                local = local_template(&typed(&fields, &fat, errs)?, &fat, errs);
-            }
+            let (rate_limits, local) = route_value(value, apply_to == "HTTP_ROUTE", &vat, errs)?;
             Rule::Route {
                 port,
                 vhost,
@@ -322,304 +289,45 @@ fn patch(p: &PatchSpec, at: &str, errs: &mut Vec<FieldError>) -> Option<(Option<
     Some((ctx, rule))
 }
 
-fn filter_match(m: Option<&MatchSpec>, http: bool, at: &str, errs: &mut Vec<FieldError>) {
-    let Some(l) = m.and_then(|m| m.listener.as_ref()) else {
-        return;
-    };
-    let lat = format!("{at}.match.listener");
-    let no = "not supported: rate limit filters apply to every listener of the proxy";
-    reject(
-        errs,
-        &lat,
-        &[
-            ("name", l.name.is_some()),
-            ("portName", l.port_name.is_some()),
-            ("listenerFilter", l.listener_filter.is_some()),
-            ("portNumber", l.port_number.is_some()),
-        ],
-        no,
-    );
-    let Some(fc) = &l.filter_chain else { return };
-    let fat = format!("{lat}.filterChain");
-    reject(
-        errs,
-        &fat,
-        &[
-            ("name", fc.name.is_some()),
-            ("sni", fc.sni.is_some()),
-            ("transportProtocol", fc.transport_protocol.is_some()),
-            ("applicationProtocols", fc.application_protocols.is_some()),
-            ("destinationPort", fc.destination_port.is_some()),
-        ],
-        no,
-    );
-    let Some(f) = &fc.filter else { return };
-    let ok: &[&str] = if http {
-        &["envoy.filters.network.http_connection_manager"]
-    } else {
-        &[
-            "envoy.filters.network.tcp_proxy",
-            "envoy.filters.network.http_connection_manager",
-        ]
-    };
-    if let Some(n) = f.name.as_deref().filter(|n| !ok.contains(n)) {
-        err(
-            errs,
-            format!("{fat}.filter.name"),
-            format!("{n:?} is not one of {ok:?}"),
-        );
-    }
-    let sub = f.sub_filter.as_ref().and_then(|s| s.name.as_deref());
-    if let Some(s) = sub.filter(|s| !http || *s != "envoy.filters.http.router") {
-        err(
-            errs,
-            format!("{fat}.filter.subFilter.name"),
-            format!("{s:?}: only envoy.filters.http.router (the filter goes before it)"),
-        );
-    }
-}
-
-type RouteSel = (Option<u16>, VhostMatch, Option<Option<String>>);
-
-fn route_match(
-    m: Option<&MatchSpec>,
+/// A route or virtual host patch's value: its `rate_limits` and its per-route local config.
+fn route_value(
+    value: &serde_json::Value,
     route: bool,
-    at: &str,
+    vat: &str,
     errs: &mut Vec<FieldError>,
-) -> Option<RouteSel> {
-    let rc = m.and_then(|m| m.route_configuration.as_ref());
-    let rat = format!("{at}.match.routeConfiguration");
-    let no = "not supported: match by vhost name, route name or portNumber";
-    let mut port = None;
-    if let Some(rc) = rc {
-        reject(
-            errs,
-            &rat,
-            &[
-                ("portName", rc.port_name.is_some()),
-                ("gateway", rc.gateway.is_some()),
-                ("name", rc.name.is_some()),
-            ],
-            no,
-        );
-        port = crate::route::fields::port(rc.port_number, || format!("{rat}.portNumber"), errs);
-    }
-    let vh = rc.and_then(|r| r.vhost.as_ref());
-    let vhost = match vh.and_then(|v| v.name.as_deref()).filter(|n| !n.is_empty()) {
-        None => VhostMatch::Any,
-        Some(n) => match vhost_name(n) {
-            Some(v) => v,
-            None => {
-                err(
-                    errs,
-                    format!("{rat}.vhost.name"),
-                    format!("{n:?} is not inbound|http|<port> or <host>:<port>"),
-                );
-                return None;
-            }
-        },
-    };
-    let r = vh.and_then(|v| v.route.as_ref());
-    if !route {
-        if r.is_some() {
-            err(
-                errs,
-                format!("{rat}.vhost.route"),
-                "a VIRTUAL_HOST patch has no route match; use HTTP_ROUTE",
-            );
-        }
-        return Some((port, vhost, None));
-    }
-    match r.and_then(|r| r.action.as_deref()).unwrap_or("ANY") {
-        "ANY" | "ROUTE" => {}
-        a => err(
-            errs,
-            format!("{rat}.vhost.route.action"),
-            format!("{a:?}: only ANY or ROUTE reach a rate limit"),
-        ),
-    }
-    Some((port, vhost, Some(r.and_then(|r| r.name.clone()))))
-}
-
-fn vhost_name(n: &str) -> Option<VhostMatch> {
-    if let Some(p) = n.strip_prefix("inbound|http|") {
-        return p.parse().ok().map(VhostMatch::Inbound);
-    }
-    let (h, p) = n.rsplit_once(':')?;
-    let p = p.parse().ok()?;
-    Some(VhostMatch::Host(
-        (h != "*").then(|| h.to_ascii_lowercase()),
-        p,
-    ))
-}
-
-fn filter(v: FilterValue, http: bool, at: &str, errs: &mut Vec<FieldError>) -> Option<Rule> {
-    let want: &[&str] = if http {
-        &[
-            "envoy.filters.http.local_ratelimit",
-            "envoy.filters.http.ratelimit",
-        ]
+) -> Option<(Vec<Recipe>, Option<LocalTemplate>)> {
+    let (rls, per_filter, rl_at) = if route {
+        let v: RouteValue = typed(value, vat, errs)?;
+        let rls = v.route.map(|r| r.rate_limits).unwrap_or_default();
+        (
+            rls,
+            v.typed_per_filter_config,
+            format!("{vat}.route.rate_limits"),
+        )
     } else {
-        &["envoy.filters.network.local_ratelimit"]
+        let v: VirtualHostValue = typed(value, vat, errs)?;
+        (
+            v.rate_limits,
+            v.typed_per_filter_config,
+            format!("{vat}.rate_limits"),
+        )
     };
-    if !want.contains(&v.name.as_str()) {
-        err(
-            errs,
-            format!("{at}.name"),
-            format!("{:?}: only {want:?} filters are supported", v.name),
-        );
-        return None;
-    }
-    let Some(tc) = &v.typed_config else {
-        err(errs, format!("{at}.typed_config"), "missing");
-        return None;
-    };
-    let (ty, fields, fat) = unwrap_typed(tc, &format!("{at}.typed_config"), errs)?;
-    let expect = match v.name.as_str() {
-        "envoy.filters.http.local_ratelimit" => LOCAL_HTTP_TYPE,
-        "envoy.filters.http.ratelimit" => GLOBAL_HTTP_TYPE,
-        _ => LOCAL_NET_TYPE,
-    };
-    if ty != expect {
-        err(
-            errs,
-            format!("{fat}.@type"),
-            format!("{ty:?} is not {expect}"),
-        );
-        return None;
-    }
-    match expect {
-        LOCAL_HTTP_TYPE => Some(Rule::LocalFilter(local_template(
-            &typed(&fields, &fat, errs)?,
-            &fat,
-            errs,
-        )?)),
-        GLOBAL_HTTP_TYPE => Some(Rule::GlobalFilter(global(
-            &typed(&fields, &fat, errs)?,
-            &fat,
-            errs,
-        )?)),
-        _ => {
-            let n: NetworkLocalRateLimitSpec = typed(&fields, &fat, errs)?;
-            reject(
-                errs,
-                &fat,
-                &[
-                    ("runtime_enabled", n.runtime_enabled.is_some()),
-                    ("share_key", n.share_key.is_some()),
-                ],
-                "not supported by this data plane",
-            );
-            let cfg = bucket(&n.token_bucket, &format!("{fat}.token_bucket"), errs)?;
-            Some(Rule::Connections {
-                name: n.stat_prefix,
-                cfg,
-            })
+    let rate_limits = recipes(&rls, &rl_at, errs);
+    let mut local = None;
+    for (name, cfg) in &per_filter {
+        let fat = format!("{vat}.typed_per_filter_config.{name}");
+        if name != "envoy.filters.http.local_ratelimit" {
+            let why = "only envoy.filters.http.local_ratelimit has a per-route config here";
+            err(errs, fat, why);
+            continue;
         }
-    }
-}
-
-fn local_template(
-    l: &LocalRateLimitSpec,
-    at: &str,
-    errs: &mut Vec<FieldError>,
-) -> Option<LocalTemplate> {
-    let n = errs.len();
-    reject(
-        errs,
-        at,
-        &[
-            (
-                "request_headers_to_add_when_not_enforced",
-                l.request_headers_to_add_when_not_enforced.is_some(),
-            ),
-            (
-                "local_rate_limit_per_downstream_connection",
-                l.local_rate_limit_per_downstream_connection.is_some(),
-            ),
-            (
-                "always_consume_default_token_bucket",
-                l.always_consume_default_token_bucket.is_some(),
-            ),
-            ("stage", l.stage.is_some()),
-            (
-                "rate_limited_as_resource_exhausted",
-                l.rate_limited_as_resource_exhausted.is_some(),
-            ),
-            (
-                "local_cluster_rate_limit",
-                l.local_cluster_rate_limit.is_some(),
-            ),
-            ("vh_rate_limits", l.vh_rate_limits.is_some()),
-            ("rate_limits", l.rate_limits.is_some()),
-        ],
-        "not supported by this data plane",
-    );
-    let b = l
-        .token_bucket
-        .as_ref()
-        .and_then(|b| bucket(b, &format!("{at}.token_bucket"), errs));
-    if !l.descriptors.is_empty() && l.token_bucket.is_none() {
-        // Envoy requires the default bucket beside descriptors.
-        err(
-            errs,
-            format!("{at}.token_bucket"),
-            "required when descriptors are given",
-        );
-    }
-    let mut descriptors = Vec::new();
-    for (i, d) in l.descriptors.iter().enumerate() {
-        let dat = format!("{at}.descriptors[{i}]");
-        if d.entries.is_empty() {
-            err(errs, format!("{dat}.entries"), "at least one entry");
+        let (ty, fields, fat) = unwrap_typed(cfg, &fat, errs)?;
+        if ty != LOCAL_HTTP_TYPE {
+            let why = format!("{ty:?} is not {LOCAL_HTTP_TYPE}");
+            err(errs, format!("{fat}.@type"), why);
+            continue;
         }
-        let entries = d
-            .entries
-            .iter()
-            .map(|e| (e.key.clone(), e.value.clone()))
-            .collect();
-        if let Some(cfg) = bucket(&d.token_bucket, &format!("{dat}.token_bucket"), errs) {
-            descriptors.push((entries, cfg));
-        }
+        local = local_template(&typed(&fields, &fat, errs)?, &fat, errs);
     }
-    let max_dynamic = match l.max_dynamic_descriptors {
-        None => DEFAULT_MAX_DYNAMIC,
-        Some(m) if (1..=MAX_DYNAMIC).contains(&m) => m as usize,
-        Some(_) => {
-            err(
-                errs,
-                format!("{at}.max_dynamic_descriptors"),
-                format!("must be 1..={MAX_DYNAMIC} (memory is bounded)"),
-            );
-            DEFAULT_MAX_DYNAMIC
-        }
-    };
-    let t = LocalTemplate {
-        name: l.stat_prefix.clone(),
-        bucket: b,
-        enabled: fraction(
-            l.filter_enabled.as_ref(),
-            &format!("{at}.filter_enabled"),
-            errs,
-        ),
-        enforced: fraction(
-            l.filter_enforced.as_ref(),
-            &format!("{at}.filter_enforced"),
-            errs,
-        ),
-        headers: headers(
-            &l.response_headers_to_add,
-            &format!("{at}.response_headers_to_add"),
-            errs,
-        ),
-        x_headers: x_headers(
-            l.enable_x_ratelimit_headers.as_deref(),
-            &format!("{at}.enable_x_ratelimit_headers"),
-            errs,
-        ),
-        descriptors,
-        max_dynamic,
-        status: status(l.status.as_ref(), &format!("{at}.status"), errs),
-    };
-    (errs.len() == n).then_some(t)
+    Some((rate_limits, local))
 }

@@ -7,11 +7,14 @@
 //! one proxy's policy, whose buckets live as long as it; [`RateLimitPolicy::decide`] decides
 //! per request, sans-IO. The token bucket itself is [`crate::resilience::ratelimit`].
 
+mod actions;
 mod compile;
 mod descriptor;
 pub mod envoy;
 mod fields;
+mod filters;
 mod policy;
+mod shapes;
 pub mod spec;
 
 pub use compile::{Context, RateLimitRules};
