@@ -60,7 +60,8 @@ impl Default for EndpointRegistry {
 }
 
 /// Where the proxy is, for locality rules: the node it runs on and the locality and labels of
-/// the first workload there with a locality (a ztunnel's node's; a waypoint's or sidecar's own).
+/// the first workload there with a locality (a ztunnel's node's; a sidecar's own), or for a
+/// waypoint (`node` is its Gateway's `namespace/name`) the workload at its address (its pod).
 #[derive(Debug, Clone, Default)]
 pub struct Here {
     /// Node name.
@@ -80,11 +81,15 @@ impl Here {
             .node(node)
             .and_then(|n| n.workloads.iter().find(|w| w.locality.is_some()))
             .or_else(|| {
-                // A sidecar's or waypoint's node may have no `Node` entry: its workloads.
+                // A sidecar's node may have no `Node` entry: its workloads.
                 state
                     .workloads
                     .iter()
                     .find(|w| w.node.as_deref() == Some(node) && w.locality.is_some())
+            })
+            .or_else(|| {
+                let wp = state.waypoints.get(node)?;
+                state.workload_by_ip(wp.address)
             });
         Here {
             node: node.to_owned(),

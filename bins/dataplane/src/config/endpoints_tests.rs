@@ -176,3 +176,18 @@ async fn warmup_ramps_a_new_endpoint_across_swaps() {
     let warm = share(&s3);
     assert!((0.28..=0.39).contains(&warm), "warm: a third, {warm}");
 }
+
+// A waypoint's locality is its own workload's (Istio: the waypoint pod's), found by its
+// address.
+#[test]
+fn waypoint_takes_its_own_workloads_locality() {
+    let y = mesh("{outlierDetection: {consecutive5xxErrors: 1}}", "")
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: ns}\nspec:\n  gatewayClassName: istio-waypoint\n  addresses: [{value: 10.9.0.3}]\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: wp-pod, namespace: ns}\nspec: {address: 10.9.0.3, locality: eu/x/9}\n";
+    let s = load(&y);
+    let here = super::super::Here::of(&s, "ns/wp");
+    assert_eq!(here.locality.unwrap().region, "eu");
+    EndpointRegistry::default().bind(&s, "ns/wp");
+    let set = s.endpoint_set("web.ns.svc", 80, None).unwrap();
+    // Same region first (web3, eu/x/1), though a different subzone.
+    assert_eq!(name(set.choose().unwrap().0), "web3");
+}
