@@ -346,6 +346,12 @@ pub enum Kind {
     Retry,
 }
 
+/// A connection or request refused because a pool limit is reached (Envoy's circuit
+/// breakers; response flag `UO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection pool overflow ({0:?}) for the destination")]
+pub struct Overflow(pub Kind);
+
 /// The admission counters of one destination host, shared by the whole proxy.
 #[derive(Debug, Default)]
 pub struct PoolCounters {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use mesh_l7::resilience::outlier::{Event, Outcome, OutlierCluster};
-use mesh_l7::resilience::pool::{HostPolicy, Kind, Permit, PoolCounters, PoolPolicy};
+use mesh_l7::resilience::pool::{HostPolicy, Kind, Overflow, Permit, PoolCounters, PoolPolicy};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -43,17 +43,7 @@ pub(crate) struct HostHealth {
     retries: Arc<AtomicU64>,
 }
 
-/// Why a connection or request was not admitted: a pool limit overflowed (`UO`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("connection pool overflow ({0:?}) for the destination")]
-pub(crate) struct Overflow(pub(crate) Kind);
-
 impl HostHealth {
-    /// The compiled policy.
-    pub(crate) fn policy(&self) -> &HostPolicy {
-        &self.policy
-    }
-
     /// The connection pool policy, when set.
     pub(crate) fn pool(&self) -> Option<&PoolPolicy> {
         self.policy.pool.as_ref()
@@ -96,24 +86,18 @@ impl HostHealth {
         }
     }
 
-    /// The counters (for tests and the admin view).
-    pub(crate) fn counters(&self) -> &PoolCounters {
-        &self.counters
-    }
-
-    /// Ejections so far.
-    pub(crate) fn ejections(&self) -> u64 {
-        self.ejections.load(Ordering::Relaxed)
+    #[allow(dead_code)] // API for the retry layer's source (engineer A)
+    /// The pool policy and the host's shared counters, for a layer in `mesh-l7` that admits
+    /// on its own (the retry layer: `counters.try_acquire(&policy, Kind::Retry)` per retry,
+    /// `connectionPool.http.maxRetries`).
+    pub(crate) fn pool_counters(&self) -> Option<(PoolPolicy, Arc<PoolCounters>)> {
+        let p = self.policy.pool.clone()?;
+        Some((p, self.counters.clone()))
     }
 
     /// Counts an L4 connect retry.
     pub(crate) fn count_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// L4 connect retries so far.
-    pub(crate) fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
     }
 }
 
@@ -135,17 +119,20 @@ impl Health {
     }
 
     /// Whether `addr` of `host` is ejected now.
+    #[allow(dead_code)] // API for endpoint choice (engineer C)
     pub(crate) fn is_ejected(&self, host: &str, addr: SocketAddr, now: Instant) -> bool {
         self.host(host).is_some_and(|h| h.is_ejected(addr, now))
     }
 
     /// Records an attempt's outcome on `addr` of `host`.
+    #[allow(dead_code)] // API for endpoint choice (engineer C)
     pub(crate) fn report(&self, host: &str, addr: SocketAddr, outcome: Outcome, now: Instant) {
         if let Some(h) = self.host(host) {
             h.report(addr, outcome, now);
         }
     }
 
+    #[allow(dead_code)] // API for the retry layer's source (engineer A)
     /// For the retry layer: admits one retry to `host` under `connectionPool.http.maxRetries`
     /// (`Ok(None)`: no limit configured). Hold the permit for the retry's life.
     pub(crate) fn admit_retry(&self, host: &str) -> Result<Option<Permit>, Overflow> {
@@ -217,8 +204,9 @@ impl Health {
     }
 }
 
-/// Picks an endpoint of `set` that is not ejected (the set's own balancing; a few draws, as
-/// Envoy's load balancers retry host selection): `None` when every draw hit an ejected one.
+/// Picks an endpoint of `set` that is not ejected, by the set's own choice
+/// (`EndpointSet::choose_with` with an "is healthy" predicate: nearest tier with a healthy
+/// endpoint, then its balancing).
 pub(crate) fn choose<'a>(
     set: &'a crate::config::EndpointSet,
     health: Option<&HostHealth>,
@@ -231,14 +219,19 @@ pub(crate) fn choose<'a>(
     if ejected.is_empty() {
         return set.choose();
     }
-    // Round robin reaches every endpoint within len() draws; random ones nearly so.
-    for _ in 0..set.endpoints.len().saturating_mul(2).max(1) {
-        let (ep, f) = set.choose()?;
-        if !ejected.contains(&SocketAddr::new(ep.workload.address, ep.port)) {
-            return Some((ep, f));
-        }
+    set.choose_with(|a| !ejected.contains(&a), Default::default(), now)
+}
+
+/// The per-connection limits (`maxRequestsPerConnection`, HTTP `idleTimeout`) of a
+/// destination's pool.
+pub(crate) fn conn_limits(health: Option<&HostHealth>) -> super::upstreams::ConnLimits {
+    match health.and_then(|h| h.pool()) {
+        Some(p) => super::upstreams::ConnLimits {
+            max_requests: p.max_requests_per_connection,
+            idle: p.http_idle_timeout,
+        },
+        None => super::upstreams::ConnLimits::default(),
     }
-    None
 }
 
 /// The error text of [`admit_connect`]'s overflow (`UO`).
@@ -335,3 +328,24 @@ pub(crate) fn next_endpoint(
 /// Connect attempts after the first one at L4 (Envoy's tcp_proxy `max_connect_attempts`
 /// minus one): bounded, each under the connect timeout.
 pub(crate) const L4_CONNECT_RETRIES: usize = 2;
+
+/// Sets `connectionPool.tcp.tcpKeepalive` on an upstream socket (unset parts keep the
+/// system's values). Errors are logged: keepalive is best effort.
+pub(crate) fn keepalive(s: &tokio::net::TcpStream, pool: Option<&PoolPolicy>) {
+    let Some(k) = pool.and_then(|p| p.keepalive) else {
+        return;
+    };
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        ka = ka.with_time(t);
+    }
+    if let Some(i) = k.interval {
+        ka = ka.with_interval(i);
+    }
+    if let Some(p) = k.probes {
+        ka = ka.with_retries(p);
+    }
+    if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
+        warn!(error = %e, "tcpKeepalive not set");
+    }
+}

@@ -278,7 +278,9 @@ async fn tunnel(
     };
     let copy = mesh_hbone::copy_bidirectional(&mut r, &mut w, tunnel, &counter);
     // connectionPool.tcp maxConnectionDuration / idleTimeout close the tunnel (cleanly).
-    let health = (dest.service.as_ref()).and_then(|sp| ctx.health.for_service(&sp.service));
+    let health = (dest.service.as_ref())
+        .filter(|_| dest.waypoint.is_none())
+        .and_then(|sp| ctx.health.for_service(&sp.service));
     let pool = health.as_deref().and_then(|h| h.pool());
     let result = match super::health::bounded(copy, pool, || rec.totals()).await {
         Some(r) => r.map(|_| ()),
@@ -372,6 +374,10 @@ async fn plain(
             return reply(&mut tcp, socks, r).await;
         }
     };
+    // DestinationRule connectionPool.tcp of the addressed service: keepalive, duration, idle.
+    let health = dst_service.and_then(|h| ctx.health.host(h));
+    let pool = health.as_deref().and_then(|h| h.pool());
+    super::health::keepalive(&upstream, pool);
     // The label set is consumed here, not stored in the task for the connection's life.
     let rec = labels.map(|l| ctx.telemetry.tcp.open(&l));
     reply(&mut tcp, socks, Reply::Success).await;
@@ -387,7 +393,14 @@ async fn plain(
     let mut tcp = super::reset::ResetOnDrop::new(tcp);
     let mut upstream = super::reset::ResetOnDrop::new(upstream);
     let result = match &rec {
-        Some(r) => observe::copy_counted(&mut tcp, &mut upstream, r).await,
+        Some(r) => {
+            let copy = observe::copy_counted(&mut tcp, &mut upstream, r);
+            match super::health::bounded(copy, pool, || r.totals()).await {
+                Some(res) => res,
+                // Closed by maxConnectionDuration / idleTimeout: a clean close.
+                None => Ok((0, 0)),
+            }
+        }
         None => tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await,
     };
     if result.is_ok() {

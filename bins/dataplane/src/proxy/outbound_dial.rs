@@ -87,7 +87,11 @@ pub(super) async fn attempts(
     host: Option<&String>,
     peer: SocketAddr,
 ) -> Result<Opened, Failure> {
-    let health = (dest.service.as_ref()).and_then(|sp| ctx.health.for_service(&sp.service));
+    // Through a waypoint, the waypoint applies the service's DestinationRule (Istio ambient:
+    // L7 policy at the waypoint); the tunnel to it is not the destination's connection.
+    let health = (dest.service.as_ref())
+        .filter(|_| dest.waypoint.is_none())
+        .and_then(|sp| ctx.health.for_service(&sp.service));
     let Some(h) = health.as_deref() else {
         let (t, rec) = dial(ctx, src, dest, host, peer, true, None).await?;
         return Ok((t, rec, None));
@@ -119,7 +123,7 @@ pub(super) async fn attempts(
     loop {
         // Retried only to another endpoint of a service (not through a waypoint).
         let more = dest.waypoint.is_none() && tried.len() < L4_CONNECT_RETRIES;
-        let r = dial(ctx, src, dest, host, peer, !more, Some(h)).await;
+        let r = dial(ctx, src, dest, host, peer, false, Some(h)).await;
         let now = tokio::time::Instant::now();
         let failure = match r {
             Ok((t, rec)) => {
@@ -132,27 +136,30 @@ pub(super) async fn attempts(
             h.report(dest.authority, Outcome::ConnectFailure, now);
         }
         tried.push(dest.authority);
-        let next = (dest.service.as_deref()).and_then(|sp| next_endpoint(sp, &tried, Some(h), now));
-        match next {
-            Some(ep) if more && failure.retryable && retarget(dest, ep) => {
-                debug!(dst.addr = %dest.authority, attempt = tried.len() + 1, "connect failed: retrying on another endpoint");
-                h.count_retry();
-            }
-            _ => {
-                if tried.len() > 1 || (more && failure.retryable) {
-                    // Counted once, for the connection: every attempt failed.
-                    let flags = if tried.len() > 1 {
-                        ResponseFlags::UpstreamRetryLimitExceeded
-                    } else {
-                        ResponseFlags::ConnectFailure
-                    };
-                    ctx.telemetry.tcp.refused(&labels(src, dest), flags);
-                }
-                return Err(failure);
-            }
+        let next = (more && failure.retryable)
+            .then_some(dest.service.as_deref())
+            .flatten()
+            .and_then(|sp| next_endpoint(sp, &tried, Some(h), now));
+        if let Some(ep) = next
+            && retarget(dest, ep)
+        {
+            debug!(dst.addr = %dest.authority, attempt = tried.len() + 1, "connect failed: retrying on another endpoint");
+            h.count_retry();
+            continue;
         }
+        if failure.retryable {
+            // Counted once for the connection: URX when more than one endpoint failed.
+            let flags = if tried.len() > 1 {
+                ResponseFlags::UpstreamRetryLimitExceeded
+            } else {
+                ResponseFlags::ConnectFailure
+            };
+            ctx.telemetry.tcp.refused(&labels(src, dest), flags);
+        }
+        return Err(failure);
     }
 }
+
 /// Opens the HBONE tunnel for one outbound connection (within the host's `connectTimeout`
 /// when it sets one) and records it as opened; on failure records the refusal in the
 /// metrics unless `count` is false (the caller may retry and counts once).

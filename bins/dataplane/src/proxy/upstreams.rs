@@ -1,10 +1,13 @@
 //! Upstream HTTP connections of the L7 proxies, pooled by endpoint and client: the client is
 //! part of the key because an upstream connection carries who it is for. Bounded in keys and
-//! idle connections.
+//! idle connections. A destination's `connectionPool.http` limits each connection's requests
+//! (`maxRequestsPerConnection`) and how long it may sit idle (`idleTimeout`: an idle
+//! connection found expired is closed, and a sweep at most once a second closes the others).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -22,8 +25,34 @@ pub(crate) type ReqBody = mesh_l7::layer::ReplayBody<mesh_l7::layer::CountedBody
 /// connection opened for another.
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    idle: Mutex<HashMap<PoolKey, Vec<SendRequest<ReqBody>>>>,
-    h2: Mutex<HashMap<PoolKey, hyper::client::conn::http2::SendRequest<ReqBody>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    h2: Mutex<HashMap<PoolKey, (hyper::client::conn::http2::SendRequest<ReqBody>, u32)>>,
+    /// When idle connections were last swept for `idleTimeout`.
+    swept: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// An idle HTTP/1.1 connection: since when, how many requests it carried, and the idle
+/// timeout of its destination.
+struct Idle {
+    sender: SendRequest<ReqBody>,
+    since: tokio::time::Instant,
+    used: u32,
+    timeout: Option<Duration>,
+}
+
+impl Idle {
+    fn expired(&self, now: tokio::time::Instant) -> bool {
+        self.timeout.is_some_and(|t| now >= self.since + t)
+    }
+}
+
+/// A destination's per-connection limits (`connectionPool.http`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ConnLimits {
+    /// `maxRequestsPerConnection` (0: unlimited).
+    pub(crate) max_requests: u32,
+    /// `idleTimeout`.
+    pub(crate) idle: Option<Duration>,
 }
 
 /// (endpoint, client address).
@@ -70,6 +99,8 @@ pub(super) enum SendError {
 pub(super) struct PoolFrom {
     pub(super) client: Option<std::net::IpAddr>,
     pub(super) h2: bool,
+    /// The destination's connection limits.
+    pub(super) limits: ConnLimits,
 }
 
 /// Sends `req` to `addr` on a pooled connection, or on a new one from `open`; a pooled
@@ -87,9 +118,9 @@ where
     Fut: std::future::Future<Output = Result<Sender, String>>,
 {
     let key = (addr, from.client);
-    let (mut sender, pooled) = match pools.take(key, from.h2) {
-        Some(x) => (x, true),
-        None => (open().await.map_err(SendError::Connect)?, false),
+    let (mut sender, mut used, pooled) = match pools.take(key, from.h2, from.limits) {
+        Some((x, used)) => (x, used, true),
+        None => (open().await.map_err(SendError::Connect)?, 0, false),
     };
     let mut result = sender.try_send(req).await;
     if pooled && let Err((e, req)) = result {
@@ -98,53 +129,86 @@ where
         };
         debug!(upstream = %addr, error = %e, "pooled connection closed before the request: a new one");
         sender = open().await.map_err(SendError::Connect)?;
+        used = 0;
         result = sender.try_send(req).await;
     }
-    pools.put(key, sender);
+    pools.put(key, sender, used.saturating_add(1), from.limits);
     result.map_err(|(e, _)| SendError::Request(e))
 }
 
 impl Upstreams {
-    fn take(&self, key: PoolKey, h2: bool) -> Option<Sender> {
+    /// A pooled connection for `key` and the requests it carried (an HTTP/2 one is counted
+    /// here, as it is shared; it leaves the pool once it reached `maxRequestsPerConnection`).
+    fn take(&self, key: PoolKey, h2: bool, limits: ConnLimits) -> Option<(Sender, u32)> {
         if h2 {
-            let conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            return conns
-                .get(&key)
-                .filter(|s| !s.is_closed())
-                .map(|s| Sender::H2(s.clone()));
+            let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            let (s, used) = conns.get_mut(&key).filter(|(s, _)| !s.is_closed())?;
+            *used = used.saturating_add(1);
+            let out = (Sender::H2(s.clone()), u32::MAX);
+            if limits.max_requests > 0 && *used >= limits.max_requests {
+                conns.remove(&key);
+            }
+            return Some(out);
         }
+        let now = tokio::time::Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&key)?;
-        while let Some(s) = list.pop() {
-            if s.is_ready() {
-                return Some(Sender::H1(s));
+        while let Some(c) = list.pop() {
+            // An expired one is dropped: its connection closes.
+            if c.sender.is_ready() && !c.expired(now) {
+                return Some((Sender::H1(c.sender), c.used));
             }
         }
         None
     }
 
-    fn put(&self, key: PoolKey, s: Sender) {
+    /// Closes idle HTTP/1.1 connections past their `idleTimeout`, at most once a second.
+    fn sweep(&self, now: tokio::time::Instant) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.is_some_and(|t| now < t + Duration::from_secs(1)) {
+                return;
+            }
+            *swept = Some(now);
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, l| {
+            l.retain(|c| !c.expired(now) && !c.sender.is_closed());
+            !l.is_empty()
+        });
+    }
+
+    /// Pools `s` after a request; `used` counts the requests it carried (`u32::MAX`: a
+    /// shared HTTP/2 connection already counted at take).
+    fn put(&self, key: PoolKey, s: Sender, used: u32, limits: ConnLimits) {
+        let now = tokio::time::Instant::now();
+        if limits.idle.is_some() {
+            self.sweep(now);
+        }
         match s {
             Sender::H2(s) => {
-                if !s.is_closed() {
+                if !s.is_closed() && used != u32::MAX {
                     let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
                     if conns.len() >= MAX_POOL_KEYS && !conns.contains_key(&key) {
-                        conns.retain(|_, c| !c.is_closed());
+                        conns.retain(|_, (c, _)| !c.is_closed());
                         if conns.len() >= MAX_POOL_KEYS {
                             return;
                         }
                     }
-                    conns.insert(key, s);
+                    if limits.max_requests == 0 || used < limits.max_requests {
+                        conns.insert(key, (s, used));
+                    }
                 }
             }
             Sender::H1(s) => {
-                if s.is_closed() {
+                // maxRequestsPerConnection reached: not pooled, so it closes.
+                if s.is_closed() || (limits.max_requests > 0 && used >= limits.max_requests) {
                     return;
                 }
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 if idle.len() >= MAX_POOL_KEYS && !idle.contains_key(&key) {
                     idle.retain(|_, l| {
-                        l.retain(|c| !c.is_closed());
+                        l.retain(|c| !c.sender.is_closed());
                         !l.is_empty()
                     });
                     if idle.len() >= MAX_POOL_KEYS {
@@ -155,7 +219,12 @@ impl Upstreams {
                 // Bounded: a burst of parallel requests does not leave unbounded idle
                 // connections.
                 if list.len() < 16 {
-                    list.push(s);
+                    list.push(Idle {
+                        sender: s,
+                        since: now,
+                        used,
+                        timeout: limits.idle,
+                    });
                 }
             }
         }

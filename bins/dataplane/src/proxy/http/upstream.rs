@@ -148,7 +148,11 @@ async fn send_mesh(
         req.headers_mut().remove(header::HOST);
     }
     let identity = &workload.identity;
-    let resp = send_pooled(&s.ctx.upstreams, pool_from(s), addr, req, || async move {
+    let from = PoolFrom {
+        limits: crate::proxy::health::conn_limits(health),
+        ..pool_from(s)
+    };
+    let resp = send_pooled(&s.ctx.upstreams, from, addr, req, || async move {
         // A new connection: a pending request while it is made, then a connection slot
         // for the connection's life (connectionPool limits).
         let (_pending, conn) = crate::proxy::health::admit_connect(health)?;
@@ -298,5 +302,6 @@ fn pool_from(s: &Stream) -> PoolFrom {
     PoolFrom {
         client: s.client.map(|c| c.ip()),
         h2: s.h2,
+        limits: Default::default(),
     }
 }

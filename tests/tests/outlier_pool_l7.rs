@@ -1,0 +1,278 @@
+//! Outlier detection and connection pools at the waypoint (L7), in process: an endpoint that
+//! answers 503 is ejected after exactly `consecutive5xxErrors` and skipped while ejected;
+//! `http2MaxRequests` and `maxConnections` overflow answer 503 with flag `UO`; one client
+//! opening many requests cannot get more than the pool in flight at the backend.
+//! Block 127.213.x.x (sub-blocks 11 and up).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mesh_tests::inproc::InprocMesh;
+use mesh_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Node a: `ns/client` (127.213.t.10); node b: `ns/web1` (127.213.t.21) and `ns/web2`
+/// (127.213.t.22), apps on 8080, behind service `web.ns.svc` (VIP 127.213.t.100:80) and
+/// waypoint `ns/wp` (127.213.t.3); `dr` is the DestinationRule's `trafficPolicy`.
+fn l7_mesh(t: u8, dr: &str) -> String {
+    format!(
+        r#"apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: a}}
+spec: {{address: 127.213.{t}.1, serviceListeners: true, workloads: [ns/client]}}
+---
+apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: b}}
+spec: {{address: 127.213.{t}.2, workloads: [ns/web1, ns/web2]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: ns}}
+spec: {{address: 127.213.{t}.10, serviceAccount: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web1, namespace: ns}}
+spec: {{address: 127.213.{t}.21, serviceAccount: web, labels: {{app: web}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web2, namespace: ns}}
+spec: {{address: 127.213.{t}.22, serviceAccount: web, labels: {{app: web}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web, namespace: ns, labels: {{istio.io/use-waypoint: wp}}}}
+spec:
+  hosts: [web.ns.svc]
+  addresses: [127.213.{t}.100]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: web}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: wp, namespace: ns}}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{{value: 127.213.{t}.3}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web, namespace: ns}}
+spec:
+  host: web.ns.svc
+  trafficPolicy: {dr}
+"#
+    )
+}
+
+/// What a test backend saw.
+#[derive(Default)]
+struct Seen {
+    hits: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    conns: AtomicUsize,
+}
+
+/// An HTTP/1.1 backend answering every request with `status` after `delay`, counting
+/// requests, connections and the most requests in flight at once.
+async fn backend(addr: SocketAddr, status: u16, delay: Duration) -> Arc<Seen> {
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let seen = Arc::new(Seen::default());
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = s2.clone();
+            seen.conns.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match s.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            _ if line == "\r\n" => break,
+                            _ => {}
+                        }
+                    }
+                    seen.hits.fetch_add(1, Ordering::SeqCst);
+                    let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                    if s.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+async fn start(t: u8, dr: &str) -> InprocMesh {
+    let mut mesh = InprocMesh::new(&l7_mesh(t, dr));
+    mesh.ztunnel("b", &[]).await;
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
+    mesh
+}
+
+/// One GET on a new connection from the client; the status.
+async fn get(t: u8) -> u16 {
+    let client = format!("127.213.{t}.10").parse().unwrap();
+    let vip: SocketAddr = format!("127.213.{t}.100:80").parse().unwrap();
+    let mut s = BufReader::new(connect_from(client, vip).await.unwrap());
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_request(&mut s, "GET", "/", "web.ns.svc", &[("connection", "close")]),
+    )
+    .await
+    .unwrap();
+    r.0
+}
+
+/// Requests the waypoint answered with flag UO, from its access log (polled: a request is
+/// logged when its response body ends).
+async fn uo_count(mesh: &InprocMesh, want: usize) -> usize {
+    let mut got = 0;
+    for _ in 0..50 {
+        got = mesh
+            .proxy("wp")
+            .logs()
+            .matches(r#""response_flags":"UO""#)
+            .count();
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got
+}
+
+/// Istio consecutive5xxErrors: the 503 endpoint gets exactly that many requests, then it is
+/// ejected (baseEjectionTime 60 s) and every later request goes to the healthy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_5xx_endpoint_is_ejected_after_exactly_n_and_skipped() {
+    const T: u8 = 11;
+    let bad = backend(
+        format!("127.213.{T}.21:8080").parse().unwrap(),
+        503,
+        Duration::ZERO,
+    )
+    .await;
+    let good = backend(
+        format!("127.213.{T}.22:8080").parse().unwrap(),
+        200,
+        Duration::ZERO,
+    )
+    .await;
+    let mesh = start(
+        T,
+        "{outlierDetection: {consecutive5xxErrors: 3, maxEjectionPercent: 100, baseEjectionTime: 60s}}",
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(get(T).await);
+    }
+    assert_eq!(bad.hits.load(Ordering::SeqCst), 3, "{statuses:?}");
+    // Each request reached the good endpoint once: a 503 may have been retried there by the
+    // retry layer's default policy (Istio retries 503 by default); none after the ejection.
+    assert_eq!(good.hits.load(Ordering::SeqCst), 30, "{statuses:?}");
+    assert!(
+        statuses.iter().rev().take(20).all(|s| *s == 200),
+        "{statuses:?}"
+    );
+    mesh.expect_log("wp", "outlier detection: endpoint ejected");
+}
+
+/// maxEjectionPercent (Istio default 10%): with both endpoints failing, only one is ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_max_ejection_percent_keeps_one_in() {
+    const T: u8 = 12;
+    let a = backend(
+        format!("127.213.{T}.21:8080").parse().unwrap(),
+        502,
+        Duration::ZERO,
+    )
+    .await;
+    let b = backend(
+        format!("127.213.{T}.22:8080").parse().unwrap(),
+        502,
+        Duration::ZERO,
+    )
+    .await;
+    let mesh = start(
+        T,
+        "{outlierDetection: {consecutiveGatewayErrors: 1, consecutive5xxErrors: 0}}",
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(T).await, 502);
+    }
+    let (ha, hb) = (a.hits.load(Ordering::SeqCst), b.hits.load(Ordering::SeqCst));
+    assert_eq!(ha + hb, 20);
+    assert!(
+        ha.min(hb) == 1,
+        "one ejected after its first 502, the other kept: {ha} {hb}"
+    );
+    let logs = mesh.proxy("wp").logs();
+    assert_eq!(
+        logs.matches("outlier detection: endpoint ejected").count(),
+        1
+    );
+}
+
+/// http2MaxRequests: one client sending ten requests at once to a slow backend gets one in
+/// flight; the nine others are answered 503 with flag UO (Envoy circuit breaker
+/// max_requests), and the backend never sees two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_max_requests_overflow_is_503_uo() {
+    const T: u8 = 13;
+    let slow = Duration::from_millis(1500);
+    let a = backend(format!("127.213.{T}.21:8080").parse().unwrap(), 200, slow).await;
+    let b = backend(format!("127.213.{T}.22:8080").parse().unwrap(), 200, slow).await;
+    let mesh = start(T, "{connectionPool: {http: {http2MaxRequests: 1}}}").await;
+    let first = tokio::spawn(get(T));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rest: Vec<_> = (0..9).map(|_| tokio::spawn(get(T))).collect();
+    let mut codes = Vec::new();
+    for r in rest {
+        codes.push(r.await.unwrap());
+    }
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(codes, [503; 9]);
+    let max = a.max_in_flight.load(Ordering::SeqCst) + b.max_in_flight.load(Ordering::SeqCst);
+    assert_eq!(max, 1);
+    assert_eq!(uo_count(&mesh, 9).await, 9);
+}
+
+/// maxConnections at L7: the waypoint's upstream connections to the host are capped; a
+/// request needing a new connection past the cap is answered 503 UO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_max_connections_overflow_is_503_uo() {
+    const T: u8 = 14;
+    let slow = Duration::from_millis(1500);
+    let a = backend(format!("127.213.{T}.21:8080").parse().unwrap(), 200, slow).await;
+    let b = backend(format!("127.213.{T}.22:8080").parse().unwrap(), 200, slow).await;
+    let mesh = start(T, "{connectionPool: {tcp: {maxConnections: 1}}}").await;
+    let first = tokio::spawn(get(T));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = get(T).await;
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(second, 503, "{}", mesh.proxy("wp").logs());
+    assert_eq!(
+        a.conns.load(Ordering::SeqCst) + b.conns.load(Ordering::SeqCst),
+        1
+    );
+    assert_eq!(uo_count(&mesh, 1).await, 1);
+}
