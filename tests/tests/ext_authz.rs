@@ -182,6 +182,32 @@ spec:
   provider: {{name: down}}
   rules: [{{to: [{{operation: {{paths: ["/down"]}}}}]}}]
 ---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: api, namespace: ns}}
+spec:
+  address: 127.{B}.1.40
+  serviceAccount: api
+  labels: {{app: api, sidecar.istio.io/inject: "true"}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: ns}}
+spec:
+  hosts: [api.ns.svc]
+  addresses: [127.{B}.2.4]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: api}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: api-ext, namespace: ns}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  action: CUSTOM
+  provider: {{name: opa}}
+  rules: [{{to: [{{operation: {{paths: ["/admin/*"]}}}}]}}]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: no-secret, namespace: ns}}
@@ -193,8 +219,9 @@ spec:
     )
 }
 
-/// One test, one mesh: allow, deny, skip, DENY after a CUSTOM allow, timeouts with failOpen
-/// on and off, statusOnError for an unreachable authorizer, spoofed headers, path tricks.
+/// One test, one mesh (one loopback block): at the waypoint allow, deny, skip, DENY after a
+/// CUSTOM allow, timeouts with failOpen on and off, statusOnError for an unreachable
+/// authorizer, spoofed headers, path tricks; then the same at a sidecar.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_policies_ask_the_external_authorizer() {
     let seen: Seen = Arc::default();
@@ -279,4 +306,40 @@ async fn custom_policies_ask_the_external_authorizer() {
     assert_eq!(status, 503);
     mesh.expect_log("wp", "request refused by external authorization");
     mesh.expect_log("wp", "UAEX");
+
+    // A selector CUSTOM policy is enforced by the workload's sidecar (inbound), as Istio's
+    // sidecars do: same authorizer, same answers.
+    http_app(format!("127.{B}.1.40:8080").parse().unwrap(), "api").await;
+    mesh.sidecar(
+        "side",
+        "ns/api",
+        None,
+        &["--outbound-port", "0", "--plaintext-port", "0"],
+    )
+    .await;
+    let vip: SocketAddr = format!("127.{B}.2.4:80").parse().unwrap();
+    let mut s = tokio::io::BufReader::new(connect_from(client, vip).await.unwrap());
+    let host = "api.ns.svc";
+
+    let before = seen.lock().unwrap().len();
+    let (status, h, body) =
+        http_request(&mut s, "GET", "/admin/ok", host, &[("x-user", "mallory")]).await;
+    assert_eq!(status, 200, "{body}");
+    let upstream = h
+        .iter()
+        .find(|(k, _)| k == "x-got")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        upstream.contains("x-user=alice") && !upstream.contains("mallory"),
+        "{upstream}"
+    );
+    let (status, _, body) = http_request(&mut s, "GET", "/admin/deny", host, &[]).await;
+    assert_eq!((status, body.as_str()), (403, "denied by opa"));
+    let asked = seen.lock().unwrap().len();
+    assert_eq!(asked, before + 2);
+    let (status, _, _) = http_request(&mut s, "GET", "/public", host, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen.lock().unwrap().len(), asked, "asked about /public");
+    mesh.expect_log("side", "request refused by external authorization");
 }

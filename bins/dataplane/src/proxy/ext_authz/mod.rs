@@ -20,6 +20,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use mesh_l7::layer::ext_authz::{CheckError, CheckResult};
+use mesh_l7::layer::tower::service_fn;
 use mesh_xds::Channel;
 
 use crate::config::MeshState;
@@ -38,12 +39,15 @@ pub(crate) struct Clients {
 }
 
 impl Clients {
-    /// The channel to `addr` for `provider`, made (lazily connecting) on first use.
+    /// The channel to `addr` for `provider`, made (lazily connecting) on first use. Its
+    /// connections carry the proxy's socket mark, so a sidecar's own capture rules let them
+    /// out as the proxy's traffic.
     fn channel(
         &self,
         provider: &Arc<str>,
         addr: SocketAddr,
         timeout: Duration,
+        mark: Option<u32>,
     ) -> Result<Channel, String> {
         // Never held across an await: only the map lookup and insert.
         let mut map = self
@@ -57,10 +61,14 @@ impl Clients {
             map.clear();
         }
         let endpoint = Channel::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+        let connect = service_fn(move |_: http::Uri| async move {
+            let tcp = mesh_hbone::connect_tcp(addr, mark, None).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+        });
         let channel = endpoint
             .connect_timeout(timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
+            .connect_with_connector_lazy(connect);
         map.insert((provider.clone(), addr), channel.clone());
         Ok(channel)
     }
@@ -71,11 +79,12 @@ impl Clients {
         state: &MeshState,
         provider: &ExtAuthzProvider,
         req: CheckRequest,
+        mark: Option<u32>,
     ) -> impl Future<Output = Result<CheckResult, CheckError>> + Send + use<> {
         let name = provider.settings.name.clone();
         let channel = resolve(state, provider)
             .ok_or_else(|| format!("no endpoint for {}:{}", provider.host, provider.port))
-            .and_then(|addr| self.channel(&name, addr, provider.settings.timeout));
+            .and_then(|addr| self.channel(&name, addr, provider.settings.timeout, mark));
         async move {
             let channel = channel.map_err(|reason| CheckError::Unavailable {
                 provider: name.clone(),

@@ -41,9 +41,12 @@ impl ext_authz::Authorizer for Authorizer {
         let state = s.ctx.state.load();
         let name = provider.name.clone();
         let call = state.ext_authz.by_name.get(&*provider.name).map(|p| {
-            s.ctx
-                .ext_authz
-                .check(&state, p, request(input, peers(s, &state)))
+            s.ctx.ext_authz.check(
+                &state,
+                p,
+                request(input, peers(s, &state)),
+                s.ctx.cfg.socket_mark,
+            )
         });
         async move {
             match call {
