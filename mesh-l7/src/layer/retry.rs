@@ -21,6 +21,7 @@ use tower::{Layer, Service};
 
 use super::{Attempt, Body, Meta, ReplayBody, Target, UpstreamRequest};
 use crate::resilience::budget::{ActiveGuard, BudgetCounters, RetryBudgetPolicy};
+use crate::resilience::pool::{Overflow, Permit};
 use crate::resilience::retry::{Outcome, RetryPolicy, RetrySetting};
 use mesh_telemetry::metrics::ResponseFlags;
 
@@ -37,6 +38,14 @@ pub trait RetrySource: Clone + Send + 'static {
 
     /// The retry budget of the request's destination and its counters, if it has one.
     fn budget(&self, target: &Target) -> Option<(RetryBudgetPolicy, Arc<BudgetCounters>)>;
+
+    /// A retry's slot under the destination's other limit on concurrent retries
+    /// (`connectionPool.http.maxRetries`): `Err` refuses the retry, an `Ok` permit is held
+    /// while the retry is active. None by default.
+    fn admit_retry(&self, target: &Target) -> Result<Option<Permit>, Overflow> {
+        let _ = target;
+        Ok(None)
+    }
 }
 
 /// Retries requests ([`Retry`]); bodies up to `cap` bytes are kept for replay.
@@ -95,7 +104,7 @@ where
 {
     type Response = Response<Body<U>>;
     type Error = S::Error;
-    type Future = RetryFuture<S, B>;
+    type Future = RetryFuture<S, B, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -121,6 +130,8 @@ where
             .insert(ATTEMPT_COUNT, HeaderValue::from_static("1"));
         let active = budget.as_ref().map(|(_, c)| c.request());
         let mut state = Box::pin(RetryState {
+            source: self.source.clone(),
+            permit: None,
             svc: self.inner.clone(),
             target: target.clone(),
             template,
@@ -149,7 +160,9 @@ where
 pin_project_lite::pin_project! {
     /// What a retried request keeps between tries (boxed: only requests with a policy have
     /// one).
-    pub struct RetryState<S, B> {
+    pub struct RetryState<S, B, R> {
+        source: R,
+        permit: Option<Permit>,
         svc: S,
         target: Target,
         template: Parts,
@@ -166,7 +179,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<S, B> RetryState<S, B> {
+impl<S, B, R> RetryState<S, B, R> {
     fn arm_per_try(self: Pin<&mut Self>) {
         let this = self.project();
         *this.timer_armed = false;
@@ -179,10 +192,10 @@ impl<S, B> RetryState<S, B> {
 
 pin_project_lite::pin_project! {
     /// The future of [`Retry`].
-    pub struct RetryFuture<S: Service<UpstreamRequest<ReplayBody<B>>>, B> {
+    pub struct RetryFuture<S: Service<UpstreamRequest<ReplayBody<B>>>, B, R> {
         #[pin]
         fut: Option<S::Future>,
-        state: Option<Pin<Box<RetryState<S, B>>>>,
+        state: Option<Pin<Box<RetryState<S, B, R>>>>,
     }
 }
 
@@ -217,8 +230,9 @@ enum Next<U> {
     Backoff,
 }
 
-impl<S, B> RetryState<S, B>
+impl<S, B, R> RetryState<S, B, R>
 where
+    R: RetrySource,
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
     /// Decides after a try that came to `resp` (`timed_out`: the per-try timeout fired).
@@ -226,6 +240,7 @@ where
         let this = self.project();
         // The retry that led here, if any, is decided: it no longer counts as active.
         *this.retry_guard = None;
+        *this.permit = None;
         let outcome = if timed_out {
             Some(Outcome::PerTryTimeout)
         } else {
@@ -251,11 +266,21 @@ where
         };
         if let Some((policy, counters)) = this.budget.as_ref() {
             let Some(g) = counters.retry(policy) else {
-                // The retry budget refuses (Envoy: retry overflow; our flag doc: URX).
-                Meta::of(&mut resp).flags = ResponseFlags::UpstreamRetryLimitExceeded;
+                // The retry budget refuses: Envoy's router marks a retry overflow
+                // (RetryStatus::NoOverflow) UO, and answers with this try's response.
+                Meta::of(&mut resp).flags = ResponseFlags::UpstreamOverflow;
                 return Next::Answer(resp);
             };
             *this.retry_guard = Some(g);
+        }
+        match this.source.admit_retry(this.target) {
+            Ok(p) => *this.permit = p,
+            Err(_) => {
+                // `maxRetries` overflow: the same as the budget's (UO).
+                *this.retry_guard = None;
+                Meta::of(&mut resp).flags = ResponseFlags::UpstreamOverflow;
+                return Next::Answer(resp);
+            }
         }
         *this.replay = Some(replay);
         this.attempt.number += 1;
@@ -295,8 +320,9 @@ fn per_try_timeout<U>() -> Response<Body<U>> {
     )
 }
 
-impl<S, B, U> Future for RetryFuture<S, B>
+impl<S, B, U, R> Future for RetryFuture<S, B, R>
 where
+    R: RetrySource,
     S: Service<UpstreamRequest<ReplayBody<B>>, Response = Response<Body<U>>>,
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {

@@ -340,7 +340,9 @@ async fn the_budget_stops_retries_once_spent() {
     let up = Upstream::new(&[Do::Status(503); 10]);
     let r = send(&s, &up, get()).await;
     assert_eq!((r.status().as_u16(), up.tries()), (503, 1));
-    assert_eq!(flags(&r), ResponseFlags::UpstreamRetryLimitExceeded);
+    // Envoy router: a retry refused by the retries resource (budget or maxRetries) is a
+    // retry overflow, flagged UO.
+    assert_eq!(flags(&r), ResponseFlags::UpstreamOverflow);
     drop(held);
     let up = Upstream::new(&[Do::Status(503); 10]);
     send(&s, &up, get()).await;

@@ -8,6 +8,9 @@ use mesh_l7::layer::{RetrySource, Target, UpstreamFailure};
 use mesh_l7::resilience::budget::{BudgetCounters, RetryBudgetPolicy};
 use mesh_l7::resilience::retry::RetryPolicy;
 
+use mesh_l7::resilience::pool::{Overflow, Permit};
+
+use super::Stream;
 use super::sources::Sources;
 
 /// The request body cap for replay: bodies up to 64 KiB are kept as they stream so they can
@@ -25,17 +28,29 @@ impl RetrySource for Sources {
         if state.retry_budgets.is_empty() {
             return None;
         }
-        let (host, subset) = match target {
-            Target::Picked(p) => {
-                let d = p.destination()?;
-                (d.host.as_str(), d.subset.as_deref())
-            }
-            Target::Addressed => (s.service.as_ref()?.service.hosts.first()?.as_str(), None),
-            Target::Direct => return None,
-        };
+        let (host, subset) = destination(s, target)?;
         let policy = crate::config::retry::budget_of(&state.retry_budgets, host, subset)?;
         let host = host.to_ascii_lowercase();
         Some((policy, s.ctx.retry_budgets.get(&host, subset)))
+    }
+
+    fn admit_retry(&self, target: &Target) -> Result<Option<Permit>, Overflow> {
+        match destination(&self.0, target) {
+            Some((host, _)) => self.0.ctx.health.admit_retry(&host.to_ascii_lowercase()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The destination host and subset a request goes to (`None`: unrouted, to the local app).
+fn destination<'a>(s: &'a Stream, target: &'a Target) -> Option<(&'a str, Option<&'a str>)> {
+    match target {
+        Target::Picked(p) => {
+            let d = p.destination()?;
+            Some((d.host.as_str(), d.subset.as_deref()))
+        }
+        Target::Addressed => Some((s.service.as_ref()?.service.hosts.first()?.as_str(), None)),
+        Target::Direct => None,
     }
 }
 

@@ -1,0 +1,454 @@
+//! Timeouts, retries and retry budgets at the waypoint (in-process harness, loopback block
+//! 127.210.x.x), against misbehaving backends written here: ones that answer 503, close the
+//! connection without answering, or never answer. Exact try counts at the backend, flags in
+//! the access log, bodies replayed up to the cap, and what a client cannot force.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_tests::inproc::InprocMesh;
+use mesh_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// Addresses of one test's mesh: `127.210.<c>.x`.
+#[derive(Clone, Copy)]
+struct Net(u8);
+
+impl Net {
+    fn ip(self, host: u8) -> String {
+        format!("127.210.{}.{host}", self.0)
+    }
+    fn addr(self, host: u8, port: u16) -> SocketAddr {
+        format!("{}:{port}", self.ip(host)).parse().unwrap()
+    }
+    /// Node a (client), node b (web endpoints at .21 and .22), waypoint `ns/wp`, then `extra`.
+    fn config(self, extra: &str) -> String {
+        let ip = |h| self.ip(h);
+        format!(
+            r#"apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: a}}
+spec: {{address: {a}, serviceListeners: true, workloads: [ns/client]}}
+---
+apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: b}}
+spec: {{address: {b}, workloads: [ns/web1, ns/web2]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: ns}}
+spec: {{address: {client}, serviceAccount: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web1, namespace: ns}}
+spec: {{address: {web1}, serviceAccount: web, labels: {{app: web}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web2, namespace: ns}}
+spec: {{address: {web2}, serviceAccount: web, labels: {{app: web}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web, namespace: ns, labels: {{istio.io/use-waypoint: wp}}}}
+spec:
+  hosts: [web.ns.svc]
+  addresses: [{vip}]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: web}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: wp, namespace: ns}}
+spec:
+  gatewayClassName: istio-waypoint
+  addresses: [{{value: {wp}}}]
+{extra}"#,
+            a = ip(1),
+            b = ip(2),
+            wp = ip(3),
+            client = ip(10),
+            web1 = ip(21),
+            web2 = ip(22),
+            vip = ip(41),
+        )
+    }
+
+    async fn start(self, extra: &str) -> InprocMesh {
+        let mut mesh = InprocMesh::new(&self.config(extra));
+        mesh.ztunnel("b", &[]).await;
+        mesh.waypoint("wp", "ns/wp", &[]).await;
+        mesh.ztunnel("a", &[]).await;
+        mesh
+    }
+
+    async fn conn(self) -> BufReader<TcpStream> {
+        let client = self.ip(10).parse().unwrap();
+        BufReader::new(connect_from(client, self.addr(41, 80)).await.unwrap())
+    }
+}
+
+/// How a test backend answers every request.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    /// This status, body `ok`.
+    Status(u16),
+    /// Reads the request, then closes the connection without answering.
+    Close,
+    /// Reads the request, never answers.
+    Slow,
+}
+
+/// What a backend received, one entry per request.
+#[derive(Debug, Clone)]
+struct Got {
+    path: String,
+    body_len: usize,
+    attempt: Option<String>,
+    retry_on: Option<String>,
+}
+
+type Seen = Arc<Mutex<Vec<Got>>>;
+
+async fn backend(addr: SocketAddr, mode: Mode) -> Seen {
+    let seen: Seen = Arc::default();
+    let l = TcpListener::bind(addr).await.unwrap();
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(BufReader::new(s), mode, s2.clone()));
+        }
+    });
+    seen
+}
+
+async fn serve(mut s: BufReader<TcpStream>, mode: Mode, seen: Seen) {
+    loop {
+        let Some((first, headers)) = read_head(&mut s).await else {
+            return;
+        };
+        let h = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let len: usize = h("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if s.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        seen.lock().unwrap().push(Got {
+            path: first.split_whitespace().nth(1).unwrap_or("").to_owned(),
+            body_len: len,
+            attempt: h("x-envoy-attempt-count"),
+            retry_on: h("x-envoy-retry-on"),
+        });
+        let status = match mode {
+            Mode::Close => return,
+            Mode::Slow => std::future::pending().await,
+            Mode::Status(s) => s,
+        };
+        let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+        if s.get_mut().write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_head(s: &mut BufReader<TcpStream>) -> Option<(String, Vec<(String, String)>)> {
+    let mut first = String::new();
+    if s.read_line(&mut first).await.ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if s.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some((first.trim_end().to_owned(), headers));
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+}
+
+/// Sends `head` (then a blank line and `body`) and reads the response: status and body.
+async fn exchange(s: &mut BufReader<TcpStream>, head: &str, body: &[u8]) -> (u16, String) {
+    let mut msg = format!("{head}\r\n\r\n").into_bytes();
+    msg.extend_from_slice(body);
+    s.get_mut().write_all(&msg).await.unwrap();
+    let (first, headers) = tokio::time::timeout(Duration::from_secs(10), read_head(s))
+        .await
+        .expect("response in time")
+        .expect("a response");
+    let status = first.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A GET of `path` on a fresh connection.
+async fn get(net: Net, path: &str) -> (u16, String) {
+    let mut c = net.conn().await;
+    exchange(&mut c, &format!("GET {path} HTTP/1.1\r\n{HOST}"), b"").await
+}
+
+const HOST: &str = "Host: web.ns.svc";
+
+fn vs(http: &str) -> String {
+    format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: ns}}
+spec:
+  hosts: [web.ns.svc]
+  http:
+{http}"#
+    )
+}
+
+fn tries(seen: &Seen) -> usize {
+    seen.lock().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_backend_gets_exactly_attempts_plus_one_tries_then_urx() {
+    // Istio HTTPRetry.attempts counts retries (attempts: 3 → 4 requests at the backend);
+    // Envoy flags URX when retries are exhausted on a retriable response and sends
+    // x-envoy-attempt-count (Istio sets include_request_attempt_count).
+    let net = Net(1);
+    let web1 = backend(net.addr(21, 8080), Mode::Status(503)).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Status(503)).await;
+    let mesh = net
+        .start(&vs(r#"  - retries: {attempts: 3, retryOn: 5xx}
+    route: [{destination: {host: web.ns.svc}}]
+"#))
+        .await;
+    let (status, _) = get(net, "/x").await;
+    assert_eq!(status, 503);
+    assert_eq!(tries(&web1) + tries(&web2), 4);
+    let mut attempts: Vec<_> = web1
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(web2.lock().unwrap().iter())
+        .map(|g| g.attempt.clone().unwrap())
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, ["1", "2", "3", "4"]);
+    mesh.expect_log("wp", r#""response_flags":"URX""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_policy_retries_a_503_on_the_other_endpoint() {
+    // Istio's default retry policy (no `retries`): 2 retries on 503, and the
+    // previous_hosts predicate sends each retry to an endpoint not tried yet.
+    let net = Net(2);
+    let bad = backend(net.addr(21, 8080), Mode::Status(503)).await;
+    let good = backend(net.addr(22, 8080), Mode::Status(200)).await;
+    let _mesh = net.start("").await;
+    for i in 0..20 {
+        let (status, _) = get(net, &format!("/{i}")).await;
+        assert_eq!(status, 200, "request {i}");
+    }
+    assert_eq!(tries(&good), 20);
+    // Never twice on the bad one for the same request.
+    let bad = bad.lock().unwrap();
+    let mut paths: Vec<_> = bad.iter().map(|g| g.path.clone()).collect();
+    paths.dedup();
+    assert_eq!(paths.len(), bad.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_before_the_response_is_retried_only_under_reset() {
+    // Envoy retryOn `reset`: no response at all (disconnect/reset); Istio's default policy
+    // has no `reset` (only connect-failure, refused-stream, 503, gRPC unavailable and
+    // cancelled), so the default answers 503 UC after one try.
+    let net = Net(3);
+    let web1 = backend(net.addr(21, 8080), Mode::Close).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Close).await;
+    let mesh = net
+        .start(&vs(r#"  - match: [{uri: {prefix: /reset}}]
+    retries: {attempts: 2, retryOn: reset}
+    route: [{destination: {host: web.ns.svc}}]
+  - route: [{destination: {host: web.ns.svc}}]
+"#))
+        .await;
+    let (status, _) = get(net, "/reset").await;
+    assert_eq!(status, 503);
+    assert_eq!(tries(&web1) + tries(&web2), 3);
+    mesh.expect_log("wp", r#""response_flags":"URX""#);
+    let (status, _) = get(net, "/other").await;
+    assert_eq!(status, 503);
+    assert_eq!(tries(&web1) + tries(&web2), 4);
+    mesh.expect_log("wp", r#""response_flags":"UC""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_tries_are_cut_by_the_per_try_timeout_and_the_route_timeout_answers_504_ut() {
+    // Envoy: per_try_timeout bounds each try (retried under 5xx); the route timeout spans
+    // all tries and answers 504 "upstream request timeout", flag UT.
+    let net = Net(4);
+    let web1 = backend(net.addr(21, 8080), Mode::Slow).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Slow).await;
+    let mesh = net
+        .start(&vs(r#"  - match: [{uri: {prefix: /pertry}}]
+    timeout: 5s
+    retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}
+    route: [{destination: {host: web.ns.svc}}]
+  - match: [{uri: {prefix: /route}}]
+    timeout: 300ms
+    retries: {attempts: 0}
+    route: [{destination: {host: web.ns.svc}}]
+"#))
+        .await;
+    let t0 = Instant::now();
+    let (status, body) = get(net, "/pertry").await;
+    let took = t0.elapsed();
+    assert_eq!((status, body.as_str()), (504, "upstream request timeout"));
+    assert_eq!(tries(&web1) + tries(&web2), 3);
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    mesh.expect_log("wp", r#""response_flags":"URX""#);
+    let t0 = Instant::now();
+    let (status, _) = get(net, "/route").await;
+    let took = t0.elapsed();
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(tries(&web1) + tries(&web2), 4);
+    mesh.expect_log("wp", r#""response_flags":"UT""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_up_to_the_cap_are_replayed_and_bigger_ones_sent_once() {
+    // Envoy buffers a request for retries up to a limit and does not retry past it; ours is
+    // 64 KiB. Attacker: a big body on a retrying route is sent once, never held whole.
+    let net = Net(5);
+    let web1 = backend(net.addr(21, 8080), Mode::Status(503)).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Status(503)).await;
+    let _mesh = net
+        .start(&vs(r#"  - retries: {attempts: 1, retryOn: 5xx}
+    route: [{destination: {host: web.ns.svc}}]
+"#))
+        .await;
+    let all = |a: &Seen, b: &Seen| -> Vec<usize> {
+        let mut v: Vec<_> = a.lock().unwrap().iter().map(|g| g.body_len).collect();
+        v.extend(b.lock().unwrap().iter().map(|g| g.body_len));
+        v
+    };
+    let small = vec![b'x'; 1000];
+    let mut c = net.conn().await;
+    let head = format!("POST /small HTTP/1.1\r\n{HOST}\r\ncontent-length: 1000");
+    assert_eq!(exchange(&mut c, &head, &small).await.0, 503);
+    assert_eq!(all(&web1, &web2), [1000, 1000]);
+    let big = vec![b'y'; 70_000];
+    let mut c = net.conn().await;
+    let head = format!("POST /big HTTP/1.1\r\n{HOST}\r\ncontent-length: 70000");
+    assert_eq!(exchange(&mut c, &head, &big).await.0, 503);
+    assert_eq!(all(&web1, &web2), [1000, 1000, 70_000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_force_retries_or_timeouts_with_envoy_headers() {
+    // Envoy honours x-envoy-retry-on, x-envoy-max-retries and
+    // x-envoy-upstream-rq-timeout-ms only from trusted downstreams; the waypoint strips
+    // x-envoy-* from clients and its retry layer never reads them.
+    let net = Net(6);
+    let web1 = backend(net.addr(21, 8080), Mode::Status(503)).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Status(503)).await;
+    let _mesh = net
+        .start(&vs(r#"  - retries: {attempts: 0}
+    route: [{destination: {host: web.ns.svc}}]
+"#))
+        .await;
+    let mut c = net.conn().await;
+    let head = format!(
+        "GET /x HTTP/1.1\r\n{HOST}\r\nx-envoy-retry-on: 5xx\r\nx-envoy-max-retries: 5\r\n\
+         x-envoy-upstream-rq-timeout-ms: 1\r\nx-envoy-attempt-count: 9"
+    );
+    assert_eq!(exchange(&mut c, &head, b"").await.0, 503);
+    assert_eq!(tries(&web1) + tries(&web2), 1);
+    let got = web1
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(web2.lock().unwrap().iter())
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(got[0].retry_on, None);
+    assert_eq!(got[0].attempt, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_retry_budget_stops_retries() {
+    // Istio 1.27 DestinationRule retryBudget: at most max(minRetryConcurrency, percent% of
+    // active requests) retries at once; with both 0 no retry is ever allowed (Envoy: a
+    // retry overflow, flag UO, the try's own response returned).
+    let net = Net(7);
+    let web1 = backend(net.addr(21, 8080), Mode::Status(503)).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Status(503)).await;
+    let mesh = net
+        .start(&format!(
+            "{}{}",
+            vs(r#"  - retries: {attempts: 3, retryOn: 5xx}
+    route: [{destination: {host: web.ns.svc}}]
+"#),
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: ns}
+spec:
+  host: web.ns.svc
+  trafficPolicy:
+    retryBudget: {percent: 0, minRetryConcurrency: 0}
+"#
+        ))
+        .await;
+    for _ in 0..5 {
+        assert_eq!(get(net, "/x").await.0, 503);
+    }
+    assert_eq!(tries(&web1) + tries(&web2), 5);
+    mesh.expect_log("wp", r#""response_flags":"UO""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_retry_fields_are_rejected_by_name() {
+    let net = Net(8);
+    let yaml = net.config(&vs(
+        r#"  - retries: {attempts: 2, retryOn: "5xx,retriable-headers", retryRemoteLocalities: true}
+    route: [{destination: {host: web.ns.svc}}]
+"#,
+    ));
+    let e = mesh_dataplane::config::parse(std::path::Path::new("mesh.yaml"), &yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.http[0].retries.retryRemoteLocalities"),
+        "{e}"
+    );
+    assert!(e.contains("spec.http[0].retries.retryOn"), "{e}");
+}
