@@ -349,3 +349,7 @@ pub(crate) fn keepalive(s: &tokio::net::TcpStream, pool: Option<&PoolPolicy>) {
         warn!(error = %e, "tcpKeepalive not set");
     }
 }
+
+#[cfg(test)]
+#[path = "health_tests.rs"]
+mod tests;
