@@ -289,6 +289,36 @@ async fn several_providers_and_unknown_ones() {
     assert!(fake.asked().is_empty());
 }
 
+/// An attacker holding many requests against a hanging authorizer: each is answered at the
+/// provider's timeout (fail closed), none waits longer, and none reaches the upstream.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_authorizer_holds_no_request_past_its_timeout() {
+    let fake = Fake::new(Script::Hang);
+    let start = tokio::time::Instant::now();
+    let calls = (0..200).map(|_| {
+        let fake = fake.clone();
+        async move { call(vec![custom("ext", "opa", &[])], &fake, "/").await }
+    });
+    let answers = futures_join_all(calls).await;
+    assert!(answers.iter().all(|r| r.status() == StatusCode::FORBIDDEN));
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(fake.asked().len(), 200);
+}
+
+/// Joins futures without a futures crate: each spawned, awaited in order.
+async fn futures_join_all<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
 /// Not configured: the layer never asks the source nor the authorizer.
 #[tokio::test(start_paused = true)]
 async fn inactive_does_nothing() {
