@@ -531,3 +531,114 @@ async fn a_101_the_client_did_not_ask_for_is_refused() {
     .await;
     assert_eq!(metric(&m, "mesh_upgraded_connections_total", &[]), 0.0);
 }
+
+/// An empty request body for the test's HTTP/2 client.
+struct Nothing;
+
+impl hyper::body::Body for Nothing {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+}
+
+/// An HTTP/2 app accepting RFC 8441 WebSocket: 200 then an echo of the stream's bytes.
+async fn h2_ws_echo(addr: SocketAddr) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let l = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let svc = service_fn(|mut req: http::Request<hyper::body::Incoming>| async move {
+                let ws = req
+                    .extensions()
+                    .get::<hyper::ext::Protocol>()
+                    .is_some_and(|p| p.as_str() == "websocket");
+                if ws {
+                    let up = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(up) = up.await {
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        }
+                    });
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Nothing))
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .enable_connect_protocol()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    // RFC 8441: WebSocket over an HTTP/2 stream (an HTTP2 service port), through the waypoint.
+    let net = Net(80);
+    h2_ws_echo(net.addr(21, 8080)).await;
+    let yaml = net.config("").replace(
+        "name: http, protocol: HTTP,",
+        "name: http2, protocol: HTTP2,",
+    );
+    let mut mesh = InprocMesh::new(&yaml);
+    mesh.ztunnel("b", &[]).await;
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
+    let tcp = connect_from(net.ip(10).parse().unwrap(), net.vip())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Nothing>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A first request, so the proxy's SETTINGS (extended CONNECT enabled) have arrived.
+    let get = http::Request::get("http://web.ns.svc/")
+        .body(Nothing)
+        .unwrap();
+    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
+    let connect = |protocol: &'static str, path: &str| {
+        let mut r = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://web.ns.svc{path}"))
+            .header("sec-websocket-version", "13")
+            .body(Nothing)
+            .unwrap();
+        r.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static(protocol));
+        r
+    };
+    let resp = sender
+        .send_request(connect("websocket", "/chat"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut up = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    up.write_all(b"over h2").await.unwrap();
+    let mut back = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(10), up.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"over h2");
+    // Other extended CONNECT protocols (a UDP or IP tunnel) are refused.
+    let resp = sender
+        .send_request(connect("connect-udp", "/.well-known/masque/udp/x/53/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 501);
+}

@@ -64,7 +64,9 @@ pub(crate) fn h2_server() -> hyper::server::conn::http2::Builder<TokioExecutor> 
         .max_local_error_reset_streams(MAX_RESETS)
         .max_send_buf_size(MAX_SEND_BUF)
         .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        // RFC 8441 extended CONNECT, for WebSocket over HTTP/2 (other protocols refused).
+        .enable_connect_protocol();
     b
 }
 
@@ -142,6 +144,11 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
     // first: its `Upgrade`/`Connection` go back only on the request sent upstream.
     if super::http::upgrade::is_websocket(req) {
         req.extensions_mut().insert(super::http::upgrade::WebSocket);
+    } else if super::http::upgrade::is_other_extended_connect(req) {
+        return Err((
+            StatusCode::NOT_IMPLEMENTED,
+            "only WebSocket is supported over extended CONNECT\n",
+        ));
     }
     strip_hop_by_hop(req.headers_mut());
     let v = HeaderValue::from_str(&authority)

@@ -1,8 +1,9 @@
-//! WebSocket pass-through (HTTP/1.1 `Upgrade: websocket`, RFC 6455): the upgrade request goes
+//! WebSocket pass-through (HTTP/1.1 `Upgrade: websocket`, RFC 6455, and HTTP/2 extended
+//! `CONNECT` with `:protocol websocket`, RFC 8441): the upgrade request goes
 //! through the whole stack like any request (authorization, routing, faults), its `Upgrade`
 //! and `Connection` headers kept aside by the hygiene check ([`WebSocket`]) and put back only
-//! on the request sent upstream; when the upstream answers `101 Switching Protocols`, the two
-//! upgraded connections are joined and bytes copied both ways with fixed buffers, counted.
+//! on the request sent upstream; when the upstream answers `101 Switching Protocols` (`200` to
+//! an extended `CONNECT`), the two upgraded connections (streams) are joined and bytes copied both ways with fixed buffers, counted.
 //! Only `websocket` is honoured, as Istio's default `upgrade_configs`: any other upgrade
 //! (`h2c` above all: a client speaking HTTP/2 straight to the app would bypass the per-request
 //! checks) is stripped as a hop-by-hop header, and a 101 the client did not ask for is 502.
@@ -11,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use mesh_l7::layer::local;
@@ -71,10 +73,17 @@ impl UpgradeMetrics {
     }
 }
 
-/// Whether `req` is an HTTP/1.1 WebSocket upgrade: `GET`, `Connection` listing `upgrade`
+/// Whether `req` is a WebSocket upgrade: HTTP/1.1 `GET` with `Connection` listing `upgrade`
 /// and `Upgrade: websocket` (case-insensitive, alone: a list such as `h2c, websocket` is
-/// not honoured).
+/// not honoured), or an HTTP/2 extended `CONNECT` with `:protocol websocket`.
 pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
+    if req.version() == Version::HTTP_2 {
+        return req.method() == Method::CONNECT
+            && req
+                .extensions()
+                .get::<Protocol>()
+                .is_some_and(|p| p.as_str() == "websocket");
+    }
     if req.version() != Version::HTTP_11 || req.method() != Method::GET {
         return false;
     }
@@ -92,16 +101,34 @@ pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
     websocket && upgrades.next().is_none() && connection_upgrade
 }
 
+/// Whether `req` is an HTTP/2 extended `CONNECT` for another protocol than `websocket`
+/// (refused: only WebSocket is passed through, as Istio's default `upgrade_configs`).
+pub(crate) fn is_other_extended_connect<B>(req: &Request<B>) -> bool {
+    req.extensions()
+        .get::<Protocol>()
+        .is_some_and(|p| p.as_str() != "websocket" || req.method() != Method::CONNECT)
+}
+
+/// The client side of an upgrade on its way upstream, and whether it is HTTP/2's.
+pub(super) struct Pending {
+    down: OnUpgrade,
+    h2: bool,
+}
+
 /// Before a request goes upstream (after its hop-by-hop headers were stripped): a WebSocket
 /// upgrade gets `Connection: upgrade` and `Upgrade: websocket` back, and the client side of
 /// the upgrade is taken out of it.
-pub(super) fn prepare<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
+pub(super) fn prepare<B>(req: &mut Request<B>) -> Option<Pending> {
     req.extensions().get::<WebSocket>()?;
     let down = req.extensions_mut().remove::<OnUpgrade>()?;
+    if req.version() == Version::HTTP_2 {
+        // RFC 8441: the extended CONNECT goes on as is (its `:protocol` extension kept).
+        return Some(Pending { down, h2: true });
+    }
     let h = req.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    Some(down)
+    Some(Pending { down, h2: false })
 }
 
 /// After the upstream's response head: a 101 to a WebSocket upgrade joins the client and the
@@ -109,13 +136,18 @@ pub(super) fn prepare<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
 /// answered 502. Any other response leaves the client's connection plain HTTP.
 pub(super) fn finish(
     m: &UpgradeMetrics,
-    down: Option<OnUpgrade>,
+    down: Option<Pending>,
     mut resp: Response<RespBody>,
 ) -> Response<RespBody> {
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS || !resp.body().is_upstream() {
+    let h2 = down.as_ref().is_some_and(|d| d.h2);
+    let switched = match resp.status() {
+        StatusCode::SWITCHING_PROTOCOLS => true,
+        s => h2 && s.is_success(),
+    };
+    if !switched || !resp.body().is_upstream() {
         return resp;
     }
-    let Some(down) = down else {
+    let Some(Pending { down, .. }) = down else {
         m.unasked.inc();
         return local(
             StatusCode::BAD_GATEWAY,
