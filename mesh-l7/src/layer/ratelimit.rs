@@ -56,6 +56,11 @@ pub trait RateLimitSource: Clone + Send + 'static {
     /// Asks the rate limit service of `filter` about `descriptors` (the timeout is the
     /// caller's: the layer bounds the call with `filter.timeout`).
     fn check(&self, filter: &GlobalFilter, descriptors: Vec<Descriptor>) -> Self::Check;
+
+    /// A local limiter (its `stat_prefix`) refused a request with `status`.
+    fn refused(&self, limiter: &str, status: StatusCode) {
+        let _ = (limiter, status);
+    }
 }
 
 /// Rate limits requests with a [`RateLimitSource`] ([`RateLimit`]).
@@ -159,8 +164,11 @@ where
         };
         let local = match v.local {
             LocalOutcome::Refuse {
-                status, headers, ..
+                status,
+                headers,
+                name,
             } => {
+                self.source.refused(&name, status);
                 let flags = ResponseFlags::RateLimited;
                 let state = local_state(status, "local_rate_limited", flags, headers);
                 return RateLimitFuture { state };

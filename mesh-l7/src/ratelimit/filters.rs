@@ -86,36 +86,7 @@ pub(super) fn local_template(
     errs: &mut Vec<FieldError>,
 ) -> Option<LocalTemplate> {
     let n = errs.len();
-    reject(
-        errs,
-        at,
-        &[
-            (
-                "request_headers_to_add_when_not_enforced",
-                l.request_headers_to_add_when_not_enforced.is_some(),
-            ),
-            (
-                "local_rate_limit_per_downstream_connection",
-                l.local_rate_limit_per_downstream_connection.is_some(),
-            ),
-            (
-                "always_consume_default_token_bucket",
-                l.always_consume_default_token_bucket.is_some(),
-            ),
-            ("stage", l.stage.is_some()),
-            (
-                "rate_limited_as_resource_exhausted",
-                l.rate_limited_as_resource_exhausted.is_some(),
-            ),
-            (
-                "local_cluster_rate_limit",
-                l.local_cluster_rate_limit.is_some(),
-            ),
-            ("vh_rate_limits", l.vh_rate_limits.is_some()),
-            ("rate_limits", l.rate_limits.is_some()),
-        ],
-        "not supported by this data plane",
-    );
+    rejected_local(l, at, errs);
     let b = l
         .token_bucket
         .as_ref()
@@ -128,33 +99,8 @@ pub(super) fn local_template(
             "required when descriptors are given",
         );
     }
-    let mut descriptors = Vec::new();
-    for (i, d) in l.descriptors.iter().enumerate() {
-        let dat = format!("{at}.descriptors[{i}]");
-        if d.entries.is_empty() {
-            err(errs, format!("{dat}.entries"), "at least one entry");
-        }
-        let entries = d
-            .entries
-            .iter()
-            .map(|e| (e.key.clone(), e.value.clone()))
-            .collect();
-        if let Some(cfg) = bucket(&d.token_bucket, &format!("{dat}.token_bucket"), errs) {
-            descriptors.push((entries, cfg));
-        }
-    }
-    let max_dynamic = match l.max_dynamic_descriptors {
-        None => DEFAULT_MAX_DYNAMIC,
-        Some(m) if (1..=MAX_DYNAMIC).contains(&m) => m as usize,
-        Some(_) => {
-            err(
-                errs,
-                format!("{at}.max_dynamic_descriptors"),
-                format!("must be 1..={MAX_DYNAMIC} (memory is bounded)"),
-            );
-            DEFAULT_MAX_DYNAMIC
-        }
-    };
+    let descriptors = local_descriptors(l, at, errs);
+    let max_dynamic = max_dynamic(l, at, errs);
     let t = LocalTemplate {
         name: l.stat_prefix.clone(),
         bucket: b,
@@ -185,36 +131,87 @@ pub(super) fn local_template(
     (errs.len() == n).then_some(t)
 }
 
+fn rejected_local(l: &LocalRateLimitSpec, at: &str, errs: &mut Vec<FieldError>) {
+    reject(
+        errs,
+        at,
+        &[
+            (
+                "request_headers_to_add_when_not_enforced",
+                l.request_headers_to_add_when_not_enforced.is_some(),
+            ),
+            (
+                "local_rate_limit_per_downstream_connection",
+                l.local_rate_limit_per_downstream_connection.is_some(),
+            ),
+            (
+                "always_consume_default_token_bucket",
+                l.always_consume_default_token_bucket.is_some(),
+            ),
+            ("stage", l.stage.is_some()),
+            (
+                "rate_limited_as_resource_exhausted",
+                l.rate_limited_as_resource_exhausted.is_some(),
+            ),
+            (
+                "local_cluster_rate_limit",
+                l.local_cluster_rate_limit.is_some(),
+            ),
+            ("vh_rate_limits", l.vh_rate_limits.is_some()),
+            ("rate_limits", l.rate_limits.is_some()),
+        ],
+        "not supported by this data plane",
+    );
+}
+
+fn local_descriptors(
+    l: &LocalRateLimitSpec,
+    at: &str,
+    errs: &mut Vec<FieldError>,
+) -> Vec<(
+    super::compile::Entries,
+    crate::resilience::ratelimit::BucketConfig,
+)> {
+    let mut descriptors = Vec::new();
+    for (i, d) in l.descriptors.iter().enumerate() {
+        let dat = format!("{at}.descriptors[{i}]");
+        if d.entries.is_empty() {
+            err(errs, format!("{dat}.entries"), "at least one entry");
+        }
+        let entries = d
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        if let Some(cfg) = bucket(&d.token_bucket, &format!("{dat}.token_bucket"), errs) {
+            descriptors.push((entries, cfg));
+        }
+    }
+    descriptors
+}
+
+fn max_dynamic(l: &LocalRateLimitSpec, at: &str, errs: &mut Vec<FieldError>) -> usize {
+    match l.max_dynamic_descriptors {
+        None => DEFAULT_MAX_DYNAMIC,
+        Some(m) if (1..=MAX_DYNAMIC).contains(&m) => m as usize,
+        Some(_) => {
+            err(
+                errs,
+                format!("{at}.max_dynamic_descriptors"),
+                format!("must be 1..={MAX_DYNAMIC} (memory is bounded)"),
+            );
+            DEFAULT_MAX_DYNAMIC
+        }
+    }
+}
+
 fn global(
     g: &GlobalRateLimitSpec,
     at: &str,
     errs: &mut Vec<FieldError>,
 ) -> Option<Arc<GlobalFilter>> {
     let n = errs.len();
-    let no = "not supported by this data plane";
-    reject(
-        errs,
-        at,
-        &[
-            ("stage", g.stage.is_some()),
-            ("request_type", g.request_type.is_some()),
-            (
-                "rate_limited_as_resource_exhausted",
-                g.rate_limited_as_resource_exhausted.is_some(),
-            ),
-            ("status_on_error", g.status_on_error.is_some()),
-            ("rate_limited_status", g.rate_limited_status.is_some()),
-            (
-                "disable_x_envoy_ratelimited_header",
-                g.disable_x_envoy_ratelimited_header.is_some(),
-            ),
-            (
-                "response_headers_to_add",
-                g.response_headers_to_add.is_some(),
-            ),
-        ],
-        no,
-    );
+    rejected_global(g, at, errs);
     if g.domain.is_empty() {
         err(errs, format!("{at}.domain"), "must not be empty");
     }
@@ -230,7 +227,31 @@ fn global(
             DEFAULT_GLOBAL_TIMEOUT
         }
     };
-    let svc = &g.rate_limit_service;
+    let (host, port, authority) = service(&g.rate_limit_service, at, errs)?;
+    let x = x_headers(
+        g.enable_x_ratelimit_headers.as_deref(),
+        &format!("{at}.enable_x_ratelimit_headers"),
+        errs,
+    );
+    (errs.len() == n).then(|| {
+        Arc::new(GlobalFilter {
+            domain: g.domain.clone(),
+            failure_mode_deny: g.failure_mode_deny,
+            timeout,
+            authority,
+            host,
+            port,
+            x_headers: x,
+        })
+    })
+}
+
+/// The rate limit service: Istio's `outbound|<port>||<host>` cluster and the authority.
+fn service(
+    svc: &RateLimitServiceSpec,
+    at: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<(String, u16, String)> {
     let sat = format!("{at}.rate_limit_service");
     if svc
         .transport_api_version
@@ -267,23 +288,41 @@ fn global(
             ),
         );
     }
-    let x = x_headers(
-        g.enable_x_ratelimit_headers.as_deref(),
-        &format!("{at}.enable_x_ratelimit_headers"),
-        errs,
-    );
     let (host, port) = target?;
-    (errs.len() == n).then(|| {
-        Arc::new(GlobalFilter {
-            domain: g.domain.clone(),
-            failure_mode_deny: g.failure_mode_deny,
-            timeout,
-            authority: eg.authority.clone().unwrap_or_else(|| host.clone()),
-            host,
-            port,
-            x_headers: x,
-        })
-    })
+    let authority = eg.authority.clone().unwrap_or_else(|| host.clone());
+    if authority.parse::<http::uri::Authority>().is_err() {
+        let why = format!("{authority:?} is not an authority (host[:port])");
+        err(errs, format!("{gat}.envoy_grpc.authority"), why);
+        return None;
+    }
+    Some((host, port, authority))
+}
+
+fn rejected_global(g: &GlobalRateLimitSpec, at: &str, errs: &mut Vec<FieldError>) {
+    let no = "not supported by this data plane";
+    reject(
+        errs,
+        at,
+        &[
+            ("stage", g.stage.is_some()),
+            ("request_type", g.request_type.is_some()),
+            (
+                "rate_limited_as_resource_exhausted",
+                g.rate_limited_as_resource_exhausted.is_some(),
+            ),
+            ("status_on_error", g.status_on_error.is_some()),
+            ("rate_limited_status", g.rate_limited_status.is_some()),
+            (
+                "disable_x_envoy_ratelimited_header",
+                g.disable_x_envoy_ratelimited_header.is_some(),
+            ),
+            (
+                "response_headers_to_add",
+                g.response_headers_to_add.is_some(),
+            ),
+        ],
+        no,
+    );
 }
 
 /// Istio's cluster name `outbound|<port>|<subset>|<host>` (no subset).

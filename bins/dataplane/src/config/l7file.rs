@@ -77,6 +77,7 @@ fn check_alone(v: &mut Validator, res: &Resources) {
     validate_policies(v, "RequestAuthentication", &res.request_authns, |p| {
         p.spec.to_authentication(&p.namespace, &p.name, root)
     });
+    super::ratelimits::check_alone(v, res, XDS_LABELS);
     for vs in &res.virtual_services {
         report(v, vs, mesh_l7::RouteTable::compile(&vs.spec).err());
     }

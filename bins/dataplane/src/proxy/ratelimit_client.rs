@@ -31,29 +31,41 @@ const MAX_CHANNELS: usize = 64;
 /// The proxy's rate limit service channels, by endpoint.
 #[derive(Default)]
 pub(crate) struct Clients {
-    channels: Mutex<HashMap<SocketAddr, Channel>>,
+    channels: Mutex<HashMap<(SocketAddr, String), Channel>>,
 }
 
 impl Clients {
-    fn channel(&self, addr: SocketAddr, timeout: Duration) -> Result<Channel, GlobalError> {
+    /// The channel to `addr`, its calls carrying `:authority` `authority` (Envoy's
+    /// `envoy_grpc.authority`), made (lazily connecting) on first use.
+    fn channel(
+        &self,
+        addr: SocketAddr,
+        authority: &str,
+        timeout: Duration,
+    ) -> Result<Channel, GlobalError> {
+        let failed = |e: &dyn std::fmt::Display| GlobalError::Failed(e.to_string());
         // Never held across an await: only the lookup and insert.
         let mut map = self
             .channels
             .lock()
-            .map_err(|_| GlobalError::Failed("channel cache poisoned".into()))?;
-        if let Some(c) = map.get(&addr) {
+            .map_err(|_| failed(&"channel cache poisoned"))?;
+        let key = (addr, authority.to_owned());
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
         if map.len() >= MAX_CHANNELS {
             map.clear();
         }
-        let endpoint = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| GlobalError::Failed(e.to_string()))?;
+        let origin: http::Uri = format!("http://{authority}")
+            .parse()
+            .map_err(|e| failed(&e))?;
+        let endpoint = Channel::from_shared(format!("http://{addr}")).map_err(|e| failed(&e))?;
         let channel = endpoint
+            .origin(origin)
             .connect_timeout(timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .connect_lazy();
-        map.insert(addr, channel.clone());
+        map.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -64,7 +76,8 @@ impl Clients {
         filter: &GlobalFilter,
         descriptors: Vec<Descriptor>,
     ) -> impl Future<Output = Result<GlobalAnswer, GlobalError>> + Send + 'static {
-        let channel = resolve(state, filter).and_then(|a| self.channel(a, filter.timeout));
+        let channel =
+            resolve(state, filter).and_then(|a| self.channel(a, &filter.authority, filter.timeout));
         let req = request(filter, descriptors);
         let x_headers = filter.x_headers;
         async move {

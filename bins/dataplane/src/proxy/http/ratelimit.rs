@@ -61,4 +61,17 @@ impl RateLimitSource for Limits {
         let state = s.ctx.state.load();
         Box::pin(s.ctx.rate_limit.check(&state, filter, descriptors))
     }
+
+    fn refused(&self, limiter: &str, status: http::StatusCode) {
+        let s = &self.0;
+        // Debug only: the access log line (flag RL) records every refusal; a flood of them
+        // must not flood the proxy's own log.
+        tracing::debug!(
+            direction = s.profile.name,
+            src.identity = s.src_identity.as_ref().map_or("-", |i| i.as_str()),
+            limiter,
+            status = status.as_u16(),
+            "request refused by local rate limit"
+        );
+    }
 }
