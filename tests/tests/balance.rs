@@ -17,6 +17,7 @@ use tokio::io::BufReader;
 /// behind service `web.ns.svc` (VIP 127.212.t.100:80) and waypoint `ns/wp` (127.212.t.3);
 /// `lb` is the DestinationRule's `loadBalancer`.
 fn mesh_yaml(t: u8, lb: &str) -> String {
+    // `lb` may carry more of the trafficPolicy after the loadBalancer: `{…}, outlierDetection: …`.
     let mut y = format!(
         r#"apiVersion: dataplane.mesh.dev/v1alpha1
 kind: Node
@@ -66,11 +67,18 @@ spec:
 }
 
 async fn start(t: u8, lb: &str) -> InprocMesh {
+    start_with(t, lb, &["web1", "web2", "web3"], "").await
+}
+
+/// As [`start`] with only the `up` backends listening and `extra` documents in the config.
+async fn start_with(t: u8, lb: &str, up: &[&'static str], extra: &str) -> InprocMesh {
     for (i, name) in ["web1", "web2", "web3"].into_iter().enumerate() {
-        let addr: SocketAddr = format!("127.212.{t}.2{}:8080", i + 1).parse().unwrap();
-        http_app(addr, name).await;
+        if up.contains(&name) {
+            let addr: SocketAddr = format!("127.212.{t}.2{}:8080", i + 1).parse().unwrap();
+            http_app(addr, name).await;
+        }
     }
-    let mut mesh = InprocMesh::new(&mesh_yaml(t, lb));
+    let mut mesh = InprocMesh::new(&(mesh_yaml(t, lb) + extra));
     mesh.ztunnel("b", &[]).await;
     mesh.waypoint("wp", "ns/wp", &[]).await;
     mesh.ztunnel("a", &[]).await;
@@ -179,4 +187,49 @@ async fn hash_cookie_is_generated_then_sticks() {
         assert_eq!(backend, first, "the cookie's endpoint");
         assert!(h.iter().all(|(k, _)| k != "set-cookie"), "set only once");
     }
+}
+
+/// The waypoint's own workload (its pod, at its address) in us-east/a/2.
+fn waypoint_pod(t: u8) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: wp-pod, namespace: ns}}\nspec: {{address: 127.212.{t}.3, locality: us-east/a/2}}\n"
+    )
+}
+
+/// Istio locality failover (with outlierDetection; docs/tasks/traffic-management/
+/// locality-load-balancing/failover): the waypoint sends everything to the endpoint in its
+/// own subzone while it is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_prefers_the_waypoints_subzone() {
+    const T: u8 = 4;
+    let lb = "{simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 60s, maxEjectionPercent: 100}";
+    let _mesh = start_with(T, lb, &["web1", "web2", "web3"], &waypoint_pod(T)).await;
+    let mut s = client(T).await;
+    for _ in 0..30 {
+        let (status, _, backend) = get(&mut s, "/", &[]).await;
+        assert_eq!((status, backend.as_str()), (200, "web2"));
+    }
+}
+
+/// The same with the local endpoint down: once it is ejected, traffic fails over to the next
+/// tier (the other subzones of the zone), never back while ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_fails_over_when_the_local_endpoint_is_ejected() {
+    const T: u8 = 5;
+    let lb = "{simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 60s, maxEjectionPercent: 100}";
+    let _mesh = start_with(T, lb, &["web1", "web3"], &waypoint_pod(T)).await;
+    let mut served = HashMap::new();
+    for _ in 0..30 {
+        // A new connection each time: a failed request may close it.
+        let mut s = client(T).await;
+        let (status, _, backend) = get(&mut s, "/", &[("connection", "close")]).await;
+        *served.entry((status, backend)).or_insert(0) += 1;
+    }
+    let ok: usize = served
+        .iter()
+        .filter(|((st, b), _)| *st == 200 && (b == "web1" || b == "web3"))
+        .map(|(_, n)| n)
+        .sum();
+    // At most the first request (or none, if a retry avoided web2) fails.
+    assert!(ok >= 29, "{served:?}");
 }

@@ -128,6 +128,12 @@ impl EndpointRegistry {
         self.epoch
     }
 
+    /// How many endpoints are tracked.
+    pub fn tracked(&self) -> usize {
+        let guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map_or(0, HashMap::len)
+    }
+
     /// Time since [`epoch`](Self::epoch).
     pub fn since_epoch(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.epoch)

@@ -191,3 +191,38 @@ fn waypoint_takes_its_own_workloads_locality() {
     // Same region first (web3, eu/x/1), though a different subzone.
     assert_eq!(name(set.choose().unwrap().0), "web3");
 }
+
+// Attacker: distinct hash keys (and requests) never add per-endpoint state; the registry holds
+// the current config's endpoints only, pruned when one leaves.
+#[test]
+fn registry_is_bounded_by_the_config_not_by_traffic() {
+    let dr = "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}";
+    let reg = EndpointRegistry::default();
+    let s = load(&mesh(dr, ""));
+    reg.bind(&s, "a");
+    let set = s.endpoint_set("web.ns.svc", 80, None).unwrap();
+    let mut used = std::collections::HashSet::new();
+    for k in 0..5000u64 {
+        let c = Choice {
+            tried: &[],
+            hash: Some(mesh_l7::balance::hash::hash_bytes(&[&k.to_le_bytes()])),
+        };
+        used.insert(
+            name(
+                set.choose_with(|_| true, c, tokio::time::Instant::now())
+                    .unwrap()
+                    .0,
+            )
+            .to_owned(),
+        );
+    }
+    assert_eq!(used.len(), 3);
+    assert_eq!(reg.tracked(), 3);
+    let fewer = mesh(dr, "").replacen(
+        "address: 10.9.0.23, labels: {app: web}",
+        "address: 10.9.0.23, labels: {app: other}",
+        1,
+    );
+    reg.bind(&load(&fewer), "a");
+    assert_eq!(reg.tracked(), 2, "web3 left: pruned");
+}
