@@ -260,7 +260,8 @@ async fn only_matching_requests_are_checked() {
     assert!(fake.asked().iter().all(|(_, path, _)| path == "/admin/x"));
 }
 
-/// Several providers: each matching policy's provider is asked once, in order; a header set
+/// Several providers (istio/istio#58082, Istio 1.30: one ext_authz filter per provider, each
+/// triggered by its own policies): each matching provider is asked once, in order; a header set
 /// by the first is what the second sees. An unknown provider denies (fail closed) without a
 /// call.
 #[tokio::test(start_paused = true)]
