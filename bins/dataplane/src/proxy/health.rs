@@ -86,15 +86,6 @@ impl HostHealth {
         }
     }
 
-    #[allow(dead_code)] // API for the retry layer's source (engineer A)
-    /// The pool policy and the host's shared counters, for a layer in `mesh-l7` that admits
-    /// on its own (the retry layer: `counters.try_acquire(&policy, Kind::Retry)` per retry,
-    /// `connectionPool.http.maxRetries`).
-    pub(crate) fn pool_counters(&self) -> Option<(PoolPolicy, Arc<PoolCounters>)> {
-        let p = self.policy.pool.clone()?;
-        Some((p, self.counters.clone()))
-    }
-
     /// Counts an L4 connect retry.
     pub(crate) fn count_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
@@ -119,20 +110,19 @@ impl Health {
     }
 
     /// Whether `addr` of `host` is ejected now.
-    #[allow(dead_code)] // API for endpoint choice (engineer C)
+    #[allow(dead_code)] // host-level shorthand (tests; the data paths hold a HostHealth)
     pub(crate) fn is_ejected(&self, host: &str, addr: SocketAddr, now: Instant) -> bool {
         self.host(host).is_some_and(|h| h.is_ejected(addr, now))
     }
 
     /// Records an attempt's outcome on `addr` of `host`.
-    #[allow(dead_code)] // API for endpoint choice (engineer C)
+    #[allow(dead_code)] // host-level shorthand (tests; the data paths hold a HostHealth)
     pub(crate) fn report(&self, host: &str, addr: SocketAddr, outcome: Outcome, now: Instant) {
         if let Some(h) = self.host(host) {
             h.report(addr, outcome, now);
         }
     }
 
-    #[allow(dead_code)] // API for the retry layer's source (engineer A)
     /// For the retry layer: admits one retry to `host` under `connectionPool.http.maxRetries`
     /// (`Ok(None)`: no limit configured). Hold the permit for the retry's life.
     pub(crate) fn admit_retry(&self, host: &str) -> Result<Option<Permit>, Overflow> {
