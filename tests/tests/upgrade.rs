@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 async fn websocket_echo_through_the_waypoint() {
     let net = Net(40);
     let seen = backend(net.addr(21, 8080), Mode::Http).await;
+    let shadow = backend(net.addr(22, 8080), Mode::Http).await;
     let mesh = net
         .start(
             r#"---
@@ -52,20 +53,29 @@ spec:
             .unwrap();
         assert_eq!(back, msg);
     }
+    // Attacker: HTTP inside the tunnel (for another service, or a denied path) is only bytes
+    // to the upgraded app's connection: no other service is reached, nothing is routed.
+    let smuggled = b"GET /admin HTTP/1.1\r\nHost: shadow.ns.svc\r\n\r\n";
+    c.get_mut().write_all(smuggled).await.unwrap();
+    let mut back = vec![0; smuggled.len()];
+    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, smuggled, "echoed by the upgraded app itself");
+    assert!(shadow.lock().unwrap().is_empty());
     assert_eq!(
         seen.lock().unwrap().as_slice(),
         ["web.ns.svc /chat upgrade=websocket"]
     );
     drop(c);
+    let total = 100_012.0 + smuggled.len() as f64;
     let m = metrics_until(&mesh, |t| {
-        metric(t, "mesh_upgraded_sent_bytes_total", &[]) >= 100_012.0
+        metric(t, "mesh_upgraded_sent_bytes_total", &[]) >= total
     })
     .await;
     assert_eq!(metric(&m, "mesh_upgraded_connections_total", &[]), 1.0);
-    assert_eq!(
-        metric(&m, "mesh_upgraded_received_bytes_total", &[]),
-        100_012.0
-    );
+    assert_eq!(metric(&m, "mesh_upgraded_received_bytes_total", &[]), total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
