@@ -452,3 +452,55 @@ async fn unsupported_retry_fields_are_rejected_by_name() {
     );
     assert!(e.contains("spec.http[0].retries.retryOn"), "{e}");
 }
+
+fn http_route(rules: &str) -> String {
+    format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: ns}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: web}}]
+  rules:
+{rules}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_retry_and_timeouts_apply() {
+    // Gateway API GEP-1731 `retry` (codes, attempts) and GEP-1742 `timeouts.request`
+    // (the whole request: 504 past it).
+    let net = Net(9);
+    let web1 = backend(net.addr(21, 8080), Mode::Status(500)).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Status(500)).await;
+    let _mesh = net
+        .start(&http_route(
+            r#"  - matches: [{path: {type: PathPrefix, value: /retry}}]
+    retry: {codes: [500], attempts: 2, backoff: 10ms}
+    backendRefs: [{name: web, port: 80}]
+  - backendRefs: [{name: web, port: 80}]
+"#,
+        ))
+        .await;
+    assert_eq!(get(net, "/retry").await.0, 500);
+    assert_eq!(tries(&web1) + tries(&web2), 3);
+    // No `retry`: the mesh default (503 only), so a 500 is not retried.
+    assert_eq!(get(net, "/other").await.0, 500);
+    assert_eq!(tries(&web1) + tries(&web2), 4);
+
+    let net = Net(10);
+    let web1 = backend(net.addr(21, 8080), Mode::Slow).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Slow).await;
+    let mesh = net
+        .start(&http_route(
+            r#"  - timeouts: {request: 300ms}
+    backendRefs: [{name: web, port: 80}]
+"#,
+        ))
+        .await;
+    let t0 = Instant::now();
+    assert_eq!(get(net, "/slow").await.0, 504);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert_eq!(tries(&web1) + tries(&web2), 1);
+    mesh.expect_log("wp", r#""response_flags":"UT""#);
+}

@@ -32,6 +32,8 @@ struct Rule<'a> {
     destinations: Vec<Destination>,
     total: u32,
     mirrors: Vec<crate::resilience::mirror::MirrorPolicy>,
+    /// `timeouts.request`, and the retry setting (`retry`, `timeouts.backendRequest`).
+    resilience: crate::resilience::retry_gateway::Compiled,
 }
 
 /// A compiled `path` match: precedence rank, uri condition, the prefix it matched (for
@@ -100,13 +102,12 @@ fn rule<'a>(
     errs: &mut Vec<FieldError>,
 ) -> Rule<'a> {
     let f = format!("spec.rules[{i}]");
-    if spec.timeouts.is_some() {
-        err(
-            errs,
-            format!("{f}.timeouts"),
-            "not supported yet by this data plane",
-        );
-    }
+    let resilience = crate::resilience::retry_gateway::compile(
+        spec.timeouts.as_ref(),
+        spec.retry.as_ref(),
+        &f,
+        errs,
+    );
     let (headers, rewrite) = filters(&spec.filters, &f, errs);
     let mirrors = mirrors(&spec.filters, &f, backend, errs);
     let (destinations, total) = backends(spec, &f, backend, errs);
@@ -119,6 +120,7 @@ fn rule<'a>(
         destinations,
         total,
         mirrors,
+        resilience,
     }
 }
 
@@ -328,8 +330,8 @@ fn match_route(
             rewrite: rewrite(rule, uri_rewrite),
         },
         headers: rule.headers.clone(),
-        timeout: None,
-        retries: crate::resilience::retry::RetrySetting::MeshDefault,
+        timeout: rule.resilience.0,
+        retries: rule.resilience.1.clone(),
         uri_prefixes: vec![uri_prefix],
         fault: None,
         mirrors: rule.mirrors.clone(),

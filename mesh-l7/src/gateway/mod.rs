@@ -62,9 +62,12 @@ pub struct RuleSpec {
     /// Weighted backends.
     #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
-    /// Not supported yet.
+    /// Request and per-try timeouts (GEP-1742).
     #[serde(default)]
-    pub timeouts: Option<serde::de::IgnoredAny>,
+    pub timeouts: Option<crate::resilience::retry_gateway::TimeoutsSpec>,
+    /// Retries (GEP-1731).
+    #[serde(default)]
+    pub retry: Option<crate::resilience::retry_gateway::HttpRouteRetrySpec>,
 }
 
 /// `matches[]`.

@@ -110,3 +110,41 @@ proptest! {
         prop_assert_eq!(c.active(), (0, 0));
     }
 }
+
+#[test]
+fn destination_rules_set_budgets_for_the_host_and_its_subsets() {
+    // Istio 1.30 release notes: retry budgets at top-level and subset trafficPolicy scope
+    // survive when a subset declares its own traffic policy; a subset without one keeps
+    // the host's.
+    let spec: crate::istio::DestinationRuleSpec = serde_json::from_str(
+        r#"{"host": "web", "trafficPolicy": {"retryBudget": {"percent": 10}},
+            "subsets": [{"name": "v1", "labels": {"v": "1"}},
+                        {"name": "v2", "labels": {"v": "2"},
+                         "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"},
+                                           "retryBudget": {"minRetryConcurrency": 7}}}]}"#,
+    )
+    .unwrap();
+    let p = crate::DestinationPolicy::compile(&spec).unwrap();
+    let host = RetryBudgetPolicy {
+        percent: 10.0,
+        min_retry_concurrency: 3,
+    };
+    assert_eq!(p.retry_budget, Some(host));
+    assert_eq!(p.subsets[0].retry_budget, Some(host));
+    assert_eq!(
+        p.subsets[1].retry_budget,
+        Some(RetryBudgetPolicy {
+            percent: 20.0,
+            min_retry_concurrency: 7
+        })
+    );
+    let bad: crate::istio::DestinationRuleSpec = serde_json::from_str(
+        r#"{"host": "web", "subsets": [{"name": "v1", "trafficPolicy": {"retryBudget": {"percent": -1}}}]}"#,
+    )
+    .unwrap();
+    let e = crate::DestinationPolicy::compile(&bad).unwrap_err();
+    assert_eq!(
+        e[0].field,
+        "spec.subsets[0].trafficPolicy.retryBudget.percent"
+    );
+}

@@ -9,3 +9,4 @@ pub mod outlier;
 pub mod pool;
 pub mod ratelimit;
 pub mod retry;
+pub mod retry_gateway;
