@@ -226,10 +226,17 @@ async fn local_limits_per_proxy_route_and_client() {
     let (ok, limited, _) = counts(&mut i, "/limited/y", 2, &[]).await;
     assert_eq!((ok, limited), (0, 2));
 
-    // Counted (response code 429) and logged with Envoy's flag RL.
+    // A new config with the same EnvoyFilter (here: the same file again) keeps the buckets:
+    // a config push does not refill them.
+    let same = mesh_yaml(o, true, LOCAL);
+    mesh.proxy("wp").apply_yaml(&same).await.unwrap();
+    let (ok, limited, _) = counts(&mut c, "/a", 1, &[]).await;
+    assert_eq!((ok, limited), (0, 1));
+
+    // Counted (response code 429, one per refusal above) and logged with Envoy's flag RL.
     let m = mesh.proxy("wp").metrics_text();
     let rl = metric(&m, "istio_requests_total", &["response_code=\"429\""]);
-    assert_eq!(rl, 2 + 2 + 1 + 2, "{m}");
+    assert_eq!(rl, 2 + 2 + 1 + 2 + 1, "{m}");
     mesh.expect_log("wp", r#""response_flags":"RL""#);
 }
 

@@ -33,7 +33,7 @@ pub enum Context {
 pub(crate) type Entries = Vec<(String, Option<String>)>;
 
 /// A local limiter's checked config (buckets made per proxy).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LocalTemplate {
     pub(crate) name: String,
     pub(crate) bucket: Option<BucketConfig>,
@@ -47,7 +47,7 @@ pub(crate) struct LocalTemplate {
 }
 
 /// One checked patch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Rule {
     LocalFilter(LocalTemplate),
     GlobalFilter(Arc<GlobalFilter>),
@@ -65,7 +65,7 @@ pub(crate) enum Rule {
 }
 
 /// One `EnvoyFilter`'s checked patches, by context.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RateLimitRules {
     rules: Vec<(Option<Context>, Rule)>,
 }
@@ -124,8 +124,10 @@ impl RateLimitPolicy {
     ) -> Option<RateLimitPolicy> {
         let mut p = RateLimitPolicy::default();
         let mut any = false;
+        let rules: Vec<&RateLimitRules> = rules.into_iter().collect();
+        p.origin = (rules.iter().map(|r| (*r).clone()).collect(), Some(ctx));
         for (_, r) in rules
-            .into_iter()
+            .iter()
             .flat_map(|r| &r.rules)
             .filter(|(c, _)| c.is_none_or(|c| c == ctx))
         {

@@ -30,7 +30,7 @@ pub struct RequestView<'a> {
 }
 
 /// A header an action reads, pseudo-headers included.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum HeaderRef {
     Path,
     Method,
@@ -62,14 +62,14 @@ impl HeaderRef {
 }
 
 /// A compiled header condition of `header_value_match`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct HeaderCond {
     pub(crate) name: HeaderRef,
     pub(crate) test: HeaderTest,
     pub(crate) invert: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum HeaderTest {
     Exact(String),
     Prefix(String),
@@ -92,7 +92,7 @@ impl HeaderCond {
 }
 
 /// One compiled action.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Action {
     RequestHeader {
         header: HeaderRef,
@@ -113,7 +113,7 @@ pub(crate) enum Action {
 }
 
 /// One `rate_limits[]` entry: its actions make one descriptor.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Recipe {
     pub(crate) actions: Vec<Action>,
 }

@@ -148,6 +148,8 @@ impl ConnectionLimit {
 /// One proxy's rate limiting: what its `EnvoyFilter`s patched in.
 #[derive(Debug, Default)]
 pub struct RateLimitPolicy {
+    /// What it was built from, so an unchanged policy keeps its buckets across configs.
+    pub(crate) origin: (Vec<super::RateLimitRules>, Option<super::Context>),
     pub(crate) local: Vec<LocalLimit>,
     pub(crate) local_filter: bool,
     pub(crate) global: Option<Arc<GlobalFilter>>,
@@ -189,6 +191,12 @@ impl RateLimitPolicy {
     /// Whether any HTTP limiter applies (else the layer passes requests untouched).
     pub fn has_http(&self) -> bool {
         self.local_filter || self.global.is_some()
+    }
+
+    /// Whether `other` was built from the same rules for the same context (so this one's
+    /// buckets may go on counting in its place).
+    pub fn same_rules(&self, other: &RateLimitPolicy) -> bool {
+        self.origin == other.origin
     }
 
     /// The connection limiter, if a `NETWORK_FILTER` patch set one.

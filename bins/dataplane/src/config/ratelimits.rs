@@ -43,6 +43,28 @@ impl RateLimits {
     }
 }
 
+/// Keeps the buckets of `old`'s policies built from the same rules for the same proxy, so a
+/// new config (an xDS push, an unrelated change of the file) does not refill them.
+pub fn inherit(state: &mut MeshState, old: &MeshState) {
+    let Some(new) = Arc::get_mut(&mut state.rate_limits) else {
+        return;
+    };
+    let old = &old.rate_limits;
+    fn keep<K: std::hash::Hash + Eq>(
+        new: &mut HashMap<K, Arc<RateLimitPolicy>>,
+        old: &HashMap<K, Arc<RateLimitPolicy>>,
+    ) {
+        for (k, p) in new.iter_mut() {
+            if let Some(o) = old.get(k).filter(|o| o.same_rules(p)) {
+                *p = o.clone();
+            }
+        }
+    }
+    keep(&mut new.inbound, &old.inbound);
+    keep(&mut new.outbound, &old.outbound);
+    keep(&mut new.waypoints, &old.waypoints);
+}
+
 /// Whom a checked `EnvoyFilter` selects.
 struct Checked<'a> {
     f: &'a Named<EnvoyFilterSpec>,
@@ -258,6 +280,26 @@ mod tests {
         assert!(
             e.contains("spec.configPatches[0].patch.value.typed_config.share_key: not supported"),
             "{e}"
+        );
+    }
+
+    // Attacker: a config push (any change, e.g. a pod scaled elsewhere) must not refill the
+    // buckets of unchanged rules; changed rules start afresh.
+    #[test]
+    fn unchanged_rules_keep_their_buckets_across_configs() {
+        let text = format!("{WE}{}", filter(ENVOY_FILTER_API, CONN));
+        let parse = |t: &str| crate::config::parse(Path::new("m.yaml"), t).unwrap();
+        let (web, t) = ("10.0.0.1".parse().unwrap(), tokio::time::Instant::now());
+        let old = parse(&text);
+        assert!(old.rate_limits.admit_connection(web, t));
+        let mut new = parse(&text.replace("10.0.0.2", "10.0.0.3"));
+        inherit(&mut new, &old);
+        assert!(!new.rate_limits.admit_connection(web, t), "still drained");
+        let mut changed = parse(&text.replace("max_tokens: 1", "max_tokens: 2"));
+        inherit(&mut changed, &new);
+        assert!(
+            changed.rate_limits.admit_connection(web, t),
+            "new rules, new bucket"
         );
     }
 

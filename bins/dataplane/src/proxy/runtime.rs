@@ -186,7 +186,7 @@ impl Proxy {
     /// Applies a new, validated state: fetch certificates and bind listeners it adds (failing
     /// without changing anything if that fails), swap it in, stop listeners it drops, close
     /// live connections its policies deny.
-    pub async fn apply(&self, state: MeshState) -> Result<ApplyReport, Error> {
+    pub async fn apply(&self, mut state: MeshState) -> Result<ApplyReport, Error> {
         let inner = &self.inner;
         let ctx = &inner.ctx;
         let _applying = inner.applying.lock().await;
@@ -219,6 +219,7 @@ impl Proxy {
         ctx.netns.store(Arc::new(namespaces));
         // Endpoint choice: this proxy's locality layouts and the stats kept across swaps.
         ctx.endpoints.bind(&state, &ctx.node_name);
+        crate::config::ratelimits::inherit(&mut state, &ctx.state.load());
         let old = ctx.state.swap(Arc::new(state));
         let state = ctx.state.load_full();
         ctx.health.sync(&state);
