@@ -9,7 +9,11 @@ use mesh_authz::istio::FieldError;
 #[cfg(test)]
 mod choice_tests;
 mod choose;
+#[cfg(test)]
+mod compile_tests;
 pub mod ewma;
+#[cfg(test)]
+mod ewma_sim;
 pub mod hash;
 pub mod locality;
 pub mod pick;
