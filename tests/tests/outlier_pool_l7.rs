@@ -276,3 +276,58 @@ async fn l7_max_connections_overflow_is_503_uo() {
     );
     assert_eq!(uo_count(&mesh, 1).await, 1);
 }
+
+/// The waypoint's TCP path (a TCP port of a service that uses it) applies the service's
+/// connectionPool too: past maxConnections the stream is refused (503 to the source
+/// ztunnel, which closes the client's connection) and counted UO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waypoint_tcp_max_connections_overflow() {
+    const T: u8 = 15;
+    let extra = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tcp, namespace: ns, labels: {{istio.io/use-waypoint: wp}}}}
+spec:
+  hosts: [tcp.ns.svc]
+  addresses: [127.213.{T}.101]
+  ports: [{{number: 90, name: tcp, protocol: TCP, targetPort: 9000}}]
+  workloadSelector: {{labels: {{app: web}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp, namespace: ns}}
+spec:
+  host: tcp.ns.svc
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 1}}}}}}
+"#
+    );
+    echo_server(format!("127.213.{T}.21:9000").parse().unwrap()).await;
+    echo_server(format!("127.213.{T}.22:9000").parse().unwrap()).await;
+    let mut mesh = InprocMesh::new(&(l7_mesh(T, "{}") + &extra));
+    mesh.ztunnel("b", &[]).await;
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
+    let client = format!("127.213.{T}.10").parse().unwrap();
+    let vip: SocketAddr = format!("127.213.{T}.101:90").parse().unwrap();
+    let mut held = connect_from(client, vip).await.unwrap();
+    held.write_all(b"hi").await.unwrap();
+    let mut b = [0u8; 2];
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_exact(&mut held, &mut b),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut second = connect_from(client, vip).await.unwrap();
+    let _ = second.write_all(b"hi").await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut second, &mut b),
+    )
+    .await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+    mesh.expect_log("wp", "connection pool overflow");
+    drop(held);
+}

@@ -343,3 +343,47 @@ pub(crate) fn keepalive(s: &tokio::net::TcpStream, pool: Option<&PoolPolicy>) {
 #[cfg(test)]
 #[path = "health_tests.rs"]
 mod tests;
+
+/// Why [`dial_l4`] gave no connection.
+pub(crate) enum L4Error<E> {
+    /// `maxConnections` reached (`UO`).
+    Overflow,
+    /// The dial failed (or hit `connectTimeout`).
+    Dial(E),
+}
+
+/// Dials endpoint `addr` of a host with `health` under its pool (the waypoint's TCP paths):
+/// a `maxConnections` slot held for the connection's life, `connectTimeout` (`timed_out`
+/// makes the error), and the outcome reported to outlier detection (`connect_failure` tells
+/// a failure to count from a refusal by policy).
+pub(crate) async fn dial_l4<T, E>(
+    health: Option<&HostHealth>,
+    addr: SocketAddr,
+    dial: impl std::future::Future<Output = Result<T, E>>,
+    timed_out: impl FnOnce() -> E,
+    connect_failure: impl FnOnce(&E) -> bool,
+) -> Result<(T, Option<Permit>), L4Error<E>> {
+    let Some(h) = health else {
+        return dial.await.map(|t| (t, None)).map_err(L4Error::Dial);
+    };
+    let permit = h.admit(Kind::Connection).map_err(|_| L4Error::Overflow)?;
+    let result = match h.pool().and_then(|p| p.connect_timeout) {
+        Some(t) => tokio::time::timeout(t, dial)
+            .await
+            .unwrap_or_else(|_| Err(timed_out())),
+        None => dial.await,
+    };
+    let now = Instant::now();
+    match result {
+        Ok(t) => {
+            h.report(addr, Outcome::Success, now);
+            Ok((t, permit))
+        }
+        Err(e) => {
+            if connect_failure(&e) {
+                h.report(addr, Outcome::ConnectFailure, now);
+            }
+            Err(L4Error::Dial(e))
+        }
+    }
+}

@@ -17,7 +17,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::connect::{HboneTarget, dial_hbone};
+use super::connect::{DialError, HboneTarget, dial_hbone};
+use super::health::L4Error;
 use super::sniff::{Rewind, Sniffed, sniff};
 use super::{Ctx, observe};
 use crate::config::{ServicePort, Workload};
@@ -53,7 +54,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         drop(state);
         return serve_http(ctx, req, wp, sp, headers, start).await;
     }
-    let Some(target) = target(&state, &wp, req.authority) else {
+    let Some(target) = target(&state, &wp, req.authority, &ctx.health) else {
         let authority = req.authority;
         warn!(%authority, src.identity = %req.conn.peer_identity, "not a service or workload of this waypoint: 400");
         let rec = line(&req, &headers, None);
@@ -115,9 +116,10 @@ fn target(
     state: &crate::config::MeshState,
     wp: &crate::config::Waypoint,
     authority: SocketAddr,
+    health: &super::health::Health,
 ) -> Option<Target> {
     match state.service_by_vip(authority) {
-        Some(sp) if uses(&sp.service.waypoint, wp) => sp.pick().map(|ep| Target {
+        Some(sp) if uses(&sp.service.waypoint, wp) => healthy_pick(sp, health).map(|ep| Target {
             workload: ep.workload.clone(),
             port: ep.port,
             service: Some(sp.clone()),
@@ -131,6 +133,18 @@ fn target(
                 service: None,
             }),
     }
+}
+
+/// An endpoint of `sp` that outlier detection has not ejected (its DestinationRule's).
+fn healthy_pick<'a>(
+    sp: &'a ServicePort,
+    health: &super::health::Health,
+) -> Option<&'a crate::config::Endpoint> {
+    let Some(h) = health.for_service(&sp.service) else {
+        return sp.pick();
+    };
+    let now = tokio::time::Instant::now();
+    sp.pick_with(|a| !h.is_ejected(a, now), &[])
 }
 
 /// The access-log line of a stream of `req` to `t`.
@@ -243,9 +257,31 @@ async fn carry(
         authority: SocketAddr::new(target.workload.address, target.port),
     };
     let headers_out = forwarded(headers).to_header_map();
-    let mut upstream = match dial_hbone(ctx, &wp.identity, to, headers_out, None).await {
+    let addr = to.authority;
+    let health = (target.service.as_ref()).and_then(|sp| ctx.health.for_service(&sp.service));
+    let dialed = super::health::dial_l4(
+        health.as_deref(),
+        addr,
+        dial_hbone(ctx, &wp.identity, to, headers_out, None),
+        timed_out,
+        |e| !e.unauthorized(),
+    );
+    let (mut upstream, _pool_slot) = match dialed.await {
         Ok(t) => t,
-        Err(e) => {
+        Err(L4Error::Overflow) => {
+            warn!(dst.workload = %target.workload.key(), "connection pool overflow (maxConnections): 503");
+            let rec = line(&req, headers, Some(target));
+            let counted = Some((labels, ResponseFlags::UpstreamOverflow));
+            observe::refuse(
+                &ctx.telemetry,
+                counted,
+                rec,
+                "connection pool overflow",
+                start,
+            );
+            return req.refuse(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        Err(L4Error::Dial(e)) => {
             // A 401 from the destination is passed back as is.
             let status = if e.unauthorized() {
                 StatusCode::UNAUTHORIZED
@@ -270,7 +306,12 @@ async fn carry(
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };
-    let result = observe::copy_counted(&mut downstream, &mut upstream, &rec).await;
+    let copy = observe::copy_counted(&mut downstream, &mut upstream, &rec);
+    let pool = health.as_deref().and_then(|h| h.pool());
+    // connectionPool.tcp maxConnectionDuration / idleTimeout: a clean close.
+    let result = super::health::bounded(copy, pool, || rec.totals())
+        .await
+        .unwrap_or(Ok((0, 0)));
     if result.is_err() {
         // Cut on one side: cut on both (a reset, which each peer passes on as a TCP reset).
         downstream.abort();
@@ -321,7 +362,7 @@ async fn carry_tcp(
         // The stream was accepted to sniff it: dropping it resets the tunnel.
         return observe::log_refusal(access, rec, &reason, start);
     }
-    let Some(ep) = sp.pick().cloned() else {
+    let Some(ep) = healthy_pick(sp, &ctx.health).cloned() else {
         return warn!(%authority, "no endpoints for a sniffed TCP stream");
     };
     let Some(hbone_addr) = ep.workload.hbone_addr else {
@@ -350,16 +391,39 @@ async fn carry_tcp(
         authority: SocketAddr::new(ep.workload.address, ep.port),
     };
     let headers_out = forwarded(headers).to_header_map();
-    let mut upstream = match dial_hbone(ctx, &wp.identity, to, headers_out, None).await {
+    let addr = to.authority;
+    let health = ctx.health.for_service(&sp.service);
+    let dialed = super::health::dial_l4(
+        health.as_deref(),
+        addr,
+        dial_hbone(ctx, &wp.identity, to, headers_out, None),
+        timed_out,
+        |e| !e.unauthorized(),
+    );
+    let (mut upstream, _pool_slot) = match dialed.await {
         Ok(u) => u,
-        Err(e) => {
+        Err(L4Error::Overflow) => {
+            let counted = Some((&labels, ResponseFlags::UpstreamOverflow));
+            return observe::refuse(
+                &ctx.telemetry,
+                counted,
+                rec,
+                "connection pool overflow",
+                start,
+            );
+        }
+        Err(L4Error::Dial(e)) => {
             let counted = Some((&labels, ResponseFlags::ConnectFailure));
             return observe::refuse(&ctx.telemetry, counted, rec, e.reason(), start);
         }
     };
     let counter = ctx.telemetry.tcp.open(&labels);
     drop(labels);
-    let result = observe::copy_counted(&mut io, &mut upstream, &counter).await;
+    let copy = observe::copy_counted(&mut io, &mut upstream, &counter);
+    let pool = health.as_deref().and_then(|h| h.pool());
+    let result = super::health::bounded(copy, pool, || counter.totals())
+        .await
+        .unwrap_or(Ok((0, 0)));
     if result.is_err() {
         io.inner.abort();
         upstream.abort();
@@ -412,4 +476,9 @@ pub(super) fn forwarded(h: &ConnectHeaders) -> ConnectHeaders {
         baggage: h.baggage.clone(),
         traceparent: h.traceparent.clone(),
     }
+}
+
+/// The dial error of a `connectTimeout` (DestinationRule connectionPool.tcp).
+fn timed_out() -> DialError {
+    DialError::Unreachable("connect timed out (connectionPool.tcp.connectTimeout)".to_owned())
 }
