@@ -134,7 +134,7 @@ where
             .into();
         }
         let plan = self.source.with_scope(|scope| plan(scope, &req));
-        let Some(plan) = plan.filter(|p| !p.providers.is_empty()) else {
+        let Some(plan) = plan else {
             return State::Inner {
                 fut: self.inner.call(req),
             }
@@ -236,9 +236,9 @@ fn authority<B>(req: &Request<B>) -> &str {
         .unwrap_or_default()
 }
 
-/// The providers of the `CUSTOM` policies matching the request; `None` when the
-/// authorization layer refuses it anyway (no scope, a path that cannot be normalized, a
-/// connection refused before any policy).
+/// The providers of the `CUSTOM` policies matching the request; `None` when none matches, or
+/// when the authorization layer refuses the request anyway (no scope, a path that cannot be
+/// normalized, a connection refused before any policy).
 fn plan<B>(scope: Scope<'_>, req: &Request<B>) -> Option<Plan> {
     let Scope::Check(check) = scope else {
         return None;
@@ -271,6 +271,9 @@ fn plan<B>(scope: Scope<'_>, req: &Request<B>) -> Option<Plan> {
         }
         true
     });
+    if providers.is_empty() {
+        return None;
+    }
     let path = match query {
         Some(q) => format!("{normalized}?{q}"),
         None => normalized,
@@ -297,8 +300,16 @@ fn refusal<RB: From<Bytes>>(
 ) -> Response<RB> {
     let mut resp =
         crate::layer::local::<RB>(status, body, ResponseFlags::UnauthorizedExternalService);
+    // The authorizer's headers replace the proxy's (`content-type`); a name it repeats (e.g.
+    // `set-cookie`) keeps every value.
+    let mut set: Vec<HeaderName> = Vec::new();
     for (n, v) in headers {
-        resp.headers_mut().insert(n, v);
+        if set.contains(&n) {
+            resp.headers_mut().append(n, v);
+        } else {
+            resp.headers_mut().insert(n.clone(), v);
+            set.push(n);
+        }
     }
     resp
 }

@@ -199,12 +199,20 @@ async fn allow_sets_headers_over_spoofed_ones() {
 async fn deny_answers_with_the_authorizers_response() {
     let fake = Fake::new(Script::Answer(CheckResult::Deny {
         status: Some(StatusCode::UNAUTHORIZED),
-        headers: vec![h("www-authenticate", "Basic realm=\"opa\"")],
+        headers: vec![
+            h("www-authenticate", "Basic realm=\"opa\""),
+            h("set-cookie", "a=1"),
+            h("set-cookie", "b=2"),
+            h("content-type", "application/json"),
+        ],
         body: Bytes::from_static(b"denied by opa"),
     }));
     let resp = call(vec![custom("ext", "opa", &[])], &fake, "/").await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resp.headers()["www-authenticate"], "Basic realm=\"opa\"");
+    assert_eq!(resp.headers().get_all("set-cookie").iter().count(), 2);
+    let types: Vec<_> = resp.headers().get_all("content-type").iter().collect();
+    assert_eq!(types, ["application/json"]);
     assert_eq!(resp.body(), "denied by opa");
     assert_eq!(flags(&resp), ResponseFlags::UnauthorizedExternalService);
     *fake.script.lock().unwrap() = Script::Answer(CheckResult::Deny {
