@@ -226,3 +226,29 @@ fn registry_is_bounded_by_the_config_not_by_traffic() {
     reg.bind(&load(&fewer), "a");
     assert_eq!(reg.tracked(), 2, "web3 left: pruned");
 }
+
+// Istio (pilot ambient ServiceEntry conversion): the `networking.istio.io/traffic-distribution:
+// PreferClose` annotation becomes routing preference [NETWORK, REGION, ZONE, SUBZONE],
+// FAILOVER, which ztunnel applies per connection: the client's zone first.
+#[test]
+fn l4_prefer_close_from_the_service_entry_annotation() {
+    let y = mesh("", "").replace(
+        "metadata: {name: web, namespace: ns}\nspec:\n  hosts",
+        "metadata: {name: web, namespace: ns, annotations: {networking.istio.io/traffic-distribution: PreferClose}}\nspec:\n  hosts",
+    );
+    let s = load(&y);
+    let sp = s.service_by_vip("10.9.0.100:80".parse().unwrap()).unwrap();
+    assert!(sp.service.load_balancing.is_some());
+    EndpointRegistry::default().bind(&s, "a");
+    for _ in 0..10 {
+        assert_eq!(name(sp.pick().unwrap()), "web1");
+    }
+    // web1 unhealthy: the next tier (same region, other zone) before another region.
+    assert_eq!(name(sp.pick_with(|a| a != addr(1), &[]).unwrap()), "web2");
+    let bad = y.replace("PreferClose", "Nearby");
+    let e = parse(Path::new("mesh.yaml"), &bad).unwrap_err().to_string();
+    assert!(
+        e.contains("metadata.annotations[networking.istio.io/traffic-distribution]"),
+        "{e}"
+    );
+}

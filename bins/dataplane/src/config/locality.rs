@@ -65,6 +65,37 @@ pub(crate) fn load_balancing(lb: Option<&wl::LoadBalancing>) -> Result<Option<Pl
     Ok(Some(Placement::Preference { scopes, mode }))
 }
 
+/// Istio's `networking.istio.io/traffic-distribution` annotation (on a `ServiceEntry`; istiod
+/// reads it as Kubernetes' `trafficDistribution`).
+pub(crate) const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
+
+/// Where errors about it point.
+pub(crate) const TRAFFIC_DISTRIBUTION_FIELD: &str =
+    "metadata.annotations[networking.istio.io/traffic-distribution]";
+
+/// The routing preference of a service's traffic distribution, as istiod converts it:
+/// `PreferClose` (and its newer name `PreferSameZone`) prefers the same network, region,
+/// zone, subzone with failover; `PreferSameNode` also the same node.
+pub(crate) fn traffic_distribution(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<Placement>, String> {
+    let Some(v) = annotations.get(TRAFFIC_DISTRIBUTION) else {
+        return Ok(None);
+    };
+    let mut scopes = vec![Scope::Network, Scope::Region, Scope::Zone, Scope::Subzone];
+    if v.eq_ignore_ascii_case("PreferSameNode") {
+        scopes.push(Scope::Node);
+    } else if !(v.eq_ignore_ascii_case("PreferClose") || v.eq_ignore_ascii_case("PreferSameZone")) {
+        return Err(format!(
+            "{v:?}: expected PreferClose, PreferSameZone or PreferSameNode"
+        ));
+    }
+    Ok(Some(Placement::Preference {
+        scopes,
+        mode: Mode::Failover,
+    }))
+}
+
 /// A `WorkloadEntry.locality` (`region/zone/subzone`).
 pub(crate) fn parse(s: &str) -> Result<Option<Locality>, String> {
     if s.is_empty() {

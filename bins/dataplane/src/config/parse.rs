@@ -17,6 +17,8 @@ pub(super) struct Named<S> {
     pub(super) name: String,
     pub(super) namespace: String,
     pub(super) labels: BTreeMap<String, String>,
+    /// Annotations (read only where an Istio annotation has an effect).
+    pub(super) annotations: BTreeMap<String, String>,
     pub(super) spec: S,
 }
 
@@ -305,6 +307,7 @@ pub(super) fn named<S>(v: &mut Validator, location: &str, d: Doc<S>) -> Named<S>
         name: d.metadata.name,
         namespace,
         labels: d.metadata.labels,
+        annotations: d.metadata.annotations,
         spec: d.spec,
     }
 }
