@@ -129,3 +129,37 @@ fn l7_file_carries_only_providers() {
     .to_string();
     assert!(e.contains("spec.trustDomain: a MeshConfig in a file given with --xds-address may hold only extensionProviders"), "{e}");
 }
+
+/// Following istiod, the waypoint's L7 file brings the providers and the CUSTOM policy into
+/// the state the shared assembler builds.
+#[test]
+fn xds_waypoint_takes_providers_from_its_l7_file() {
+    use crate::config::xds::{Local, XdsSettings, XdsStore};
+    let identity: mesh_identity::SpiffeId = "spiffe://cluster.local/ns/ns/sa/wp".parse().unwrap();
+    let mut s = XdsStore::new(XdsSettings {
+        node: "n1".into(),
+        node_address: "10.0.0.1".parse().unwrap(),
+        cluster_id: "Kubernetes".into(),
+        root_namespace: "istio-system".into(),
+        trust_domain: "cluster.local".parse().unwrap(),
+        service_listeners: false,
+    })
+    .serving(Local::Gateway {
+        key: "ns/wp".into(),
+        identity,
+    });
+    let l7 = mesh(
+        "  - name: opa\n    envoyExtAuthzGrpc: {service: opa.ns.svc.cluster.local, port: 9191, timeout: 1s}\n",
+    ) + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: ns}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n";
+    s.set_l7(parse_l7(Path::new("l7.yaml"), &l7).unwrap());
+    let state = s.build();
+    assert!(state.ext_authz.has_custom);
+    let opa = &state.ext_authz.by_name["opa"];
+    assert_eq!(
+        (opa.host.as_str(), opa.port),
+        ("opa.ns.svc.cluster.local", 9191)
+    );
+    assert_eq!(opa.settings.timeout, Duration::from_secs(1));
+    let policies = &state.waypoint_policies["Gateway/ns/wp"];
+    assert_eq!(policies[0].provider.as_deref(), Some("opa"));
+}
