@@ -78,6 +78,7 @@ struct Seen {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     conns: AtomicUsize,
+    closed: AtomicUsize,
 }
 
 /// An HTTP/1.1 backend answering every request with `status` after `delay`, counting
@@ -97,7 +98,10 @@ async fn backend(addr: SocketAddr, status: u16, delay: Duration) -> Arc<Seen> {
                     loop {
                         line.clear();
                         match s.read_line(&mut line).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                seen.closed.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
                             _ if line == "\r\n" => break,
                             _ => {}
                         }
@@ -330,4 +334,100 @@ spec:
     assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
     mesh.expect_log("wp", "connection pool overflow");
     drop(held);
+}
+
+/// The mesh of [`l7_mesh`] with `web2` out of the service: one endpoint, `web1`.
+fn one_endpoint(t: u8, dr: &str) -> String {
+    let from = format!("address: 127.213.{t}.22, serviceAccount: web, labels: {{app: web}}");
+    let to = format!("address: 127.213.{t}.22, serviceAccount: web, labels: {{app: none}}");
+    let yaml = l7_mesh(t, dr);
+    assert!(yaml.contains(&from));
+    yaml.replace(&from, &to)
+}
+
+async fn start_yaml(yaml: &str) -> InprocMesh {
+    let mut mesh = InprocMesh::new(yaml);
+    mesh.ztunnel("b", &[]).await;
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
+    mesh
+}
+
+/// maxRequestsPerConnection: 1 (Istio: "1 disables keep-alive"): every request to the
+/// endpoint opens its own upstream connection; without it they share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_max_requests_per_connection() {
+    const T: u8 = 16;
+    let web = backend(
+        format!("127.213.{T}.21:8080").parse().unwrap(),
+        200,
+        Duration::ZERO,
+    )
+    .await;
+    let mesh = start_yaml(&one_endpoint(
+        T,
+        "{connectionPool: {http: {maxRequestsPerConnection: 1}}}",
+    ))
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(T).await, 200);
+    }
+    assert_eq!(web.hits.load(Ordering::SeqCst), 5);
+    assert_eq!(web.conns.load(Ordering::SeqCst), 5);
+    drop(mesh);
+    const U: u8 = 17;
+    let web = backend(
+        format!("127.213.{U}.21:8080").parse().unwrap(),
+        200,
+        Duration::ZERO,
+    )
+    .await;
+    let _mesh = start_yaml(&one_endpoint(
+        U,
+        "{connectionPool: {http: {http2MaxRequests: 100}}}",
+    ))
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(U).await, 200);
+    }
+    assert_eq!(web.conns.load(Ordering::SeqCst), 1);
+}
+
+/// connectionPool.http.idleTimeout: an upstream connection idle longer is closed, and the
+/// next request opens a new one (the backend sees two connections, the first one closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_http_idle_timeout_closes_upstream_connections() {
+    const T: u8 = 18;
+    let web = backend(
+        format!("127.213.{T}.21:8080").parse().unwrap(),
+        200,
+        Duration::ZERO,
+    )
+    .await;
+    let _mesh = start_yaml(&one_endpoint(
+        T,
+        "{connectionPool: {http: {idleTimeout: 300ms}}}",
+    ))
+    .await;
+    assert_eq!(get(T).await, 200);
+    assert_eq!(get(T).await, 200);
+    assert_eq!(web.conns.load(Ordering::SeqCst), 1, "reused while fresh");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get(T).await, 200);
+    assert_eq!(
+        web.conns.load(Ordering::SeqCst),
+        2,
+        "the idle one was not reused"
+    );
+    for _ in 0..50 {
+        if web.closed.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        web.closed.load(Ordering::SeqCst),
+        1,
+        "the idle one was closed"
+    );
 }
