@@ -233,3 +233,38 @@ async fn locality_fails_over_when_the_local_endpoint_is_ejected() {
     // At most the first request (or none, if a retry avoided web2) fails.
     assert!(ok >= 29, "{served:?}");
 }
+
+/// Envoy ring hash: when an endpoint leaves (a new config without it), only its keys move;
+/// the others stay where they were (the fraction moved is its share, ~1/N).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leaving_endpoints_keys_move() {
+    const T: u8 = 6;
+    let lb = "{consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 1024}}}";
+    let mesh = start(T, lb).await;
+    let keys = 300;
+    let mut before = Vec::new();
+    let mut s = client(T).await;
+    for n in 0..keys {
+        before.push(get(&mut s, "/", &[("x-user", &format!("k{n}"))]).await.2);
+    }
+    // web3 leaves the service (its workload no longer selected).
+    let yaml = mesh_yaml(T, lb).replace(
+        "address: 127.212.6.23, serviceAccount: web, labels: {app: web}",
+        "address: 127.212.6.23, serviceAccount: web, labels: {app: gone}",
+    );
+    assert_ne!(yaml, mesh_yaml(T, lb));
+    mesh.proxy("wp").apply_yaml(&yaml).await.unwrap();
+    let mut s = client(T).await;
+    let mut moved = 0;
+    for (n, was) in before.iter().enumerate() {
+        let now = get(&mut s, "/", &[("x-user", &format!("k{n}"))]).await.2;
+        assert_ne!(now, "web3");
+        if now != *was {
+            assert_eq!(was, "web3", "k{n} moved from {was} to {now}");
+            moved += 1;
+        }
+    }
+    let on3 = before.iter().filter(|b| *b == "web3").count();
+    assert_eq!(moved, on3);
+    assert!((40..=170).contains(&on3), "about a third: {on3} of {keys}");
+}
