@@ -233,6 +233,13 @@ async fn custom_policies_ask_the_external_authorizer() {
     mesh.waypoint("wp", "ns/wp", &none).await;
     mesh.ztunnel("a", &none).await;
     let client: std::net::IpAddr = format!("127.{B}.1.10").parse().unwrap();
+    at_the_waypoint(&mesh, &seen, client).await;
+    at_a_sidecar(&mut mesh, &seen, client).await;
+}
+
+/// The waypoint part: allow, deny, skip, DENY after a CUSTOM allow, timeouts with failOpen on
+/// and off, statusOnError for an unreachable authorizer, spoofed headers, path tricks.
+async fn at_the_waypoint(mesh: &InprocMesh, seen: &Seen, client: std::net::IpAddr) {
     let vip: SocketAddr = format!("127.{B}.2.1:80").parse().unwrap();
     let mut s = tokio::io::BufReader::new(connect_from(client, vip).await.unwrap());
     let host = "web.ns.svc";
@@ -306,9 +313,11 @@ async fn custom_policies_ask_the_external_authorizer() {
     assert_eq!(status, 503);
     mesh.expect_log("wp", "request refused by external authorization");
     mesh.expect_log("wp", "UAEX");
+}
 
-    // A selector CUSTOM policy is enforced by the workload's sidecar (inbound), as Istio's
-    // sidecars do: same authorizer, same answers.
+/// A selector CUSTOM policy is enforced by the workload's sidecar (inbound), as Istio's
+/// sidecars do: same authorizer, same answers.
+async fn at_a_sidecar(mesh: &mut InprocMesh, seen: &Seen, client: std::net::IpAddr) {
     http_app(format!("127.{B}.1.40:8080").parse().unwrap(), "api").await;
     mesh.sidecar(
         "side",
