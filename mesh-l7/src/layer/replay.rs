@@ -83,16 +83,19 @@ impl<B: http_body::Body<Data = Bytes>> ReplayBody<B> {
         if inner.size_hint().lower() > cap as u64 {
             return ReplayBody::pass(inner);
         }
-        let ended = inner.is_end_stream();
+        if inner.is_end_stream() {
+            // Nothing to keep (a GET): replayable at no cost, no shared state allocated.
+            return ReplayBody::full(Bytes::new());
+        }
         let shared = Shared {
-            inner: (!ended).then_some(inner),
+            inner: Some(inner),
             kept: Vec::new(),
             read: 0,
             len: 0,
             cap,
             capped: false,
             trailers: None,
-            ended,
+            ended: false,
             waiters: Vec::new(),
         };
         ReplayBody {

@@ -12,7 +12,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -143,7 +142,7 @@ where
             budget,
             active,
             retry_guard: None,
-            timer: tokio::time::sleep(Duration::ZERO),
+            timer: None,
             timer_armed: false,
             backing_off: false,
             policy,
@@ -172,7 +171,7 @@ pin_project_lite::pin_project! {
         active: Option<ActiveGuard>,
         retry_guard: Option<ActiveGuard>,
         #[pin]
-        timer: Sleep,
+        timer: Option<Sleep>,
         timer_armed: bool,
         backing_off: bool,
         policy: Arc<RetryPolicy>,
@@ -180,13 +179,31 @@ pin_project_lite::pin_project! {
 }
 
 impl<S, B, R> RetryState<S, B, R> {
-    fn arm_per_try(self: Pin<&mut Self>) {
-        let this = self.project();
-        *this.timer_armed = false;
-        if let Some(t) = this.policy.per_try_timeout {
-            this.timer.reset(Instant::now() + t);
-            *this.timer_armed = true;
+    fn arm_per_try(mut self: Pin<&mut Self>) {
+        *self.as_mut().project().timer_armed = false;
+        if let Some(t) = self.policy.per_try_timeout {
+            self.arm(Instant::now() + t);
         }
+    }
+
+    /// Sets the timer to `deadline` (made on first use: a request that never waits has none).
+    fn arm(self: Pin<&mut Self>, deadline: Instant) {
+        let mut this = self.project();
+        match this.timer.as_mut().as_pin_mut() {
+            Some(t) => t.reset(deadline),
+            None => this.timer.set(Some(tokio::time::sleep_until(deadline))),
+        }
+        *this.timer_armed = true;
+    }
+
+    /// Whether the armed timer fired.
+    fn fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        let this = self.project();
+        *this.timer_armed
+            && this
+                .timer
+                .as_pin_mut()
+                .is_some_and(|t| t.poll(cx).is_ready())
     }
 }
 
@@ -236,8 +253,12 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
     /// Decides after a try that came to `resp` (`timed_out`: the per-try timeout fired).
-    fn decide<U>(self: Pin<&mut Self>, mut resp: Response<Body<U>>, timed_out: bool) -> Next<U> {
-        let this = self.project();
+    fn decide<U>(
+        mut self: Pin<&mut Self>,
+        mut resp: Response<Body<U>>,
+        timed_out: bool,
+    ) -> Next<U> {
+        let this = self.as_mut().project();
         // The retry that led here, if any, is decided: it no longer counts as active.
         *this.retry_guard = None;
         *this.permit = None;
@@ -285,9 +306,8 @@ where
         *this.replay = Some(replay);
         this.attempt.number += 1;
         let delay = this.policy.backoff.delay(retries_done + 1, rand::random());
-        this.timer.reset(Instant::now() + delay);
-        *this.timer_armed = true;
         *this.backing_off = true;
+        self.arm(Instant::now() + delay);
         Next::Backoff
     }
 
@@ -338,7 +358,9 @@ where
         };
         loop {
             if state.backing_off {
-                ready!(state.as_mut().project().timer.poll(cx));
+                if !state.as_mut().fired(cx) {
+                    return Poll::Pending;
+                }
                 ready!(state.as_mut().project().svc.poll_ready(cx))?;
                 let req = state.as_mut().next_request();
                 let fut = state.as_mut().project().svc.call(req);
@@ -361,8 +383,7 @@ where
                     (r?, false)
                 }
                 Poll::Pending => {
-                    let s = state.as_mut().project();
-                    if !*s.timer_armed || s.timer.poll(cx).is_pending() {
+                    if !state.as_mut().fired(cx) {
                         return Poll::Pending;
                     }
                     // The timed-out try is cancelled (its upstream stream reset).
