@@ -248,6 +248,11 @@ fn patch(p: &PatchSpec, at: &str, errs: &mut Vec<FieldError>) -> Option<(Option<
         "HTTP_FILTER" | "NETWORK_FILTER" => {
             let http = apply_to == "HTTP_FILTER";
             filter_match(m, http, at, errs);
+            if !http && ctx != Some(Context::SidecarInbound) {
+                // Connections are admitted (and limited) at the workload's inbound only.
+                let why = "a connection rate limit applies at SIDECAR_INBOUND only";
+                err(errs, format!("{at}.match.context"), why);
+            }
             if !["INSERT_BEFORE", "INSERT_FIRST"].contains(&op) {
                 err(
                     errs,

@@ -366,18 +366,22 @@ fn other_patches_and_fields_are_rejected_by_name() {
     );
 }
 
-#[test]
-fn network_filter_limits_connections() {
-    let r = rules(
-        r#"{"configPatches": [{"applyTo": "NETWORK_FILTER",
+/// Envoy network local rate limit docs: one token per connection.
+const NET: &str = r#"{"configPatches": [{"applyTo": "NETWORK_FILTER",
       "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {"name": "envoy.filters.network.tcp_proxy"}}}},
       "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.network.local_ratelimit",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
-          "stat_prefix": "tcp", "token_bucket": {"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "1s"}}}}}]}"#,
-    );
+          "stat_prefix": "tcp", "token_bucket": {"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "1s"}}}}}]}"#;
+
+#[test]
+fn network_filter_limits_connections() {
+    let r = rules(NET);
     let t0 = Instant::now();
     let p = RateLimitPolicy::build([&r], Context::SidecarInbound, t0).unwrap();
     assert!(!p.has_http());
+    // Not enforced elsewhere, so refused elsewhere (by name).
+    let any = errors(&NET.replace(r#""context": "SIDECAR_INBOUND", "#, ""));
+    assert_eq!(any, ["spec.configPatches[0].match.context"]);
     let c = p.connections().unwrap();
     let got: Vec<bool> = (0..3).map(|_| c.admit(t0)).collect();
     assert_eq!(got, [true, true, false]);
