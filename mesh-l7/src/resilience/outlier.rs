@@ -56,7 +56,7 @@ pub struct OutlierDetectionSpec {
     /// Below this percentage of healthy endpoints, outlier detection is off (default 0).
     #[serde(default)]
     pub min_health_percent: Option<i64>,
-    /// Removed from Istio's API: rejected by name.
+    /// Deprecated, no longer applied by Istio (istio/istio#24087): rejected by name.
     #[serde(default)]
     pub consecutive_errors: Option<serde::de::IgnoredAny>,
 }
@@ -140,8 +140,8 @@ impl OutlierDetectionSpec {
         if self.consecutive_errors.is_some() {
             errs.push(FieldError {
                 field: format!("{field}.consecutiveErrors"),
-                reason: "removed from Istio's API: use consecutive5xxErrors or \
-                         consecutiveGatewayErrors"
+                reason: "deprecated and no longer applied by Istio: use \
+                         consecutive5xxErrors or consecutiveGatewayErrors"
                     .into(),
             });
         }

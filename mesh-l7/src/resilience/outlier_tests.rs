@@ -32,6 +32,9 @@ fn defaults_are_istios() {
     assert_eq!(p.base_ejection, Duration::from_secs(30));
 }
 
+/// `consecutiveErrors`: deprecated in istio/api#1189 for consecutive5xxErrors /
+/// consecutiveGatewayErrors, then no longer applied by pilot (istio/istio#24087): rejected
+/// by name rather than silently ignored. Durations must be at least 1ms (Istio docs).
 #[test]
 fn rejects_by_name() {
     let spec: OutlierDetectionSpec = serde_json::from_str(
