@@ -155,7 +155,10 @@ impl Catalog {
                 applied.uses_http |= p.uses_http();
                 let compiled = self.compiled.get(&identity(p)).cloned();
                 match (p.action, compiled) {
-                    (Action::Deny, Some(c)) => applied.deny.push(c),
+                    // CUSTOM at L4 (a ztunnel, a sidecar's TCP port): no request to send to
+                    // the authorizer, so enforced as a DENY without its HTTP fields, as Istio's
+                    // ztunnel fails safe on L7 policies it is given (fail closed).
+                    (Action::Deny | Action::Custom, Some(c)) => applied.deny.push(c),
                     (Action::Allow, Some(c)) => {
                         applied.allow_compiled.push(c);
                         applied.allow.push(p.clone());

@@ -103,3 +103,37 @@ fn custom_is_not_an_allow_policy() {
     // A stream this data plane cannot send to the authorizer (not HTTP) fails closed.
     assert!(!evaluate_conn(&[&ext], &conn()).is_allowed());
 }
+
+/// At L4 (a ztunnel, a sidecar's TCP port) no request can go to the authorizer: a CUSTOM
+/// policy is enforced as a DENY without its HTTP fields (istio.io "ambient L7 features": a
+/// selector policy with L7 rules enforced by a ztunnel "will fail safe by becoming a DENY
+/// policy"), never silently skipped.
+#[test]
+fn custom_fails_closed_at_l4() {
+    use mesh_authz::{PolicyIndex, WorkloadRef};
+    let p = policy(
+        "ext",
+        serde_json::json!({"action": "CUSTOM", "provider": {"name": "opa"},
+            "selector": {"matchLabels": {"app": "api"}},
+            "rules": [{"to": [{"operation": {"ports": ["8080"], "paths": ["/admin/*"]}}]}]}),
+    );
+    let labels = [("app".to_string(), "api".to_string())]
+        .into_iter()
+        .collect();
+    let api = WorkloadRef {
+        key: "shop/api",
+        namespace: "shop",
+        labels: &labels,
+    };
+    let index = PolicyIndex::build(&[p], [api], "istio-system");
+    let on = |port| Connection {
+        destination_port: port,
+        ..conn()
+    };
+    let d = index.evaluate("shop/api", &on(8080));
+    assert!(!d.is_allowed());
+    assert_eq!(d.to_string(), "denied by shop/ext");
+    assert!(index.evaluate("shop/api", &on(9090)).is_allowed());
+    // A sidecar serving the workload's HTTP port evaluates it per request.
+    assert!(index.http_policies("shop/api").is_some());
+}

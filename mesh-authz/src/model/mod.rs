@@ -33,8 +33,9 @@ pub enum Action {
     /// (enforced at waypoints; ztunnels skip it, as L4 has no audit logging in Istio).
     Audit,
     /// Ask the external authorizer named by [`Policy::provider`] about matching requests;
-    /// evaluated before DENY and ALLOW, at L7 only (Istio: CUSTOM needs a proxy that sees
-    /// requests; ztunnels skip it). Never counts as an ALLOW policy.
+    /// evaluated before DENY and ALLOW. Never counts as an ALLOW policy. Where no request can
+    /// be sent to the authorizer (a ztunnel, a TCP stream) it is enforced as a DENY without
+    /// its HTTP fields (fail closed, as Istio's ztunnel treats L7 policies).
     Custom,
 }
 
