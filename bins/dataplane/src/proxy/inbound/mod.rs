@@ -64,8 +64,8 @@ pub(super) async fn serve_hbone<F, Fut>(
 
 /// A sidecar's inbound CONNECT that is served as HTTP: the workload's JWT and policies
 /// (with HTTP fields) are evaluated per request. `Some(h2)` when the port is declared
-/// `HTTP` (`false`), `HTTP2` or `GRPC` (`true`) and the workload has such policies or a
-/// `RequestAuthentication`; otherwise connection-level L4 applies.
+/// `HTTP` (`false`), `HTTP2` or `GRPC` (`true`) and the workload has such policies, a
+/// `RequestAuthentication` or an HTTP rate limit; otherwise connection-level L4 applies.
 pub(super) fn l7_inbound(ctx: &Ctx, authority: SocketAddr) -> Option<bool> {
     if !ctx.layers().inbound_http {
         return None;
@@ -73,7 +73,12 @@ pub(super) fn l7_inbound(ctx: &Ctx, authority: SocketAddr) -> Option<bool> {
     let state = ctx.state.load();
     let w = state.workload_by_ip(authority.ip())?;
     let key = w.key();
-    if state.authz.http_policies(&key).is_none() && !state.sidecar_authn.contains_key(&key) {
+    // HTTP rate limits (EnvoyFilter, SIDECAR_INBOUND) are enforced per request too.
+    let rate_limited = state.rate_limits.inbound.get(&w.address).is_some_and(|p| p.has_http());
+    if state.authz.http_policies(&key).is_none()
+        && !state.sidecar_authn.contains_key(&key)
+        && !rate_limited
+    {
         return None;
     }
     state
