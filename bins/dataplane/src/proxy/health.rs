@@ -297,22 +297,20 @@ pub(crate) async fn bounded<F: std::future::Future>(
     }
 }
 
-/// The next endpoint of `sp` to try after a connect failure (L4): not tried yet, not
-/// ejected, in the mesh (an HBONE address).
+/// The next endpoint of `sp` to try after a connect failure (L4): by the service port's own
+/// choice (nearest locality first), not tried yet, not ejected, in the mesh.
 pub(crate) fn next_endpoint(
     sp: &crate::config::ServicePort,
     tried: &[SocketAddr],
     health: Option<&HostHealth>,
     now: Instant,
 ) -> Option<crate::config::Endpoint> {
-    sp.endpoints
-        .iter()
-        .filter(|e| e.workload.hbone_addr.is_some())
-        .find(|e| {
-            let a = SocketAddr::new(e.workload.address, e.port);
-            !tried.contains(&a) && !health.is_some_and(|h| h.is_ejected(a, now))
-        })
-        .cloned()
+    let usable =
+        |a: SocketAddr| !tried.contains(&a) && !health.is_some_and(|h| h.is_ejected(a, now));
+    let ep = sp.pick_with(usable, tried)?;
+    // The choice falls back to tried or ejected endpoints when none is left: not retried.
+    (usable(SocketAddr::new(ep.workload.address, ep.port)) && ep.workload.hbone_addr.is_some())
+        .then(|| ep.clone())
 }
 
 /// Connect attempts after the first one at L4 (Envoy's tcp_proxy `max_connect_attempts`
