@@ -9,7 +9,9 @@
 //! checks) is stripped as a hop-by-hop header, and a 101 the client did not ask for is 502.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::ext::Protocol;
@@ -26,6 +28,10 @@ use super::RespBody;
 
 /// Copy buffer per direction of an upgraded connection.
 const BUF: usize = 16 * 1024;
+/// An upgraded connection with no byte either way for a whole period this long is closed
+/// (Envoy's default `stream_idle_timeout`, 5 minutes, which applies to upgraded streams too):
+/// an idle client cannot hold the two connections forever.
+const IDLE: Duration = Duration::from_secs(300);
 
 /// In a request's extensions: it asked to upgrade to WebSocket (its hop-by-hop headers were
 /// removed; [`prepare`] puts them back for the upstream).
@@ -162,8 +168,7 @@ pub(super) fn finish(
     resp
 }
 
-/// Copies both ways between the upgraded client and upstream connections, counting bytes as
-/// they pass.
+/// Joins the upgraded client and upstream connections once both are ready.
 async fn join(m: UpgradeMetrics, down: OnUpgrade, up: OnUpgrade) {
     let (down, up) = match tokio::try_join!(down, up) {
         Ok(x) => x,
@@ -173,18 +178,48 @@ async fn join(m: UpgradeMetrics, down: OnUpgrade, up: OnUpgrade) {
         }
     };
     m.joined.inc();
-    let mut down = CountedIo(TokioIo::new(down), m.bytes_up.clone());
-    let mut up = CountedIo(TokioIo::new(up), m.bytes_down.clone());
-    match tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, BUF, BUF).await {
-        Ok((to_up, to_down)) => debug!(to_up, to_down, "upgraded connection closed"),
+    match copy(TokioIo::new(down), TokioIo::new(up), &m, IDLE).await {
+        Ok(Some((to_up, to_down))) => debug!(to_up, to_down, "upgraded connection closed"),
+        Ok(None) => debug!("upgraded connection idle: closed"),
         Err(e) => debug!(error = %e, "upgraded connection ended with error"),
     }
 }
 
-/// An upgraded connection whose reads are counted.
-struct CountedIo<T>(T, Counter);
+/// Copies both ways between `down` (the client) and `up`, counting bytes as they pass, until
+/// either side closes (the byte counts) or nothing moved for a whole `idle` period (`None`).
+async fn copy<D, U>(
+    down: D,
+    up: U,
+    m: &UpgradeMetrics,
+    idle: Duration,
+) -> std::io::Result<Option<(u64, u64)>>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let active = AtomicBool::new(false);
+    let mut down = CountedIo(down, m.bytes_up.clone(), &active);
+    let mut up = CountedIo(up, m.bytes_down.clone(), &active);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, BUF, BUF) => r.map(Some),
+        () = idle_for(&active, idle) => Ok(None),
+    }
+}
 
-impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
+/// Returns once a whole `period` passed without `active` being set.
+async fn idle_for(active: &AtomicBool, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        if !active.swap(false, Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// An upgraded connection whose reads are counted and mark the pair active.
+struct CountedIo<'a, T>(T, Counter, &'a AtomicBool);
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<'_, T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -192,12 +227,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.0).poll_read(cx, buf);
-        self.1.inc_by((buf.filled().len() - before) as u64);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.1.inc_by(n);
+            self.2.store(true, Ordering::Relaxed);
+        }
         r
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<'_, T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -246,5 +285,34 @@ mod tests {
         assert!(!is_websocket(&req("GET", &["websocket", "h2c"], "Upgrade")));
         assert!(!is_websocket(&req("POST", &["websocket"], "Upgrade")));
         assert!(!is_websocket(&req("GET", &["websocket"], "close")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upgraded_bytes_are_counted_and_idle_pairs_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let m = UpgradeMetrics::default();
+        let (mut client, down) = tokio::io::duplex(1024);
+        let (up, mut app) = tokio::io::duplex(1024);
+        let m2 = m.clone();
+        let task = tokio::spawn(async move { copy(down, up, &m2, Duration::from_secs(10)).await });
+        // Traffic every 5 s keeps the pair open past the idle period.
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..6 {
+            client.write_all(b"ping").await.unwrap();
+            let mut b = [0; 4];
+            app.read_exact(&mut b).await.unwrap();
+            app.write_all(b"pong!").await.unwrap();
+            let mut b = [0; 5];
+            client.read_exact(&mut b).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        assert!(!task.is_finished());
+        // Then silence: closed within two periods, the client sees the end.
+        let idle = task.await.unwrap().unwrap();
+        assert_eq!(idle, None);
+        assert!(t0.elapsed() <= Duration::from_secs(30 + 20));
+        let mut b = [0; 1];
+        assert_eq!(client.read(&mut b).await.unwrap(), 0);
+        assert_eq!((m.bytes_up.get(), m.bytes_down.get()), (24, 30));
     }
 }
