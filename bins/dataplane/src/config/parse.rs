@@ -167,7 +167,9 @@ impl Raw {
         }
         if kind == "EnvoyFilter" && api != super::ratelimits::ENVOY_FILTER_API {
             let want = super::ratelimits::ENVOY_FILTER_API;
-            let why = format!("EnvoyFilter is not supported yet with apiVersion {api:?}: only {want} rate limit filters");
+            let why = format!(
+                "EnvoyFilter is not supported yet with apiVersion {api:?}: only {want} rate limit filters"
+            );
             v.err(&location, "kind", why);
             return;
         }

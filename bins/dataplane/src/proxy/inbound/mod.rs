@@ -74,7 +74,11 @@ pub(super) fn l7_inbound(ctx: &Ctx, authority: SocketAddr) -> Option<bool> {
     let w = state.workload_by_ip(authority.ip())?;
     let key = w.key();
     // HTTP rate limits (EnvoyFilter, SIDECAR_INBOUND) are enforced per request too.
-    let rate_limited = state.rate_limits.inbound.get(&w.address).is_some_and(|p| p.has_http());
+    let rate_limited = state
+        .rate_limits
+        .inbound
+        .get(&w.address)
+        .is_some_and(|p| p.has_http());
     if state.authz.http_policies(&key).is_none()
         && !state.sidecar_authn.contains_key(&key)
         && !rate_limited
