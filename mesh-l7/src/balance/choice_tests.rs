@@ -80,6 +80,30 @@ fn ranks(p: &Placement, here: &Locality, there: &[Locality]) -> Vec<Rank> {
         .collect()
 }
 
+#[test]
+fn partly_ejected_tier_spills_as_envoy() {
+    // Envoy priority levels (arch_overview/upstream/load_balancing/priority): with the
+    // overprovisioning factor 1.4, a tier with 2 of 4 endpoints healthy takes 70% of the
+    // traffic and the next tier the rest; with 3 of 4 (75% * 1.4 > 100%) it takes all.
+    let ranks: Vec<Rank> = [0, 0, 0, 0, 1, 1]
+        .iter()
+        .map(|t| Rank {
+            tier: *t,
+            group: None,
+        })
+        .collect();
+    let layout = Layout::build(&ranks, None, None, &[]);
+    let mut v = View::new(6);
+    v.healthy[0] = false;
+    v.healthy[1] = false;
+    let near = (0..10_000)
+        .filter(|n| pick(&layout, LoadBalancer::Random, &v, draw(*n)).unwrap() < 4)
+        .count();
+    assert!((6_700..=7_300).contains(&near), "{near}");
+    v.healthy[1] = true;
+    assert!((0..1_000).all(|n| pick(&layout, LoadBalancer::Random, &v, draw(n)).unwrap() < 4));
+}
+
 // Istio locality failover (istio.io docs/tasks/traffic-management/locality-load-balancing/
 // failover, and pilot's applyLocalityFailover): same subzone, zone, region, the `failover`
 // region, then the rest; a tier is left only when its endpoints are ejected.
@@ -383,7 +407,9 @@ fn cookie_is_generated_when_absent_with_ttl() {
 
 proptest::proptest! {
     // Whatever the health, tries and seed: a pick is in the layout, never a STRICT-excluded
-    // endpoint, and a healthy untried endpoint of the nearest such tier when one exists.
+    // endpoint, a healthy untried one when one exists, never nearer than the nearest tier
+    // with a healthy endpoint, and in that tier when it is healthy enough to take all the
+    // load (Envoy: at least 1/1.4 of it healthy) and has an untried endpoint.
     #[test]
     fn pick_prefers_the_nearest_eligible_tier(
         tiers in proptest::collection::vec(0u8..4, 1..12),
@@ -399,11 +425,23 @@ proptest::proptest! {
         let lb = [LoadBalancer::RoundRobin, LoadBalancer::Random, LoadBalancer::LeastRequest, LoadBalancer::PeakEwma][lb];
         let got = pick(&layout, lb, &v, Draw { turn: seed as usize, seed, hash: None });
         let eligible = |i: usize| ranks[i].tier != locality::EXCLUDED && v.healthy[i] && !v.tried[i];
-        let best = (0..n).filter(|i| eligible(*i)).map(|i| ranks[i].tier).min();
-        match (got, best) {
-            (None, _) => proptest::prop_assert!(layout.is_empty()),
-            (Some(i), Some(b)) => proptest::prop_assert!(eligible(i) && ranks[i].tier == b),
-            (Some(i), None) => proptest::prop_assert!(ranks[i].tier != locality::EXCLUDED),
+        let in_layout = |i: usize| ranks[i].tier != locality::EXCLUDED;
+        let any_eligible = (0..n).any(eligible);
+        let b = (0..n).filter(|i| in_layout(*i) && v.healthy[*i]).map(|i| ranks[i].tier).min();
+        let Some(i) = got else {
+            proptest::prop_assert!(layout.is_empty());
+            return Ok(());
+        };
+        proptest::prop_assert!(in_layout(i));
+        if any_eligible {
+            proptest::prop_assert!(eligible(i));
+            let b = b.unwrap();
+            proptest::prop_assert!(ranks[i].tier >= b);
+            let of_b: Vec<usize> = (0..n).filter(|j| in_layout(*j) && ranks[*j].tier == b).collect();
+            let healthy_b = of_b.iter().filter(|j| v.healthy[**j]).count();
+            if 1.4 * healthy_b as f64 >= of_b.len() as f64 && of_b.iter().any(|j| eligible(*j)) {
+                proptest::prop_assert_eq!(ranks[i].tier, b);
+            }
         }
     }
 

@@ -3,8 +3,9 @@
 //! view of the endpoints (health, tried, cost, warmth) and a [`Draw`] (round-robin turn, random
 //! seed, hash key) and returns an endpoint.
 //!
-//! Order of preference, as Envoy: the nearest tier with an eligible endpoint; within it the
-//! balancer. Eligible means healthy and not tried by an earlier attempt of the request (Envoy's
+//! Order of preference, as Envoy: the nearest tier takes the traffic its health allows
+//! (Envoy's priority load with overprovisioning factor 1.4: all of it while at least 1/1.4 of
+//! its endpoints are healthy), the rest spills to the next tiers; within a tier the balancer. Eligible means healthy and not tried by an earlier attempt of the request (Envoy's
 //! `previous_hosts`); if none is, tried ones are allowed again; if none is healthy, any endpoint
 //! in the layout (Envoy's panic mode). STRICT exclusions never enter the layout.
 //!
@@ -150,6 +151,11 @@ impl Rng {
 
 /// Chooses an endpoint index, or `None` when the layout has none.
 pub fn pick(layout: &Layout, lb: LoadBalancer, eps: &impl Endpoints, draw: Draw) -> Option<usize> {
+    let start = if layout.weighted || layout.ranges.len() < 2 {
+        0
+    } else {
+        spill(layout, eps, Rng(draw.seed ^ 0x5851_f42d_4c95_7f2d).unit())
+    };
     for pass in [Pass::Untried, Pass::Healthy, Pass::Panic] {
         let ok = |i: usize| match pass {
             Pass::Untried => eps.healthy(i) && !eps.tried(i),
@@ -160,9 +166,10 @@ pub fn pick(layout: &Layout, lb: LoadBalancer, eps: &impl Endpoints, draw: Draw)
         let found = if layout.weighted {
             pick_weighted(layout, lb, eps, draw, &mut rng, &ok)
         } else {
-            layout
-                .ranges
-                .iter()
+            // From the tier the priority load chose, then the others nearest first.
+            let ranges = layout.ranges.iter();
+            (ranges.clone().skip(start))
+                .chain(ranges.take(start))
                 .find_map(|r| pick_in(layout, r, lb, eps, draw, &mut rng, &ok))
         };
         if found.is_some() {
@@ -170,6 +177,43 @@ pub fn pick(layout: &Layout, lb: LoadBalancer, eps: &impl Endpoints, draw: Draw)
         }
     }
     None
+}
+
+/// Envoy's overprovisioning factor (1.4): a tier with at least 1/1.4 of its endpoints
+/// healthy takes all the traffic it is offered.
+const OVERPROVISIONING: f64 = 1.4;
+
+fn health(layout: &Layout, r: &Range, eps: &impl Endpoints) -> f64 {
+    let n = r.end - r.start;
+    let healthy = (layout.order.get(r.start..r.end).unwrap_or_default().iter())
+        .filter(|i| eps.healthy(**i))
+        .count();
+    (OVERPROVISIONING * healthy as f64 / n.max(1) as f64).min(1.0)
+}
+
+/// Envoy's priority load: tier `i` takes `min(health_i, what the nearer tiers left)`, the
+/// loads scaled up when the tiers' health sums below 1; `u` in [0, 1) picks one. Health is
+/// counted only until the load is placed (usually the first tier alone).
+fn spill(layout: &Layout, eps: &impl Endpoints, u: f64) -> usize {
+    let mut total = 0.0;
+    for r in &layout.ranges {
+        total += health(layout, r, eps);
+        if total >= 1.0 {
+            break;
+        }
+    }
+    if total <= 0.0 {
+        return 0;
+    }
+    let x = u * total.min(1.0);
+    let mut placed = 0.0;
+    for (j, r) in layout.ranges.iter().enumerate() {
+        placed += health(layout, r, eps).min(1.0 - placed);
+        if x < placed {
+            return j;
+        }
+    }
+    0
 }
 
 fn pick_weighted(
