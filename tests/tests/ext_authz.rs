@@ -24,8 +24,9 @@ use mesh_tests::*;
 
 const B: u8 = 215;
 
-/// What the authorizer saw: (path, x-user header, source principal, source address).
-type Seen = Arc<Mutex<Vec<(String, String, String, String)>>>;
+/// What the authorizer saw: (path, x-user header, source principal, source address,
+/// destination principal).
+type Seen = Arc<Mutex<Vec<(String, String, String, String, String)>>>;
 
 /// A small OPA-Envoy-like authorizer.
 #[derive(Clone)]
@@ -53,12 +54,16 @@ impl Authorization for Opa {
         let attrs = req.into_inner().attributes.unwrap_or_default();
         let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
         let source = attrs.source.unwrap_or_default();
+        let destination = attrs.destination.unwrap_or_default().principal;
         let addr = format!("{:?}", source.address);
         let user = http.headers.get("x-user").cloned().unwrap_or_default();
-        self.seen
-            .lock()
-            .unwrap()
-            .push((http.path.clone(), user, source.principal.clone(), addr));
+        self.seen.lock().unwrap().push((
+            http.path.clone(),
+            user,
+            source.principal.clone(),
+            addr,
+            destination,
+        ));
         if http.path.contains("slow") {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
@@ -269,7 +274,11 @@ async fn at_the_waypoint(mesh: &InprocMesh, seen: &Seen, client: std::net::IpAdd
     assert_eq!(header(&h, "x-authz").as_deref(), Some("opa"));
     {
         let seen = seen.lock().unwrap();
-        let (path, user, principal, addr) = seen.last().unwrap();
+        let (path, user, principal, addr, own) = seen.last().unwrap();
+        assert_eq!(
+            own, "spiffe://cluster.local/ns/ns/sa/wp",
+            "the waypoint's identity"
+        );
         assert_eq!((path.as_str(), user.as_str()), ("/admin/ok", "mallory"));
         assert_eq!(principal, "spiffe://cluster.local/ns/ns/sa/client");
         assert!(addr.contains(&format!("127.{B}.1.10")), "{addr}");
@@ -347,6 +356,11 @@ async fn at_a_sidecar(mesh: &mut InprocMesh, seen: &Seen, client: std::net::IpAd
     assert_eq!((status, body.as_str()), (403, "denied by opa"));
     let asked = seen.lock().unwrap().len();
     assert_eq!(asked, before + 2);
+    let own = seen.lock().unwrap().last().unwrap().4.clone();
+    assert_eq!(
+        own, "spiffe://cluster.local/ns/ns/sa/api",
+        "the sidecar's workload"
+    );
     let (status, _, _) = http_request(&mut s, "GET", "/public", host, &[]).await;
     assert_eq!(status, 200);
     assert_eq!(seen.lock().unwrap().len(), asked, "asked about /public");

@@ -11,6 +11,7 @@ use tracing::warn;
 
 use super::Stream;
 use crate::proxy::ext_authz::{Peers, request};
+use crate::proxy::profiles::Policies;
 
 /// A stream's external authorizer.
 #[derive(Clone)]
@@ -75,25 +76,31 @@ impl ext_authz::Authorizer for Authorizer {
     }
 }
 
-/// The stream's two ends as the CheckRequest names them.
+/// The stream's two ends as the CheckRequest names them. The destination principal is the
+/// identity of this end of the mTLS connection, as Envoy reports its own certificate's URI
+/// SAN: the waypoint's, or the sidecar's workload's.
 fn peers(s: &Stream, state: &crate::config::MeshState) -> Peers {
-    let (self_ip, dst) = match &s.profile.authz {
-        Some(a) => (
-            a.self_ip,
-            SocketAddr::new(a.destination_ip, a.destination_port),
-        ),
+    let unspecified = std::net::IpAddr::from([0, 0, 0, 0]);
+    let Some(a) = &s.profile.authz else {
         // Not reached: the layer is active only with an authz profile.
-        None => {
-            let unspecified = std::net::IpAddr::from([0, 0, 0, 0]);
-            (unspecified, SocketAddr::new(unspecified, 0))
-        }
+        return Peers {
+            source: s.client.unwrap_or(SocketAddr::new(unspecified, 0)),
+            source_principal: None,
+            destination: SocketAddr::new(unspecified, 0),
+            destination_principal: None,
+        };
     };
-    Peers {
-        source: s.client.unwrap_or(SocketAddr::new(self_ip, 0)),
-        source_principal: s.src_identity.as_ref().map(|i| i.as_str().to_owned()),
-        destination: dst,
-        destination_principal: state
+    let dst = SocketAddr::new(a.destination_ip, a.destination_port);
+    let own = match &a.policies {
+        Policies::Targets(waypoint) => Some(waypoint.identity.as_str().to_owned()),
+        Policies::Workload(_) => state
             .workload_by_ip(dst.ip())
             .map(|w| w.identity.as_str().to_owned()),
+    };
+    Peers {
+        source: s.client.unwrap_or(SocketAddr::new(a.self_ip, 0)),
+        source_principal: s.src_identity.as_ref().map(|i| i.as_str().to_owned()),
+        destination: dst,
+        destination_principal: own,
     }
 }
