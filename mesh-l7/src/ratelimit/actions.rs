@@ -1,5 +1,6 @@
 //! Route and virtual host `rate_limits` checked into descriptor recipes (Envoy's
-//! `RateLimit.Action`: request_headers, remote_address, generic_key, header_value_match).
+//! `RateLimit.Action`: request_headers, remote_address, masked_remote_address, generic_key,
+//! header_value_match).
 
 use super::descriptor::{Action, HeaderCond, HeaderRef, HeaderTest, Recipe};
 use super::envoy::{ActionSpec, HeaderMatcherSpec, RateLimitEntry};
@@ -36,6 +37,7 @@ fn action(a: &ActionSpec, at: &str, errs: &mut Vec<FieldError>) -> Option<Action
     let given = [
         a.request_headers.is_some(),
         a.remote_address.is_some(),
+        a.masked_remote_address.is_some(),
         a.generic_key.is_some(),
         a.header_value_match.is_some(),
     ];
@@ -43,12 +45,36 @@ fn action(a: &ActionSpec, at: &str, errs: &mut Vec<FieldError>) -> Option<Action
         err(
             errs,
             at,
-            "exactly one of request_headers, remote_address, generic_key, header_value_match",
+            "exactly one of request_headers, remote_address, masked_remote_address, generic_key, header_value_match",
         );
         return None;
     }
     if a.remote_address.is_some() {
         return Some(Action::RemoteAddress);
+    }
+    if let Some(m) = &a.masked_remote_address {
+        let (v4, v6) = (
+            m.v4_prefix_mask_len.unwrap_or(32),
+            m.v6_prefix_mask_len.unwrap_or(128),
+        );
+        if v4 > 32 {
+            err(
+                errs,
+                format!("{at}.masked_remote_address.v4_prefix_mask_len"),
+                "at most 32",
+            );
+        }
+        if v6 > 128 {
+            err(
+                errs,
+                format!("{at}.masked_remote_address.v6_prefix_mask_len"),
+                "at most 128",
+            );
+        }
+        return Some(Action::MaskedRemoteAddress {
+            v4: v4.min(32) as u8,
+            v6: v6.min(128) as u8,
+        });
     }
     if let Some(g) = &a.generic_key {
         let key = g

@@ -100,6 +100,10 @@ pub(crate) enum Action {
         skip_if_absent: bool,
     },
     RemoteAddress,
+    MaskedRemoteAddress {
+        v4: u8,
+        v6: u8,
+    },
     GenericKey {
         key: String,
         value: String,
@@ -136,6 +140,20 @@ impl Recipe {
                 // Envoy: the trusted client address; never `x-forwarded-for` as written.
                 Action::RemoteAddress => {
                     entries.push(("remote_address".into(), r.client?.to_string()))
+                }
+                // Envoy: `<masked address>/<prefix length>`, key `masked_remote_address`.
+                Action::MaskedRemoteAddress { v4, v6 } => {
+                    let net = match r.client? {
+                        IpAddr::V4(a) => {
+                            let mask = u32::MAX.checked_shl(32 - u32::from(*v4)).unwrap_or(0);
+                            format!("{}/{v4}", std::net::Ipv4Addr::from(a.to_bits() & mask))
+                        }
+                        IpAddr::V6(a) => {
+                            let mask = u128::MAX.checked_shl(128 - u32::from(*v6)).unwrap_or(0);
+                            format!("{}/{v6}", std::net::Ipv6Addr::from(a.to_bits() & mask))
+                        }
+                    };
+                    entries.push(("masked_remote_address".into(), net));
                 }
                 Action::GenericKey { key, value } => entries.push((key.clone(), value.clone())),
                 Action::HeaderValueMatch {

@@ -84,12 +84,27 @@ pub struct ActionSpec {
     /// The client's address.
     #[serde(default)]
     pub remote_address: Option<IgnoredAny>,
+    /// The client's address masked to a prefix (one bucket per network).
+    #[serde(default)]
+    pub masked_remote_address: Option<MaskedRemoteAddressSpec>,
     /// A constant.
     #[serde(default)]
     pub generic_key: Option<GenericKeySpec>,
     /// A constant when the headers match.
     #[serde(default)]
     pub header_value_match: Option<HeaderValueMatchSpec>,
+}
+
+/// `Action.MaskedRemoteAddress`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskedRemoteAddressSpec {
+    /// IPv4 prefix length (0-32, default 32).
+    #[serde(default)]
+    pub v4_prefix_mask_len: Option<u32>,
+    /// IPv6 prefix length (0-128, default 128).
+    #[serde(default)]
+    pub v6_prefix_mask_len: Option<u32>,
 }
 
 /// `Action.RequestHeaders`.

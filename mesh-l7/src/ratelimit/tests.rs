@@ -300,6 +300,64 @@ fn actions_follow_envoy() {
     );
 }
 
+// Envoy RateLimit.Action.MaskedRemoteAddress: `<masked>/<len>`; attacker: addresses of one
+// /24 share one bucket, so cycling through them gains nothing.
+#[test]
+fn masked_remote_address_groups_a_network() {
+    let json = PER_CLIENT
+        .replace(
+            r#"[{"remote_address": {}}]"#,
+            r#"[{"masked_remote_address": {"v4_prefix_mask_len": 24}}]"#,
+        )
+        .replace(
+            r#"{"key": "remote_address"}"#,
+            r#"{"key": "masked_remote_address"}"#,
+        );
+    let p = RateLimitPolicy::build([&rules(&json)], Context::Gateway, Instant::now()).unwrap();
+    let h = HeaderMap::new();
+    let t0 = Instant::now();
+    let ok = (1..=10)
+        .filter(|i| {
+            !refused(&p.decide(
+                VH,
+                None,
+                &view(&h, Some(&format!("10.0.0.{i}"))),
+                t0,
+                &mut || 0,
+            ))
+        })
+        .count();
+    assert_eq!(ok, 2, "one bucket for 10.0.0.0/24");
+    assert!(!refused(&p.decide(
+        VH,
+        None,
+        &view(&h, Some("10.0.1.1")),
+        t0,
+        &mut || 0
+    )));
+    let g = GLOBAL_JSON.replace(
+        r#"[{"request_headers": {"header_name": ":path", "descriptor_key": "PATH"}}]"#,
+        r#"[{"masked_remote_address": {"v6_prefix_mask_len": 64}}]"#,
+    );
+    let p = RateLimitPolicy::build([&rules(&g)], Context::Gateway, Instant::now()).unwrap();
+    let (_, d) = p
+        .decide(VH, None, &view(&h, Some("2001:db8::1:2")), t0, &mut || 0)
+        .global
+        .unwrap();
+    assert_eq!(
+        d[0].entries,
+        [(
+            "masked_remote_address".to_owned(),
+            "2001:db8::/64".to_owned()
+        )]
+    );
+    let (_, d) = p
+        .decide(VH, None, &view(&h, Some("192.0.2.7")), t0, &mut || 0)
+        .global
+        .unwrap();
+    assert_eq!(d[0].entries[0].1, "192.0.2.7/32");
+}
+
 #[test]
 fn other_patches_and_fields_are_rejected_by_name() {
     let bad = LOCAL.replace(
@@ -343,11 +401,11 @@ fn other_patches_and_fields_are_rejected_by_name() {
     );
     let bad = GLOBAL_JSON.replace("\"remote_address\"", "x").replace(
         ":path\", \"descriptor_key\": \"PATH\"}",
-        ":path\", \"descriptor_key\": \"PATH\"}, \"masked_remote_address\": {}",
+        ":path\", \"descriptor_key\": \"PATH\"}, \"source_cluster\": {}",
     );
     assert_eq!(
         errors(&bad),
-        ["spec.configPatches[1].patch.value.rate_limits[0].actions[0].masked_remote_address"]
+        ["spec.configPatches[1].patch.value.rate_limits[0].actions[0].source_cluster"]
     );
     assert!(
         serde_json::from_str::<EnvoyFilterSpec>(r#"{"configPatches": [], "bogus": 1}"#).is_err()
