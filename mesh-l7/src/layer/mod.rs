@@ -10,6 +10,10 @@
 //! - [`routing`]: the route table's decision (direct responses, redirects, weighted
 //!   destinations, rewrites, header operations) in front of the caller's upstream service.
 //!
+//! Below routing, on the [`UpstreamRequest`] with its picked route: among others,
+//! [`fault`] (a route's delays and aborts, flags `DI`/`FI`) and, under the retry layer,
+//! [`mirror`] (fire-and-forget copies of first attempts to a route's mirrors).
+//!
 //! Each layer is a cloneable `FooLayer` building a `Foo<S>` service whose future is a concrete
 //! type (no boxing per layer). What a request went through travels in extensions: the
 //! verified JWT ([`Authenticated`]) in the request's, [`Meta`] (response flags, route,
