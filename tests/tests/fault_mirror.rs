@@ -169,3 +169,47 @@ async fn slow_or_absent_mirror_backend_does_not_touch_the_main_response() {
         "bounded by the copy timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_request_mirror_filter() {
+    // Gateway API HTTPRoute `RequestMirror` filter (GEP-3171 `percent`) on the waypoint.
+    let net = Net(90);
+    let web = backend(net.addr(21, 8080), Mode::Http).await;
+    let shadow = backend(net.addr(22, 8080), Mode::Http).await;
+    let _mesh = net
+        .start(
+            r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: ns}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: shadow, port: 80}, percent: 100}
+    backendRefs: [{name: web, port: 80}]
+"#,
+        )
+        .await;
+    let mut c = net.conn().await;
+    for i in 0..5 {
+        let (status, _, _) =
+            exchange_http(&mut c, &format!("GET /gw/{i} HTTP/1.1\r\n{HOST}")).await;
+        assert_eq!(status, 200);
+    }
+    for _ in 0..100 {
+        if shadow.lock().unwrap().len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(web.lock().unwrap().len(), 5);
+    let copies = shadow.lock().unwrap().clone();
+    assert_eq!(copies.len(), 5, "{copies:?}");
+    assert!(
+        copies
+            .iter()
+            .all(|l| l.starts_with("web.ns.svc-shadow /gw/"))
+    );
+}
