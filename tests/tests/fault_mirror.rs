@@ -213,3 +213,51 @@ spec:
             .all(|l| l.starts_with("web.ns.svc-shadow /gw/"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_mirrored_up_to_the_cap() {
+    use tokio::io::AsyncWriteExt;
+    let net = Net(100);
+    let web = backend(net.addr(21, 8080), Mode::Http).await;
+    let shadow = backend(net.addr(22, 8080), Mode::Http).await;
+    let mesh = net
+        .start(&vs(r#"  - route: [{destination: {host: web.ns.svc}}]
+    mirror: {host: shadow.ns.svc}
+"#))
+        .await;
+    let mut c = net.conn().await;
+    // 1 KiB is copied (the retry layer kept it); 100 KB is over the 64 KiB cap: the main
+    // request gets it, the mirror nothing (counted).
+    for n in [1024usize, 100_000] {
+        let head = format!("POST /post HTTP/1.1\r\n{HOST}\r\ncontent-length: {n}\r\n\r\n");
+        c.get_mut().write_all(head.as_bytes()).await.unwrap();
+        c.get_mut().write_all(&vec![b'x'; n]).await.unwrap();
+        let (first, _) = tokio::time::timeout(Duration::from_secs(10), read_head(&mut c))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let mut body = String::new();
+        let len = "ok /post upgrade=-".len();
+        let mut buf = vec![0; len];
+        tokio::io::AsyncReadExt::read_exact(&mut c, &mut buf)
+            .await
+            .unwrap();
+        body.push_str(&String::from_utf8_lossy(&buf));
+        assert_eq!(body, "ok /post upgrade=-");
+    }
+    let m = metrics_until(&mesh, |t| metric(t, "mesh_mirror_sent_total", &[]) >= 1.0).await;
+    assert_eq!(metric(&m, "mesh_mirror_sent_total", &[]), 1.0);
+    assert_eq!(metric(&m, "mesh_mirror_dropped_body_total", &[]), 1.0);
+    assert_eq!(
+        web.lock().unwrap().as_slice(),
+        [
+            "web.ns.svc /post upgrade=- body=1024",
+            "web.ns.svc /post upgrade=- body=100000"
+        ]
+    );
+    assert_eq!(
+        shadow.lock().unwrap().as_slice(),
+        ["web.ns.svc-shadow /post upgrade=- body=1024"]
+    );
+}

@@ -120,7 +120,8 @@ pub(crate) enum Mode {
     Always101,
 }
 
-/// What a backend received, one line per request: `<host> <path> upgrade=<...>`.
+/// What a backend received, one line per request: `<host> <path> upgrade=<...>`, then
+/// ` body=<length>` when the request had a body.
 pub(crate) type Seen = Arc<Mutex<Vec<String>>>;
 
 pub(crate) async fn backend(addr: SocketAddr, mode: Mode) -> Seen {
@@ -155,10 +156,11 @@ pub(crate) async fn serve(mut s: BufReader<TcpStream>, mode: Mode, seen: Seen) {
         }
         let path = first.split_whitespace().nth(1).unwrap_or("").to_owned();
         let upgrade = h("upgrade").unwrap_or_else(|| "-".into());
-        seen.lock().unwrap().push(format!(
-            "{} {path} upgrade={upgrade}",
-            h("host").unwrap_or_default()
-        ));
+        let mut line = format!("{} {path} upgrade={upgrade}", h("host").unwrap_or_default());
+        if !body.is_empty() {
+            line.push_str(&format!(" body={}", body.len()));
+        }
+        seen.lock().unwrap().push(line);
         if mode == Mode::Slow {
             std::future::pending::<()>().await;
         }
