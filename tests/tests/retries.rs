@@ -82,7 +82,11 @@ spec:
     }
 
     async fn start(self, extra: &str) -> InprocMesh {
-        let mut mesh = InprocMesh::new(&self.config(extra));
+        self.start_yaml(&self.config(extra)).await
+    }
+
+    async fn start_yaml(self, yaml: &str) -> InprocMesh {
+        let mut mesh = InprocMesh::new(yaml);
         mesh.ztunnel("b", &[]).await;
         mesh.waypoint("wp", "ns/wp", &[]).await;
         mesh.ztunnel("a", &[]).await;
@@ -306,14 +310,15 @@ async fn a_connection_closed_before_the_response_is_retried_only_under_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_tries_are_cut_by_the_per_try_timeout_and_the_route_timeout_answers_504_ut() {
     // Envoy: per_try_timeout bounds each try (retried under 5xx); the route timeout spans
-    // all tries and answers 504 "upstream request timeout", flag UT.
+    // all tries and answers 504 "upstream request timeout", flag UT. (Per-try timeouts of
+    // 500 ms leave room for the first HBONE dial of a loaded debug build.)
     let net = Net(4);
     let web1 = backend(net.addr(21, 8080), Mode::Slow).await;
     let web2 = backend(net.addr(22, 8080), Mode::Slow).await;
     let mesh = net
         .start(&vs(r#"  - match: [{uri: {prefix: /pertry}}]
-    timeout: 5s
-    retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}
+    timeout: 10s
+    retries: {attempts: 2, perTryTimeout: 500ms, retryOn: 5xx}
     route: [{destination: {host: web.ns.svc}}]
   - match: [{uri: {prefix: /route}}]
     timeout: 300ms
@@ -327,7 +332,7 @@ async fn slow_tries_are_cut_by_the_per_try_timeout_and_the_route_timeout_answers
     assert_eq!((status, body.as_str()), (504, "upstream request timeout"));
     assert_eq!(tries(&web1) + tries(&web2), 3);
     assert!(
-        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
         "{took:?}"
     );
     mesh.expect_log("wp", r#""response_flags":"URX""#);
@@ -358,6 +363,7 @@ async fn bodies_up_to_the_cap_are_replayed_and_bigger_ones_sent_once() {
     let all = |a: &Seen, b: &Seen| -> Vec<usize> {
         let mut v: Vec<_> = a.lock().unwrap().iter().map(|g| g.body_len).collect();
         v.extend(b.lock().unwrap().iter().map(|g| g.body_len));
+        v.sort_unstable();
         v
     };
     let small = vec![b'x'; 1000];
@@ -503,4 +509,86 @@ async fn httproute_retry_and_timeouts_apply() {
     assert!(t0.elapsed() >= Duration::from_millis(300));
     assert_eq!(tries(&web1) + tries(&web2), 1);
     mesh.expect_log("wp", r#""response_flags":"UT""#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_config_default_http_retry_policy_replaces_istios() {
+    // Istio MeshConfig.defaultHttpRetryPolicy: the policy of routes without `retries`;
+    // attempts 0 turns default retries off. Bad values are rejected by field.
+    let net = Net(11);
+    let web1 = backend(net.addr(21, 8080), Mode::Status(503)).await;
+    let web2 = backend(net.addr(22, 8080), Mode::Status(503)).await;
+    let mesh_config = |policy: &str| {
+        format!(
+            "---\napiVersion: dataplane.mesh.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: mesh}}\nspec:\n  defaultHttpRetryPolicy: {policy}\n"
+        )
+    };
+    let _mesh = net.start(&mesh_config("{attempts: 0}")).await;
+    assert_eq!(get(net, "/x").await.0, 503);
+    assert_eq!(tries(&web1) + tries(&web2), 1);
+    let yaml = net.config(&mesh_config("{attempts: 1, retryOn: bogus}"));
+    let e = mesh_dataplane::config::parse(std::path::Path::new("mesh.yaml"), &yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spec.defaultHttpRetryPolicy.retryOn"), "{e}");
+}
+
+/// An HTTP/2 backend refusing every stream (`REFUSED_STREAM`): the request was not
+/// processed, so it is safe to retry anywhere.
+async fn refusing_h2_backend(addr: SocketAddr) -> Arc<Mutex<usize>> {
+    let count = Arc::new(Mutex::new(0));
+    let l = TcpListener::bind(addr).await.unwrap();
+    let c2 = count.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let c3 = c2.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    *c3.lock().unwrap() += 1;
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_retried_by_default_and_flagged_ur_when_not() {
+    // Envoy retryOn `refused-stream` (in Istio's default policy): an HTTP/2 REFUSED_STREAM
+    // reset; Envoy logs an upstream reset as UR.
+    let net = Net(12);
+    let web1 = refusing_h2_backend(net.addr(21, 8080)).await;
+    let web2 = refusing_h2_backend(net.addr(22, 8080)).await;
+    let yaml = net
+        .config(&vs(r#"  - match: [{uri: {prefix: /once}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: web.ns.svc}}]
+  - route: [{destination: {host: web.ns.svc}}]
+"#))
+        .replace("protocol: HTTP,", "protocol: HTTP2,");
+    let mesh = net.start_yaml(&yaml).await;
+    let client = net.ip(10).parse().unwrap();
+    let tcp = connect_from(client, net.addr(41, 80)).await.unwrap();
+    let (mut h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = |path: &str| {
+        let req = http::Request::get(format!("http://web.ns.svc{path}"))
+            .body(())
+            .unwrap();
+        let (resp, _) = h2c.send_request(req, true).unwrap();
+        resp
+    };
+    let total = || *web1.lock().unwrap() + *web2.lock().unwrap();
+    let resp = send("/x").await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(total(), 3);
+    mesh.expect_log("wp", r#""response_flags":"URX""#);
+    let resp = send("/once").await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(total(), 4);
+    mesh.expect_log("wp", r#""response_flags":"UR""#);
 }
