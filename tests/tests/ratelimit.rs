@@ -1,10 +1,13 @@
 //! Rate limits as Istio users write them (`EnvoyFilter`, the shapes of Istio's task
-//! "Enabling Rate Limits using Envoy"), in process: local token buckets at the waypoint (per
-//! proxy, per route, per client), the global filter asking a RateLimitService written here
-//! (answering as Envoy's ratelimit server does), and the per-workload connection limit at the
-//! destination ztunnel. Loopback block 127.214.x.x; each test its own third octets.
+//! "Enabling Rate Limits using Envoy"), in process, at the waypoint: local token buckets (per
+//! proxy, per route, per client) and the global filter asking a RateLimitService written here
+//! (answering as Envoy's ratelimit server does). Loopback block 127.214.x.x; each test its
+//! own third octets (the connection and sidecar limits: `ratelimit_inbound.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "ratelimit_support/mod.rs"]
+mod support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -20,75 +23,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use mesh_tests::inproc::InprocMesh;
 use mesh_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-
-const B: u8 = 214;
-
-/// A waypoint mesh (as `waypoint_mesh`) on third octets `o` (nodes, waypoint), `o+1`
-/// (workloads), `o+2` (service VIP), so tests can run side by side.
-fn mesh_yaml(o: u8, waypoint: bool, extra: &str) -> String {
-    let (w, v) = (o + 1, o + 2);
-    let use_wp = if waypoint {
-        ", labels: {istio.io/use-waypoint: wp}"
-    } else {
-        ""
-    };
-    format!(
-        r#"apiVersion: dataplane.mesh.dev/v1alpha1
-kind: Node
-metadata: {{name: a}}
-spec: {{address: 127.{B}.{o}.1, serviceListeners: true, workloads: [ns/client, ns/intruder]}}
----
-apiVersion: dataplane.mesh.dev/v1alpha1
-kind: Node
-metadata: {{name: b}}
-spec: {{address: 127.{B}.{o}.2, workloads: [ns/web]}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: client, namespace: ns}}
-spec: {{address: 127.{B}.{w}.10, serviceAccount: client}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: intruder, namespace: ns}}
-spec: {{address: 127.{B}.{w}.11, serviceAccount: client}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: web, namespace: ns}}
-spec: {{address: 127.{B}.{w}.21, serviceAccount: web, labels: {{app: web}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: web, namespace: ns{use_wp}}}
-spec:
-  hosts: [web.ns.svc]
-  addresses: [127.{B}.{v}.1]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: web}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: wp, namespace: ns}}
-spec:
-  gatewayClassName: istio-waypoint
-  addresses: [{{value: 127.{B}.{o}.3}}]
-{extra}"#
-    )
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-/// The sum of `metric` samples whose labels contain every one of `labels`.
-fn metric(text: &str, metric: &str, labels: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(metric) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
+use support::{B, header, mesh_yaml, metric};
+use tokio::io::BufReader;
 
 /// Istio task, local: a proxy-wide filter (1000 per hour, so no refill during the test)
 /// with a per-client descriptor (remote_address, value omitted: one bucket per client, 3
@@ -456,143 +392,4 @@ async fn global_limits_ask_the_rate_limit_service() {
     mesh.proxy("wp").apply_yaml(&down_closed).await.unwrap();
     let (status, _, _) = http_request(&mut c, "GET", "/ok", host, &[]).await;
     assert_eq!(status, 500);
-}
-
-/// Envoy's network local rate limit (`envoy.filters.network.local_ratelimit`) on the web
-/// workload's inbound: 2 connections per hour; the third is refused and counted (RL).
-const L4: &str = r#"---
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: conn-limit, namespace: ns}
-spec:
-  workloadSelector: {labels: {app: web}}
-  configPatches:
-  - applyTo: NETWORK_FILTER
-    match:
-      context: SIDECAR_INBOUND
-      listener: {filterChain: {filter: {name: envoy.filters.network.tcp_proxy}}}
-    patch:
-      operation: INSERT_BEFORE
-      value:
-        name: envoy.filters.network.local_ratelimit
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
-          stat_prefix: tcp_local_rate_limiter
-          token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 3600s}
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_limit_refuses_and_counts() {
-    let o = 20;
-    let mut mesh = InprocMesh::new(&mesh_yaml(o, false, L4));
-    http_app(format!("127.{B}.{}.21:8080", o + 1).parse().unwrap(), "web").await;
-    let none: [&str; 0] = [];
-    mesh.ztunnel("b", &none).await;
-    mesh.ztunnel("a", &none).await;
-    let vip: SocketAddr = format!("127.{B}.{}.1:80", o + 2).parse().unwrap();
-    let client: IpAddr = format!("127.{B}.{}.10", o + 1).parse().unwrap();
-    let mut served = 0;
-    for _ in 0..4 {
-        let mut s = connect_from(client, vip).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nhost: web.ns.svc\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
-        if String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200") {
-            served += 1;
-        }
-    }
-    assert_eq!(served, 2);
-    let m = mesh.proxy("b").metrics_text();
-    let refused = metric(
-        &m,
-        "istio_tcp_connections_closed_total",
-        &["response_flags=\"RL\""],
-    );
-    assert_eq!(refused, 2, "{m}");
-    mesh.expect_log("b", "connection rate limit exceeded");
-}
-
-/// A sidecar's inbound (`SIDECAR_INBOUND`): Istio's task shape selecting the workload by
-/// label; the sidecar serves the port as HTTP because of the limit alone (no L7 policy).
-fn sidecar_extra(o: u8) -> String {
-    let (w, v) = (o + 1, o + 2);
-    format!(
-        r#"---
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: side, namespace: ns}}
-spec:
-  address: 127.{B}.{w}.30
-  serviceAccount: side
-  labels: {{app: side, sidecar.istio.io/inject: "true"}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: side, namespace: ns}}
-spec:
-  hosts: [side.ns.svc]
-  addresses: [127.{B}.{v}.3]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: side}}}}
----
-apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {{name: filter-local-ratelimit-svc, namespace: ns}}
-spec:
-  workloadSelector: {{labels: {{app: side}}}}
-  configPatches:
-  - applyTo: HTTP_FILTER
-    match:
-      context: SIDECAR_INBOUND
-      listener: {{filterChain: {{filter: {{name: envoy.filters.network.http_connection_manager}}}}}}
-    patch:
-      operation: INSERT_BEFORE
-      value:
-        name: envoy.filters.http.local_ratelimit
-        typed_config:
-          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
-          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-          value:
-            stat_prefix: http_local_rate_limiter
-            token_bucket: {{max_tokens: 2, tokens_per_fill: 2, fill_interval: 3600s}}
-            filter_enabled: {{runtime_key: e, default_value: {{numerator: 100, denominator: HUNDRED}}}}
-            filter_enforced: {{runtime_key: f, default_value: {{numerator: 100, denominator: HUNDRED}}}}
-"#
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sidecar_inbound_local_limit() {
-    let o = 30;
-    let mut mesh = InprocMesh::new(&mesh_yaml(o, false, &sidecar_extra(o)));
-    http_app(
-        format!("127.{B}.{}.30:8080", o + 1).parse().unwrap(),
-        "side",
-    )
-    .await;
-    let none: [&str; 0] = [];
-    mesh.sidecar(
-        "side",
-        "ns/side",
-        None,
-        &["--outbound-port", "0", "--plaintext-port", "0"],
-    )
-    .await;
-    mesh.ztunnel("a", &none).await;
-    let vip: SocketAddr = format!("127.{B}.{}.3:80", o + 2).parse().unwrap();
-    let client: IpAddr = format!("127.{B}.{}.10", o + 1).parse().unwrap();
-    let mut c = BufReader::new(connect_from(client, vip).await.unwrap());
-    let mut codes = Vec::new();
-    for _ in 0..4 {
-        let (status, h, _) = http_request(&mut c, "GET", "/", "side.ns.svc", &[]).await;
-        codes.push((status, header(&h, "x-app").map(str::to_owned)));
-    }
-    let side = Some("side".to_owned());
-    assert_eq!(
-        codes,
-        [(200, side.clone()), (200, side), (429, None), (429, None)]
-    );
-    mesh.expect_log("side", r#""response_flags":"RL""#);
 }
