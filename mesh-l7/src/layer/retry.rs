@@ -111,11 +111,18 @@ where
 
     fn call(&mut self, u: UpstreamRequest<B>) -> Self::Future {
         let Some(policy) = policy_for(&self.source, &u.target) else {
+            // Not retried, but still an active request of its destination's budget (Envoy
+            // counts every active request of the cluster).
+            let active = match &u.target {
+                Target::Direct => None,
+                t => self.source.budget(t).map(|(_, c)| c.request()),
+            };
             let UpstreamRequest { target, request } = u;
             let request = request.map(ReplayBody::pass);
             return RetryFuture {
                 fut: Some(self.inner.call(UpstreamRequest { target, request })),
                 state: None,
+                active,
             };
         };
         let budget = self.source.budget(&u.target);
@@ -152,6 +159,7 @@ where
         RetryFuture {
             fut: Some(self.inner.call(UpstreamRequest { target, request })),
             state: Some(state),
+            active: None,
         }
     }
 }
@@ -213,6 +221,8 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: Option<S::Future>,
         state: Option<Pin<Box<RetryState<S, B, R>>>>,
+        // A request without a policy, counted in its destination's budget.
+        active: Option<ActiveGuard>,
     }
 }
 

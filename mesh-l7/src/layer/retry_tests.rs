@@ -349,6 +349,24 @@ async fn the_budget_stops_retries_once_spent() {
     send(&s, &up, get()).await;
     assert_eq!(up.tries(), 6);
     assert_eq!(counters.active(), (0, 0));
+    // Requests of routes without retries count as active requests of the destination too
+    // (Envoy: the budget is a share of all active requests of the cluster).
+    let mut off = src(json!({"retries": {"attempts": 0}}));
+    off.budget = s.budget;
+    off.registry = s.registry.clone();
+    let up = Upstream::new(&[Do::Hang]);
+    let pending = tokio::spawn({
+        let (off, up) = (off.clone(), up.clone());
+        async move { send(&off, &up, get()).await }
+    });
+    tokio::task::yield_now().await;
+    while up.tries() == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(counters.active(), (1, 0));
+    pending.abort();
+    let _ = pending.await;
+    assert_eq!(counters.active(), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
