@@ -26,4 +26,6 @@ pub use policy::{
 pub use spec::EnvoyFilterSpec;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 pub(crate) mod tests;
