@@ -11,8 +11,11 @@
 //!   destinations, rewrites, header operations) in front of the caller's upstream service.
 //!
 //! Below routing, on the [`UpstreamRequest`] with its picked route: among others,
-//! [`fault`] (a route's delays and aborts, flags `DI`/`FI`) and, under the retry layer,
-//! [`mirror`] (fire-and-forget copies of first attempts to a route's mirrors).
+//! [`fault`] (a route's delays and aborts, flags `DI`/`FI`), [`timeout`] (the route's
+//! request timeout, 504 `UT`), [`retry`] (tries again per the route's or the mesh's retry
+//! policy and the destination's retry budget, each retry carrying an [`Attempt`]; the body
+//! below it is a [`ReplayBody`]) and, under the retry layer, [`mirror`] (fire-and-forget
+//! copies of first attempts to a route's mirrors).
 //!
 //! Each layer is a cloneable `FooLayer` building a `Foo<S>` service whose future is a concrete
 //! type (no boxing per layer). What a request went through travels in extensions: the

@@ -1,5 +1,5 @@
 //! Retries below routing: a request whose route (or the mesh default) has a
-//! [`RetryPolicy`](crate::resilience::retry::RetryPolicy) is tried again when its outcome is
+//! [`RetryPolicy`] is tried again when its outcome is
 //! retriable, after Envoy's jittered backoff, with a per-try timeout, while its body can be
 //! replayed ([`ReplayBody`], up to the layer's cap) and while the destination's retry budget
 //! allows. Each retry carries an [`Attempt`] (its number and the upstream addresses tried) so
