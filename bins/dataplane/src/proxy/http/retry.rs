@@ -30,15 +30,24 @@ impl RetrySource for Sources {
         }
         let (host, subset) = destination(s, target)?;
         let policy = crate::config::retry::budget_of(&state.retry_budgets, host, subset)?;
-        let host = host.to_ascii_lowercase();
-        Some((policy, s.ctx.retry_budgets.get(&host, subset)))
+        Some((policy, s.ctx.retry_budgets.get(&lower(host), subset)))
     }
 
     fn admit_retry(&self, target: &Target) -> Result<Option<Permit>, Overflow> {
         match destination(&self.0, target) {
-            Some((host, _)) => self.0.ctx.health.admit_retry(&host.to_ascii_lowercase()),
+            Some((host, _)) => self.0.ctx.health.admit_retry(&lower(host)),
             None => Ok(None),
         }
+    }
+}
+
+/// `host` in lower case (host names are case-insensitive; the indexes hold lower case),
+/// copied only when it has upper case.
+fn lower(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
     }
 }
 
