@@ -162,8 +162,12 @@ impl RateLimitPolicy {
                 }
             }
         }
-        // A filter with no default bucket that a route enables per route: the filter-level
-        // instance only passes requests (Envoy: disabled unless the route configures it).
+        // A route's local config takes effect even when no EnvoyFilter of this proxy inserts
+        // the filter itself (Envoy would ignore it; here nothing written is ignored). The
+        // filter-level instances, if any, only pass requests without a bucket of their own.
+        if p.patches.iter().any(|r| r.local.is_some()) {
+            p.local_filter = true;
+        }
         any.then_some(p)
     }
 }

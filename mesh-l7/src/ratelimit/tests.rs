@@ -149,6 +149,17 @@ fn per_route_config_replaces_the_filter_level_one_on_its_vhost_only() {
         }),
         10
     );
+    // The route patch alone (its HTTP_FILTER in no EnvoyFilter of this proxy) still limits.
+    let mut v: serde_json::Value = serde_json::from_str(PER_ROUTE).unwrap();
+    v["configPatches"].as_array_mut().unwrap().remove(0);
+    let alone = RateLimitRules::compile(&serde_json::from_value(v).unwrap()).unwrap();
+    let p = RateLimitPolicy::build([&alone], Context::SidecarInbound, t0).unwrap();
+    let n = |vh| {
+        (0..10)
+            .filter(|_| !refused(&p.decide(vh, None, &view(&h, None), t0, &mut || 0)))
+            .count()
+    };
+    assert_eq!(n(VH), 2);
 }
 
 // Per client: route rate_limits with remote_address, a wildcard descriptor (value omitted:
