@@ -338,7 +338,16 @@ fn route_value(
             err(errs, format!("{fat}.@type"), why);
             continue;
         }
-        local = local_template(&typed(&fields, &fat, errs)?, &fat, errs);
+        let spec: LocalRateLimitSpec = typed(&fields, &fat, errs)?;
+        if spec.token_bucket.is_none() {
+            // Envoy: "local rate limit token bucket must be set for per filter configs".
+            err(
+                errs,
+                format!("{fat}.token_bucket"),
+                "required in a per-route config",
+            );
+        }
+        local = local_template(&spec, &fat, errs);
     }
     Some((rate_limits, local))
 }

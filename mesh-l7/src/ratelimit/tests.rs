@@ -405,6 +405,16 @@ fn other_patches_and_fields_are_rejected_by_name() {
             "spec.configPatches[0].patch.value.typed_config.value.local_rate_limit_per_downstream_connection"
         ]
     );
+    let bad = PER_ROUTE.replace(
+        r#""token_bucket": {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "60s"},"#,
+        "",
+    );
+    assert_eq!(
+        errors(&bad),
+        [
+            "spec.configPatches[1].patch.value.typed_per_filter_config.envoy.filters.http.local_ratelimit.value.token_bucket"
+        ]
+    );
     let bad = LOCAL.replace("HTTP_FILTER", "CLUSTER");
     assert_eq!(errors(&bad), ["spec.configPatches[0].applyTo"]);
     let bad = LOCAL.replace(
