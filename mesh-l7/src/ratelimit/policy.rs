@@ -243,9 +243,19 @@ impl RateLimitPolicy {
                 None => &self.local,
             };
             for l in limits {
-                local = l.check(&descriptors, now, roll);
-                if matches!(local, LocalOutcome::Refuse { .. }) {
-                    break;
+                match l.check(&descriptors, now, roll) {
+                    refused @ LocalOutcome::Refuse { .. } => {
+                        local = refused;
+                        break;
+                    }
+                    // Several filters: the headers of the one with the fewest tokens left.
+                    LocalOutcome::Pass(Some(d)) => {
+                        if !matches!(&local, LocalOutcome::Pass(Some(s)) if s.remaining <= d.remaining)
+                        {
+                            local = LocalOutcome::Pass(Some(d));
+                        }
+                    }
+                    LocalOutcome::Pass(None) => {}
                 }
             }
         }
