@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub(crate) mod destination;
+
+pub use self::destination::{DestinationSpec, PortSpec};
+
 /// `spec`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -153,28 +157,6 @@ pub struct RouteDestinationSpec {
     /// Header manipulation for this destination.
     #[serde(default)]
     pub headers: Option<HeadersSpec>,
-}
-
-/// `destination`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationSpec {
-    /// Service host.
-    pub host: String,
-    /// DestinationRule subset.
-    #[serde(default)]
-    pub subset: Option<String>,
-    /// Service port.
-    #[serde(default)]
-    pub port: Option<PortSpec>,
-}
-
-/// `port`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortSpec {
-    /// Number.
-    pub number: u32,
 }
 
 /// `redirect`.

@@ -1,6 +1,6 @@
 //! The balancing choice itself (sans-IO: the caller keeps the per-endpoint request counts).
 
-use super::LoadBalancer;
+use super::kind::LoadBalancer;
 
 /// Chooses one of `n` endpoints. `turn` is a round-robin counter the caller advances, `r1`
 /// and `r2` are random numbers, `active(i)` is endpoint `i`'s requests in flight.

@@ -15,6 +15,8 @@ pub mod ewma;
 #[cfg(test)]
 mod ewma_sim;
 pub mod hash;
+mod health;
+mod kind;
 pub mod locality;
 pub mod pick;
 mod policy;
@@ -22,22 +24,8 @@ pub mod spec;
 pub mod warmup;
 
 pub use self::choose::choose;
+pub use self::kind::LoadBalancer;
 pub use self::policy::Balancing;
-
-/// Istio's `loadBalancer.simple`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LoadBalancer {
-    /// Fewest active requests of two random endpoints (Envoy's default; ours too).
-    #[default]
-    LeastRequest,
-    /// In turn.
-    RoundRobin,
-    /// Uniformly at random.
-    Random,
-    /// Cheaper of two random endpoints by peak EWMA latency times requests in flight
-    /// (linkerd2-proxy's balancer; no Istio `simple` value names it).
-    PeakEwma,
-}
 
 /// A named subset.
 #[derive(Debug, Clone)]

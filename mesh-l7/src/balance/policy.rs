@@ -6,8 +6,8 @@ use std::time::Duration;
 use mesh_authz::istio::FieldError;
 use mesh_authz::jwt::parse_duration;
 
-use super::LoadBalancer;
 use super::hash::{DEFAULT_MAGLEV, DEFAULT_RING, HashPolicy, HashSource, MAX_TABLE, TableKind};
+use super::kind::LoadBalancer;
 use super::locality::{Distribute, Locality, MAX_GROUPS, Placement};
 use super::spec::{ConsistentHashSpec, LocalityLbSettingSpec, WarmupSpec};
 use super::warmup::Warmup;

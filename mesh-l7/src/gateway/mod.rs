@@ -4,9 +4,12 @@
 //! prefix first, then a method match, then more header and query matches; a path prefix
 //! matches whole path elements (`/foo` matches `/foo` and `/foo/bar`, not `/foobar`).
 
+pub(crate) mod backend;
 mod compile;
 
 use serde::Deserialize;
+
+pub use self::backend::BackendRef;
 
 /// `spec` of an `HTTPRoute`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,32 +193,6 @@ pub struct PathModifier {
     /// For `ReplacePrefixMatch`.
     #[serde(default)]
     pub replace_prefix_match: Option<String>,
-}
-
-/// `backendRefs[]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BackendRef {
-    /// `""` (core) for a Service.
-    #[serde(default)]
-    pub group: Option<String>,
-    /// `Service` (default).
-    #[serde(default)]
-    pub kind: Option<String>,
-    /// Service name (in the route's namespace).
-    pub name: String,
-    /// Not supported.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Service port.
-    #[serde(default)]
-    pub port: Option<u32>,
-    /// Relative weight (default 1).
-    #[serde(default)]
-    pub weight: Option<u32>,
-    /// Not supported yet.
-    #[serde(default)]
-    pub filters: Option<serde::de::IgnoredAny>,
 }
 
 #[cfg(test)]

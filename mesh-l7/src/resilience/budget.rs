@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
-use crate::FieldError;
+use mesh_authz::istio::FieldError;
 
 /// `trafficPolicy.retryBudget`.
 #[derive(Debug, Clone, Default, Deserialize)]

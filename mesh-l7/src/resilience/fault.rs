@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde::Deserialize;
 
-use crate::FieldError;
+use mesh_authz::istio::FieldError;
 
 /// `http[].fault`: a delay, an abort, or both.
 #[derive(Debug, Clone, Default, Deserialize)]

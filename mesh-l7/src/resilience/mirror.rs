@@ -6,8 +6,11 @@
 use serde::Deserialize;
 
 use super::fault::{Fraction, PercentSpec};
-use crate::istio::DestinationSpec;
-use crate::{Destination, FieldError, HeaderRules};
+use mesh_authz::istio::FieldError;
+
+use crate::gateway::backend::BackendRef;
+use crate::istio::destination::DestinationSpec;
+use crate::route::dest::{Destination, HeaderRules};
 
 /// `http[].mirrors[]` (Istio 1.22+).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -148,7 +151,7 @@ fn policy(
 pub struct RequestMirrorSpec {
     /// The Service copies go to.
     #[serde(rename = "backendRef")]
-    pub backend_ref: crate::gateway::BackendRef,
+    pub backend_ref: BackendRef,
     /// Share of requests copied, in percent (none, nor `fraction`: all).
     #[serde(default)]
     pub percent: Option<u32>,

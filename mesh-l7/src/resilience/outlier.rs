@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::FieldError;
+use mesh_authz::istio::FieldError;
 
 /// `outlierDetection` as users write it.
 #[derive(Debug, Clone, Default, Deserialize)]

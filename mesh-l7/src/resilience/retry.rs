@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::FieldError;
 use crate::layer::UpstreamFailure;
+use mesh_authz::istio::FieldError;
 
 /// `http[].retries` (Istio `HTTPRetry`).
 #[derive(Debug, Clone, Default, Deserialize)]

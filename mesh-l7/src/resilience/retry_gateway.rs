@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::retry::{Backoff, MAX_CODES, MAX_RETRIES, RetryOn, RetryPolicy, RetrySetting};
-use crate::FieldError;
+use mesh_authz::istio::FieldError;
 
 /// `rules[].timeouts`.
 #[derive(Debug, Clone, Default, Deserialize)]
