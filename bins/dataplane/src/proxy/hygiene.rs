@@ -9,6 +9,8 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_telemetry::metrics::ResponseFlags;
 
+use super::http::upgrade::websocket;
+
 /// Largest request head (request line and headers) or HTTP/2 header list (Envoy:
 /// `max_request_headers_kb` 60).
 pub(crate) const MAX_HEADER_BYTES: usize = 60 * 1024;
@@ -142,9 +144,9 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
     // or the proxy adds to it (naming `Host` was refused above: it would drop the authority
     // that was authorized from the request the upstream gets). A WebSocket upgrade is noted
     // first: its `Upgrade`/`Connection` go back only on the request sent upstream.
-    if super::http::upgrade::is_websocket(req) {
-        req.extensions_mut().insert(super::http::upgrade::WebSocket);
-    } else if super::http::upgrade::is_other_extended_connect(req) {
+    if websocket::is_websocket(req) {
+        req.extensions_mut().insert(websocket::WebSocket);
+    } else if websocket::is_other_extended_connect(req) {
         return Err((
             StatusCode::NOT_IMPLEMENTED,
             "only WebSocket is supported over extended CONNECT\n",

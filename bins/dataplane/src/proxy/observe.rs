@@ -38,7 +38,7 @@ pub(crate) struct Telemetry {
     /// The last rejected config: when and why (for `/config_dump`).
     pub(crate) last_rejection: Mutex<Option<(String, String)>>,
     /// Upgraded (WebSocket) connections of the L7 proxies.
-    pub(crate) upgrades: super::http::upgrade::UpgradeMetrics,
+    pub(crate) upgrades: super::http::upgrade::websocket::UpgradeMetrics,
     /// Mirrored request copies of the L7 proxies.
     pub(crate) mirrors: super::http::mirror::MirrorMetrics,
 }
@@ -73,7 +73,7 @@ impl Telemetry {
             "Connections closed at accept because a connection limit (--max-connections, --max-connections-per-listener) was reached",
             connections_refused.clone(),
         );
-        let upgrades = super::http::upgrade::UpgradeMetrics::register(mesh);
+        let upgrades = super::http::upgrade::websocket::UpgradeMetrics::register(mesh);
         let mirrors = super::http::mirror::MirrorMetrics::register(mesh);
         Telemetry {
             upgrades,

@@ -13,18 +13,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use hyper::ext::Protocol;
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use mesh_l7::layer::local;
 use mesh_telemetry::metrics::ResponseFlags;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{Instrument, debug, debug_span};
 
 use super::RespBody;
+
+pub(crate) mod websocket;
+
+use self::websocket::{UpgradeMetrics, WebSocket};
 
 /// Copy buffer per direction of an upgraded connection.
 const BUF: usize = 16 * 1024;
@@ -32,88 +34,6 @@ const BUF: usize = 16 * 1024;
 /// (Envoy's default `stream_idle_timeout`, 5 minutes, which applies to upgraded streams too):
 /// an idle client cannot hold the two connections forever.
 const IDLE: Duration = Duration::from_secs(300);
-
-/// In a request's extensions: it asked to upgrade to WebSocket (its hop-by-hop headers were
-/// removed; [`prepare`] puts them back for the upstream).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WebSocket;
-
-/// Upgraded connections and their bytes, in the proxy's metrics.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct UpgradeMetrics {
-    /// Connections joined after a 101.
-    joined: Counter,
-    /// Bytes copied client → upstream.
-    bytes_up: Counter,
-    /// Bytes copied upstream → client.
-    bytes_down: Counter,
-    /// Upstream 101s refused because the client did not ask to upgrade.
-    unasked: Counter,
-}
-
-impl UpgradeMetrics {
-    /// The counters, registered in `r` (the `mesh_` sub-registry).
-    pub(crate) fn register(r: &mut Registry) -> UpgradeMetrics {
-        let m = UpgradeMetrics::default();
-        r.register(
-            "upgraded_connections",
-            "HTTP connections upgraded (WebSocket) and joined to their upstream after a 101",
-            m.joined.clone(),
-        );
-        r.register(
-            "upgraded_sent_bytes",
-            "Bytes of upgraded (WebSocket) connections copied from the client to the upstream",
-            m.bytes_up.clone(),
-        );
-        r.register(
-            "upgraded_received_bytes",
-            "Bytes of upgraded (WebSocket) connections copied from the upstream to the client",
-            m.bytes_down.clone(),
-        );
-        r.register(
-            "upgrade_refused",
-            "Upstream 101 responses answered 502 because the client had not asked to upgrade",
-            m.unasked.clone(),
-        );
-        m
-    }
-}
-
-/// Whether `req` is a WebSocket upgrade: HTTP/1.1 `GET` with `Connection` listing `upgrade`
-/// and `Upgrade: websocket` (case-insensitive, alone: a list such as `h2c, websocket` is
-/// not honoured), or an HTTP/2 extended `CONNECT` with `:protocol websocket`.
-pub(crate) fn is_websocket<B>(req: &Request<B>) -> bool {
-    if req.version() == Version::HTTP_2 {
-        return req.method() == Method::CONNECT
-            && req
-                .extensions()
-                .get::<Protocol>()
-                .is_some_and(|p| p.as_str() == "websocket");
-    }
-    if req.version() != Version::HTTP_11 || req.method() != Method::GET {
-        return false;
-    }
-    let mut upgrades = req.headers().get_all(header::UPGRADE).iter();
-    let websocket = upgrades
-        .next()
-        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
-    let connection_upgrade = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    websocket && upgrades.next().is_none() && connection_upgrade
-}
-
-/// Whether `req` is an HTTP/2 extended `CONNECT` for another protocol than `websocket`
-/// (refused: only WebSocket is passed through, as Istio's default `upgrade_configs`).
-pub(crate) fn is_other_extended_connect<B>(req: &Request<B>) -> bool {
-    req.extensions()
-        .get::<Protocol>()
-        .is_some_and(|p| p.as_str() != "websocket" || req.method() != Method::CONNECT)
-}
 
 /// The client side of an upgrade on its way upstream, and whether it is HTTP/2's.
 pub(super) struct Pending {
@@ -256,6 +176,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::websocket::is_websocket;
     use super::*;
 
     fn req(method: &str, upgrade: &[&str], connection: &str) -> Request<()> {
