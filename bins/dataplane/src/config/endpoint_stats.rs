@@ -2,7 +2,7 @@
 //! its requests in flight and its latency estimate (peak EWMA), in a map keyed by endpoint
 //! address ([`EndpointRegistry`]), one per proxy.
 //!
-//! [`EndpointRegistry::bind`] runs at each config swap, before the new state is published: it
+//! [`EndpointRegistry::bind`] (in [`super::bind`], which reads the state) runs at each config swap, before the new state is published: it
 //! prunes the endpoints that left, adds the new ones (first seen now; those of the first
 //! config are warm), and binds every endpoint set and service port of the new state to this
 //! proxy: the stats of its endpoints and its locality layout. Requests then never touch the
@@ -17,7 +17,7 @@ use mesh_l7::balance::ewma::PeakEwma;
 use mesh_l7::balance::locality::{Locality, Place};
 use tokio::time::Instant;
 
-use super::state::{MeshState, Workload};
+use super::workload::Workload;
 
 /// Most endpoints tracked; beyond, new endpoints get fresh (unshared) stats.
 pub(crate) const MAX_TRACKED: usize = 65_536;
@@ -75,30 +75,6 @@ pub struct Here {
 }
 
 impl Here {
-    /// The proxy on `node` in `state`.
-    pub fn of(state: &MeshState, node: &str) -> Here {
-        let own = state
-            .node(node)
-            .and_then(|n| n.workloads.iter().find(|w| w.locality.is_some()))
-            .or_else(|| {
-                // A sidecar's node may have no `Node` entry: its workloads.
-                state
-                    .workloads
-                    .iter()
-                    .find(|w| w.node.as_deref() == Some(node) && w.locality.is_some())
-            })
-            .or_else(|| {
-                let wp = state.waypoints.get(node)?;
-                state.workload_by_ip(wp.address)
-            });
-        Here {
-            node: node.to_owned(),
-            locality: own.and_then(|w| w.locality.clone()),
-            labels: own.map(|w| w.labels.clone()).unwrap_or_default(),
-            cluster: state.cluster_id.clone(),
-        }
-    }
-
     /// As a [`Place`].
     pub fn place(&self) -> Place<'_> {
         Place {
@@ -139,32 +115,8 @@ impl EndpointRegistry {
         now.saturating_duration_since(self.epoch)
     }
 
-    /// Binds `state`'s endpoint sets and service ports to this proxy (on `node`), pruning the
-    /// endpoints that left. Call before publishing `state`.
-    pub fn bind(&self, state: &MeshState, node: &str) {
-        let now = Instant::now();
-        let here = Here::of(state, node);
-        let mut addrs: Vec<SocketAddr> = Vec::new();
-        for set in state.endpoint_sets.values() {
-            addrs.extend(set.endpoints.iter().map(|e| e.addr()));
-        }
-        let stats = self.stats_for(&addrs, now);
-        let lookup = |a: SocketAddr| {
-            stats
-                .get(&a)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(EndpointStats::new(None, self.since_epoch(now))))
-        };
-        for set in state.endpoint_sets.values() {
-            set.bind(self, &here, &state.cluster_id, &lookup);
-        }
-        for sp in &state.service_ports {
-            sp.bind(&here, &state.cluster_id);
-        }
-    }
-
     /// The stats of `addrs`, made for the new ones; every other entry is dropped.
-    fn stats_for(
+    pub(super) fn stats_for(
         &self,
         addrs: &[SocketAddr],
         now: Instant,

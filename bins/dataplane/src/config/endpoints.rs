@@ -18,7 +18,7 @@ use mesh_l7::balance::pick::{Draw, Endpoints, Layout, pick};
 use tokio::time::Instant;
 
 use super::endpoint_stats::{EndpointRegistry, EndpointStats, Here, place_of};
-use super::state::{Service, Workload};
+use super::workload::{Service, Workload};
 
 /// One endpoint of a service port: a workload and the port to reach it on.
 #[derive(Debug, Clone)]

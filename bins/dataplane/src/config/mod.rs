@@ -7,6 +7,7 @@
 
 mod assemble;
 mod attach;
+mod bind;
 mod defaults;
 mod endpoint_stats;
 mod endpoints;
@@ -25,6 +26,7 @@ pub mod retry;
 mod routes;
 mod state;
 mod waypoints;
+mod workload;
 pub mod xds;
 
 // What the unit tests (`tests.rs`, `use super::*`) name from here.
