@@ -74,13 +74,14 @@ pub enum ResponseFlags {
     DirectResponse,
     /// L7 `UT`: the upstream request (or one try of it) timed out.
     UpstreamRequestTimeout,
-    /// L7 `URX`: retries (or L4 connect attempts) exhausted, or refused by the retry budget.
+    /// L7 `URX`: retries (or L4 connect attempts) exhausted on a retriable failure.
     UpstreamRetryLimitExceeded,
     /// L7 `UR`: the upstream reset the stream before or while answering.
     UpstreamRemoteReset,
     /// L7 `UC`: the upstream connection ended before the response.
     UpstreamConnectionTermination,
-    /// L7/L4 `UO`: a connection-pool or circuit-breaker limit overflowed.
+    /// L7/L4 `UO`: a connection-pool, circuit-breaker, `maxRetries` or retry-budget limit
+    /// overflowed.
     UpstreamOverflow,
     /// L7 `FI`: a fault-injected abort.
     FaultInjected,

@@ -36,6 +36,16 @@ async fn faults_abort_and_delay_with_their_flags() {
     let (status, _, body) = exchange_http(&mut c, &format!("GET /abort HTTP/1.1\r\n{HOST}")).await;
     assert_eq!((status, body.as_str()), (418, "fault filter abort"));
     mesh.expect_log("wp", r#""response_flags":"FI""#);
+    // The request metric carries the flag too, as Istio's `istio_requests_total` does.
+    let fi = |t: &str| {
+        t.lines().any(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains(r#"response_flags="FI""#)
+                && l.contains(r#"response_code="418""#)
+        })
+    };
+    let m = metrics_until(&mesh, fi).await;
+    assert!(fi(&m), "{m}");
     let (status, headers, _) =
         exchange_http(&mut c, &format!("GET /grpc HTTP/1.1\r\n{HOST}")).await;
     assert_eq!(status, 200);

@@ -15,6 +15,7 @@ mod measure;
 mod pods;
 mod report;
 mod resilience;
+mod scenarios;
 mod servers;
 mod topology;
 mod xds;

@@ -1,5 +1,4 @@
-//! The resilience benchmarks: the waypoint path with every L7 mechanism configured
-//! ([`FULL_L7`], topology `waypoint-full`), and `--bad-endpoint`: one of three endpoints
+//! `--bad-endpoint`: one of three endpoints
 //! misbehaves (slow, or failing) and the waypoint path's success rate and latency are measured
 //! with routing only and with each resilience mechanism.
 
@@ -10,47 +9,10 @@ use std::time::Duration;
 use super::args::BenchArgs;
 use super::load;
 use super::report::Percentiles;
+use super::scenarios::{NO_RETRIES, OUTLIER, RETRIES};
 use super::servers::{Behaviour, HTTP_PORT, start_servers_as};
 use super::topology::{self, CLIENT, ProxyOpts, ip};
 use crate::out::say;
-
-/// Every L7 resilience mechanism configured for the bench service, none of them firing:
-/// a timeout and retries (with a budget) that a healthy echo never needs, fault injection and
-/// mirroring at 0 %, a local rate limit far above the load, outlier detection and connection
-/// pools with high limits.
-pub(crate) const FULL_L7: &str = r#"---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: server, namespace: bench}
-spec:
-  hosts: [server.bench.svc]
-  http:
-  - name: all
-    timeout: 10s
-    retries: {attempts: 2, perTryTimeout: 5s, retryOn: "5xx,reset,connect-failure"}
-    fault:
-      delay: {fixedDelay: 1s, percentage: {value: 0}}
-      abort: {httpStatus: 503, percentage: {value: 0}}
-    mirror: {host: server.bench.svc}
-    mirrorPercentage: {value: 0}
-    route:
-    - destination: {host: server.bench.svc}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: server, namespace: bench}
-spec:
-  host: server.bench.svc
-  trafficPolicy:
-    connectionPool:
-      tcp: {maxConnections: 100000, connectTimeout: 5s}
-      http: {http1MaxPendingRequests: 100000, http2MaxRequests: 100000, maxRetries: 1000}
-    outlierDetection:
-      consecutive5xxErrors: 5
-      interval: 10s
-      baseEjectionTime: 30s
-      maxEjectionPercent: 50
-"#;
 
 /// The servers of `--bad-endpoint`: three endpoints of the bench service, the last one bad.
 const ENDPOINTS: [u8; 3] = [20, 21, 22];
@@ -63,42 +25,6 @@ struct Scenario {
     name: &'static str,
     yaml: &'static str,
 }
-
-const NO_RETRIES: &str = r#"---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: server, namespace: bench}
-spec:
-  hosts: [server.bench.svc]
-  http:
-  - route: [{destination: {host: server.bench.svc}}]
-    retries: {attempts: 0}
-"#;
-
-const RETRIES: &str = r#"---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: server, namespace: bench}
-spec:
-  hosts: [server.bench.svc]
-  http:
-  - route: [{destination: {host: server.bench.svc}}]
-    retries: {attempts: 2, perTryTimeout: 20ms, retryOn: "5xx,reset,connect-failure"}
-"#;
-
-const OUTLIER: &str = r#"---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: server, namespace: bench}
-spec:
-  host: server.bench.svc
-  trafficPolicy:
-    outlierDetection:
-      consecutive5xxErrors: 3
-      interval: 1s
-      baseEjectionTime: 30s
-      maxEjectionPercent: 34
-"#;
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {

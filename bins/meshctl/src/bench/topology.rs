@@ -330,7 +330,7 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
         Topology::ZtunnelPair => mesh_path(dir, &mesh_config(), false, opts),
         Topology::Waypoint => mesh_path(dir, &waypoint_config(), true, opts),
         Topology::WaypointFull => {
-            let config = waypoint_config() + super::resilience::FULL_L7;
+            let config = waypoint_config() + super::scenarios::FULL_L7;
             mesh_path(dir, &config, true, opts)
         }
     }

@@ -79,6 +79,8 @@ impl mesh_l7::layer::Recorder for Recorder {
             service.or(s.service.as_ref().map(|sp| &sp.service.telemetry)),
             s.profile.security,
         );
+        // Istio's request metrics carry the response flags (the access log's too).
+        standard.response_flags = done.meta.flags;
         standard.request_protocol = Str::from(if grpc_status.is_empty() {
             "http"
         } else {
