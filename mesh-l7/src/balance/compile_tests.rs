@@ -70,3 +70,24 @@ fn compiles_or_rejects_by_name() {
         assert_eq!(compile(tp).unwrap_err(), [field], "{tp}");
     }
 }
+
+/// Attack: a Maglev `tableSize` near 2^64 (u64::MAX; 2^64 − 59, the largest 64-bit prime)
+/// must be rejected by its bound at once, not after ~2^32 trial divisions (Istio
+/// `MagLev.table_size` is a uint64; Envoy's `maglev.table_size` is at most 5000011).
+#[test]
+fn huge_maglev_table_size_is_rejected_quickly() {
+    for size in [u64::MAX, u64::MAX - 58] {
+        let t = std::time::Instant::now();
+        let tp = format!(
+            r#"{{"loadBalancer": {{"consistentHash": {{"useSourceIp": true, "maglev": {{"tableSize": {size}}}}}}}}}"#
+        );
+        assert_eq!(
+            compile(&tp).unwrap_err(),
+            ["spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize"]
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(500),
+            "{size}"
+        );
+    }
+}

@@ -174,7 +174,8 @@ fn table(h: &ConsistentHashSpec, field: &str, errs: &mut Vec<FieldError>) -> Opt
                 );
             }
             let size = m.table_size.unwrap_or(DEFAULT_MAGLEV);
-            if !super::hash::is_prime(size) || size > MAX_TABLE {
+            // The bound first: primality by trial division is O(√size).
+            if size > MAX_TABLE || !super::hash::is_prime(size) {
                 err(
                     errs,
                     format!("{field}.maglev.tableSize"),
