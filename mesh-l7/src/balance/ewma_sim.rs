@@ -21,13 +21,24 @@ fn draw(n: u64) -> Draw {
 /// ten times slower (5 ms, 5 ms, 50 ms), a request every `gap`; returns (share served by the
 /// fast ones, p99 latency in ms).
 fn slow_endpoint_run(lb: LoadBalancer, gap: std::time::Duration) -> (f64, u64) {
-    use super::ewma::PeakEwma;
     use std::time::Duration;
     let service = [
         Duration::from_millis(5),
         Duration::from_millis(5),
         Duration::from_millis(50),
     ];
+    run(lb, gap, service)
+}
+
+/// The run of [`slow_endpoint_run`] with the given service times; the third endpoint is the
+/// odd one. Returns (share served by the first two, p99 latency in ms).
+fn run(
+    lb: LoadBalancer,
+    gap: std::time::Duration,
+    service: [std::time::Duration; 3],
+) -> (f64, u64) {
+    use super::ewma::PeakEwma;
+    use std::time::Duration;
     let layout = Layout::build(
         &[Rank {
             tier: 0,
@@ -122,4 +133,34 @@ fn peak_ewma_against_least_request() {
     }
     assert!(out["PeakEwma"].0 >= out["RoundRobin"].0);
     assert!(out["LeastRequest"].0 >= out["RoundRobin"].0);
+}
+
+// The other side of a latency-aware default: an endpoint that fails fast (a 503 in 0.5 ms,
+// the others answer in 5 ms) looks like the best endpoint to peak EWMA, which does not see
+// outcomes. The share of requests sent to it is the failure rate without retries or outlier
+// detection. Printed with `--nocapture`.
+#[test]
+fn peak_ewma_with_a_fast_failing_endpoint() {
+    use std::time::Duration;
+    let service = [
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+        Duration::from_micros(500),
+    ];
+    let mut failed = HashMap::new();
+    for lb in [
+        LoadBalancer::LeastRequest,
+        LoadBalancer::PeakEwma,
+        LoadBalancer::RoundRobin,
+    ] {
+        let (ok, _) = run(lb, Duration::from_millis(4), service);
+        eprintln!(
+            "250 rps {lb:?}: sent to the failing endpoint {:.1}%",
+            (1.0 - ok) * 100.0
+        );
+        failed.insert(format!("{lb:?}"), 1.0 - ok);
+    }
+    // Peak EWMA sends the fast-failing endpoint more than its share: the reason it is not the
+    // default (BENCHMARKS.md).
+    assert!(failed["PeakEwma"] > failed["RoundRobin"]);
 }
