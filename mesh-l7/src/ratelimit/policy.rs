@@ -292,9 +292,8 @@ impl LocalLimit {
                 let dec = match &cd.buckets {
                     Buckets::One(b) => lock(b).take(now),
                     Buckets::PerValue(m) => {
-                        let key = d.entries.iter().map(|(_, v)| v.as_str());
-                        let key: Vec<&str> = key.collect();
-                        lock(m).bucket(&key.join("\u{1f}"), now).take(now)
+                        let values = d.entries.iter().map(|(_, v)| v.as_str());
+                        lock(m).bucket_of(values, now).take(now)
                     }
                 };
                 allowed &= dec.allowed;

@@ -10,9 +10,13 @@
 //!
 //! A [`BucketMap`] holds at most its capacity of buckets and evicts the least recently used
 //! one to make room (Envoy's `max_dynamic_descriptors` cache): many distinct clients cannot
-//! grow memory without bound; an evicted client starts again with a full bucket.
+//! grow memory without bound; an evicted client starts again with a full bucket. A bucket is
+//! keyed by a fixed-size [`BucketKey`] (a keyed 128-bit hash of the descriptor values), never
+//! by the values themselves: a client sending 8 KiB header values costs the map the same few
+//! dozen bytes per bucket as one sending an address.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -128,13 +132,51 @@ impl TokenBucket {
     }
 }
 
+/// A bucket's key: 128 bits of a keyed hash of a descriptor's values.
+///
+/// The hash is std's [`RandomState`] hasher (SipHash-1-3 today; std keeps the algorithm
+/// unspecified but keyed with random keys per process), run twice over the values with two
+/// domain-separation prefixes for two independent 64-bit halves. Its keys are drawn per
+/// [`BucketMap`] and never leave it, so a client cannot compute which values collide; by
+/// chance, two of a map's at most 100 000 keys collide with probability below 2^-94.
+pub type BucketKey = u128;
+
+/// Hashes descriptor values into [`BucketKey`]s with a map's secret keys.
+#[derive(Debug, Clone, Default)]
+struct KeyHasher(RandomState);
+
+impl KeyHasher {
+    /// The key of `values` (each length-prefixed, so no two lists of values share an
+    /// encoding).
+    fn key<'a, I>(&self, values: I) -> BucketKey
+    where
+        I: IntoIterator<Item = &'a str>,
+        I::IntoIter: Clone,
+    {
+        let values = values.into_iter();
+        let half = |domain: u8| {
+            let mut h = self.0.build_hasher();
+            h.write_u8(domain);
+            for v in values.clone() {
+                h.write_usize(v.len());
+                h.write(v.as_bytes());
+            }
+            h.finish()
+        };
+        (u128::from(half(0)) << 64) | u128::from(half(1))
+    }
+}
+
 /// At most `capacity` buckets keyed by a descriptor value (a client address, a header's
-/// value), least recently used evicted first. Lookups and evictions are O(1).
+/// value), least recently used evicted first. Lookups and evictions are O(1). Values are
+/// hashed to a [`BucketKey`] and not kept: the memory held is bounded by the capacity alone
+/// ([`BucketMap::bytes_held`]), whatever the size of the values.
 #[derive(Debug)]
 pub struct BucketMap {
     cfg: BucketConfig,
     capacity: usize,
-    index: HashMap<Box<str>, usize>,
+    hasher: KeyHasher,
+    index: HashMap<BucketKey, usize>,
     slots: Vec<Slot>,
     /// Most recently used slot.
     head: Option<usize>,
@@ -144,7 +186,7 @@ pub struct BucketMap {
 
 #[derive(Debug)]
 struct Slot {
-    key: Box<str>,
+    key: BucketKey,
     bucket: TokenBucket,
     prev: Option<usize>,
     next: Option<usize>,
@@ -156,6 +198,7 @@ impl BucketMap {
         BucketMap {
             cfg,
             capacity: capacity.max(1),
+            hasher: KeyHasher::default(),
             index: HashMap::new(),
             slots: Vec::new(),
             head: None,
@@ -173,10 +216,28 @@ impl BucketMap {
         self.slots.is_empty()
     }
 
-    /// The bucket of `key` (a new full one if absent, evicting the least recently used when
-    /// full), marked most recently used.
-    pub fn bucket(&mut self, key: &str, now: Instant) -> &mut TokenBucket {
-        let i = match self.index.get(key) {
+    /// The heap bytes it holds (its slots and index, as allocated; the index's per-entry
+    /// control byte included): independent of the size of the values it was asked for.
+    pub fn bytes_held(&self) -> usize {
+        let slots = self.slots.capacity() * std::mem::size_of::<Slot>();
+        let entry = std::mem::size_of::<(BucketKey, usize)>() + 1;
+        slots + self.index.capacity() * entry
+    }
+
+    /// The bucket of a single value (see [`BucketMap::bucket_of`]).
+    pub fn bucket(&mut self, value: &str, now: Instant) -> &mut TokenBucket {
+        self.bucket_of([value], now)
+    }
+
+    /// The bucket of a descriptor's `values` (a new full one if absent, evicting the least
+    /// recently used when full), marked most recently used. The values are hashed, not kept.
+    pub fn bucket_of<'a, I>(&mut self, values: I, now: Instant) -> &mut TokenBucket
+    where
+        I: IntoIterator<Item = &'a str>,
+        I::IntoIter: Clone,
+    {
+        let key = self.hasher.key(values);
+        let i = match self.index.get(&key) {
             Some(&i) => {
                 self.unlink(i);
                 i
@@ -188,26 +249,26 @@ impl BucketMap {
     }
 
     /// A slot for a new `key`: a fresh one, or the least recently used one reused.
-    fn insert(&mut self, key: &str, now: Instant) -> usize {
+    fn insert(&mut self, key: BucketKey, now: Instant) -> usize {
         let bucket = TokenBucket::new(self.cfg, now);
         if self.slots.len() < self.capacity {
             self.slots.push(Slot {
-                key: key.into(),
+                key,
                 bucket,
                 prev: None,
                 next: None,
             });
             let i = self.slots.len() - 1;
-            self.index.insert(key.into(), i);
+            self.index.insert(key, i);
             return i;
         }
         // Full: `tail` exists because capacity >= 1 and every slot is linked.
         let i = self.tail.unwrap_or(0);
         self.unlink(i);
-        let old = std::mem::replace(&mut self.slots[i].key, key.into());
+        let old = std::mem::replace(&mut self.slots[i].key, key);
         self.index.remove(&old);
         self.slots[i].bucket = bucket;
-        self.index.insert(key.into(), i);
+        self.index.insert(key, i);
         i
     }
 
@@ -303,6 +364,47 @@ mod tests {
         assert!(m.index.len() == 100);
     }
 
+    // Attacker (review finding 2): 10 000 distinct 8 KiB header values (Envoy caps a header
+    // block at 60 KiB by default, `max_request_headers_kb`) under the largest
+    // `max_dynamic_descriptors` we accept: the map holds a fixed number of bytes per bucket,
+    // not the values (before: each value stored twice, ~160 MB here).
+    #[test]
+    fn big_values_do_not_grow_the_map() {
+        let t0 = Instant::now();
+        let mut m = BucketMap::new(cfg(1, 1, 60_000), 100_000);
+        let mut value = vec![b'a'; 8 * 1024];
+        for i in 0..10_000u32 {
+            value[..10].copy_from_slice(format!("{i:010}").as_bytes());
+            let v = std::str::from_utf8(&value).unwrap();
+            assert!(
+                m.bucket(v, t0).take(t0).allowed,
+                "a new value, a new bucket"
+            );
+        }
+        assert_eq!(m.len(), 10_000);
+        let per_bucket = m.bytes_held() / m.len();
+        assert!(per_bucket <= 256, "{per_bucket} bytes per bucket");
+        // The same value again finds its (drained) bucket.
+        value[..10].copy_from_slice(b"0000000042");
+        let v = std::str::from_utf8(&value).unwrap();
+        assert!(!m.bucket(v, t0).take(t0).allowed);
+    }
+
+    // Multi-entry descriptors: values are length-prefixed, so moving a byte from one value to
+    // the next is another client (the old `\x1f` join relied on header values lacking it).
+    #[test]
+    fn value_lists_do_not_alias() {
+        let t0 = Instant::now();
+        let mut m = BucketMap::new(cfg(1, 1, 60_000), 10);
+        assert!(m.bucket_of(["ab", "c"], t0).take(t0).allowed);
+        assert!(m.bucket_of(["a", "bc"], t0).take(t0).allowed);
+        assert!(m.bucket_of(["abc"], t0).take(t0).allowed);
+        assert!(!m.bucket_of(["ab", "c"], t0).take(t0).allowed);
+        // Another map has other secret keys: the same value hashes differently.
+        let other = BucketMap::new(cfg(1, 1, 60_000), 10);
+        assert_ne!(m.hasher.key(["abc"]), other.hasher.key(["abc"]));
+    }
+
     proptest! {
         // Never more than max_tokens + elapsed * rate admitted, whatever the arrival times.
         #[test]
@@ -339,8 +441,8 @@ mod tests {
                 let mut cur = m.head;
                 while let Some(i) = cur { n += 1; cur = m.slots[i].next; prop_assert!(n <= cap); }
                 prop_assert_eq!(n, m.len());
-                let k = k.to_string();
-                prop_assert_eq!(m.head.map(|h| &*m.slots[h].key), Some(k.as_str()));
+                let k = m.hasher.key([k.to_string().as_str()]);
+                prop_assert_eq!(m.head.map(|h| m.slots[h].key), Some(k));
             }
         }
     }
