@@ -8,11 +8,15 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
+
+#[path = "replay_end.rs"]
+mod end;
+pub use end::BodyEnd;
 
 /// The default cap on a body kept for replay: 64 KiB, Envoy's default per-request retry
 /// buffer (`per_request_buffer_limit_bytes` falls back to the listener's 1 MiB, Istio does not
@@ -41,8 +45,8 @@ pub struct ReplayBody<B> {
 
 #[derive(Debug)]
 enum Kind<B> {
-    /// Not kept: streamed once.
-    Pass(B),
+    /// Not kept: streamed once; `end` is signalled when it ends.
+    Pass { inner: B, end: Option<BodyEnd> },
     /// A complete body (`None` once sent).
     Full { data: Bytes, sent: bool },
     /// Kept as it streams; `pos` is how many chunks this reader has yielded.
@@ -72,6 +76,8 @@ struct Shared<B> {
     trailers: Option<HeaderMap>,
     /// The inner body ended.
     ended: bool,
+    /// Signalled when the inner body ends (a timer waits for it).
+    end_signal: Option<BodyEnd>,
     /// Readers waiting for the inner body (one per live reader at most: deduplicated).
     waiters: Vec<Waker>,
 }
@@ -96,6 +102,7 @@ impl<B: http_body::Body<Data = Bytes>> ReplayBody<B> {
             capped: false,
             trailers: None,
             ended: false,
+            end_signal: None,
             waiters: Vec::new(),
         };
         ReplayBody {
@@ -112,7 +119,7 @@ impl<B> ReplayBody<B> {
     /// `inner`, streamed once and never kept ([`replay`](Self::replay) gives `None`).
     pub fn pass(inner: B) -> Self {
         ReplayBody {
-            kind: Kind::Pass(inner),
+            kind: Kind::Pass { inner, end: None },
         }
     }
 
@@ -128,7 +135,7 @@ impl<B> ReplayBody<B> {
     /// arrives; read it after the body it replays is done with (one reader at a time).
     pub fn replay(&self) -> Option<Self> {
         match &self.kind {
-            Kind::Pass(_) => None,
+            Kind::Pass { .. } => None,
             Kind::Full { data, .. } => Some(ReplayBody::full(data.clone())),
             Kind::Shared { shared, .. } => {
                 let capped = lock(shared).capped;
@@ -146,9 +153,35 @@ impl<B> ReplayBody<B> {
     /// Whether [`replay`](Self::replay) would give a body now.
     pub fn is_replayable(&self) -> bool {
         match &self.kind {
-            Kind::Pass(_) => false,
+            Kind::Pass { .. } => false,
             Kind::Full { .. } => true,
             Kind::Shared { shared, .. } => !lock(shared).capped,
+        }
+    }
+
+    /// Signals `end` once the inner body has been read to its end (at once if it already
+    /// was): the request has fully arrived from the downstream.
+    pub fn notify_end(&mut self, end: BodyEnd)
+    where
+        B: http_body::Body,
+    {
+        match &mut self.kind {
+            Kind::Pass { inner, end: slot } => {
+                if inner.is_end_stream() {
+                    end.signal();
+                } else {
+                    *slot = Some(end);
+                }
+            }
+            Kind::Full { .. } => end.signal(),
+            Kind::Shared { shared, .. } => {
+                let mut s = lock(shared);
+                if s.ended || s.inner.as_ref().is_none_or(|b| b.is_end_stream()) {
+                    end.signal();
+                } else {
+                    s.end_signal = Some(end);
+                }
+            }
         }
     }
 
@@ -220,6 +253,13 @@ where
             Ok(data) => {
                 self.keep(&data);
                 *pos += 1;
+                // hyper stops reading at `is_end_stream` (a `content-length` body): its
+                // last chunk is the end, without a final poll.
+                if self.inner.as_ref().is_some_and(|b| b.is_end_stream())
+                    && let Some(e) = &self.end_signal
+                {
+                    e.signal();
+                }
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             Err(f) => f,
@@ -258,6 +298,9 @@ where
     fn end(&mut self) {
         self.ended = true;
         self.inner = None;
+        if let Some(e) = self.end_signal.take() {
+            e.signal();
+        }
     }
 }
 
@@ -286,9 +329,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.get_mut().kind {
-            Kind::Pass(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(ReplayError::Inner))),
+            Kind::Pass { inner, end } => {
+                let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                if let Some(e) = end
+                    && (polled.is_none() || inner.is_end_stream())
+                {
+                    e.signal();
+                }
+                Poll::Ready(polled.map(|r| r.map_err(ReplayError::Inner)))
+            }
             Kind::Full { data, sent } => {
                 if *sent || data.is_empty() {
                     *sent = true;
@@ -307,7 +356,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Pass(b) => b.is_end_stream(),
+            Kind::Pass { inner: b, .. } => b.is_end_stream(),
             Kind::Full { data, sent } => *sent || data.is_empty(),
             Kind::Shared {
                 shared,
@@ -326,7 +375,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Pass(b) => b.size_hint(),
+            Kind::Pass { inner: b, .. } => b.size_hint(),
             Kind::Full { data, sent } => {
                 SizeHint::with_exact(if *sent { 0 } else { data.len() as u64 })
             }

@@ -15,9 +15,11 @@ use std::task::{Context, Poll, ready};
 
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+use super::replay::BodyEnd;
 use super::{Attempt, Body, Meta, ReplayBody, Target, UpstreamRequest};
 use crate::resilience::budget::{ActiveGuard, BudgetCounters, RetryBudgetPolicy};
 use crate::resilience::pool::{Overflow, Permit};
@@ -109,7 +111,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, u: UpstreamRequest<B>) -> Self::Future {
+    fn call(&mut self, mut u: UpstreamRequest<B>) -> Self::Future {
+        // The route timeout above waits for the body's end (only a body still arriving).
+        let end = u.request.extensions_mut().remove::<BodyEnd>();
         let Some(policy) = policy_for(&self.source, &u.target) else {
             // Not retried, but still an active request of its destination's budget (Envoy
             // counts every active request of the cluster).
@@ -118,7 +122,10 @@ where
                 t => self.source.budget(t).map(|(_, c)| c.request()),
             };
             let UpstreamRequest { target, request } = u;
-            let request = request.map(ReplayBody::pass);
+            let mut request = request.map(ReplayBody::pass);
+            if let Some(e) = end {
+                request.body_mut().notify_end(e);
+            }
             return RetryFuture {
                 fut: Some(self.inner.call(UpstreamRequest { target, request })),
                 state: None,
@@ -128,7 +135,18 @@ where
         let budget = self.source.budget(&u.target);
         let UpstreamRequest { target, request } = u;
         let (mut parts, body) = request.into_parts();
-        let body = ReplayBody::new(body, self.cap);
+        let mut body = ReplayBody::new(body, self.cap);
+        // The per-try timeout starts when the body has arrived, as the route's does.
+        let end = match end {
+            Some(e) => Some(e),
+            None if policy.per_try_timeout.is_some() && !body.is_end_stream() => {
+                Some(BodyEnd::new())
+            }
+            None => None,
+        };
+        if let Some(e) = &end {
+            body.notify_end(e.clone());
+        }
         let replay = body.replay();
         let template = Parts::clone(&parts);
         parts
@@ -151,6 +169,8 @@ where
             retry_guard: None,
             timer: None,
             timer_armed: false,
+            end,
+            await_end: false,
             backing_off: false,
             policy,
         });
@@ -181,6 +201,10 @@ pin_project_lite::pin_project! {
         #[pin]
         timer: Option<Sleep>,
         timer_armed: bool,
+        // The request body's end, when it had not arrived at the first try.
+        end: Option<BodyEnd>,
+        // The per-try timer waits for `end` before it starts.
+        await_end: bool,
         backing_off: bool,
         policy: Arc<RetryPolicy>,
     }
@@ -189,7 +213,13 @@ pin_project_lite::pin_project! {
 impl<S, B, R> RetryState<S, B, R> {
     fn arm_per_try(mut self: Pin<&mut Self>) {
         *self.as_mut().project().timer_armed = false;
-        if let Some(t) = self.policy.per_try_timeout {
+        if self.policy.per_try_timeout.is_none() {
+            return;
+        }
+        if self.end.as_ref().is_some_and(|e| !e.is_ended()) {
+            // Envoy's per-try timeout runs from the end of the downstream request.
+            *self.as_mut().project().await_end = true;
+        } else if let Some(t) = self.policy.per_try_timeout {
             self.arm(Instant::now() + t);
         }
     }
@@ -202,10 +232,21 @@ impl<S, B, R> RetryState<S, B, R> {
             None => this.timer.set(Some(tokio::time::sleep_until(deadline))),
         }
         *this.timer_armed = true;
+        *this.await_end = false;
     }
 
     /// Whether the armed timer fired.
-    fn fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+    fn fired(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        if self.await_end {
+            let ended = self
+                .end
+                .as_ref()
+                .is_none_or(|e| e.poll_ended(cx).is_ready());
+            match self.policy.per_try_timeout {
+                Some(t) if ended => self.as_mut().arm(Instant::now() + t),
+                _ => return false,
+            }
+        }
         let this = self.project();
         *this.timer_armed
             && this
@@ -412,3 +453,7 @@ where
 #[cfg(test)]
 #[path = "retry_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "retry_timer_tests.rs"]
+mod timer_tests;

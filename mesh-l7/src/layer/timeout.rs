@@ -3,6 +3,14 @@
 //! 504 `upstream request timeout` with flag `UT`, as Envoy does, and its tries (retries
 //! included: the timeout spans them all) are cancelled. `0s` or none: no timeout (Istio's
 //! default). A request without a route timeout costs no timer.
+//!
+//! The timeout runs from the end of the downstream request to the response head, as Envoy's
+//! `RouteAction.timeout` does from the end of the request: a client trickling its body does
+//! not eat into it (nor into the per-try timeout). A request whose body is still arriving
+//! carries a [`BodyEnd`] in its extensions, signalled by the [`ReplayBody`] of the retry layer
+//! below when the body has been read to its end; only such requests allocate it.
+//!
+//! [`ReplayBody`]: super::ReplayBody
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,6 +20,7 @@ use http::{Response, StatusCode};
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use super::replay::BodyEnd;
 use super::{Body, Target, UpstreamRequest};
 use mesh_telemetry::metrics::ResponseFlags;
 
@@ -51,6 +60,7 @@ pub fn route_timeout(target: &Target) -> Option<Duration> {
 impl<S, B, U> Service<UpstreamRequest<B>> for Timeout<S>
 where
     S: Service<UpstreamRequest<B>, Response = Response<Body<U>>>,
+    B: http_body::Body,
 {
     type Response = Response<Body<U>>;
     type Error = S::Error;
@@ -60,11 +70,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, u: UpstreamRequest<B>) -> Self::Future {
-        let sleep = route_timeout(&u.target).map(tokio::time::sleep);
+    fn call(&mut self, mut u: UpstreamRequest<B>) -> Self::Future {
+        let (sleep, wait) = match route_timeout(&u.target) {
+            None => (None, None),
+            Some(d) if u.request.body().is_end_stream() => (Some(tokio::time::sleep(d)), None),
+            Some(d) => {
+                // Armed when the body has arrived (the retry layer's body signals it).
+                let end = BodyEnd::new();
+                u.request.extensions_mut().insert(end.clone());
+                (None, Some((end, d)))
+            }
+        };
         TimeoutFuture {
             fut: self.inner.call(u),
             sleep,
+            wait,
         }
     }
 }
@@ -76,6 +96,8 @@ pin_project_lite::pin_project! {
         fut: F,
         #[pin]
         sleep: Option<Sleep>,
+        // The timeout waiting for the request body's end before it starts.
+        wait: Option<(BodyEnd, Duration)>,
     }
 }
 
@@ -86,9 +108,16 @@ where
     type Output = Result<Response<Body<U>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(r) = this.fut.poll(cx) {
             return Poll::Ready(r);
+        }
+        if let Some((end, d)) = this.wait.as_ref() {
+            if end.poll_ended(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep.set(Some(tokio::time::sleep(*d)));
+            *this.wait = None;
         }
         match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Ok(super::local(
