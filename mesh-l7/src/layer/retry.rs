@@ -97,6 +97,14 @@ fn policy_for<R: RetrySource>(source: &R, target: &Target) -> Option<Arc<RetryPo
     }
 }
 
+/// Whether the request's route mirrors it (its body must then be kept for the copies).
+fn mirrors(target: &Target) -> bool {
+    match target {
+        Target::Picked(p) => p.route().is_some_and(|r| !r.mirrors.is_empty()),
+        _ => false,
+    }
+}
+
 impl<S, R, B, U> Service<UpstreamRequest<B>> for Retry<S, R>
 where
     S: Service<UpstreamRequest<ReplayBody<B>>, Response = Response<Body<U>>> + Clone,
@@ -122,7 +130,13 @@ where
                 t => self.source.budget(t).map(|(_, c)| c.request()),
             };
             let UpstreamRequest { target, request } = u;
-            let mut request = request.map(ReplayBody::pass);
+            // A mirrored route's body is kept (up to the cap) so the mirror layer below can
+            // copy it, retried or not; others pass through without allocation.
+            let mut request = if mirrors(&target) {
+                request.map(|b| ReplayBody::new(b, self.cap))
+            } else {
+                request.map(ReplayBody::pass)
+            };
             if let Some(e) = end {
                 request.body_mut().notify_end(e);
             }
@@ -457,3 +471,7 @@ mod tests;
 #[cfg(test)]
 #[path = "retry_timer_tests.rs"]
 mod timer_tests;
+
+#[cfg(test)]
+#[path = "retry_mirror_tests.rs"]
+mod mirror_tests;
