@@ -7,11 +7,14 @@
 //!
 //! The decision ([`RetryBudgetPolicy::allows`]) is a pure function; the counters
 //! ([`BudgetCounters`]) are atomics shared by every stream of the proxy, handed out per
-//! destination (host and subset) by a bounded [`BudgetRegistry`].
+//! destination (host and subset) by a bounded [`BudgetRegistry`], whose lookups take no lock
+//! (a copy-on-write map: only a destination's first request takes the writers' lock).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use serde::Deserialize;
 
@@ -178,28 +181,59 @@ pub const MAX_BUDGETS: usize = 4096;
 type Subsets = Vec<(Option<String>, Arc<BudgetCounters>)>;
 
 /// Counters per destination (host, subset), shared by every stream of the proxy. Bounded:
-/// at most [`MAX_BUDGETS`] destinations; the lock is held only to find or add an entry.
+/// at most [`MAX_BUDGETS`] destinations. Lookups read a snapshot of the map without a lock
+/// (a request's hot path); adding a destination copies the map under the writers' lock,
+/// which only a destination's first request (or one past the bound) takes.
 #[derive(Debug, Default)]
 pub struct BudgetRegistry {
-    map: Mutex<HashMap<String, Subsets>>,
+    map: ArcSwap<HashMap<String, Subsets>>,
+    write: Mutex<()>,
     overflow: Arc<BudgetCounters>,
 }
 
+/// `host`'s `subset` in `map`.
+fn find(
+    map: &HashMap<String, Subsets>,
+    host: &str,
+    subset: Option<&str>,
+) -> Option<Arc<BudgetCounters>> {
+    let list = map.get(host)?;
+    list.iter()
+        .find(|(s, _)| s.as_deref() == subset)
+        .map(|(_, c)| c.clone())
+}
+
 impl BudgetRegistry {
-    /// The counters of `host`'s `subset` (allocates only the first time a destination is
-    /// seen).
+    /// The counters of `host`'s `subset` (lock-free once the destination is known; allocates
+    /// only the first time a destination is seen).
     pub fn get(&self, host: &str, subset: Option<&str>) -> Arc<BudgetCounters> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = map.get(host)
-            && let Some((_, c)) = list.iter().find(|(s, _)| s.as_deref() == subset)
-        {
-            return c.clone();
+        if let Some(c) = find(&self.map.load(), host, subset) {
+            return c;
         }
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        // Another writer may have added it meanwhile.
+        if let Some(c) = find(&self.map.load(), host, subset) {
+            return c;
+        }
+        let mut map = HashMap::clone(&self.map.load());
+        let c = self.insert(&mut map, host, subset);
+        self.map.store(Arc::new(map));
+        c
+    }
+
+    /// Adds `host`'s `subset` to `map` (a copy), dropping unused entries past the bound.
+    fn insert(
+        &self,
+        map: &mut HashMap<String, Subsets>,
+        host: &str,
+        subset: Option<&str>,
+    ) -> Arc<BudgetCounters> {
         let len: usize = map.values().map(Vec::len).sum();
         if len >= MAX_BUDGETS {
             // Entries no request holds can go: their counters are all zero.
             map.retain(|_, l| {
-                l.retain(|(_, c)| Arc::strong_count(c) > 1);
+                // Held by the map in use and this copy: two references when unused.
+                l.retain(|(_, c)| Arc::strong_count(c) > 2);
                 !l.is_empty()
             });
             if map.values().map(Vec::len).sum::<usize>() >= MAX_BUDGETS {
@@ -215,8 +249,7 @@ impl BudgetRegistry {
 
     /// Destinations tracked.
     pub fn len(&self) -> usize {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().map(Vec::len).sum()
+        self.map.load().values().map(Vec::len).sum()
     }
 
     /// Whether none is tracked.

@@ -148,3 +148,28 @@ fn destination_rules_set_budgets_for_the_host_and_its_subsets() {
         "spec.subsets[0].trafficPolicy.retryBudget.percent"
     );
 }
+
+#[test]
+fn lookups_of_known_destinations_take_no_lock() {
+    // Finding: every request to a budgeted destination took the registry's global mutex.
+    // With the writers' lock held (a new destination being added), a known destination's
+    // lookup still completes: the per-request path is lock-free.
+    let r = Arc::new(BudgetRegistry::default());
+    let known = r.get("web", Some("v1"));
+    let held = r.write.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r2 = r.clone();
+    std::thread::spawn(move || {
+        let c = r2.get("web", Some("v1"));
+        let _ = tx.send(c);
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("lookup blocked on the registry's lock");
+    assert!(Arc::ptr_eq(&got, &known));
+    drop(held);
+    // Counters survive later additions (copy-on-write keeps the same Arc).
+    let _other = r.get("api", None);
+    assert!(Arc::ptr_eq(&r.get("web", Some("v1")), &known));
+    assert_eq!(r.len(), 2);
+}
