@@ -10,7 +10,7 @@
 //! in the layout (Envoy's panic mode). STRICT exclusions never enter the layout.
 //!
 //! No allocation per pick; work per pick is bounded by the endpoints of the tier (plus the
-//! hash table's walk, bounded by its size).
+//! hash table's walk, bounded by [`MAX_WALK`] slots).
 
 use super::LoadBalancer;
 use super::hash::{Table, TableKind};
@@ -260,6 +260,9 @@ fn pick_weighted(
     None
 }
 
+/// Most hash-table slots walked from a key's slot before probing the range's endpoints.
+pub const MAX_WALK: usize = 256;
+
 /// The first eligible endpoint of the range at or after position `from` (wrapping).
 fn probe(layout: &Layout, r: &Range, from: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
     let k = r.end - r.start;
@@ -284,11 +287,15 @@ fn pick_in(
     if let (Some(key), Some(t)) = (draw.hash, &r.table) {
         // Walk the table from the key's slot: an ineligible endpoint's keys go to the next
         // endpoint on the ring (Envoy), and only its keys move.
+        // Bounded: past MAX_WALK slots (a table mostly of ineligible endpoints, up to
+        // MAX_TABLE slots) the range's endpoints are probed once from a key-derived start,
+        // so the key still maps to one endpoint while the eligible set holds.
         let slot = t.slot(key);
-        let found = (0..t.len())
+        let found = (0..t.len().min(MAX_WALK))
             .map(|s| layout.order.get(r.start + t.at(slot + s)).copied())
             .find_map(|i| i.filter(|i| ok(*i)));
-        return found.or_else(|| probe(layout, r, 0, ok));
+        let from = usize::try_from(key % k as u64).unwrap_or(0);
+        return found.or_else(|| probe(layout, r, from, ok));
     }
     // Warmup: a warming endpoint is kept with probability `warmth`, else the next is tried
     // (bounded by the range), which gives it about that share of a warm one's traffic.
@@ -327,3 +334,7 @@ fn pick_in(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "walk_tests.rs"]
+mod walk_tests;

@@ -19,7 +19,7 @@
 //! Invariant: a cluster tracks only the endpoint addresses it was given ([`OutlierCluster::sync`]),
 //! so its memory is bounded by the configuration, never by traffic.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -294,10 +294,16 @@ pub enum Event {
 }
 
 /// The outlier state of one destination's endpoints (a sans-IO state machine).
+///
+/// Cost: the ejected endpoints are also kept ordered by the end of their ejection, so the
+/// ejected count ([`enforcing`](Self::enforcing), `maxEjectionPercent`) is O(log n) after
+/// [`advance`](Self::advance), not a walk over every endpoint per request.
 #[derive(Debug, Clone)]
 pub struct OutlierCluster {
     policy: OutlierPolicy,
     endpoints: HashMap<SocketAddr, Endpoint>,
+    /// `(ejected_until, addr)` of every endpoint whose `ejected_until` is set.
+    expiries: BTreeSet<(Instant, SocketAddr)>,
 }
 
 impl OutlierCluster {
@@ -306,6 +312,7 @@ impl OutlierCluster {
         let mut c = OutlierCluster {
             policy,
             endpoints: HashMap::new(),
+            expiries: BTreeSet::new(),
         };
         c.sync(c.policy.clone(), addrs);
         c
@@ -320,8 +327,24 @@ impl OutlierCluster {
             let e = self.endpoints.remove(&a).unwrap_or_default();
             next.insert(a, e);
         }
+        self.expiries = (next.iter())
+            .filter_map(|(a, e)| e.ejected_until.map(|t| (t, *a)))
+            .collect();
         self.endpoints = next;
         self.policy = policy;
+    }
+
+    /// Returns the endpoints whose ejection ran out by `now` (amortised O(log n) per
+    /// ejection); queries stay correct without it, only slower.
+    pub fn advance(&mut self, now: Instant) {
+        while let Some(&(t, a)) = self.expiries.first()
+            && t <= now
+        {
+            self.expiries.pop_first();
+            if let Some(e) = self.endpoints.get_mut(&a) {
+                e.refresh(now);
+            }
+        }
     }
 
     /// The policy.
@@ -339,13 +362,17 @@ impl OutlierCluster {
         self.endpoints.is_empty()
     }
 
-    fn ejected_count(&self, now: Instant) -> usize {
-        self.endpoints.values().filter(|e| e.ejected(now)).count()
+    /// How many endpoints are ejected at `now`: those whose ejection runs past it (O(1)
+    /// plus the ejections that ran out since the last [`advance`](Self::advance)).
+    pub fn ejected_count(&self, now: Instant) -> usize {
+        let over = self.expiries.iter().take_while(|(t, _)| *t <= now).count();
+        self.expiries.len() - over
     }
 
     /// Records `outcome` of `addr` at `now`. Outcomes of untracked or ejected endpoints are
     /// ignored (in-flight requests finishing after the ejection).
     pub fn report(&mut self, addr: SocketAddr, outcome: Outcome, now: Instant) -> Event {
+        self.advance(now);
         let total = self.endpoints.len();
         let ejected = self.ejected_count(now);
         let policy = &self.policy;
@@ -361,7 +388,9 @@ impl OutlierCluster {
             (e.c5xx, e.gateway, e.local) = (0, 0, 0);
             return Event::Capped;
         }
-        Event::Ejected(e.eject(policy, now))
+        let time = e.eject(policy, now);
+        self.expiries.insert((now + time, addr));
+        Event::Ejected(time)
     }
 
     /// Whether outlier detection applies now: at least `minHealthPercent` of the endpoints

@@ -248,4 +248,31 @@ proptest! {
             if max == 0 { prop_assert_eq!(c.ejected_count(t), 0); }
         }
     }
+
+    /// The kept ejected count equals a recount over every endpoint, through reports, time
+    /// passing (with and without `advance`) and config swaps that drop or add endpoints.
+    #[test]
+    fn ejected_count_equals_a_recount(
+        n in 1u8..12,
+        ops in proptest::collection::vec((0u8..14, 0u16..600, 0u64..40, 0u8..4), 0..300),
+    ) {
+        let p = OutlierPolicy { consecutive_5xx: 1, max_ejection_percent: 100, ..OutlierPolicy::default() };
+        let a = addrs(n);
+        let mut c = OutlierCluster::new(p.clone(), a.clone());
+        let mut t = Instant::now();
+        for (i, status, dt, op) in ops {
+            t += Duration::from_secs(dt);
+            match op {
+                0 => c.advance(t),
+                1 if i % 5 == 0 => c.sync(p.clone(), a.iter().copied().skip(usize::from(i) % a.len())),
+                1 => c.sync(p.clone(), a.clone()),
+                _ => {
+                    c.report(a[usize::from(i) % a.len()], Outcome::Status(status + 100), t);
+                }
+            }
+            let recount = c.endpoints.values().filter(|e| e.ejected(t)).count();
+            prop_assert_eq!(c.ejected_count(t), recount);
+            prop_assert!(c.expiries.len() <= c.endpoints.len());
+        }
+    }
 }
