@@ -6,7 +6,7 @@
 //!
 //! The API the data paths use:
 //! - endpoint choice skips `ctx.health.is_ejected(host, addr, now)` (or filters with
-//!   [`HostHealth::ejected`]), L4 and L7 alike;
+//!   [`HostHealth::ejections`], one lock per choice), L4 and L7 alike;
 //! - every attempt reports its outcome: `ctx.health.report(host, addr, outcome, now)`;
 //! - connections and requests take a [`Permit`] with [`HostHealth::admit`] (overflow: refuse
 //!   with `UO`), and retries (engineer A's layer) ask [`Health::admit_retry`].
@@ -59,9 +59,12 @@ impl HostHealth {
         self.cluster().is_some_and(|c| c.is_ejected(addr, now))
     }
 
-    /// The endpoints to skip now (empty without outlier detection or in panic mode).
-    pub(crate) fn ejected(&self, now: Instant) -> Vec<SocketAddr> {
-        self.cluster().map(|c| c.ejected(now)).unwrap_or_default()
+    /// The endpoints to skip now, under one lock for a whole endpoint choice; `None` (and
+    /// no lock held) when none is: no outlier detection, nothing ejected, or panic mode.
+    pub(crate) fn ejections(&self, now: Instant) -> Option<Ejections<'_>> {
+        let mut c = self.cluster()?;
+        c.advance(now);
+        (c.ejected_count(now) > 0 && c.enforcing(now)).then_some(Ejections { c, now })
     }
 
     /// Records an attempt's outcome; an ejection is logged and counted.
@@ -89,6 +92,20 @@ impl HostHealth {
     /// Counts an L4 connect retry.
     pub(crate) fn count_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A host's ejected endpoints at one instant, locked for one endpoint choice (never across
+/// an await).
+pub(crate) struct Ejections<'a> {
+    c: std::sync::MutexGuard<'a, OutlierCluster>,
+    now: Instant,
+}
+
+impl Ejections<'_> {
+    /// Whether `addr` is to be skipped (O(1): the cluster's ejected count is kept).
+    pub(crate) fn skips(&self, addr: SocketAddr) -> bool {
+        self.c.is_ejected(addr, self.now)
     }
 }
 
@@ -202,14 +219,10 @@ pub(crate) fn choose<'a>(
     health: Option<&HostHealth>,
     now: Instant,
 ) -> Option<(&'a crate::config::Endpoint, impl Sized + 'a)> {
-    let Some(h) = health.filter(|h| h.outlier.is_some()) else {
+    let Some(ejected) = health.and_then(|h| h.ejections(now)) else {
         return set.choose();
     };
-    let ejected = h.ejected(now);
-    if ejected.is_empty() {
-        return set.choose();
-    }
-    set.choose_with(|a| !ejected.contains(&a), Default::default(), now)
+    set.choose_with(|a| !ejected.skips(a), Default::default(), now)
 }
 
 /// The per-connection limits (`maxRequestsPerConnection`, HTTP `idleTimeout`) of a
@@ -240,20 +253,26 @@ pub(crate) fn admit_connect(
     Ok((pending, conn))
 }
 
-/// The outcome of an L7 response for outlier detection: the proxy's own failures by their
-/// flags (local origin), else the upstream's status.
-pub(crate) fn outcome_of<B>(resp: &http::Response<B>) -> Outcome {
+/// The outcome of an L7 response for outlier detection: the upstream's failure when it gave
+/// no response (local origin), else its status; `None` when no request reached the endpoint
+/// (the proxy's own answers: pool overflow `UO`, `NR`, `UH`, an endpoint outside the mesh),
+/// which must not count against it.
+pub(crate) fn outcome_of<B>(resp: &http::Response<B>) -> Option<Outcome> {
+    use mesh_l7::layer::UpstreamFailure as U;
     use mesh_telemetry::metrics::ResponseFlags as F;
-    let flags = resp
-        .extensions()
-        .get::<mesh_l7::layer::Meta>()
-        .map_or(F::None, |m| m.flags);
-    match flags {
-        F::UpstreamConnectionFailure => Outcome::ConnectFailure,
-        F::UpstreamRemoteReset | F::UpstreamConnectionTermination => Outcome::Reset,
-        F::UpstreamRequestTimeout => Outcome::Timeout,
-        _ if resp.status().is_server_error() => Outcome::Status(resp.status().as_u16()),
-        _ => Outcome::Success,
+    let meta = resp.extensions().get::<mesh_l7::layer::Meta>();
+    if let Some(f) = meta.and_then(|m| m.failure) {
+        return Some(match f {
+            U::ConnectFailure => Outcome::ConnectFailure,
+            _ => Outcome::Reset,
+        });
+    }
+    match meta.map_or(F::None, |m| m.flags) {
+        F::UpstreamRequestTimeout => Some(Outcome::Timeout),
+        // Any other flag without a typed failure: a local answer, nothing was sent.
+        F::None if resp.status().is_server_error() => Some(Outcome::Status(resp.status().as_u16())),
+        F::None => Some(Outcome::Success),
+        _ => None,
     }
 }
 
@@ -305,8 +324,9 @@ pub(crate) fn next_endpoint(
     health: Option<&HostHealth>,
     now: Instant,
 ) -> Option<crate::config::Endpoint> {
+    let ejected = health.and_then(|h| h.ejections(now));
     let usable =
-        |a: SocketAddr| !tried.contains(&a) && !health.is_some_and(|h| h.is_ejected(a, now));
+        |a: SocketAddr| !tried.contains(&a) && !ejected.as_ref().is_some_and(|e| e.skips(a));
     let ep = sp.pick_with(usable, tried)?;
     // The choice falls back to tried or ejected endpoints when none is left: not retried.
     (usable(SocketAddr::new(ep.workload.address, ep.port)) && ep.workload.hbone_addr.is_some())

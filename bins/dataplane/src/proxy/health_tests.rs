@@ -99,3 +99,42 @@ async fn traffic_cannot_grow_the_state_nor_exceed_the_pool() {
     drop((a, b));
     assert!(host.admit(Kind::Request).unwrap().is_some());
 }
+
+/// Only what reached the endpoint counts (Envoy outlier.rst: errors "returned by an upstream
+/// host" or local-origin errors of a connection to it): the proxy's own 503s (pool overflow
+/// `UO`, no route, an endpoint outside the mesh) are reported as nothing.
+#[test]
+fn local_answers_are_not_the_endpoints_outcome() {
+    use mesh_l7::layer::{Meta, UpstreamFailure};
+    use mesh_telemetry::metrics::ResponseFlags as F;
+    let resp = |status: u16, flags: F, failure: Option<UpstreamFailure>| {
+        let mut r = http::Response::new(());
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        let m = Meta::of(&mut r);
+        m.flags = flags;
+        m.failure = failure;
+        r
+    };
+    for f in [F::UpstreamOverflow, F::NoRoute, F::NoHealthyUpstream] {
+        assert_eq!(super::outcome_of(&resp(503, f, None)), None, "{f:?}");
+    }
+    // Outside the mesh: flagged UF but never dialled (no typed failure).
+    let outside = resp(503, F::UpstreamConnectionFailure, None);
+    assert_eq!(super::outcome_of(&outside), None);
+    let dialled = resp(
+        503,
+        F::UpstreamConnectionFailure,
+        Some(UpstreamFailure::ConnectFailure),
+    );
+    assert_eq!(super::outcome_of(&dialled), Some(Outcome::ConnectFailure));
+    let reset = resp(503, F::UpstreamRemoteReset, Some(UpstreamFailure::Reset));
+    assert_eq!(super::outcome_of(&reset), Some(Outcome::Reset));
+    assert_eq!(
+        super::outcome_of(&resp(503, F::None, None)),
+        Some(Outcome::Status(503))
+    );
+    assert_eq!(
+        super::outcome_of(&resp(200, F::None, None)),
+        Some(Outcome::Success)
+    );
+}

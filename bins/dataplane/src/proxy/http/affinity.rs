@@ -58,7 +58,9 @@ pub(super) fn choose<'a, B>(
             Key::None => None,
         }
     });
-    let healthy = |a| health.is_none_or(|h| !h.is_ejected(a, now));
+    // One lock for the whole choice, none when nothing is ejected.
+    let ejected = health.and_then(|h| h.ejections(now));
+    let healthy = |a| ejected.as_ref().is_none_or(|e| !e.skips(a));
     let (ep, guard): (_, InFlight<'a>) = set.choose_with(healthy, Choice { tried, hash }, now)?;
     Some((ep, Guard::Keyed(guard), cookie))
 }

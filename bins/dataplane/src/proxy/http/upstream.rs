@@ -101,9 +101,11 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
     };
     let dst = Dst(ep.workload.clone(), dest_service);
     let mut resp = send_mesh(s, sp, &ep.workload, ep.port, u.request, health.as_deref()).await;
-    if let Some(h) = &health {
+    // Only when a request reached the endpoint: a local answer (UO, ...) is not its fault.
+    if let Some(h) = &health
+        && let Some(outcome) = crate::proxy::health::outcome_of(&resp)
+    {
         let addr = SocketAddr::new(ep.workload.address, ep.port);
-        let outcome = crate::proxy::health::outcome_of(&resp);
         h.report(addr, outcome, tokio::time::Instant::now());
     }
     if let Some(c) = set_cookie {
