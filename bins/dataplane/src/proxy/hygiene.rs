@@ -145,7 +145,7 @@ pub(crate) fn check_request<B>(req: &mut Request<B>) -> Result<String, (StatusCo
     // that was authorized from the request the upstream gets). A WebSocket upgrade is noted
     // first: its `Upgrade`/`Connection` go back only on the request sent upstream.
     if websocket::is_websocket(req) {
-        req.extensions_mut().insert(websocket::WebSocket);
+        websocket::mark(req);
     } else if websocket::is_other_extended_connect(req) {
         return Err((
             StatusCode::NOT_IMPLEMENTED,

@@ -13,17 +13,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use mesh_l7::layer::local;
+use mesh_l7::resilience::pool::Permit;
 use mesh_telemetry::metrics::ResponseFlags;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, debug_span};
 
 use super::RespBody;
 
+pub(crate) mod held;
 pub(crate) mod websocket;
 
 use self::websocket::{UpgradeMetrics, WebSocket};
@@ -35,26 +38,73 @@ const BUF: usize = 16 * 1024;
 /// an idle client cannot hold the two connections forever.
 const IDLE: Duration = Duration::from_secs(300);
 
-/// The client side of an upgrade on its way upstream, and whether it is HTTP/2's.
+/// The client side of an upgrade on its way upstream, whether it is HTTP/2's, and what the
+/// upgraded pair holds while it is open: a slot of the proxy's cap on upgraded pairs and the
+/// destination's `connectionPool` request slot (its connection slot is held by the
+/// connection's I/O, [`held::Held`]).
 pub(super) struct Pending {
     down: OnUpgrade,
     h2: bool,
+    slot: OwnedSemaphorePermit,
+    request: Option<Permit>,
 }
 
 /// Before a request goes upstream (after its hop-by-hop headers were stripped): a WebSocket
-/// upgrade gets `Connection: upgrade` and `Upgrade: websocket` back, and the client side of
-/// the upgrade is taken out of it.
-pub(super) fn prepare<B>(req: &mut Request<B>) -> Option<Pending> {
-    req.extensions().get::<WebSocket>()?;
-    let down = req.extensions_mut().remove::<OnUpgrade>()?;
-    if req.version() == Version::HTTP_2 {
-        // RFC 8441: the extended CONNECT goes on as is (its `:protocol` extension kept).
-        return Some(Pending { down, h2: true });
+/// upgrade (a `GET` to the stack, [`websocket::mark`]) gets the upstream's form back, an
+/// extended `CONNECT` with `:protocol websocket` to an HTTP/2 upstream (`h2`), else
+/// `Connection: upgrade` and `Upgrade: websocket`; the client side of the upgrade is taken
+/// out of it, with the `connectionPool` `request` slot (taken: held until the upgraded pair
+/// closes). When the proxy already has its cap of upgraded pairs open, 503 `UO` instead.
+pub(super) fn prepare<B>(
+    req: &mut Request<B>,
+    h2: bool,
+    m: &UpgradeMetrics,
+    request: &mut Option<Permit>,
+) -> Result<Option<Pending>, OverCap> {
+    if req.extensions().get::<WebSocket>().is_none() {
+        return Ok(None);
     }
-    let h = req.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    Some(Pending { down, h2: false })
+    let Some(down) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return Ok(None);
+    };
+    let Ok(slot) = m.slots.clone().try_acquire_owned() else {
+        m.over_cap.inc();
+        return Err(OverCap);
+    };
+    let request = request.take();
+    if h2 {
+        // RFC 8441 section 4: an extended CONNECT with `:protocol websocket`.
+        *req.method_mut() = Method::CONNECT;
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        let h = req.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    Ok(Some(Pending {
+        down,
+        h2,
+        slot,
+        request,
+    }))
+}
+
+/// A WebSocket upgrade refused: the proxy has its cap of open upgraded pairs.
+#[derive(Debug, thiserror::Error)]
+#[error("too many upgraded connections")]
+pub(super) struct OverCap;
+
+impl OverCap {
+    /// The answer to the client: 503 `UO` (an overflow, as a full connection pool).
+    pub(super) fn response(self) -> Response<RespBody> {
+        local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many upgraded connections\n",
+            ResponseFlags::UpstreamOverflow,
+        )
+    }
 }
 
 /// After the upstream's response head: a 101 to a WebSocket upgrade joins the client and the
@@ -73,7 +123,13 @@ pub(super) fn finish(
     if !switched || !resp.body().is_upstream() {
         return resp;
     }
-    let Some(Pending { down, .. }) = down else {
+    let Some(Pending {
+        down,
+        slot,
+        request,
+        ..
+    }) = down
+    else {
         m.unasked.inc();
         return local(
             StatusCode::BAD_GATEWAY,
@@ -84,12 +140,15 @@ pub(super) fn finish(
     let up = hyper::upgrade::on(&mut resp);
     // The copy outlives the request: it ends when either side closes (both connections are
     // the client's own and its upstream's; nothing else is shared).
-    tokio::spawn(join(m.clone(), down, up).instrument(debug_span!("websocket")));
+    // The pair holds its cap slot and pool slots until it closes.
+    let held = (slot, request);
+    tokio::spawn(join(m.clone(), down, up, held).instrument(debug_span!("websocket")));
     resp
 }
 
-/// Joins the upgraded client and upstream connections once both are ready.
-async fn join(m: UpgradeMetrics, down: OnUpgrade, up: OnUpgrade) {
+/// Joins the upgraded client and upstream connections once both are ready; `_held` (the
+/// pair's slots) is given back when it ends.
+async fn join<H>(m: UpgradeMetrics, down: OnUpgrade, up: OnUpgrade, _held: H) {
     let (down, up) = match tokio::try_join!(down, up) {
         Ok(x) => x,
         Err(e) => {
@@ -176,7 +235,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::websocket::is_websocket;
+    use super::websocket::{MAX_UPGRADED, is_websocket};
     use super::*;
 
     fn req(method: &str, upgrade: &[&str], connection: &str) -> Request<()> {
@@ -206,6 +265,79 @@ mod tests {
         assert!(!is_websocket(&req("GET", &["websocket", "h2c"], "Upgrade")));
         assert!(!is_websocket(&req("POST", &["websocket"], "Upgrade")));
         assert!(!is_websocket(&req("GET", &["websocket"], "close")));
+    }
+
+    /// An HTTP/2 extended CONNECT for WebSocket (RFC 8441 section 4), upgradeable.
+    fn extended_connect() -> Request<()> {
+        let mut r = Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .uri("http://web.ns.svc/ws/chat")
+            .body(())
+            .unwrap();
+        r.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let none = hyper::upgrade::on(Request::new(()));
+        r.extensions_mut().insert(none);
+        r
+    }
+
+    #[test]
+    fn the_stack_sees_one_form_and_the_upstream_its_own() {
+        // Attacker: a rule on `GET` must not be skipped by asking over HTTP/2. Envoy presents
+        // an extended CONNECT to its filters as an HTTP/1-style GET + Upgrade and converts back
+        // per upstream protocol (envoy docs: "HTTP upgrades", "Tunneling WebSockets over
+        // HTTP/2"; source/common/http/header_utility.cc transformUpgradeRequestFromH2).
+        let mut r = extended_connect();
+        assert!(is_websocket(&r));
+        websocket::mark(&mut r);
+        assert_eq!(r.method(), Method::GET);
+        assert!(r.extensions().get::<hyper::ext::Protocol>().is_none());
+        assert!(r.extensions().get::<WebSocket>().is_some());
+        // Not taken for another extended CONNECT once marked.
+        assert!(!websocket::is_other_extended_connect(&r));
+        // To an HTTP/2 upstream: an extended CONNECT again.
+        let m = UpgradeMetrics::default();
+        let pending = prepare(&mut r, true, &m, &mut None).ok().flatten();
+        assert!(pending.is_some_and(|p| p.h2));
+        assert_eq!(r.method(), Method::CONNECT);
+        let p = r.extensions().get::<hyper::ext::Protocol>();
+        assert_eq!(p.map(|p| p.as_str()), Some("websocket"));
+        // To an HTTP/1.1 upstream: GET with `Upgrade: websocket`.
+        let mut r = extended_connect();
+        websocket::mark(&mut r);
+        let pending = prepare(&mut r, false, &m, &mut None).ok().flatten();
+        assert!(pending.is_some_and(|p| !p.h2));
+        assert_eq!((r.method(), r.version()), (&Method::GET, Version::HTTP_11));
+        assert!(r.extensions().get::<hyper::ext::Protocol>().is_none());
+        assert_eq!(r.headers()[header::UPGRADE], "websocket");
+        assert_eq!(r.headers()[header::CONNECTION], "upgrade");
+        // A plain request is left alone (no slot of the cap taken).
+        let mut plain = Request::new(());
+        assert!(matches!(
+            prepare(&mut plain, false, &m, &mut None),
+            Ok(None)
+        ));
+        assert_eq!(m.slots.available_permits(), MAX_UPGRADED);
+    }
+
+    #[test]
+    fn one_client_cannot_open_more_pairs_than_the_cap() {
+        // Attacker: upgrades opened and never closed; each pair past the cap is 503 `UO`
+        // before anything is sent upstream, and a slot comes back when a pair ends.
+        let m = UpgradeMetrics::with_cap(2);
+        let open = |m: &UpgradeMetrics| {
+            let mut r = extended_connect();
+            websocket::mark(&mut r);
+            prepare(&mut r, true, m, &mut None)
+        };
+        let a = open(&m).ok().flatten().unwrap();
+        let _b = open(&m).ok().flatten().unwrap();
+        let refused = open(&m).err().unwrap().response();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(m.over_cap.get(), 1);
+        drop(a);
+        assert!(open(&m).ok().flatten().is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -87,7 +87,7 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
     };
     // Outlier detection and connection pool of the destination (engineer D).
     let health = (dest_service.as_ref()).and_then(|d| s.ctx.health.for_service(&d.service));
-    let _request = match health.as_ref().map(|h| h.admit(Kind::Request)) {
+    let request = match health.as_ref().map(|h| h.admit(Kind::Request)) {
         Some(Err(_)) => return unavailable("upstream overflow\n", ResponseFlags::UpstreamOverflow),
         Some(Ok(permit)) => permit,
         None => None,
@@ -100,7 +100,8 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
         return unavailable("no healthy upstream\n", ResponseFlags::NoHealthyUpstream);
     };
     let dst = Dst(ep.workload.clone(), dest_service);
-    let mut resp = send_mesh(s, sp, &ep.workload, ep.port, u.request, health.as_deref()).await;
+    let to = (&ep.workload, ep.port);
+    let mut resp = send_mesh(s, sp, to, u.request, health.as_deref(), request).await;
     // Only when a request reached the endpoint: a local answer (UO, ...) is not its fault.
     if let Some(h) = &health
         && let Some(outcome) = crate::proxy::health::outcome_of(&resp)
@@ -118,16 +119,22 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
 }
 
 /// Sends to a chosen endpoint: no hop-by-hop headers, HTTP/2 in absolute form.
+/// The `connectionPool` `request` slot is held until the response head, or by an upgraded
+/// pair until it closes.
 async fn send_mesh(
     s: &Stream,
     sp: &ServicePort,
-    workload: &Arc<Workload>,
-    port: u16,
+    (workload, port): (&Arc<Workload>, u16),
     mut req: Request<ReqBody>,
     health: Option<&crate::proxy::health::HostHealth>,
+    mut request: Option<mesh_l7::resilience::pool::Permit>,
 ) -> Response<RespBody> {
     strip_hop_by_hop(req.headers_mut());
-    let down = super::upgrade::prepare(&mut req);
+    let m = &s.ctx.telemetry.upgrades;
+    let down = match super::upgrade::prepare(&mut req, s.h2, m, &mut request) {
+        Ok(down) => down,
+        Err(over) => return over.response(),
+    };
     let Some(hbone_addr) = workload.hbone_addr else {
         return unavailable(
             "endpoint outside the mesh\n",
@@ -190,7 +197,11 @@ async fn forward_local(
 ) -> Response<RespBody> {
     let addr = SocketAddr::new(workload.address, port);
     strip_hop_by_hop(req.headers_mut());
-    let down = super::upgrade::prepare(&mut req);
+    let m = &s.ctx.telemetry.upgrades;
+    let down = match super::upgrade::prepare(&mut req, s.h2, m, &mut None) {
+        Ok(down) => down,
+        Err(over) => return over.response(),
+    };
     if s.h2 {
         // HTTP/2 requests carry the scheme and the authority (the evaluated one); h2 refuses
         // the origin form the path was put in.
@@ -276,12 +287,14 @@ async fn handshake<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // The connection's pool slot, held by its I/O: until the connection ends, or after a 101
+    // until the upgraded pair that took the I/O over closes.
+    let io = super::upgrade::held::Held::new(io, permit);
     if h2 {
         let (sender, conn) = crate::proxy::hygiene::h2_client()
             .handshake(TokioIo::new(io))
             .await?;
         tokio::spawn(async move {
-            let _permit = permit; // the connection's pool slot, until it ends
             if let Err(e) = conn.await {
                 debug!(error = %e, "upstream HTTP/2 connection ended");
             }
@@ -290,7 +303,6 @@ where
     }
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
-        let _permit = permit; // the connection's pool slot, until it ends
         // With upgrades: a 101 to a WebSocket upgrade hands the connection to the copy.
         if let Err(e) = conn.with_upgrades().await {
             debug!(error = %e, "upstream HTTP connection ended");

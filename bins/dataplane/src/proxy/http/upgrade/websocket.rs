@@ -1,19 +1,44 @@
 //! What a WebSocket upgrade is (the request side) and the counters of upgraded connections:
 //! a leaf module, shared by the hygiene check, the telemetry and the pass-through.
 
+use std::sync::Arc;
+
 use http::{Method, Request, Version, header};
 use hyper::ext::Protocol;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 
 /// In a request's extensions: it asked to upgrade to WebSocket (its hop-by-hop headers were
 /// removed; [`super::prepare`] puts them back for the upstream).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WebSocket;
 
-/// Upgraded connections and their bytes, in the proxy's metrics.
-#[derive(Debug, Clone, Default)]
+/// Marks a WebSocket upgrade ([`is_websocket`]) and presents it to the stack in one form
+/// whatever the client spoke: `GET` with the [`WebSocket`] marker. An HTTP/2 extended
+/// `CONNECT` (RFC 8441) becomes a `GET` without its `:protocol`, as Envoy turns it into an
+/// HTTP/1-style upgrade for its filters: authorization, ext_authz, routing and rate-limit
+/// descriptors keyed on the method see the same `GET` as for the HTTP/1.1 form, so a rule on
+/// `GET` cannot be skipped by speaking HTTP/2. [`super::prepare`] restores the upstream's form.
+pub(crate) fn mark<B>(req: &mut Request<B>) {
+    if req.method() == Method::CONNECT {
+        *req.method_mut() = Method::GET;
+        req.extensions_mut().remove::<Protocol>();
+    }
+    req.extensions_mut().insert(WebSocket);
+}
+
+/// Upgraded (WebSocket) pairs a proxy keeps open at most: each holds two connections and two
+/// copy buffers (32 KiB), so one client opening pairs cannot exhaust memory or descriptors.
+pub(crate) const MAX_UPGRADED: usize = 4096;
+
+/// Upgraded connections and their bytes, in the proxy's metrics, and the cap on open pairs.
+#[derive(Debug, Clone)]
 pub(crate) struct UpgradeMetrics {
+    /// Slots of open upgraded pairs ([`MAX_UPGRADED`]).
+    pub(super) slots: Arc<Semaphore>,
+    /// Upgrades answered 503 because the proxy had its cap of open pairs.
+    pub(super) over_cap: Counter,
     /// Connections joined after a 101.
     pub(super) joined: Counter,
     /// Bytes copied client → upstream.
@@ -24,10 +49,33 @@ pub(crate) struct UpgradeMetrics {
     pub(super) unasked: Counter,
 }
 
+impl Default for UpgradeMetrics {
+    fn default() -> Self {
+        UpgradeMetrics::with_cap(MAX_UPGRADED)
+    }
+}
+
 impl UpgradeMetrics {
+    /// Counters at zero and `cap` open pairs at most.
+    pub(crate) fn with_cap(cap: usize) -> UpgradeMetrics {
+        UpgradeMetrics {
+            slots: Arc::new(Semaphore::new(cap)),
+            over_cap: Counter::default(),
+            joined: Counter::default(),
+            bytes_up: Counter::default(),
+            bytes_down: Counter::default(),
+            unasked: Counter::default(),
+        }
+    }
+
     /// The counters, registered in `r` (the `mesh_` sub-registry).
     pub(crate) fn register(r: &mut Registry) -> UpgradeMetrics {
         let m = UpgradeMetrics::default();
+        r.register(
+            "upgrade_over_cap",
+            "WebSocket upgrades answered 503 because the proxy had its cap of open upgraded connections",
+            m.over_cap.clone(),
+        );
         r.register(
             "upgraded_connections",
             "HTTP connections upgraded (WebSocket) and joined to their upstream after a 101",
