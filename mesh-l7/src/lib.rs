@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+pub mod duration;
 pub mod gateway;
 pub mod istio;
 pub mod layer;
