@@ -251,3 +251,75 @@ spec:
     }
     assert!(ok, "a slot came back: {:?}", seen.lock().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_http2_websockets_keep_their_request_slots() {
+    // Attacker: WebSockets over HTTP/2 multiplexed on one upstream connection, held open past
+    // `connectionPool.http.http2MaxRequests` (Istio: "Maximum number of active requests to a
+    // destination"; Envoy's `max_requests` circuit breaker counts a stream until it ends, an
+    // upgraded stream included; overflow flag `UO`).
+    let net = Net(4);
+    let dr = r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: ns}
+spec:
+  host: web.ns.svc
+  trafficPolicy: {connectionPool: {http: {http2MaxRequests: 2}}}
+"#;
+    let yaml = config(net, dr).replace(
+        "name: http, protocol: HTTP,",
+        "name: http2, protocol: HTTP2,",
+    );
+    let _mesh = start(&yaml).await;
+    let _seen = h2_app(format!("{}:8080", ip(net, 21)).parse().unwrap()).await;
+    let tcp = connect_from(
+        ip(net, 10).parse().unwrap(),
+        format!("{}:80", ip(net, 41)).parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Nothing>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = http::Request::get("http://web.ns.svc/")
+        .body(Nothing)
+        .unwrap();
+    assert_eq!(sender.send_request(get).await.unwrap().status(), 200);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let resp = sender
+            .send_request(extended_connect("/chat"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        open.push(TokioIo::new(hyper::upgrade::on(resp).await.unwrap()));
+    }
+    // The third, while two are open: no request slot left.
+    let resp = sender
+        .send_request(extended_connect("/chat"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    // A plain request too: the two open WebSockets are active requests.
+    let get = http::Request::get("http://web.ns.svc/")
+        .body(Nothing)
+        .unwrap();
+    assert_eq!(sender.send_request(get).await.unwrap().status(), 503);
+    // Closed, their slots come back.
+    drop(open);
+    let mut status = 0;
+    for _ in 0..100 {
+        let get = http::Request::get("http://web.ns.svc/")
+            .body(Nothing)
+            .unwrap();
+        status = sender.send_request(get).await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200);
+}
