@@ -197,3 +197,23 @@ async fn a_request_without_a_body_starts_its_timers_at_once() {
         (504, Duration::from_millis(200))
     );
 }
+
+#[test]
+fn odd_route_timeouts_are_rejected_by_name_never_a_panic() {
+    // Attacker-supplied config: `infs` made the float parser panic (Duration::from_secs_f64
+    // of infinity); a bare number has no unit (protobuf JSON Duration needs `s`). Istio's
+    // `0.5s` and Go-style `1h30m` are valid.
+    for bad in ["infs", "30", "-1s", "1e9s"] {
+        let vs: VirtualServiceSpec = serde_json::from_value(json!({"hosts": ["web"],
+            "http": [{"timeout": bad, "route": [{"destination": {"host": "web"}}]}]}))
+        .unwrap();
+        let e = format!("{:?}", RouteTable::compile(&vs).err().unwrap());
+        assert!(e.contains("http[0].timeout"), "{bad}: {e}");
+    }
+    for good in ["0.5s", "1h30m", "250ms"] {
+        let vs: VirtualServiceSpec = serde_json::from_value(json!({"hosts": ["web"],
+            "http": [{"timeout": good, "route": [{"destination": {"host": "web"}}]}]}))
+        .unwrap();
+        assert!(RouteTable::compile(&vs).is_ok(), "{good}");
+    }
+}

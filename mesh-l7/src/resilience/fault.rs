@@ -209,24 +209,6 @@ pub(crate) fn share(
     }
 }
 
-/// An Istio duration (`1.5s`, `300ms`, `2m`, `1h`).
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        return None;
-    };
-    let v: f64 = num.parse().ok()?;
-    Duration::try_from_secs_f64(v * unit).ok()
-}
-
 /// Compiles `fault` at `f` (`spec.http[i].fault`); problems are reported by field path.
 pub fn compile(spec: &FaultSpec, f: &str, errs: &mut Vec<FieldError>) -> Option<FaultPolicy> {
     let before = errs.len();
@@ -253,9 +235,10 @@ fn delay(d: &DelaySpec, f: &str, errs: &mut Vec<FieldError>) -> Option<(Duration
         push(errs, format!("{f}.fixedDelay"), "required");
         return None;
     };
-    match parse_duration(t) {
-        Some(t) if t >= Duration::from_millis(1) => Some((t, share)),
-        _ => {
+    // Istio: fixedDelay is a duration of at least 1ms ([`crate::duration`]).
+    match crate::duration::parse_in(t, crate::duration::Range::AT_LEAST_1MS) {
+        Ok(t) => Some((t, share)),
+        Err(_) => {
             push(
                 errs,
                 format!("{f}.fixedDelay"),

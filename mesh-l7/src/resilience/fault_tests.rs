@@ -149,6 +149,6 @@ proptest! {
         };
         let mut errs = Vec::new();
         let _ = compile(&spec, "f", &mut errs);
-        let _ = parse_duration(&s);
+        let _ = crate::duration::parse(&s);
     }
 }

@@ -286,30 +286,12 @@ fn push(errs: &mut Vec<FieldError>, field: String, reason: impl Into<String>) {
     });
 }
 
-/// An Istio duration (`1.5s`, `300ms`, `2m`, `1h`).
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        return None;
-    };
-    let v: f64 = num.parse().ok()?;
-    Duration::try_from_secs_f64(v * unit).ok()
-}
-
 fn duration(v: Option<&str>, field: String, errs: &mut Vec<FieldError>) -> Option<Duration> {
     let v = v?;
-    match parse_duration(v) {
-        // Istio validation: durations must be at least 1ms.
-        Some(d) if d >= Duration::from_millis(1) => Some(d),
-        _ => {
+    // Istio validation: durations must be at least 1ms ([`crate::duration`]).
+    match crate::duration::parse_in(v, crate::duration::Range::AT_LEAST_1MS) {
+        Ok(d) => Some(d),
+        Err(_) => {
             push(
                 errs,
                 field,

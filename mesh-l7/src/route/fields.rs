@@ -120,26 +120,10 @@ pub(super) fn unsupported(present: bool, field: &str, errs: &mut Vec<FieldError>
     }
 }
 
-/// An Istio duration (`300ms`, `1.5s`, `2m`, `1h`).
+/// A route's `timeout` (`300ms`, `1.5s`, `2m`, `1h`; `0s`: none): the mesh's one duration
+/// parser ([`crate::duration`]), any value allowed.
 pub(super) fn parse_timeout(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    if let Some(secs) = s.strip_suffix('s') {
-        return secs
-            .parse::<f64>()
-            .ok()
-            .filter(|v| *v >= 0.0)
-            .map(Duration::from_secs_f64);
-    }
-    if let Some(m) = s.strip_suffix('m') {
-        return m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
-    }
-    if let Some(h) = s.strip_suffix('h') {
-        return h.parse::<u64>().ok().map(|h| Duration::from_secs(h * 3600));
-    }
-    None
+    crate::duration::parse(s).ok()
 }
 
 /// A port number (`None` when not given); one out of range is reported at `field()`.

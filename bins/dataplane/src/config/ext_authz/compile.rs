@@ -169,7 +169,7 @@ fn grpc(
     if port.is_none() {
         err("port", format!("{} is not a port (1-65535)", g.port));
     }
-    let timeout = match g.timeout.as_deref().map(crate::duration::parse_duration) {
+    let timeout = match g.timeout.as_deref().map(mesh_l7::duration::parse) {
         None => DEFAULT_TIMEOUT,
         Some(Ok(d)) if !d.is_zero() => d,
         Some(Ok(_)) => {
@@ -177,7 +177,7 @@ fn grpc(
             DEFAULT_TIMEOUT
         }
         Some(Err(e)) => {
-            err("timeout", e);
+            err("timeout", e.to_string());
             DEFAULT_TIMEOUT
         }
     };

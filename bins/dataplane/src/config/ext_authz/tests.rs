@@ -163,3 +163,23 @@ fn xds_waypoint_takes_providers_from_its_l7_file() {
     let policies = &state.waypoint_policies["Gateway/ns/wp"];
     assert_eq!(policies[0].provider.as_deref(), Some("opa"));
 }
+
+/// `timeout` is a protobuf Duration, parsed by the mesh's one duration parser: Istio's
+/// `0.5s` is valid (protobuf JSON Duration: decimal seconds), a bare `30` is not (no unit).
+#[test]
+fn timeout_takes_istio_durations_only() {
+    let with = |t: &str| {
+        mesh(&format!(
+            "  - name: opa\n    envoyExtAuthzGrpc: {{service: a.ns.svc, port: 1, timeout: \"{t}\"}}\n"
+        )) + CUSTOM
+    };
+    let s = parse(Path::new("mesh.yaml"), &with("0.5s")).unwrap();
+    assert_eq!(
+        s.ext_authz.by_name["opa"].settings.timeout,
+        Duration::from_millis(500)
+    );
+    for bad in ["30", "-1s", "infs"] {
+        let e = err(&with(bad));
+        assert!(e.contains("timeout"), "{bad}: {e}");
+    }
+}
