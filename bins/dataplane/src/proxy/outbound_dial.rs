@@ -212,6 +212,9 @@ async fn dial(
             });
         }
         _ if e.unauthorized() => Reply::NotAllowed,
+        super::connect::DialError::Status(s, _) if *s == http::StatusCode::TOO_MANY_REQUESTS => {
+            Reply::NotAllowed
+        }
         super::connect::DialError::Status(..) => Reply::ConnectionRefused,
         super::connect::DialError::Unreachable(_) => Reply::HostUnreachable,
     };
@@ -224,9 +227,18 @@ async fn dial(
         waypoint = dest.waypoint.as_ref().map(|w| w.key()).as_deref().unwrap_or("-"),
         "outbound HBONE failed"
     );
-    let retryable = !e.unauthorized();
+    // 429: the destination's connection rate limit refused, a policy decision like 401:
+    // another attempt (or endpoint) would only spend more tokens, and the endpoint is
+    // healthy (not reported to outlier detection, which only sees retryable failures).
+    let rate_limited = matches!(&e, super::connect::DialError::Status(s, _) if *s == http::StatusCode::TOO_MANY_REQUESTS);
+    let retryable = !e.unauthorized() && !rate_limited;
     if count || !retryable {
-        ctx.telemetry.tcp.refused(&labels, e.flags());
+        let flags = if rate_limited {
+            ResponseFlags::RateLimited
+        } else {
+            e.flags()
+        };
+        ctx.telemetry.tcp.refused(&labels, flags);
     }
     Err(Failure {
         reply,

@@ -88,16 +88,14 @@ pub(super) async fn serve(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
         let counted = Some((&labels, ResponseFlags::Deny));
         return observe::refuse(&ctx.telemetry, counted, c.record(), reason, start);
     }
-    if !state.rate_limits.admit_connection(c.dst.address, start) {
-        // Envoy's network local rate limit: the connection is closed.
-        let reason = "connection rate limit exceeded";
-        let counted = Some((&labels, ResponseFlags::RateLimited));
-        return observe::refuse(&ctx.telemetry, counted, c.record(), reason, start);
-    }
     drop(state);
     // Where the inbound HTTP layer is on, declared HTTP ports of a workload with HTTP-field
     // policies or JWT rules are served per request (no peer identity), as on HBONE inbound.
+    // Authorized per request there, so the connection's token is taken here.
     if let Some(h2) = super::inbound::l7_inbound(&ctx, dst_addr) {
+        if !admit_connection(&ctx, &c, &labels) {
+            return;
+        }
         let stream = super::http::Stream {
             ctx: ctx.clone(),
             service: None,
@@ -174,6 +172,23 @@ fn destination(
     dst
 }
 
+/// Takes a token from the workload's connection rate limit (Envoy's network local rate
+/// limit); `false` (logged, counted `RL`): the connection is closed.
+fn admit_connection(ctx: &Ctx, c: &Captured, labels: &ConnectionLabels) -> bool {
+    if ctx
+        .state
+        .load()
+        .rate_limits
+        .admit_connection(c.dst.address, c.start)
+    {
+        return true;
+    }
+    let reason = "connection rate limit exceeded";
+    let counted = Some((labels, ResponseFlags::RateLimited));
+    observe::refuse(&ctx.telemetry, counted, c.record(), reason, c.start);
+    false
+}
+
 /// Register → decide → guard, the one admission path: L4 authorization with no peer
 /// identity (policies on principals or namespaces do not match plaintext, as in Istio), and a
 /// DENY or STRICT landing during the app connect or later closes the connection. Then the
@@ -211,6 +226,10 @@ async fn admit_and_carry(ctx: &Ctx, tcp: TcpStream, c: &Captured, labels: Connec
         Ok(guard) => guard,
         Err(reason) => return refuse(&reason),
     };
+    // After authorization: a denied peer does not spend the workload's connection tokens.
+    if !admit_connection(ctx, c, &labels) {
+        return;
+    }
     let connect = super::connect::connect_app(ctx, &c.dst, c.dst_addr, Some(c.peer.ip()));
     let upstream = tokio::select! {
         biased;

@@ -102,15 +102,10 @@ pub(super) async fn admit<'c>(
         .workload_by_ip(c.client.map_or(req.conn.peer_addr.ip(), |a| a.ip()))
         .filter(|w| w.identity == *src_identity)
         .cloned();
-    if !state.rate_limits.admit_connection(dst.address, start) {
-        // Envoy's network local rate limit closes the connection; a tunnel gets 429.
-        let labels = labels(&state, &c, &dst);
-        let counted = Some((&labels, ResponseFlags::RateLimited));
-        let reason = "connection rate limit exceeded (429)";
-        return Err(c.refuse(ctx, counted, reason, StatusCode::TOO_MANY_REQUESTS));
-    }
     if l7 {
-        // Authorized per request (with the HTTP fields), connected per request.
+        // Authorized per request (with the HTTP fields), connected per request: the
+        // connection's rate limit token is taken at admission.
+        admit_connection(ctx, &state, &c, &dst, None)?;
         return Ok(Admitted {
             live: None,
             dst,
@@ -132,6 +127,32 @@ pub(super) async fn admit<'c>(
         host: c.host,
         upstream: Some((upstream, rec)),
     })
+}
+
+/// Takes a token from the workload's connection rate limit (Envoy's network local rate
+/// limit closes the connection; a tunnel gets 429, which the caller neither retries nor
+/// counts against the endpoint's health).
+fn admit_connection(
+    ctx: &Ctx,
+    state: &MeshState,
+    c: &Checked<'_>,
+    dst: &Workload,
+    labels: Option<&ConnectionLabels>,
+) -> Result<(), StatusCode> {
+    if state.rate_limits.admit_connection(dst.address, c.start) {
+        return Ok(());
+    }
+    let made;
+    let labels = match labels {
+        Some(l) => l,
+        None => {
+            made = self::labels(state, c, dst);
+            &made
+        }
+    };
+    let counted = Some((labels, ResponseFlags::RateLimited));
+    let reason = "connection rate limit exceeded (429)";
+    Err(c.refuse(ctx, counted, reason, StatusCode::TOO_MANY_REQUESTS))
 }
 
 /// The local workload the CONNECT names: it must be this listener's (the certificate
@@ -273,6 +294,8 @@ async fn authorize_and_connect<'c>(
         )
     };
     let live = admitted.map_err(|policy| refuse(&policy))?;
+    // After authorization: a denied peer does not spend the workload's connection tokens.
+    admit_connection(ctx, &ctx.state.load(), c, dst, Some(labels))?;
     let connect = super::super::connect::connect_app(ctx, dst, authority, Some(client_ip));
     let upstream = tokio::select! {
         biased;
