@@ -162,6 +162,15 @@ fn duration(v: Option<&str>, field: String, errs: &mut Vec<FieldError>) -> Optio
     }
 }
 
+/// An idle timeout: as [`duration`], but `0s` disables it (Istio `connectionPool.tcp` and
+/// `http` `idleTimeout`: "If set to 0s, the timeout will be disabled").
+fn idle(v: Option<&str>, field: String, errs: &mut Vec<FieldError>) -> Option<Duration> {
+    match v.and_then(mesh_authz::jwt::parse_duration) {
+        Some(Duration::ZERO) => None,
+        _ => duration(v, field, errs),
+    }
+}
+
 /// A limit: Istio's fields are int32 and 0 or less is invalid for the maximums
 /// (`maxRequestsPerConnection` allows 0: unlimited).
 fn limit(v: Option<i64>, zero_ok: bool, field: String, errs: &mut Vec<FieldError>) -> Option<u32> {
@@ -206,7 +215,7 @@ impl ConnectionPoolSpec {
             let mcd = t.max_connection_duration.as_deref();
             p.max_connection_duration = duration(mcd, format!("{f}.maxConnectionDuration"), errs);
             let idle = t.idle_timeout.as_deref();
-            p.tcp_idle_timeout = duration(idle, format!("{f}.idleTimeout"), errs);
+            p.tcp_idle_timeout = self::idle(idle, format!("{f}.idleTimeout"), errs);
         }
         if let Some(h) = &self.http {
             compile_http(h, &format!("{field}.http"), &mut p, errs);
@@ -229,7 +238,7 @@ fn compile_http(h: &HttpSpec, f: &str, p: &mut PoolPolicy, errs: &mut Vec<FieldE
     let mrpc = h.max_requests_per_connection;
     p.max_requests_per_connection =
         limit(mrpc, true, format!("{f}.maxRequestsPerConnection"), errs).unwrap_or(0);
-    p.http_idle_timeout = duration(h.idle_timeout.as_deref(), format!("{f}.idleTimeout"), errs);
+    p.http_idle_timeout = idle(h.idle_timeout.as_deref(), format!("{f}.idleTimeout"), errs);
     match h.h2_upgrade_policy.as_deref() {
         // This proxy never upgrades an HTTP/1.1 upstream to HTTP/2: what DEFAULT (the mesh
         // default, DO_NOT_UPGRADE) and DO_NOT_UPGRADE ask.

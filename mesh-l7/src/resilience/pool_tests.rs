@@ -102,3 +102,16 @@ proptest! {
         prop_assert_eq!(c.current(Kind::Connection), 0);
     }
 }
+
+/// Istio DestinationRule `ConnectionPoolSettings.TCPSettings.idleTimeout` and
+/// `HTTPSettings.idleTimeout`: "If set to 0s, the timeout will be disabled" — accepted as no
+/// idle timeout; a negative or malformed one is still rejected by name.
+#[test]
+fn zero_idle_timeout_disables_it() {
+    let (p, errs) = compile(r#"{"tcp": {"idleTimeout": "0s"}, "http": {"idleTimeout": "0s"}}"#);
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(p.tcp_idle_timeout, None);
+    assert_eq!(p.http_idle_timeout, None);
+    let (_, errs) = compile(r#"{"tcp": {"idleTimeout": "-1s"}, "http": {"idleTimeout": "x"}}"#);
+    assert_eq!(errs, ["cp.tcp.idleTimeout", "cp.http.idleTimeout"]);
+}
