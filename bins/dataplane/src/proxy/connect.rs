@@ -155,6 +155,20 @@ pub(crate) async fn dial_hbone(
     headers: http::HeaderMap,
     socket_source: Option<Arc<dyn mesh_hbone::SocketSource>>,
 ) -> Result<mesh_hbone::H2Stream, DialError> {
+    dial_hbone_within(ctx, source, to, headers, socket_source, None).await
+}
+
+/// [`dial_hbone`] bounded by `timeout` when set (a destination's
+/// `connectionPool.tcp.connectTimeout`: the whole dial, TCP, TLS and CONNECT, as at L4),
+/// else by twice the proxy's connect timeout.
+pub(crate) async fn dial_hbone_within(
+    ctx: &super::Ctx,
+    source: &mesh_identity::SpiffeId,
+    to: HboneTarget<'_>,
+    headers: http::HeaderMap,
+    socket_source: Option<Arc<dyn mesh_hbone::SocketSource>>,
+    timeout: Option<std::time::Duration>,
+) -> Result<mesh_hbone::H2Stream, DialError> {
     let source = ctx
         .certs
         .store(source)
@@ -168,12 +182,16 @@ pub(crate) async fn dial_hbone(
         headers,
         socket_source,
     };
-    match tokio::time::timeout(ctx.cfg.connect_timeout * 2, ctx.pool.connect(req)).await {
+    let within = timeout.unwrap_or(ctx.cfg.connect_timeout * 2);
+    match tokio::time::timeout(within, ctx.pool.connect(req)).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e @ mesh_hbone::Error::Status { status, .. })) => {
             Err(DialError::Status(status, e.to_string()))
         }
         Ok(Err(e)) => Err(DialError::Unreachable(e.to_string())),
+        Err(_) if timeout.is_some() => Err(DialError::Unreachable(
+            "HBONE connect timed out (connectionPool.tcp.connectTimeout)".to_owned(),
+        )),
         Err(_) => Err(DialError::Unreachable("HBONE connect timed out".to_owned())),
     }
 }

@@ -165,7 +165,9 @@ async fn send_mesh(
         // A new connection: a pending request while it is made, then a connection slot
         // for the connection's life (connectionPool limits).
         let (_pending, conn) = crate::proxy::health::admit_connect(health)?;
-        connect(s, identity, hbone_addr, addr, host, conn).await
+        // connectionPool.tcp.connectTimeout bounds the dial (else the proxy's own).
+        let timeout = health.and_then(|h| h.pool()?.connect_timeout);
+        connect(s, identity, (hbone_addr, addr), host, conn, timeout).await
     })
     .await;
     let resp = match resp {
@@ -248,10 +250,10 @@ async fn forward_local(
 async fn connect(
     s: &Stream,
     identity: &mesh_identity::SpiffeId,
-    hbone_addr: SocketAddr,
-    addr: SocketAddr,
+    (hbone_addr, addr): (SocketAddr, SocketAddr),
     host: &str,
     permit: Option<mesh_l7::resilience::pool::Permit>,
+    timeout: Option<std::time::Duration>,
 ) -> Result<Sender, String> {
     let headers = ConnectHeaders {
         client: s.client,
@@ -269,10 +271,10 @@ async fn connect(
         authority: addr,
     };
     let headers = headers.to_header_map();
-    let tunnel =
-        crate::proxy::connect::dial_hbone(&s.ctx, &s.profile.identity, to, headers, socket_source)
-            .await
-            .map_err(|e| e.reason().to_owned())?;
+    let id = &s.profile.identity;
+    let dial =
+        crate::proxy::connect::dial_hbone_within(&s.ctx, id, to, headers, socket_source, timeout);
+    let tunnel = dial.await.map_err(|e| e.reason().to_owned())?;
     handshake(tunnel, s.h2, permit)
         .await
         .map_err(|e| e.to_string())
