@@ -27,6 +27,7 @@ mod outbound_dial;
 mod own;
 mod plaintext;
 mod profiles;
+mod grpc_channel;
 mod ratelimit_client;
 mod reset;
 mod role;

@@ -1,15 +1,14 @@
 //! The global rate limit client: Envoy's `envoy.service.ratelimit.v3.RateLimitService/
 //! ShouldRateLimit` over gRPC, as Envoy's `envoy.filters.http.ratelimit` calls it. One tonic
-//! channel per service endpoint, reused by every stream ([`Clients`]).
+//! channel per service endpoint, reused by every stream ([`Clients`]), made and marked as
+//! the ext_authz client's ([`crate::proxy::grpc_channel`]).
 //!
 //! Where the service is: the filter's Istio cluster `outbound|<port>||<host>` names a mesh
 //! service (its endpoints, picked round-robin, from the current state) or an IP address. The
 //! call is plain gRPC (HTTP/2 prior knowledge) straight to the endpoint, not over HBONE, as
 //! Envoy's rate limit cluster is plain unless a DestinationRule adds TLS.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
@@ -23,61 +22,45 @@ use mesh_l7::ratelimit::{Descriptor, GlobalFilter};
 use mesh_xds::Channel;
 
 use crate::config::MeshState;
+use crate::proxy::grpc_channel::{GrpcChannels, GrpcTarget};
 
-/// At most this many channels are kept; past it the cache starts over, so a churn of
-/// endpoints cannot grow it without bound.
-const MAX_CHANNELS: usize = 64;
-
-/// The proxy's rate limit service channels, by endpoint.
+/// The proxy's rate limit service channels, by endpoint ([`GrpcChannels`]).
 #[derive(Default)]
 pub(crate) struct Clients {
-    channels: Mutex<HashMap<(SocketAddr, String), Channel>>,
+    channels: GrpcChannels,
 }
 
 impl Clients {
     /// The channel to `addr`, its calls carrying `:authority` `authority` (Envoy's
-    /// `envoy_grpc.authority`), made (lazily connecting) on first use.
+    /// `envoy_grpc.authority`), made (lazily connecting) on first use. Its connections carry
+    /// the proxy's socket `mark`, so a sidecar's own capture rules let them out.
     fn channel(
         &self,
         addr: SocketAddr,
         authority: &str,
         timeout: Duration,
+        mark: Option<u32>,
     ) -> Result<Channel, GlobalError> {
-        let failed = |e: &dyn std::fmt::Display| GlobalError::Failed(e.to_string());
-        // Never held across an await: only the lookup and insert.
-        let mut map = self
-            .channels
-            .lock()
-            .map_err(|_| failed(&"channel cache poisoned"))?;
-        let key = (addr, authority.to_owned());
-        if let Some(c) = map.get(&key) {
-            return Ok(c.clone());
-        }
-        if map.len() >= MAX_CHANNELS {
-            map.clear();
-        }
-        let origin: http::Uri = format!("http://{authority}")
-            .parse()
-            .map_err(|e| failed(&e))?;
-        let endpoint = Channel::from_shared(format!("http://{addr}")).map_err(|e| failed(&e))?;
-        let channel = endpoint
-            .origin(origin)
-            .connect_timeout(timeout)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
-        map.insert(key, channel.clone());
-        Ok(channel)
+        let target = GrpcTarget {
+            addr,
+            authority: Some(authority.to_owned()),
+            timeout,
+            mark,
+        };
+        (self.channels.channel(target)).map_err(|e| GlobalError::Failed(e.to_string()))
     }
 
-    /// Asks the service of `filter` about `descriptors` (the caller bounds the time).
+    /// Asks the service of `filter` about `descriptors`, its connections marked with `mark`
+    /// (the caller bounds the time).
     pub(crate) fn check(
         &self,
         state: &MeshState,
         filter: &GlobalFilter,
         descriptors: Vec<Descriptor>,
+        mark: Option<u32>,
     ) -> impl Future<Output = Result<GlobalAnswer, GlobalError>> + Send + 'static {
-        let channel =
-            resolve(state, filter).and_then(|a| self.channel(a, &filter.authority, filter.timeout));
+        let channel = resolve(state, filter)
+            .and_then(|a| self.channel(a, &filter.authority, filter.timeout, mark));
         let req = request(filter, descriptors);
         let x_headers = filter.x_headers;
         async move {

@@ -12,30 +12,24 @@
 
 mod convert;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use mesh_l7::layer::ext_authz::{CheckError, CheckResult};
-use mesh_l7::layer::tower::service_fn;
 use mesh_xds::Channel;
 
 use crate::config::MeshState;
 use crate::config::ext_authz::ExtAuthzProvider;
+use crate::proxy::grpc_channel::{GrpcChannels, GrpcTarget};
 
 pub(crate) use convert::{Peers, convert, request};
 
-/// At most this many channels are kept (providers × endpoints); past it the cache starts
-/// over, so a churn of endpoints cannot grow it without bound.
-const MAX_CHANNELS: usize = 256;
-
-/// The proxy's ext_authz channels, by provider and endpoint.
+/// The proxy's ext_authz channels, by endpoint ([`GrpcChannels`]).
 #[derive(Default)]
 pub(crate) struct Clients {
-    channels: Mutex<HashMap<(Arc<str>, SocketAddr), Channel>>,
+    channels: GrpcChannels,
 }
 
 impl Clients {
@@ -44,33 +38,17 @@ impl Clients {
     /// out as the proxy's traffic.
     fn channel(
         &self,
-        provider: &Arc<str>,
         addr: SocketAddr,
         timeout: Duration,
         mark: Option<u32>,
     ) -> Result<Channel, String> {
-        // Never held across an await: only the map lookup and insert.
-        let mut map = self
-            .channels
-            .lock()
-            .map_err(|_| "channel cache poisoned".to_owned())?;
-        if let Some(c) = map.get(&(provider.clone(), addr)) {
-            return Ok(c.clone());
-        }
-        if map.len() >= MAX_CHANNELS {
-            map.clear();
-        }
-        let endpoint = Channel::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
-        let connect = service_fn(move |_: http::Uri| async move {
-            let tcp = mesh_hbone::connect_tcp(addr, mark, None).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
-        });
-        let channel = endpoint
-            .connect_timeout(timeout)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_with_connector_lazy(connect);
-        map.insert((provider.clone(), addr), channel.clone());
-        Ok(channel)
+        let target = GrpcTarget {
+            addr,
+            authority: None,
+            timeout,
+            mark,
+        };
+        self.channels.channel(target).map_err(|e| e.to_string())
     }
 
     /// Asks `provider` (resolved in `state`) about `req`. The caller bounds the time.
@@ -84,7 +62,7 @@ impl Clients {
         let name = provider.settings.name.clone();
         let channel = resolve(state, provider)
             .ok_or_else(|| format!("no endpoint for {}:{}", provider.host, provider.port))
-            .and_then(|addr| self.channel(&name, addr, provider.settings.timeout, mark));
+            .and_then(|addr| self.channel(addr, provider.settings.timeout, mark));
         async move {
             let channel = channel.map_err(|reason| CheckError::Unavailable {
                 provider: name.clone(),

@@ -59,7 +59,8 @@ impl RateLimitSource for Limits {
     fn check(&self, filter: &GlobalFilter, descriptors: Vec<Descriptor>) -> Self::Check {
         let s = &self.0;
         let state = s.ctx.state.load();
-        Box::pin(s.ctx.rate_limit.check(&state, filter, descriptors))
+        let mark = s.ctx.cfg.socket_mark;
+        Box::pin(s.ctx.rate_limit.check(&state, filter, descriptors, mark))
     }
 
     fn refused(&self, limiter: &str, status: http::StatusCode) {
