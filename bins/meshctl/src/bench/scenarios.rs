@@ -32,11 +32,35 @@ spec:
     connectionPool:
       tcp: {maxConnections: 100000, connectTimeout: 5s}
       http: {http1MaxPendingRequests: 100000, http2MaxRequests: 100000, maxRetries: 1000}
+    retryBudget: {percent: 20, minRetryConcurrency: 3}
     outlierDetection:
       consecutive5xxErrors: 5
       interval: 10s
       baseEjectionTime: 30s
       maxEjectionPercent: 50
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: ratelimit, namespace: bench}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: GATEWAY
+      listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          value:
+            stat_prefix: http_local_rate_limiter
+            token_bucket: {max_tokens: 1000000, tokens_per_fill: 1000000, fill_interval: 1s}
+            filter_enabled: {runtime_key: on, default_value: {numerator: 100, denominator: HUNDRED}}
+            filter_enforced: {runtime_key: enforced, default_value: {numerator: 100, denominator: HUNDRED}}
 "#;
 
 /// Routing only: Istio's default retries turned off.
