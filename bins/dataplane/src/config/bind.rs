@@ -38,10 +38,12 @@ impl Here {
 
 impl EndpointRegistry {
     /// Binds `state`'s endpoint sets and service ports to this proxy (on `node`), pruning the
-    /// endpoints that left. Call before publishing `state`.
+    /// endpoints that left. Call before publishing `state`. O(endpoints): a set's layout and
+    /// hash tables are built when it is first chosen from, so a proxy that never uses a set
+    /// (a ztunnel, an unused subset) never builds them.
     pub fn bind(&self, state: &MeshState, node: &str) {
         let now = Instant::now();
-        let here = Here::of(state, node);
+        let here = Arc::new(Here::of(state, node));
         let mut addrs: Vec<SocketAddr> = Vec::new();
         for set in state.endpoint_sets.values() {
             addrs.extend(set.endpoints.iter().map(|e| e.addr()));
@@ -54,7 +56,7 @@ impl EndpointRegistry {
                 .unwrap_or_else(|| Arc::new(EndpointStats::new(None, self.since_epoch(now))))
         };
         for set in state.endpoint_sets.values() {
-            set.bind(self, &here, &state.cluster_id, &lookup);
+            set.bind(self, &here, &lookup);
         }
         for sp in &state.service_ports {
             sp.bind(&here, &state.cluster_id);

@@ -176,7 +176,19 @@ pub struct EndpointSet {
     /// The locality rule: the `DestinationRule`'s, else the service's routing preference.
     placement: Option<Placement>,
     next: AtomicUsize,
+    /// Where the proxy is and the endpoints' stats, set by [`bind`](Self::bind) (cheap).
+    binding: OnceLock<Binding>,
+    /// The layout and hash tables, built from the binding on first use only: a proxy that
+    /// never chooses from the set (a ztunnel, an unused subset) never builds them.
     bound: OnceLock<Bound>,
+}
+
+/// What a set's layout is built from, kept until its first use.
+#[derive(Debug)]
+struct Binding {
+    here: Arc<Here>,
+    stats: Vec<Arc<EndpointStats>>,
+    epoch: Instant,
 }
 
 #[derive(Debug)]
@@ -274,18 +286,18 @@ impl EndpointSet {
             balancing,
             placement,
             next: AtomicUsize::new(0),
+            binding: OnceLock::new(),
             bound: OnceLock::new(),
         }
     }
 
-    fn build(
-        &self,
-        here: &Here,
-        cluster: &str,
-        stats: impl Fn(SocketAddr) -> Arc<EndpointStats>,
-        epoch: Instant,
-    ) -> Bound {
-        let r = ranks(&self.endpoints, self.placement.as_ref(), here, cluster);
+    fn build(&self, here: &Here, stats: Vec<Arc<EndpointStats>>, epoch: Instant) -> Bound {
+        let r = ranks(
+            &self.endpoints,
+            self.placement.as_ref(),
+            here,
+            &here.cluster,
+        );
         let weights = self
             .placement
             .as_ref()
@@ -294,33 +306,44 @@ impl EndpointSet {
         let kind = self.balancing.hash.as_ref().map(|h| h.table);
         Bound {
             layout: Layout::build(&r, weights.as_deref(), kind, &ids),
-            stats: self.endpoints.iter().map(|e| stats(e.addr())).collect(),
+            stats,
             epoch,
         }
     }
 
-    /// Binds the set to a proxy: its layout from where the proxy is, its endpoints' stats.
+    /// Binds the set to a proxy: where the proxy is (its cluster too) and its endpoints'
+    /// stats. O(endpoints); the layout and tables are built on first use.
     pub(crate) fn bind(
         &self,
         reg: &EndpointRegistry,
-        here: &Here,
-        cluster: &str,
+        here: &Arc<Here>,
         stats: &impl Fn(SocketAddr) -> Arc<EndpointStats>,
     ) {
-        let _ = self
-            .bound
-            .set(self.build(here, cluster, stats, reg.epoch()));
+        // Already bound (a state applied twice): the first binding stays.
+        let _ = self.binding.set(Binding {
+            here: here.clone(),
+            stats: self.endpoints.iter().map(|e| stats(e.addr())).collect(),
+            epoch: reg.epoch(),
+        });
+    }
+
+    /// Whether the layout and tables are built (tests: built on first use only).
+    #[cfg(test)]
+    pub(crate) fn is_built(&self) -> bool {
+        self.bound.get().is_some()
     }
 
     fn bound(&self) -> &Bound {
-        self.bound.get_or_init(|| {
-            let now = Instant::now();
-            self.build(
-                &Here::default(),
-                "",
-                |_| Arc::new(EndpointStats::new(None, std::time::Duration::ZERO)),
-                now,
-            )
+        self.bound.get_or_init(|| match self.binding.get() {
+            Some(b) => self.build(&b.here, b.stats.clone(), b.epoch),
+            None => {
+                let fresh = |_| Arc::new(EndpointStats::new(None, std::time::Duration::ZERO));
+                self.build(
+                    &Here::default(),
+                    self.endpoints.iter().map(fresh).collect(),
+                    Instant::now(),
+                )
+            }
         })
     }
 

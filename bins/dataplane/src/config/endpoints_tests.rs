@@ -252,3 +252,29 @@ fn l4_prefer_close_from_the_service_entry_annotation() {
         "{e}"
     );
 }
+
+/// Attack: a config of many hashed sets (Maglev 65 537 slots each; `ringHash` up to 2^20)
+/// used to build every table for every set in every role at apply, ztunnel included, which
+/// never chooses from a set. Binding is now O(endpoints); a set's tables are built on its
+/// first choice, and only that set's (Istio: a `consistentHash` table per cluster, built by
+/// the proxy that routes to it).
+#[test]
+fn tables_are_built_on_first_use_only() {
+    let s = load(&mesh(
+        "{loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}}",
+        "",
+    ));
+    EndpointRegistry::default().bind(&s, "a");
+    assert!(!s.endpoint_sets.is_empty());
+    assert!(s.endpoint_sets.values().all(|set| !set.is_built()));
+    let set = s.endpoint_sets.values().next().unwrap();
+    let hash = Some(42);
+    let choice = Choice { tried: &[], hash };
+    let first = set.choose_with(|_| true, choice, tokio::time::Instant::now());
+    let first = first.map(|(e, _)| e.addr());
+    assert!(first.is_some());
+    assert!(set.is_built());
+    // Built from the binding (this proxy's place): the same key, the same endpoint.
+    let again = set.choose_with(|_| true, choice, tokio::time::Instant::now());
+    assert_eq!(again.map(|(e, _)| e.addr()), first);
+}
