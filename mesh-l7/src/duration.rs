@@ -178,6 +178,31 @@ pub fn parse_in(s: &str, range: Range) -> Result<Duration, DurationError> {
     Ok(d)
 }
 
+/// Parses a Gateway API duration (GEP-2257: `^([0-9]{1,5}(h|m|s|ms)){1,4}$`, e.g. `1h30m`,
+/// `500ms`): the stricter grammar is checked, the value is [`parse`]'s.
+pub fn parse_gateway(s: &str) -> Result<Duration, DurationError> {
+    let syntax = || DurationError::Syntax(s.to_owned());
+    let mut rest = s;
+    let mut terms = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=5).contains(&digits) {
+            return Err(syntax());
+        }
+        rest = &rest[digits..];
+        let unit = if rest.starts_with("ms") { 2 } else { 1 };
+        if !rest.starts_with(['h', 'm', 's']) {
+            return Err(syntax());
+        }
+        rest = &rest[unit..];
+        terms += 1;
+    }
+    if !(1..=4).contains(&terms) {
+        return Err(syntax());
+    }
+    parse(s)
+}
+
 /// The protobuf JSON form of `d` (`1.5s`, `0.000000001s`), which [`parse`] reads back.
 pub fn format(d: Duration) -> String {
     let nanos = d.subsec_nanos();

@@ -84,3 +84,32 @@ proptest! {
         prop_assert_eq!(parse(&format(d)), Ok(d));
     }
 }
+
+#[test]
+fn gateway_api_durations_keep_gep_2257s_grammar() {
+    // Gateway API Duration (GEP-2257): ^([0-9]{1,5}(h|m|s|ms)){1,4}$.
+    assert_eq!(parse_gateway("1h30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_gateway("500ms"), Ok(ms(500)));
+    for bad in [
+        "",
+        "1.5s",
+        "10",
+        "123456s",
+        "1h1m1s1ms1h",
+        " 1s",
+        "1us",
+        "-1s",
+    ] {
+        assert!(parse_gateway(bad).is_err(), "{bad:?}");
+    }
+}
+
+proptest! {
+    /// The Gateway API grammar is a subset: whatever it accepts, [`parse`] reads the same.
+    #[test]
+    fn gateway_is_a_subset(s in "[0-9hms]{0,24}") {
+        if let Ok(d) = parse_gateway(&s) {
+            prop_assert_eq!(parse(&s), Ok(d));
+        }
+    }
+}

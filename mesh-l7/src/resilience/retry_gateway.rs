@@ -50,32 +50,7 @@ fn push(errs: &mut Vec<FieldError>, field: String, reason: impl Into<String>) {
 /// A Gateway API duration (GEP-2257: one to four `<n><h|m|s|ms>` parts, e.g. `1h30m`,
 /// `500ms`; no fractions).
 pub fn parse_gateway_duration(s: &str) -> Option<Duration> {
-    let mut rest = s;
-    let mut total = Duration::ZERO;
-    let mut parts = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 5 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(n), 2)
-        } else if rest.starts_with('h') {
-            (Duration::from_secs(n * 3600), 1)
-        } else if rest.starts_with('m') {
-            (Duration::from_secs(n * 60), 1)
-        } else if rest.starts_with('s') {
-            (Duration::from_secs(n), 1)
-        } else {
-            return None;
-        };
-        rest = &rest[len..];
-        total += unit;
-        parts += 1;
-    }
-    (1..=4).contains(&parts).then_some(total)
+    crate::duration::parse_gateway(s).ok()
 }
 
 fn duration(v: Option<&str>, field: String, errs: &mut Vec<FieldError>) -> Option<Duration> {
