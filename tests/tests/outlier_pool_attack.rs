@@ -223,3 +223,24 @@ async fn l7_dial_honours_the_destination_connect_timeout() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert!(took >= Duration::from_millis(300), "took {took:?}: {logs}");
 }
+
+/// Istio `connectionPool.tcp.maxConnectionDuration` at L7: applied, not parsed and ignored.
+/// An upstream HTTP connection carries one request, so none outlives the duration by more
+/// than that request (Envoy's upstream `max_connection_duration` drains: active streams
+/// finish, no new one starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_max_connection_duration_bounds_upstream_connections() {
+    const T: u8 = 15;
+    let quick = Duration::from_millis(1);
+    let a = backend(format!("127.218.{T}.21:8080").parse().unwrap(), 200, quick).await;
+    let b = backend(format!("127.218.{T}.22:8080").parse().unwrap(), 200, quick).await;
+    let _mesh = start(T, "{connectionPool: {tcp: {maxConnectionDuration: 1h}}}").await;
+    for _ in 0..4 {
+        assert_eq!(get(T).await, 200);
+    }
+    let conns = a.conns.load(Ordering::SeqCst) + b.conns.load(Ordering::SeqCst);
+    assert_eq!(
+        conns, 4,
+        "no upstream connection reused past its one request"
+    );
+}

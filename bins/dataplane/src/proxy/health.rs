@@ -226,11 +226,16 @@ pub(crate) fn choose<'a>(
 }
 
 /// The per-connection limits (`maxRequestsPerConnection`, HTTP `idleTimeout`) of a
-/// destination's pool.
+/// destination's pool. With `tcp.maxConnectionDuration`, an upstream HTTP connection carries
+/// one request and is not reused: none outlives the duration by more than the life of its
+/// one request (Envoy's upstream `max_connection_duration` also lets active streams finish).
 pub(crate) fn conn_limits(health: Option<&HostHealth>) -> super::upstreams::ConnLimits {
     match health.and_then(|h| h.pool()) {
         Some(p) => super::upstreams::ConnLimits {
-            max_requests: p.max_requests_per_connection,
+            max_requests: match p.max_connection_duration {
+                Some(_) => 1,
+                None => p.max_requests_per_connection,
+            },
             idle: p.http_idle_timeout,
         },
         None => super::upstreams::ConnLimits::default(),
