@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)] // The fault/mirror tests' helpers, partly used here.
 #[path = "l7_support/mod.rs"]
 mod support;
 
