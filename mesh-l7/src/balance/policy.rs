@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use mesh_authz::istio::FieldError;
-use mesh_authz::jwt::parse_duration;
 
 use super::hash::{DEFAULT_MAGLEV, DEFAULT_RING, HashPolicy, HashSource, MAX_TABLE, TableKind};
 use super::kind::LoadBalancer;
@@ -101,7 +100,7 @@ fn consistent_hash(
             );
         }
         let ttl = c.ttl.as_deref().and_then(|t| {
-            let d = parse_duration(t);
+            let d = crate::duration::parse(t).ok();
             if d.is_none() {
                 err(errs, format!("{field}.httpCookie.ttl"), "not a duration");
             }
@@ -312,7 +311,7 @@ fn distribute(
 fn warmup(tp: &TrafficPolicySpec, field: &str, errs: &mut Vec<FieldError>) -> Option<Warmup> {
     let l = tp.load_balancer.as_ref()?;
     let dur = |s: &str, at: String, errs: &mut Vec<FieldError>| -> Option<Duration> {
-        let d = parse_duration(s);
+        let d = crate::duration::parse(s).ok();
         if d.is_none_or(|d| d < Duration::from_millis(1)) {
             err(errs, at, "a duration of at least 1ms");
             return None;

@@ -103,7 +103,7 @@ const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 fn duration(v: Option<&str>, field: &str, errs: &mut Vec<FieldError>) -> Option<Duration> {
     let v = v?;
-    match mesh_authz::jwt::parse_duration(v) {
+    match crate::duration::parse(v).ok() {
         // Istio: durations MUST be >= 1ms.
         Some(d) if d >= Duration::from_millis(1) => Some(d),
         _ => {

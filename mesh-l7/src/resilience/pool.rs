@@ -150,7 +150,7 @@ impl Default for PoolPolicy {
 
 fn duration(v: Option<&str>, field: String, errs: &mut Vec<FieldError>) -> Option<Duration> {
     let v = v?;
-    match mesh_authz::jwt::parse_duration(v) {
+    match crate::duration::parse(v).ok() {
         Some(d) if d >= Duration::from_millis(1) => Some(d),
         _ => {
             errs.push(FieldError {
@@ -165,7 +165,7 @@ fn duration(v: Option<&str>, field: String, errs: &mut Vec<FieldError>) -> Optio
 /// An idle timeout: as [`duration`], but `0s` disables it (Istio `connectionPool.tcp` and
 /// `http` `idleTimeout`: "If set to 0s, the timeout will be disabled").
 fn idle(v: Option<&str>, field: String, errs: &mut Vec<FieldError>) -> Option<Duration> {
-    match v.and_then(mesh_authz::jwt::parse_duration) {
+    match v.and_then(|v| crate::duration::parse(v).ok()) {
         Some(Duration::ZERO) => None,
         _ => duration(v, field, errs),
     }
