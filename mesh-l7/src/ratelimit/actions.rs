@@ -5,7 +5,7 @@
 use super::descriptor::{Action, HeaderCond, HeaderRef, HeaderTest, Recipe};
 use super::envoy::{ActionSpec, HeaderMatcherSpec, RateLimitEntry};
 use super::fields::{err, reject};
-use crate::FieldError;
+use mesh_authz::istio::FieldError;
 
 pub(super) fn recipes(rls: &[RateLimitEntry], at: &str, errs: &mut Vec<FieldError>) -> Vec<Recipe> {
     let mut out = Vec::new();

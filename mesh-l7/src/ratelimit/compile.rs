@@ -2,9 +2,8 @@
 //! with its field path), and a proxy's rules made into its [`RateLimitPolicy`] with fresh
 //! buckets.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use http::{HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
 use super::actions::recipes;
@@ -13,62 +12,11 @@ use super::envoy::*;
 use super::fields::*;
 use super::filters::{filter, local_template};
 use super::policy::*;
+use super::rules::{Context, LocalTemplate, RateLimitRules, Rule};
 use super::shapes::{filter_match, route_match};
 use super::spec::*;
-use crate::FieldError;
-use crate::resilience::ratelimit::{BucketConfig, BucketMap};
-
-/// Where a proxy's HTTP or TCP path sits (Istio's `match.context`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Context {
-    /// A sidecar's inbound (server side).
-    SidecarInbound,
-    /// A sidecar's outbound (client side).
-    SidecarOutbound,
-    /// A waypoint (Istio's `GATEWAY`).
-    Gateway,
-}
-
-/// A configured descriptor's entries (a value `None`: any value).
-pub(crate) type Entries = Vec<(String, Option<String>)>;
-
-/// A local limiter's checked config (buckets made per proxy).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct LocalTemplate {
-    pub(crate) name: String,
-    pub(crate) bucket: Option<BucketConfig>,
-    pub(crate) enabled: Fraction,
-    pub(crate) enforced: Fraction,
-    pub(crate) headers: Vec<(HeaderName, HeaderValue, Append)>,
-    pub(crate) x_headers: bool,
-    pub(crate) descriptors: Vec<(Entries, BucketConfig)>,
-    pub(crate) max_dynamic: usize,
-    pub(crate) status: StatusCode,
-}
-
-/// One checked patch.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Rule {
-    LocalFilter(LocalTemplate),
-    GlobalFilter(Arc<GlobalFilter>),
-    Route {
-        port: Option<u16>,
-        vhost: VhostMatch,
-        route: Option<Option<String>>,
-        rate_limits: Vec<Recipe>,
-        local: Option<LocalTemplate>,
-    },
-    Connections {
-        name: String,
-        cfg: BucketConfig,
-    },
-}
-
-/// One `EnvoyFilter`'s checked patches, by context.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RateLimitRules {
-    rules: Vec<(Option<Context>, Rule)>,
-}
+use crate::resilience::ratelimit::BucketMap;
+use mesh_authz::istio::FieldError;
 
 impl RateLimitRules {
     /// Checks `spec`'s patches (not its selection, which the proxy resolves).

@@ -8,9 +8,9 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::envoy::*;
-use super::policy::{Append, Fraction};
-use crate::FieldError;
+use super::parts::{Append, Fraction};
 use crate::resilience::ratelimit::{BucketConfig, MIN_FILL_INTERVAL};
+use mesh_authz::istio::FieldError;
 
 /// Envoy's default `max_dynamic_descriptors`.
 pub(crate) const DEFAULT_MAX_DYNAMIC: usize = 20;

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use super::compile::{LocalTemplate, Rule};
 use super::envoy::*;
 use super::fields::*;
-use super::policy::GlobalFilter;
-use crate::FieldError;
+use super::parts::GlobalFilter;
+use super::rules::{LocalTemplate, Rule};
+use mesh_authz::istio::FieldError;
 
 pub(super) fn filter(
     v: FilterValue,
@@ -169,7 +169,7 @@ fn local_descriptors(
     at: &str,
     errs: &mut Vec<FieldError>,
 ) -> Vec<(
-    super::compile::Entries,
+    super::rules::Entries,
     crate::resilience::ratelimit::BucketConfig,
 )> {
     let mut descriptors = Vec::new();

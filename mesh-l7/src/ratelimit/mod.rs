@@ -13,16 +13,16 @@ mod descriptor;
 pub mod envoy;
 mod fields;
 mod filters;
+mod parts;
 mod policy;
+mod rules;
 mod shapes;
 pub mod spec;
 
-pub use compile::{Context, RateLimitRules};
 pub use descriptor::{Descriptor, RequestView};
-pub use policy::{
-    ConnectionLimit, Fraction, GlobalFilter, LocalOutcome, RateLimitPolicy, Verdict, VhostFacts,
-    x_ratelimit_headers,
-};
+pub use parts::{Fraction, GlobalFilter, VhostFacts};
+pub use policy::{ConnectionLimit, LocalOutcome, RateLimitPolicy, Verdict, x_ratelimit_headers};
+pub use rules::{Context, RateLimitRules};
 pub use spec::EnvoyFilterSpec;
 
 #[cfg(test)]

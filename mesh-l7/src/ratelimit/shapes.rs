@@ -2,9 +2,9 @@
 //! configuration match (virtual host name, route name, port) of route patches.
 
 use super::fields::{err, reject};
-use super::policy::VhostMatch;
+use super::parts::VhostMatch;
 use super::spec::MatchSpec;
-use crate::FieldError;
+use mesh_authz::istio::FieldError;
 
 pub(super) fn filter_match(
     m: Option<&MatchSpec>,
