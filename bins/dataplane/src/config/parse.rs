@@ -32,6 +32,9 @@ pub(super) enum Mode {
     L7Only,
 }
 
+/// The apiVersion of the `EnvoyFilter`s this data plane reads.
+pub(super) const ENVOY_FILTER_API: &str = "networking.istio.io/v1alpha3";
+
 /// The kinds a file given with `--xds-address` may hold: the L7 kinds Istio's workload API
 /// does not carry. Workloads, services, nodes, waypoints and L4 policy come from istiod, and a
 /// local file must not override them.
@@ -165,8 +168,8 @@ impl Raw {
                 }
             }
         }
-        if kind == "EnvoyFilter" && api != super::ratelimits::ENVOY_FILTER_API {
-            let want = super::ratelimits::ENVOY_FILTER_API;
+        if kind == "EnvoyFilter" && api != ENVOY_FILTER_API {
+            let want = ENVOY_FILTER_API;
             let why = format!(
                 "EnvoyFilter is not supported yet with apiVersion {api:?}: only {want} rate limit filters"
             );
@@ -263,7 +266,7 @@ fn api_versions(v: &mut Validator, location: &str, kind: &str) -> Option<&'stati
         "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication" => SECURITY_VERSIONS,
         "Gateway" | "HTTPRoute" => GATEWAY_VERSIONS,
         "Namespace" => &["v1"],
-        "EnvoyFilter" => &[super::ratelimits::ENVOY_FILTER_API],
+        "EnvoyFilter" => &[ENVOY_FILTER_API],
         k if NOT_YET_SUPPORTED_KINDS.contains(&k) => {
             v.err(
                 location,
