@@ -119,5 +119,8 @@ fn no_allocation_when_not_configured() {
     let p = RateLimitPolicy::build([&rules], Ctx::Gateway, tokio::time::Instant::now()).unwrap();
     let configured = allocs_per_request(Src(Some(Arc::new(p))), 1000);
     println!("allocations per request: off 0, local limit {configured}");
-    assert_eq!(configured, 0, "a proxy-wide bucket takes no allocation either");
+    assert_eq!(
+        configured, 0,
+        "a proxy-wide bucket takes no allocation either"
+    );
 }

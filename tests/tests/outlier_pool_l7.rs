@@ -431,3 +431,109 @@ async fn l7_http_idle_timeout_closes_upstream_connections() {
         "the idle one was closed"
     );
 }
+
+// Attacks on outlier detection and the pools (a client burst that overflows the connection
+// pool must not get healthy endpoints ejected), and the destination's connect timeout and
+// connection duration at L7.
+
+/// A burst past the pool, then ten sequential requests: all must succeed. Envoy's outlier
+/// detection counts responses and local-origin errors of requests sent to a host; a circuit
+/// breaker overflow never reaches the host (Envoy `outlier.rst`: "consecutive 5xx ... returned
+/// by an upstream host"; `circuit_breaking.rst`: overflow is answered locally with `UO`).
+async fn burst_then_all_served(t: u8, dr: &str) {
+    let slow = Duration::from_millis(1000);
+    let a = backend(format!("127.213.{t}.21:8080").parse().unwrap(), 200, slow).await;
+    let b = backend(format!("127.213.{t}.22:8080").parse().unwrap(), 200, slow).await;
+    let mesh = start(t, dr).await;
+    let first = tokio::spawn(get(t));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rest: Vec<_> = (0..9).map(|_| tokio::spawn(get(t))).collect();
+    let mut overflowed = 0;
+    for r in rest {
+        overflowed += usize::from(r.await.unwrap() == 503);
+    }
+    assert_eq!(first.await.unwrap(), 200);
+    assert!(overflowed > 0, "the burst overflowed the pool");
+    // Without outlier blame no endpoint is ejected (the proxy logs each ejection), and
+    // requests go on being served (one may still overflow: UO).
+    let mut ok = 0;
+    for _ in 0..6 {
+        ok += usize::from(get(t).await == 200);
+    }
+    let logs = mesh.proxy("wp").logs();
+    assert!(!logs.contains("endpoint ejected"), "{logs}");
+    assert!(ok > 0);
+    drop((a, b));
+}
+
+const OD: &str = "outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 300s, \
+                  maxEjectionPercent: 100}";
+
+/// Attack: overflowing `http2MaxRequests` (Envoy max_requests) ejects nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_overflow_burst_ejects_nobody() {
+    let dr = format!("{{connectionPool: {{http: {{http2MaxRequests: 1}}}}, {OD}}}");
+    burst_then_all_served(21, &dr).await;
+}
+
+/// Attack: overflowing `maxConnections` (a new connection refused, answered `UO` after the
+/// endpoint was chosen) ejects nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_overflow_burst_ejects_nobody() {
+    let dr = format!("{{connectionPool: {{tcp: {{maxConnections: 1}}}}, {OD}}}");
+    burst_then_all_served(22, &dr).await;
+}
+
+/// Istio `connectionPool.tcp.connectTimeout` ("TCP connection timeout") bounds the L7
+/// upstream dial too, not only L4: an endpoint's ztunnel that accepts TCP and never answers
+/// the TLS handshake (an attacker's tarpit) costs the request that timeout, not the proxy's
+/// own connect timeout (5 s, twice for the CONNECT) per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_dial_honours_the_destination_connect_timeout() {
+    const T: u8 = 24;
+    // The endpoints' HBONE ports: tarpits instead of node b's ztunnel.
+    for w in [21, 22] {
+        let tarpit = tokio::net::TcpListener::bind(format!("127.213.{T}.{w}:15008"))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = tarpit.accept().await {
+                held.push(s);
+            }
+        });
+    }
+    let mut mesh = InprocMesh::new(&l7_mesh(
+        T,
+        "{connectionPool: {tcp: {connectTimeout: 300ms}}}",
+    ));
+    mesh.waypoint("wp", "ns/wp", &[]).await;
+    mesh.ztunnel("a", &[]).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(get(T).await, 503);
+    let took = started.elapsed();
+    let logs = mesh.proxy("wp").logs();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(took >= Duration::from_millis(300), "took {took:?}: {logs}");
+}
+
+/// Istio `connectionPool.tcp.maxConnectionDuration` at L7: applied, not parsed and ignored.
+/// An upstream HTTP connection carries one request, so none outlives the duration by more
+/// than that request (Envoy's upstream `max_connection_duration` drains: active streams
+/// finish, no new one starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_max_connection_duration_bounds_upstream_connections() {
+    const T: u8 = 25;
+    let quick = Duration::from_millis(1);
+    let a = backend(format!("127.213.{T}.21:8080").parse().unwrap(), 200, quick).await;
+    let b = backend(format!("127.213.{T}.22:8080").parse().unwrap(), 200, quick).await;
+    let _mesh = start(T, "{connectionPool: {tcp: {maxConnectionDuration: 1h}}}").await;
+    for _ in 0..4 {
+        assert_eq!(get(T).await, 200);
+    }
+    let conns = a.conns.load(Ordering::SeqCst) + b.conns.load(Ordering::SeqCst);
+    assert_eq!(
+        conns, 4,
+        "no upstream connection reused past its one request"
+    );
+}

@@ -132,11 +132,19 @@ fn mirrors(
     errs: &mut Vec<FieldError>,
 ) -> Vec<crate::resilience::mirror::MirrorPolicy> {
     let mirror = |(j, fl): (usize, &FilterSpec), errs: &mut Vec<FieldError>| {
-        let m = fl.request_mirror.as_ref().filter(|_| fl.kind == "RequestMirror")?;
-        let dest = |bf: &str, errs: &mut Vec<FieldError>| destination(&m.backend_ref, bf, backend, errs);
+        let m = fl
+            .request_mirror
+            .as_ref()
+            .filter(|_| fl.kind == "RequestMirror")?;
+        let dest =
+            |bf: &str, errs: &mut Vec<FieldError>| destination(&m.backend_ref, bf, backend, errs);
         crate::resilience::mirror::request_mirror(m, &format!("{f}.filters[{j}]"), dest, errs)
     };
-    filters.iter().enumerate().filter_map(|x| mirror(x, errs)).collect()
+    filters
+        .iter()
+        .enumerate()
+        .filter_map(|x| mirror(x, errs))
+        .collect()
 }
 
 /// The filters of the rule at `f`: header operations and the URL rewrite.

@@ -47,16 +47,16 @@ pub use ext_authz::{Authorizer, ExtAuthzLayer};
 pub use fault::{Dice, Fault, FaultLayer, ThreadDice};
 pub use guard::{Guard, GuardLayer, Refusal};
 pub use jwt::{Authenticated, JwtLayer, JwtSource};
-pub use mirror::{Mirror, MirrorBody, MirrorLayer, MirrorLimits, MirrorStats};
 pub use meta::{Meta, UpstreamFailure, local};
+pub use mirror::{Mirror, MirrorBody, MirrorLayer, MirrorLimits, MirrorStats};
 pub use ratelimit::{GlobalAnswer, GlobalError, RateLimitLayer, RateLimitSource};
 pub use record::{CountedBody, Finished, RecordLayer, RecordedBody, Recorder};
 pub use replay::{DEFAULT_REPLAY_CAP, ReplayBody, ReplayError};
 pub use retry::{RetryLayer, RetrySource};
 pub use routing::{Lookup, Picked, RouteLayer, RouteSource, Target, UpstreamRequest};
+pub use timeout::TimeoutLayer;
 /// tower, as the layers use it (proxies compose the stack with its `ServiceBuilder`).
 pub use tower;
-pub use timeout::TimeoutLayer;
 pub use trace::{TraceContextLayer, TraceIds};
 
 #[cfg(test)]

@@ -392,11 +392,12 @@ fn compile_services(v: &mut Validator, raw: &Raw, attach: &Attach<'_>, out: &mut
                 &BTreeMap::new(),
                 WaypointFor::Service,
             ),
-            load_balancing: super::locality::traffic_distribution(&s.annotations)
-                .unwrap_or_else(|e| {
+            load_balancing: super::locality::traffic_distribution(&s.annotations).unwrap_or_else(
+                |e| {
                     v.err(loc, super::locality::TRAFFIC_DISTRIBUTION_FIELD, e);
                     None
-                }),
+                },
+            ),
         });
         let selected: Vec<Arc<Workload>> = match &s.spec.workload_selector {
             Some(sel) => workloads_by_ns
