@@ -33,6 +33,19 @@ pub(crate) struct Profile {
     pub(crate) authz: Option<Authz>,
     /// Where requests go.
     pub(crate) upstream: Upstream,
+    /// Which `EnvoyFilter` rate limits apply.
+    pub(crate) rate_limits: RateLimitScope,
+}
+
+/// Which `EnvoyFilter` rate limits apply: their patch context and the key of their policy.
+#[derive(Clone)]
+pub(crate) enum RateLimitScope {
+    /// `SIDECAR_INBOUND` of the workload at this address, for the app's port.
+    Inbound(IpAddr, u16),
+    /// `GATEWAY`: the waypoint with this target key.
+    Gateway(String),
+    /// `SIDECAR_OUTBOUND` of the workload at this address.
+    Outbound(IpAddr),
 }
 
 /// The `RequestAuthentication`s that apply.
@@ -92,6 +105,7 @@ impl Profile {
             .into_iter()
             .chain([waypoint.target_key.clone()])
             .collect();
+        let rate_limits = RateLimitScope::Gateway(waypoint.target_key.clone());
         Profile {
             name: "waypoint",
             reporter: Reporter::Waypoint,
@@ -110,6 +124,7 @@ impl Profile {
                 policies: Policies::Targets(waypoint),
             }),
             upstream: Upstream::Mesh,
+            rate_limits,
         }
     }
 
@@ -124,6 +139,7 @@ impl Profile {
             // As Istio's client sidecars report it.
             security: SecurityPolicy::Unknown,
             identity: workload.identity.clone(),
+            rate_limits: RateLimitScope::Outbound(workload.address),
             tunnel_source: Some(workload),
             authn: None,
             authz: None,
@@ -154,6 +170,7 @@ impl Profile {
                 destination_port: port,
                 policies: Policies::Workload(key),
             }),
+            rate_limits: RateLimitScope::Inbound(workload.address, port),
             upstream: Upstream::App { workload, port },
         }
     }

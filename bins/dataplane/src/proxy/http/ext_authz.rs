@@ -11,7 +11,6 @@ use tracing::warn;
 
 use super::Stream;
 use crate::proxy::ext_authz::{Peers, request};
-use crate::proxy::profiles::Policies;
 
 /// A stream's external authorizer.
 #[derive(Clone)]
@@ -42,12 +41,9 @@ impl ext_authz::Authorizer for Authorizer {
         let state = s.ctx.state.load();
         let name = provider.name.clone();
         let call = state.ext_authz.by_name.get(&*provider.name).map(|p| {
-            s.ctx.ext_authz.check(
-                &state,
-                p,
-                request(input, peers(s, &state)),
-                s.ctx.cfg.socket_mark,
-            )
+            s.ctx
+                .ext_authz
+                .check(&state, p, request(input, peers(s)), s.ctx.cfg.socket_mark)
         });
         async move {
             match call {
@@ -79,7 +75,7 @@ impl ext_authz::Authorizer for Authorizer {
 /// The stream's two ends as the CheckRequest names them. The destination principal is the
 /// identity of this end of the mTLS connection, as Envoy reports its own certificate's URI
 /// SAN: the waypoint's, or the sidecar's workload's.
-fn peers(s: &Stream, state: &crate::config::MeshState) -> Peers {
+fn peers(s: &Stream) -> Peers {
     let unspecified = std::net::IpAddr::from([0, 0, 0, 0]);
     let Some(a) = &s.profile.authz else {
         // Not reached: the layer is active only with an authz profile.
@@ -91,12 +87,8 @@ fn peers(s: &Stream, state: &crate::config::MeshState) -> Peers {
         };
     };
     let dst = SocketAddr::new(a.destination_ip, a.destination_port);
-    let own = match &a.policies {
-        Policies::Targets(waypoint) => Some(waypoint.identity.as_str().to_owned()),
-        Policies::Workload(_) => state
-            .workload_by_ip(dst.ip())
-            .map(|w| w.identity.as_str().to_owned()),
-    };
+    // This end's identity: the waypoint's, or the served workload's.
+    let own = Some(s.profile.identity.as_str().to_owned());
     Peers {
         source: s.client.unwrap_or(SocketAddr::new(a.self_ip, 0)),
         source_principal: s.src_identity.as_ref().map(|i| i.as_str().to_owned()),

@@ -11,7 +11,7 @@ use mesh_l7::layer::{GlobalAnswer, GlobalError, RateLimitSource};
 use mesh_l7::ratelimit::{Descriptor, GlobalFilter, RateLimitPolicy, VhostFacts};
 
 use super::Stream;
-use crate::proxy::profiles::{Authz, Policies, Upstream};
+use crate::proxy::profiles::RateLimitScope;
 
 /// A stream's rate limit source.
 #[derive(Clone)]
@@ -29,23 +29,11 @@ impl RateLimitSource for Limits {
         }
         let host = s.service.as_ref().and_then(|sp| sp.service.hosts.first());
         let host = host.map(String::as_str);
-        let (policy, port) = match (&s.profile.upstream, &s.profile.authz) {
-            (Upstream::App { workload, port }, _) => (rl.inbound.get(&workload.address), *port),
-            (
-                Upstream::Mesh,
-                Some(Authz {
-                    policies: Policies::Targets(wp),
-                    ..
-                }),
-            ) => (
-                rl.waypoints.get(&wp.target_key),
-                s.service.as_ref().map_or(0, |sp| sp.port),
-            ),
-            (Upstream::Mesh, _) => {
-                let w = s.profile.tunnel_source.as_ref();
-                let port = s.service.as_ref().map_or(0, |sp| sp.port);
-                (w.and_then(|w| rl.outbound.get(&w.address)), port)
-            }
+        let service_port = s.service.as_ref().map_or(0, |sp| sp.port);
+        let (policy, port) = match &s.profile.rate_limits {
+            RateLimitScope::Inbound(ip, port) => (rl.inbound.get(ip), *port),
+            RateLimitScope::Gateway(key) => (rl.waypoints.get(key), service_port),
+            RateLimitScope::Outbound(ip) => (rl.outbound.get(ip), service_port),
         };
         Some(f(policy?, VhostFacts { host, port }))
     }
