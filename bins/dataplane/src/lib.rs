@@ -8,6 +8,7 @@
 //! - [`socks5`]: the SOCKS5 handshake.
 //! - [`roles`]: the ztunnel, waypoint and sidecar: each a composition of the core's listeners
 //!   and layers, with its command line and process main.
+//! - [`zds`]: the istio-cni agent's protocol: pods handed over with their network namespaces.
 //! - [`process`]: what every proxy process shares: the common command line, logging, the
 //!   runtime, certificates, following istiod, the stop.
 
@@ -24,6 +25,7 @@ pub mod proxy;
 pub mod roles;
 pub mod sockets;
 pub mod socks5;
+pub mod zds;
 
 pub use error::Error;
 pub use process::ProxyArgs;
