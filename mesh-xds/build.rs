@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/istio/workload/workload.proto",
         "proto/istio/security/authorization.proto",
+        "proto/istio/zds/zds.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

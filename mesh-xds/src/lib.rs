@@ -63,4 +63,9 @@ pub mod pb {
     pub mod security {
         include!(concat!(env!("OUT_DIR"), "/istio.security.rs"));
     }
+    /// `istio.workload.zds`: the istio-cni agent ↔ ztunnel protocol (`WorkloadRequest`,
+    /// `WorkloadResponse`, `ZdsHello`).
+    pub mod zds {
+        include!(concat!(env!("OUT_DIR"), "/istio.workload.zds.rs"));
+    }
 }
