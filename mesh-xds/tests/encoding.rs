@@ -666,3 +666,163 @@ fn address_oneof() {
         &[0x12, 0x06, 0x12, 0x04, 10, 0, 0, 9, 0x18, 0xa0, 0x75],
     );
 }
+
+/// The fields the data plane makes effective for Istio 1.31's tunnels and waypoints, nested
+/// as istiod sends them (istio/ztunnel `proto/workload.proto`: `Service.weighted_waypoints =
+/// 13`, `WeightedWaypoint.destination = 1` / `weight = 2`, `GatewayAddress.hostname = 1` /
+/// `address = 2` / `hbone_mtls_port = 3`, `Workload.hostname = 21`,
+/// `Workload.application_tunnel = 23`, `ApplicationTunnel.protocol = 1` / `port = 2`).
+#[test]
+fn weighted_waypoints_hostname_and_application_tunnel_match_istio() {
+    let by_host = wl::WeightedWaypoint {
+        destination: Some(wl::GatewayAddress {
+            destination: Some(wl::gateway_address::Destination::Hostname(
+                wl::NamespacedHostname {
+                    namespace: "n".into(),
+                    hostname: "h".into(),
+                },
+            )),
+            hbone_mtls_port: 15008,
+        }),
+        weight: 3,
+    };
+    let by_addr = wl::WeightedWaypoint {
+        destination: Some(wl::GatewayAddress {
+            destination: Some(wl::gateway_address::Destination::Address(
+                wl::NetworkAddress {
+                    network: String::new(),
+                    address: vec![127, 224, 0, 4],
+                    length: None,
+                },
+            )),
+            hbone_mtls_port: 0,
+        }),
+        weight: u32::MAX,
+    };
+    check(
+        "wl::Service.weighted_waypoints (hostname, address, u32::MAX)",
+        wl::Service {
+            weighted_waypoints: vec![by_host, by_addr],
+            ..Default::default()
+        },
+        &[
+            // entry 1: destination { hostname { "n", "h" }, hbone_mtls_port 15008 }, weight 3
+            0x6a, 0x0f, 0x0a, 0x0b, 0x0a, 0x06, 0x0a, 0x01, 0x6e, 0x12, 0x01, 0x68, 0x18, 0xa0,
+            0x75, 0x10, 0x03, //
+            // entry 2: destination { address { address 127.224.0.4 } }, weight u32::MAX
+            0x6a, 0x10, 0x0a, 0x08, 0x12, 0x06, 0x12, 0x04, 0x7f, 0xe0, 0x00, 0x04, 0x10, 0xff,
+            0xff, 0xff, 0xff, 0x0f,
+        ],
+    );
+    check(
+        "wl::Workload.application_tunnel (PROXY, port 15088)",
+        wl::Workload {
+            application_tunnel: Some(wl::ApplicationTunnel {
+                protocol: wl::application_tunnel::Protocol::Proxy as i32,
+                port: 15088,
+            }),
+            ..Default::default()
+        },
+        &[0xba, 0x01, 0x05, 0x08, 0x01, 0x10, 0xf0, 0x75],
+    );
+    check(
+        "wl::Workload.hostname without addresses",
+        wl::Workload {
+            name: "e".into(),
+            hostname: "db.example".into(),
+            ..Default::default()
+        },
+        &[
+            0x0a, 0x01, 0x65, 0xaa, 0x01, 0x0a, 0x64, 0x62, 0x2e, 0x65, 0x78, 0x61, 0x6d, 0x70,
+            0x6c, 0x65,
+        ],
+    );
+}
+
+/// The fields the data plane makes effective for Istio 1.31's networks and service lookups,
+/// nested as istiod sends them (istio/ztunnel `proto/workload.proto`: `Workload.network = 4`,
+/// `Service.addresses = 4` with `NetworkAddress.network = 1` / `address = 2` / `length = 3`
+/// (proto3 `optional`: present even when 0), `Service.canonical = 11`,
+/// `Service.ingress_use_waypoint = 12`, `Service.visibility = 14`,
+/// `GatewayAddress.address = 2` with its network).
+#[test]
+fn networks_cidrs_canonical_and_visibility_match_istio() {
+    check(
+        "wl::Service (network addresses, a /16 CIDR, canonical, ingress_use_waypoint, NAMESPACE)",
+        wl::Service {
+            addresses: vec![
+                wl::NetworkAddress {
+                    network: "n1".into(),
+                    address: vec![127, 223, 0, 0],
+                    length: Some(16),
+                },
+                wl::NetworkAddress {
+                    network: String::new(),
+                    address: vec![127, 223, 9, 1],
+                    length: None,
+                },
+            ],
+            canonical: true,
+            ingress_use_waypoint: true,
+            visibility: wl::service::Visibility::Namespace as i32,
+            ..Default::default()
+        },
+        &[
+            // addresses[0]: network "n1", address 127.223.0.0, length 16
+            0x22, 0x0c, 0x0a, 0x02, 0x6e, 0x31, 0x12, 0x04, 0x7f, 0xdf, 0x00, 0x00, 0x18, 0x10,
+            // addresses[1]: address 127.223.9.1 (no network, no length: a host address)
+            0x22, 0x06, 0x12, 0x04, 0x7f, 0xdf, 0x09, 0x01, //
+            0x58, 0x01, // canonical
+            0x60, 0x01, // ingress_use_waypoint
+            0x70, 0x01, // visibility NAMESPACE
+        ],
+    );
+    check(
+        "wl::Workload.network with a waypoint address on that network",
+        wl::Workload {
+            network: "n1".into(),
+            waypoint: Some(wl::GatewayAddress {
+                destination: Some(wl::gateway_address::Destination::Address(
+                    wl::NetworkAddress {
+                        network: "n1".into(),
+                        address: vec![127, 223, 0, 9],
+                        length: None,
+                    },
+                )),
+                hbone_mtls_port: 15008,
+            }),
+            ..Default::default()
+        },
+        &[
+            0x22, 0x02, 0x6e, 0x31, // network "n1"
+            // waypoint { address { network "n1", address 127.223.0.9 }, hbone_mtls_port 15008 }
+            0x42, 0x11, 0x12, 0x0a, 0x0a, 0x02, 0x6e, 0x31, 0x12, 0x04, 0x7f, 0xdf, 0x00, 0x09,
+            0x18, 0xa0, 0x75,
+        ],
+    );
+}
+
+/// A field a later Istio adds is skipped by the decoder, as Istio's ztunnel (prost) does:
+/// the rest of the message decodes unchanged, whatever the wire type of the unknown field.
+#[test]
+fn unknown_future_fields_are_skipped() {
+    let known = wl::Service {
+        name: "s".into(),
+        canonical: true,
+        ..Default::default()
+    };
+    let mut bytes = known.encode_to_vec();
+    // field 99 varint 5; field 100 length-delimited "zz"; field 101 fixed32; field 102 fixed64
+    bytes.extend_from_slice(&[0x98, 0x06, 0x05]);
+    bytes.extend_from_slice(&[0xa2, 0x06, 0x02, b'z', b'z']);
+    bytes.extend_from_slice(&[0xad, 0x06, 1, 2, 3, 4]);
+    bytes.extend_from_slice(&[0xb1, 0x06, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(wl::Service::decode(bytes.as_slice()).unwrap(), known);
+    let mut w = wl::Workload {
+        network: "n1".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    w.extend_from_slice(&[0xf8, 0x07, 0x01]); // field 127 varint 1
+    assert_eq!(wl::Workload::decode(w.as_slice()).unwrap().network, "n1");
+}
