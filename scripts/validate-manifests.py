@@ -98,9 +98,23 @@ def fetch_npm_schemas(cache: Path) -> Path:
         staging = cache / "gateway-api.tmp"
         staging.mkdir(parents=True, exist_ok=True)
         with tarfile.open(tgz) as t:
-            t.extractall(staging, filter="data")
+            safe_extract(t, staging)
         staging.rename(dest)
     return dest
+
+
+def safe_extract(t: tarfile.TarFile, dest: Path) -> None:
+    """Regular files and directories only, all inside `dest` (Python's `data` filter where
+    this Python has it)."""
+    if hasattr(tarfile, "data_filter"):
+        t.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for m in t.getmembers():
+        target = (dest / m.name).resolve()
+        if not (m.isfile() or m.isdir()) or root not in (target, *target.parents):
+            sys.exit(f"{NPM_PACKAGE}: refusing tar member {m.name!r}")
+    t.extractall(dest)
 
 
 # ---------------------------------------------------------------------------------------
