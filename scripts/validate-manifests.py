@@ -286,9 +286,12 @@ def check_dockerfile(file: Path, name: str) -> list:
     builder = stages.get("builder")
     if builder is None or not any("cargo build --release --locked" in r for r in builder["runs"]):
         out.append(f"{name}: stage builder: `cargo build --release --locked` is required")
+    # The builder's toolchain is the workspace's rust-version (Cargo.toml).
+    m = re.search(r'^rust-version = "([0-9.]+)"', (ROOT / "Cargo.toml").read_text(), re.M)
+    want = f"rust:{m.group(1) if m else '?'}-bookworm"
     chef = stages.get("chef")
-    if chef is None or not chef["from"].startswith("rust:1.95-bookworm"):
-        out.append(f"{name}: stage chef: FROM rust:1.95-bookworm is required")
+    if chef is None or chef["from"] != want:
+        out.append(f"{name}: stage chef: FROM {want} is required (the workspace's rust-version)")
     for target, (base, user) in TARGETS.items():
         s = stages.get(target)
         if s is None:
@@ -392,6 +395,8 @@ DOCKERFILE_CASES = [
     ("ztunnel entrypoint not Istio's path",
      ('ENTRYPOINT ["/usr/local/bin/ztunnel"]', 'ENTRYPOINT ["/ztunnel"]'),
      "target ztunnel: ENTRYPOINT"),
+    ("builder toolchain not the workspace's rust-version",
+     ("FROM rust:1.95-bookworm AS chef", "FROM rust:1.94-bookworm AS chef"), "rust-version"),
     ("build without --locked",
      ("RUN cargo build --release --locked", "RUN cargo build --release"),
      "cargo build --release --locked"),
