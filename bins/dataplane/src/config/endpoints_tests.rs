@@ -120,6 +120,8 @@ fn l4_strict_preference_never_leaves_the_zone() {
             scopes: vec![Scope::Region, Scope::Zone],
             mode: Mode::Strict,
         }),
+        visibility: svc.visibility,
+        canonical: svc.canonical,
     };
     let sp2 = ServicePort::new(
         Arc::new(strict),

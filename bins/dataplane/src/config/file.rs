@@ -398,6 +398,8 @@ fn compile_services(v: &mut Validator, raw: &Raw, attach: &Attach<'_>, out: &mut
                     None
                 },
             ),
+            visibility: super::Visibility::Public,
+            canonical: false,
         });
         let selected: Vec<Arc<Workload>> = match &s.spec.workload_selector {
             Some(sel) => workloads_by_ns

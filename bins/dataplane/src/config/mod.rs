@@ -18,13 +18,16 @@ mod file;
 mod l7file;
 mod load;
 mod locality;
+mod lookup;
 pub mod model;
+mod netindex;
 mod parse;
 mod protocol;
 pub mod ratelimits;
 pub mod retry;
 mod routes;
 mod state;
+mod visibility;
 mod waypoints;
 mod workload;
 pub mod xds;
@@ -48,6 +51,7 @@ pub use self::load::{load_file, parse};
 pub use self::model::*;
 pub use self::parse::{L7_FILE_KINDS, Resources, is_dns_label, is_dns_subdomain};
 pub use self::protocol::Protocol;
+pub use self::visibility::Visibility;
 pub use self::state::{
     Endpoint, EndpointSet, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor, Workload,
 };

@@ -108,6 +108,8 @@ pub struct MeshState {
     pub(crate) by_ip: FastMap<IpAddr, Arc<Workload>>,
     pub(crate) by_vip: FastMap<SocketAddr, Arc<ServicePort>>,
     pub(crate) by_host: HashMap<String, HashMap<u16, Arc<ServicePort>>>,
+    /// Client-dependent lookups (visibility, `canonical`, CIDR addresses, other networks).
+    pub(crate) net: Arc<super::netindex::NetIndex>,
 }
 
 impl MeshState {
@@ -143,6 +145,7 @@ impl MeshState {
             by_ip: FastMap::default(),
             by_vip: FastMap::default(),
             by_host: HashMap::new(),
+            net: Arc::new(super::netindex::NetIndex::empty()),
         }
     }
 

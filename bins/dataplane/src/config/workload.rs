@@ -172,6 +172,12 @@ pub struct Service {
     /// Its routing preference (workload API `load_balancing`, Kubernetes
     /// `trafficDistribution`), for locality-aware balancing at L4 and L7.
     pub load_balancing: Option<mesh_l7::balance::locality::Placement>,
+    /// Who may see it (workload API `visibility`): a `Namespace` service is hidden from clients
+    /// in other namespaces in VIP lookup and DNS. `Public` for file-defined services.
+    pub visibility: super::visibility::Visibility,
+    /// Preferred among services sharing a host name or VIP when none is in the client's
+    /// namespace (workload API `canonical`).
+    pub canonical: bool,
 }
 
 /// A ztunnel node.

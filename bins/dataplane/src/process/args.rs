@@ -60,6 +60,11 @@ pub struct ProxyArgs {
     /// cluster in metrics for control-plane configs.
     #[arg(long, default_value = crate::config::DEFAULT_CLUSTER_ID, value_name = "ID")]
     pub cluster_id: String,
+    /// The network this proxy is on (Istio's `NETWORK`; default: the default network, empty).
+    /// Workloads and service addresses istiod puts on another network are kept but not
+    /// reachable: multi-network gateways are not supported.
+    #[arg(long, default_value = "", value_name = "NAME")]
+    pub network: String,
     /// Lifetime of workload certificates issued by the local CA (renewed at half-life).
     #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     pub cert_ttl: Duration,

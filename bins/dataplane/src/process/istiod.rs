@@ -34,6 +34,7 @@ pub(crate) fn xds_store(
         trust_domain: crate::config::default_trust_domain(),
         service_listeners: listeners,
     })
+    .on_network(c.network.clone())
 }
 
 /// Loads the L7 file (`--config`, if given) into `store`; without one the L7 indexes are

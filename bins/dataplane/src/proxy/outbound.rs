@@ -91,7 +91,7 @@ async fn proxy(
         && !socks
         && let Target::Addr(addr) = &target
         && let Some(sp) = state
-            .service_by_vip(*addr)
+            .vip_for_client(*addr, &src.namespace)
             .filter(|sp| sp.service.waypoint.is_none() && sp.protocol.is_http())
             .cloned()
     {
@@ -135,7 +135,7 @@ async fn l4(
     start: tokio::time::Instant,
 ) {
     let state = ctx.state.load_full();
-    let decision = route(&state, &target);
+    let decision = route(&state, &target, &src.namespace);
     drop(state);
     match decision {
         Route::Hbone {
@@ -211,6 +211,10 @@ async fn l4(
         }
         Route::UnknownHost(h) => {
             debug!(host = %h, "unknown host");
+            reply(&mut tcp, socks, Reply::HostUnreachable).await;
+        }
+        Route::OtherNetwork(addr, network) => {
+            other_network(&ctx, &src, peer, addr, &network, start);
             reply(&mut tcp, socks, Reply::HostUnreachable).await;
         }
     }
@@ -409,4 +413,42 @@ async fn plain(
     }
     let totals = rec.as_ref().map(|r| r.totals());
     observe::log_copied(access, record(), &result, early.len() as u64, totals, start);
+}
+
+/// Logs and counts a connection to a workload on another network (`NR`): multi-network
+/// meshes need a network gateway, which is not supported, and the address may be another
+/// host on ours, so it is never dialled.
+fn other_network(
+    ctx: &Ctx,
+    src: &Workload,
+    peer: SocketAddr,
+    addr: SocketAddr,
+    network: &str,
+    start: tokio::time::Instant,
+) {
+    warn!(src.addr = %peer, dst.addr = %addr, dst.network = %network, "refused: the destination is a workload on another network (network gateways are not supported)");
+    let labels = observe::labels(
+        Reporter::Source,
+        &src.telemetry,
+        &mesh_telemetry::metrics::PeerLabels::unknown(),
+        None,
+        SecurityPolicy::Unknown,
+    );
+    let rec = observe::record(
+        "outbound",
+        Some(peer),
+        Some(src),
+        Some(src.identity.as_str()),
+        Some(addr),
+        None,
+        SecurityPolicy::Unknown,
+    );
+    let counted = Some((&labels, ResponseFlags::NoRoute));
+    observe::refuse(
+        &ctx.telemetry,
+        counted,
+        rec,
+        "destination on another network (no network gateway)",
+        start,
+    );
 }

@@ -48,33 +48,30 @@ pub enum Route {
     NoEndpoints(Arc<ServicePort>),
     /// A host name no service has.
     UnknownHost(String),
+    /// The address of a workload on another network (`network`): reachable only through a
+    /// network gateway, which is not supported; refused, never dialled.
+    OtherNetwork(SocketAddr, String),
 }
 
 /// Decides the route for `target`. Services are balanced round-robin over their endpoints;
 /// a service (or a directly addressed workload) with a waypoint goes through it (Istio: the
-/// service VIP uses the service's waypoint, a workload address the workload's).
-pub fn route(state: &MeshState, target: &Target) -> Route {
+/// service VIP uses the service's waypoint, a workload address the workload's). A client in
+/// namespace `client_ns` sees only the services visible to it (Istio's `visibility`), ranked
+/// as Istio (its namespace's, `canonical`, first); an address that is no exact VIP may be in
+/// a service's CIDR unless a workload has it (Istio's `find_address`: a workload first). An
+/// address only a workload on another network has is refused.
+pub fn route(state: &MeshState, target: &Target, client_ns: &str) -> Route {
     let service = match target {
-        Target::Host(h, port) => match state.service_by_host(h, *port) {
+        Target::Host(h, port) => match state.service_by_host_for_client(h, *port, client_ns) {
             Some(sp) => sp.clone(),
             None => return Route::UnknownHost(h.clone()),
         },
-        Target::Addr(addr) => match state.service_by_vip(*addr) {
+        Target::Addr(addr) => match state.vip_for_client(*addr, client_ns) {
             Some(sp) => sp.clone(),
-            None => {
-                return match state.workload_by_ip(addr.ip()) {
-                    Some(w) => match &w.waypoint {
-                        Some(wp) => Route::Waypoint {
-                            waypoint: wp.clone(),
-                            authority: *addr,
-                            service: None,
-                            workload: Some(w.clone()),
-                        },
-                        None => to_workload(w.clone(), addr.port(), None),
-                    },
-                    None => Route::Passthrough(*addr),
-                };
-            }
+            None => match not_a_vip(state, *addr, client_ns) {
+                Ok(cidr_service) => cidr_service,
+                Err(route) => return route,
+            },
         },
     };
     if let Some(wp) = &service.service.waypoint {
@@ -101,6 +98,34 @@ pub fn route(state: &MeshState, target: &Target) -> Route {
         Some(ep) => to_workload(ep.workload.clone(), ep.port, Some(service.clone())),
         None => Route::NoEndpoints(service),
     }
+}
+
+/// An address that is no VIP for this client: a workload's (through its waypoint, if it has
+/// one), else a CIDR service's (`Ok`, routed as a service), else another network's workload's
+/// (refused), else not the mesh's.
+fn not_a_vip(
+    state: &MeshState,
+    addr: SocketAddr,
+    client_ns: &str,
+) -> Result<Arc<ServicePort>, Route> {
+    if let Some(w) = state.workload_by_ip(addr.ip()) {
+        return Err(match &w.waypoint {
+            Some(wp) => Route::Waypoint {
+                waypoint: wp.clone(),
+                authority: addr,
+                service: None,
+                workload: Some(w.clone()),
+            },
+            None => to_workload(w.clone(), addr.port(), None),
+        });
+    }
+    if let Some(sp) = state.cidr_for_client(addr, client_ns) {
+        return Ok(sp.clone());
+    }
+    Err(match state.other_network(addr.ip()) {
+        Some(net) => Route::OtherNetwork(addr, net.to_owned()),
+        None => Route::Passthrough(addr),
+    })
 }
 
 fn to_workload(workload: Arc<Workload>, port: u16, service: Option<Arc<ServicePort>>) -> Route {
@@ -170,7 +195,7 @@ spec:
         let vip = Target::Addr("10.96.0.1:80".parse().unwrap());
         let mut seen = Vec::new();
         for _ in 0..4 {
-            match route(&s, &vip) {
+            match route(&s, &vip, "ns") {
                 Route::Hbone {
                     workload,
                     port,
@@ -187,11 +212,11 @@ spec:
         }
         assert_eq!(seen, ["w1", "w2", "w1", "w2"], "round robin");
         assert!(matches!(
-            route(&s, &Target::Host("S.ns.svc".into(), 80)),
+            route(&s, &Target::Host("S.ns.svc".into(), 80), "ns"),
             Route::Hbone { .. }
         ));
         assert!(matches!(
-            route(&s, &Target::Addr("10.0.0.2:9000".parse().unwrap())),
+            route(&s, &Target::Addr("10.0.0.2:9000".parse().unwrap()), "ns"),
             Route::Hbone {
                 port: 9000,
                 service: None,
@@ -199,19 +224,19 @@ spec:
             }
         ));
         assert!(matches!(
-            route(&s, &Target::Addr("10.0.0.9:22".parse().unwrap())),
+            route(&s, &Target::Addr("10.0.0.9:22".parse().unwrap()), "ns"),
             Route::Plain { .. }
         ));
         assert!(matches!(
-            route(&s, &Target::Addr("10.96.0.2:80".parse().unwrap())),
+            route(&s, &Target::Addr("10.96.0.2:80".parse().unwrap()), "ns"),
             Route::NoEndpoints(_)
         ));
         assert!(matches!(
-            route(&s, &Target::Addr("192.0.2.1:443".parse().unwrap())),
+            route(&s, &Target::Addr("192.0.2.1:443".parse().unwrap()), "ns"),
             Route::Passthrough(_)
         ));
         assert!(matches!(
-            route(&s, &Target::Host("nope.svc".into(), 80)),
+            route(&s, &Target::Host("nope.svc".into(), 80), "ns"),
             Route::UnknownHost(_)
         ));
     }

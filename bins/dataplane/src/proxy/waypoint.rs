@@ -48,7 +48,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     // HTTP services get L7 routing: the stream is accepted and each request routed on its own;
     // ports with no declared protocol are sniffed first (Istio's protocol detection).
     let http = state
-        .service_by_vip(req.authority)
+        .service_at(req.authority)
         .filter(|sp| uses(&sp.service.waypoint, &wp) && sp.protocol.is_http());
     if let Some(sp) = http.cloned() {
         drop(state);
@@ -118,7 +118,7 @@ fn target(
     authority: SocketAddr,
     health: &super::health::Health,
 ) -> Option<Target> {
-    match state.service_by_vip(authority) {
+    match state.service_at(authority) {
         Some(sp) if uses(&sp.service.waypoint, wp) => healthy_pick(sp, health).map(|ep| Target {
             workload: ep.workload.clone(),
             port: ep.port,

@@ -42,7 +42,7 @@ impl XdsStore {
                     }
                     Err(e) => rejected.push(reject(&name, format!("Workload: {e}"))),
                 },
-                Some(wl::address::Type::Service(s)) => match service(&s) {
+                Some(wl::address::Type::Service(s)) => match service(&s, &self.network) {
                     Ok(x) => {
                         self.forget(&name);
                         self.touch([x.key.clone()]);

@@ -11,6 +11,7 @@ use mesh_identity::{SpiffeId, TrustDomain};
 
 use super::super::assemble::{Sourced, assemble};
 use super::super::errors::Validator;
+use super::super::netindex::NetIndexBuilder;
 use super::super::state::{
     Endpoint, FastMap, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor,
 };
@@ -49,6 +50,7 @@ impl<'s> Resolver<'s> {
             wl_by_ip: store
                 .workloads
                 .values()
+                .filter(|w| w.other_network.is_none())
                 .map(|w| (w.arc.address, w))
                 .collect(),
             endpoints_of,
@@ -58,6 +60,7 @@ impl<'s> Resolver<'s> {
 
     /// The waypoint `g` names, serving `for_`; `None` if not described (yet).
     fn resolve(&mut self, g: &GatewayRef, for_: WaypointFor) -> Option<Arc<Waypoint>> {
+        let g = &super::network::on_our_network(g, &self.store.network)?;
         let (svc, port) = match g {
             GatewayRef::Hostname(key, port) => (self.svc_by_key.get(key.as_str()).copied(), *port),
             GatewayRef::Address(ip, port) => {
@@ -76,6 +79,7 @@ impl<'s> Resolver<'s> {
                     *port,
                 )
             }
+            GatewayRef::OtherNetwork(..) => return None,
         };
         let svc = svc?;
         let w = self
@@ -109,6 +113,8 @@ struct Workloads<'s> {
     /// Two workloads on one address: which one is an endpoint depends on both, so no cached
     /// service port is trusted in this build.
     shared_address: bool,
+    /// Workloads on other networks: kept out of the state, their addresses known.
+    net: NetIndexBuilder,
 }
 
 /// The service ports of a full build with their indexes.
@@ -117,6 +123,8 @@ struct Services {
     service_ports: Vec<Arc<ServicePort>>,
     by_vip: FastMap<SocketAddr, Arc<ServicePort>>,
     by_host: ByHost,
+    /// Candidates for the client-dependent lookups.
+    net: NetIndexBuilder,
 }
 
 impl XdsStore {
@@ -165,8 +173,10 @@ impl XdsStore {
     /// The whole mesh state built from every resource.
     fn build_full(&self, cache: &mut Cache) -> MeshState {
         let mut resolver = Resolver::new(self);
-        let w = self.full_workloads(&mut resolver);
-        let svcs = self.full_services(cache, &mut resolver, &w);
+        let mut w = self.full_workloads(&mut resolver);
+        let mut svcs = self.full_services(cache, &mut resolver, &w);
+        let mut net = std::mem::take(&mut svcs.net);
+        net.other_networks_of(std::mem::take(&mut w.net));
         let mut state = self.empty_state();
         // Our node (others are not needed: peers are reached at their workloads' HBONE
         // addresses, and their addresses are not in the workload API).
@@ -185,6 +195,7 @@ impl XdsStore {
         state.by_ip = w.by_ip;
         state.by_vip = svcs.by_vip;
         state.by_host = svcs.by_host;
+        state.net = Arc::new(net.finish(&mut state.by_vip, &mut state.by_host));
         self.assemble(cache, &mut state, w.listed);
         cache.built = Some(Built {
             shared_address: w.shared_address,
@@ -194,6 +205,7 @@ impl XdsStore {
             node,
             authz: state.authz.clone(),
             policies: state.policies.clone(),
+            net_scoped: !state.net.is_empty(),
         });
         cache.changed.clear();
         cache.full = false;
@@ -261,8 +273,13 @@ impl XdsStore {
             by_ip: FastMap::default(),
             listed: Vec::new(),
             shared_address: false,
+            net: NetIndexBuilder::default(),
         };
         for (n, x) in &self.workloads {
+            if let Some(network) = &x.other_network {
+                out.net.other_network(x.arc.address, network);
+                continue;
+            }
             let wp = match &x.waypoint {
                 Some(g) => {
                     let r = resolver.resolve(g, WaypointFor::Workload);
@@ -339,6 +356,7 @@ impl XdsStore {
                 && !dirty.contains(key)
                 && let Some(sps) = cached.get(name)
             {
+                out.net.add(&x.vips, &x.scope.cidrs, sps);
                 index_ports(x, sps, &mut out.by_vip, &mut out.by_host);
                 out.service_ports.extend(sps.iter().cloned());
                 continue;
@@ -363,6 +381,7 @@ impl XdsStore {
                 })
                 .collect();
             let ports = ports_of(x, &service, &members, &w.by_ip);
+            out.net.add(&x.vips, &x.scope.cidrs, &ports);
             index_ports(x, &ports, &mut out.by_vip, &mut out.by_host);
             out.service_ports.extend(ports.iter().cloned());
             if cacheable {
@@ -412,6 +431,8 @@ pub(super) fn service_arc(x: &XService, waypoint: Option<Arc<Waypoint>>) -> Arc<
         vips: x.vips.clone(),
         waypoint,
         load_balancing: x.load_balancing.clone(),
+        visibility: x.scope.visibility,
+        canonical: x.scope.canonical,
     })
 }
 
@@ -502,6 +523,12 @@ fn waypoint(
 fn unresolved_waypoint(td: &TrustDomain, g: &GatewayRef) -> Arc<Waypoint> {
     let (address, port, name) = match g {
         GatewayRef::Address(ip, port) => (*ip, *port, ip.to_string()),
+        // Never dialled: the discard prefix below, as an unknown host name.
+        GatewayRef::OtherNetwork(net, ip, port) => (
+            IpAddr::V6(std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1)),
+            *port,
+            format!("{net}/{ip}"),
+        ),
         // Nothing listens on the IPv6 discard prefix: connections fail at once.
         GatewayRef::Hostname(h, port) => (
             IpAddr::V6(std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1)),

@@ -38,15 +38,13 @@ fn gateway(field: &str, g: &wl::GatewayAddress) -> Result<GatewayRef, String> {
     };
     match &g.destination {
         Some(wl::gateway_address::Destination::Address(a)) => {
-            if !a.network.is_empty() {
-                return Err(format!(
-                    "unsupported Istio field `{field}.address.network`: multiple networks are not supported yet"
-                ));
+            let ip = ip_of(&a.address).map_err(|e| format!("{field}.address: {e}"))?;
+            // Resolved at build time against our network (`network.rs`).
+            if a.network.is_empty() {
+                Ok(GatewayRef::Address(ip, port))
+            } else {
+                Ok(GatewayRef::OtherNetwork(a.network.clone(), ip, port))
             }
-            Ok(GatewayRef::Address(
-                ip_of(&a.address).map_err(|e| format!("{field}.address: {e}"))?,
-                port,
-            ))
         }
         Some(wl::gateway_address::Destination::Hostname(h)) => Ok(GatewayRef::Hostname(
             format!("{}/{}", h.namespace, h.hostname.to_ascii_lowercase()),
@@ -72,11 +70,6 @@ fn protocol(p: i32) -> super::super::Protocol {
 fn check_workload(w: &wl::Workload) -> Result<bool, String> {
     if w.name.is_empty() || w.namespace.is_empty() {
         return Err("name and namespace are required".into());
-    }
-    if !w.network.is_empty() {
-        return Err(
-            "unsupported Istio field `network`: multiple networks are not supported yet".into(),
-        );
     }
     if w.network_gateway.is_some() {
         return Err(
@@ -205,6 +198,7 @@ impl XdsStore {
             waypoint,
             services,
             policies: w.authorization_policies.clone(),
+            other_network: super::network::other_network(w, &self.network),
         })
     }
 
@@ -264,7 +258,7 @@ impl XdsStore {
     }
 }
 
-pub(super) fn service(s: &wl::Service) -> Result<XService, String> {
+pub(super) fn service(s: &wl::Service, network: &str) -> Result<XService, String> {
     if s.name.is_empty() || s.namespace.is_empty() || s.hostname.is_empty() {
         return Err("name, namespace and hostname are required".into());
     }
@@ -275,15 +269,7 @@ pub(super) fn service(s: &wl::Service) -> Result<XService, String> {
         return Err("unsupported Istio field `weighted_waypoints`".into());
     }
     let load_balancing = super::super::locality::load_balancing(s.load_balancing.as_ref())?;
-    let mut vips = Vec::new();
-    for (i, a) in s.addresses.iter().enumerate() {
-        if !a.network.is_empty() {
-            return Err(format!(
-                "unsupported Istio field `addresses[{i}].network`: multiple networks are not supported yet"
-            ));
-        }
-        vips.push(ip_of(&a.address).map_err(|e| format!("addresses[{i}]: {e}"))?);
-    }
+    let (vips, scope) = super::network::service_scope(s, network)?;
     let mut ports = Vec::new();
     let mut seen = HashSet::new();
     for (i, p) in s.ports.iter().enumerate() {
@@ -311,6 +297,7 @@ pub(super) fn service(s: &wl::Service) -> Result<XService, String> {
             .map(|g| gateway("waypoint", g))
             .transpose()?,
         load_balancing,
+        scope,
     })
 }
 

@@ -32,10 +32,13 @@
 mod apply;
 mod build;
 mod convert;
+mod network;
 mod patch;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_131;
 
 // What the unit tests (`tests.rs`, `use super::*`) name from here.
 #[cfg(test)]

@@ -25,6 +25,7 @@ impl XdsStore {
         // A store that serves one workload or a gateway, or holds L7 kinds, builds in full.
         if cache.full
             || built.shared_address
+            || built.net_scoped
             || self.any_waypoint()
             || self.local != Local::NodeWorkloads
             || self.l7.is_some()
@@ -49,6 +50,10 @@ impl XdsStore {
                 removes.push(&o.key);
             }
             if let Some(x) = self.workloads.get(uid) {
+                // Another network's workload is never indexed: the full build keeps it apart.
+                if x.other_network.is_some() {
+                    return None;
+                }
                 if by_ip.insert(x.arc.address, x.arc.clone()).is_some() {
                     // Two workloads on one address: the full build decides (and warns).
                     return None;
@@ -113,6 +118,7 @@ impl XdsStore {
             node,
             authz,
             policies,
+            net_scoped: false,
         });
         cache.changed.clear();
         cache.dirty.clear();

@@ -60,6 +60,9 @@ pub struct XdsSettings {
 pub(super) enum GatewayRef {
     Address(IpAddr, u16),
     Hostname(String, u16),
+    /// An address on another network (reached only through a network gateway, which is not
+    /// supported): never resolved, so traffic that must go through it fails closed.
+    OtherNetwork(String, IpAddr, u16),
 }
 
 #[derive(Debug)]
@@ -69,6 +72,8 @@ pub(super) struct XWorkload {
     /// `namespace/hostname` → (service port, target port).
     pub(super) services: Vec<(String, Vec<(u16, u16)>)>,
     pub(super) policies: Vec<String>,
+    /// Its network when not ours: kept, but not reachable (no network gateways).
+    pub(super) other_network: Option<String>,
     /// `namespace/name`.
     pub(super) key: String,
     /// The state's workload, built once when the resource arrives (without its waypoint,
@@ -89,6 +94,8 @@ pub(super) struct XService {
     pub(super) waypoint: Option<GatewayRef>,
     /// Routing preference (`load_balancing`).
     pub(super) load_balancing: Option<mesh_l7::balance::locality::Placement>,
+    /// Network, CIDR addresses, visibility, `canonical` (Istio 1.31 fields).
+    pub(super) scope: super::network::ServiceScope,
 }
 
 /// The accepted workload-API resources, by resource name.
@@ -106,6 +113,8 @@ pub struct XdsStore {
     pub(super) local: Local,
     /// The L7 kinds of the local file (waypoint, sidecar); `None` for a ztunnel.
     pub(super) l7: Option<Arc<Resources>>,
+    /// Our network (Istio's `NETWORK`; empty: the default network).
+    pub(super) network: String,
 }
 
 /// What the last build produced, for the next build to patch instead of rebuilding.
@@ -119,6 +128,9 @@ pub(super) struct Built {
     pub(super) node: Arc<Node>,
     pub(super) authz: mesh_authz::PolicyIndex,
     pub(super) policies: Arc<Vec<Policy>>,
+    /// The build had client-dependent lookups or other-network workloads: the next build is
+    /// a full one.
+    pub(super) net_scoped: bool,
 }
 
 /// A workload as the last build saw it.
@@ -161,7 +173,15 @@ impl XdsStore {
             cache: std::sync::Mutex::new(Cache::default()),
             local: Local::NodeWorkloads,
             l7: None,
+            network: String::new(),
         }
+    }
+
+    /// The same store on network `network` (Istio's `NETWORK`; set before any resource is
+    /// applied): workloads and addresses of other networks are kept but not reachable.
+    pub fn on_network(mut self, network: impl Into<String>) -> XdsStore {
+        self.network = network.into();
+        self
     }
 
     /// The same store with other local workloads (set before any resource is applied).

@@ -91,8 +91,19 @@ fn svc(name: &str, vip: [u8; 4], port: u32, target: u32) -> wl::Service {
 #[test]
 fn unsupported_fields_are_rejected_by_name_and_the_rest_applies() {
     let mut s = store();
+    // `network` is served since Istio 1.31 support (`tests_131.rs`); reaching another network
+    // through its gateway is not.
     let mut net = wk("net", [10, 1, 0, 2], &[]);
-    net.network = "other".into();
+    net.network_gateway = Some(wl::GatewayAddress {
+        destination: Some(wl::gateway_address::Destination::Address(
+            wl::NetworkAddress {
+                network: "other".into(),
+                address: vec![10, 9, 9, 9],
+                length: None,
+            },
+        )),
+        hbone_mtls_port: 15008,
+    });
     let mut legacy = wk("legacy", [10, 1, 0, 3], &[]);
     legacy.tunnel_protocol = wl::TunnelProtocol::LegacyIstioMtls as i32;
     let mut bad_ip = wk("bad", [10, 1, 0, 4], &[]);
@@ -111,7 +122,7 @@ fn unsupported_fields_are_rejected_by_name_and_the_rest_applies() {
         .map(|r| format!("{}: {}", r.name, r.reason))
         .collect();
     assert_eq!(rejected.len(), 3, "{reasons:?}");
-    assert!(reasons[0].contains("c//Pod/ns/net") && reasons[0].contains("`network`"));
+    assert!(reasons[0].contains("c//Pod/ns/net") && reasons[0].contains("`network_gateway`"));
     assert!(reasons[1].contains("`tunnel_protocol`"));
     assert!(reasons[2].contains("addresses[0]") && reasons[2].contains("3 bytes"));
     let state = s.build();

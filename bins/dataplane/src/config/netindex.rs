@@ -1,0 +1,279 @@
+//! Lookups whose answer depends on the client (Istio 1.31's workload API): services sharing a
+//! VIP or a host name (`canonical`), `NAMESPACE`-visible services, CIDR service addresses
+//! (`NetworkAddress.length`, longest-prefix match), and the addresses of workloads on other
+//! networks. A leaf module: built once per full xDS build, read per connection with a bounded
+//! number of hash lookups (never a scan of the services).
+//!
+//! Istio's ranking (ztunnel `ServiceStore::get_best_by_vip` / `get_best_by_host`): with a
+//! client namespace, only services visible to it; among them one in the client's namespace,
+//! else a `canonical` one, else the first. Without a client namespace (a waypoint, an inbound
+//! lookup) nothing is filtered: a `canonical` one, else the first. CIDR matches rank
+//! `(in the client's namespace, prefix length, canonical)`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::endpoints::ServicePort;
+use super::visibility::Visibility;
+
+/// Hashed with foldhash (as the state's address indexes): keys come from the config.
+type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The candidates for one contested key (a VIP:port, a host:port or a CIDR:port), ranked
+/// at build time so a lookup is one hash lookup.
+#[derive(Debug, Default)]
+pub(crate) struct Candidates {
+    /// Per namespace, its best service (canonical, else first).
+    by_ns: HashMap<String, Arc<ServicePort>>,
+    /// The best `Public` service (canonical, else first): what another namespace sees.
+    public: Option<Arc<ServicePort>>,
+    /// The best of all (canonical, else first): what a lookup without a client sees.
+    any: Option<Arc<ServicePort>>,
+    /// More than one service, or one that is not public.
+    contested: bool,
+}
+
+/// Keeps `sp` in `slot` if the slot is empty, or holds a non-canonical one and `sp` is
+/// canonical (Istio: canonical beats first).
+fn better(slot: &mut Option<Arc<ServicePort>>, sp: &Arc<ServicePort>) {
+    match slot {
+        Some(cur) if cur.service.canonical || !sp.service.canonical => {}
+        _ => *slot = Some(sp.clone()),
+    }
+}
+
+impl Candidates {
+    fn add(&mut self, sp: &Arc<ServicePort>) {
+        let s = &sp.service;
+        if self.any.is_some() || s.visibility != Visibility::Public {
+            self.contested = true;
+        }
+        let mut slot = self.by_ns.remove(&s.namespace);
+        better(&mut slot, sp);
+        if let Some(best) = slot {
+            self.by_ns.insert(s.namespace.clone(), best);
+        }
+        if s.visibility == Visibility::Public {
+            better(&mut self.public, sp);
+        }
+        better(&mut self.any, sp);
+    }
+
+    /// The service a client in `ns` (or no client) reaches here.
+    fn pick(&self, ns: Option<&str>) -> Option<&Arc<ServicePort>> {
+        match ns {
+            None => self.any.as_ref(),
+            Some(ns) => self.by_ns.get(ns).or(self.public.as_ref()),
+        }
+    }
+}
+
+/// The client-dependent indexes of a mesh state (empty for a file-defined mesh).
+#[derive(Debug, Default)]
+pub(crate) struct NetIndex {
+    /// Contested VIP:ports (shared by services, or holding a `Namespace` service).
+    vips: Fast<SocketAddr, Candidates>,
+    /// Contested host names, per port.
+    hosts: HashMap<String, HashMap<u16, Candidates>>,
+    /// CIDR service addresses: (network address, prefix length, port).
+    cidrs: Fast<(IpAddr, u8, u16), Candidates>,
+    /// The distinct CIDR prefix lengths, longest first, per family.
+    lengths_v4: Vec<u8>,
+    lengths_v6: Vec<u8>,
+    /// Addresses of workloads on other networks (first one's network).
+    other_networks: Fast<IpAddr, String>,
+    /// Nothing in it: lookups skip it.
+    empty: bool,
+}
+
+impl NetIndex {
+    /// An index with nothing in it.
+    pub(crate) fn empty() -> NetIndex {
+        NetIndex {
+            empty: true,
+            ..NetIndex::default()
+        }
+    }
+
+    /// Whether lookups need it at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// The service port a client in `ns` reaches at `addr`: `Some(Some(sp))` a contested VIP
+    /// resolved, `Some(None)` a contested VIP none of whose services it may see, `None` not
+    /// contested (the plain VIP index decides).
+    pub(crate) fn vip(
+        &self,
+        addr: SocketAddr,
+        ns: Option<&str>,
+    ) -> Option<Option<&Arc<ServicePort>>> {
+        self.vips.get(&addr).map(|c| c.pick(ns))
+    }
+
+    /// As [`vip`](Self::vip), for a host name (lower case) and port.
+    pub(crate) fn host(
+        &self,
+        host: &str,
+        port: u16,
+        ns: Option<&str>,
+    ) -> Option<Option<&Arc<ServicePort>>> {
+        self.hosts.get(host)?.get(&port).map(|c| c.pick(ns))
+    }
+
+    /// The CIDR service a client in `ns` reaches at `addr` (not an exact VIP): at most one
+    /// hash lookup per distinct prefix length, longest first.
+    pub(crate) fn cidr(&self, addr: SocketAddr, ns: Option<&str>) -> Option<&Arc<ServicePort>> {
+        let ip = addr.ip();
+        let lengths = if ip.is_ipv4() {
+            &self.lengths_v4
+        } else {
+            &self.lengths_v6
+        };
+        let mut public = None;
+        for &len in lengths {
+            let Ok(net) = ipnet::IpNet::new(ip, len) else {
+                continue;
+            };
+            let Some(c) = self.cidrs.get(&(net.network(), len, addr.port())) else {
+                continue;
+            };
+            match ns {
+                // Longest prefix, canonical among equals (ranked at build).
+                None => return c.any.as_ref(),
+                Some(ns) => {
+                    // In the client's namespace beats any prefix length: the longest such.
+                    if let Some(sp) = c.by_ns.get(ns) {
+                        return Some(sp);
+                    }
+                    if public.is_none() {
+                        public = c.public.as_ref();
+                    }
+                }
+            }
+        }
+        public
+    }
+
+    /// The network of the workload at `ip`, when one on another network has it.
+    pub(crate) fn other_network(&self, ip: IpAddr) -> Option<&str> {
+        self.other_networks.get(&ip).map(String::as_str)
+    }
+}
+
+/// Builds a [`NetIndex`] during a full build, service by service, beside the plain indexes.
+#[derive(Debug, Default)]
+pub(crate) struct NetIndexBuilder {
+    vips: Fast<SocketAddr, Candidates>,
+    hosts: HashMap<String, HashMap<u16, Candidates>>,
+    cidrs: Fast<(IpAddr, u8, u16), Candidates>,
+    other_networks: Fast<IpAddr, String>,
+}
+
+impl NetIndexBuilder {
+    /// Adds one service's `ports` at its `vips`, `cidrs` and host names. Every VIP:port and
+    /// host:port is a candidate; [`finish`](Self::finish) keeps only contested ones.
+    pub(crate) fn add(
+        &mut self,
+        vips: &[IpAddr],
+        cidrs: &[ipnet::IpNet],
+        ports: &[Arc<ServicePort>],
+    ) {
+        for sp in ports {
+            for vip in vips {
+                self.vips
+                    .entry(SocketAddr::new(*vip, sp.port))
+                    .or_default()
+                    .add(sp);
+            }
+            for host in &sp.service.hosts {
+                match self.hosts.get_mut(host.as_str()) {
+                    Some(ports) => ports.entry(sp.port).or_default().add(sp),
+                    None => {
+                        let mut c = Candidates::default();
+                        c.add(sp);
+                        self.hosts
+                            .insert(host.clone(), HashMap::from([(sp.port, c)]));
+                    }
+                }
+            }
+            for net in cidrs {
+                self.cidrs
+                    .entry((net.network(), net.prefix_len(), sp.port))
+                    .or_default()
+                    .add(sp);
+            }
+        }
+    }
+
+    /// Records a workload at `ip` on another network.
+    pub(crate) fn other_network(&mut self, ip: IpAddr, network: &str) {
+        self.other_networks
+            .entry(ip)
+            .or_insert_with(|| network.to_owned());
+    }
+
+    /// Takes the other-network workloads `other` recorded.
+    pub(crate) fn other_networks_of(&mut self, other: NetIndexBuilder) {
+        for (ip, network) in other.other_networks {
+            self.other_networks.entry(ip).or_insert(network);
+        }
+    }
+
+    /// The index, keeping contested keys only; the plain indexes' entries for them are set to
+    /// the choice without a client (canonical first), so lookups that have no client (a
+    /// waypoint's, an inbound one) rank as Istio's.
+    pub(crate) fn finish(
+        self,
+        by_vip: &mut Fast<SocketAddr, Arc<ServicePort>>,
+        by_host: &mut HashMap<String, HashMap<u16, Arc<ServicePort>>>,
+    ) -> NetIndex {
+        let mut vips = self.vips;
+        vips.retain(|_, c| c.contested);
+        for (addr, c) in &vips {
+            if let Some(sp) = c.any.as_ref().filter(|sp| sp.service.canonical) {
+                by_vip.insert(*addr, sp.clone());
+            }
+        }
+        let mut hosts = self.hosts;
+        for (host, ports) in &mut hosts {
+            ports.retain(|_, c| c.contested);
+            for (port, c) in ports.iter() {
+                if let Some(sp) = c.any.as_ref().filter(|sp| sp.service.canonical)
+                    && let Some(entry) = by_host.get_mut(host.as_str())
+                {
+                    entry.insert(*port, sp.clone());
+                }
+            }
+        }
+        hosts.retain(|_, ports| !ports.is_empty());
+        let mut lengths_v4: Vec<u8> = Vec::new();
+        let mut lengths_v6: Vec<u8> = Vec::new();
+        for (ip, len, _) in self.cidrs.keys() {
+            let l = if ip.is_ipv4() {
+                &mut lengths_v4
+            } else {
+                &mut lengths_v6
+            };
+            if !l.contains(len) {
+                l.push(*len);
+            }
+        }
+        lengths_v4.sort_unstable_by(|a, b| b.cmp(a));
+        lengths_v6.sort_unstable_by(|a, b| b.cmp(a));
+        let empty = vips.is_empty()
+            && hosts.is_empty()
+            && self.cidrs.is_empty()
+            && self.other_networks.is_empty();
+        NetIndex {
+            vips,
+            hosts,
+            cidrs: self.cidrs,
+            lengths_v4,
+            lengths_v6,
+            other_networks: self.other_networks,
+            empty,
+        }
+    }
+}
