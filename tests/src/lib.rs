@@ -13,6 +13,7 @@
 
 pub mod backends;
 pub mod bind;
+pub mod fake_cni;
 pub mod inproc;
 pub mod istiod;
 pub mod netns;
