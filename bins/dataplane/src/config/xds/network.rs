@@ -12,26 +12,7 @@ use std::net::IpAddr;
 use mesh_xds::pb::workload as wl;
 
 use super::super::Visibility;
-use super::store::GatewayRef;
-
-/// What a service's Istio 1.31 fields say beyond its VIPs on our network.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct ServiceScope {
-    /// Addresses on other networks (kept, never indexed): (network, address/prefix).
-    pub(super) other_networks: Vec<(String, ipnet::IpNet)>,
-    /// CIDR addresses on our network (`length` shorter than the host length), truncated to
-    /// their network address.
-    pub(super) cidrs: Vec<ipnet::IpNet>,
-    /// `visibility`.
-    pub(super) visibility: Visibility,
-    /// `canonical`.
-    pub(super) canonical: bool,
-    /// `ingress_use_waypoint`: accepted and kept. Istio's ztunnel does not read it either
-    /// (istiod turns it into the ingress gateway's config); this data plane has no ingress
-    /// gateway role, and its ztunnels already admit traffic for a workload behind a waypoint
-    /// only from that waypoint, which is what the field asks of ingress traffic.
-    pub(super) ingress_use_waypoint: bool,
-}
+use super::store::{GatewayRef, ServiceScope};
 
 /// The host addresses of service `s` on network `ours` (its VIPs) and its scope. An address
 /// of the wrong length, a prefix length longer than the address, or an unknown visibility is
