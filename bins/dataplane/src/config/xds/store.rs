@@ -95,7 +95,26 @@ pub(super) struct XService {
     /// Routing preference (`load_balancing`).
     pub(super) load_balancing: Option<mesh_l7::balance::locality::Placement>,
     /// Network, CIDR addresses, visibility, `canonical` (Istio 1.31 fields).
-    pub(super) scope: super::network::ServiceScope,
+    pub(super) scope: ServiceScope,
+}
+
+/// What a service's Istio 1.31 fields say beyond its VIPs on our network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct ServiceScope {
+    /// Addresses on other networks (kept, never indexed): (network, address/prefix).
+    pub(super) other_networks: Vec<(String, ipnet::IpNet)>,
+    /// CIDR addresses on our network (`length` shorter than the host length), truncated to
+    /// their network address.
+    pub(super) cidrs: Vec<ipnet::IpNet>,
+    /// `visibility`.
+    pub(super) visibility: super::super::Visibility,
+    /// `canonical`.
+    pub(super) canonical: bool,
+    /// `ingress_use_waypoint`: accepted and kept. Istio's ztunnel does not read it either
+    /// (istiod turns it into the ingress gateway's config); this data plane has no ingress
+    /// gateway role, and its ztunnels already admit traffic for a workload behind a waypoint
+    /// only from that waypoint, which is what the field asks of ingress traffic.
+    pub(super) ingress_use_waypoint: bool,
 }
 
 /// The accepted workload-API resources, by resource name.
