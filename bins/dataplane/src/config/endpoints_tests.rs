@@ -116,6 +116,7 @@ fn l4_strict_preference_never_leaves_the_zone() {
         telemetry: svc.telemetry.clone(),
         waypoint: None,
         target_key: svc.target_key.clone(),
+        weighted_waypoints: None,
         load_balancing: Some(Placement::Preference {
             scopes: vec![Scope::Region, Scope::Zone],
             mode: Mode::Strict,

@@ -392,6 +392,7 @@ fn compile_services(v: &mut Validator, raw: &Raw, attach: &Attach<'_>, out: &mut
                 &BTreeMap::new(),
                 WaypointFor::Service,
             ),
+            weighted_waypoints: None,
             load_balancing: super::locality::traffic_distribution(&s.annotations).unwrap_or_else(
                 |e| {
                     v.err(loc, super::locality::TRAFFIC_DISTRIBUTION_FIELD, e);

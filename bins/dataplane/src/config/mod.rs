@@ -26,9 +26,11 @@ mod protocol;
 pub mod ratelimits;
 pub mod retry;
 mod routes;
+mod service_waypoints;
 mod state;
 mod visibility;
 mod waypoints;
+mod weighted;
 mod workload;
 pub mod xds;
 

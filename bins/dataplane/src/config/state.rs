@@ -31,7 +31,8 @@ pub(crate) fn waypoints_of(
         }
     }
     for sp in service_ports {
-        if let Some(wp) = &sp.service.waypoint {
+        // The single waypoint and every weighted one (weight 0 included).
+        for wp in sp.service.all_waypoints() {
             for e in &sp.endpoints {
                 let list = out.entry(e.workload.key()).or_default();
                 if !list.iter().any(|x| Arc::ptr_eq(x, wp)) {

@@ -172,6 +172,10 @@ pub struct Service {
     /// Its routing preference (workload API `load_balancing`, Kubernetes
     /// `trafficDistribution`), for locality-aware balancing at L4 and L7.
     pub load_balancing: Option<mesh_l7::balance::locality::Placement>,
+    /// Its weighted waypoints (workload API `weighted_waypoints`), when one has a weight: a
+    /// new connection goes through one of them, chosen in proportion to the weights
+    /// ([`Service::waypoint_for_connection`]); `waypoint` is then the primary.
+    pub weighted_waypoints: Option<Arc<super::weighted::Weighted<Arc<Waypoint>>>>,
     /// Who may see it (workload API `visibility`): a `Namespace` service is hidden from clients
     /// in other namespaces in VIP lookup and DNS. `Public` for file-defined services.
     pub visibility: super::visibility::Visibility,

@@ -74,7 +74,8 @@ pub fn route(state: &MeshState, target: &Target, client_ns: &str) -> Route {
             },
         },
     };
-    if let Some(wp) = &service.service.waypoint {
+    // With weighted waypoints, one is chosen here, once per connection (it is never moved).
+    if let Some(wp) = service.service.waypoint_for_connection() {
         // The waypoint is told the service by its VIP (the address the client used, or the
         // service's first VIP when it was addressed by name).
         let vip = match target {

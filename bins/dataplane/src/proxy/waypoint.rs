@@ -49,7 +49,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     // ports with no declared protocol are sniffed first (Istio's protocol detection).
     let http = state
         .service_at(req.authority)
-        .filter(|sp| uses(&sp.service.waypoint, &wp) && sp.protocol.is_http());
+        .filter(|sp| sp.service.served_by(&wp.namespace, &wp.name) && sp.protocol.is_http());
     if let Some(sp) = http.cloned() {
         drop(state);
         return serve_http(ctx, req, wp, sp, headers, start).await;
@@ -119,11 +119,13 @@ fn target(
     health: &super::health::Health,
 ) -> Option<Target> {
     match state.service_at(authority) {
-        Some(sp) if uses(&sp.service.waypoint, wp) => healthy_pick(sp, health).map(|ep| Target {
-            workload: ep.workload.clone(),
-            port: ep.port,
-            service: Some(sp.clone()),
-        }),
+        Some(sp) if sp.service.served_by(&wp.namespace, &wp.name) => {
+            healthy_pick(sp, health).map(|ep| Target {
+                workload: ep.workload.clone(),
+                port: ep.port,
+                service: Some(sp.clone()),
+            })
+        }
         _ => state
             .workload_by_ip(authority.ip())
             .filter(|w| uses(&w.waypoint, wp))

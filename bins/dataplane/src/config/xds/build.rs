@@ -140,7 +140,9 @@ impl XdsStore {
     }
 
     pub(super) fn any_waypoint(&self) -> bool {
-        self.services.values().any(|x| x.waypoint.is_some())
+        self.services
+            .values()
+            .any(|x| x.waypoint.is_some() || !x.weighted.is_empty())
             || self.workloads.values().any(|x| x.waypoint.is_some())
     }
 
@@ -348,6 +350,7 @@ impl XdsStore {
             // have one, are always rebuilt.
             let cacheable = !shared_address
                 && x.waypoint.is_none()
+                && x.weighted.is_empty()
                 && !resolver
                     .endpoints_of
                     .get(key)
@@ -361,11 +364,13 @@ impl XdsStore {
                 out.service_ports.extend(sps.iter().cloned());
                 continue;
             }
-            let wp = x
-                .waypoint
-                .as_ref()
-                .map(|g| resolver.resolve_or_closed(g, WaypointFor::Service));
-            let service = service_arc(x, wp);
+            let td = &self.settings.trust_domain;
+            let (wp, weighted) = super::weighted::resolve(
+                x,
+                |g| resolver.resolve_or_closed(g, WaypointFor::Service),
+                |g| unresolved_waypoint(td, g),
+            );
+            let service = service_arc(x, wp, weighted);
             let members: Vec<(&XWorkload, &Vec<(u16, u16)>)> = resolver
                 .endpoints_of
                 .get(key)
@@ -417,7 +422,11 @@ pub(super) fn index_ports(
 }
 
 /// The state's service for `x`.
-pub(super) fn service_arc(x: &XService, waypoint: Option<Arc<Waypoint>>) -> Arc<Service> {
+pub(super) fn service_arc(
+    x: &XService,
+    waypoint: Option<Arc<Waypoint>>,
+    weighted_waypoints: Option<Arc<super::super::weighted::Weighted<Arc<Waypoint>>>>,
+) -> Arc<Service> {
     Arc::new(Service {
         target_key: format!("Service/{}/{}", x.namespace, x.name),
         name: x.name.clone(),
@@ -430,6 +439,7 @@ pub(super) fn service_arc(x: &XService, waypoint: Option<Arc<Waypoint>>) -> Arc<
         hosts: vec![x.hostname.clone()],
         vips: x.vips.clone(),
         waypoint,
+        weighted_waypoints,
         load_balancing: x.load_balancing.clone(),
         visibility: x.scope.visibility,
         canonical: x.scope.canonical,

@@ -265,9 +265,7 @@ pub(super) fn service(s: &wl::Service, network: &str) -> Result<XService, String
     if !s.extensions.is_empty() {
         return Err("unsupported Istio field `extensions`".into());
     }
-    if !s.weighted_waypoints.is_empty() {
-        return Err("unsupported Istio field `weighted_waypoints`".into());
-    }
+    let weighted = super::weighted::convert(s, gateway)?;
     let load_balancing = super::super::locality::load_balancing(s.load_balancing.as_ref())?;
     let (vips, scope) = super::network::service_scope(s, network)?;
     let mut ports = Vec::new();
@@ -296,6 +294,7 @@ pub(super) fn service(s: &wl::Service, network: &str) -> Result<XService, String
             .as_ref()
             .map(|g| gateway("waypoint", g))
             .transpose()?,
+        weighted,
         load_balancing,
         scope,
     })

@@ -39,6 +39,9 @@ mod store;
 mod tests;
 #[cfg(test)]
 mod tests_131;
+mod weighted;
+#[cfg(test)]
+mod weighted_tests;
 
 // What the unit tests (`tests.rs`, `use super::*`) name from here.
 #[cfg(test)]

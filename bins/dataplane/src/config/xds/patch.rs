@@ -158,7 +158,7 @@ impl XdsStore {
             }
             let service = old
                 .first()
-                .map_or_else(|| service_arc(x, None), |sp| sp.service.clone());
+                .map_or_else(|| service_arc(x, None, None), |sp| sp.service.clone());
             let ports = ports_of(x, &service, &self.members(&x.key), by_ip);
             index_ports(x, &ports, &mut by_vip, &mut by_host);
             rebuilt.push((name.clone(), ports));

@@ -92,6 +92,8 @@ pub(super) struct XService {
     /// (service port, target port or 0, protocol).
     pub(super) ports: Vec<(u16, u16, crate::config::Protocol)>,
     pub(super) waypoint: Option<GatewayRef>,
+    /// `weighted_waypoints`: (waypoint, weight), checked by `weighted::convert`.
+    pub(super) weighted: Vec<(GatewayRef, u32)>,
     /// Routing preference (`load_balancing`).
     pub(super) load_balancing: Option<mesh_l7::balance::locality::Placement>,
     /// Network, CIDR addresses, visibility, `canonical` (Istio 1.31 fields).
