@@ -66,6 +66,22 @@ impl Netns {
     /// thread of its own; sockets created there get `mark`.
     pub fn open(path: &Path, mark: Option<u32>) -> io::Result<Arc<Netns>> {
         let file = std::fs::File::open(path)?;
+        Netns::enter(file.into(), path.to_owned(), mark)
+    }
+
+    /// Enters the namespace `fd` refers to (ZDS: the pod's namespace the CNI agent handed over
+    /// with `SCM_RIGHTS`), named `label` in logs; sockets created there get `mark`. Fails
+    /// (`InvalidInput`, with the reason) when `fd` is not a network namespace.
+    pub fn from_fd(
+        fd: std::os::fd::OwnedFd,
+        label: &str,
+        mark: Option<u32>,
+    ) -> io::Result<Arc<Netns>> {
+        Netns::enter(fd, PathBuf::from(label), mark)
+    }
+
+    fn enter(fd: std::os::fd::OwnedFd, path: PathBuf, mark: Option<u32>) -> io::Result<Arc<Netns>> {
+        let file = fd;
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -83,17 +99,32 @@ impl Netns {
             })?;
         ready_rx
             .recv()
-            .map_err(|_| io::Error::other("netns thread ended"))??;
+            .map_err(|_| io::Error::other("netns thread ended"))?
+            .map_err(|e| match e.raw_os_error() {
+                // setns(2): EINVAL when the fd is not a namespace of the asked type.
+                Some(code) if code == nix::errno::Errno::EINVAL as i32 => {
+                    io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace")
+                }
+                _ => e,
+            })?;
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Ok(Arc::new(Netns {
-            path: path.to_owned(),
+            path,
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             mark,
             jobs,
         }))
     }
 
-    /// The namespace's path.
+    /// The identity of the namespace `fd` refers to (device and inode, as `ip netns identify`
+    /// compares them): two fds of one namespace have the same.
+    pub fn id_of(fd: &impl std::os::fd::AsFd) -> io::Result<(u64, u64)> {
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(io::Error::from)?;
+        #[allow(clippy::useless_conversion)] // the widths differ between targets
+        Ok((u64::from(st.st_dev), u64::from(st.st_ino)))
+    }
+
+    /// The namespace's path (or label, for one opened from an fd).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -107,6 +138,19 @@ impl Netns {
         })
         .await?;
         tokio::net::TcpListener::from_std(l)
+    }
+
+    /// Runs `f` on the namespace's thread (sockets it creates belong to the namespace).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        run_in(&self.jobs, f).await
+    }
+
+    /// The mark of the sockets created for the namespace's connections.
+    pub fn mark(&self) -> Option<u32> {
+        self.mark
     }
 }
 

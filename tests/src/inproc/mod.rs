@@ -321,6 +321,15 @@ impl InprocProxy {
             .unwrap()
     }
 
+    /// Serves the ZDS pod events of `events` (as a CNI agent's connection hands them over),
+    /// on the proxy's runtime.
+    pub fn serve_pods(&self, events: tokio::sync::mpsc::Receiver<mesh_dataplane::zds::PodEvent>) {
+        let proxy = self.proxy.clone().expect("proxy stopped");
+        let rt = self.rt.as_ref().expect("proxy stopped");
+        let _entered = rt.enter();
+        proxy.serve_pods(events);
+    }
+
     /// Parses `yaml` as the mesh file and applies it.
     pub async fn apply_yaml(&self, yaml: &str) -> Result<ApplyReport, mesh_dataplane::Error> {
         let state = mesh_dataplane::config::parse(Path::new("mesh.yaml"), yaml)

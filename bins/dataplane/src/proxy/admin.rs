@@ -149,6 +149,7 @@ fn config_dump_rest(
         "jwks": ctx.jwks.dump(),
         "certificates": certs,
         "listeners": listeners,
+        "zdsPods": ctx.pods.load().enabled.then(|| super::pods::dump(&ctx.pods.load(), state, &ctx.node_name)),
         "configRejections": {
             "total": ctx.telemetry.config_rejected.get(),
             "last": rejection.map(|(at, error)| json!({"at": at, "error": error})),

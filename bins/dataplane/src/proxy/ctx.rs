@@ -34,6 +34,10 @@ pub(crate) struct Ctx {
     pub(crate) jwks: jwks::JwksCache,
     /// The network namespaces of in-pod workloads, by path.
     pub(crate) netns: arc_swap::ArcSwap<HashMap<std::path::PathBuf, Arc<crate::sockets::Netns>>>,
+    /// The pods the CNI agent handed over (ZDS), with their namespaces.
+    pub(crate) pods: ArcSwap<super::pods::PodTable>,
+    /// The DNS proxy (index of the current state, upstream relay), when on.
+    pub(crate) dns: Option<Arc<crate::dns::DnsProxy>>,
     /// This proxy's own listening addresses: never a destination of the data path.
     pub(crate) own: own::OwnAddrs,
     /// Per-endpoint balancing state (first seen, requests in flight, latency) kept across
@@ -59,7 +63,15 @@ impl Ctx {
         w: &crate::config::Workload,
     ) -> Option<Arc<dyn mesh_hbone::SocketSource>> {
         let Some(ns) = w.netns.as_ref() else {
-            return Some(crate::sockets::SourceAddr::new(w.address));
+            let pods = self.pods.load();
+            return match pods.placement(w) {
+                super::pods::Placement::Host => Some(crate::sockets::SourceAddr::new(w.address)),
+                super::pods::Placement::Pod(uid) => {
+                    Some(pods.get(uid)?.netns.clone() as Arc<dyn mesh_hbone::SocketSource>)
+                }
+                // ZDS on and the workload's pod not served: nothing to connect from.
+                super::pods::Placement::Wait => None,
+            };
         };
         let netns = self.netns.load().get(ns)?.clone();
         Some(netns)

@@ -14,15 +14,19 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 use super::ctx::Ctx;
-use super::role::{InPodKind, ListenerKey};
+use super::pods::PodTable;
+use super::role::{InPodKind, ListenerKey, NetnsKey};
 use super::settings::{ListenerKind, Listening};
-use super::{inbound, outbound, plaintext, waypoint};
+use super::{dns_listen, inbound, outbound, plaintext, waypoint};
 use crate::Error;
 
-/// A started listener: what it serves, and its stop.
+/// A started listener: what it serves, its stop, and the abort of its open connections.
 pub(super) struct ListenerHandle {
     pub(super) listening: Listening,
     pub(super) stop: CancellationToken,
+    /// Aborts the connections it accepted (a child of the proxy's drain deadline): a deleted
+    /// ZDS pod's connections end when its drain bound passes.
+    pub(super) force: CancellationToken,
 }
 
 /// The open network namespaces of in-pod workloads, by path.
@@ -44,6 +48,7 @@ pub(super) enum Pending {
     Plaintext(TcpListener),
     Outbound(TcpListener),
     Waypoint(TcpListener),
+    Dns(Box<super::dns_listen::DnsPending>),
 }
 
 impl Pending {
@@ -56,6 +61,7 @@ impl Pending {
             | Pending::Plaintext(l)
             | Pending::Outbound(l)
             | Pending::Waypoint(l) => l.local_addr().ok(),
+            Pending::Dns(d) => d.tcp.local_addr().ok(),
         }
     }
 }
@@ -69,7 +75,7 @@ pub(super) fn open_namespaces(
     let mut namespaces = HashMap::new();
     let open = ctx.netns.load();
     for (key, _) in desired {
-        if let ListenerKey::InPod(path, _, _) = key
+        if let ListenerKey::InPod(NetnsKey::Path(path), _, _) = key
             && !namespaces.contains_key(path)
         {
             let ns = match open.get(path) {
@@ -100,6 +106,7 @@ pub(super) async fn bind_new(
     desired: &[(ListenerKey, String)],
     existing: &[ListenerKey],
     namespaces: &Namespaces,
+    pods: &PodTable,
 ) -> Result<Vec<(ListenerKey, String, Pending)>, Error> {
     let mut pending = Vec::new();
     for (key, what) in desired {
@@ -120,8 +127,21 @@ pub(super) async fn bind_new(
             }
             ListenerKey::Plaintext(addr) => Pending::Plaintext(bind(*addr).await?),
             ListenerKey::Outbound(addr) => Pending::Outbound(bind(*addr).await?),
-            ListenerKey::InPod(path, kind, addr) => {
-                let l = match namespaces.get(path) {
+            ListenerKey::Dns(addr) => Pending::Dns(Box::new(dns_listen::bind_node(*addr).await?)),
+            ListenerKey::InPod(ns, InPodKind::Dns, addr) => {
+                let netns = match ns {
+                    NetnsKey::Path(path) => namespaces.get(path),
+                    NetnsKey::Pod(uid) => pods.get(uid).map(|p| &p.netns),
+                }
+                .ok_or_else(|| Error::Runtime(std::io::Error::other("netns not open")))?;
+                Pending::Dns(Box::new(dns_listen::bind_in_pod(ns, netns, *addr).await?))
+            }
+            ListenerKey::InPod(ns, kind, addr) => {
+                let netns = match ns {
+                    NetnsKey::Path(path) => namespaces.get(path),
+                    NetnsKey::Pod(uid) => pods.get(uid).map(|p| &p.netns),
+                };
+                let l = match netns {
                     Some(ns) => ns.bind(*addr).await.map_err(|source| Error::Bind {
                         addr: *addr,
                         source,
@@ -134,6 +154,8 @@ pub(super) async fn bind_new(
                     InPodKind::Hbone => Pending::Hbone(l),
                     InPodKind::Outbound => Pending::Outbound(l),
                     InPodKind::Plaintext => Pending::Plaintext(l),
+                    // Bound above, with its UDP socket.
+                    InPodKind::Dns => continue,
                 }
             }
             ListenerKey::Waypoint(addr) => Pending::Waypoint(bind(*addr).await?),
@@ -159,6 +181,7 @@ pub(super) struct Spawner<'a> {
 pub(super) fn start(s: &Spawner<'_>, what: String, p: Pending) -> Result<ListenerHandle, Error> {
     let ctx = s.ctx.clone();
     let stop = s.cancel.child_token();
+    let force = s.force.child_token();
     let (kind, listener) = match &p {
         Pending::Hbone(l) => (ListenerKind::Hbone, l),
         Pending::Socks5(l) => (ListenerKind::Socks5, l),
@@ -166,6 +189,7 @@ pub(super) fn start(s: &Spawner<'_>, what: String, p: Pending) -> Result<Listene
         Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
         Pending::Outbound(l) => (ListenerKind::Outbound, l),
         Pending::Waypoint(l) => (ListenerKind::Waypoint, l),
+        Pending::Dns(d) => (ListenerKind::Dns, &d.tcp),
     };
     let addr = listener.local_addr().map_err(Error::Runtime)?;
     info!(?kind, %addr, %what, "listening");
@@ -173,54 +197,60 @@ pub(super) fn start(s: &Spawner<'_>, what: String, p: Pending) -> Result<Listene
     match p {
         Pending::Hbone(l) => {
             let cancel = s.cancel.clone();
-            accept_loop(s, l, "hbone", stop.clone(), move |tcp, _peer| {
+            accept_loop(s, l, "hbone", (&stop, &force), move |tcp, _peer| {
                 inbound::serve(ctx.clone(), tcp, cancel.clone())
             });
         }
         Pending::Socks5(l) => {
-            accept_loop(s, l, "socks5", stop.clone(), move |tcp, peer| {
+            accept_loop(s, l, "socks5", (&stop, &force), move |tcp, peer| {
                 outbound::socks5(ctx.clone(), tcp, peer)
             });
         }
         Pending::Service(l) => {
-            accept_loop(s, l, "service", stop.clone(), move |tcp, peer| {
+            accept_loop(s, l, "service", (&stop, &force), move |tcp, peer| {
                 outbound::service(ctx.clone(), tcp, peer)
             });
         }
         Pending::Plaintext(l) => {
-            accept_loop(s, l, "plaintext", stop.clone(), move |tcp, peer| {
+            accept_loop(s, l, "plaintext", (&stop, &force), move |tcp, peer| {
                 plaintext::serve(ctx.clone(), tcp, peer)
             });
         }
         Pending::Outbound(l) => {
-            accept_loop(s, l, "outbound", stop.clone(), move |tcp, peer| {
+            accept_loop(s, l, "outbound", (&stop, &force), move |tcp, peer| {
                 outbound::captured(ctx.clone(), tcp, peer)
             });
         }
         Pending::Waypoint(l) => {
             let cancel = s.cancel.clone();
-            accept_loop(s, l, "waypoint", stop.clone(), move |tcp, _peer| {
+            accept_loop(s, l, "waypoint", (&stop, &force), move |tcp, _peer| {
                 waypoint::serve(ctx.clone(), tcp, cancel.clone())
             });
         }
+        Pending::Dns(d) => dns_listen::start(&ctx, s.tasks, *d, &stop),
     }
-    Ok(ListenerHandle { listening, stop })
+    Ok(ListenerHandle {
+        listening,
+        stop,
+        force,
+    })
 }
 
 /// Spawns the accept loop of `listener` until `stop`; each connection runs `handler` on its
-/// own task, aborted when the drain deadline passes.
+/// own task, aborted when `force` (the drain deadline, or the listener's own abort) fires.
 fn accept_loop<F, Fut>(
     s: &Spawner<'_>,
     listener: TcpListener,
     kind: &'static str,
-    stop: CancellationToken,
+    (stop, force): (&CancellationToken, &CancellationToken),
     handler: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let tasks = s.tasks.clone();
-    let force = s.force.clone();
+    let stop = stop.clone();
+    let force = force.clone();
     let addr = listener.local_addr().ok();
     let span = tracing::info_span!("listener", kind, addr = ?addr);
     let proxy_permits = s.permits.clone();

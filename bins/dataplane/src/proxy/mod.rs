@@ -11,8 +11,10 @@
 //! accepting, and live inbound connections that the new policies deny are closed.
 
 mod admin;
+mod apply;
 mod connect;
 mod ctx;
+mod dns_listen;
 mod ext_authz;
 mod grpc_channel;
 pub(crate) mod health;
@@ -20,6 +22,7 @@ mod http;
 mod hygiene;
 mod inbound;
 mod jwks;
+pub mod k8s;
 mod listeners;
 mod live;
 mod observe;
@@ -27,6 +30,7 @@ mod outbound;
 mod outbound_dial;
 mod own;
 mod plaintext;
+mod pods;
 mod profiles;
 mod ratelimit_client;
 mod reset;
@@ -39,6 +43,7 @@ mod sniff;
 mod upstreams;
 mod waypoint;
 mod xds;
+mod zds_pods;
 
 pub use hygiene::L7Limits;
 pub(crate) use live::{LiveGuard, LiveInbound};

@@ -82,8 +82,14 @@ pub(crate) trait Serves: Send + Sync {
     fn key(&self) -> &str;
     /// Fails when `state` does not define what this proxy serves.
     fn check(&self, state: &MeshState) -> Result<(), Error>;
-    /// The listeners and identities `state` asks of this proxy.
-    fn plan(&self, addrs: &ListenerAddrs, state: &MeshState) -> Result<Plan, Error>;
+    /// The listeners and identities `state` asks of this proxy, with its local workloads
+    /// placed as `pods` says (in-pod for the ZDS pods).
+    fn plan(
+        &self,
+        addrs: &ListenerAddrs,
+        state: &MeshState,
+        pods: &super::pods::PodTable,
+    ) -> Result<Plan, Error>;
     /// The remote JWKS (and fetch timeouts) of the `RequestAuthentication`s this proxy
     /// enforces in `state`.
     fn jwks(
@@ -99,18 +105,30 @@ pub(crate) enum InPodKind {
     Hbone,
     Outbound,
     Plaintext,
+    /// The DNS proxy (UDP and TCP).
+    Dns,
+}
+
+/// The network namespace of an in-pod workload: a path (the Node's `netns` map) or a pod the
+/// CNI agent handed over (ZDS), by uid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum NetnsKey {
+    Path(std::path::PathBuf),
+    Pod(String),
 }
 
 /// One listener a [`Plan`] asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum ListenerKey {
-    InPod(std::path::PathBuf, InPodKind, SocketAddr),
+    InPod(NetnsKey, InPodKind, SocketAddr),
     Hbone(SocketAddr),
     Socks5(SocketAddr),
     Service(SocketAddr),
     Plaintext(SocketAddr),
     Outbound(SocketAddr),
     Waypoint(SocketAddr),
+    /// The DNS proxy on the node address (UDP and TCP).
+    Dns(SocketAddr),
 }
 
 /// What a config asks of this proxy: listeners, and the identity presented on each local
@@ -129,4 +147,8 @@ pub(crate) struct ListenerAddrs {
     pub(crate) plaintext: Option<SocketAddr>,
     pub(crate) outbound: Option<SocketAddr>,
     pub(crate) outbound_v6: Option<SocketAddr>,
+    /// The node's DNS proxy address (`--dns-port`).
+    pub(crate) dns: Option<SocketAddr>,
+    /// A DNS proxy in each in-pod workload's namespace (`--dns-capture`).
+    pub(crate) dns_in_pod: bool,
 }

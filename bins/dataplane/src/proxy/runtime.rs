@@ -15,9 +15,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
 use super::ctx::Ctx;
-use super::listeners::{self, ListenerHandle, Spawner};
+use super::listeners::{ListenerHandle, Spawner};
 use super::live::LiveConns;
-use super::role::{ListenerAddrs, ListenerKey, Plan};
+use super::pods::PodTable;
+use super::role::ListenerKey;
 use super::settings::{Listening, ProxyConfig};
 use super::{admin, jwks, observe, own, upstreams};
 use crate::Error;
@@ -99,10 +100,18 @@ impl Proxy {
         let readiness = mesh_telemetry::readiness::Readiness::new();
         let loading = readiness.register("config and certificates");
         let telemetry = observe::Telemetry::new(access, cfg.max_metric_series);
+        let dns = cfg
+            .dns
+            .clone()
+            .map(crate::dns::DnsProxy::new)
+            .transpose()
+            .map_err(|e| Error::Runtime(std::io::Error::other(e.to_string())))?;
         let ctx = Arc::new(Ctx {
             telemetry,
             jwks: jwks::JwksCache::new(cfg.jwks_refresh, cfg.socket_mark),
             netns: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            pods: ArcSwap::from_pointee(PodTable::new(cfg.zds_pods)),
+            dns,
             pool: Pool::new(
                 PoolConfig {
                     socket_mark: cfg.socket_mark,
@@ -190,38 +199,21 @@ impl Proxy {
         let inner = &self.inner;
         let ctx = &inner.ctx;
         let _applying = inner.applying.lock().await;
-        let Plan {
-            desired,
-            identities,
-        } = ctx
-            .cfg
-            .role
-            .serves()
-            .plan(&ListenerAddrs::of(&ctx.cfg), &state)?;
+        let pods = ctx.pods.load_full();
+        let plan = self.plan(&state, &pods)?;
         // Certificates and binds first: a failure leaves the running config untouched.
-        let mut server_tls = HashMap::new();
-        for (ip, id) in &identities {
-            let tls = mesh_identity::server_config(
-                ctx.certs.store(id).await?,
-                &ctx.bundle,
-                vec![state.trust_domain.clone()],
-            )?;
-            server_tls.insert(*ip, tls);
-        }
-        let namespaces = listeners::open_namespaces(ctx, &desired)?;
-        let existing: Vec<ListenerKey> = {
-            let l = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            l.keys().cloned().collect()
-        };
-        let pending = listeners::bind_new(ctx, &desired, &existing, &namespaces).await?;
+        let staged = self.stage(&plan, &state.trust_domain, &pods).await?;
         // Swap: from here on new connections see the new state.
-        ctx.server_tls.store(Arc::new(server_tls));
-        ctx.netns.store(Arc::new(namespaces));
+        ctx.server_tls.store(Arc::new(staged.server_tls));
+        ctx.netns.store(Arc::new(staged.namespaces));
         // Endpoint choice: this proxy's locality layouts and the stats kept across swaps.
         ctx.endpoints.bind(&state, &ctx.node_name);
         crate::config::ratelimits::inherit(&mut state, &ctx.state.load());
         let old = ctx.state.swap(Arc::new(state));
         let state = ctx.state.load_full();
+        if let Some(dns) = &ctx.dns {
+            dns.update(&state, &ctx.node_name);
+        }
         ctx.health.sync(&state);
         // Remote JWKS of the RequestAuthentications this proxy enforces.
         let role = &ctx.cfg.role;
@@ -234,40 +226,9 @@ impl Proxy {
         ctx.telemetry
             .config_generation
             .set(i64::try_from(report.generation).unwrap_or(i64::MAX));
-        // New listeners are our own addresses before they accept anything.
-        self.refresh_own_addrs(pending.iter().filter_map(|(_, _, p)| p.local_addr()));
-        for (key, what, p) in pending {
-            let handle = listeners::start(&self.spawner(), what, p)?;
-            let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            listeners.insert(key, handle);
-            report.listeners_added += 1;
-        }
-        {
-            let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            let wanted: Vec<&ListenerKey> = desired.iter().map(|(k, _)| k).collect();
-            listeners.retain(|k, h| {
-                let keep = wanted.contains(&k);
-                if !keep {
-                    info!(addr = %h.listening.addr, what = %h.listening.what, "listener removed");
-                    h.stop.cancel();
-                    report.listeners_removed += 1;
-                }
-                keep
-            });
-        }
-        // Certificates of identities this proxy no longer serves.
-        if let Ok(before) = ctx
-            .cfg
-            .role
-            .serves()
-            .plan(&ListenerAddrs::of(&ctx.cfg), &old)
-        {
-            for (_, id) in &before.identities {
-                if !identities.iter().any(|(_, x)| x == id) {
-                    ctx.certs.remove(id);
-                }
-            }
-        }
+        let removed = self.switch_listeners(staged.pending, &plan.desired, &mut report)?;
+        drop(removed);
+        self.forget_certs(&old, &pods, &plan);
         report.connections_closed = ctx.live.reauthorize(&state);
         self.refresh_own_addrs(std::iter::empty());
         Ok(report)
@@ -275,7 +236,7 @@ impl Proxy {
 
     /// Records every address this proxy listens on (plus `extra`, listeners about to start),
     /// for [`own::OwnAddrs::contains`].
-    fn refresh_own_addrs(&self, extra: impl Iterator<Item = SocketAddr>) {
+    pub(super) fn refresh_own_addrs(&self, extra: impl Iterator<Item = SocketAddr>) {
         let inner = &self.inner;
         let mut addrs = inner
             .servers
@@ -434,7 +395,7 @@ impl Proxy {
 
 impl Proxy {
     /// What starting a listener needs of this proxy.
-    fn spawner(&self) -> Spawner<'_> {
+    pub(super) fn spawner(&self) -> Spawner<'_> {
         let inner = &self.inner;
         Spawner {
             ctx: &inner.ctx,

@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::role::{InPodKind, Layers, ListenerAddrs, ListenerKey, Plan, Role, Serves};
+use super::pods::{Placement, PodTable};
+use super::role::{InPodKind, Layers, ListenerAddrs, ListenerKey, NetnsKey, Plan, Role, Serves};
 use crate::Error;
 use crate::config::MeshState;
 
@@ -53,13 +54,28 @@ impl Serves for NodeListeners {
         }
     }
 
-    fn plan(&self, addrs: &ListenerAddrs, state: &MeshState) -> Result<Plan, Error> {
+    fn plan(
+        &self,
+        addrs: &ListenerAddrs,
+        state: &MeshState,
+        pods: &PodTable,
+    ) -> Result<Plan, Error> {
         let node = state
             .node(&self.node)
             .ok_or_else(|| Error::UnknownNode(self.node.clone()))?;
         let mut desired: Vec<(ListenerKey, String)> = Vec::new();
+        let mut identities = Vec::new();
         for w in &node.workloads {
-            workload_listeners(&mut desired, w, node.hbone_port);
+            let ns = match (&w.netns, pods.placement(w)) {
+                (Some(path), _) => Some(NetnsKey::Path(path.clone())),
+                (None, Placement::Host) => None,
+                (None, Placement::Pod(uid)) => Some(NetnsKey::Pod(uid.to_owned())),
+                // ZDS: no pod for it yet, nothing to serve (as Istio, no proxy before the
+                // agent hands the pod over).
+                (None, Placement::Wait) => continue,
+            };
+            workload_listeners(&mut desired, w, ns, node.hbone_port);
+            identities.push((w.address, w.identity.clone()));
         }
         if let Some(addr) = addrs.socks5 {
             desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
@@ -79,13 +95,10 @@ impl Serves for NodeListeners {
         if node.service_listeners {
             vip_listeners(&mut desired, state);
         }
+        super::dns_listen::plan(&mut desired, addrs);
         Ok(Plan {
             desired,
-            identities: node
-                .workloads
-                .iter()
-                .map(|w| (w.address, w.identity.clone()))
-                .collect(),
+            identities,
         })
     }
 
@@ -115,10 +128,11 @@ impl Serves for NodeListeners {
 fn workload_listeners(
     desired: &mut Vec<(ListenerKey, String)>,
     w: &crate::config::Workload,
+    ns: Option<NetnsKey>,
     hbone_port: u16,
 ) {
     let addr = SocketAddr::new(w.address, hbone_port);
-    let Some(ns) = &w.netns else {
+    let Some(ns) = ns else {
         desired.push((ListenerKey::Hbone(addr), w.key()));
         return;
     };
@@ -174,7 +188,12 @@ impl Serves for GatewayListener {
         }
     }
 
-    fn plan(&self, _addrs: &ListenerAddrs, state: &MeshState) -> Result<Plan, Error> {
+    fn plan(
+        &self,
+        _addrs: &ListenerAddrs,
+        state: &MeshState,
+        _pods: &PodTable,
+    ) -> Result<Plan, Error> {
         let wp = state
             .waypoints
             .get(&self.gateway)

@@ -58,6 +58,12 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Most connections open at once on one listener.
     pub max_connections_per_listener: usize,
+    /// A CNI agent hands this node's pods over (ZDS, ztunnel `--zds-socket`): a local workload
+    /// without a config `netns` is served in-pod once its pod is handed over
+    /// ([`super::Proxy::serve_pods`]), and has no listeners until then.
+    pub zds_pods: bool,
+    /// The DNS proxy (`--dns-capture`, `--dns-port`); `None`: off.
+    pub dns: Option<crate::dns::DnsSettings>,
 }
 
 impl Default for ProxyConfig {
@@ -68,6 +74,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            zds_pods: false,
             pool: PoolConfig::default(),
             plaintext_addr: None,
             outbound_addr: None,
@@ -83,6 +90,7 @@ impl Default for ProxyConfig {
             l7: hygiene::L7Limits::default(),
             max_connections: 50_000,
             max_connections_per_listener: 20_000,
+            dns: None,
         }
     }
 }
@@ -102,6 +110,8 @@ pub enum ListenerKind {
     Outbound,
     /// A waypoint's HBONE listener.
     Waypoint,
+    /// The DNS proxy (UDP and TCP; the TCP address).
+    Dns,
 }
 
 /// A bound listener.
@@ -123,6 +133,8 @@ impl super::ListenerAddrs {
             plaintext: cfg.plaintext_addr,
             outbound: cfg.outbound_addr,
             outbound_v6: cfg.outbound_addr_v6,
+            dns: cfg.dns.as_ref().and_then(|d| d.node_addr),
+            dns_in_pod: cfg.dns.as_ref().is_some_and(|d| d.capture),
         }
     }
 }

@@ -59,9 +59,19 @@ pub struct ZtunnelArgs {
     /// Plaintext inbound listen address, overriding `<node address>:<plaintext-port>`.
     #[arg(long, value_name = "IP:PORT")]
     pub plaintext_addr: Option<SocketAddr>,
+    /// The istio-cni agent's ZDS socket (Istio's `INPOD_UDS`; its chart's path is
+    /// `/var/run/ztunnel/ztunnel.sock`): the agent hands this node's pods over and each is served
+    /// in-pod (listeners inside its network namespace); a workload of this node waits, without
+    /// listeners, until its pod is handed over.
+    #[arg(long, env = "INPOD_UDS", value_name = "PATH")]
+    pub zds_socket: Option<std::path::PathBuf>,
     /// Settings shared with the other proxies.
     #[command(flatten)]
     pub common: ProxyArgs,
+    /// Extra node metadata for the control plane (Istio's `ISTIO_META_*` variables, read by
+    /// [`super::ztunnel_env`]).
+    #[arg(skip)]
+    pub node_metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs a ztunnel until SIGINT or SIGTERM. Exit code 0 on a clean stop, 2 on a bad config,
@@ -78,10 +88,11 @@ pub fn proxy_config(args: &ZtunnelArgs, address: IpAddr, log: LogControl) -> Pro
     cfg.role = ztunnel(&args.node);
     cfg.socks5_addr = listen_addr(args.socks5_addr, loopback_or(address), args.socks5_port);
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, address, args.plaintext_port);
+    cfg.zds_pods = args.zds_socket.is_some();
     cfg
 }
 
-async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
+pub(crate) async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
     let c = &args.common;
     if let Some(xds) = &c.xds_address {
         // (`--config` with it is refused by the command line: `ZtunnelArgs`.)
@@ -93,6 +104,14 @@ async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error> {
         .cloned()
         .ok_or_else(|| Error::UnknownNode(args.node.clone()))?;
     let cfg = proxy_config(&args, node.address, log);
+    if let Some(path) = &args.zds_socket {
+        let (ca, bundle) = c.cert_provider(CaFor::Workloads)?;
+        let proxy = Proxy::start(cfg, state, ca, bundle).await?;
+        let poll = c.config_poll_interval.max(std::time::Duration::from_millis(50));
+        proxy.watch_config(c.config_file()?.to_owned(), poll);
+        proxy.follow_cni_agent(path.clone());
+        return run_until_stopped(proxy).await;
+    }
     serve(c, cfg, state, CaFor::Workloads).await
 }
 
@@ -107,14 +126,18 @@ async fn run_xds(args: &ZtunnelArgs, xds: &str, log: LogControl) -> Result<(), E
     let cfg = proxy_config(args, address, log);
     let (ca, bundle) = c.cert_provider(CaFor::Workloads)?;
     let proxy = Proxy::start(cfg, store.build(), ca, bundle).await?;
-    let node = mesh_xds::NodeInfo::ztunnel(
+    if let Some(path) = &args.zds_socket {
+        proxy.follow_cni_agent(path.clone());
+    }
+    let mut node = mesh_xds::NodeInfo::ztunnel(
         &address.to_string(),
         &args.pod_name,
         &args.pod_namespace,
         &args.node,
         &c.cluster_id,
     );
+    node.metadata.extend(args.node_metadata.clone());
     info!(address = %xds, node = %args.node, "following the control plane");
-    let _follower = follow(c, &proxy, xds, store, node, None)?;
+    let _follower = follow(c, &proxy, xds, store, node, Default::default())?;
     run_until_stopped(proxy).await
 }

@@ -1,0 +1,289 @@
+//! ZDS pods in the ztunnel: pods a CNI agent hands over (uid, who they are, their network
+//! namespace as an fd) get the in-pod listeners (15008, 15001, 15006) inside their namespace and
+//! mesh traffic both ways; a deleted pod's listeners refuse and its connections are cut after
+//! the drain timeout; a re-sync after the agent reconnects leaves live connections alone; a bad
+//! namespace fd or an identity that disagrees with the workload's is refused with a clear error
+//! and the other pods keep working. Root only (network namespaces; skipped otherwise), in the
+//! `netns` nextest group. Block 127.221.x.x (the ztunnel's own address); pods `a2*` on a
+//! private bridge (10.221.0.x, inside the test's namespaces only).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use mesh_dataplane::zds::{PodEvent, PodInfo};
+use mesh_tests::inproc::InprocMesh;
+use mesh_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+fn config() -> String {
+    let mut c = String::from(
+        "apiVersion: dataplane.mesh.dev/v1alpha1\nkind: Node\nmetadata: {name: n1}\nspec:\n  address: 127.221.0.1\n  workloads: [ns/a, ns/b]\n",
+    );
+    for (name, ip) in [("a", 2), ("b", 3)] {
+        c.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{address: 10.221.0.{ip}, serviceAccount: {name}}}\n"
+        ));
+    }
+    c
+}
+
+fn info(uid: &str, name: &str, sa: &str) -> PodInfo {
+    PodInfo {
+        uid: uid.to_owned(),
+        name: name.to_owned(),
+        namespace: "ns".to_owned(),
+        service_account: sa.to_owned(),
+        trust_domain: String::new(),
+    }
+}
+
+fn netns_fd(ns: &NetNs) -> OwnedFd {
+    std::fs::File::open(format!("/var/run/netns/{}", ns.name))
+        .unwrap()
+        .into()
+}
+
+/// The agent's side of the event channel: sends an event, returns the reply.
+struct Agent(mpsc::Sender<PodEvent>);
+
+impl Agent {
+    fn ask(
+        &self,
+        ev: impl FnOnce(oneshot::Sender<Result<(), String>>) -> PodEvent,
+    ) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.0.blocking_send(ev(tx)).unwrap();
+        rx.blocking_recv().unwrap()
+    }
+    fn add(&self, info: PodInfo, netns: OwnedFd) -> Result<(), String> {
+        self.ask(|reply| PodEvent::Add { info, netns, reply })
+    }
+    fn keep(&self, uid: &str) -> Result<(), String> {
+        let uid = uid.to_owned();
+        self.ask(|reply| PodEvent::Keep { uid, reply })
+    }
+    fn del(&self, uid: &str) -> Result<(), String> {
+        let uid = uid.to_owned();
+        self.ask(|reply| PodEvent::Del { uid, reply })
+    }
+    fn snapshot(&self) -> Result<(), String> {
+        self.ask(|reply| PodEvent::SnapshotSent { reply })
+    }
+    fn connected(&self) {
+        self.0.blocking_send(PodEvent::Connected).unwrap();
+    }
+}
+
+/// Opens a connection from inside the pod of `rt` to `dst`.
+fn dial(rt: &tokio::runtime::Runtime, dst: &str) -> std::io::Result<TcpStream> {
+    let dst: SocketAddr = dst.parse().unwrap();
+    rt.block_on(rt.spawn(async move {
+        tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(dst))
+            .await
+            .map_err(|_| std::io::Error::other("connect timed out"))?
+    }))
+    .unwrap()
+}
+
+/// Writes `msg` on `s` (a stream of `rt`) and reads the echo back.
+fn echo(
+    rt: &tokio::runtime::Runtime,
+    mut s: TcpStream,
+    msg: &'static [u8],
+) -> (TcpStream, std::io::Result<Vec<u8>>) {
+    rt.block_on(rt.spawn(async move {
+        let r = async {
+            s.write_all(msg).await?;
+            let mut buf = vec![0; msg.len()];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::other("echo timed out"))??;
+            Ok(buf)
+        }
+        .await;
+        (s, r)
+    }))
+    .unwrap()
+}
+
+fn in_pod_listeners(mesh: &InprocMesh) -> Vec<SocketAddr> {
+    let mut v: Vec<SocketAddr> = mesh
+        .proxy("n1")
+        .listening()
+        .iter()
+        .map(|l| l.addr)
+        .filter(|a| !a.ip().to_string().starts_with("127.221."))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Two pods handed over as ZDS events: traffic both ways over HBONE from each pod's own
+/// namespace; a re-sync keeps a live connection; a bad fd and a wrong identity are refused;
+/// a deleted pod's listeners refuse and its connection is cut after the drain timeout.
+#[test]
+fn zds_pods_are_served_in_pod_and_re_synced_without_cuts() {
+    let Some(mut sw) = switch("a2s") else {
+        return;
+    };
+    let pods: Vec<NetNs> = ["a2a", "a2b"]
+        .iter()
+        .map(|n| NetNs::create(n).unwrap())
+        .collect();
+    for (i, ns) in pods.iter().enumerate() {
+        sw.attach(ns.pod(), &[&format!("10.221.0.{}/24", i + 2)])
+            .unwrap();
+        mesh_dataplane::capture::install(&Default::default(), Some(&ns.name), false).unwrap();
+    }
+    let rts: Vec<tokio::runtime::Runtime> = pods.iter().map(NetNs::runtime).collect();
+    for rt in &rts {
+        rt.block_on(rt.spawn(echo_server("0.0.0.0:8080".parse().unwrap())))
+            .unwrap();
+    }
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let mut mesh = InprocMesh::new(&config());
+    main.block_on(mesh.ztunnel(
+        "n1",
+        &[
+            "--zds-socket",
+            "/nonexistent/a2.sock",
+            "--drain-timeout",
+            "1s",
+        ],
+    ));
+    // ZDS on, no pod handed over yet: the workloads wait, with no listener anywhere.
+    assert_eq!(in_pod_listeners(&mesh), Vec::<SocketAddr>::new());
+    let (tx, rx) = mpsc::channel(4);
+    mesh.proxy("n1").serve_pods(rx);
+    let agent = Agent(tx);
+    agent.connected();
+    agent
+        .add(info("uid-a", "a", "a"), netns_fd(&pods[0]))
+        .unwrap();
+    agent
+        .add(info("uid-b", "b", "b"), netns_fd(&pods[1]))
+        .unwrap();
+    agent.snapshot().unwrap();
+    let listeners = in_pod_listeners(&mesh);
+    // Per pod: HBONE and plaintext on its address, captured outbound on its loopback.
+    for want in [
+        "10.221.0.2:15008",
+        "10.221.0.2:15006",
+        "10.221.0.3:15008",
+        "10.221.0.3:15006",
+        "127.0.0.1:15001",
+    ] {
+        assert!(
+            listeners.contains(&want.parse().unwrap()),
+            "{want} in {listeners:?}"
+        );
+    }
+
+    // Both ways, each over HBONE from the pod's own namespace (mTLS as its identity).
+    let s = dial(&rts[0], "10.221.0.3:8080").unwrap();
+    let (_s, got) = echo(&rts[0], s, b"a to b");
+    assert_eq!(got.unwrap(), b"a to b");
+    let live = dial(&rts[1], "10.221.0.2:8080").unwrap();
+    let (live, got) = echo(&rts[1], live, b"b to a");
+    assert_eq!(got.unwrap(), b"b to a");
+    let metrics = mesh.proxy("n1").metrics_text();
+    for src in ["a", "b"] {
+        let principal = format!("spiffe://cluster.local/ns/ns/sa/{src}");
+        let n = metric(
+            &metrics,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls"),
+                ("source_principal", &principal),
+            ],
+        );
+        assert!(n >= 1.0, "no mTLS connection from {src}:\n{metrics}");
+    }
+
+    // The agent reconnects and re-syncs (a re-sent with the same namespace, b kept): nothing
+    // is reopened, and b's open connection to a keeps echoing.
+    let before = in_pod_listeners(&mesh);
+    agent.connected();
+    agent
+        .add(info("uid-a", "a", "a"), netns_fd(&pods[0]))
+        .unwrap();
+    agent.keep("uid-b").unwrap();
+    agent.snapshot().unwrap();
+    assert_eq!(in_pod_listeners(&mesh), before);
+    let (live, got) = echo(&rts[1], live, b"across the re-sync");
+    assert_eq!(got.unwrap(), b"across the re-sync");
+
+    // Attacks and mistakes, each refused by reason; the pods served keep working.
+    // A regular file instead of a network namespace (setns(2) refuses it: EINVAL).
+    let file: OwnedFd = tempfile::tempfile().unwrap().into();
+    let err = agent.add(info("uid-c", "c", "c"), file).unwrap_err();
+    assert!(err.contains("not a network namespace"), "{err}");
+    // A pod claiming b's name with another service account (Istio matches pods to workloads
+    // by name, namespace and service account: `WorkloadInfo::matches`).
+    let err = agent
+        .add(info("uid-x", "b", "evil"), netns_fd(&pods[0]))
+        .unwrap_err();
+    assert!(err.contains("service account \"evil\""), "{err}");
+    // Keep of a pod never added (Istio's statemanager errors too).
+    assert!(agent.keep("uid-never").is_err());
+    let (live, got) = echo(&rts[1], live, b"still here");
+    assert_eq!(got.unwrap(), b"still here");
+    let dump = mesh.proxy("n1").core().unwrap().config_dump();
+    let states: Vec<(String, String)> = dump["zdsPods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["uid"].as_str().unwrap().to_owned(),
+                p["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("uid-a".into(), "served".into()),
+            ("uid-b".into(), "served".into())
+        ]
+    );
+
+    // Pod a is deleted: its listeners close at once (new connections are refused), and its
+    // open connection is cut once the drain timeout (1 s) has passed.
+    agent.del("uid-a").unwrap();
+    let left = in_pod_listeners(&mesh);
+    assert!(
+        !left.iter().any(|a| a.ip().to_string() == "10.221.0.2"),
+        "{left:?}"
+    );
+    // (The CNI agent removes the pod's capture rules as it deletes it.)
+    mesh_dataplane::capture::remove(Some(&pods[0].name), false).unwrap();
+    for port in ["10.221.0.2:15008", "10.221.0.2:15006", "127.0.0.1:15001"] {
+        let e = dial(&rts[0], port).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{port}: {e}"
+        );
+    }
+    let cut = rts[1].block_on(rts[1].spawn(async move {
+        let mut live = live;
+        let mut buf = [0u8; 16];
+        tokio::time::timeout(Duration::from_secs(5), live.read(&mut buf)).await
+    }));
+    match cut.unwrap() {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("the deleted pod's connection was not cut: {other:?}"),
+    }
+    // b is still served: a (now outside the mesh) reaches it in plaintext through b's 15006.
+    let s = dial(&rts[0], "10.221.0.3:8080").unwrap();
+    let (_s, got) = echo(&rts[0], s, b"b lives");
+    assert_eq!(got.unwrap(), b"b lives");
+    drop(mesh);
+}
