@@ -398,3 +398,59 @@ async fn an_unknown_payload_is_refused() {
     );
     zt.stop().await;
 }
+
+#[tokio::test]
+async fn the_most_fds_a_message_can_carry_are_all_closed() {
+    // Linux's SCM_MAX_FD (253) in one add: refused, and all 253 copies closed.
+    let (_dir, mut agent, zt) = setup(Limits::default()).await;
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let copies: Vec<OwnedFd> = (0..253).map(|_| write.try_clone().unwrap()).collect();
+    drop(write);
+    let fds: Vec<_> = copies.iter().map(|f| f.as_fd()).collect();
+    let add = pod("u1");
+    let bytes = pb::WorkloadRequest {
+        payload: Some(pb::workload_request::Payload::Add(pb::AddWorkload {
+            uid: add.uid.clone(),
+            workload_info: Some(pb::WorkloadInfo::default()),
+        })),
+    }
+    .encode_to_vec();
+    assert_eq!(
+        agent.send_raw(&bytes, &fds).await.unwrap(),
+        Err("add: expected 1 network namespace fd (SCM_RIGHTS), got 253".to_owned())
+    );
+    drop(fds);
+    drop(copies);
+    let mut b = [0u8; 1];
+    assert_eq!(
+        nix::unistd::read(read.as_fd(), &mut b).unwrap(),
+        0,
+        "a descriptor leaked"
+    );
+    zt.stop().await;
+}
+
+#[tokio::test]
+async fn a_hostile_agent_cannot_make_the_ztunnel_spin() {
+    // An agent that answers every connection with garbage: each connection is refused and
+    // closed, and the reconnects back off (10 ms doubling), so one second sees a handful of
+    // connections, not hundreds.
+    let (_dir, mut agent, zt) = setup(Limits::default()).await;
+    let start = tokio::time::Instant::now();
+    let mut connections = 1;
+    while start.elapsed() < Duration::from_secs(1) {
+        let ack = agent.send_raw(&[0xff; 8], &[]).await.unwrap();
+        assert!(ack.is_err());
+        let left = Duration::from_secs(1).saturating_sub(start.elapsed());
+        if agent.accept_within(left).await.is_err() {
+            break;
+        }
+        connections += 1;
+    }
+    eprintln!("hostile agent: {connections} connections in 1 s");
+    assert!(
+        (3..=8).contains(&connections),
+        "{connections} connections in 1 s"
+    );
+    zt.stop().await;
+}

@@ -12,7 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::error::{Refusal, ZdsError};
 use super::event::PodEvent;
-use super::session::{self, Request, Session};
+use super::session::{self, Backoff, Request, Session};
 use super::wire::{self, Conn};
 
 /// The bounds of a ZDS connection; [`Limits::default`] is what [`super::serve`] uses.
@@ -89,7 +89,7 @@ pub async fn serve_with(
         path: path.to_owned(),
         source,
     })?;
-    let mut backoff = limits.backoff_start;
+    let mut backoff = Backoff::new(limits.backoff_start, limits.backoff_max);
     loop {
         let attempt = async {
             match connect(path).await {
@@ -104,15 +104,11 @@ pub async fn serve_with(
             () = cancel.cancelled() => return Ok(()),
             end = attempt.instrument(info_span!("zds", path = %path.display())) => end?,
         };
-        backoff = match end {
-            Some(End::Synced) => limits.backoff_start,
-            Some(End::Early) | None => backoff,
-        };
+        let delay = backoff.after(matches!(end, Some(End::Synced)));
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(limits.backoff_max);
     }
 }
 
@@ -121,7 +117,7 @@ async fn connect(path: &Path) -> std::io::Result<Conn> {
     let conn = wire::dial(path).await?;
     let peer = conn.peer_uid()?;
     let me = nix::unistd::geteuid().as_raw();
-    if peer != 0 && peer != me {
+    if !session::peer_allowed(peer, me) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!("agent runs as uid {peer}, neither root nor ours ({me})"),
@@ -141,10 +137,16 @@ async fn session(
         return Ok(End::Early);
     }
     info!("zds: connected to the CNI agent");
-    events
-        .send(PodEvent::Connected)
-        .await
-        .map_err(|_| ZdsError::ConsumerGone)?;
+    // Bounded like every exchange: a proxy that cannot take the event costs this connection
+    // (the agent would give up on its first ack anyway), not the task.
+    match tokio::time::timeout(limits.reply_timeout, events.send(PodEvent::Connected)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(ZdsError::ConsumerGone),
+        Err(_) => {
+            warn!("zds: the proxy takes no pod events; closing the connection");
+            return Ok(End::Early);
+        }
+    }
     let mut state = Session::new();
     loop {
         let packet = match conn.recv().await {

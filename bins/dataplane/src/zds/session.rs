@@ -169,6 +169,43 @@ fn required(uid: String, field: &'static str) -> Result<String, Refusal> {
     Ok(uid)
 }
 
+/// Whether an agent running as `peer` may hand us namespaces: root (Istio's agent) or our own
+/// user (tests, a rootless setup). Anyone else who managed to listen on the path is refused.
+pub(crate) fn peer_allowed(peer: u32, me: u32) -> bool {
+    peer == 0 || peer == me
+}
+
+/// The reconnect delays: `start` doubling to `max` while connections fail or end before their
+/// snapshot (a broken or hostile agent cannot make us spin), back to `start` after a connection
+/// that completed its snapshot (an agent restart is picked up at once).
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    start: std::time::Duration,
+    max: std::time::Duration,
+    next: std::time::Duration,
+}
+
+impl Backoff {
+    /// Starts at `start`.
+    pub(crate) fn new(start: std::time::Duration, max: std::time::Duration) -> Backoff {
+        Backoff {
+            start,
+            max: max.max(start),
+            next: start,
+        }
+    }
+
+    /// The delay before the next attempt, after a connection that was `synced` (or none).
+    pub(crate) fn after(&mut self, synced: bool) -> std::time::Duration {
+        if synced {
+            self.next = self.start;
+        }
+        let now = self.next;
+        self.next = (self.next * 2).min(self.max);
+        now
+    }
+}
+
 /// Our hello, sent first on every connection: `ZdsHello { version: V1 }`.
 pub(crate) fn hello() -> Vec<u8> {
     zds::ZdsHello {

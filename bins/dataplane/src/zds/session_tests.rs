@@ -224,6 +224,49 @@ fn acks_encode_as_istio_and_are_bounded() {
     assert_eq!(hello(), [0x08, 0x01]);
 }
 
+#[test]
+fn only_root_or_our_user_may_be_the_agent() {
+    assert!(peer_allowed(0, 1000));
+    assert!(peer_allowed(1000, 1000));
+    assert!(!peer_allowed(1001, 1000));
+    assert!(peer_allowed(0, 0));
+    assert!(!peer_allowed(65534, 0));
+}
+
+#[test]
+fn backoff_doubles_to_its_cap_and_resets_after_a_synced_connection() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    // Istio's ztunnel: 10 ms doubling, at most 15 s.
+    let mut b = Backoff::new(ms(10), Duration::from_secs(15));
+    let early: Vec<Duration> = (0..13).map(|_| b.after(false)).collect();
+    assert_eq!(&early[..4], &[ms(10), ms(20), ms(40), ms(80)]);
+    assert_eq!(early[11], ms(15_000));
+    assert_eq!(early[12], ms(15_000));
+    assert_eq!(b.after(true), ms(10));
+    assert_eq!(b.after(false), ms(20));
+}
+
+proptest! {
+    /// Whatever the sequence of connection outcomes, a delay is never below the start nor
+    /// above the cap, and a run of failures only grows it.
+    #[test]
+    fn backoff_stays_within_bounds(outcomes in proptest::collection::vec(any::<bool>(), 0..100)) {
+        use std::time::Duration;
+        let (start, max) = (Duration::from_millis(10), Duration::from_secs(15));
+        let mut b = Backoff::new(start, max);
+        let mut last = Duration::ZERO;
+        for synced in outcomes {
+            let d = b.after(synced);
+            prop_assert!(d >= start && d <= max);
+            if !synced {
+                prop_assert!(d >= last);
+            }
+            last = d;
+        }
+    }
+}
+
 proptest! {
     /// Any packet — random bytes or a mangled valid request, 0..4 descriptors, truncated or
     /// not — gets an answer (a request or a refusal whose ack fits the agent's buffer), never a
