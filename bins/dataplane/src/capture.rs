@@ -36,6 +36,9 @@ pub struct CaptureSpec {
     /// keep their addresses, so the proxy can hand them to the app from the client's own
     /// address ([`TPROXY_MARK`], policy routing table [`TPROXY_TABLE`]).
     pub tproxy: bool,
+    /// Also redirect the workload's DNS (UDP and TCP port 53) to this port, the DNS proxy's
+    /// (`crate::dns::capture`).
+    pub dns_port: Option<u16>,
 }
 
 /// Mark of TPROXY'd inbound packets and of the proxy's connections to the app that carry the
@@ -55,6 +58,7 @@ impl Default for CaptureSpec {
             mark: Some(1337),
             uid: None,
             tproxy: false,
+            dns_port: None,
         }
     }
 }
@@ -110,6 +114,10 @@ pub fn rules(spec: &CaptureSpec, ipv6: bool) -> String {
     if !spec.tproxy {
         r.push_str(&format!(":{IN_CHAIN} - [0:0]\n"));
         r.push_str(&format!("-A PREROUTING -p tcp -j {IN_CHAIN}\n"));
+    }
+    if let Some(port) = spec.dns_port {
+        // Before the TCP capture: TCP 53 goes to the DNS proxy, not the outbound port.
+        r.push_str(&crate::dns::capture::nat_rules(port, spec.mark, spec.uid));
     }
     r.push_str(&format!("-A OUTPUT -p tcp -j {OUT_CHAIN}\n"));
     if !spec.tproxy {
@@ -308,6 +316,7 @@ pub fn remove(netns: Option<&str>, ipv6: bool) -> Result<(), String> {
     let chains = [
         ("nat", IN_CHAIN),
         ("nat", OUT_CHAIN),
+        ("nat", crate::dns::capture::CHAIN),
         ("mangle", IN_CHAIN),
         ("mangle", DIVERT_CHAIN),
     ];
@@ -323,6 +332,14 @@ pub fn remove(netns: Option<&str>, ipv6: bool) -> Result<(), String> {
             )
             .is_ok()
             {}
+        }
+        for jump in crate::dns::capture::JUMPS {
+            let mut c = command(netns, tool, &["-t", "nat", "-D", "OUTPUT"]);
+            c.args(jump);
+            while run(c, None).is_ok() {
+                c = command(netns, tool, &["-t", "nat", "-D", "OUTPUT"]);
+                c.args(jump);
+            }
         }
         for (table, chain) in chains {
             let exists = run(

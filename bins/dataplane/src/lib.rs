@@ -16,6 +16,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod dns;
 mod duration;
 mod error;
 pub mod limits;

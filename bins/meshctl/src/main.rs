@@ -97,6 +97,10 @@ enum CaptureCmd {
         /// sees each client's own address. Adds policy routing (fwmark 1338, table 133).
         #[arg(long)]
         tproxy: bool,
+        /// Also redirect the workload's DNS (UDP and TCP 53) to the DNS proxy's 15053, as
+        /// istio-cni does for ztunnel's DNS capture.
+        #[arg(long)]
+        dns: bool,
         /// Print the iptables-restore input instead of applying it.
         #[arg(long)]
         dry_run: bool,
@@ -156,6 +160,7 @@ fn capture(cmd: CaptureCmd) -> ExitCode {
             exclude_outbound_ports,
             exclude_outbound_cidrs,
             tproxy,
+            dns,
             dry_run,
         } => {
             let spec = capture::CaptureSpec {
@@ -167,6 +172,7 @@ fn capture(cmd: CaptureCmd) -> ExitCode {
                 mark: (mark != 0).then_some(mark),
                 uid,
                 tproxy,
+                dns_port: dns.then_some(mesh_dataplane::dns::DNS_PORT),
             };
             if dry_run {
                 say!("{}", capture::rules(&spec, false));

@@ -1,0 +1,107 @@
+//! The DNS proxy's command line ([`DnsArgs`]) and what it turns into ([`super::DnsSettings`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::settings::{DnsLimits, DnsSettings};
+use crate::duration::parse_duration;
+
+/// Istio's switch for the DNS proxy (`proxyMetadata` / the ztunnel chart's env).
+pub const CAPTURE_ENV: &str = "ISTIO_META_DNS_CAPTURE";
+
+/// DNS proxy flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DnsArgs {
+    /// Answer DNS in each in-pod workload's network namespace on 127.0.0.1:15053 (UDP and
+    /// TCP), as Istio's ztunnel does when istio-cni captures DNS: mesh service names from the
+    /// mesh state, the rest relayed upstream. Default: `ISTIO_META_DNS_CAPTURE=true` in the
+    /// environment turns it on, else off.
+    #[arg(long, value_name = "BOOL")]
+    pub dns_capture: Option<bool>,
+    /// Also answer DNS on this port of the proxy's own address (local mode: clients are the
+    /// node's workloads, known by their source address; others get SERVFAIL).
+    #[arg(long, value_name = "PORT")]
+    pub dns_port: Option<u16>,
+    /// The upstream resolvers: the `nameserver` lines of this file (Istio's ztunnel uses its
+    /// own `/etc/resolv.conf`).
+    #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
+    pub dns_resolv_conf: PathBuf,
+    /// Upstream resolvers as `IP:PORT` (repeatable), instead of `--dns-resolv-conf` (which
+    /// can only name port 53).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// Time a relayed query may take, all upstreams together; then SERVFAIL.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_forward_timeout: Duration,
+    /// Kubernetes cluster domain of service names (`<svc>.<ns>.svc.<domain>`).
+    #[arg(long, default_value = "cluster.local", value_name = "DOMAIN")]
+    pub dns_cluster_domain: String,
+    /// Most queries with the upstreams at once, per DNS listener; more get SERVFAIL at once.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub dns_max_forwarded: usize,
+    /// Most open TCP clients per DNS listener.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub dns_max_tcp_connections: usize,
+    /// A DNS TCP client is closed after this long without a complete query.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_tcp_idle_timeout: Duration,
+}
+
+impl DnsArgs {
+    /// Whether capture is on: the flag, else `ISTIO_META_DNS_CAPTURE` (`env`), else off.
+    pub fn capture(&self, env: Option<&str>) -> bool {
+        self.dns_capture
+            .unwrap_or_else(|| env.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")))
+    }
+
+    /// The DNS settings for a proxy at `ip`, or `None` when no DNS listener is asked for (the
+    /// `resolv.conf` is read when the proxy starts).
+    pub fn settings(&self, ip: std::net::IpAddr) -> Option<DnsSettings> {
+        let env = std::env::var(CAPTURE_ENV).ok();
+        let capture = self.capture(env.as_deref());
+        let node_addr = self.dns_port.map(|p| SocketAddr::new(ip, p));
+        if !capture && node_addr.is_none() {
+            return None;
+        }
+        Some(DnsSettings {
+            capture,
+            node_addr,
+            upstreams: self.dns_upstream.clone(),
+            resolv_conf: self
+                .dns_upstream
+                .is_empty()
+                .then(|| self.dns_resolv_conf.clone()),
+            forward_timeout: self.dns_forward_timeout,
+            cluster_domain: self.dns_cluster_domain.clone(),
+            limits: DnsLimits {
+                max_forwarded: self.dns_max_forwarded,
+                max_tcp_connections: self.dns_max_tcp_connections,
+                tcp_idle_timeout: self.dns_tcp_idle_timeout,
+                ..DnsLimits::default()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        dns: DnsArgs,
+    }
+
+    #[test]
+    fn capture_flag_overrides_env() {
+        let off = Cli::parse_from(["x"]).dns;
+        assert!(!off.capture(None));
+        assert!(off.capture(Some("true")));
+        assert!(!off.capture(Some("false")));
+        let flag = Cli::parse_from(["x", "--dns-capture", "false"]).dns;
+        assert!(!flag.capture(Some("true")));
+    }
+}

@@ -1,0 +1,100 @@
+//! The DNS proxy of one proxy process ([`DnsProxy`]): its settings, the upstream relay and
+//! the index of the current state, shared by all its listeners.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::forward::Forwarder;
+use super::index::DnsIndex;
+use super::resolv;
+use super::settings::{DnsError, DnsLimits, DnsSettings};
+use crate::config::MeshState;
+
+/// What the listeners answer from, published at each applied state.
+#[derive(Debug, Default)]
+struct Published {
+    index: Arc<DnsIndex>,
+    /// The local workloads' namespaces by address (for the node listener).
+    locals: HashMap<IpAddr, String>,
+}
+
+/// The DNS proxy of one proxy process: its settings, the upstream relay and the index of the
+/// current state, shared by all its listeners.
+#[derive(Debug)]
+pub struct DnsProxy {
+    settings: DnsSettings,
+    forwarder: Arc<Forwarder>,
+    published: ArcSwap<Published>,
+}
+
+impl DnsProxy {
+    /// A proxy with `settings` (its upstreams read from `settings.resolv_conf` when set) and
+    /// an empty index.
+    ///
+    /// # Errors
+    /// [`DnsError::ResolvConf`] when the `resolv.conf` cannot be read or names no server.
+    pub fn new(mut settings: DnsSettings) -> Result<Arc<DnsProxy>, DnsError> {
+        if let Some(path) = &settings.resolv_conf {
+            settings.upstreams = resolv::load(path)?;
+        }
+        let forwarder = Forwarder::new(settings.upstreams.clone(), settings.forward_timeout);
+        Ok(Arc::new(DnsProxy {
+            settings,
+            forwarder,
+            published: ArcSwap::from_pointee(Published::default()),
+        }))
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &DnsSettings {
+        &self.settings
+    }
+
+    /// The listener bounds.
+    pub fn limits(&self) -> &DnsLimits {
+        &self.settings.limits
+    }
+
+    /// The upstream relay.
+    pub fn forwarder(&self) -> &Arc<Forwarder> {
+        &self.forwarder
+    }
+
+    /// Rebuilds the index for `state` (called when a state is applied) and the namespaces of
+    /// `node`'s workloads.
+    pub fn update(&self, state: &MeshState, node: &str) {
+        let index = DnsIndex::build(state, &self.settings.cluster_domain);
+        let locals = state
+            .node(node)
+            .map(|n| {
+                n.workloads
+                    .iter()
+                    .map(|w| (w.address, w.namespace.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.publish(index, locals);
+    }
+
+    /// Publishes `index`, and `locals` (client address → namespace) for listeners that know
+    /// their clients by address.
+    pub fn publish(&self, index: DnsIndex, locals: HashMap<IpAddr, String>) {
+        self.published.store(Arc::new(Published {
+            index: Arc::new(index),
+            locals,
+        }));
+    }
+
+    /// The current index.
+    pub fn index(&self) -> Arc<DnsIndex> {
+        self.published.load().index.clone()
+    }
+
+    /// The namespace of the local workload at `ip`.
+    pub fn namespace_of(&self, ip: IpAddr) -> Option<String> {
+        self.published.load().locals.get(&ip).cloned()
+    }
+}
