@@ -1,0 +1,328 @@
+//! Istio 1.31's workload API on the data path (in-process ztunnels fed by the xDS store, as
+//! istiod's resources arrive): `Service.weighted_waypoints` splits connections between two
+//! waypoints by weight and never moves a live connection. Waypoints are fakes written here
+//! (HBONE servers with the waypoints' identities) that count the CONNECTs they get.
+//! Loopback block 127.224.x.x.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_dataplane::config::MeshState;
+use mesh_dataplane::config::xds::{XdsSettings, XdsStore};
+use mesh_hbone::{H2Settings, accept_tls, serve_connection};
+use mesh_identity::{CertStore, LocalCa, SpiffeId, server_config};
+use mesh_tests::connect_from;
+use mesh_tests::inproc::InprocMesh;
+use mesh_xds::pb::workload as wl;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const NODE_A: &str = "127.224.0.1";
+const CLIENT: &str = "127.224.1.10";
+const SERVER: &str = "127.224.1.20";
+/// The service whose connections are split.
+const VIP: &str = "127.224.2.1:9000";
+
+/// Node `a` with the client; everything else comes from the workload API.
+fn file_config() -> String {
+    format!(
+        r#"apiVersion: dataplane.mesh.dev/v1alpha1
+kind: Node
+metadata: {{name: a}}
+spec: {{address: {NODE_A}, serviceListeners: true, workloads: [ns/client]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: client, namespace: ns}}
+spec: {{address: {CLIENT}, serviceAccount: client}}
+"#
+    )
+}
+
+fn ip_bytes(ip: &str) -> Vec<u8> {
+    match ip.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn workload(name: &str, ip: &str, node: &str, service: Option<(&str, u32)>) -> wl::Workload {
+    let mut services = HashMap::new();
+    if let Some((host, port)) = service {
+        services.insert(
+            format!("ns/{host}"),
+            wl::PortList {
+                ports: vec![wl::Port {
+                    service_port: port,
+                    target_port: port,
+                    app_protocol: 0,
+                }],
+            },
+        );
+    }
+    wl::Workload {
+        uid: format!("Kubernetes//Pod/ns/{name}"),
+        name: name.into(),
+        namespace: "ns".into(),
+        addresses: vec![ip_bytes(ip)],
+        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+        service_account: name.into(),
+        node: node.into(),
+        services,
+        ..Default::default()
+    }
+}
+
+fn service(name: &str, vip: &str, port: u32) -> wl::Service {
+    wl::Service {
+        name: name.into(),
+        namespace: "ns".into(),
+        hostname: format!("{name}.ns.svc.cluster.local"),
+        addresses: vec![wl::NetworkAddress {
+            network: String::new(),
+            address: ip_bytes(vip),
+            length: None,
+        }],
+        ports: vec![wl::Port {
+            service_port: port,
+            target_port: port,
+            app_protocol: wl::AppProtocol::Tcp as i32,
+        }],
+        ..Default::default()
+    }
+}
+
+fn waypoint_ref(name: &str) -> wl::GatewayAddress {
+    wl::GatewayAddress {
+        destination: Some(wl::gateway_address::Destination::Hostname(
+            wl::NamespacedHostname {
+                namespace: "ns".into(),
+                hostname: format!("{name}.ns.svc.cluster.local"),
+            },
+        )),
+        hbone_mtls_port: 15008,
+    }
+}
+
+fn address(a: wl::address::Type) -> (String, wl::Address) {
+    let name = match &a {
+        wl::address::Type::Workload(w) => w.uid.clone(),
+        wl::address::Type::Service(s) => format!("{}/{}", s.namespace, s.hostname),
+    };
+    (name, wl::Address { r#type: Some(a) })
+}
+
+/// Node `a`'s xDS store holding the client, waypoints `wp1` (127.224.0.3) and `wp2`
+/// (127.224.0.4), and service `server` (VIP:9000) with `waypoint: wp1` and weighted waypoints
+/// `weights` (wp1, wp2).
+fn store(weights: (u32, u32)) -> XdsStore {
+    let mut s = XdsStore::new(XdsSettings {
+        node: "a".into(),
+        node_address: NODE_A.parse().unwrap(),
+        cluster_id: "Kubernetes".into(),
+        root_namespace: "istio-system".into(),
+        trust_domain: "cluster.local".parse().unwrap(),
+        service_listeners: true,
+    });
+    let mut server = service("server", "127.224.2.1", 9000);
+    server.waypoint = Some(waypoint_ref("wp1"));
+    server.weighted_waypoints = vec![
+        wl::WeightedWaypoint {
+            destination: Some(waypoint_ref("wp1")),
+            weight: weights.0,
+        },
+        wl::WeightedWaypoint {
+            destination: Some(waypoint_ref("wp2")),
+            weight: weights.1,
+        },
+    ];
+    use wl::address::Type::{Service as S, Workload as W};
+    let rejected = s.apply_addresses(
+        vec![
+            address(W(workload("client", CLIENT, "a", None))),
+            address(W(workload(
+                "server",
+                SERVER,
+                "b",
+                Some(("server.ns.svc.cluster.local", 9000)),
+            ))),
+            address(W(workload(
+                "wp1",
+                "127.224.0.3",
+                "w",
+                Some(("wp1.ns.svc.cluster.local", 15008)),
+            ))),
+            address(W(workload(
+                "wp2",
+                "127.224.0.4",
+                "w",
+                Some(("wp2.ns.svc.cluster.local", 15008)),
+            ))),
+            address(S(service("wp1", "127.224.3.1", 15008))),
+            address(S(service("wp2", "127.224.3.2", 15008))),
+            address(S(server)),
+        ],
+        vec![],
+    );
+    assert!(rejected.is_empty(), "{rejected:?}");
+    s
+}
+
+/// A fake waypoint: an HBONE server with `identity`'s certificate on `addr`:15008 that
+/// accepts every CONNECT, counts it, records its authority and echoes its bytes (counted).
+struct FakeWaypoint {
+    connects: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+    authorities: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+async fn fake_waypoint(ca: &LocalCa, addr: &str, identity: &str) -> FakeWaypoint {
+    let id: SpiffeId = identity.parse().unwrap();
+    let tls = server_config(
+        CertStore::fixed(ca.issue(&id).unwrap()),
+        &ca.trust_bundle().unwrap(),
+        vec!["cluster.local".parse().unwrap()],
+    )
+    .unwrap();
+    let l = TcpListener::bind(SocketAddr::new(addr.parse().unwrap(), 15008))
+        .await
+        .unwrap();
+    let fake = FakeWaypoint {
+        connects: Arc::default(),
+        bytes: Arc::default(),
+        authorities: Arc::default(),
+    };
+    let (connects, bytes, authorities) = (
+        fake.connects.clone(),
+        fake.bytes.clone(),
+        fake.authorities.clone(),
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (tls, connects, bytes, authorities) = (
+                tls.clone(),
+                connects.clone(),
+                bytes.clone(),
+                authorities.clone(),
+            );
+            tokio::spawn(async move {
+                let Ok((stream, info)) = accept_tls(tcp, tls, Duration::from_secs(5)).await else {
+                    return;
+                };
+                let settings = H2Settings::default();
+                let _ = serve_connection(stream, info, &settings, CancellationToken::new(), {
+                    move |req| {
+                        let (connects, bytes, authorities) =
+                            (connects.clone(), bytes.clone(), authorities.clone());
+                        async move {
+                            connects.fetch_add(1, Ordering::SeqCst);
+                            authorities.lock().unwrap().push(req.authority);
+                            let Ok(tunnel) = req.accept() else { return };
+                            let (mut r, mut w) = tokio::io::split(tunnel);
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = r.read(&mut buf).await {
+                                if n == 0 || w.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                                bytes.fetch_add(n, Ordering::SeqCst);
+                            }
+                            let _ = w.shutdown().await;
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    });
+    fake
+}
+
+async fn apply(mesh: &InprocMesh, state: MeshState) {
+    mesh.proxy("a").apply(state).await.unwrap();
+}
+
+/// One round trip on `s`.
+async fn ping(s: &mut tokio::net::TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(got, msg);
+}
+
+// Istio (proto/workload.proto, Service.weighted_waypoints): "the client dataplane selects one
+// waypoint per connection proportional to each entry's weight"; istio/ztunnel samples once in
+// `fetch_service_waypoint`, when the connection is routed, so a connection never moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_waypoints_split_connections_and_pin_each() {
+    let mut mesh = InprocMesh::new(&file_config());
+    let wp1 = fake_waypoint(
+        &mesh.ca,
+        "127.224.0.3",
+        "spiffe://cluster.local/ns/ns/sa/wp1",
+    )
+    .await;
+    let wp2 = fake_waypoint(
+        &mesh.ca,
+        "127.224.0.4",
+        "spiffe://cluster.local/ns/ns/sa/wp2",
+    )
+    .await;
+    mesh.ztunnel("a", &[]).await;
+    apply(&mesh, store((50, 50)).build()).await;
+
+    let client: IpAddr = CLIENT.parse().unwrap();
+    let vip: SocketAddr = VIP.parse().unwrap();
+    let n = 1000;
+    for i in 0..n {
+        let mut s = connect_from(client, vip).await.unwrap();
+        ping(&mut s, format!("c{i}").as_bytes()).await;
+    }
+    let (a, b) = (
+        wp1.connects.load(Ordering::SeqCst),
+        wp2.connects.load(Ordering::SeqCst),
+    );
+    eprintln!("weighted 50/50 over {n} connections: wp1 {a}, wp2 {b}");
+    assert_eq!(a + b, n, "every connection through one waypoint");
+    // Within ±5% of 500 each (the Weyl spread gives 500/500 ± a few).
+    assert!((450..=550).contains(&a), "wp1 {a}, wp2 {b}");
+    // The waypoint is told the service VIP:port the client addressed.
+    assert!(wp1.authorities.lock().unwrap().iter().all(|x| *x == vip));
+
+    // A long connection, then the weights move everything away from its waypoint.
+    let mut long = connect_from(client, vip).await.unwrap();
+    ping(&mut long, b"before").await;
+    let on_wp1 = wp1.connects.load(Ordering::SeqCst) > a;
+    let (mine, other) = if on_wp1 { (&wp1, &wp2) } else { (&wp2, &wp1) };
+    let weights = if on_wp1 { (0, 100) } else { (100, 0) };
+    apply(&mesh, store(weights).build()).await;
+    let (mine_connects, mine_bytes) = (
+        mine.connects.load(Ordering::SeqCst),
+        mine.bytes.load(Ordering::SeqCst),
+    );
+    let other_before = other.connects.load(Ordering::SeqCst);
+    for i in 0..20 {
+        let mut s = connect_from(client, vip).await.unwrap();
+        ping(&mut s, format!("n{i}").as_bytes()).await;
+    }
+    assert_eq!(
+        other.connects.load(Ordering::SeqCst),
+        other_before + 20,
+        "new connections follow the new weights"
+    );
+    // The live connection still flows through its waypoint (weight 0 now), unmoved.
+    ping(&mut long, b"after the update").await;
+    assert_eq!(mine.connects.load(Ordering::SeqCst), mine_connects);
+    assert_eq!(
+        mine.bytes.load(Ordering::SeqCst),
+        mine_bytes + b"after the update".len()
+    );
+}
