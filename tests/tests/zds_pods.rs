@@ -435,7 +435,17 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
         main.block_on(agent.add(&pod_d, &fd(&pods[1]))).unwrap(),
         Ok(())
     );
+    // Not ready before the agent's first snapshot (Istio's ztunnel: ready "after we received
+    // our first snapshot", src/inpod/linux/statemanager.rs `ready`).
+    let readiness: SocketAddr = format!("{NODE_E2E}:15021").parse().unwrap();
+    let ready = || {
+        main.block_on(http(readiness, "GET", "/healthz/ready"))
+            .unwrap()
+            .0
+    };
+    assert_eq!(ready(), 500);
     assert_eq!(main.block_on(agent.snapshot_sent()).unwrap(), Ok(()));
+    assert_eq!(ready(), 200);
     main.block_on(dump_until("both served", |d| {
         pod_state(d, uid_c) == "served"
             && pod_state(d, uid_d) == "served"

@@ -27,7 +27,8 @@ type Open = Arc<Netns>;
 
 impl Proxy {
     /// Serves the pods of a CNI agent (ZDS) from `events` until the proxy stops (call it on
-    /// the proxy's runtime): this node's workloads are served in-pod when their pod is handed
+    /// the proxy's runtime); `/healthz/ready` waits for the agent's first snapshot, as
+    /// Istio's ztunnel does. This node's workloads are served in-pod when their pod is handed
     /// over, and wait (no listeners) until then (as from the start with
     /// `ProxyConfig::zds_pods`). Each event is answered on its `reply`: `Err` with the reason
     /// (a bad namespace fd, an identity that disagrees with istiod's, a bind that failed)
@@ -41,12 +42,18 @@ impl Proxy {
             inner: self.inner.clone(),
         };
         let cancel = self.inner.cancel.clone();
+        // As Istio's ztunnel: not ready before the agent's first snapshot.
+        let snapshot = self
+            .inner
+            .readiness
+            .register("ZDS snapshot from the CNI agent");
         let span = tracing::info_span!("zds_pods");
         self.inner.tasks.spawn(
             async move {
                 let mut driver = Driver {
                     proxy,
                     registry: Registry::default(),
+                    snapshot: Some(snapshot),
                 };
                 // Workloads served on this host before ZDS was on now wait for their pods.
                 if let Err(e) = driver.sync(Vec::new()).await {
@@ -96,6 +103,8 @@ impl Proxy {
 struct Driver {
     proxy: Proxy,
     registry: Registry<Open>,
+    /// Readiness waits for the first snapshot.
+    snapshot: Option<mesh_telemetry::readiness::Pending>,
 }
 
 impl Driver {
@@ -132,7 +141,13 @@ impl Driver {
                 if !gone.is_empty() {
                     info!(pods = ?gone, "re-sync: pods the agent no longer has are removed");
                 }
-                let _ = reply.send(self.sync(gone).await);
+                let r = self.sync(gone).await;
+                if r.is_ok()
+                    && let Some(p) = self.snapshot.take()
+                {
+                    p.done();
+                }
+                let _ = reply.send(r);
             }
         }
     }
@@ -144,8 +159,8 @@ impl Driver {
         let who = format!("pod {}/{} ({})", info.namespace, info.name, info.uid);
         let id = Netns::id_of(&fd).map_err(|e| format!("{who}: network namespace fd: {e}"))?;
         if self.registry.is_same(&info.uid, id) {
-            self.registry
-                .add(info, id, Open::clone(&self.open_of_same(id)?))?;
+            let open = self.open_of(id).ok_or("pod not found")?;
+            self.registry.add(info, id, open)?;
             return Ok(());
         }
         self.check_identity(&info)
@@ -158,11 +173,17 @@ impl Driver {
                 .socket_mark
                 .unwrap_or(crate::sockets::DEFAULT_SOCKET_MARK),
         );
-        let label = format!("zds:{}/{}", info.namespace, info.name);
-        let netns = tokio::task::spawn_blocking(move || Netns::from_fd(fd, &label, mark))
-            .await
-            .map_err(|e| format!("{who}: network namespace: {e}"))?
-            .map_err(|e| format!("{who}: network namespace fd: {e}"))?;
+        // One thread per namespace, whatever the number of uids the agent names in it.
+        let netns = match self.open_of(id) {
+            Some(open) => open,
+            None => {
+                let label = format!("zds:{}/{}", info.namespace, info.name);
+                tokio::task::spawn_blocking(move || Netns::from_fd(fd, &label, mark))
+                    .await
+                    .map_err(|e| format!("{who}: network namespace: {e}"))?
+                    .map_err(|e| format!("{who}: network namespace fd: {e}"))?
+            }
+        };
         let uid = info.uid.clone();
         if let Added::Replaced(_) = self.registry.add(info, id, netns)? {
             // A new sandbox for the same pod: the old namespace's listeners go first (their
@@ -183,14 +204,13 @@ impl Driver {
         Ok(())
     }
 
-    /// The open namespace of the pod `is_same` found (the new fd is closed on return).
-    fn open_of_same(&self, id: (u64, u64)) -> Result<Open, String> {
+    /// The namespace with identity `id` when a served pod already has it open.
+    fn open_of(&self, id: (u64, u64)) -> Option<Open> {
         self.registry
             .pods()
             .values()
             .find(|e| e.netns_id == id)
             .map(|e| e.payload.clone())
-            .ok_or_else(|| "pod not found".to_owned())
     }
 
     /// Refuses a pod whose service account or trust domain disagrees with the workload istiod
