@@ -3,9 +3,10 @@
 //! the ack; reconnects with backoff when the connection ends, as Istio's ztunnel does
 //! (istio/ztunnel `src/inpod/workloadmanager.rs`: 10 ms doubling to 15 s).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mesh_telemetry::readiness::{Pending, Readiness};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -85,6 +86,63 @@ pub async fn serve_with(
     cancel: CancellationToken,
     limits: Limits,
 ) -> Result<(), ZdsError> {
+    run(path, events, cancel, limits, Ready::new(None)).await
+}
+
+/// [`serve_with`] that also holds the proxy not ready (`/healthz/ready` lists
+/// [`READINESS_TASK`]) until the agent's snapshot has been applied, and again while the agent
+/// is away, as Istio's ztunnel does in-pod ("we are only ready when we are connected",
+/// `src/inpod/workloadmanager.rs`).
+///
+/// # Errors
+/// As [`serve`] (the returned future's output).
+pub fn serve_ready(
+    path: PathBuf,
+    events: mpsc::Sender<PodEvent>,
+    cancel: CancellationToken,
+    limits: Limits,
+    readiness: Readiness,
+) -> impl Future<Output = Result<(), ZdsError>> + Send + 'static {
+    // Registered now, not at the first poll: the proxy is not ready from the call on.
+    let ready = Ready::new(Some(readiness));
+    async move { run(&path, events, cancel, limits, ready).await }
+}
+
+/// The readiness task [`serve_ready`] holds pending.
+pub const READINESS_TASK: &str = "zds: CNI agent snapshot";
+
+/// Not ready until a snapshot is applied; not ready again when the connection ends.
+struct Ready {
+    readiness: Option<Readiness>,
+    pending: Option<Pending>,
+}
+
+impl Ready {
+    fn new(readiness: Option<Readiness>) -> Ready {
+        let mut r = Ready {
+            readiness,
+            pending: None,
+        };
+        r.not_ready();
+        r
+    }
+    fn not_ready(&mut self) {
+        if self.pending.is_none() {
+            self.pending = self.readiness.as_ref().map(|r| r.register(READINESS_TASK));
+        }
+    }
+    fn ready(&mut self) {
+        self.pending = None;
+    }
+}
+
+async fn run(
+    path: &Path,
+    events: mpsc::Sender<PodEvent>,
+    cancel: CancellationToken,
+    limits: Limits,
+    mut ready: Ready,
+) -> Result<(), ZdsError> {
     wire::check_path(path).map_err(|source| ZdsError::Path {
         path: path.to_owned(),
         source,
@@ -93,7 +151,7 @@ pub async fn serve_with(
     loop {
         let attempt = async {
             match connect(path).await {
-                Ok(conn) => session(conn, &events, limits).await.map(Some),
+                Ok(conn) => session(conn, &events, limits, &mut ready).await.map(Some),
                 Err(e) => {
                     debug!(path = %path.display(), error = %e, "zds: cannot reach the CNI agent");
                     Ok(None)
@@ -104,6 +162,7 @@ pub async fn serve_with(
             () = cancel.cancelled() => return Ok(()),
             end = attempt.instrument(info_span!("zds", path = %path.display())) => end?,
         };
+        ready.not_ready();
         let delay = backoff.after(matches!(end, Some(End::Synced)));
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
@@ -131,6 +190,7 @@ async fn session(
     mut conn: Conn,
     events: &mpsc::Sender<PodEvent>,
     limits: Limits,
+    ready: &mut Ready,
 ) -> Result<End, ZdsError> {
     if let Err(e) = conn.send(&session::hello()).await {
         warn!(error = %e, "zds: hello to the CNI agent failed");
@@ -162,7 +222,14 @@ async fn session(
         };
         let step = state.on_message(conn.data(packet.len), packet.truncated, packet.fds);
         let (answer, close) = match step {
-            Ok(req) => (forward(req, events, limits.reply_timeout).await, false),
+            Ok(req) => {
+                let snapshot = matches!(req, Request::SnapshotSent);
+                let answer = forward(req, events, limits.reply_timeout).await;
+                if snapshot && answer.is_ok() {
+                    ready.ready();
+                }
+                (answer, false)
+            }
             Err(refusal) => {
                 warn!(error = %refusal, "zds: message refused");
                 let close = refusal.closes();

@@ -19,6 +19,6 @@ mod event;
 mod session;
 mod wire;
 
-pub use client::{Limits, serve, serve_with};
+pub use client::{Limits, READINESS_TASK, serve, serve_ready, serve_with};
 pub use error::{Refusal, ZdsError};
 pub use event::{PodEvent, PodInfo, Reply};
