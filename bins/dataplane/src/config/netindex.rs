@@ -76,8 +76,9 @@ pub(crate) struct NetIndex {
     vips: Fast<SocketAddr, Candidates>,
     /// Contested host names, per port.
     hosts: HashMap<String, HashMap<u16, Candidates>>,
-    /// CIDR service addresses: (network address, prefix length, port).
-    cidrs: Fast<(IpAddr, u8, u16), Candidates>,
+    /// CIDR service addresses: (network address, prefix length, port), per family.
+    cidrs_v4: Fast<(u32, u8, u16), Candidates>,
+    cidrs_v6: Fast<(u128, u8, u16), Candidates>,
     /// The distinct CIDR prefix lengths, longest first, per family.
     lengths_v4: Vec<u8>,
     lengths_v6: Vec<u8>,
@@ -125,35 +126,21 @@ impl NetIndex {
     /// The CIDR service a client in `ns` reaches at `addr` (not an exact VIP): at most one
     /// hash lookup per distinct prefix length, longest first.
     pub(crate) fn cidr(&self, addr: SocketAddr, ns: Option<&str>) -> Option<&Arc<ServicePort>> {
-        let ip = addr.ip();
-        let lengths = if ip.is_ipv4() {
-            &self.lengths_v4
-        } else {
-            &self.lengths_v6
-        };
-        let mut public = None;
-        for &len in lengths {
-            let Ok(net) = ipnet::IpNet::new(ip, len) else {
-                continue;
-            };
-            let Some(c) = self.cidrs.get(&(net.network(), len, addr.port())) else {
-                continue;
-            };
-            match ns {
-                // Longest prefix, canonical among equals (ranked at build).
-                None => return c.any.as_ref(),
-                Some(ns) => {
-                    // In the client's namespace beats any prefix length: the longest such.
-                    if let Some(sp) = c.by_ns.get(ns) {
-                        return Some(sp);
-                    }
-                    if public.is_none() {
-                        public = c.public.as_ref();
-                    }
-                }
+        let port = addr.port();
+        match addr.ip() {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                best_cidr(&self.lengths_v4, ns, |len| {
+                    self.cidrs_v4.get(&(mask_v4(bits, len), len, port))
+                })
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                best_cidr(&self.lengths_v6, ns, |len| {
+                    self.cidrs_v6.get(&(mask_v6(bits, len), len, port))
+                })
             }
         }
-        public
     }
 
     /// The network of the workload at `ip`, when one on another network has it.
@@ -162,12 +149,56 @@ impl NetIndex {
     }
 }
 
+/// The best CIDR match over `lengths` (longest first), `probe` giving each length's
+/// candidates: Istio's rank `(in the client's namespace, prefix length, canonical)`.
+fn best_cidr<'a>(
+    lengths: &[u8],
+    ns: Option<&str>,
+    probe: impl Fn(u8) -> Option<&'a Candidates>,
+) -> Option<&'a Arc<ServicePort>> {
+    let mut public = None;
+    for &len in lengths {
+        let Some(c) = probe(len) else {
+            continue;
+        };
+        match ns {
+            // Longest prefix, canonical among equals (ranked at build).
+            None => return c.any.as_ref(),
+            Some(ns) => {
+                // In the client's namespace beats any prefix length: the longest such.
+                if let Some(sp) = c.by_ns.get(ns) {
+                    return Some(sp);
+                }
+                if public.is_none() {
+                    public = c.public.as_ref();
+                }
+            }
+        }
+    }
+    public
+}
+
+/// `bits` with all but the first `len` bits cleared.
+fn mask_v4(bits: u32, len: u8) -> u32 {
+    bits.checked_shr(32 - u32::from(len.min(32)))
+        .and_then(|b| b.checked_shl(32 - u32::from(len.min(32))))
+        .unwrap_or(0)
+}
+
+/// As [`mask_v4`], for IPv6.
+fn mask_v6(bits: u128, len: u8) -> u128 {
+    bits.checked_shr(128 - u32::from(len.min(128)))
+        .and_then(|b| b.checked_shl(128 - u32::from(len.min(128))))
+        .unwrap_or(0)
+}
+
 /// Builds a [`NetIndex`] during a full build, service by service, beside the plain indexes.
 #[derive(Debug, Default)]
 pub(crate) struct NetIndexBuilder {
     vips: Fast<SocketAddr, Candidates>,
     hosts: HashMap<String, HashMap<u16, Candidates>>,
-    cidrs: Fast<(IpAddr, u8, u16), Candidates>,
+    cidrs_v4: Fast<(u32, u8, u16), Candidates>,
+    cidrs_v6: Fast<(u128, u8, u16), Candidates>,
     other_networks: Fast<IpAddr, String>,
 }
 
@@ -199,10 +230,18 @@ impl NetIndexBuilder {
                 }
             }
             for net in cidrs {
-                self.cidrs
-                    .entry((net.network(), net.prefix_len(), sp.port))
-                    .or_default()
-                    .add(sp);
+                let len = net.prefix_len();
+                let c = match net.network() {
+                    IpAddr::V4(v4) => self
+                        .cidrs_v4
+                        .entry((mask_v4(u32::from(v4), len), len, sp.port))
+                        .or_default(),
+                    IpAddr::V6(v6) => self
+                        .cidrs_v6
+                        .entry((mask_v6(u128::from(v6), len), len, sp.port))
+                        .or_default(),
+                };
+                c.add(sp);
             }
         }
     }
@@ -248,32 +287,57 @@ impl NetIndexBuilder {
             }
         }
         hosts.retain(|_, ports| !ports.is_empty());
-        let mut lengths_v4: Vec<u8> = Vec::new();
-        let mut lengths_v6: Vec<u8> = Vec::new();
-        for (ip, len, _) in self.cidrs.keys() {
-            let l = if ip.is_ipv4() {
-                &mut lengths_v4
-            } else {
-                &mut lengths_v6
-            };
-            if !l.contains(len) {
-                l.push(*len);
-            }
-        }
-        lengths_v4.sort_unstable_by(|a, b| b.cmp(a));
-        lengths_v6.sort_unstable_by(|a, b| b.cmp(a));
+        let lengths_v4 = longest_first(self.cidrs_v4.keys().map(|k| k.1));
+        let lengths_v6 = longest_first(self.cidrs_v6.keys().map(|k| k.1));
         let empty = vips.is_empty()
             && hosts.is_empty()
-            && self.cidrs.is_empty()
+            && self.cidrs_v4.is_empty()
+            && self.cidrs_v6.is_empty()
             && self.other_networks.is_empty();
         NetIndex {
             vips,
             hosts,
-            cidrs: self.cidrs,
+            cidrs_v4: self.cidrs_v4,
+            cidrs_v6: self.cidrs_v6,
             lengths_v4,
             lengths_v6,
             other_networks: self.other_networks,
             empty,
+        }
+    }
+}
+
+/// The distinct prefix lengths, longest first.
+fn longest_first(lengths: impl Iterator<Item = u8>) -> Vec<u8> {
+    let mut v: Vec<u8> = lengths.collect();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_keep_the_prefix() {
+        assert_eq!(mask_v4(0x7fdf_0905, 24), 0x7fdf_0900);
+        assert_eq!(mask_v4(0x7fdf_0905, 32), 0x7fdf_0905);
+        assert_eq!(mask_v4(0x7fdf_0905, 0), 0);
+        assert_eq!(mask_v4(0xffff_ffff, 1), 0x8000_0000);
+        assert_eq!(mask_v6(u128::MAX, 64), u128::MAX << 64);
+        assert_eq!(mask_v6(u128::MAX, 0), 0);
+        assert_eq!(mask_v6(u128::MAX, 128), u128::MAX);
+    }
+
+    proptest::proptest! {
+        // The mask agrees with ipnet's network address for every address and length.
+        #[test]
+        fn masks_match_ipnet(bits: u32, len in 0u8..=32, bits6: u128, len6 in 0u8..=128) {
+            let net = ipnet::Ipv4Net::new(bits.into(), len).unwrap();
+            proptest::prop_assert_eq!(mask_v4(bits, len), u32::from(net.network()));
+            let net6 = ipnet::Ipv6Net::new(bits6.into(), len6).unwrap();
+            proptest::prop_assert_eq!(mask_v6(bits6, len6), u128::from(net6.network()));
         }
     }
 }

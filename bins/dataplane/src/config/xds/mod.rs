@@ -39,6 +39,8 @@ mod store;
 mod tests;
 #[cfg(test)]
 mod tests_131;
+#[cfg(test)]
+mod tests_131_lookup;
 mod weighted;
 #[cfg(test)]
 mod weighted_tests;

@@ -1,5 +1,6 @@
-//! Unit tests of Istio 1.31's workload-API fields in the store: networks, `canonical`,
-//! `visibility`, CIDR service addresses, `ingress_use_waypoint`; and the rejections by name.
+//! Unit tests of Istio 1.31's workload-API fields in the store: networks,
+//! `ingress_use_waypoint`, the rejections by name, and the helpers `tests_131_lookup.rs`
+//! (`canonical`, `visibility`, CIDR service addresses) shares.
 //! Each corner case cites the Istio source it mirrors (istio/ztunnel `src/state/service.rs`,
 //! `src/state/workload.rs`, `proto/workload.proto`).
 
@@ -10,10 +11,10 @@ use std::net::SocketAddr;
 
 use mesh_xds::pb::workload as wl;
 
-use super::super::{MeshState, Visibility};
+use super::super::MeshState;
 use super::*;
 
-fn store(network: &str) -> XdsStore {
+pub(super) fn store(network: &str) -> XdsStore {
     XdsStore::new(XdsSettings {
         node: "n1".into(),
         node_address: "127.223.0.1".parse().unwrap(),
@@ -25,7 +26,13 @@ fn store(network: &str) -> XdsStore {
     .on_network(network)
 }
 
-fn wk(ns: &str, name: &str, ip: [u8; 4], network: &str, services: &[&str]) -> wl::Workload {
+pub(super) fn wk(
+    ns: &str,
+    name: &str,
+    ip: [u8; 4],
+    network: &str,
+    services: &[&str],
+) -> wl::Workload {
     let mut map = HashMap::new();
     for k in services {
         map.insert(
@@ -53,7 +60,7 @@ fn wk(ns: &str, name: &str, ip: [u8; 4], network: &str, services: &[&str]) -> wl
     }
 }
 
-fn na(network: &str, ip: [u8; 4], length: Option<u32>) -> wl::NetworkAddress {
+pub(super) fn na(network: &str, ip: [u8; 4], length: Option<u32>) -> wl::NetworkAddress {
     wl::NetworkAddress {
         network: network.into(),
         address: ip.to_vec(),
@@ -61,7 +68,12 @@ fn na(network: &str, ip: [u8; 4], length: Option<u32>) -> wl::NetworkAddress {
     }
 }
 
-fn svc(ns: &str, name: &str, host: &str, addresses: Vec<wl::NetworkAddress>) -> wl::Service {
+pub(super) fn svc(
+    ns: &str,
+    name: &str,
+    host: &str,
+    addresses: Vec<wl::NetworkAddress>,
+) -> wl::Service {
     wl::Service {
         name: name.into(),
         namespace: ns.into(),
@@ -76,7 +88,7 @@ fn svc(ns: &str, name: &str, host: &str, addresses: Vec<wl::NetworkAddress>) -> 
     }
 }
 
-fn w(w: wl::Workload) -> (String, wl::Address) {
+pub(super) fn w(w: wl::Workload) -> (String, wl::Address) {
     (
         w.uid.clone(),
         wl::Address {
@@ -85,7 +97,7 @@ fn w(w: wl::Workload) -> (String, wl::Address) {
     )
 }
 
-fn s(s: wl::Service) -> (String, wl::Address) {
+pub(super) fn s(s: wl::Service) -> (String, wl::Address) {
     (
         format!("{}/{}/{}", s.namespace, s.name, s.hostname),
         wl::Address {
@@ -94,12 +106,12 @@ fn s(s: wl::Service) -> (String, wl::Address) {
     )
 }
 
-fn addr(a: &str) -> SocketAddr {
+pub(super) fn addr(a: &str) -> SocketAddr {
     a.parse().unwrap()
 }
 
 /// The service (`namespace/name`) a client in `ns` reaches at `a`.
-fn seen(st: &MeshState, a: &str, ns: &str) -> Option<String> {
+pub(super) fn seen(st: &MeshState, a: &str, ns: &str) -> Option<String> {
     st.service_for_client(addr(a), ns)
         .map(|sp| format!("{}/{}", sp.service.namespace, sp.service.name))
 }
@@ -326,251 +338,6 @@ fn service_addresses_on_other_networks_are_not_vips() {
         state.service_by_hostname("web.a.svc").unwrap().vips,
         ["127.223.16.2".parse::<std::net::IpAddr>().unwrap()]
     );
-}
-
-// Istio `ServiceMatch::find_best_match`: the client's namespace first, then `canonical`, then
-// the first; `proto/workload.proto`: "canonical marks this Service as taking priority during
-// hostname lookups, when there is not a match in the namespace of the client".
-#[test]
-fn canonical_chooses_among_services_sharing_a_host_and_a_vip() {
-    let mut st = store("");
-    let mut canon = svc(
-        "b",
-        "shared",
-        "shared.example",
-        vec![na("", [127, 223, 20, 1], None)],
-    );
-    canon.canonical = true;
-    st.apply_addresses(
-        vec![
-            s(svc(
-                "a",
-                "shared",
-                "shared.example",
-                vec![na("", [127, 223, 20, 1], None)],
-            )),
-            s(canon),
-            s(svc(
-                "c",
-                "shared",
-                "shared.example",
-                vec![na("", [127, 223, 20, 1], None)],
-            )),
-        ],
-        vec![],
-    );
-    let state = st.build();
-    let host = |ns: &str| {
-        let sp = state
-            .service_by_host_for_client("Shared.Example", 80, ns)
-            .unwrap();
-        sp.service.namespace.clone()
-    };
-    assert_eq!(host("a"), "a", "the client's own namespace wins");
-    assert_eq!(host("c"), "c");
-    assert_eq!(host("z"), "b", "else the canonical one");
-    assert_eq!(seen(&state, "127.223.20.1:80", "a").unwrap(), "a/shared");
-    assert_eq!(seen(&state, "127.223.20.1:80", "z").unwrap(), "b/shared");
-    // Without a client (a waypoint's lookup): canonical first.
-    assert_eq!(
-        state
-            .service_by_vip(addr("127.223.20.1:80"))
-            .unwrap()
-            .service
-            .namespace,
-        "b"
-    );
-    assert_eq!(
-        state
-            .service_by_host("shared.example", 80)
-            .unwrap()
-            .service
-            .namespace,
-        "b"
-    );
-}
-
-// Istio `get_best_by_vip` / `visible_to`: a NAMESPACE service is hidden from other
-// namespaces; an exact VIP hidden from the client falls through to CIDR matching
-// (`visibility_filtered_exact_vip_falls_through_to_cidr`); without a client namespace
-// (inbound) nothing is filtered.
-#[test]
-fn namespace_visibility_hides_the_vip_from_other_namespaces() {
-    let mut st = store("");
-    let mut private = svc(
-        "a",
-        "private",
-        "private.a.svc",
-        vec![na("", [127, 223, 30, 1], None)],
-    );
-    private.visibility = wl::service::Visibility::Namespace as i32;
-    let public_cidr = svc(
-        "p",
-        "wide",
-        "wide.p.svc",
-        vec![na("", [127, 223, 30, 0], Some(24))],
-    );
-    st.apply_addresses(vec![s(private), s(public_cidr)], vec![]);
-    let state = st.build();
-    assert_eq!(seen(&state, "127.223.30.1:80", "a").unwrap(), "a/private");
-    assert_eq!(
-        seen(&state, "127.223.30.1:80", "b").unwrap(),
-        "p/wide",
-        "hidden: the client in b falls through to the public CIDR"
-    );
-    assert_eq!(
-        state
-            .service_by_vip(addr("127.223.30.1:80"))
-            .unwrap()
-            .service
-            .name,
-        "private"
-    );
-    let svc = state.service_by_hostname("private.a.svc").unwrap();
-    assert_eq!(svc.visibility, Visibility::Namespace);
-    assert!(svc.visibility.visible_to(&svc.namespace, "a"));
-    assert!(!svc.visibility.visible_to(&svc.namespace, "b"));
-    assert!(
-        state
-            .service_by_host_for_client("private.a.svc", 80, "b")
-            .is_none()
-    );
-    assert!(
-        state
-            .service_by_host_for_client("private.a.svc", 80, "a")
-            .is_some()
-    );
-}
-
-// Attacker: a workload in namespace b addresses the NAMESPACE service's VIP directly: the
-// VIP is not a service for it (nothing else there: None).
-#[test]
-fn another_namespace_cannot_reach_a_namespace_service_by_vip() {
-    let mut st = store("");
-    let mut private = svc(
-        "a",
-        "private",
-        "private.a.svc",
-        vec![na("", [127, 223, 31, 1], None)],
-    );
-    private.visibility = wl::service::Visibility::Namespace as i32;
-    st.apply_addresses(
-        vec![
-            w(wk(
-                "a",
-                "backend",
-                [127, 223, 31, 10],
-                "",
-                &["a/private.a.svc"],
-            )),
-            s(private),
-        ],
-        vec![],
-    );
-    let state = st.build();
-    assert!(
-        state
-            .service_for_client(addr("127.223.31.1:80"), "b")
-            .is_none()
-    );
-    assert!(
-        state
-            .service_for_client(addr("127.223.31.1:80"), "a")
-            .is_some()
-    );
-    // An empty namespace is no wildcard.
-    assert!(
-        state
-            .service_for_client(addr("127.223.31.1:80"), "")
-            .is_none()
-    );
-}
-
-// Istio `get_best_by_cidr_vip`: longest prefix wins; an exact VIP beats any CIDR; a CIDR in
-// the client's namespace beats a longer one elsewhere (rank `(in_namespace, prefix_len,
-// canonical)`); a host address with `length` 32 is a VIP (`Some(pl) if pl != max_prefix`).
-#[test]
-fn cidr_addresses_match_the_longest_prefix() {
-    let mut st = store("");
-    st.apply_addresses(
-        vec![
-            s(svc(
-                "p",
-                "wide",
-                "wide.svc",
-                vec![na("", [127, 223, 0, 0], Some(16))],
-            )),
-            s(svc(
-                "p",
-                "narrow",
-                "narrow.svc",
-                vec![na("", [127, 223, 7, 0], Some(24))],
-            )),
-            s(svc(
-                "p",
-                "exact",
-                "exact.svc",
-                vec![na("", [127, 223, 7, 7], Some(32))],
-            )),
-            s(svc(
-                "q",
-                "mine",
-                "mine.svc",
-                vec![na("", [127, 223, 0, 0], Some(16))],
-            )),
-            s(svc("p", "v6", "v6.svc", vec![])),
-        ],
-        vec![],
-    );
-    let state = st.build();
-    assert_eq!(seen(&state, "127.223.7.9:80", "x").unwrap(), "p/narrow");
-    assert_eq!(seen(&state, "127.223.8.9:80", "x").unwrap(), "p/wide");
-    assert_eq!(seen(&state, "127.223.7.7:80", "x").unwrap(), "p/exact");
-    assert_eq!(
-        seen(&state, "127.223.7.9:80", "q").unwrap(),
-        "q/mine",
-        "the client's namespace beats a longer prefix"
-    );
-    assert_eq!(seen(&state, "127.224.0.1:80", "x"), None);
-    assert_eq!(seen(&state, "127.223.7.9:81", "x"), None, "no such port");
-    assert_eq!(
-        state
-            .service_at(addr("127.223.7.9:80"))
-            .unwrap()
-            .service
-            .name,
-        "narrow"
-    );
-}
-
-#[test]
-fn ipv6_cidr_and_host_bits_are_truncated() {
-    let mut st = store("");
-    let mut v6 = svc("p", "v6", "v6.svc", vec![]);
-    v6.addresses = vec![wl::NetworkAddress {
-        network: String::new(),
-        address: "fd00::1:2"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets()
-            .to_vec(),
-        length: Some(64),
-    }];
-    // Host bits set in a CIDR (127.223.40.5/24): the network is 127.223.40.0/24.
-    let sloppy = svc(
-        "p",
-        "sloppy",
-        "sloppy.svc",
-        vec![na("", [127, 223, 40, 5], Some(24))],
-    );
-    assert!(
-        st.apply_addresses(vec![s(v6), s(sloppy)], vec![])
-            .is_empty()
-    );
-    let state = st.build();
-    assert_eq!(seen(&state, "[fd00::ffff]:80", "x").unwrap(), "p/v6");
-    assert_eq!(seen(&state, "[fd01::1]:80", "x"), None);
-    assert_eq!(seen(&state, "127.223.40.200:80", "x").unwrap(), "p/sloppy");
 }
 
 // A known field whose value we cannot honour is rejected by name: a prefix longer than the
