@@ -111,13 +111,14 @@ fn echo(
     .unwrap()
 }
 
-fn in_pod_listeners(mesh: &InprocMesh) -> Vec<SocketAddr> {
-    let mut v: Vec<SocketAddr> = mesh
+/// The in-pod listeners, as `address what`.
+fn in_pod_listeners(mesh: &InprocMesh) -> Vec<String> {
+    let mut v: Vec<String> = mesh
         .proxy("n1")
         .listening()
         .iter()
-        .map(|l| l.addr)
-        .filter(|a| !a.ip().to_string().starts_with("127.221."))
+        .filter(|l| l.what.contains("(in-pod)"))
+        .map(|l| format!("{} {}", l.addr, l.what))
         .collect();
     v.sort();
     v
@@ -157,7 +158,7 @@ fn zds_pods_are_served_in_pod_and_re_synced_without_cuts() {
         ],
     ));
     // ZDS on, no pod handed over yet: the workloads wait, with no listener anywhere.
-    assert_eq!(in_pod_listeners(&mesh), Vec::<SocketAddr>::new());
+    assert_eq!(in_pod_listeners(&mesh), Vec::<String>::new());
     let (tx, rx) = mpsc::channel(4);
     mesh.proxy("n1").serve_pods(rx);
     let agent = Agent(tx);
@@ -169,20 +170,20 @@ fn zds_pods_are_served_in_pod_and_re_synced_without_cuts() {
         .add(info("uid-b", "b", "b"), netns_fd(&pods[1]))
         .unwrap();
     agent.snapshot().unwrap();
-    let listeners = in_pod_listeners(&mesh);
-    // Per pod: HBONE and plaintext on its address, captured outbound on its loopback.
-    for want in [
-        "10.221.0.2:15008",
-        "10.221.0.2:15006",
-        "10.221.0.3:15008",
-        "10.221.0.3:15006",
-        "127.0.0.1:15001",
-    ] {
-        assert!(
-            listeners.contains(&want.parse().unwrap()),
-            "{want} in {listeners:?}"
-        );
-    }
+    // Per pod, as Istio's ztunnel binds them in the pod (`*:15008`, `*:15006`, transparent
+    // for istio-cni's TPROXY rules; istio.io "Ztunnel traffic redirection", `ss -ntlp`), and
+    // the captured outbound on the pod's loopback.
+    let want: Vec<String> = [
+        "0.0.0.0:15006 ns/a plaintext inbound (in-pod)",
+        "0.0.0.0:15006 ns/b plaintext inbound (in-pod)",
+        "0.0.0.0:15008 ns/a (in-pod)",
+        "0.0.0.0:15008 ns/b (in-pod)",
+        "127.0.0.1:15001 ns/a captured outbound (in-pod)",
+        "127.0.0.1:15001 ns/b captured outbound (in-pod)",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(in_pod_listeners(&mesh), want);
 
     // Both ways, each over HBONE from the pod's own namespace (mTLS as its identity).
     let s = dial(&rts[0], "10.221.0.3:8080").unwrap();
@@ -258,10 +259,7 @@ fn zds_pods_are_served_in_pod_and_re_synced_without_cuts() {
     // open connection is cut once the drain timeout (1 s) has passed.
     agent.del("uid-a").unwrap();
     let left = in_pod_listeners(&mesh);
-    assert!(
-        !left.iter().any(|a| a.ip().to_string() == "10.221.0.2"),
-        "{left:?}"
-    );
+    assert!(!left.iter().any(|l| l.contains("ns/a ")), "{left:?}");
     // (The CNI agent removes the pod's capture rules as it deletes it.)
     mesh_dataplane::capture::remove(Some(&pods[0].name), false).unwrap();
     for port in ["10.221.0.2:15008", "10.221.0.2:15006", "127.0.0.1:15001"] {
@@ -340,12 +338,50 @@ fn pod_state(dump: &serde_json::Value, uid: &str) -> String {
         .to_owned()
 }
 
-fn listens_on(dump: &serde_json::Value, addr: &str) -> bool {
+/// Whether workload `w`'s in-pod HBONE listener is up.
+fn serves_in_pod(dump: &serde_json::Value, w: &str) -> bool {
+    let what = format!("{w} (in-pod)");
     dump["listeners"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|l| l["address"] == addr)
+        .any(|l| l["serves"] == what.as_str())
+}
+
+/// istio-cni's in-pod redirection, as Istio installs it in each ambient pod (istio.io,
+/// "Ztunnel traffic redirection", `iptables-save` in a pod): inbound TPROXY to 15008 (HBONE)
+/// and 15006 (plaintext), outbound REDIRECT to 15001, the ztunnel's mark 0x539 (1337) exempt.
+const ISTIO_CNI_RULES: &str = "*mangle
+:ISTIO_OUTPUT - [0:0]
+:ISTIO_PRERT - [0:0]
+-A PREROUTING -j ISTIO_PRERT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
+-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT
+-A ISTIO_PRERT ! -d 127.0.0.1/32 -i lo -p tcp -j ACCEPT
+-A ISTIO_PRERT -p tcp -m tcp --dport 15008 -m mark ! --mark 0x539/0xfff -j TPROXY --on-port 15008 --on-ip 0.0.0.0 --tproxy-mark 0x111/0xfff
+-A ISTIO_PRERT -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j TPROXY --on-port 15006 --on-ip 0.0.0.0 --tproxy-mark 0x111/0xfff
+COMMIT
+*nat
+:ISTIO_OUTPUT - [0:0]
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT
+-A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
+COMMIT
+";
+
+fn istio_cni_rules(ns: &NetNs) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), ISTIO_CNI_RULES).unwrap();
+    ns.run(&[
+        "iptables-restore",
+        "--noflush",
+        &file.path().display().to_string(),
+    ]);
 }
 
 /// The real ztunnel following the fake istiod, with pods handed over by the fake istio-cni
@@ -362,7 +398,8 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
     for (i, ns) in pods.iter().enumerate() {
         sw.attach(ns.pod(), &[&format!("10.221.1.{}/24", i + 2)])
             .unwrap();
-        mesh_dataplane::capture::install(&Default::default(), Some(&ns.name), false).unwrap();
+        // Istio's own in-pod rules, not ours: the drop-in case.
+        istio_cni_rules(ns);
     }
     let rts: Vec<tokio::runtime::Runtime> = pods.iter().map(NetNs::runtime).collect();
     for rt in &rts {
@@ -415,7 +452,7 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
     let d = main.block_on(dump_until("c waiting", |d| {
         pod_state(d, uid_c) == "waiting"
     }));
-    assert!(!listens_on(&d, "10.221.1.2:15008"), "{d:#}");
+    assert!(!serves_in_pod(&d, "ns/c"), "{d:#}");
     use mesh_tests::istiod::{ADDRESS_TYPE, address_of_workload, workload};
     f.istiod.set_many(
         ADDRESS_TYPE,
@@ -441,16 +478,18 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
     let ready = || {
         main.block_on(http(readiness, "GET", "/healthz/ready"))
             .unwrap()
-            .0
     };
-    assert_eq!(ready(), 500);
+    let (code, body) = ready();
+    assert_eq!(code, 500);
+    assert!(body.contains("ZDS snapshot"), "{body}");
     assert_eq!(main.block_on(agent.snapshot_sent()).unwrap(), Ok(()));
-    assert_eq!(ready(), 200);
+    let (_, body) = ready();
+    assert!(!body.contains("ZDS snapshot"), "{body}");
     main.block_on(dump_until("both served", |d| {
         pod_state(d, uid_c) == "served"
             && pod_state(d, uid_d) == "served"
-            && listens_on(d, "10.221.1.2:15008")
-            && listens_on(d, "10.221.1.3:15008")
+            && serves_in_pod(d, "ns/c")
+            && serves_in_pod(d, "ns/d")
     }));
 
     // Mesh traffic both ways, mTLS with each pod's identity from Istio's CA.
@@ -502,7 +541,7 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
     // Pod c is deleted: its listeners go, its connection is cut after the drain timeout.
     assert_eq!(main.block_on(agent.del(uid_c)).unwrap(), Ok(()));
     main.block_on(dump_until("c gone", |d| {
-        pod_state(d, uid_c) == "absent" && !listens_on(d, "10.221.1.2:15008")
+        pod_state(d, uid_c) == "absent" && !serves_in_pod(d, "ns/c")
     }));
     let cut = rts[1].block_on(rts[1].spawn(async move {
         let mut live = live;

@@ -140,6 +140,27 @@ impl Netns {
         tokio::net::TcpListener::from_std(l)
     }
 
+    /// A listener on `addr` inside the namespace with `IP_TRANSPARENT`: it also accepts the
+    /// connections TPROXY rules deliver with their original destination as the local address
+    /// (istio-cni's in-pod rules send inbound to 15008 and 15006 so).
+    pub async fn bind_transparent(
+        &self,
+        addr: SocketAddr,
+    ) -> io::Result<tokio::net::TcpListener> {
+        let l = run_in(&self.jobs, move || {
+            let s = transparent_socket(addr)?;
+            s.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&addr.into())?;
+            s.listen(LISTEN_BACKLOG)?;
+            Ok(std::net::TcpListener::from(s))
+        })
+        .await?;
+        tokio::net::TcpListener::from_std(l)
+    }
+
     /// Runs `f` on the namespace's thread (sockets it creates belong to the namespace).
     pub async fn run<T: Send + 'static>(
         &self,
@@ -299,6 +320,17 @@ fn transparent_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
     }
     s.set_nonblocking(true)?;
     Ok(s)
+}
+
+/// Whether `tcp` has `IP_TRANSPARENT` (inherited from its listener): then its local address
+/// is the destination its client dialled (TPROXY), not a port of ours.
+pub fn is_transparent(tcp: &TcpStream) -> bool {
+    let s = socket2::SockRef::from(tcp);
+    match tcp.local_addr() {
+        Ok(SocketAddr::V4(_)) => s.ip_transparent_v4().unwrap_or(false),
+        Ok(SocketAddr::V6(_)) => s.ip_transparent_v6().unwrap_or(false),
+        Err(_) => false,
+    }
 }
 
 /// A listener with `IP_TRANSPARENT`, for connections that TPROXY rules deliver with their

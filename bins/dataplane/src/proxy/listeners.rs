@@ -137,11 +137,23 @@ pub(super) async fn bind_new(
                 Pending::Dns(Box::new(dns_listen::bind_in_pod(ns, netns, *addr).await?))
             }
             ListenerKey::InPod(ns, kind, addr) => {
-                let netns = match ns {
-                    NetnsKey::Path(path) => namespaces.get(path),
-                    NetnsKey::Pod(uid) => pods.get(uid).map(|p| &p.netns),
+                let (netns, transparent) = match ns {
+                    NetnsKey::Path(path) => (namespaces.get(path), false),
+                    // istio-cni TPROXYs a pod's inbound (15008, 15006) to these.
+                    NetnsKey::Pod(uid) => (
+                        pods.get(uid).map(|p| &p.netns),
+                        *kind != InPodKind::Outbound,
+                    ),
                 };
                 let l = match netns {
+                    Some(ns) if transparent => {
+                        ns.bind_transparent(*addr)
+                            .await
+                            .map_err(|source| Error::Bind {
+                                addr: *addr,
+                                source,
+                            })?
+                    }
                     Some(ns) => ns.bind(*addr).await.map_err(|source| Error::Bind {
                         addr: *addr,
                         source,

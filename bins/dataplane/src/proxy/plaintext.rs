@@ -122,7 +122,12 @@ fn original_destination(
     let original = if ctx.layers().transparent_inbound {
         tcp.local_addr().ok()
     } else {
-        crate::sockets::original_dst(tcp)
+        // A ZDS pod's listener is transparent: istio-cni's in-pod rules TPROXY to it.
+        crate::sockets::original_dst(tcp).or_else(|| {
+            crate::sockets::is_transparent(tcp)
+                .then(|| tcp.local_addr().ok())
+                .flatten()
+        })
     };
     if original.is_none() {
         warn!(src.addr = %peer, "plaintext inbound connection was not redirected by capture rules: closed");

@@ -136,6 +136,15 @@ fn workload_listeners(
         desired.push((ListenerKey::Hbone(addr), w.key()));
         return;
     };
+    // A ZDS pod's inbound listeners are on the wildcard address (transparent), as Istio's
+    // ztunnel binds them (`*:15008`, `*:15006`): istio-cni's in-pod rules TPROXY inbound to
+    // them with the original destination kept.
+    let ip = match ns {
+        NetnsKey::Pod(_) if w.address.is_ipv4() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        NetnsKey::Pod(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        NetnsKey::Path(_) => w.address,
+    };
+    let addr = SocketAddr::new(ip, hbone_port);
     let in_pod = |kind, addr| ListenerKey::InPod(ns.clone(), kind, addr);
     desired.push((
         in_pod(InPodKind::Hbone, addr),
@@ -151,7 +160,7 @@ fn workload_listeners(
     desired.push((
         in_pod(
             InPodKind::Plaintext,
-            SocketAddr::new(w.address, PLAINTEXT_PORT),
+            SocketAddr::new(ip, PLAINTEXT_PORT),
         ),
         format!("{} plaintext inbound (in-pod)", w.key()),
     ));
