@@ -211,6 +211,29 @@ impl FakeCni {
         self.conn = None;
     }
 
+    /// Istio's keepalive (`CheckAlive`): a short read that must time out, since the ztunnel
+    /// speaks only when spoken to. True when nothing (no data, no EOF) came within `within`.
+    pub async fn quiet_for(&mut self, within: Duration) -> bool {
+        let Some(conn) = self.conn.as_ref() else {
+            return false;
+        };
+        let fd = conn.as_raw_fd();
+        let mut buf = [0u8; 1];
+        let peek = async {
+            loop {
+                conn.readable().await?;
+                match conn.try_io(Interest::READABLE, || {
+                    nix::sys::socket::recv(fd, &mut buf, MsgFlags::MSG_PEEK)
+                        .map_err(io::Error::from)
+                }) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            }
+        };
+        tokio::time::timeout(within, peek).await.is_err()
+    }
+
     /// Whether the ztunnel closed the connection (EOF) within `within`.
     pub async fn closed_by_peer(&mut self, within: Duration) -> bool {
         let Some(conn) = self.conn.as_ref() else {

@@ -159,6 +159,8 @@ async fn run(
             }
         };
         let end = tokio::select! {
+            // Cancel first: at shutdown the consumer goes away too, and that is no error.
+            biased;
             () = cancel.cancelled() => return Ok(()),
             end = attempt.instrument(info_span!("zds", path = %path.display())) => end?,
         };
