@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use super::forward::Forwarder;
 use super::index::DnsIndex;
+use super::metrics::{DnsMetrics, Source};
 use super::resolv;
 use super::settings::{DnsError, DnsLimits, DnsSettings};
 use crate::config::MeshState;
@@ -19,6 +20,8 @@ struct Published {
     index: Arc<DnsIndex>,
     /// The local workloads' namespaces by address (for the node listener).
     locals: HashMap<IpAddr, String>,
+    /// Their canonical service and revision, for the metrics' source labels.
+    sources: HashMap<IpAddr, Source>,
 }
 
 /// The DNS proxy of one proxy process: its settings, the upstream relay and the index of the
@@ -28,6 +31,7 @@ pub struct DnsProxy {
     settings: DnsSettings,
     forwarder: Arc<Forwarder>,
     published: ArcSwap<Published>,
+    metrics: DnsMetrics,
 }
 
 impl DnsProxy {
@@ -36,7 +40,18 @@ impl DnsProxy {
     ///
     /// # Errors
     /// [`DnsError::ResolvConf`] when the `resolv.conf` cannot be read or names no server.
-    pub fn new(mut settings: DnsSettings) -> Result<Arc<DnsProxy>, DnsError> {
+    pub fn new(settings: DnsSettings) -> Result<Arc<DnsProxy>, DnsError> {
+        DnsProxy::with_metrics(settings, DnsMetrics::default())
+    }
+
+    /// [`DnsProxy::new`], recording into `metrics`.
+    ///
+    /// # Errors
+    /// As [`DnsProxy::new`].
+    pub fn with_metrics(
+        mut settings: DnsSettings,
+        metrics: DnsMetrics,
+    ) -> Result<Arc<DnsProxy>, DnsError> {
         if let Some(path) = &settings.resolv_conf {
             settings.upstreams = resolv::load(path)?;
         }
@@ -45,6 +60,7 @@ impl DnsProxy {
             settings,
             forwarder,
             published: ArcSwap::from_pointee(Published::default()),
+            metrics,
         }))
     }
 
@@ -58,6 +74,11 @@ impl DnsProxy {
         &self.settings.limits
     }
 
+    /// Its metrics.
+    pub fn metrics(&self) -> &DnsMetrics {
+        &self.metrics
+    }
+
     /// The upstream relay.
     pub fn forwarder(&self) -> &Arc<Forwarder> {
         &self.forwarder
@@ -67,16 +88,22 @@ impl DnsProxy {
     /// `node`'s workloads.
     pub fn update(&self, state: &MeshState, node: &str) {
         let index = DnsIndex::build(state, &self.settings.cluster_domain);
-        let locals = state
-            .node(node)
-            .map(|n| {
-                n.workloads
-                    .iter()
-                    .map(|w| (w.address, w.namespace.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.publish(index, locals);
+        let workloads = state.node(node).map(|n| n.workloads.as_slice());
+        let locals = workloads
+            .unwrap_or_default()
+            .iter()
+            .map(|w| (w.address, w.namespace.clone()))
+            .collect();
+        let sources = workloads
+            .unwrap_or_default()
+            .iter()
+            .map(|w| (w.address, source(w)))
+            .collect();
+        self.published.store(Arc::new(Published {
+            index: Arc::new(index),
+            locals,
+            sources,
+        }));
     }
 
     /// Publishes `index`, and `locals` (client address → namespace) for listeners that know
@@ -85,6 +112,7 @@ impl DnsProxy {
         self.published.store(Arc::new(Published {
             index: Arc::new(index),
             locals,
+            sources: HashMap::new(),
         }));
     }
 
@@ -96,5 +124,23 @@ impl DnsProxy {
     /// The namespace of the local workload at `ip`.
     pub fn namespace_of(&self, ip: IpAddr) -> Option<String> {
         self.published.load().locals.get(&ip).cloned()
+    }
+
+    /// The metrics' source labels of the local workload at `ip`.
+    pub fn source_of(&self, ip: IpAddr) -> Source {
+        self.published
+            .load()
+            .sources
+            .get(&ip)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// `w`'s canonical service and revision.
+pub fn source(w: &crate::config::Workload) -> Source {
+    Source {
+        service: Arc::from(w.canonical_service()),
+        revision: Arc::from(w.canonical_revision()),
     }
 }

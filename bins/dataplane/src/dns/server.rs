@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,6 +24,7 @@ use tracing::{Instrument, debug};
 
 use super::answer::{EDNS_PAYLOAD, Outcome, error, resolve};
 use super::forward::UpstreamSockets;
+use super::metrics::{DnsLabels, Source, query_type};
 use super::proxy::DnsProxy;
 use super::settings::DnsLimits;
 
@@ -45,7 +47,7 @@ pub struct ListenerStats {
 /// What to do with one message from a client.
 pub(super) enum Step {
     Reply(Vec<u8>),
-    Forward(Box<Message>, usize),
+    Forward(Box<Message>, usize, Box<DnsLabels>),
     Drop,
 }
 
@@ -55,6 +57,8 @@ pub struct DnsListener {
     proxy: Arc<DnsProxy>,
     /// The asking pod's namespace (in-pod listener); `None`: looked up by client address.
     namespace: Option<String>,
+    /// The asking pod's metric labels (in-pod listener); `None`: looked up by address.
+    source: Option<Source>,
     sockets: Arc<dyn UpstreamSockets>,
     forwarding: Arc<Semaphore>,
     stats: ListenerStats,
@@ -76,6 +80,16 @@ impl DnsListener {
         namespace: Option<String>,
         sockets: Arc<dyn UpstreamSockets>,
     ) -> Arc<DnsListener> {
+        DnsListener::with_source(proxy, namespace, None, sockets)
+    }
+
+    /// [`DnsListener::new`] for a pod whose metric labels are `source`.
+    pub fn with_source(
+        proxy: Arc<DnsProxy>,
+        namespace: Option<String>,
+        source: Option<Source>,
+        sockets: Arc<dyn UpstreamSockets>,
+    ) -> Arc<DnsListener> {
         let cap = proxy
             .limits()
             .max_forwarded
@@ -83,6 +97,7 @@ impl DnsListener {
         Arc::new(DnsListener {
             proxy,
             namespace,
+            source,
             sockets,
             forwarding: Arc::new(Semaphore::new(cap)),
             stats: ListenerStats::default(),
@@ -118,9 +133,25 @@ impl DnsListener {
         let Some(ns) = ns else {
             return reply(&error(&query, ResponseCode::ServFail), limit);
         };
+        let source = match &self.source {
+            Some(s) => s.clone(),
+            None => self.proxy.source_of(peer),
+        };
+        let labels = DnsLabels {
+            request_query_type: query_type(
+                query
+                    .queries
+                    .first()
+                    .map_or(RecordType::Unknown(0), |q| q.query_type()),
+            ),
+            request_protocol: if udp { "udp" } else { "tcp" },
+            source_canonical_service: source.service,
+            source_canonical_revision: source.revision,
+        };
+        self.proxy.metrics().request(&labels);
         match resolve(&self.proxy.index(), &ns, &query) {
             Outcome::Answer(m) => reply(&m, limit),
-            Outcome::Forward => Step::Forward(Box::new(query), limit),
+            Outcome::Forward => Step::Forward(Box::new(query), limit, Box::new(labels)),
         }
     }
 
@@ -138,9 +169,19 @@ impl DnsListener {
     }
 
     /// The encoded upstream answer to `query`, or SERVFAIL.
-    async fn forwarded(&self, query: &Message, tcp: bool, limit: usize) -> Option<Vec<u8>> {
+    async fn forwarded(
+        &self,
+        query: &Message,
+        tcp: bool,
+        limit: usize,
+        labels: &DnsLabels,
+    ) -> Option<Vec<u8>> {
         let fwd = self.proxy.forwarder();
-        let answer = match fwd.forward(query, tcp, &*self.sockets).await {
+        let start = tokio::time::Instant::now();
+        let result = fwd.forward(query, tcp, &*self.sockets).await;
+        let metrics = self.proxy.metrics();
+        metrics.upstream(labels, start.elapsed(), result.is_err());
+        let answer = match result {
             Ok(a) => a,
             Err(e) => {
                 debug!(error = %e, "dns forward failed");
@@ -170,7 +211,7 @@ impl DnsListener {
                     let _ = socket.send_to(&b, peer).await;
                 }
                 Step::Drop => {}
-                Step::Forward(q, limit) => {
+                Step::Forward(q, limit, labels) => {
                     let Some(permit) = self.permit() else {
                         if let Step::Reply(b) = reply(&error(&q, ResponseCode::ServFail), limit) {
                             let _ = socket.send_to(&b, peer).await;
@@ -183,7 +224,7 @@ impl DnsListener {
                     inflight.spawn(
                         async move {
                             let _permit = permit;
-                            if let Some(b) = me.forwarded(&q, false, limit).await {
+                            if let Some(b) = me.forwarded(&q, false, limit, &labels).await {
                                 let _ = socket.send_to(&b, peer).await;
                             }
                         }
@@ -252,9 +293,9 @@ impl DnsListener {
             let answer = match self.decide(&buf, peer.ip(), false) {
                 Step::Reply(b) => b,
                 Step::Drop => return,
-                Step::Forward(q, limit) => {
+                Step::Forward(q, limit, labels) => {
                     let bytes = match self.permit() {
-                        Some(_permit) => self.forwarded(&q, true, limit).await,
+                        Some(_permit) => self.forwarded(&q, true, limit, &labels).await,
                         None => encode(&error(&q, ResponseCode::ServFail), limit),
                     };
                     let Some(b) = bytes else { return };

@@ -99,6 +99,9 @@ pub struct ProxyArgs {
     /// HBONE (HTTP/2 over mTLS) limits.
     #[command(flatten)]
     pub hbone: crate::limits::HboneArgs,
+    /// The DNS proxy (15053).
+    #[command(flatten)]
+    pub dns: crate::dns::DnsArgs,
     /// Admin port (`/config_dump`, `/certs`, `/logging`), on the proxy's address when that is
     /// a loopback address, else on 127.0.0.1; 0 disables it.
     #[arg(long, default_value_t = 15000, value_name = "PORT")]
@@ -219,6 +222,7 @@ impl ProxyArgs {
         cfg.pool.idle_timeout = self.pool_idle_timeout;
         cfg.pool.connect_timeout = self.connect_timeout;
         self.hbone.apply(&mut cfg);
+        cfg.dns = self.dns.settings(ip);
         cfg
     }
 }

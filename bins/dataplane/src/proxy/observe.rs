@@ -41,6 +41,8 @@ pub(crate) struct Telemetry {
     pub(crate) upgrades: super::http::upgrade::websocket::UpgradeMetrics,
     /// Mirrored request copies of the L7 proxies.
     pub(crate) mirrors: super::http::mirror::MirrorMetrics,
+    /// Istio's ztunnel DNS metrics (`istio_dns_*`).
+    pub(crate) dns: crate::dns::DnsMetrics,
 }
 
 impl Telemetry {
@@ -49,6 +51,7 @@ impl Telemetry {
         let tcp = TcpMetrics::new(&mut registry, max_series);
         let requests = mesh_telemetry::requests::RequestMetrics::new(&mut registry, max_series);
         registry.register_collector(Box::new(mesh_telemetry::process::ProcessCollector));
+        let dns = crate::dns::DnsMetrics::register(&mut registry);
         let config_rejected = Counter::default();
         let config_generation = Gauge::default();
         let mesh = registry.sub_registry_with_prefix("mesh");
@@ -76,6 +79,7 @@ impl Telemetry {
         let upgrades = super::http::upgrade::websocket::UpgradeMetrics::register(mesh);
         let mirrors = super::http::mirror::MirrorMetrics::register(mesh);
         Telemetry {
+            dns,
             upgrades,
             mirrors,
             connections_refused,

@@ -103,7 +103,7 @@ impl Proxy {
         let dns = cfg
             .dns
             .clone()
-            .map(crate::dns::DnsProxy::new)
+            .map(|s| crate::dns::DnsProxy::with_metrics(s, telemetry.dns.clone()))
             .transpose()
             .map_err(|e| Error::Runtime(std::io::Error::other(e.to_string())))?;
         let ctx = Arc::new(Ctx {
