@@ -143,10 +143,7 @@ impl Netns {
     /// A listener on `addr` inside the namespace with `IP_TRANSPARENT`: it also accepts the
     /// connections TPROXY rules deliver with their original destination as the local address
     /// (istio-cni's in-pod rules send inbound to 15008 and 15006 so).
-    pub async fn bind_transparent(
-        &self,
-        addr: SocketAddr,
-    ) -> io::Result<tokio::net::TcpListener> {
+    pub async fn bind_transparent(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
         let l = run_in(&self.jobs, move || {
             let s = transparent_socket(addr)?;
             s.set_reuse_address(true)?;

@@ -158,10 +158,7 @@ fn workload_listeners(
         desired.push((outbound, format!("{} captured outbound (in-pod)", w.key())));
     }
     desired.push((
-        in_pod(
-            InPodKind::Plaintext,
-            SocketAddr::new(ip, PLAINTEXT_PORT),
-        ),
+        in_pod(InPodKind::Plaintext, SocketAddr::new(ip, PLAINTEXT_PORT)),
         format!("{} plaintext inbound (in-pod)", w.key()),
     ));
 }
