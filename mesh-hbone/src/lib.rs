@@ -20,6 +20,7 @@ mod guard;
 pub mod headers;
 mod keepalive;
 mod pool;
+pub mod proxy_protocol;
 mod server;
 mod settings;
 mod socket;

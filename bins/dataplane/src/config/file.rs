@@ -326,6 +326,7 @@ fn compile_workloads(
                 WaypointFor::Workload,
             ),
             locality,
+            application_tunnel: None,
         });
         if let Some(other) = out.by_ip.get(&address) {
             v.err(

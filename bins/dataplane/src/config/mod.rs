@@ -5,6 +5,7 @@
 //! reason: `mesh.yaml: document 3 (WorkloadEntry demo/echo): spec.address: "1.2.3" is not an IP
 //! address`. Nothing is applied unless the whole file is valid.
 
+mod app_tunnel;
 mod assemble;
 mod attach;
 mod bind;
@@ -40,6 +41,7 @@ use std::net::IpAddr;
 #[cfg(test)]
 use std::path::Path;
 
+pub use self::app_tunnel::AppTunnel;
 pub(crate) use self::defaults::default_trust_domain;
 pub use self::defaults::{
     DEFAULT_CLUSTER_ID, DEFAULT_HBONE_PORT, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN,

@@ -39,6 +39,9 @@ pub struct Workload {
     pub waypoint: Option<Arc<Waypoint>>,
     /// Where it runs (`region/zone/subzone`), for locality-aware balancing.
     pub locality: Option<mesh_l7::balance::locality::Locality>,
+    /// Its application tunnel (workload API `application_tunnel: PROXY`): delivered
+    /// connections start with a PROXY v2 header.
+    pub application_tunnel: Option<super::app_tunnel::AppTunnel>,
 }
 
 /// What a waypoint serves (`istio.io/waypoint-for`).

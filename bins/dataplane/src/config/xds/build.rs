@@ -310,6 +310,7 @@ impl XdsStore {
                         identity: a.identity.clone(),
                         waypoint: Some(wp),
                         locality: a.locality.clone(),
+                        application_tunnel: a.application_tunnel,
                     })
                 }
             };

@@ -77,14 +77,6 @@ fn check_workload(w: &wl::Workload) -> Result<bool, String> {
                 .into(),
         );
     }
-    if w.application_tunnel
-        .as_ref()
-        .is_some_and(|t| t.protocol != wl::application_tunnel::Protocol::None as i32)
-    {
-        return Err(
-            "unsupported Istio field `application_tunnel`: PROXY tunnels are not supported".into(),
-        );
-    }
     if !w.extensions.is_empty() {
         return Err("unsupported Istio field `extensions`".into());
     }
@@ -190,6 +182,7 @@ impl XdsStore {
             identity: identity.clone(),
             waypoint: None,
             locality: super::super::locality::workload_locality(w.locality.as_ref()),
+            application_tunnel: super::app_tunnel::convert(w, &self.local)?,
         });
         Ok(XWorkload {
             arc,

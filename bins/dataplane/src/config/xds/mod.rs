@@ -29,6 +29,7 @@
 //! records), `apply` (updates → records, rejections), `build` (records → state, through the
 //! shared assembler), `patch` (workload-only changes patched into the last state).
 
+mod app_tunnel;
 mod apply;
 mod build;
 mod convert;

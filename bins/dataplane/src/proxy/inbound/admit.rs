@@ -296,7 +296,9 @@ async fn authorize_and_connect<'c>(
     let live = admitted.map_err(|policy| refuse(&policy))?;
     // After authorization: a denied peer does not spend the workload's connection tokens.
     admit_connection(ctx, &ctx.state.load(), c, dst, Some(labels))?;
-    let connect = super::super::connect::connect_app(ctx, dst, authority, Some(client_ip));
+    // An application tunnel may deliver on its own port (`application_tunnel.port`).
+    let to = super::app_tunnel::target(dst, authority);
+    let connect = super::super::connect::connect_app(ctx, dst, to, Some(client_ip));
     let upstream = tokio::select! {
         biased;
         () = close.cancelled() => {
@@ -305,7 +307,19 @@ async fn authorize_and_connect<'c>(
         r = connect => r,
     };
     match upstream {
-        Ok(u) => Ok((live, close, u)),
+        Ok(mut u) => {
+            // `application_tunnel: PROXY`: the header goes first (503 if it cannot).
+            let host = c.host.as_deref();
+            let state = ctx.state.load_full();
+            match super::app_tunnel::write_header(&state, dst, c.req, host, &mut u).await {
+                Ok(()) => Ok((live, close, u)),
+                Err(reason) => {
+                    let counted = Some((labels, ResponseFlags::ConnectFailure));
+                    let reason = format!("{reason} (503)");
+                    Err(c.refuse(ctx, counted, &reason, StatusCode::SERVICE_UNAVAILABLE))
+                }
+            }
+        }
         Err(super::super::connect::ConnectError { reason, .. }) => {
             warn!(%authority, %reason, dst.workload = %dst.key(), "application unreachable: 503");
             let counted = Some((labels, ResponseFlags::ConnectFailure));

@@ -17,6 +17,7 @@ use mesh_telemetry::metrics::{Reporter, SecurityPolicy};
 use super::{Ctx, observe};
 
 mod admit;
+mod app_tunnel;
 
 use admit::admit;
 
