@@ -24,40 +24,62 @@ type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// at build time so a lookup is one hash lookup.
 #[derive(Debug, Default)]
 pub(crate) struct Candidates {
-    /// Per namespace, its best service (canonical, else first).
+    /// Per namespace, its best service.
     by_ns: HashMap<String, Arc<ServicePort>>,
-    /// The best `Public` service (canonical, else first): what another namespace sees.
+    /// The best `Public` service: what another namespace sees.
     public: Option<Arc<ServicePort>>,
-    /// The best of all (canonical, else first): what a lookup without a client sees.
+    /// The best of all: what a lookup without a client sees.
     any: Option<Arc<ServicePort>>,
     /// More than one service, or one that is not public.
     contested: bool,
 }
 
-/// Keeps `sp` in `slot` if the slot is empty, or holds a non-canonical one and `sp` is
-/// canonical (Istio: canonical beats first).
-fn better(slot: &mut Option<Arc<ServicePort>>, sp: &Arc<ServicePort>) {
-    match slot {
-        Some(cur) if cur.service.canonical || !sp.service.canonical => {}
-        _ => *slot = Some(sp.clone()),
+/// How candidates for one key rank, as Istio's two rankings differ in their ties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ties {
+    /// Exact VIPs and host names (`ServiceMatch::find_best_match`): the first service of the
+    /// client's namespace; else the *last* canonical one; else the first.
+    Exact,
+    /// CIDRs of one length (`CidrMatchRank`, compared with `>`): canonical first, the first
+    /// among equals, in the client's namespace as elsewhere.
+    Cidr,
+}
+
+/// Keeps the better of `slot` and `sp` under `ties`, for a slot not bound to a namespace.
+fn better(slot: &mut Option<Arc<ServicePort>>, sp: &Arc<ServicePort>, ties: Ties) {
+    let replace = match (slot.as_ref(), ties) {
+        (None, _) => true,
+        (Some(_), Ties::Exact) => sp.service.canonical,
+        (Some(cur), Ties::Cidr) => !cur.service.canonical && sp.service.canonical,
+    };
+    if replace {
+        *slot = Some(sp.clone());
     }
 }
 
 impl Candidates {
-    fn add(&mut self, sp: &Arc<ServicePort>) {
+    /// Adds `sp`; candidates come in resource order (Istio's "first").
+    fn add(&mut self, sp: &Arc<ServicePort>, ties: Ties) {
         let s = &sp.service;
         if self.any.is_some() || s.visibility != Visibility::Public {
             self.contested = true;
         }
-        let mut slot = self.by_ns.remove(&s.namespace);
-        better(&mut slot, sp);
-        if let Some(best) = slot {
-            self.by_ns.insert(s.namespace.clone(), best);
+        match (self.by_ns.get_mut(s.namespace.as_str()), ties) {
+            // Exact: the first of the namespace, canonical or not.
+            (Some(_), Ties::Exact) => {}
+            (Some(cur), Ties::Cidr) => {
+                if !cur.service.canonical && s.canonical {
+                    *cur = sp.clone();
+                }
+            }
+            (None, _) => {
+                self.by_ns.insert(s.namespace.clone(), sp.clone());
+            }
         }
         if s.visibility == Visibility::Public {
-            better(&mut self.public, sp);
+            better(&mut self.public, sp, ties);
         }
-        better(&mut self.any, sp);
+        better(&mut self.any, sp, ties);
     }
 
     /// The service a client in `ns` (or no client) reaches here.
@@ -216,14 +238,14 @@ impl NetIndexBuilder {
                 self.vips
                     .entry(SocketAddr::new(*vip, sp.port))
                     .or_default()
-                    .add(sp);
+                    .add(sp, Ties::Exact);
             }
             for host in &sp.service.hosts {
                 match self.hosts.get_mut(host.as_str()) {
-                    Some(ports) => ports.entry(sp.port).or_default().add(sp),
+                    Some(ports) => ports.entry(sp.port).or_default().add(sp, Ties::Exact),
                     None => {
                         let mut c = Candidates::default();
-                        c.add(sp);
+                        c.add(sp, Ties::Exact);
                         self.hosts
                             .insert(host.clone(), HashMap::from([(sp.port, c)]));
                     }
@@ -241,7 +263,7 @@ impl NetIndexBuilder {
                         .entry((mask_v6(u128::from(v6), len), len, sp.port))
                         .or_default(),
                 };
-                c.add(sp);
+                c.add(sp, Ties::Cidr);
             }
         }
     }

@@ -42,6 +42,8 @@ mod tests;
 mod tests_131;
 #[cfg(test)]
 mod tests_131_lookup;
+#[cfg(test)]
+mod tests_131_prop;
 mod weighted;
 #[cfg(test)]
 mod weighted_tests;
