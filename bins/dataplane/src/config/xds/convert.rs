@@ -95,7 +95,13 @@ impl XdsStore {
         let hbone = check_workload(w)?;
         let address = match w.addresses.first() {
             Some(a) => ip_of(a).map_err(|e| format!("addresses[0]: {e}"))?,
-            None => return Err("addresses: a workload without an address (hostname-only workloads are not supported)".into()),
+            None if !w.hostname.is_empty() => {
+                return Err(format!(
+                    "unsupported Istio field `hostname` ({:?}) without `addresses`: workloads resolved by DNS at connect time are not supported yet",
+                    w.hostname
+                ));
+            }
+            None => return Err("addresses: a workload without an address".into()),
         };
         let td = if w.trust_domain.is_empty() {
             self.settings.trust_domain.clone()

@@ -270,3 +270,33 @@ fn maximal_weights_split_evenly() {
     let c = split(&s.build(), 1000);
     assert_eq!((c["wp1"], c["wp2"]), (500, 500), "{c:?}");
 }
+
+// Hostname workloads (Istio: `hostname` without `addresses`, resolved by DNS at connect time)
+// are not served yet: rejected by name, never taken for an address-less endpoint.
+#[test]
+fn hostname_only_workloads_are_rejected_by_name() {
+    let w = wl::Workload {
+        uid: "c//ServiceEntry/ns/db".into(),
+        name: "db".into(),
+        namespace: "ns".into(),
+        hostname: "db.example.com".into(),
+        ..Default::default()
+    };
+    let r = store().apply_addresses(
+        vec![(
+            w.uid.clone(),
+            wl::Address {
+                r#type: Some(wl::address::Type::Workload(w)),
+            },
+        )],
+        vec![],
+    );
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(
+        r[0].reason.contains(
+            "unsupported Istio field `hostname` (\"db.example.com\") without `addresses`"
+        ),
+        "{}",
+        r[0].reason
+    );
+}
