@@ -88,7 +88,7 @@ impl Default for DnsMetrics {
 
 fn duration_histogram() -> Histogram {
     // Istio's buckets.
-    Histogram::new([0.005, 0.001, 0.01, 0.1, 1.0, 5.0].into_iter())
+    Histogram::new([0.005, 0.001, 0.01, 0.1, 1.0, 5.0])
 }
 
 impl DnsMetrics {
