@@ -553,3 +553,50 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
         other => panic!("the deleted pod's connection was not cut: {other:?}"),
     }
 }
+
+fn netns_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "netns")
+        .count()
+}
+
+/// Attacker (or a runaway agent): adds without end, every pod naming the same namespace. The
+/// ztunnel enters that namespace once (one thread, however many uids), and refuses pods past
+/// its cap (1024) with a clear error instead of growing; a known pod re-sent is still fine.
+#[test]
+fn a_flood_of_pods_is_capped_and_shares_one_namespace_thread() {
+    let Some(ns) = NetNs::create("a2f") else {
+        return;
+    };
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let mut mesh = InprocMesh::new(&config().replace("127.221.0.1", "127.221.2.1"));
+    main.block_on(mesh.ztunnel("n1", &["--zds-socket", "/nonexistent/a2.sock"]));
+    let (tx, rx) = mpsc::channel(4);
+    mesh.proxy("n1").serve_pods(rx);
+    let agent = Agent(tx);
+    agent.connected();
+    let before = netns_threads();
+    for n in 0..1024 {
+        let uid = format!("flood-{n}");
+        agent
+            .add(info(&uid, &format!("p{n}"), "sa"), netns_fd(&ns))
+            .unwrap_or_else(|e| panic!("pod {n}: {e}"));
+    }
+    assert_eq!(netns_threads(), before + 1, "one thread for one namespace");
+    let err = agent
+        .add(info("flood-1024", "p1024", "sa"), netns_fd(&ns))
+        .unwrap_err();
+    assert!(err.contains("too many pods"), "{err}");
+    assert_eq!(
+        agent.add(info("flood-7", "p7", "sa"), netns_fd(&ns)),
+        Ok(())
+    );
+    // None of them is described by istiod (the config): all wait, with no listener.
+    assert_eq!(in_pod_listeners(&mesh), Vec::<String>::new());
+    let dump = mesh.proxy("n1").core().unwrap().config_dump();
+    let pods = dump["zdsPods"].as_array().unwrap();
+    assert_eq!(pods.len(), 1024);
+    assert!(pods.iter().all(|p| p["state"] == "waiting"));
+}
