@@ -13,6 +13,7 @@
 pub mod sidecar;
 pub mod waypoint;
 pub mod ztunnel;
+pub mod ztunnel_env;
 
 pub use crate::proxy::{Layers, Role};
 pub use sidecar::sidecar;
