@@ -259,6 +259,24 @@ async fn visibility_networks_and_cidrs_on_the_path() {
     );
     mesh.expect_log("a", "workload on another network");
     assert_eq!(far.load(Ordering::SeqCst), 0);
+    let closed = metric(
+        &mesh.proxy("a").metrics_text(),
+        "istio_tcp_connections_closed_total",
+        &[("reporter", "source"), ("response_flags", "NR")],
+    );
+    assert_eq!(closed, 1.0, "counted once, flag NR");
+
+    // By name (SOCKS5): the NAMESPACE service's host name resolves for its own namespace only.
+    let host = "private.ns.svc.cluster.local";
+    let s = socks5_connect(NET.client(), NET.socks(), host, 9000)
+        .await
+        .unwrap();
+    drop(s);
+    assert!(
+        socks5_connect(ip(INTRUDER), NET.socks(), host, 9000)
+            .await
+            .is_err()
+    );
 
     // CIDR services: the /24 wins inside it, the /16 elsewhere in it; outside both, nothing.
     let via = |dst: &'static str| async move {
