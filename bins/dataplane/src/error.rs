@@ -50,7 +50,32 @@ pub enum Error {
     /// A command-line combination that cannot work.
     #[error("{0}")]
     Usage(&'static str),
+    /// The Kubernetes source (`--kube`) could not start.
+    #[error("{0}")]
+    Kube(#[from] KubeError),
     /// The async runtime or another OS facility failed.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// Why no Kubernetes client could be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KubeError {
+    /// `--kubeconfig` could not be read or used.
+    #[error("--kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: kube::config::KubeconfigError,
+    },
+    /// No `--kubeconfig` and no in-cluster service account.
+    #[error(
+        "in-cluster Kubernetes config (KUBERNETES_SERVICE_HOST and the pod's service-account token): {0}; outside a cluster give --kubeconfig FILE"
+    )]
+    InCluster(#[from] kube::config::InClusterError),
+    /// The client could not be built (TLS settings).
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
 }

@@ -45,7 +45,7 @@ const XDS_LABELS: &[&str] = &[
 ];
 
 /// Checks each resource on its own (what does not depend on istiod's resources).
-fn check_alone(v: &mut Validator, res: &Resources) {
+pub(super) fn check_alone(v: &mut Validator, res: &Resources) {
     // A selector on labels istiod does not send would match nothing: a DENY silently dropped.
     let selectors = res
         .policies

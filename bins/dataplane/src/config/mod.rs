@@ -14,6 +14,7 @@ mod endpoint_stats;
 mod endpoints;
 mod errors;
 pub mod ext_authz;
+pub mod k8s;
 mod fail_closed;
 mod file;
 mod l7file;

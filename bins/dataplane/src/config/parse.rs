@@ -130,11 +130,25 @@ impl Raw {
         if doc.is_null() {
             return;
         }
-        let kind = str_field(&doc, &["kind"]).unwrap_or("").to_owned();
-        let api = str_field(&doc, &["apiVersion"]).unwrap_or("").to_owned();
+        let kind = str_field(&doc, &["kind"]).unwrap_or("");
         let ns = str_field(&doc, &["metadata", "namespace"]).unwrap_or("default");
         let name = str_field(&doc, &["metadata", "name"]).unwrap_or("?");
         let location = format!("document {index} ({kind} {ns}/{name})");
+        self.add_at(v, &location, doc, mode);
+    }
+
+    /// Adds one document found at `location` (a file's `document N (…)`, or the Kubernetes
+    /// source's `Kind namespace/name`), reporting what is wrong with it.
+    pub(super) fn add_at(
+        &mut self,
+        v: &mut Validator,
+        location: &str,
+        doc: serde_json::Value,
+        mode: Mode,
+    ) {
+        let kind = str_field(&doc, &["kind"]).unwrap_or("").to_owned();
+        let api = str_field(&doc, &["apiVersion"]).unwrap_or("").to_owned();
+        let location = location.to_owned();
         if !doc.is_object() {
             v.err(
                 &location,

@@ -1,18 +1,19 @@
 //! Following istiod, for every role: the xDS store a proxy starts from, its node id, the
 //! channel and the subscription; for the waypoint and the sidecar also the L7 resources the
 //! workload API does not carry, from a local file beside it (`--config`, limited to
-//! [`crate::config::L7_FILE_KINDS`], watched and merged in the one assembler). Certificates
+//! [`crate::config::L7_FILE_KINDS`], watched and merged in the one assembler) or from the
+//! Kubernetes API (`--kube`, [`crate::proxy::k8s`]). Certificates
 //! come from Istio's CA for the proxy's **own** identity, except the ztunnel's
 //! (`ImpersonatedIdentity`, on behalf of its workloads).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ProxyArgs;
+use super::{KubeArgs, ProxyArgs};
 use crate::Error;
 use crate::config::xds::{XdsSettings, XdsStore};
 use crate::proxy::Proxy;
+use crate::proxy::k8s::L7Source;
 
 /// `namespace/name`, or `name` in `default`.
 pub(crate) fn split_key(key: &str) -> (&str, &str) {
@@ -37,19 +38,26 @@ pub(crate) fn xds_store(
     .on_network(c.network.clone())
 }
 
-/// Loads the L7 file (`--config`, if given) into `store`; without one the L7 indexes are
-/// still built from istiod's services. Returns the file to watch.
-pub(crate) fn load_l7(
+/// Loads the L7 file (`--config`, if given) into `store`, or makes the Kubernetes source
+/// (`--kube`) of the proxy in `namespace` at `address`; without either the L7 indexes are
+/// still built from istiod's services. Returns the source to follow.
+pub(crate) async fn load_l7(
     c: &ProxyArgs,
+    kube: &KubeArgs,
     store: &mut XdsStore,
-) -> Result<Option<(PathBuf, Duration)>, Error> {
+    namespace: &str,
+    address: std::net::IpAddr,
+) -> Result<L7Source, Error> {
+    store.set_l7(Arc::new(crate::config::Resources::default()));
+    if let Some(src) = kube.source(namespace, address).await? {
+        return Ok(L7Source::Kube(src));
+    }
     let Some(path) = &c.config else {
-        store.set_l7(Arc::new(crate::config::Resources::default()));
-        return Ok(None);
+        return Ok(L7Source::None);
     };
     store.set_l7(crate::config::load_l7_file(path)?);
     let interval = c.config_poll_interval.max(Duration::from_millis(50));
-    Ok(Some((path.clone(), interval)))
+    Ok(L7Source::File(path.clone(), interval))
 }
 
 /// Istio's node id for a proxy of `kind` (Istio's node types `sidecar`, `waypoint`) in pod
@@ -80,7 +88,7 @@ pub(crate) fn follow(
     xds: &str,
     store: XdsStore,
     node: mesh_xds::NodeInfo,
-    l7: Option<(PathBuf, Duration)>,
+    l7: L7Source,
 ) -> Result<crate::proxy::XdsFollower, Error> {
     let mut control_plane = mesh_identity::grpc::ControlPlane::new(xds);
     control_plane.ca_pem = c.root_pem()?;

@@ -4,6 +4,7 @@
 
 mod args;
 pub(crate) mod istiod;
+mod k8s;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::proxy::{Proxy, ProxyConfig};
 
 pub use crate::duration::parse_duration;
 pub use args::ProxyArgs;
+pub use k8s::KubeArgs;
 pub(crate) use args::{CaFor, listen_addr, loopback_or};
 
 /// Installs the stderr log subscriber with a filter changeable at run time. Safe to call

@@ -65,18 +65,19 @@ impl Proxy {
         channel: mesh_xds::Channel,
         config: mesh_xds::Config,
     ) -> XdsFollower {
-        self.follow_istiod(store, channel, config, None)
+        self.follow_istiod(store, channel, config, super::k8s::L7Source::None)
     }
 
-    /// As [`follow_xds`](Self::follow_xds), also watching the local L7 file `l7` (path, poll
-    /// interval; its first version is already in `store`): each valid change rebuilds the
-    /// state.
+    /// As [`follow_xds`](Self::follow_xds), also following the L7 source `l7`: the local
+    /// file (path, poll interval; its first version is already in `store`) or the Kubernetes
+    /// API (the first state then waits for its first lists too). Each valid change rebuilds
+    /// the state.
     pub fn follow_istiod(
         &self,
         store: XdsStore,
         channel: mesh_xds::Channel,
         config: mesh_xds::Config,
-        l7: Option<L7File>,
+        l7: super::k8s::L7Source,
     ) -> XdsFollower {
         let store = Arc::new(Mutex::new(store));
         let dirty = Arc::new(Notify::new());
@@ -84,6 +85,12 @@ impl Proxy {
         // for its initial sync too): never workloads without their policies. Not ready
         // before that.
         let answered = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        // Bits: 1 Address, 2 Authorization, 4 the Kubernetes L7 source's first lists.
+        let want: u8 = if matches!(l7, super::k8s::L7Source::Kube(_)) {
+            7
+        } else {
+            3
+        };
         let mut first = Some(self.inner.readiness.register("first xDS state"));
         let addresses = {
             let (store, dirty, inner) = (store.clone(), dirty.clone(), self.inner.clone());
@@ -119,8 +126,15 @@ impl Proxy {
         let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(addresses), Arc::new(authorizations)];
         let client = Client::start(channel, config, handlers);
         let status = client.watch();
-        if let Some(file) = l7 {
-            self.watch_l7(file, store.clone(), dirty.clone());
+        match l7 {
+            super::k8s::L7Source::None => {}
+            super::k8s::L7Source::File(path, every) => {
+                self.watch_l7((path, every), store.clone(), dirty.clone());
+            }
+            super::k8s::L7Source::Kube(src) => {
+                let (store, dirty, answered) = (store.clone(), dirty.clone(), answered.clone());
+                self.watch_kube(src, store, dirty, answered, 4);
+            }
         }
         let proxy = Proxy {
             inner: self.inner.clone(),
@@ -137,7 +151,7 @@ impl Proxy {
                         }
                         () = dirty.notified() => {}
                     }
-                    if first.is_some() && answered.load(std::sync::atomic::Ordering::SeqCst) != 3 {
+                    if first.is_some() && answered.load(std::sync::atomic::Ordering::SeqCst) != want {
                         continue;
                     }
                     let s = store.clone();

@@ -59,6 +59,9 @@ pub struct SidecarArgs {
     /// config file gives it in the WorkloadEntry).
     #[arg(long, value_name = "IP")]
     pub address: Option<std::net::IpAddr>,
+    /// The Kubernetes source of L7 resources (`--kube`).
+    #[command(flatten)]
+    pub kube: crate::process::KubeArgs,
     /// Settings shared with the other proxies.
     #[command(flatten)]
     pub common: ProxyArgs,
@@ -139,7 +142,7 @@ async fn run_xds(
     let mut store = xds_store(c, node_name, address, false).serving(Local::OneWorkload {
         workload: format!("{ns}/{name}"),
     });
-    let l7 = load_l7(c, &mut store)?;
+    let l7 = load_l7(c, &args.kube, &mut store, ns, address).await?;
     let cfg = proxy_config(args, address, node_name, log);
     let (ca, bundle) = c.cert_provider(CaFor::Own(None))?;
     let proxy = Proxy::start(cfg, store.build(), ca, bundle).await?;

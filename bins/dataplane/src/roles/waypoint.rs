@@ -36,6 +36,9 @@ pub struct WaypointArgs {
     /// the Gateway, as Istio deploys waypoints.
     #[arg(long, value_name = "IP")]
     pub address: Option<std::net::IpAddr>,
+    /// The Kubernetes source of L7 resources (`--kube`).
+    #[command(flatten)]
+    pub kube: crate::process::KubeArgs,
     /// Settings shared with the other proxies.
     #[command(flatten)]
     pub common: ProxyArgs,
@@ -87,7 +90,7 @@ async fn run_xds(args: &WaypointArgs, xds: &str, log: LogControl) -> Result<(), 
         key: args.gateway.clone(),
         identity: identity.clone(),
     });
-    let l7 = load_l7(c, &mut store)?;
+    let l7 = load_l7(c, &args.kube, &mut store, ns, address).await?;
     let cfg = proxy_config(args, address, log);
     let (ca, bundle) = c.cert_provider(CaFor::Own(Some(identity)))?;
     let proxy = Proxy::start(cfg, store.build(), ca, bundle).await?;
