@@ -14,6 +14,7 @@
 pub mod backends;
 pub mod bind;
 pub mod fake_cni;
+pub mod fake_kube;
 pub mod inproc;
 pub mod istiod;
 pub mod netns;
