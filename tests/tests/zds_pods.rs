@@ -207,6 +207,25 @@ fn zds_pods_are_served_in_pod_and_re_synced_without_cuts() {
         assert!(n >= 1.0, "no mTLS connection from {src}:\n{metrics}");
     }
 
+    // Attacker in pod a: a connection to b's own plaintext port (its wildcard in-pod
+    // listener) must not be delivered to that listener (a loop through the proxy): the
+    // proxy's own endpoints are never a destination.
+    let s = dial(&rts[0], "10.221.0.3:15006").unwrap();
+    let closed = rts[0].block_on(rts[0].spawn(async move {
+        let mut s = s;
+        let _ = s.write_all(b"loop?").await;
+        let mut buf = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await
+    }));
+    match closed.unwrap() {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("a connection to the proxy's own port was carried: {other:?}"),
+    }
+    mesh.expect_log(
+        "n1",
+        "captured outbound connection to the proxy's own listener: closed",
+    );
+
     // The agent reconnects and re-syncs (a re-sent with the same namespace, b kept): nothing
     // is reopened, and b's open connection to a keeps echoing.
     let before = in_pod_listeners(&mesh);

@@ -246,6 +246,13 @@ impl Proxy {
         let listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
         addrs.extend(listeners.values().map(|h| h.listening.addr));
         addrs.extend(extra);
+        // ZDS pods' inbound listeners are on the wildcard: their workloads' addresses are ours
+        // too (port 0 matches no port; it makes the wildcard listeners' ports ours there).
+        if inner.ctx.pods.load().enabled
+            && let Some(node) = inner.ctx.state.load().node(&inner.ctx.node_name)
+        {
+            addrs.extend(node.workloads.iter().map(|w| SocketAddr::new(w.address, 0)));
+        }
         inner.ctx.own.set(addrs);
     }
 
