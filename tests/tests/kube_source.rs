@@ -270,3 +270,61 @@ async fn an_endless_watch_and_a_huge_list_are_bounded() {
         "RSS grew from {rss_before} to {rss}"
     );
 }
+
+/// `--kube` is exclusive with `--config`, needs istiod (`--xds-address`), exists on the
+/// waypoint and the sidecar only, and a kubeconfig that cannot be read stops the start with
+/// its path named.
+#[test]
+fn kube_flags() {
+    let run = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(mesh_tests::bin(bin))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let xds = ["--xds-address", "http://127.226.90.1:1"];
+    let ca = ["--ca-address", "http://127.226.90.1:2"];
+    for bin in ["waypoint", "sidecar"] {
+        let who = if bin == "waypoint" {
+            "--gateway"
+        } else {
+            "--workload"
+        };
+        let (code, err) = run(
+            bin,
+            &[who, "ns/x", "--kube", "--config", "l7.yaml", xds[0], xds[1]],
+        );
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("cannot be used with"), "{err}");
+        let (code, err) = run(bin, &[who, "ns/x", "--kube", "--config", "l7.yaml"]);
+        assert_eq!(code, Some(2), "{err}");
+        let (code, err) = run(
+            bin,
+            &[
+                who,
+                "ns/x",
+                "--address",
+                "127.226.90.2",
+                "--kube",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+                xds[0],
+                xds[1],
+                ca[0],
+                ca[1],
+            ],
+        );
+        assert_ne!(code, Some(0), "{err}");
+        assert!(
+            err.contains("--kubeconfig /nonexistent/kubeconfig"),
+            "{err}"
+        );
+    }
+    let (code, err) = run("ztunnel", &["--node", "a", "--kube"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--kube"), "{err}");
+}
