@@ -175,9 +175,11 @@ pub struct ConnectionRecord<'a> {
     pub dst_identity: Option<&'a str>,
     /// `mutual_tls` or `unknown` (plaintext), as the metrics label.
     pub security: &'a str,
-    /// Request bytes (client to server).
+    /// Bytes this proxy sent towards the other end, as Istio's ztunnel logs them: the
+    /// request bytes (client to server) on `outbound`, the response bytes on `inbound`.
     pub bytes_sent: u64,
-    /// Response bytes (server to client).
+    /// Bytes this proxy received from the other end: the response bytes on `outbound`, the
+    /// request bytes on `inbound`.
     pub bytes_recv: u64,
     /// Time from accept to close, e.g. `"12ms"`.
     pub duration: String,

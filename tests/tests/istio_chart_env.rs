@@ -121,10 +121,10 @@ async fn first_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_pod_spec_runs_our_ztunnel() {
     let f = fixture().await;
-    let ip: IpAddr = "127.222.0.1".parse().unwrap();
+    let ip: IpAddr = "127.222.3.1".parse().unwrap();
     let (client, server): (IpAddr, IpAddr) = (
-        "127.222.0.10".parse().unwrap(),
-        "127.222.0.11".parse().unwrap(),
+        "127.222.3.10".parse().unwrap(),
+        "127.222.3.11".parse().unwrap(),
     );
     let svc: &[(&str, u16, u16)] = &[];
     f.istiod.set_many(
@@ -183,7 +183,7 @@ async fn chart_pod_spec_runs_our_ztunnel() {
     let node = first.node.unwrap();
     assert_eq!(
         node.id,
-        "ztunnel~127.222.0.1~ztunnel-x7k2p.istio-system~istio-system.svc.cluster.local"
+        "ztunnel~127.222.3.1~ztunnel-x7k2p.istio-system~istio-system.svc.cluster.local"
     );
     let meta = node.metadata.unwrap().fields;
     let text = |k: &str| match meta.get(k).and_then(|v| v.kind.clone()) {
@@ -221,20 +221,20 @@ async fn chart_pod_spec_runs_our_ztunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flag_overrides_its_variable() {
     let f = fixture().await;
-    let env = chart_env("127.222.0.2".parse().unwrap(), &f.istiod);
+    let env = chart_env("127.222.3.2".parse().unwrap(), &f.istiod);
     let mut args = CHART_ARGS.to_vec();
-    args.extend(["--address", "127.222.0.3", "--pod-name", "from-flag"]);
+    args.extend(["--address", "127.222.3.3", "--pod-name", "from-flag"]);
     let cmd = ztunnel_cmd(f.dir.path(), &env, &args);
     let _z = Proc::start("ztunnel (flag)", cmd, Some("ztunnel ready"));
-    until_ready("127.222.0.3".parse().unwrap()).await;
+    until_ready("127.222.3.3".parse().unwrap()).await;
     assert_eq!(
-        status("127.222.0.2:15021".parse().unwrap(), "/healthz/ready").await,
+        status("127.222.3.2:15021".parse().unwrap(), "/healthz/ready").await,
         0
     );
     let node = first_request(&f.istiod).await.node.unwrap();
     assert_eq!(
         node.id,
-        "ztunnel~127.222.0.3~from-flag.istio-system~istio-system.svc.cluster.local"
+        "ztunnel~127.222.3.3~from-flag.istio-system~istio-system.svc.cluster.local"
     );
 }
 
@@ -243,7 +243,7 @@ async fn a_flag_overrides_its_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_variable_is_a_startup_error_naming_it() {
     let f = fixture().await;
-    let ip: IpAddr = "127.222.0.4".parse().unwrap();
+    let ip: IpAddr = "127.222.3.4".parse().unwrap();
     let cases: &[(&str, &str)] = &[
         ("INSTANCE_IP", "not-an-ip"),
         ("ZTUNNEL_WORKER_THREADS", "lots"),

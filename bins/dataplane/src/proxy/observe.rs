@@ -277,6 +277,15 @@ pub(crate) fn log_copied(
         (sent, recv): (u64, u64),
         start: tokio::time::Instant,
     ) {
+        // `(sent, recv)` are (request, response) bytes. Istio's ztunnel logs each proxy's
+        // own view: the destination sent the response and received the request (its metrics
+        // keep request bytes as `received` on both reporters: istio/istio#32399; istio/ztunnel
+        // `src/proxy/metrics.rs` "unflip for logs").
+        let (sent, recv) = if rec.direction == "inbound" {
+            (recv, sent)
+        } else {
+            (sent, recv)
+        };
         rec.bytes_sent = sent;
         rec.bytes_recv = recv;
         rec.duration = duration(start);

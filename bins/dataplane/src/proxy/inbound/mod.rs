@@ -182,8 +182,9 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
         );
         rec.dst_hbone_addr = Some(hbone_addr);
         rec.dst_service = a.host.as_deref();
-        rec.bytes_sent = to_app;
-        rec.bytes_recv = from_app;
+        // The destination's own view, as Istio's ztunnel logs it (`observe::log_copied`).
+        rec.bytes_sent = from_app;
+        rec.bytes_recv = to_app;
         rec.duration = observe::duration(start);
         if error.is_some() {
             rec.outcome = Some(Outcome::Error);
