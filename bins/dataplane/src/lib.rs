@@ -17,6 +17,7 @@
 pub mod capture;
 pub mod config;
 pub mod dns;
+pub mod hostdns;
 mod duration;
 mod error;
 pub mod limits;
