@@ -500,10 +500,20 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
     };
     let (code, body) = ready();
     assert_eq!(code, 500);
-    assert!(body.contains("ZDS snapshot"), "{body}");
+    assert!(body.contains(mesh_dataplane::zds::READINESS_TASK), "{body}");
     assert_eq!(main.block_on(agent.snapshot_sent()).unwrap(), Ok(()));
-    let (_, body) = ready();
-    assert!(!body.contains("ZDS snapshot"), "{body}");
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = ready().1;
+        if !body.contains(mesh_dataplane::zds::READINESS_TASK) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !body.contains(mesh_dataplane::zds::READINESS_TASK),
+        "{body}"
+    );
     main.block_on(dump_until("both served", |d| {
         pod_state(d, uid_c) == "served"
             && pod_state(d, uid_d) == "served"

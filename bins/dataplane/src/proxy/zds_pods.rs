@@ -27,8 +27,7 @@ type Open = Arc<Netns>;
 
 impl Proxy {
     /// Serves the pods of a CNI agent (ZDS) from `events` until the proxy stops (call it on
-    /// the proxy's runtime); `/healthz/ready` waits for the agent's first snapshot, as
-    /// Istio's ztunnel does. This node's workloads are served in-pod when their pod is handed
+    /// the proxy's runtime). This node's workloads are served in-pod when their pod is handed
     /// over, and wait (no listeners) until then (as from the start with
     /// `ProxyConfig::zds_pods`). Each event is answered on its `reply`: `Err` with the reason
     /// (a bad namespace fd, an identity that disagrees with istiod's, a bind that failed)
@@ -42,18 +41,12 @@ impl Proxy {
             inner: self.inner.clone(),
         };
         let cancel = self.inner.cancel.clone();
-        // As Istio's ztunnel: not ready before the agent's first snapshot.
-        let snapshot = self
-            .inner
-            .readiness
-            .register("ZDS snapshot from the CNI agent");
         let span = tracing::info_span!("zds_pods");
         self.inner.tasks.spawn(
             async move {
                 let mut driver = Driver {
                     proxy,
                     registry: Registry::default(),
-                    snapshot: Some(snapshot),
                 };
                 // Workloads served on this host before ZDS was on now wait for their pods.
                 if let Err(e) = driver.sync(Vec::new()).await {
@@ -83,15 +76,19 @@ const EVENTS: usize = 16;
 impl Proxy {
     /// Connects to the CNI agent's socket `path` (ZDS, Istio's `INPOD_UDS`) and serves the
     /// pods it hands over ([`Proxy::serve_pods`]) until the proxy stops; a lost agent is
-    /// reconnected with backoff.
+    /// reconnected with backoff. `/healthz/ready` waits for the agent's snapshot (and again
+    /// while it is away), as Istio's ztunnel does in-pod (`zds::serve_ready`).
     pub fn follow_cni_agent(&self, path: std::path::PathBuf) {
         let (tx, rx) = mpsc::channel(EVENTS);
         self.serve_pods(rx);
         let cancel = self.inner.cancel.clone();
         let span = tracing::info_span!("zds", socket = %path.display());
+        let limits = crate::zds::Limits::default();
+        let readiness = self.inner.readiness.clone();
+        let serve = crate::zds::serve_ready(path, tx, cancel, limits, readiness);
         self.inner.tasks.spawn(
             async move {
-                if let Err(e) = crate::zds::serve(&path, tx, cancel).await {
+                if let Err(e) = serve.await {
                     tracing::error!(error = %e, "ZDS: no pods will be handed over");
                 }
             }
@@ -103,8 +100,6 @@ impl Proxy {
 struct Driver {
     proxy: Proxy,
     registry: Registry<Open>,
-    /// Readiness waits for the first snapshot.
-    snapshot: Option<mesh_telemetry::readiness::Pending>,
 }
 
 impl Driver {
@@ -141,13 +136,7 @@ impl Driver {
                 if !gone.is_empty() {
                     info!(pods = ?gone, "re-sync: pods the agent no longer has are removed");
                 }
-                let r = self.sync(gone).await;
-                if r.is_ok()
-                    && let Some(p) = self.snapshot.take()
-                {
-                    p.done();
-                }
-                let _ = reply.send(r);
+                let _ = reply.send(self.sync(gone).await);
             }
         }
     }
