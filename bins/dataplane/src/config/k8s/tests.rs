@@ -263,3 +263,88 @@ proptest! {
         prop_assert!(res.virtual_services.iter().all(|v| !v.location.contains(" c/")));
     }
 }
+
+/// The example mesh plus service `shop` (namespace `shop`) bound to the demo waypoint across
+/// namespaces, and service `plain` (namespace `plain`) with no waypoint.
+fn scoped_mesh() -> crate::config::MeshState {
+    let extra = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: shop, namespace: shop}
+spec: {address: 127.0.0.9, serviceAccount: shop, labels: {app: shop}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: shop
+  namespace: shop
+  labels: {istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: demo}
+spec:
+  hosts: [shop.shop.svc.cluster.local]
+  addresses: [127.0.10.9]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: shop}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: plain, namespace: plain}
+spec: {address: 127.0.0.10, serviceAccount: plain, labels: {app: plain}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: plain, namespace: plain}
+spec:
+  hosts: [plain.plain.svc.cluster.local]
+  addresses: [127.0.10.10]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: plain}}
+"#;
+    let text = format!(
+        "{}{extra}",
+        include_str!("../../../../../examples/mesh.yaml")
+    );
+    crate::config::parse(std::path::Path::new("mesh.yaml"), &text).unwrap()
+}
+
+#[test]
+fn a_waypoint_watches_its_services_namespaces_a_sidecar_every_services() {
+    let state = scoped_mesh();
+    let mut scope = KubeScope {
+        own_namespace: "demo".into(),
+        own_address: "127.0.1.3".parse().unwrap(),
+        every_service: false,
+        max_namespaces: 32,
+    };
+    let names = |s: &KubeScope| {
+        let (set, left_out) = s.namespaces(&state);
+        (set.into_iter().collect::<Vec<_>>(), left_out)
+    };
+    // Istio gives a waypoint the config of the services bound to it (here across
+    // namespaces with istio.io/use-waypoint-namespace), its own namespace's and the root's.
+    assert_eq!(
+        names(&scope),
+        (vec!["demo".into(), "istio-system".into(), "shop".into()], 0)
+    );
+    // A proxy at another address serves none of them.
+    scope.own_address = "127.0.1.99".parse().unwrap();
+    assert_eq!(
+        names(&scope),
+        (vec!["demo".into(), "istio-system".into()], 0)
+    );
+    // A sidecar routes to every service.
+    scope.every_service = true;
+    let (all, _) = names(&scope);
+    assert!(
+        all.contains(&"plain".to_owned()) && all.contains(&"shop".to_owned()),
+        "{all:?}"
+    );
+    // Capped: own and root first.
+    scope.max_namespaces = 2;
+    assert_eq!(
+        names(&scope),
+        (vec!["demo".into(), "istio-system".into()], 2)
+    );
+}
