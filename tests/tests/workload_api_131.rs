@@ -266,6 +266,11 @@ async fn visibility_networks_and_cidrs_on_the_path() {
     );
     assert_eq!(closed, 1.0, "counted once, flag NR");
 
+    // The admin config dump shows each service's visibility.
+    let admin = mesh.proxy("a").endpoints().admin.unwrap();
+    let dump = http_get(admin, "/config_dump").await;
+    assert!(dump.contains(r#""visibility": "NAMESPACE""#), "{dump}");
+
     // By name (SOCKS5): the NAMESPACE service's host name resolves for its own namespace only.
     let host = "private.ns.svc.cluster.local";
     let s = socks5_connect(NET.client(), NET.socks(), host, 9000)

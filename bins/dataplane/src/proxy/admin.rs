@@ -71,6 +71,8 @@ pub(crate) fn config_dump(inner: &dyn Introspect) -> serde_json::Value {
                 "portName": sp.name,
                 "protocol": sp.protocol,
                 "waypoint": sp.service.waypoint.as_ref().map(|wp| wp.key()),
+                "visibility": sp.service.visibility,
+                "canonical": sp.service.canonical,
                 "endpoints": sp.endpoints.iter().map(|e| format!("{}:{}", e.workload.key(), e.port)).collect::<Vec<_>>(),
             })
         })
