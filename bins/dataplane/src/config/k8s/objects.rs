@@ -90,10 +90,13 @@ impl KubeObjects {
             }
             (key, Err(issues)) => (key.clone(), None, self.reject(key, issues)),
         };
-        self.listing
-            .entry(watch.clone())
-            .or_default()
-            .insert(key, doc);
+        // Past the cap nothing more is buffered, not even the names of rejected objects.
+        if !over {
+            self.listing
+                .entry(watch.clone())
+                .or_default()
+                .insert(key, doc);
+        }
         applied
     }
 
@@ -199,7 +202,11 @@ impl KubeObjects {
 
     fn reject(&mut self, key: ObjKey, issues: Vec<ConfigIssue>) -> Applied {
         let fresh = self.rejected.get(&key) != Some(&issues);
-        self.rejected.insert(key, issues.clone());
+        // Remembered to count each once, within the object cap: a flood of new names past
+        // it is counted every time rather than held.
+        if self.rejected.len() < self.limits.max_objects || self.rejected.contains_key(&key) {
+            self.rejected.insert(key, issues.clone());
+        }
         Applied::Rejected { issues, fresh }
     }
 

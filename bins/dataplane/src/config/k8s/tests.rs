@@ -257,6 +257,7 @@ proptest! {
                 }
             }
             prop_assert!(o.len() <= 5);
+            prop_assert!(o.rejected() <= 5);
         }
         let (res, problems) = o.resources();
         prop_assert!(problems.is_empty());

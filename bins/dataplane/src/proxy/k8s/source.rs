@@ -43,6 +43,7 @@ impl Proxy {
             objects: Mutex::new(KubeObjects::new(src.settings.limits)),
             changed: Notify::new(),
             unsynced: AtomicUsize::new(0),
+            cap_warned: std::sync::atomic::AtomicBool::new(false),
             inner: self.inner.clone(),
         });
         let cancel = self.inner.cancel.clone();

@@ -114,7 +114,12 @@ fn on_event(shared: &Shared, key: &WatchKey, ev: Event<DynamicObject>) -> bool {
         Applied::Rejected { issues, fresh } => {
             for i in issues.iter().filter(|_| fresh) {
                 let at = format!("kubernetes {}: {}: {}", i.location, i.field, i.reason);
-                warn!(object = %i.location, field = %i.field, reason = %i.reason, "Kubernetes object rejected; the others apply");
+                let capped = i.reason.contains("--kube-max-objects");
+                if capped && shared.cap_warned.swap(true, Ordering::SeqCst) {
+                    debug!(object = %i.location, reason = %i.reason, "Kubernetes object rejected");
+                } else {
+                    warn!(object = %i.location, field = %i.field, reason = %i.reason, "Kubernetes object rejected; the others apply");
+                }
                 shared.inner.ctx.telemetry.rejected(at);
             }
         }
