@@ -1,4 +1,9 @@
-use super::*;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::cache::*;
 
 use proptest::prelude::*;
 
@@ -9,6 +14,7 @@ fn ip(s: &str) -> IpAddr {
 fn own() -> Own {
     Own {
         addrs: vec![ip("127.228.0.1"), ip("10.228.0.7")],
+        test_loopback: None,
     }
 }
 

@@ -37,6 +37,8 @@ mod network;
 mod patch;
 mod store;
 #[cfg(test)]
+mod hostname_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_131;
