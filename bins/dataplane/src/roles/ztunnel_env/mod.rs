@@ -34,6 +34,8 @@ pub const DEFAULT_ROOT_CERT: &str = "./var/run/secrets/istio/root-cert.pem";
 /// Istio's projected service-account token (audience `istio-ca`), relative to the working
 /// directory (istio/ztunnel `DEFAULT_TOKEN_PROVIDER`).
 pub const DEFAULT_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
+/// Istio's ZDS socket, where istio-cni hands pods over (istio/ztunnel `INPOD_UDS` default).
+pub const DEFAULT_ZDS_SOCKET: &str = "/var/run/ztunnel/ztunnel.sock";
 /// Most `ISTIO_META_*` variables sent as node metadata.
 const MAX_NODE_METADATA: usize = 64;
 /// Longest `ISTIO_META_*` value sent as node metadata.
@@ -122,6 +124,11 @@ pub fn apply(
         tracing_subscriber::EnvFilter::try_new(filter)
             .map_err(|e| EnvError::invalid("RUST_LOG", filter, e.to_string()))?;
         applied.log_flag_wins = from_cli("log");
+    }
+    // The chart's INPOD_ENABLED=true: pods come from istio-cni over ZDS, on INPOD_UDS (clap
+    // env of --zds-socket) or Istio's default socket (istio/ztunnel `inpod_uds`).
+    if source("zds_socket").is_none() && env.bool("INPOD_ENABLED")? == Some(true) {
+        args.zds_socket = Some(PathBuf::from(DEFAULT_ZDS_SOCKET));
     }
     args.node_metadata = node_metadata(env)?;
     Ok(applied)

@@ -132,7 +132,9 @@ fn chart_environment_sets_the_ztunnel() {
         Some("Kubernetes")
     );
     let ignored: Vec<&str> = applied.ignored.iter().map(|(v, _)| v.as_str()).collect();
-    assert_eq!(ignored, ["INPOD_ENABLED", "SERVICE_ACCOUNT"]);
+    assert_eq!(ignored, ["SERVICE_ACCOUNT"]);
+    // INPOD_ENABLED=true without INPOD_UDS: Istio's default ZDS socket.
+    assert_eq!(a.zds_socket.as_deref(), Some(Path::new(DEFAULT_ZDS_SOCKET)));
     assert!(!applied.log_flag_wins);
 }
 

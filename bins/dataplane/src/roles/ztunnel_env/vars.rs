@@ -281,12 +281,7 @@ pub const VARS: &[(&str, Use)] = &[
         },
     ),
     ("LOG_FORMAT", Use::Ignored("logs are written as text lines")),
-    (
-        "INPOD_ENABLED",
-        Use::Ignored(
-            "pods always arrive in-pod through istio-cni (Istio's ztunnel no longer reads it)",
-        ),
-    ),
+    ("INPOD_ENABLED", Use::Read),
     (
         "SERVICE_ACCOUNT",
         Use::Ignored(
