@@ -162,6 +162,7 @@ fn proxy_args_parse_with_the_real_command_line() {
                     .unwrap_or_else(|e| panic!("{file}: waypoint {args:?}: {e}"))
                     .args;
                 assert_eq!(a.gateway, format!("{ns}/waypoint"), "{file}");
+                assert!(a.kube.kube, "{file}: waypoint L7 from Kubernetes (--kube)");
                 (a.common.xds_address, a.common.ca_address, a.address)
             }
             "sidecar" => {
@@ -171,6 +172,7 @@ fn proxy_args_parse_with_the_real_command_line() {
                 assert_eq!(a.workload, format!("{ns}/echo"), "{file}");
                 // Non-root: no socket mark (CAP_NET_ADMIN); capture excludes it by uid.
                 assert_eq!(a.common.socket_mark, Some(0), "{file}");
+                assert!(a.kube.kube, "{file}: sidecar L7 from Kubernetes (--kube)");
                 (a.common.xds_address, a.common.ca_address, a.address)
             }
             "meshctl" => {
@@ -388,4 +390,29 @@ fn docker_build_context_excludes_local_secrets() {
     for must in [".meshctl/", ".git/", "target/"] {
         assert!(lines.contains(&must), ".dockerignore lacks {must}");
     }
+}
+
+/// The L7 reader role grants exactly the kinds the Kubernetes source (`--kube`) watches:
+/// a kind added to the source without the role would be forbidden in a cluster, one in the
+/// role but not watched would be a needless grant.
+#[test]
+fn l7_reader_role_grants_exactly_what_the_source_watches() {
+    let docs = documents();
+    let role = kind(&docs, "ClusterRole", "mesh-l7-reader");
+    let mut granted = std::collections::BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                granted.insert((
+                    g.as_str().unwrap().to_string(),
+                    r.as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    let watched: std::collections::BTreeSet<_> = mesh_dataplane::config::k8s::KUBE_KINDS
+        .iter()
+        .map(|k| (k.group.to_string(), k.plural.to_string()))
+        .collect();
+    assert_eq!(granted, watched);
 }
