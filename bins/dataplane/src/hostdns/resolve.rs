@@ -5,15 +5,17 @@
 //!
 //! The hostname is taken as fully qualified (a trailing dot is added): no search list, as
 //! the ztunnel's own `resolv.conf` search list names the ztunnel's namespace, not the
-//! workload's. Lookups in flight are bounded; past the bound a connection fails at once.
+//! workload's. Concurrent lookups of one host share one query; lookups in flight are bounded,
+//! past the bound a connection fails at once.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use super::cache::{Cache, Limits, Outcome, Own, Refused};
@@ -26,6 +28,23 @@ pub struct Resolver {
     own: Own,
     cache: Mutex<Cache>,
     in_flight: Semaphore,
+    /// The lookups in flight, by host (at most [`MAX_IN_FLIGHT`]): later askers wait on them.
+    pending: Mutex<HashMap<Box<str>, watch::Receiver<Option<Outcome>>>>,
+}
+
+/// Removes a lookup from `pending` when it ends, finished or abandoned.
+struct Unpend<'a> {
+    pending: &'a Mutex<HashMap<Box<str>, watch::Receiver<Option<Outcome>>>>,
+    host: &'a str,
+}
+
+impl Drop for Unpend<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.host);
+    }
 }
 
 impl std::fmt::Debug for Resolver {
@@ -51,26 +70,56 @@ impl Resolver {
             own,
             cache: Mutex::new(Cache::new(limits)),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            pending: Mutex::new(HashMap::new()),
         }
     }
 
     /// The addresses of `host` (cached while their TTL lasts), checked; or why there are none.
+    /// Concurrent lookups of one host share one query (the first asks, the others wait for
+    /// its outcome).
     pub async fn lookup(&self, host: &str) -> Outcome {
         if let Some(hit) = self.cached(host) {
             return hit;
         }
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            return Err(Refused::Lookup {
-                host: host.to_owned(),
-                reason: format!("{MAX_IN_FLIGHT} lookups already in flight"),
-            });
+        let failed = |reason: &str| Refused::Lookup {
+            host: host.to_owned(),
+            reason: reason.to_owned(),
         };
-        let answer = self.ask(host).await;
-        let now = Instant::now();
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .record(host, answer, &self.own, now)
+        let joined = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            match pending.get(host) {
+                Some(rx) => Ok(rx.clone()),
+                None => {
+                    let Ok(permit) = self.in_flight.try_acquire() else {
+                        return Err(failed("too many lookups in flight"));
+                    };
+                    let (tx, rx) = watch::channel(None);
+                    pending.insert(host.into(), rx);
+                    Err((tx, permit))
+                }
+            }
+        };
+        match joined {
+            Ok(mut rx) => match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().unwrap_or_else(|| Err(failed("no outcome"))),
+                Err(_) => Err(failed("the shared lookup was abandoned")),
+            },
+            Err((tx, _permit)) => {
+                let _gone = Unpend {
+                    pending: &self.pending,
+                    host,
+                };
+                let answer = self.ask(host).await;
+                let now = Instant::now();
+                let outcome = self
+                    .cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(host, answer, &self.own, now);
+                let _ = tx.send(Some(outcome.clone()));
+                outcome
+            }
+        }
     }
 
     fn cached(&self, host: &str) -> Option<Outcome> {

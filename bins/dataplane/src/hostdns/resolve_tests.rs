@@ -139,3 +139,41 @@ async fn a_silent_upstream_times_out() {
     assert!(matches!(e, Err(Refused::Lookup { .. })), "{e:?}");
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+// Attacker: a burst of connections to a hostname workload with a cold cache must not become a
+// burst of DNS queries: concurrent lookups of one host share one A and one AAAA query.
+#[tokio::test]
+async fn a_burst_of_lookups_shares_one_query() {
+    let Some(up) = responder().await else {
+        return;
+    };
+    let r = Arc::new(resolver(up.addr));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let r = r.clone();
+        tasks.spawn(async move { r.lookup("db.example").await.is_ok() });
+    }
+    while let Some(ok) = tasks.join_next().await {
+        assert_eq!(ok.ok(), Some(true));
+    }
+    assert_eq!(up.queries.load(Ordering::Relaxed), 2);
+}
+
+// An abandoned lookup (its connection went away) does not wedge the host: the next lookup asks
+// again.
+#[tokio::test]
+async fn an_abandoned_lookup_leaves_nothing_behind() {
+    let Some(up) = responder().await else {
+        return;
+    };
+    let r = resolver(up.addr);
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), r.lookup("silent.example")).await;
+    assert!(gave_up.is_err());
+    let asked = up.queries.load(Ordering::Relaxed);
+    let e = r.lookup("silent.example").await;
+    assert!(
+        matches!(&e, Err(Refused::Lookup { reason, .. }) if reason.contains("no upstream answered")),
+        "{e:?}"
+    );
+    assert!(up.queries.load(Ordering::Relaxed) > asked, "asked again");
+}
