@@ -177,3 +177,21 @@ async fn an_abandoned_lookup_leaves_nothing_behind() {
     );
     assert!(up.queries.load(Ordering::Relaxed) > asked, "asked again");
 }
+
+// A hostname that is no DNS name (empty label, a label over 63 octets) fails without a query.
+#[tokio::test]
+async fn a_bad_hostname_sends_no_query() {
+    let Some(up) = responder().await else {
+        return;
+    };
+    let r = resolver(up.addr);
+    let long = format!("{}.example", "a".repeat(64));
+    for host in ["a..example", long.as_str()] {
+        let e = r.lookup(host).await;
+        assert!(
+            matches!(&e, Err(Refused::Lookup { reason, .. }) if reason.starts_with("bad name")),
+            "{host}: {e:?}"
+        );
+    }
+    assert_eq!(up.queries.load(Ordering::Relaxed), 0);
+}
