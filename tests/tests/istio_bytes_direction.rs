@@ -5,7 +5,8 @@
 //! `src/copy.rs` counts downstream→upstream as `recv` on both sides), while the access log
 //! "unflips" it (istio/ztunnel `src/proxy/metrics.rs`, `bytes_sent`/`bytes_recv`): each proxy
 //! logs what it sent and received itself. An asymmetric exchange tells the directions apart.
-//! In-process proxy cores.
+//! The locality labels (`source_region`, `source_zone`, `destination_region`,
+//! `destination_zone`) are Istio's ztunnel's too. In-process proxy cores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +22,18 @@ const RESP: usize = 56;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_keep_the_request_as_received_and_logs_unflip_it() {
     let net = Net { b: 222 };
-    let mut mesh = InprocMesh::new(&net.config());
+    // Localities (WorkloadEntry `locality`: region/zone/subzone) for Istio's locality labels.
+    let config = net
+        .config()
+        .replace(
+            "serviceAccount: client,",
+            "serviceAccount: client, locality: eu-west1/eu-west1-a/rack1,",
+        )
+        .replace(
+            "serviceAccount: server,",
+            "serviceAccount: server, locality: us-east1/us-east1-b,",
+        );
+    let mut mesh = InprocMesh::new(&config);
     let mut rx = sink_server(net.app(), Arc::new(random_bytes(RESP))).await;
     mesh.ztunnel("b", &[]).await;
     mesh.ztunnel("a", &[]).await;
@@ -31,7 +43,15 @@ async fn metrics_keep_the_request_as_received_and_logs_unflip_it() {
     assert_eq!(rx.recv().await.unwrap().received_len, REQ);
 
     for (node, reporter) in [(net.node_a(), "source"), (net.node_b(), "destination")] {
-        let want = [("reporter", reporter), ("source_workload", "client")];
+        // Istio's ztunnel labels both sides' region and zone (no subzone) on both reporters.
+        let want = [
+            ("reporter", reporter),
+            ("source_workload", "client"),
+            ("source_region", "eu-west1"),
+            ("source_zone", "eu-west1-a"),
+            ("destination_region", "us-east1"),
+            ("destination_zone", "us-east1-b"),
+        ];
         let closed = |t: &str| metric(t, "istio_tcp_connections_closed_total", &want) == 1.0;
         let text = scrape_until(SocketAddr::new(node, 15020), "a closed connection", closed).await;
         let received = metric(&text, "istio_tcp_received_bytes_total", &want);

@@ -92,6 +92,10 @@ pub struct PeerLabels {
     pub canonical_revision: Str,
     /// Cluster.
     pub cluster: Str,
+    /// Locality region (Istio's `source_region` / `destination_region`).
+    pub region: Str,
+    /// Locality zone (Istio's `source_zone` / `destination_zone`).
+    pub zone: Str,
 }
 
 impl PeerLabels {
@@ -106,6 +110,8 @@ impl PeerLabels {
             canonical_service: unknown(),
             canonical_revision: unknown(),
             cluster: unknown(),
+            region: unknown(),
+            zone: unknown(),
         }
     }
 }
@@ -156,6 +162,13 @@ pub struct ConnectionLabels {
     pub destination_canonical_service: Str,
     pub destination_canonical_revision: Str,
     pub destination_cluster: Str,
+    // Istio's ztunnel locality labels (istio/ztunnel `src/proxy/metrics.rs` `LocalityLabels`:
+    // region and zone, no subzone). Istio encodes them last; label order means nothing to
+    // Prometheus.
+    pub source_region: Str,
+    pub source_zone: Str,
+    pub destination_region: Str,
+    pub destination_zone: Str,
     pub request_protocol: Str,
     pub response_flags: ResponseFlags,
     pub connection_security_policy: SecurityPolicy,
@@ -195,6 +208,10 @@ impl ConnectionLabels {
             request_protocol: Str::from("tcp"),
             response_flags: flags,
             connection_security_policy: security,
+            source_region: src.region.clone(),
+            source_zone: src.zone.clone(),
+            destination_region: dst.region.clone(),
+            destination_zone: dst.zone.clone(),
         }
     }
 
@@ -415,6 +432,8 @@ mod tests {
             canonical_service: s,
             canonical_revision: Str::from("v1"),
             cluster: Str::from("Kubernetes"),
+            region: Str::from("r1"),
+            zone: Str::from("z1"),
         }
     }
 
@@ -448,6 +467,11 @@ mod tests {
         );
         assert!(
             text.contains("connection_security_policy=\"mutual_tls\"} 1"),
+            "{text}"
+        );
+        // Istio's locality labels (region and zone of each side).
+        assert!(
+            text.contains("source_region=\"r1\",source_zone=\"z1\",destination_region=\"r1\",destination_zone=\"z1\""),
             "{text}"
         );
         let line = |name: &str| {

@@ -315,6 +315,7 @@ fn compile_workloads(
                 &identity,
                 &w.spec.labels,
                 &state.cluster_id,
+                locality.as_ref(),
             ),
             identity,
             waypoint: attach.resolve(

@@ -139,7 +139,15 @@ pub(crate) fn peer_labels(
     identity: &SpiffeId,
     labels: &BTreeMap<String, String>,
     cluster: &str,
+    locality: Option<&mesh_l7::balance::locality::Locality>,
 ) -> PeerLabels {
+    // Istio's metrics show an empty region or zone as `unknown`.
+    let part = |f: fn(&mesh_l7::balance::locality::Locality) -> &str| {
+        locality
+            .map(f)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| Str::from(mesh_telemetry::metrics::UNKNOWN), Str::from)
+    };
     let service = Str::from(canonical_service(labels, name));
     let revision = Str::from(canonical_revision(labels));
     PeerLabels {
@@ -151,6 +159,8 @@ pub(crate) fn peer_labels(
         canonical_service: service,
         canonical_revision: revision,
         cluster: Str::from(cluster),
+        region: part(|l| l.region.as_str()),
+        zone: part(|l| l.zone.as_str()),
     }
 }
 

@@ -165,12 +165,14 @@ impl XdsStore {
             }
             _ => (hbone && !w.node.is_empty()).then(|| w.node.clone()),
         };
+        let locality = super::super::locality::workload_locality(w.locality.as_ref());
         let telemetry = state::peer_labels(
             &w.name,
             &w.namespace,
             &identity,
             &labels,
             &self.settings.cluster_id,
+            locality.as_ref(),
         );
         let arc = Arc::new(Workload {
             name: w.name.clone(),
@@ -187,7 +189,7 @@ impl XdsStore {
             telemetry,
             identity: identity.clone(),
             waypoint: None,
-            locality: super::super::locality::workload_locality(w.locality.as_ref()),
+            locality,
             application_tunnel: super::app_tunnel::convert(w, &self.local)?,
         });
         Ok(XWorkload {
