@@ -171,7 +171,13 @@ impl XdsStore {
             &w.namespace,
             &identity,
             &labels,
-            &self.settings.cluster_id,
+            // Istio's ztunnel labels source/destination_cluster with the workload's own
+            // cluster (`w.cluster_id`; multi-cluster meshes), else ours.
+            if w.cluster_id.is_empty() {
+                &self.settings.cluster_id
+            } else {
+                &w.cluster_id
+            },
             locality.as_ref(),
         );
         let arc = Arc::new(Workload {

@@ -461,3 +461,41 @@ fn a_waypoint_merges_its_l7_file() {
     assert_eq!(set.endpoints.len(), 1);
     assert!(s.lock_cache().issues.contains("gone.ns.svc.cluster.local"));
 }
+
+#[test]
+fn metric_labels_take_the_workload_cluster_and_locality() {
+    // istio/ztunnel `src/proxy/metrics.rs` `with_source` / `with_destination`:
+    // `source_cluster` is the workload's `cluster_id`; region and zone from its locality,
+    // `unknown` when empty.
+    let mut s = store();
+    let mut east = wk("east", [10, 1, 0, 1], &[]);
+    east.cluster_id = "east".into();
+    east.locality = Some(wl::Locality {
+        region: "us-east1".into(),
+        zone: "us-east1-b".into(),
+        subzone: String::new(),
+    });
+    let local = wk("local", [10, 1, 0, 2], &[]);
+    assert!(
+        s.apply_addresses(vec![addr_w(east), addr_w(local)], vec![])
+            .is_empty()
+    );
+    let state = s.build();
+    let t = |ip: &str| {
+        state
+            .workload_by_ip(ip.parse().unwrap())
+            .unwrap()
+            .telemetry
+            .clone()
+    };
+    let e = t("10.1.0.1");
+    assert_eq!(
+        (&*e.cluster, &*e.region, &*e.zone),
+        ("east", "us-east1", "us-east1-b")
+    );
+    let l = t("10.1.0.2");
+    assert_eq!(
+        (&*l.cluster, &*l.region, &*l.zone),
+        ("Kubernetes", "unknown", "unknown")
+    );
+}
