@@ -15,8 +15,8 @@ pub const CAPTURE_ENV: &str = "ISTIO_META_DNS_CAPTURE";
 pub struct DnsArgs {
     /// Answer DNS in each in-pod workload's network namespace on 127.0.0.1:15053 (UDP and
     /// TCP), as Istio's ztunnel does when istio-cni captures DNS: mesh service names from the
-    /// mesh state, the rest relayed upstream. Default: `ISTIO_META_DNS_CAPTURE=true` in the
-    /// environment turns it on, else off.
+    /// mesh state, the rest relayed upstream. Default, as Istio's ztunnel: on, unless
+    /// `ISTIO_META_DNS_CAPTURE` is set in the environment to anything but `true`.
     #[arg(long, value_name = "BOOL")]
     pub dns_capture: Option<bool>,
     /// Also answer DNS on this port of the proxy's own address (local mode: clients are the
@@ -49,10 +49,12 @@ pub struct DnsArgs {
 }
 
 impl DnsArgs {
-    /// Whether capture is on: the flag, else `ISTIO_META_DNS_CAPTURE` (`env`), else off.
+    /// Whether capture is on: the flag, else `ISTIO_META_DNS_CAPTURE` (`env`) is `true`,
+    /// else (unset) on, as Istio's ztunnel (its `dns_proxy` defaults on when the proxy
+    /// metadata has no `DNS_CAPTURE`; istio-cni redirects in-pod port 53 to 15053 then).
     pub fn capture(&self, env: Option<&str>) -> bool {
         self.dns_capture
-            .unwrap_or_else(|| env.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")))
+            .unwrap_or_else(|| env.is_none_or(|v| v.trim().eq_ignore_ascii_case("true")))
     }
 
     /// The DNS settings for a proxy at `ip`, or `None` when no DNS listener is asked for (the
@@ -95,13 +97,23 @@ mod tests {
         dns: DnsArgs,
     }
 
+    // Istio's ztunnel `src/config.rs`: `dns_proxy` is `proxy_metadata.get("DNS_CAPTURE")
+    // .is_none_or(|v| v.to_lowercase() == "true")` ("Enable by default"); the metadata comes
+    // from `ISTIO_META_*` in the environment.
     #[test]
-    fn capture_flag_overrides_env() {
-        let off = Cli::parse_from(["x"]).dns;
+    fn capture_defaults_on_as_istio_and_the_flag_overrides_env() {
+        let unset = Cli::parse_from(["x"]).dns;
+        assert!(unset.capture(None));
+        assert!(unset.capture(Some("true")));
+        assert!(unset.capture(Some("TRUE")));
+        assert!(!unset.capture(Some("false")));
+        // Attacker-ish spellings of "off" are off, not the default.
+        assert!(!unset.capture(Some("")));
+        assert!(!unset.capture(Some("1")));
+        let off = Cli::parse_from(["x", "--dns-capture", "false"]).dns;
+        assert!(!off.capture(Some("true")));
         assert!(!off.capture(None));
-        assert!(off.capture(Some("true")));
-        assert!(!off.capture(Some("false")));
-        let flag = Cli::parse_from(["x", "--dns-capture", "false"]).dns;
-        assert!(!flag.capture(Some("true")));
+        let on = Cli::parse_from(["x", "--dns-capture", "true"]).dns;
+        assert!(on.capture(Some("false")));
     }
 }

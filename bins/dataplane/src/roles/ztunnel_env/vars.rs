@@ -136,7 +136,8 @@ impl IstioEnv {
 pub enum Use {
     /// Read into the command-line argument with this id (clap `env`): the flag overrides it.
     Flag(&'static str),
-    /// Read with Istio's meaning by [`super::apply`] (several variables, defaults, files).
+    /// Read with Istio's meaning by [`super::apply`] (several variables, defaults, files), or
+    /// by the module that owns it (`ISTIO_META_DNS_CAPTURE`: `crate::dns::DnsArgs`).
     Read,
     /// Honoured by the Rust runtime itself (`RUST_BACKTRACE`).
     Runtime,
@@ -184,6 +185,10 @@ pub const VARS: &[(&str, Use)] = &[
     ("ZTUNNEL_RESOURCE_CPU_LIMIT", Use::Read),
     ("ZTUNNEL_RESOURCE_CPU_REQUEST", Use::Read),
     ("XDS_ROOT_CA", Use::Read),
+    // The DNS proxy on 127.0.0.1:15053 in each pod: on when unset, as Istio's ztunnel; off
+    // when set to anything but `true` (read by `crate::dns::DnsArgs`, `--dns-capture`
+    // overrides it).
+    ("ISTIO_META_DNS_CAPTURE", Use::Read),
     ("CA_ROOT_CA", Use::Read),
     ("AUTH_TOKEN", Use::Read),
     ("ALT_CA_HOSTNAME", Use::Read),
@@ -321,14 +326,7 @@ pub const VARS: &[(&str, Use)] = &[
         "PROXY_WORKLOAD_INFO",
         Use::Ignored("only read with PROXY_MODE=dedicated"),
     ),
-    (
-        "ENABLE_RESPONSE_BAGGAGE",
-        Use::Ignored("response baggage is not sent"),
-    ),
-    (
-        "ISTIO_META_DNS_CAPTURE",
-        Use::Ignored("the DNS proxy follows istio-cni's capture"),
-    ),
+    ("ENABLE_RESPONSE_BAGGAGE", Use::Flag("response_baggage")),
 ];
 
 /// What `var` is to us, if it is one of Istio's ztunnel variables.
