@@ -2,17 +2,18 @@
 //! certificates fetched, listeners bound) has finished. Served as `/healthz/ready` with
 //! Istio's answers: 200 `ready`, or 500 `not ready, pending: …`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 
 use crate::http::{Response, Router};
 
-/// Shared readiness state. Cloning shares it.
+/// Shared readiness state. Cloning shares it. A task registered twice (by two guards) stays
+/// pending until both guards are dropped.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    pending: Arc<Mutex<BTreeSet<String>>>,
+    pending: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 /// Marks its task pending until dropped (or [`Pending::done`]).
@@ -29,7 +30,13 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.readiness.lock().remove(&self.task);
+        let mut pending = self.readiness.lock();
+        if let Some(n) = pending.get_mut(&self.task) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                pending.remove(&self.task);
+            }
+        }
     }
 }
 
@@ -39,13 +46,13 @@ impl Readiness {
         Readiness::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers `task` as pending until the returned guard is dropped.
     pub fn register(&self, task: &str) -> Pending {
-        self.lock().insert(task.to_owned());
+        *self.lock().entry(task.to_owned()).or_default() += 1;
         Pending {
             readiness: self.clone(),
             task: task.to_owned(),
@@ -54,7 +61,7 @@ impl Readiness {
 
     /// The pending tasks, sorted; empty when ready.
     pub fn pending(&self) -> Vec<String> {
-        self.lock().iter().cloned().collect()
+        self.lock().keys().cloned().collect()
     }
 
     /// `/healthz/ready`.
@@ -110,5 +117,16 @@ mod tests {
         let resp = get(&router);
         assert_eq!(resp.status, StatusCode::OK);
         assert_eq!(&resp.body[..], b"ready\n");
+    }
+
+    #[test]
+    fn a_task_registered_twice_waits_for_both_guards() {
+        let r = Readiness::new();
+        let early = r.register("first xDS state");
+        let late = r.register("first xDS state");
+        drop(early);
+        assert_eq!(r.pending(), vec!["first xDS state".to_owned()]);
+        late.done();
+        assert!(r.pending().is_empty());
     }
 }

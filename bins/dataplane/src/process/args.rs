@@ -223,6 +223,7 @@ impl ProxyArgs {
         cfg.pool.connect_timeout = self.connect_timeout;
         self.hbone.apply(&mut cfg);
         cfg.dns = self.dns.settings(ip);
+        cfg.follows_istiod = self.xds_address.is_some();
         cfg
     }
 }

@@ -30,6 +30,37 @@ fn proxy_max_connections(cfg: &ProxyConfig) -> usize {
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
 }
 
+/// The readiness task istiod's follower holds until its first state is applied.
+pub(super) const FIRST_STATE_TASK: &str = "first xDS state";
+
+/// The readiness tasks followers named by `cfg` will hold: registered in [`Proxy::start`]
+/// so `/healthz/ready` is never 200 between the start and the follower's own registration.
+fn startup_waits(cfg: &ProxyConfig) -> Vec<&'static str> {
+    let mut tasks = Vec::new();
+    if cfg.follows_istiod {
+        tasks.push(FIRST_STATE_TASK);
+    }
+    if cfg.zds_pods {
+        tasks.push(crate::zds::READINESS_TASK);
+    }
+    tasks
+}
+
+impl Inner {
+    /// Drops the start-up hold on `task` (its follower now holds the task itself).
+    pub(super) fn release_startup(&self, task: &str) {
+        let released: Vec<_> = {
+            let mut held = self.startup_waits.lock().unwrap_or_else(|p| p.into_inner());
+            let (gone, kept) = std::mem::take(&mut *held)
+                .into_iter()
+                .partition(|(t, _)| *t == task);
+            *held = kept;
+            gone
+        };
+        drop(released);
+    }
+}
+
 pub(super) struct Inner {
     pub(super) ctx: Arc<Ctx>,
     pub(super) listeners: Mutex<HashMap<ListenerKey, ListenerHandle>>,
@@ -45,6 +76,10 @@ pub(super) struct Inner {
     pub(super) xds: Mutex<Option<tokio::sync::watch::Receiver<mesh_xds::Status>>>,
     /// `/healthz/ready`: what start-up still waits for.
     pub(super) readiness: mesh_telemetry::readiness::Readiness,
+    /// Readiness tasks the config says a follower will hold (istiod's first state, the CNI
+    /// agent's snapshot), registered before the readiness endpoint answers and released by
+    /// that follower once it holds its own ([`Inner::release_startup`]).
+    pub(super) startup_waits: Mutex<Vec<(&'static str, mesh_telemetry::readiness::Pending)>>,
     /// The admin, metrics and readiness addresses, as bound.
     pub(super) servers: Mutex<Vec<SocketAddr>>,
     /// Cancelled once the admin, metrics and readiness servers have stopped (their responses
@@ -99,6 +134,10 @@ impl Proxy {
             .map_err(Error::AccessLog)?;
         let readiness = mesh_telemetry::readiness::Readiness::new();
         let loading = readiness.register("config and certificates");
+        let startup_waits = startup_waits(&cfg)
+            .into_iter()
+            .map(|task| (task, readiness.register(task)))
+            .collect();
         let telemetry = observe::Telemetry::new(access, cfg.max_metric_series);
         let dns = cfg
             .dns
@@ -147,6 +186,7 @@ impl Proxy {
                 quit: CancellationToken::new(),
                 xds: Mutex::new(None),
                 readiness: readiness.clone(),
+                startup_waits: Mutex::new(startup_waits),
                 servers: Mutex::new(Vec::new()),
                 servers_stopped: CancellationToken::new(),
                 conn_permits,

@@ -62,6 +62,11 @@ pub struct ProxyConfig {
     /// without a config `netns` is served in-pod once its pod is handed over
     /// ([`super::Proxy::serve_pods`]), and has no listeners until then.
     pub zds_pods: bool,
+    /// The state will come from istiod (`--xds-address`, [`super::Proxy::follow_istiod`]):
+    /// `/healthz/ready` answers 500 from its first answer until the first xDS state is
+    /// applied (as with `zds_pods` until the CNI agent's snapshot), not only from the
+    /// follower's start.
+    pub follows_istiod: bool,
     /// The DNS proxy (`--dns-capture`, `--dns-port`); `None`: off.
     pub dns: Option<crate::dns::DnsSettings>,
 }
@@ -75,6 +80,7 @@ impl Default for ProxyConfig {
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             zds_pods: false,
+            follows_istiod: false,
             pool: PoolConfig::default(),
             plaintext_addr: None,
             outbound_addr: None,

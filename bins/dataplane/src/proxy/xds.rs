@@ -18,7 +18,7 @@ use mesh_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, Client, Handler, Rejection, Typ
 use tokio::sync::Notify;
 use tracing::{Instrument as _, debug, error, info, warn};
 
-use super::runtime::{Inner, Proxy};
+use super::runtime::{FIRST_STATE_TASK, Inner, Proxy};
 use crate::config::xds::XdsStore;
 
 const RETRY_INITIAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -91,7 +91,8 @@ impl Proxy {
         } else {
             3
         };
-        let mut first = Some(self.inner.readiness.register("first xDS state"));
+        let mut first = Some(self.inner.readiness.register(FIRST_STATE_TASK));
+        self.inner.release_startup(FIRST_STATE_TASK);
         let addresses = {
             let (store, dirty, inner) = (store.clone(), dirty.clone(), self.inner.clone());
             let answered = answered.clone();

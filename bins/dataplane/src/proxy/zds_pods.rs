@@ -86,6 +86,7 @@ impl Proxy {
         let limits = crate::zds::Limits::default();
         let readiness = self.inner.readiness.clone();
         let serve = crate::zds::serve_ready(path, tx, cancel, limits, readiness);
+        self.inner.release_startup(crate::zds::READINESS_TASK);
         self.inner.tasks.spawn(
             async move {
                 if let Err(e) = serve.await {
