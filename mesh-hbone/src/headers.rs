@@ -3,7 +3,9 @@
 //! - `Forwarded: for="<client ip:port>"` (RFC 7239, quoted because of the port; IPv6 bracketed),
 //!   plus `;host=<service hostname>` when the destination was a service.
 //! - `baggage` (W3C): `k8s.cluster.name`, `k8s.namespace.name`, `k8s.<kind>.name`,
-//!   `service.name`, `service.version` of the source workload.
+//!   `service.name`, `service.version`, `cloud.region`, `cloud.availability_zone` of the source
+//!   workload (istio/ztunnel `src/baggage.rs`); the destination answers its own in the 200
+//!   (Istio 1.29+, `ENABLE_RESPONSE_BAGGAGE`).
 //! - `traceparent` (W3C trace context): kept when valid, generated when absent.
 
 use std::fmt::Write as _;
@@ -33,6 +35,10 @@ pub struct Baggage {
     pub service_name: Option<String>,
     /// `service.version` (canonical revision).
     pub service_version: Option<String>,
+    /// `cloud.region` (locality region).
+    pub region: Option<String>,
+    /// `cloud.availability_zone` (locality zone).
+    pub zone: Option<String>,
 }
 
 fn baggage_safe(v: &str) -> bool {
@@ -61,6 +67,8 @@ impl Baggage {
         }
         push("service.name", &self.service_name);
         push("service.version", &self.service_version);
+        push("cloud.region", &self.region);
+        push("cloud.availability_zone", &self.zone);
         if s.is_empty() {
             return None;
         }
@@ -81,6 +89,8 @@ impl Baggage {
                 "k8s.namespace.name" => b.namespace = Some(v),
                 "service.name" => b.service_name = Some(v),
                 "service.version" => b.service_version = Some(v),
+                "cloud.region" => b.region = Some(v),
+                "cloud.availability_zone" => b.zone = Some(v),
                 _ => {
                     if let Some(kind) = k
                         .strip_prefix("k8s.")
@@ -274,11 +284,14 @@ mod tests {
             workload_name: Some("client".into()),
             service_name: Some("client".into()),
             service_version: Some("v1".into()),
+            region: Some("us-east1".into()),
+            zone: Some("us-east1-b".into()),
         };
         let v = b.to_header_value().unwrap();
+        // Key order and names as istio/ztunnel `src/baggage.rs` `baggage_header_val`.
         assert_eq!(
             v,
-            "k8s.cluster.name=Kubernetes,k8s.namespace.name=demo,k8s.workloadentry.name=client,service.name=client,service.version=v1"
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=demo,k8s.workloadentry.name=client,service.name=client,service.version=v1,cloud.region=us-east1,cloud.availability_zone=us-east1-b"
         );
         assert_eq!(Baggage::parse(v.to_str().unwrap()), b);
     }

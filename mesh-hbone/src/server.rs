@@ -70,10 +70,22 @@ impl InboundConnect {
     }
 
     /// Answers 200 and returns the tunnel.
-    pub fn accept(mut self) -> Result<H2Stream, Error> {
-        let send = self
-            .respond
-            .send_response(status_response(StatusCode::OK), false)?;
+    pub fn accept(self) -> Result<H2Stream, Error> {
+        self.accept_with_baggage(None)
+    }
+
+    /// Answers 200 carrying the destination's own `baggage` (Istio 1.29+ ztunnel with
+    /// `ENABLE_RESPONSE_BAGGAGE`, istio/ztunnel `src/proxy/inbound.rs` `build_response`) when
+    /// given and encodable, and returns the tunnel.
+    pub fn accept_with_baggage(
+        mut self,
+        baggage: Option<&crate::headers::Baggage>,
+    ) -> Result<H2Stream, Error> {
+        let mut response = status_response(StatusCode::OK);
+        if let Some(v) = baggage.and_then(crate::headers::Baggage::to_header_value) {
+            response.headers_mut().insert(crate::headers::BAGGAGE, v);
+        }
+        let send = self.respond.send_response(response, false)?;
         Ok(H2Stream::new(send, self.body, None).with_stall_timeout(self.stall_timeout))
     }
 

@@ -93,6 +93,8 @@ fn valid_headers() -> impl Strategy<Value = ConnectHeaders> {
                     workload_name: workload.map(|w| w.1),
                     service_name: svc,
                     service_version: ver,
+                    region: None,
+                    zone: None,
                 },
                 traceparent: tp,
             },

@@ -137,6 +137,11 @@ pub struct ProxyArgs {
     /// ztunnel and waypoint; 0 turns marking off.
     #[arg(long, value_name = "MARK")]
     pub socket_mark: Option<u32>,
+    /// Answer each accepted HBONE CONNECT's 200 with the destination workload's `baggage`
+    /// (cluster, namespace, workload, canonical service and revision, region, zone), as
+    /// Istio 1.29+'s ztunnel does (its `ENABLE_RESPONSE_BAGGAGE`, default true).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub response_baggage: bool,
 }
 
 impl ProxyArgs {
@@ -219,6 +224,7 @@ impl ProxyArgs {
             ..ProxyConfig::default()
         };
         cfg.socket_mark = self.socket_mark.filter(|m| *m != 0);
+        cfg.response_baggage = self.response_baggage;
         cfg.pool.idle_timeout = self.pool_idle_timeout;
         cfg.pool.connect_timeout = self.connect_timeout;
         self.hbone.apply(&mut cfg);

@@ -103,6 +103,28 @@ impl Telemetry {
     }
 }
 
+/// The `baggage` describing workload `w`, as Istio's ztunnel sends it on the CONNECT (the
+/// source) and, Istio 1.29+, on the 200 (the destination): istio/ztunnel
+/// `Workload::baggage` and `src/baggage.rs`. Labels we do not know (`unknown`) are left out,
+/// as Istio leaves out empty ones. The workload kind is `deployment`, the kind Istio gives
+/// the workload API's default `workload_type`.
+pub(crate) fn baggage(w: &Workload) -> mesh_hbone::headers::Baggage {
+    let t = &w.telemetry;
+    let known = |v: &Str| {
+        (!v.is_empty() && &**v != mesh_telemetry::metrics::UNKNOWN).then(|| v.to_string())
+    };
+    mesh_hbone::headers::Baggage {
+        cluster: known(&t.cluster),
+        namespace: Some(w.namespace.clone()).filter(|n| !n.is_empty()),
+        workload_kind: Some("deployment".into()),
+        workload_name: known(&t.workload),
+        service_name: known(&t.canonical_service),
+        service_version: known(&t.canonical_revision),
+        region: known(&t.region),
+        zone: known(&t.zone),
+    }
+}
+
 /// Labels for a source known only by its mTLS identity (not a workload in the config).
 pub(crate) fn identity_labels(identity: &str, namespace: &str) -> PeerLabels {
     PeerLabels {

@@ -43,17 +43,6 @@ pub(super) struct Failure {
 /// An opened tunnel, its recorder, and its slot in the host's connection pool.
 pub(super) type Opened = (mesh_hbone::H2Stream, ConnectionRecorder, Option<Permit>);
 
-fn baggage(w: &Workload) -> mesh_hbone::headers::Baggage {
-    mesh_hbone::headers::Baggage {
-        cluster: None,
-        namespace: Some(w.namespace.clone()),
-        workload_kind: Some("workloadentry".into()),
-        workload_name: Some(w.name.clone()),
-        service_name: Some(w.canonical_service().to_owned()),
-        service_version: Some(w.canonical_revision().to_owned()),
-    }
-}
-
 fn labels(src: &Workload, dest: &Dest) -> mesh_telemetry::metrics::ConnectionLabels {
     let unknown = mesh_telemetry::metrics::PeerLabels::unknown();
     let dst_labels = dest.workload.as_ref().map_or(&unknown, |w| &w.telemetry);
@@ -176,7 +165,7 @@ async fn dial(
     let headers = ConnectHeaders {
         client: Some(peer),
         host: host.cloned(),
-        baggage: baggage(src),
+        baggage: observe::baggage(src),
         traceparent: None,
     }
     .to_header_map();

@@ -37,6 +37,9 @@ pub struct ProxyConfig {
     /// `SO_MARK` set on every socket the proxy opens (Istio's 1337), so capture rules can
     /// leave the proxy's own traffic alone. `None`: unmarked.
     pub socket_mark: Option<u32>,
+    /// The destination answers a CONNECT's 200 with its own `baggage` (Istio 1.29+
+    /// ztunnel's `ENABLE_RESPONSE_BAGGAGE`, default on).
+    pub response_baggage: bool,
     /// Admin endpoint (`/config_dump`, `/certs`, `/logging`); must be a loopback address.
     pub admin_addr: Option<SocketAddr>,
     /// Prometheus endpoint (`/metrics`, `/stats/prometheus`).
@@ -86,6 +89,7 @@ impl Default for ProxyConfig {
             outbound_addr: None,
             outbound_addr_v6: None,
             socket_mark: None,
+            response_baggage: true,
             admin_addr: None,
             metrics_addr: None,
             readiness_addr: None,

@@ -100,7 +100,7 @@ async fn serve_l7(ctx: Arc<Ctx>, req: InboundConnect, h2: bool, start: tokio::ti
         Ok(a) => a,
         Err(status) => return req.refuse(status),
     };
-    let tunnel = match req.accept() {
+    let tunnel = match accept(&ctx, req, &a.dst) {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };
@@ -117,6 +117,17 @@ async fn serve_l7(ctx: Arc<Ctx>, req: InboundConnect, h2: bool, start: tokio::ti
         h2,
     };
     super::http::serve(tunnel, stream).await;
+}
+
+/// Answers an admitted CONNECT 200, with destination `dst`'s `baggage` unless
+/// `--response-baggage false` (`ENABLE_RESPONSE_BAGGAGE=false`), as Istio 1.29+'s ztunnel.
+fn accept(
+    ctx: &Ctx,
+    req: InboundConnect,
+    dst: &crate::config::Workload,
+) -> Result<mesh_hbone::H2Stream, mesh_hbone::Error> {
+    let baggage = ctx.cfg.response_baggage.then(|| observe::baggage(dst));
+    req.accept_with_baggage(baggage.as_ref())
 }
 
 async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
@@ -137,7 +148,7 @@ async fn connect(ctx: Arc<Ctx>, req: InboundConnect) {
     let (Some((mut upstream, rec)), Some((_live, close))) = (a.upstream, a.live) else {
         return req.refuse(StatusCode::INTERNAL_SERVER_ERROR);
     };
-    let tunnel = match req.accept() {
+    let tunnel = match accept(&ctx, req, &a.dst) {
         Ok(t) => t,
         Err(e) => return debug!(error = %e, "tunnel closed before 200"),
     };

@@ -175,6 +175,18 @@ fn flags_override_the_environment() {
 }
 
 #[test]
+fn response_baggage_as_istio() {
+    const ARGV: &[&str] = &["--node", "n", "--config", "c", "--ca-dir", "y"];
+    // istio/ztunnel `src/config.rs`: ENABLE_RESPONSE_BAGGAGE, `parse_default(.., true)`.
+    let on = run(ARGV, &[], &nowhere()).unwrap();
+    assert!(on.common.response_baggage);
+    let env = [("ENABLE_RESPONSE_BAGGAGE", "false")];
+    let off = run(ARGV, &env, &nowhere()).unwrap();
+    assert!(!off.common.response_baggage);
+    assert!(run(ARGV, &[("ENABLE_RESPONSE_BAGGAGE", "no")], &nowhere()).is_err());
+}
+
+#[test]
 fn cluster_id_prefers_istio_meta() {
     // construct_config: ISTIO_META_CLUSTER_ID, else CLUSTER_ID, else "Kubernetes".
     let base = ["--node", "n", "--config", "x", "--ca-dir", "y"];
