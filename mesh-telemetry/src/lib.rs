@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod build_info;
 mod error;
 pub mod http;
 pub mod logging;

@@ -46,8 +46,14 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    pub(crate) fn new(access: AccessLogger, max_series: usize) -> Telemetry {
+    /// The metrics of a proxy whose role is `role` (`ztunnel`, `waypoint`, `sidecar`).
+    pub(crate) fn new(access: AccessLogger, max_series: usize, role: &str) -> Telemetry {
         let mut registry = Registry::default();
+        mesh_telemetry::build_info::register(
+            &mut registry,
+            mesh_telemetry::build_info::istio_component(role),
+            env!("CARGO_PKG_VERSION"),
+        );
         let tcp = TcpMetrics::new(&mut registry, max_series);
         let requests = mesh_telemetry::requests::RequestMetrics::new(&mut registry, max_series);
         registry.register_collector(Box::new(mesh_telemetry::process::ProcessCollector));

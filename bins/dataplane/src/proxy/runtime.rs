@@ -138,7 +138,7 @@ impl Proxy {
             .into_iter()
             .map(|task| (task, readiness.register(task)))
             .collect();
-        let telemetry = observe::Telemetry::new(access, cfg.max_metric_series);
+        let telemetry = observe::Telemetry::new(access, cfg.max_metric_series, cfg.role.name());
         let dns = cfg
             .dns
             .clone()
