@@ -178,6 +178,45 @@ async fn the_200_carries_the_destinations_baggage_and_spoofed_baggage_labels_not
     );
 }
 
+/// A plaintext workload cannot speak HBONE at all (Istio's ztunnel accepts HBONE only over
+/// mTLS, istio/ztunnel `src/proxy/inbound.rs`): its HTTP/2 CONNECT with a forged `baggage`
+/// is dropped at the TLS handshake and labels no metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_baggage_is_never_read() {
+    let n = Addrs { o: 128 };
+    let mut mesh = InprocMesh::new(&config(n));
+    echo_server(SocketAddr::new(ip(&n.server()), APP_PORT)).await;
+    mesh.ztunnel("b", &[]).await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(ip(&n.at(10)), 0)).unwrap();
+    let tcp = sock
+        .connect(SocketAddr::new(ip(&n.server()), 15008))
+        .await
+        .unwrap();
+    let refused = async {
+        let (send, conn) = h2::client::handshake(tcp).await?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method("CONNECT")
+            .uri(format!("{}:{APP_PORT}", n.server()))
+            .header("baggage", "k8s.namespace.name=evil-ns,service.name=evil-s")
+            .body(())
+            .unwrap();
+        let (resp, _s) = send.ready().await?.send_request(req, false)?;
+        resp.await
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), refused)
+        .await
+        .unwrap();
+    assert!(r.is_err(), "{r:?}");
+    let text = mesh.proxy("b").metrics_text();
+    assert!(!text.contains("evil"), "{text}");
+    assert!(
+        !text.contains("istio_tcp_connections_opened_total{"),
+        "{text}"
+    );
+}
+
 /// `--response-baggage false` (Istio's `ENABLE_RESPONSE_BAGGAGE=false`): no baggage on the 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_baggage_off_sends_none() {
