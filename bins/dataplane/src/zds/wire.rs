@@ -3,14 +3,14 @@
 //! as `SCM_RIGHTS` ancillary data and are owned ([`OwnedFd`]) the moment they are received,
 //! before anything else is looked at, so none can leak.
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::libc;
 use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, connect, recvmsg,
-    sendmsg, socket,
+    AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, connect, sendmsg, socket,
 };
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -114,39 +114,156 @@ impl Conn {
     }
 }
 
-/// One `recvmsg`: descriptors are wrapped as owned first, then the flags are read.
+/// One `recvmsg`: every descriptor the kernel installed is wrapped as owned first (even when
+/// the control data was cut, `MSG_CTRUNC`: the kernel then installs the descriptors that fit
+/// and closes the rest), then the flags are read. Raw `recvmsg` rather than nix's: nix refuses
+/// to walk a truncated control buffer, which would leave the installed descriptors unowned.
 #[allow(unsafe_code)]
 fn recv_once(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Option<Packet>> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let mut fds = Vec::new();
-    // `cmsgs()` refuses a truncated control buffer; ours has room for SCM_MAX_FD descriptors,
-    // the most one message can carry, so SCM_RIGHTS data is never cut.
-    let ctrunc = match msg.cmsgs() {
-        Ok(cmsgs) => {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    for r in raw {
-                        // SAFETY: the kernel installed `r` in our table for this message;
-                        // nothing else refers to it, so it is ours to own and close.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-                    }
-                }
-            }
-            false
-        }
-        Err(_) => true,
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
-    if msg.bytes == 0 {
+    // SAFETY: an all-zero msghdr is valid (no name, no iov, no control).
+    let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    mhdr.msg_iov = &raw mut iov;
+    mhdr.msg_iovlen = 1;
+    mhdr.msg_control = cmsg.as_mut_ptr().cast();
+    mhdr.msg_controllen = cmsg.len() as _;
+    // SAFETY: `mhdr` points at `iov` (over `buf`) and `cmsg`, both live and exclusively
+    // borrowed for the call; the kernel writes within their lengths.
+    let n = unsafe { libc::recvmsg(fd, &raw mut mhdr, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fds = take_fds(&mhdr, cmsg.len());
+    let bytes = usize::try_from(n).unwrap_or(0);
+    if bytes == 0 {
         return Ok(None);
     }
-    let truncated = ctrunc
-        || msg
-            .flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let truncated = mhdr.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
     Ok(Some(Packet {
-        len: msg.bytes,
+        len: bytes,
         truncated,
         fds,
     }))
+}
+
+/// Owns every descriptor of every `SCM_RIGHTS` message in the control data `recvmsg` wrote,
+/// walking the headers within `msg_controllen` (capped at `cap`, the buffer's size) and each
+/// message's data within its `cmsg_len`: a cut last message yields the descriptors it holds.
+#[allow(unsafe_code)]
+fn take_fds(mhdr: &libc::msghdr, cap: usize) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    let base = mhdr.msg_control.cast::<u8>().cast_const();
+    #[allow(clippy::useless_conversion)] // msg_controllen is usize on glibc, u32 on musl.
+    let len = usize::try_from(mhdr.msg_controllen).unwrap_or(0).min(cap);
+    let end = base.wrapping_add(len);
+    // SAFETY: `mhdr` is the header `recvmsg` filled; CMSG_FIRSTHDR/CMSG_NXTHDR stay within
+    // `msg_controllen` (they return null past it).
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(mhdr) };
+    // SAFETY: CMSG_LEN is arithmetic.
+    let head = unsafe { libc::CMSG_LEN(0) } as usize;
+    while !c.is_null() {
+        // SAFETY: `c` is non-null and within the control buffer (above).
+        let h = unsafe { std::ptr::read_unaligned(c) };
+        let clen = h.cmsg_len as usize;
+        if clen < head {
+            break;
+        }
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_DATA is arithmetic on `c`.
+            let data = unsafe { libc::CMSG_DATA(c) }.cast_const();
+            let stop = c.cast::<u8>().cast_const().wrapping_add(clen);
+            let stop = if stop > end { end } else { stop };
+            let avail = (stop as usize).saturating_sub(data as usize);
+            for i in 0..avail / std::mem::size_of::<libc::c_int>() {
+                let at = data.wrapping_add(i * std::mem::size_of::<libc::c_int>());
+                // SAFETY: `at..at+4` lies within the written control data (bounded above).
+                let raw = unsafe { std::ptr::read_unaligned(at.cast::<libc::c_int>()) };
+                if raw >= 0 {
+                    // SAFETY: the kernel installed `raw` in our table for this message;
+                    // nothing else refers to it, so it is ours to own and close.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+        }
+        // SAFETY: `c` is a header of `mhdr`'s control buffer.
+        c = unsafe { libc::CMSG_NXTHDR(mhdr, c) };
+    }
+    fds
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::os::fd::AsFd as _;
+
+    use nix::sys::socket::{ControlMessage, socketpair};
+
+    use super::*;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    fn send_fds(to: &OwnedFd, n: usize) {
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let raws = vec![devnull.as_fd().as_raw_fd(); n];
+        let cmsg = [ControlMessage::ScmRights(&raws)];
+        let iov = [IoSlice::new(b"x")];
+        sendmsg::<()>(to.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+    }
+
+    /// An attacker (or a buggy agent) sends more descriptors than the control buffer holds:
+    /// the kernel sets MSG_CTRUNC and installs those that fit. They must be owned (closed on
+    /// drop), not leaked: nix's `cmsgs()` refuses a truncated buffer, so this walks it itself.
+    #[test]
+    fn descriptors_of_a_cut_control_buffer_are_owned() {
+        let (a, b) = pair();
+        send_fds(&a, 3);
+        let mut buf = vec![0; 16];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let p = recv_once(b.as_raw_fd(), &mut buf, &mut cmsg)
+            .unwrap()
+            .unwrap();
+        assert!(p.truncated);
+        // CMSG_SPACE rounds up to the header's alignment: as many as fit after the header.
+        #[allow(unsafe_code)]
+        // SAFETY: CMSG_LEN is arithmetic.
+        let head = unsafe { libc::CMSG_LEN(0) } as usize;
+        let fit = (cmsg.len() - head) / std::mem::size_of::<libc::c_int>();
+        assert!(fit < 3);
+        assert_eq!(p.fds.len(), fit, "the descriptors that fit are owned");
+        for fd in &p.fds {
+            assert_ne!(fd.as_raw_fd(), b.as_raw_fd());
+        }
+    }
+
+    /// The usual case: all descriptors, not truncated; an empty packet is the end.
+    #[test]
+    fn descriptors_that_fit_are_all_owned() {
+        let (a, b) = pair();
+        send_fds(&a, 2);
+        let mut buf = vec![0; 16];
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let p = recv_once(b.as_raw_fd(), &mut buf, &mut cmsg)
+            .unwrap()
+            .unwrap();
+        assert!(!p.truncated);
+        assert_eq!((p.len, p.fds.len()), (1, 2));
+        drop(a);
+        assert!(
+            recv_once(b.as_raw_fd(), &mut buf, &mut cmsg)
+                .unwrap()
+                .is_none()
+        );
+    }
 }
