@@ -110,6 +110,8 @@ fn rescope(
         .cloned()
         .collect();
     for ns in gone {
+        // Cancel before taking the lock: `watch::apply_event` checks the cancellation under
+        // it, so no event of this watch applies after the forget below.
         if let Some(token) = watches.remove(&ns) {
             token.cancel();
         }
