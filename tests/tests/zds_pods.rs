@@ -69,7 +69,8 @@ fn zds_pods_are_served_in_pod_and_re_synced_without_cuts() {
     agent.snapshot().unwrap();
     // Per pod, as Istio's ztunnel binds them in the pod (`*:15008`, `*:15006`, transparent
     // for istio-cni's TPROXY rules; istio.io "Ztunnel traffic redirection", `ss -ntlp`), and
-    // the captured outbound on the pod's loopback.
+    // the captured outbound on the pod's loopback; and the DNS proxy on the pod's loopback,
+    // on by default as in Istio's ztunnel (queries: `zds_pods_dns.rs`).
     let want: Vec<String> = [
         "0.0.0.0:15006 ns/a plaintext inbound (in-pod)",
         "0.0.0.0:15006 ns/b plaintext inbound (in-pod)",
@@ -77,6 +78,8 @@ fn zds_pods_are_served_in_pod_and_re_synced_without_cuts() {
         "0.0.0.0:15008 ns/b (in-pod)",
         "127.0.0.1:15001 ns/a captured outbound (in-pod)",
         "127.0.0.1:15001 ns/b captured outbound (in-pod)",
+        "127.0.0.1:15053 ns/a (in-pod) dns",
+        "127.0.0.1:15053 ns/b (in-pod) dns",
     ]
     .map(String::from)
     .to_vec();
