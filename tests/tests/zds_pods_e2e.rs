@@ -169,8 +169,9 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
     let pod_d = mesh_tests::fake_cni::Pod::new(uid_d, "ns", "d", "d");
     let fd = |ns: &NetNs| std::fs::File::open(format!("/var/run/netns/{}", ns.name)).unwrap();
 
-    // Pod c arrives before istiod describes it: accepted, waiting, no listener (Istio starts
-    // the pod's proxy, which has no workload to serve yet).
+    // Pod c arrives before istiod describes it: accepted, waiting, and its in-pod listeners
+    // bound before the ack (Istio starts the pod's proxy on the Add; its connections wait for
+    // the workload: `zds_pods_review.rs`).
     assert_eq!(
         main.block_on(agent.add(&pod_c, &fd(&pods[0]))).unwrap(),
         Ok(())
@@ -178,7 +179,7 @@ fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
     let d = main.block_on(dump_until("c waiting", |d| {
         pod_state(d, uid_c) == "waiting"
     }));
-    assert!(!serves_in_pod(&d, "ns/c"), "{d:#}");
+    assert!(serves_in_pod(&d, "ns/c"), "{d:#}");
     use mesh_tests::istiod::{ADDRESS_TYPE, address_of_workload, workload};
     f.istiod.set_many(
         ADDRESS_TYPE,

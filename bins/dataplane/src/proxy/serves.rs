@@ -77,6 +77,7 @@ impl Serves for NodeListeners {
             workload_listeners(&mut desired, w, ns, node.hbone_port);
             identities.push((w.address, w.identity.clone()));
         }
+        undescribed_pods(&mut desired, node, pods);
         if let Some(addr) = addrs.socks5 {
             desired.push((ListenerKey::Socks5(addr), format!("node {}", node.name)));
         }
@@ -144,23 +145,82 @@ fn workload_listeners(
         NetnsKey::Pod(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         NetnsKey::Path(_) => w.address,
     };
+    in_pod_listeners(desired, &w.key(), ns, ip, hbone_port);
+}
+
+/// The in-pod listeners of workload `key` in namespace `ns`: inbound HBONE and plaintext on
+/// `ip`, captured outbound on the namespace's loopback (one per namespace).
+pub(super) fn in_pod_listeners(
+    desired: &mut Vec<(ListenerKey, String)>,
+    key: &str,
+    ns: NetnsKey,
+    ip: IpAddr,
+    hbone_port: u16,
+) {
     let addr = SocketAddr::new(ip, hbone_port);
     let in_pod = |kind, addr| ListenerKey::InPod(ns.clone(), kind, addr);
-    desired.push((
-        in_pod(InPodKind::Hbone, addr),
-        format!("{} (in-pod)", w.key()),
-    ));
+    desired.push((in_pod(InPodKind::Hbone, addr), format!("{key} (in-pod)")));
     let outbound = in_pod(
         InPodKind::Outbound,
         SocketAddr::new(LOCALHOST, OUTBOUND_PORT),
     );
     if !desired.iter().any(|(k, _)| *k == outbound) {
-        desired.push((outbound, format!("{} captured outbound (in-pod)", w.key())));
+        desired.push((outbound, format!("{key} captured outbound (in-pod)")));
     }
     desired.push((
         in_pod(InPodKind::Plaintext, SocketAddr::new(ip, PLAINTEXT_PORT)),
-        format!("{} plaintext inbound (in-pod)", w.key()),
+        format!("{key} plaintext inbound (in-pod)"),
     ));
+}
+
+/// The in-pod listeners of the ZDS pods istiod has not described yet (no workload of this
+/// node has their namespace and name): bound when the agent hands the pod over, before it is
+/// acked, as Istio's ztunnel does (`src/inpod/statemanager.rs` starts the pod's proxy on the
+/// Add), so the pod's captured traffic never meets a closed port. Their connections wait for
+/// the workload (`outbound_src`); inbound has no certificate for them until then. The keys are
+/// those the workload's own listeners will have (IPv4 wildcard), so nothing is re-bound when
+/// istiod describes it. A pod shadowed by a later one of the same name, or whose workload's
+/// identity disagrees with it, gets none; nor does one whose namespace already has in-pod
+/// listeners (one set per namespace: a second bind of `*:15008` there would fail).
+fn undescribed_pods(
+    desired: &mut Vec<(ListenerKey, String)>,
+    node: &crate::config::Node,
+    pods: &PodTable,
+) {
+    if !pods.enabled {
+        return;
+    }
+    let mut waiting: Vec<_> = pods
+        .pods()
+        .values()
+        .filter(|p| {
+            let i = &p.info;
+            pods.by_name(&i.namespace, &i.name)
+                .is_some_and(|q| q.info.uid == i.uid)
+                && !node
+                    .workloads
+                    .iter()
+                    .any(|w| w.namespace == i.namespace && w.name == i.name)
+        })
+        .collect();
+    waiting.sort_by(|a, b| a.info.uid.cmp(&b.info.uid));
+    let mut open: Vec<&std::sync::Arc<crate::sockets::Netns>> = desired
+        .iter()
+        .filter_map(|(k, _)| match k {
+            ListenerKey::InPod(NetnsKey::Pod(uid), _, _) => pods.get(uid).map(|p| &p.netns),
+            _ => None,
+        })
+        .collect();
+    for p in waiting {
+        if open.iter().any(|n| Arc::ptr_eq(n, &p.netns)) {
+            continue;
+        }
+        open.push(&p.netns);
+        let key = format!("{}/{}", p.info.namespace, p.info.name);
+        let ns = NetnsKey::Pod(p.info.uid.clone());
+        let ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        in_pod_listeners(desired, &key, ns, ip, node.hbone_port);
+    }
 }
 
 /// One listener per service VIP:port, in address order.

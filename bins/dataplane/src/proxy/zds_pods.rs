@@ -221,8 +221,10 @@ impl Driver {
         }
     }
 
-    /// Applies the registry's pods; the listeners of pods in `gone` get the drain bound.
-    async fn sync(&mut self, gone: Vec<String>) -> Result<(), String> {
+    /// Applies the registry's pods; the listeners of pods in `gone`, and of pods shadowed by a
+    /// later pod of the same namespace and name (a StatefulSet pod re-created: the new uid's
+    /// Add comes before the old one's Del), get the drain bound.
+    async fn sync(&mut self, mut gone: Vec<String>) -> Result<(), String> {
         let pods: HashMap<String, Arc<Pod>> = self
             .registry
             .pods()
@@ -236,9 +238,11 @@ impl Driver {
                 (uid.clone(), Arc::new(pod))
             })
             .collect();
+        let table = PodTable::with_pods(true, pods);
+        gone.extend(table.shadowed());
         let removed = self
             .proxy
-            .apply_pods(PodTable::with_pods(true, pods))
+            .apply_pods(table)
             .await
             .map_err(|e| e.to_string())?;
         self.drain(removed, &gone);

@@ -80,6 +80,18 @@ impl PodTable {
         &self.pods
     }
 
+    /// The uids of pods shadowed by a later pod with the same namespace and name.
+    pub(crate) fn shadowed(&self) -> Vec<String> {
+        self.pods
+            .values()
+            .filter(|p| {
+                self.by_name(&p.info.namespace, &p.info.name)
+                    .is_some_and(|q| q.info.uid != p.info.uid)
+            })
+            .map(|p| p.info.uid.clone())
+            .collect()
+    }
+
     /// The pod with `uid`.
     pub(crate) fn get(&self, uid: &str) -> Option<&Arc<Pod>> {
         self.pods.get(uid)
