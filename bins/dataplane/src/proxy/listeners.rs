@@ -47,6 +47,8 @@ pub(super) enum Pending {
     Service(TcpListener),
     Plaintext(TcpListener),
     Outbound(TcpListener),
+    /// A captured-outbound listener inside a namespace: its source is that namespace's workload.
+    PodOutbound(TcpListener, NetnsKey),
     Waypoint(TcpListener),
     Dns(Box<super::dns_listen::DnsPending>),
 }
@@ -60,6 +62,7 @@ impl Pending {
             | Pending::Service(l)
             | Pending::Plaintext(l)
             | Pending::Outbound(l)
+            | Pending::PodOutbound(l, _)
             | Pending::Waypoint(l) => l.local_addr().ok(),
             Pending::Dns(d) => d.tcp.local_addr().ok(),
         }
@@ -164,7 +167,7 @@ pub(super) async fn bind_new(
                 };
                 match kind {
                     InPodKind::Hbone => Pending::Hbone(l),
-                    InPodKind::Outbound => Pending::Outbound(l),
+                    InPodKind::Outbound => Pending::PodOutbound(l, ns.clone()),
                     InPodKind::Plaintext => Pending::Plaintext(l),
                     // Bound above, with its UDP socket.
                     InPodKind::Dns => continue,
@@ -199,7 +202,7 @@ pub(super) fn start(s: &Spawner<'_>, what: String, p: Pending) -> Result<Listene
         Pending::Socks5(l) => (ListenerKind::Socks5, l),
         Pending::Service(l) => (ListenerKind::Service, l),
         Pending::Plaintext(l) => (ListenerKind::Plaintext, l),
-        Pending::Outbound(l) => (ListenerKind::Outbound, l),
+        Pending::Outbound(l) | Pending::PodOutbound(l, _) => (ListenerKind::Outbound, l),
         Pending::Waypoint(l) => (ListenerKind::Waypoint, l),
         Pending::Dns(d) => (ListenerKind::Dns, &d.tcp),
     };
@@ -230,7 +233,12 @@ pub(super) fn start(s: &Spawner<'_>, what: String, p: Pending) -> Result<Listene
         }
         Pending::Outbound(l) => {
             accept_loop(s, l, "outbound", (&stop, &force), move |tcp, peer| {
-                outbound::captured(ctx.clone(), tcp, peer)
+                outbound::captured(ctx.clone(), tcp, peer, None)
+            });
+        }
+        Pending::PodOutbound(l, ns) => {
+            accept_loop(s, l, "outbound", (&stop, &force), move |tcp, peer| {
+                outbound::captured(ctx.clone(), tcp, peer, Some(ns.clone()))
             });
         }
         Pending::Waypoint(l) => {

@@ -28,6 +28,7 @@ mod live;
 mod observe;
 mod outbound;
 mod outbound_dial;
+mod outbound_src;
 mod own;
 mod plaintext;
 mod pods;

@@ -14,6 +14,7 @@ use mesh_telemetry::access::Outcome;
 use mesh_telemetry::metrics::{Reporter, ResponseFlags, SecurityPolicy};
 
 use super::outbound_dial::{Dest, attempts};
+use super::role::NetnsKey;
 use super::route::{Route, route};
 use super::sniff::Sniffed;
 use super::{Ctx, observe};
@@ -30,20 +31,26 @@ pub(super) async fn socks5(ctx: Arc<Ctx>, mut tcp: TcpStream, peer: SocketAddr) 
         Ok(Err(e)) => return debug!(error = %e, "socks5 handshake failed"),
         Err(_) => return debug!("socks5 handshake timed out"),
     };
-    proxy(ctx, tcp, peer, target, early, true).await;
+    proxy(ctx, tcp, peer, target, early, true, None).await;
 }
 
 /// Serves one connection to a service VIP listener: the destination is the listener address.
 pub(super) async fn service(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     match tcp.local_addr() {
-        Ok(vip) => proxy(ctx, tcp, peer, Target::Addr(vip), Vec::new(), false).await,
+        Ok(vip) => proxy(ctx, tcp, peer, Target::Addr(vip), Vec::new(), false, None).await,
         Err(e) => warn!(error = %e, "no local address"),
     }
 }
 
 /// Serves one connection that capture rules redirected to the outbound listener: the
-/// destination is the one the application connected to (`SO_ORIGINAL_DST`).
-pub(super) async fn captured(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
+/// destination is the one the application connected to (`SO_ORIGINAL_DST`). On an in-pod
+/// listener (`ns`), the source is the workload of that namespace (`outbound_src`).
+pub(super) async fn captured(
+    ctx: Arc<Ctx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ns: Option<NetnsKey>,
+) {
     let Some(dst) = crate::sockets::original_dst(&tcp) else {
         return warn!(src.addr = %peer, "outbound connection was not redirected by capture rules: closed");
     };
@@ -53,7 +60,7 @@ pub(super) async fn captured(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     if ctx.own.contains(dst) {
         return warn!(src.addr = %peer, dst.addr = %dst, "captured outbound connection to the proxy's own listener: closed");
     }
-    proxy(ctx, tcp, peer, Target::Addr(dst), Vec::new(), false).await;
+    proxy(ctx, tcp, peer, Target::Addr(dst), Vec::new(), false, ns).await;
 }
 
 async fn reply(tcp: &mut TcpStream, socks: bool, r: Reply) {
@@ -69,12 +76,27 @@ async fn proxy(
     target: Target,
     early: Vec<u8>,
     socks: bool,
+    ns: Option<NetnsKey>,
 ) {
     let start = tokio::time::Instant::now();
+    if let Some(ns) = &ns
+        && let Err(e) = super::outbound_src::wait_for(&ctx, ns, peer.ip()).await
+    {
+        ctx.telemetry
+            .connections_refused
+            .get_or_create(&[("listener", "outbound"), ("limit", "source")])
+            .inc();
+        return warn!(src.addr = %peer, reason = %e, "refused: no source workload for an in-pod outbound connection");
+    }
     let state = ctx.state.load_full();
     // The source workload is known from the client's address; only this node's workloads may
-    // use this node's ztunnel (it holds only their identities).
-    let src = match ctx.local_workload(&state, peer.ip()) {
+    // use this node's ztunnel (it holds only their identities). In-pod, the source is the
+    // namespace's workload, checked against the client's address above.
+    let src = match &ns {
+        Some(ns) => super::outbound_src::resolve(&ctx, &state, ns, peer.ip()).ok(),
+        None => ctx.local_workload(&state, peer.ip()),
+    };
+    let src = match src {
         Some(w) => w,
         None => {
             warn!(
