@@ -79,24 +79,26 @@ fn valid_headers() -> impl Strategy<Value = ConnectHeaders> {
             // `k8s.<kind>.name=<name>`: both or neither.
             prop::option::of(("[a-z0-9_-]{1,20}", "[A-Za-z0-9._-]{1,20}")),
         ),
-        (opt_token(), opt_token()),
+        (opt_token(), opt_token(), opt_token(), opt_token()),
         prop::option::of("00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]"),
     )
         .prop_map(
-            |(ip, port, host, (cluster, namespace, workload), (svc, ver), tp)| ConnectHeaders {
-                client: Some(SocketAddr::new(ip, port)),
-                host,
-                baggage: Baggage {
-                    cluster,
-                    namespace,
-                    workload_kind: workload.as_ref().map(|w| w.0.clone()),
-                    workload_name: workload.map(|w| w.1),
-                    service_name: svc,
-                    service_version: ver,
-                    region: None,
-                    zone: None,
-                },
-                traceparent: tp,
+            |(ip, port, host, (cluster, namespace, workload), (svc, ver, region, zone), tp)| {
+                ConnectHeaders {
+                    client: Some(SocketAddr::new(ip, port)),
+                    host,
+                    baggage: Baggage {
+                        cluster,
+                        namespace,
+                        workload_kind: workload.as_ref().map(|w| w.0.clone()),
+                        workload_name: workload.map(|w| w.1),
+                        service_name: svc,
+                        service_version: ver,
+                        region,
+                        zone,
+                    },
+                    traceparent: tp,
+                }
             },
         )
 }
@@ -170,7 +172,7 @@ fn check(m: &HeaderMap) -> Result<ConnectHeaders, TestCaseError> {
     Ok(h)
 }
 
-fn baggage_fields(b: &Baggage) -> [Option<&String>; 6] {
+fn baggage_fields(b: &Baggage) -> [Option<&String>; 8] {
     [
         b.cluster.as_ref(),
         b.namespace.as_ref(),
@@ -178,6 +180,8 @@ fn baggage_fields(b: &Baggage) -> [Option<&String>; 6] {
         b.workload_name.as_ref(),
         b.service_name.as_ref(),
         b.service_version.as_ref(),
+        b.region.as_ref(),
+        b.zone.as_ref(),
     ]
 }
 
