@@ -22,7 +22,7 @@ use mesh_tests::istiod::FakeIstiod;
 use mesh_tests::{Proc, bin, http};
 
 /// Every status `/healthz/ready` answered, polled every 5 ms from before the port opens
-/// (0: no answer yet), until `stop` is set.
+/// (0: no answer yet), until aborted.
 fn poll_readiness(addr: SocketAddr, seen: Arc<Mutex<Vec<u16>>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -132,4 +132,39 @@ async fn not_ready_from_the_first_answer_until_istiod_and_the_agent_answered() {
         seen[..first_200].iter().all(|c| *c == 0 || *c == 500),
         "{seen:?}"
     );
+}
+
+/// Deterministic half of the race: the moment `Proxy::start` returns, before any follower has
+/// started, a ztunnel whose config says a CNI agent will hand pods over (`--zds-socket`) is
+/// already not ready, naming the agent's snapshot; the follower then takes the task over with
+/// no gap (500 throughout), and the snapshot makes it ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_between_start_and_the_followers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ztunnel.sock");
+    let mut agent = FakeCni::bind(&sock).unwrap();
+    let yaml = "apiVersion: dataplane.mesh.dev/v1alpha1\nkind: Node\nmetadata: {name: n1}\nspec:\n  address: 127.229.3.1\n  workloads: []\n";
+    let mut mesh = mesh_tests::inproc::InprocMesh::new(yaml);
+    let sock_arg = sock.display().to_string();
+    mesh.ztunnel(
+        "n1",
+        &["--zds-socket", &sock_arg, "--readiness-port", "15021"],
+    )
+    .await;
+    let ready = SocketAddr::new("127.229.3.1".parse().unwrap(), 15021);
+    let (code, body) = http(ready, "GET", "/healthz/ready").await.unwrap();
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains(mesh_dataplane::zds::READINESS_TASK), "{body}");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let poller = poll_readiness(ready, seen.clone());
+    mesh.proxy("n1")
+        .core()
+        .unwrap()
+        .follow_cni_agent(sock.clone());
+    assert_eq!(agent.accept().await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(seen.lock().unwrap().iter().all(|c| *c == 500), "{seen:?}");
+    assert_eq!(agent.snapshot_sent().await.unwrap(), Ok(()));
+    until_200(&seen).await;
+    poller.abort();
 }
