@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
 
 use super::forward::Forwarder;
 use super::index::DnsIndex;
@@ -32,6 +33,10 @@ pub struct DnsProxy {
     forwarder: Arc<Forwarder>,
     published: ArcSwap<Published>,
     metrics: DnsMetrics,
+    /// Queries with the upstreams, all listeners together (`max_forwarded_total`).
+    forwarding: Arc<Semaphore>,
+    /// Open TCP clients, all listeners together (`max_tcp_connections_total`).
+    tcp_clients: Arc<Semaphore>,
 }
 
 impl DnsProxy {
@@ -56,11 +61,16 @@ impl DnsProxy {
             settings.upstreams = resolv::load(path)?;
         }
         let forwarder = Forwarder::new(settings.upstreams.clone(), settings.forward_timeout);
+        let cap = |n: usize| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+        let forwarding = cap(settings.limits.max_forwarded_total);
+        let tcp_clients = cap(settings.limits.max_tcp_connections_total);
         Ok(Arc::new(DnsProxy {
             settings,
             forwarder,
             published: ArcSwap::from_pointee(Published::default()),
             metrics,
+            forwarding,
+            tcp_clients,
         }))
     }
 
@@ -72,6 +82,16 @@ impl DnsProxy {
     /// The listener bounds.
     pub fn limits(&self) -> &DnsLimits {
         &self.settings.limits
+    }
+
+    /// The proxy-wide forwarded-query slots, shared by its listeners.
+    pub(super) fn forwarding(&self) -> &Arc<Semaphore> {
+        &self.forwarding
+    }
+
+    /// The proxy-wide TCP client slots, shared by its listeners.
+    pub(super) fn tcp_clients(&self) -> &Arc<Semaphore> {
+        &self.tcp_clients
     }
 
     /// Its metrics.

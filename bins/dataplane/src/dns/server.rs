@@ -5,7 +5,9 @@
 //! Bounds, per listener: a query larger than `max_query_bytes` is dropped; at most
 //! `max_forwarded` queries are with the upstreams at once (one more is answered SERVFAIL at
 //! once, no task and no socket made for it); at most `max_tcp_connections` TCP clients (one
-//! more is reset), each closed after `tcp_idle_timeout` without a complete query. Garbage
+//! more is reset), each closed after `tcp_idle_timeout` without a complete query. The proxy
+//! bounds all its listeners together the same way (`max_forwarded_total`,
+//! `max_tcp_connections_total`): a slot takes a permit of the listener and one of the proxy. Garbage
 //! and responses (QR set) get no answer, so the listener cannot be used as a reflector.
 
 use std::net::{IpAddr, SocketAddr};
@@ -36,11 +38,13 @@ const MAX_TCP: usize = 65_535;
 /// Counters of one listener (for tests and logs).
 #[derive(Debug, Default)]
 pub struct ListenerStats {
-    /// Queries answered SERVFAIL because `max_forwarded` were already upstream.
+    /// Queries answered SERVFAIL because `max_forwarded` (or, all listeners together,
+    /// `max_forwarded_total`) were already upstream.
     pub over_forward_cap: AtomicU64,
     /// Datagrams or TCP messages dropped unanswered (too large, garbage, responses).
     pub dropped: AtomicU64,
-    /// TCP connections reset because `max_tcp_connections` were open.
+    /// TCP connections reset because `max_tcp_connections` (or, all listeners together,
+    /// `max_tcp_connections_total`) were open.
     pub tcp_refused: AtomicU64,
 }
 
@@ -160,8 +164,9 @@ impl DnsListener {
         Step::Drop
     }
 
-    fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        let p = self.forwarding.clone().try_acquire_owned().ok();
+    /// A forwarded-query slot: the listener's, then the proxy's.
+    fn permit(&self) -> Option<Permits> {
+        let p = slot(&self.forwarding, self.proxy.forwarding());
         if p.is_none() {
             self.stats.over_forward_cap.fetch_add(1, Ordering::Relaxed);
         }
@@ -256,7 +261,7 @@ impl DnsListener {
                     }
                 },
             };
-            let Ok(permit) = conns.clone().try_acquire_owned() else {
+            let Some(permit) = slot(&conns, self.proxy.tcp_clients()) else {
                 self.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
                 let _ = tcp.set_zero_linger();
                 continue;
@@ -316,6 +321,16 @@ impl DnsListener {
             }
         }
     }
+}
+
+/// A listener's permit and the proxy's, held together.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// A permit of `own` and one of `all`, or neither.
+fn slot(own: &Arc<Semaphore>, all: &Arc<Semaphore>) -> Option<Permits> {
+    let mine = own.clone().try_acquire_owned().ok()?;
+    let shared = all.clone().try_acquire_owned().ok()?;
+    Some((mine, shared))
 }
 
 /// The UDP answer size for `query`: its EDNS payload size (at most ours), else 512.

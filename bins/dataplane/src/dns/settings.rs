@@ -25,7 +25,7 @@ pub enum DnsError {
     },
 }
 
-/// The bounds of every DNS listener.
+/// The bounds of every DNS listener, and of all of them together.
 #[derive(Debug, Clone)]
 pub struct DnsLimits {
     /// Largest query accepted (bytes); larger ones are dropped.
@@ -34,6 +34,11 @@ pub struct DnsLimits {
     pub max_forwarded: usize,
     /// Most open TCP clients per listener.
     pub max_tcp_connections: usize,
+    /// Most queries with the upstreams at once, all listeners of the proxy together (one
+    /// listener per pod: the per-listener cap alone grows with the pods).
+    pub max_forwarded_total: usize,
+    /// Most open TCP clients, all listeners of the proxy together.
+    pub max_tcp_connections_total: usize,
     /// A TCP client is closed after this long without a complete query.
     pub tcp_idle_timeout: Duration,
 }
@@ -44,6 +49,8 @@ impl Default for DnsLimits {
             max_query_bytes: 4096,
             max_forwarded: 128,
             max_tcp_connections: 256,
+            max_forwarded_total: 1024,
+            max_tcp_connections_total: 2048,
             // Istio ztunnel `DEFAULT_TCP_REQUEST_TIMEOUT`.
             tcp_idle_timeout: Duration::from_secs(5),
         }
