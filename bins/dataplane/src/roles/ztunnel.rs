@@ -89,6 +89,7 @@ pub fn proxy_config(args: &ZtunnelArgs, address: IpAddr, log: LogControl) -> Pro
     cfg.socks5_addr = listen_addr(args.socks5_addr, loopback_or(address), args.socks5_port);
     cfg.plaintext_addr = listen_addr(args.plaintext_addr, address, args.plaintext_port);
     cfg.zds_pods = args.zds_socket.is_some();
+    cfg.dns = args.common.dns.ztunnel_settings(address);
     cfg
 }
 
