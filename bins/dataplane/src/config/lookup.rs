@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::endpoints::ServicePort;
 use super::state::MeshState;
+use super::workload::Workload;
 
 impl MeshState {
     /// The service port a client in namespace `client_ns` reaches at `addr`: the services at
@@ -76,6 +77,31 @@ impl MeshState {
             Some(choice) => choice,
             None => self.service_by_host(host, port),
         }
+    }
+
+    /// The service host a peer's `Forwarded: host=` may name for a connection to `dst`'s
+    /// `port` (`destination_service`, an application tunnel's `0xD1`): a host `dst` serves on
+    /// that port, or on any port when the peer is `dst`'s own waypoint (istio/ztunnel
+    /// `guess_inbound_service` bounds the claim to the workload's services; the port bound
+    /// keeps any other peer from relabelling a connection as another service). `None`: not
+    /// believed.
+    pub fn claimed_service_host(
+        &self,
+        dst: &Workload,
+        port: u16,
+        named: &str,
+        from_waypoint: bool,
+    ) -> Option<&str> {
+        let ports = self.by_host.get(&named.to_ascii_lowercase())?;
+        let serves = ports.values().any(|sp| {
+            sp.endpoints.iter().any(|e| {
+                e.workload.name == dst.name
+                    && e.workload.namespace == dst.namespace
+                    && (from_waypoint || e.port == port)
+            })
+        });
+        let sp = ports.values().next().filter(|_| serves)?;
+        sp.service.hosts.first().map(String::as_str)
     }
 
     /// Whether `ip` is the address of a workload on another network (kept, not reachable: a

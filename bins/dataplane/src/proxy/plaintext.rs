@@ -12,6 +12,7 @@ use mesh_telemetry::access::ConnectionRecord;
 use mesh_telemetry::metrics::{
     ConnectionLabels, PeerLabels, Reporter, ResponseFlags, SecurityPolicy,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -235,7 +236,7 @@ async fn admit_and_carry(ctx: &Ctx, tcp: TcpStream, c: &Captured, labels: Connec
     if !admit_connection(ctx, c, &labels) {
         return;
     }
-    let connect = super::connect::connect_app(ctx, &c.dst, c.dst_addr, Some(c.peer.ip()));
+    let connect = connect_app(ctx, c);
     let upstream = tokio::select! {
         biased;
         () = close.cancelled() => return refuse("no longer allowed by the new policies (during connect)"),
@@ -243,7 +244,7 @@ async fn admit_and_carry(ctx: &Ctx, tcp: TcpStream, c: &Captured, labels: Connec
     };
     let upstream = match upstream {
         Ok(u) => u,
-        Err(super::connect::ConnectError { reason, .. }) => {
+        Err(reason) => {
             debug!(%reason, "application unreachable");
             let counted = Some((&labels, ResponseFlags::ConnectFailure));
             return observe::refuse(&ctx.telemetry, counted, c.record(), &reason, c.start);
@@ -269,4 +270,27 @@ async fn admit_and_carry(ctx: &Ctx, tcp: TcpStream, c: &Captured, labels: Connec
     }
     let access = &ctx.telemetry.access;
     observe::log_copied(access, c.record(), &result, 0, Some(rec.totals()), c.start);
+}
+
+/// Connects to the workload. One with an application tunnel (`application_tunnel: PROXY`) is
+/// reached on its tunnel's port and gets our PROXY v2 header first (source = the plaintext
+/// peer, no `0xD0`: it proved no identity, no `0xD1`: it names none), so a header the client forged is payload after
+/// ours, never believed. istio/ztunnel's inbound passthrough writes no header and connects to
+/// the original port, letting a plaintext client that reaches the tunnel's port forge `0xD0`.
+async fn connect_app(ctx: &Ctx, c: &Captured) -> Result<TcpStream, String> {
+    let Some(tunnel) = c.dst.application_tunnel else {
+        let r = super::connect::connect_app(ctx, &c.dst, c.dst_addr, Some(c.peer.ip())).await;
+        return r.map_err(|e| e.reason);
+    };
+    let to = SocketAddr::new(c.dst_addr.ip(), tunnel.port_for(c.dst_addr.port()));
+    let mut upstream = super::connect::connect_app(ctx, &c.dst, to, Some(c.peer.ip()))
+        .await
+        .map_err(|e| e.reason)?;
+    let header = mesh_hbone::proxy_protocol::header(c.peer, c.dst_addr, None, None)
+        .map_err(|e| e.to_string())?;
+    upstream
+        .write_all(&header)
+        .await
+        .map_err(|e| format!("writing the PROXY header: {e}"))?;
+    Ok(upstream)
 }

@@ -83,13 +83,13 @@ pub(super) async fn admit<'c>(
     l7: bool,
 ) -> Result<Admitted<'c>, StatusCode> {
     let state = ctx.state.load_full();
-    let host = req.connect_headers().host;
     let mut c = Checked {
         req,
         dst: None,
         src: None,
         client: Some(req.conn.peer_addr),
-        host,
+        // Set by `from_its_waypoint`, when believed (`believed_host`).
+        host: None,
         start,
     };
     let dst = destination(ctx, &state, &c)?;
@@ -180,8 +180,9 @@ fn destination(ctx: &Ctx, state: &MeshState, c: &Checked<'_>) -> Result<Arc<Work
 
 /// A workload with waypoints (its own, or its services') accepts traffic only from them
 /// (Istio: the waypoint is where its L7 policy is enforced; skipping it is refused, 401).
-/// Only that waypoint may assert the original client (`Forwarded`): from any other mesh peer
-/// the header is ignored, or any certificate holder could claim any IP.
+/// Only that waypoint may assert the original client and the targeted service (`Forwarded`
+/// `for=` and `host=`): from any other mesh peer the header is ignored, or any certificate
+/// holder could claim any IP, or any service (`destination_service`, TLV `0xD1`).
 fn from_its_waypoint(
     ctx: &Ctx,
     state: &MeshState,
@@ -189,13 +190,15 @@ fn from_its_waypoint(
     c: &mut Checked<'_>,
 ) -> Result<(), StatusCode> {
     let Some(wps) = state.waypoints_of.get(&dst.key()) else {
+        c.host = believed_host(state, dst, c, false);
         return Ok(());
     };
     let src_identity = &c.req.conn.peer_identity;
     if wps.iter().any(|w| w.identity == *src_identity) {
-        if let Some(asserted) = c.req.connect_headers().client {
-            c.client = Some(asserted);
+        if let Some(client) = c.req.connect_headers().client {
+            c.client = Some(client);
         }
+        c.host = believed_host(state, dst, c, true);
         return Ok(());
     }
     let via: Vec<String> = wps.iter().map(|w| w.key()).collect();
@@ -217,6 +220,19 @@ fn from_its_waypoint(
     let reason = format!("not from the workload's waypoint {} (401)", via.join(", "));
     let counted = Some((&labels, ResponseFlags::Deny));
     Err(c.refuse(ctx, counted, &reason, StatusCode::UNAUTHORIZED))
+}
+
+/// The service the peer's `Forwarded: host=` names, when believed: one `dst` serves on the
+/// CONNECT's port, or on any port from `dst`'s own waypoint.
+fn believed_host(
+    state: &MeshState,
+    dst: &Workload,
+    c: &Checked<'_>,
+    from_waypoint: bool,
+) -> Option<String> {
+    let named = c.req.connect_headers().host?;
+    let port = c.req.authority.port();
+    (state.claimed_service_host(dst, port, &named, from_waypoint)).map(str::to_owned)
 }
 
 /// The connection's metric labels (destination reporter, mutual TLS).
@@ -310,8 +326,7 @@ async fn authorize_and_connect<'c>(
         Ok(mut u) => {
             // `application_tunnel: PROXY`: the header goes first (503 if it cannot).
             let host = c.host.as_deref();
-            let state = ctx.state.load_full();
-            match super::app_tunnel::write_header(&state, dst, c.req, host, &mut u).await {
+            match super::app_tunnel::write_header(dst, c.req, host, &mut u).await {
                 Ok(()) => Ok((live, close, u)),
                 Err(reason) => {
                     let counted = Some((labels, ResponseFlags::ConnectFailure));
