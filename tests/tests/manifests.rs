@@ -329,6 +329,7 @@ fn least_privilege() {
         for v in spec["volumes"].as_array().into_iter().flatten() {
             assert!(v.get("hostPath").is_none(), "{file}: hostPath volume {v}");
         }
+        no_api_token_for_the_application(file, spec);
         for c in containers(spec) {
             let sc = &c["securityContext"];
             assert_ne!(sc["privileged"], true, "{file}: {} privileged", c["name"]);
@@ -378,6 +379,63 @@ fn least_privilege() {
             }
         }
     }
+}
+
+/// The pod's service account may read every AuthorizationPolicy, VirtualService and
+/// EnvoyFilter (mesh-l7-reader): a container that is not ours (the application) must get no
+/// API token, neither automounted (the pod says `automountServiceAccountToken: false`) nor
+/// from a projected token volume. Kubernetes docs, "Configure Service Accounts for Pods":
+/// opting out of automounting at the pod level, and the projected `kube-api-access` volume.
+fn no_api_token_for_the_application(file: &str, spec: &Value) {
+    let theirs: Vec<&Value> = containers(spec)
+        .filter(|c| !c["image"].as_str().unwrap().starts_with(OUR_IMAGES))
+        .collect();
+    if theirs.is_empty() {
+        return;
+    }
+    assert_eq!(
+        spec["automountServiceAccountToken"], false,
+        "{file}: the application's container would get the API token"
+    );
+    let tokens: Vec<&str> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| {
+            v["projected"]["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s.get("serviceAccountToken").is_some())
+        })
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for c in theirs {
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let name = m["name"].as_str().unwrap();
+            assert!(
+                !tokens.contains(&name),
+                "{file}: {} mounts the token volume {name}",
+                c["name"]
+            );
+        }
+    }
+    // The sidecar still finds its token where kube-rs's in-cluster config reads it.
+    let kube_api = containers(spec)
+        .filter(|c| {
+            c["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a == "--kube")
+        })
+        .all(|c| {
+            c["volumeMounts"].as_array().into_iter().flatten().any(|m| {
+                m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+                    && tokens.contains(&m["name"].as_str().unwrap())
+            })
+        });
+    assert!(kube_api, "{file}: a --kube container has no API token");
 }
 
 /// The image build context leaves out what must never reach an image layer: the demo's local
