@@ -49,6 +49,36 @@ fn failed(e: &hyper::Error) -> Response<RespBody> {
     upstream_failed("upstream request failed\n", super::retry::failure_of(e))
 }
 
+/// The namespace whose view of the services a route's destination is looked up in: the
+/// client workload's (a sidecar's), else the proxy identity's (a waypoint's own namespace).
+fn client_namespace(s: &Stream) -> &str {
+    match &s.profile.tunnel_source {
+        Some(w) => &w.namespace,
+        None => s.profile.identity.namespace(),
+    }
+}
+
+/// The endpoints and service of a route's destination `d` (its port, else `addressed_port`
+/// if the host has it, else the host's first port; its subset) as a client in `client_ns`
+/// sees them: a service hidden from it (`visibility`) is no service. `None`: no such service.
+fn route_destination(
+    state: &crate::config::MeshState,
+    d: &mesh_l7::Destination,
+    addressed_port: u16,
+    client_ns: &str,
+) -> Option<(Arc<crate::config::EndpointSet>, Arc<ServicePort>)> {
+    let port = d.port.unwrap_or(addressed_port);
+    let visible = |port| state.service_by_host_for_client(&d.host, port, client_ns);
+    let port = if visible(port).is_some() {
+        port
+    } else {
+        *state.by_host.get(&d.host)?.keys().next()?
+    };
+    let dest_service = visible(port)?.clone();
+    let set = state.endpoint_set(&d.host, port, d.subset.as_deref())?;
+    Some((set.clone(), dest_service))
+}
+
 /// A routed request: to an endpoint of its destination, over HBONE.
 async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespBody> {
     let Some(sp) = &s.service else {
@@ -62,20 +92,16 @@ async fn forward_mesh(s: &Stream, u: UpstreamRequest<ReqBody>) -> Response<RespB
     // The endpoints the target names: the route's destination (its port, else the
     // addressed port if the host has it, else the host's only port; its subset), or the
     // addressed service's.
+    // A route's destination is looked up as the proxy's namespace sees it (Istio's
+    // `visibility` / `exportTo`): a service hidden from it is no service (503 `NR`).
     let found = {
         let state = s.ctx.state.load();
         let host = sp.service.hosts.first().map_or("", String::as_str);
+        let client_ns = client_namespace(s);
         match &u.target {
             Target::Picked(p) => p.destination().and_then(|d| {
-                let port = d.port.unwrap_or(sp.port);
-                let port = if state.service_by_host(&d.host, port).is_some() {
-                    port
-                } else {
-                    *state.by_host.get(&d.host)?.keys().next()?
-                };
-                let dest_service = state.service_by_host(&d.host, port).cloned();
-                let set = state.endpoint_set(&d.host, port, d.subset.as_deref())?;
-                Some((set.clone(), dest_service))
+                let (set, dest_service) = route_destination(&state, d, sp.port, client_ns)?;
+                Some((set, Some(dest_service)))
             }),
             _ => state
                 .endpoint_set(host, sp.port, None)
@@ -321,3 +347,7 @@ fn pool_from(s: &Stream) -> PoolFrom {
         limits: Default::default(),
     }
 }
+
+#[cfg(test)]
+#[path = "upstream_tests.rs"]
+mod tests;
