@@ -342,3 +342,89 @@ fn plaintext_client_cannot_forge_the_proxy_header() {
     }))
     .unwrap();
 }
+
+/// An L4 ALLOW of namespace `ns` for the waypoint's principal only (what Istio's docs have a
+/// waypoint's users add so that traffic bypassing the waypoint is refused by ztunnel).
+fn only_the_waypoint() -> (String, mesh_xds::pb::security::Authorization) {
+    use mesh_xds::pb::security as sec;
+    let exact = sec::string_match::MatchType::Exact("cluster.local/ns/ns/sa/wp".into());
+    let a = sec::Authorization {
+        name: "only-wp".into(),
+        namespace: "ns".into(),
+        scope: sec::Scope::Namespace as i32,
+        action: sec::Action::Allow as i32,
+        rules: vec![sec::Rule {
+            clauses: vec![sec::Clause {
+                matches: vec![sec::Match {
+                    principals: vec![sec::StringMatch {
+                        match_type: Some(exact),
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    };
+    ("ns/only-wp".into(), a)
+}
+
+// istio/ztunnel src/proxy/inbound.rs refuses HBONE that bypassed the workload's waypoint
+// (401, "bypassed waypoint"); src/proxy/inbound_passthrough.rs (plaintext, 15006) has no such
+// check: a plaintext client is authorized at L4 with no identity. As Istio: plaintext reaches a
+// workload behind a waypoint under PERMISSIVE; an L4 ALLOW for the waypoint's principal (or
+// PeerAuthentication STRICT) refuses it. Attacker: a non-mesh pod skipping the waypoint.
+#[test]
+fn plaintext_to_a_workload_behind_a_waypoint_is_as_istio() {
+    let Some(ns) = NetNs::create("mesh-y2wp") else {
+        return;
+    };
+    let (node_a, node_b, server_s) = ("127.224.150.1", "127.224.150.2", "127.224.151.20");
+    let to = format!("{node_b}:15006");
+    ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-s",
+        LEGACY,
+        "-d",
+        server_s,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to,
+    ]);
+    let rt = ns.runtime();
+    rt.block_on(rt.spawn(async move {
+        let mut mesh = InprocMesh::new(&file_config(node_a, node_b, server_s));
+        let server: IpAddr = server_s.parse().unwrap();
+        let app = SocketAddr::new(server, 9000);
+        let seen = proxy_app(app).await;
+        mesh.ztunnel("b", &[]).await;
+        let mut st = store(node_b, server_s, 0, Some("127.224.150.3"));
+        mesh.proxy("b").apply(st.build()).await.unwrap();
+        let legacy: IpAddr = LEGACY.parse().unwrap();
+        let echo = |msg: &'static [u8]| async move {
+            let mut got = Vec::new();
+            let Ok(mut s) = connect_from(legacy, app).await else {
+                return got;
+            };
+            let _ = s.write_all(msg).await;
+            let _ = s.shutdown().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+            got
+        };
+        assert_eq!(echo(b"permissive").await, b"permissive");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+
+        let rejected = st.apply_authorizations(vec![only_the_waypoint()], vec![]);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        mesh.proxy("b").apply(st.build()).await.unwrap();
+        assert_eq!(echo(b"skipping the waypoint").await, b"");
+        assert_eq!(seen.lock().unwrap().len(), 1, "nothing delivered");
+    }))
+    .unwrap();
+}
