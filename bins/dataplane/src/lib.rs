@@ -17,9 +17,9 @@
 pub mod capture;
 pub mod config;
 pub mod dns;
-pub mod hostdns;
 mod duration;
 mod error;
+pub mod hostdns;
 pub mod limits;
 pub mod netns;
 pub mod process;

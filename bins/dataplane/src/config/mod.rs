@@ -14,9 +14,9 @@ mod endpoint_stats;
 mod endpoints;
 mod errors;
 pub mod ext_authz;
-pub mod k8s;
 mod fail_closed;
 mod file;
+pub mod k8s;
 mod l7file;
 mod load;
 mod locality;
@@ -56,10 +56,10 @@ pub use self::load::{load_file, parse};
 pub use self::model::*;
 pub use self::parse::{L7_FILE_KINDS, Resources, is_dns_label, is_dns_subdomain};
 pub use self::protocol::Protocol;
-pub use self::visibility::Visibility;
 pub use self::state::{
     Endpoint, EndpointSet, MeshState, Node, Service, ServicePort, Waypoint, WaypointFor, Workload,
 };
+pub use self::visibility::Visibility;
 
 #[cfg(test)]
 mod tests;

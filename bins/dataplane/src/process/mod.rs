@@ -17,8 +17,8 @@ use crate::proxy::{Proxy, ProxyConfig};
 
 pub use crate::duration::parse_duration;
 pub use args::ProxyArgs;
-pub use k8s::KubeArgs;
 pub(crate) use args::{CaFor, listen_addr, loopback_or};
+pub use k8s::KubeArgs;
 
 /// Installs the stderr log subscriber with a filter changeable at run time. Safe to call
 /// once per process.

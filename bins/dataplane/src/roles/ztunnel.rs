@@ -108,7 +108,9 @@ pub(crate) async fn run(args: ZtunnelArgs, log: LogControl) -> Result<(), Error>
     if let Some(path) = &args.zds_socket {
         let (ca, bundle) = c.cert_provider(CaFor::Workloads)?;
         let proxy = Proxy::start(cfg, state, ca, bundle).await?;
-        let poll = c.config_poll_interval.max(std::time::Duration::from_millis(50));
+        let poll = c
+            .config_poll_interval
+            .max(std::time::Duration::from_millis(50));
         proxy.watch_config(c.config_file()?.to_owned(), poll);
         proxy.follow_cni_agent(path.clone());
         return run_until_stopped(proxy).await;
