@@ -41,18 +41,7 @@ mod tests {
     use mesh_xds::pb::security as sec;
     use mesh_xds::pb::workload as wl;
 
-    use super::super::xds::{XdsSettings, XdsStore};
-
-    fn store() -> XdsStore {
-        XdsStore::new(XdsSettings {
-            node: "n1".into(),
-            node_address: "10.0.0.1".parse().unwrap(),
-            cluster_id: "Kubernetes".into(),
-            root_namespace: "istio-system".into(),
-            trust_domain: "cluster.local".parse().unwrap(),
-            service_listeners: false,
-        })
-    }
+    use super::super::xds::test_support::store;
 
     fn workload(name: &str, ip: [u8; 4], policies: &[&str]) -> (String, wl::Address) {
         let w = wl::Workload {

@@ -134,17 +134,9 @@ fn l7_file_carries_only_providers() {
 /// the state the shared assembler builds.
 #[test]
 fn xds_waypoint_takes_providers_from_its_l7_file() {
-    use crate::config::xds::{Local, XdsSettings, XdsStore};
+    use crate::config::xds::{Local, test_support::store};
     let identity: mesh_identity::SpiffeId = "spiffe://cluster.local/ns/ns/sa/wp".parse().unwrap();
-    let mut s = XdsStore::new(XdsSettings {
-        node: "n1".into(),
-        node_address: "10.0.0.1".parse().unwrap(),
-        cluster_id: "Kubernetes".into(),
-        root_namespace: "istio-system".into(),
-        trust_domain: "cluster.local".parse().unwrap(),
-        service_listeners: false,
-    })
-    .serving(Local::Gateway {
+    let mut s = store().serving(Local::Gateway {
         key: "ns/wp".into(),
         identity,
     });

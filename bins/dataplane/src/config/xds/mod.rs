@@ -33,11 +33,13 @@ mod app_tunnel;
 mod apply;
 mod build;
 mod convert;
+#[cfg(test)]
+mod hostname_tests;
 mod network;
 mod patch;
 mod store;
 #[cfg(test)]
-mod hostname_tests;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -15,16 +15,7 @@ use mesh_xds::pb::workload as wl;
 use super::super::{MeshState, WaypointFor};
 use super::*;
 
-fn store() -> XdsStore {
-    XdsStore::new(XdsSettings {
-        node: "n1".into(),
-        node_address: "10.0.0.1".parse().unwrap(),
-        cluster_id: "Kubernetes".into(),
-        root_namespace: "istio-system".into(),
-        trust_domain: "cluster.local".parse().unwrap(),
-        service_listeners: false,
-    })
-}
+use super::test_support::store;
 
 fn wk(name: &str, ip: [u8; 4], services: &[(&str, u32, u32)]) -> wl::Workload {
     let mut map = HashMap::new();

@@ -13,16 +13,7 @@ use mesh_xds::pb::workload as wl;
 use super::super::{MeshState, WaypointFor};
 use super::*;
 
-fn store() -> XdsStore {
-    XdsStore::new(XdsSettings {
-        node: "n1".into(),
-        node_address: "10.0.0.1".parse().unwrap(),
-        cluster_id: "Kubernetes".into(),
-        root_namespace: "istio-system".into(),
-        trust_domain: "cluster.local".parse().unwrap(),
-        service_listeners: false,
-    })
-}
+use super::test_support::store;
 
 fn workload(name: &str, ip: [u8; 4], service: Option<(&str, u32)>) -> (String, wl::Address) {
     let mut services = HashMap::new();
