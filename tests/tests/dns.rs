@@ -13,15 +13,7 @@ use dns_support::*;
 
 #[tokio::test]
 async fn a_records_in_every_kubernetes_form_over_udp_and_tcp() {
-    let up = upstream("127.225.0.53").await;
-    let d = dns(
-        "127.225.0.1",
-        Some("ns1"),
-        mesh_index(),
-        up.addr,
-        DnsLimits::default(),
-    )
-    .await;
+    let (up, d) = ns1_dns("127.225.0.1").await;
     // Istio ztunnel src/dns/server.rs `lookup`: short name, name.ns, name.ns.svc, FQDN and
     // the search-expanded forms resolve relative to the asking pod's namespace.
     for name in [
@@ -54,15 +46,7 @@ async fn a_records_in_every_kubernetes_form_over_udp_and_tcp() {
 
 #[tokio::test]
 async fn srv_for_a_headless_service() {
-    let up = upstream("127.225.0.53").await;
-    let d = dns(
-        "127.225.0.2",
-        Some("ns1"),
-        mesh_index(),
-        up.addr,
-        DnsLimits::default(),
-    )
-    .await;
+    let (_up, d) = ns1_dns("127.225.0.2").await;
     // istio/istio#55979: `_headless._tcp.<svc>.<ns>.svc.` failed under ztunnel's DNS proxy.
     // Kubernetes DNS (dns-pod-service "SRV records"): one SRV per endpoint, with the
     // endpoint's port and name.
@@ -113,15 +97,7 @@ async fn srv_for_a_headless_service() {
 
 #[tokio::test]
 async fn other_names_are_forwarded_and_nxdomain_relayed() {
-    let up = upstream("127.225.0.53").await;
-    let d = dns(
-        "127.225.0.3",
-        Some("ns1"),
-        mesh_index(),
-        up.addr,
-        DnsLimits::default(),
-    )
-    .await;
+    let (up, d) = ns1_dns("127.225.0.3").await;
     for tcp in [false, true] {
         let q = query("upstream.example.", RecordType::A);
         let m = match tcp {
@@ -138,15 +114,7 @@ async fn other_names_are_forwarded_and_nxdomain_relayed() {
 
 #[tokio::test]
 async fn a_silent_upstream_times_out_with_servfail() {
-    let up = upstream("127.225.0.53").await;
-    let d = dns(
-        "127.225.0.4",
-        Some("ns1"),
-        mesh_index(),
-        up.addr,
-        DnsLimits::default(),
-    )
-    .await;
+    let (_up, d) = ns1_dns("127.225.0.4").await;
     let start = tokio::time::Instant::now();
     let m = udp_ask(d.addr, &query("silent.example.", RecordType::A)).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);

@@ -60,15 +60,7 @@ async fn attack_query_flood_stays_within_the_forward_cap() {
 
 #[tokio::test]
 async fn attack_forged_upstream_answers_are_dropped() {
-    let up = upstream("127.225.0.53").await;
-    let d = dns(
-        "127.225.0.9",
-        Some("ns1"),
-        mesh_index(),
-        up.addr,
-        DnsLimits::default(),
-    )
-    .await;
+    let (_up, d) = ns1_dns("127.225.0.9").await;
     // RFC 5452: an answer from another address (dropped by the connected socket) or with
     // another ID (dropped by the check) never reaches the client; the real one does.
     let m = udp_ask(d.addr, &query("spoof.example.", RecordType::A)).await;
@@ -78,15 +70,7 @@ async fn attack_forged_upstream_answers_are_dropped() {
 
 #[tokio::test]
 async fn attack_garbage_and_responses_get_no_answer() {
-    let up = upstream("127.225.0.53").await;
-    let d = dns(
-        "127.225.0.10",
-        Some("ns1"),
-        mesh_index(),
-        up.addr,
-        DnsLimits::default(),
-    )
-    .await;
+    let (_up, d) = ns1_dns("127.225.0.10").await;
     let s = UdpSocket::bind("127.225.1.9:0").await.unwrap();
     let mut resp = query("web.", RecordType::A);
     resp.metadata.message_type = MessageType::Response;

@@ -19,32 +19,12 @@ struct TwoListeners {
 }
 
 async fn two_listeners(ips: [&str; 2], up: SocketAddr, limits: DnsLimits) -> TwoListeners {
-    let proxy = DnsProxy::new(DnsSettings {
-        capture: true,
-        node_addr: None,
-        upstreams: vec![up],
-        resolv_conf: None,
-        forward_timeout: Duration::from_millis(800),
-        cluster_domain: "cluster.local".into(),
-        limits,
-    })
-    .unwrap();
+    let proxy = proxy(up, limits);
     proxy.publish(mesh_index(), HashMap::new());
     let stop = CancellationToken::new();
     let (mut addrs, mut listeners) = (Vec::new(), Vec::new());
     for ip in ips {
-        let l = DnsListener::new(
-            proxy.clone(),
-            Some("ns1".into()),
-            Arc::new(HostSockets::default()),
-        );
-        let udp = UdpSocket::bind((ip.parse::<IpAddr>().unwrap(), 0))
-            .await
-            .unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
-        tokio::spawn(l.clone().serve_udp(udp, stop.clone()));
-        tokio::spawn(l.clone().serve_tcp(tcp, stop.clone()));
+        let (addr, l) = serve(&proxy, Some("ns1"), ip, &stop).await;
         addrs.push(addr);
         listeners.push(l);
     }

@@ -8,15 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+#[path = "dns_support/mod.rs"]
+mod dns_support;
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use dns_support::*;
 use mesh_tests::inproc::InprocMesh;
 use mesh_tests::netns::NetNs;
-use tokio::net::UdpSocket;
 
 fn mesh(netns: &str) -> String {
     format!(
@@ -44,34 +41,10 @@ spec:
     )
 }
 
-fn query(name: &str) -> Message {
-    let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    m
-}
-
-/// A query over UDP to `server`, from inside the pod (the caller's runtime lives there).
+/// A query for `name`'s A records over UDP to `server`, from inside the pod (the caller's
+/// runtime lives there).
 async fn ask(server: SocketAddr, name: &str) -> Message {
-    let s = UdpSocket::bind("0.0.0.0:0").await.unwrap();
-    let q = query(name);
-    s.send_to(&q.to_vec().unwrap(), server).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf))
-        .await
-        .expect("an answer")
-        .unwrap();
-    Message::from_vec(&buf[..n]).unwrap()
-}
-
-fn a_records(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            _ => None,
-        })
-        .collect()
+    udp_ask_from("0.0.0.0", server, &query(name, RecordType::A)).await
 }
 
 /// A fake upstream inside the pod: answers every A query with 192.0.2.7.
@@ -137,13 +110,10 @@ async fn pod_dns_is_answered_inside_its_namespace() {
     // 127.0.0.1:15053 inside the pod: the short name resolves in the pod's namespace (ns1).
     let dns: SocketAddr = "127.0.0.1:15053".parse().unwrap();
     let m = rt.spawn(ask(dns, "web.")).await.unwrap();
-    assert_eq!(
-        a_records(&m),
-        vec!["127.225.2.1".parse::<IpAddr>().unwrap()]
-    );
+    assert_eq!(addrs(&m), vec!["127.225.2.1".parse::<IpAddr>().unwrap()]);
     // Relayed upstream from the pod's own namespace (the upstream exists only there).
     let m = rt.spawn(ask(dns, "example.org.")).await.unwrap();
-    assert_eq!(a_records(&m), vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
+    assert_eq!(addrs(&m), vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
 
     // With `meshctl capture install --dns`'s rules, the pod's ordinary queries to its
     // resolver (here 10.96.0.10:53) are answered by the proxy.
@@ -155,13 +125,10 @@ async fn pod_dns_is_answered_inside_its_namespace() {
     let resolver: SocketAddr = "10.96.0.10:53".parse().unwrap();
     let m = rt.spawn(ask(resolver, "web.ns1.")).await.unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(
-        a_records(&m),
-        vec!["127.225.2.1".parse::<IpAddr>().unwrap()]
-    );
+    assert_eq!(addrs(&m), vec!["127.225.2.1".parse::<IpAddr>().unwrap()]);
     // The proxy's own relay is marked, so it is not captured back into itself.
     let m = rt.spawn(ask(resolver, "example.org.")).await.unwrap();
-    assert_eq!(a_records(&m), vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
+    assert_eq!(addrs(&m), vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
 
     upstream.abort();
     mesh.procs[0].stop().await;

@@ -1,4 +1,4 @@
-//! Shared by `dns.rs` and `dns_attacks.rs`: a DNS listener of the dataplane's DNS proxy on
+//! Shared by the `dns*.rs` tests: a DNS listener of the dataplane's DNS proxy on
 //! 127.225.x.x in front of a fake upstream resolver written with hickory-proto, and query
 //! helpers.
 
@@ -166,7 +166,32 @@ pub async fn dns(
     up: SocketAddr,
     limits: DnsLimits,
 ) -> Dns {
-    let proxy = DnsProxy::new(DnsSettings {
+    let proxy = proxy(up, limits);
+    let locals: HashMap<IpAddr, String> =
+        HashMap::from([("127.225.1.9".parse().unwrap(), "ns1".to_owned())]);
+    proxy.publish(index, locals);
+    let stop = CancellationToken::new();
+    let (addr, listener) = serve(&proxy, ns, ip, &stop).await;
+    Dns {
+        addr,
+        listener,
+        proxy,
+        _stop: stop.drop_guard(),
+    }
+}
+
+/// The fake upstream on 127.225.0.53 and a listener for a pod in `ns1` on `ip`, answering
+/// from [`mesh_index`] with the default limits.
+pub async fn ns1_dns(ip: &str) -> (Upstream, Dns) {
+    let up = upstream("127.225.0.53").await;
+    let d = dns(ip, Some("ns1"), mesh_index(), up.addr, DnsLimits::default()).await;
+    (up, d)
+}
+
+/// A capturing DNS proxy forwarding to `up` within `limits` (800 ms forward timeout), with
+/// nothing published yet.
+pub fn proxy(up: SocketAddr, limits: DnsLimits) -> Arc<DnsProxy> {
+    DnsProxy::new(DnsSettings {
         capture: true,
         node_addr: None,
         upstreams: vec![up],
@@ -175,10 +200,17 @@ pub async fn dns(
         cluster_domain: "cluster.local".into(),
         limits,
     })
-    .unwrap();
-    let locals: HashMap<IpAddr, String> =
-        HashMap::from([("127.225.1.9".parse().unwrap(), "ns1".to_owned())]);
-    proxy.publish(index, locals);
+    .unwrap()
+}
+
+/// A listener of `proxy` for the pod in `ns` (or by address with `None`), serving UDP and TCP
+/// on `ip` (one port for both) until `stop`.
+pub async fn serve(
+    proxy: &Arc<DnsProxy>,
+    ns: Option<&str>,
+    ip: &str,
+    stop: &CancellationToken,
+) -> (SocketAddr, Arc<DnsListener>) {
     let listener = DnsListener::new(
         proxy.clone(),
         ns.map(str::to_owned),
@@ -189,15 +221,9 @@ pub async fn dns(
         .unwrap();
     let addr = udp.local_addr().unwrap();
     let tcp = TcpListener::bind(addr).await.unwrap();
-    let stop = CancellationToken::new();
     tokio::spawn(listener.clone().serve_udp(udp, stop.clone()));
     tokio::spawn(listener.clone().serve_tcp(tcp, stop.clone()));
-    Dns {
-        addr,
-        listener,
-        proxy,
-        _stop: stop.drop_guard(),
-    }
+    (addr, listener)
 }
 
 pub fn mesh_index() -> DnsIndex {
