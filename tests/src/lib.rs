@@ -18,6 +18,7 @@ pub mod fake_kube;
 pub mod inproc;
 pub mod istiod;
 pub mod netns;
+pub mod vip_get;
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};

@@ -26,10 +26,10 @@ use mesh_tests::istiod::{
     ADDRESS_TYPE, AUTHORIZATION_TYPE, FakeIstiod, address_of_service, address_of_workload, service,
     workload,
 };
-use mesh_tests::{Net, Proc, bin, connect_from, http_app};
+use mesh_tests::vip_get::{self, Outcome, app, status};
+use mesh_tests::{Net, Proc, bin, http_app};
 use mesh_xds::pb;
 use prost::Message as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SVC: &str = "ns/server.ns.svc.cluster.local";
 const SECOND: &str = "ns/second.ns.svc.cluster.local";
@@ -263,79 +263,13 @@ fn seed(i: &FakeIstiod, net: Net, server_node: &str, waypoint: bool) {
 }
 
 /// One `GET path` from the client workload to `vip`: (status, body), or why not.
-async fn get(net: Net, vip: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let fut = async {
-        let mut s = connect_from(net.client(), vip)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: server.ns.svc.cluster.local\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err(format!("closed after {:?}", String::from_utf8_lossy(&buf)));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf);
-            let Some((head, body)) = text.split_once("\r\n\r\n") else {
-                continue;
-            };
-            let status = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_owned())
-                })
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if body.len() >= len {
-                return Ok((status, body[..len].to_owned()));
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(3), fut)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
+async fn get(net: Net, vip: SocketAddr, path: &str) -> Outcome {
+    vip_get::get(net.client(), vip, path).await
 }
 
 /// Retries `GET path` (every 50 ms, up to 15 s) until `want` holds for its outcome.
-async fn until(
-    net: Net,
-    path: &str,
-    what: &str,
-    want: impl Fn(&Result<(u16, String), String>) -> bool,
-) {
-    let mut last = Err(String::new());
-    for _ in 0..300 {
-        last = get(net, net.vip(), path).await;
-        if want(&last) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: never; last outcome {last:?}");
-}
-
-/// The app that answered (`server`, `second`…), if one did.
-fn app(r: &Result<(u16, String), String>) -> Option<&str> {
-    match r {
-        Ok((200, body)) => body.split(' ').next(),
-        _ => None,
-    }
-}
-
-fn status(r: &Result<(u16, String), String>) -> Option<u16> {
-    r.as_ref().ok().map(|(s, _)| *s)
+async fn until(net: Net, path: &str, what: &str, want: impl Fn(&Outcome) -> bool) {
+    vip_get::until(net.client(), net.vip(), path, what, want).await
 }
 
 /// L7 resources of the waypoint: `/two` goes to service `second`; `/admin` is denied.

@@ -15,10 +15,10 @@ use mesh_tests::fake_kube::FakeKube;
 use mesh_tests::istiod::{
     ADDRESS_TYPE, FakeIstiod, address_of_service, address_of_workload, service, workload,
 };
-use mesh_tests::{Proc, bin, connect_from, http_app};
+pub use mesh_tests::vip_get::{self, Outcome, app, status};
+use mesh_tests::{Proc, bin, http_app};
 use mesh_xds::pb;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One test's addresses in 127.226.0.0/16, from third octet `c` on: nodes, the waypoint, its
 /// CA and the API server at `127.226.c.N`, workloads at `c+1`, VIPs at `c+2` (tests of one
@@ -233,77 +233,14 @@ pub fn deny_admin() -> Value {
     })
 }
 
-pub type Outcome = Result<(u16, String), String>;
-
 /// One `GET path` from the client workload to the server's VIP.
 pub async fn get(b: Block, path: &str) -> Outcome {
-    let fut = async {
-        let mut s = connect_from(b.client(), b.vip())
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: server.ns.svc.cluster.local\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err(format!("closed after {:?}", String::from_utf8_lossy(&buf)));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf);
-            let Some((head, body)) = text.split_once("\r\n\r\n") else {
-                continue;
-            };
-            let status = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_owned())
-                })
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if body.len() >= len {
-                return Ok((status, body[..len].to_owned()));
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(3), fut)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
+    vip_get::get(b.client(), b.vip(), path).await
 }
 
 /// Retries `GET path` (every 50 ms, up to 15 s) until `want` holds.
 pub async fn until(b: Block, path: &str, what: &str, want: impl Fn(&Outcome) -> bool) {
-    let mut last = Err(String::new());
-    for _ in 0..300 {
-        last = get(b, path).await;
-        if want(&last) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: never; last outcome {last:?}");
-}
-
-/// The app that answered, if one did.
-pub fn app(r: &Outcome) -> Option<&str> {
-    match r {
-        Ok((200, body)) => body.split(' ').next(),
-        _ => None,
-    }
-}
-
-pub fn status(r: &Outcome) -> Option<u16> {
-    r.as_ref().ok().map(|(s, _)| *s)
+    vip_get::until(b.client(), b.vip(), path, what, want).await
 }
 
 /// Waits (up to 10 s) for `needle` in `p`'s logs; returns them.
