@@ -12,7 +12,22 @@ mod kube_support;
 
 use std::time::Duration;
 
-use kube_support::{Block, app, deny_admin, get, holds_for, mesh, route, status, until, wait_log};
+use kube_support::{
+    Block, Mesh, app, deny_admin, get, holds_for, mesh, route, status, until, wait_log,
+};
+
+/// The mesh of block `b` with the route of `/two` to `second` and the deny of `/admin` in the
+/// API server from the start.
+async fn seeded_mesh(b: Block) -> Mesh {
+    mesh(
+        b,
+        &[
+            ("virtualservices", route("server", "ns", "/two")),
+            ("authorizationpolicies", deny_admin()),
+        ],
+    )
+    .await
+}
 
 /// Waits until `/two` reaches `second` and `/admin` is denied: the first objects applied.
 async fn first_state(b: Block) {
@@ -91,14 +106,7 @@ async fn waypoint_follows_virtualservices_added_changed_deleted() {
 /// an outage keep the last good state; each time the next change applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relists_on_410_and_keeps_the_last_good_state_on_errors() {
-    let m = mesh(
-        Block(10),
-        &[
-            ("virtualservices", route("server", "ns", "/two")),
-            ("authorizationpolicies", deny_admin()),
-        ],
-    )
-    .await;
+    let m = seeded_mesh(Block(10)).await;
     let b = m.b;
     let wp = m.waypoint(&[]);
     first_state(b).await;
@@ -158,14 +166,7 @@ async fn relists_on_410_and_keeps_the_last_good_state_on_errors() {
 /// apply; a bad version of a good object leaves the good version serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_object_is_rejected_by_name_and_the_others_apply() {
-    let m = mesh(
-        Block(20),
-        &[
-            ("virtualservices", route("server", "ns", "/two")),
-            ("authorizationpolicies", deny_admin()),
-        ],
-    )
-    .await;
+    let m = seeded_mesh(Block(20)).await;
     let b = m.b;
     let wp = m.waypoint(&[]);
     first_state(b).await;
@@ -204,14 +205,7 @@ async fn a_bad_object_is_rejected_by_name_and_the_others_apply() {
 /// misbehaving API server or a proxy in front of it) is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_of_other_namespaces_never_apply() {
-    let m = mesh(
-        Block(30),
-        &[
-            ("virtualservices", route("server", "ns", "/two")),
-            ("authorizationpolicies", deny_admin()),
-        ],
-    )
-    .await;
+    let m = seeded_mesh(Block(30)).await;
     let b = m.b;
     let wp = m.waypoint(&[]);
     first_state(b).await;
@@ -238,14 +232,7 @@ async fn objects_of_other_namespaces_never_apply() {
 /// state serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_watch_and_a_huge_list_are_bounded() {
-    let m = mesh(
-        Block(40),
-        &[
-            ("virtualservices", route("server", "ns", "/two")),
-            ("authorizationpolicies", deny_admin()),
-        ],
-    )
-    .await;
+    let m = seeded_mesh(Block(40)).await;
     let b = m.b;
     let wp = m.waypoint(&[
         "--kube-max-objects",
