@@ -26,23 +26,11 @@ use zds_pods_support::*;
 /// a deleted pod's listeners refuse and its connection is cut after the drain timeout.
 #[test]
 fn zds_pods_are_served_in_pod_and_re_synced_without_cuts() {
-    let Some(mut sw) = switch("a2s") else {
+    let Some((_sw, pods, rts)) = echo_pods("a2s", &["a2a", "a2b"], 0, |ns| {
+        mesh_dataplane::capture::install(&Default::default(), Some(&ns.name), false).unwrap();
+    }) else {
         return;
     };
-    let pods: Vec<NetNs> = ["a2a", "a2b"]
-        .iter()
-        .map(|n| NetNs::create(n).unwrap())
-        .collect();
-    for (i, ns) in pods.iter().enumerate() {
-        sw.attach(ns.pod(), &[&format!("10.221.0.{}/24", i + 2)])
-            .unwrap();
-        mesh_dataplane::capture::install(&Default::default(), Some(&ns.name), false).unwrap();
-    }
-    let rts: Vec<tokio::runtime::Runtime> = pods.iter().map(NetNs::runtime).collect();
-    for rt in &rts {
-        rt.block_on(rt.spawn(echo_server("0.0.0.0:8080".parse().unwrap())))
-            .unwrap();
-    }
     let main = tokio::runtime::Runtime::new().unwrap();
     let mut mesh = InprocMesh::new(&config());
     main.block_on(mesh.ztunnel(

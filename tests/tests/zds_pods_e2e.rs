@@ -114,24 +114,10 @@ fn istio_cni_rules(ns: &NetNs) {
 /// agent over the ZDS socket (Istio's wire format, the namespace fd over `SCM_RIGHTS`).
 #[test]
 fn cni_agent_hands_pods_to_the_ztunnel_end_to_end() {
-    let Some(mut sw) = switch("a2e") else {
+    // Istio's own in-pod rules, not ours: the drop-in case.
+    let Some((_sw, pods, rts)) = echo_pods("a2e", &["a2c", "a2d"], 1, istio_cni_rules) else {
         return;
     };
-    let pods: Vec<NetNs> = ["a2c", "a2d"]
-        .iter()
-        .map(|n| NetNs::create(n).unwrap())
-        .collect();
-    for (i, ns) in pods.iter().enumerate() {
-        sw.attach(ns.pod(), &[&format!("10.221.1.{}/24", i + 2)])
-            .unwrap();
-        // Istio's own in-pod rules, not ours: the drop-in case.
-        istio_cni_rules(ns);
-    }
-    let rts: Vec<tokio::runtime::Runtime> = pods.iter().map(NetNs::runtime).collect();
-    for rt in &rts {
-        rt.block_on(rt.spawn(echo_server("0.0.0.0:8080".parse().unwrap())))
-            .unwrap();
-    }
     let main = tokio::runtime::Runtime::new().unwrap();
     let f = main.block_on(istiod());
     let sock_dir = tempfile::tempdir().unwrap();

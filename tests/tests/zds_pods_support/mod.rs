@@ -1,4 +1,4 @@
-//! Shared by the ZDS pod tests (`zds_pods.rs`, `zds_pods_e2e.rs`): the mesh file, pod
+//! Shared by the ZDS pod tests (`zds_pods*.rs`): the mesh file, pod
 //! descriptions, an agent that feeds `PodEvent`s directly, and connections made from inside a
 //! pod's namespace.
 
@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use mesh_dataplane::netns::Switch;
 use mesh_dataplane::zds::{PodEvent, PodInfo};
 use mesh_tests::NetNs;
 use mesh_tests::inproc::InprocMesh;
@@ -117,4 +118,28 @@ pub fn in_pod_listeners(mesh: &InprocMesh) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// A switch `switch` with the pods `names` attached at 10.221.`subnet`.2, .3… (/24), each set
+/// up by `setup`, and an echo server on 0.0.0.0:8080 in each pod (on that pod's runtime,
+/// returned in the same order). `None` when not root.
+pub fn echo_pods(
+    switch: &str,
+    names: &[&str],
+    subnet: u8,
+    setup: impl Fn(&NetNs),
+) -> Option<(Switch, Vec<NetNs>, Vec<tokio::runtime::Runtime>)> {
+    let mut sw = mesh_tests::switch(switch)?;
+    let pods: Vec<NetNs> = names.iter().map(|n| NetNs::create(n).unwrap()).collect();
+    for (i, ns) in pods.iter().enumerate() {
+        sw.attach(ns.pod(), &[&format!("10.221.{subnet}.{}/24", i + 2)])
+            .unwrap();
+        setup(ns);
+    }
+    let rts: Vec<tokio::runtime::Runtime> = pods.iter().map(NetNs::runtime).collect();
+    for rt in &rts {
+        rt.block_on(rt.spawn(mesh_tests::echo_server("0.0.0.0:8080".parse().unwrap())))
+            .unwrap();
+    }
+    Some((sw, pods, rts))
 }
