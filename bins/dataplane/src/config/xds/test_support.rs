@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use mesh_xds::pb::workload as wl;
+
 use super::{XdsSettings, XdsStore};
 
 /// The settings of a ztunnel on node `n1` (10.0.0.1) of cluster `Kubernetes`, trust domain
@@ -20,4 +22,35 @@ pub(crate) fn settings() -> XdsSettings {
 /// An empty store with [`settings`].
 pub(crate) fn store() -> XdsStore {
     XdsStore::new(settings())
+}
+
+/// Service `name` in `ns` (hostname `<name>.ns.svc.cluster.local`) at `vip`, with one port
+/// `port` to `target`.
+pub(crate) fn svc(name: &str, vip: [u8; 4], port: u32, target: u32) -> wl::Service {
+    wl::Service {
+        name: name.into(),
+        namespace: "ns".into(),
+        hostname: format!("{name}.ns.svc.cluster.local"),
+        addresses: vec![wl::NetworkAddress {
+            network: String::new(),
+            address: vip.to_vec(),
+            length: None,
+        }],
+        ports: vec![wl::Port {
+            service_port: port,
+            target_port: target,
+            app_protocol: 0,
+        }],
+        ..Default::default()
+    }
+}
+
+/// `s` as the `Address` istiod sends, keyed `<namespace>/<hostname>`.
+pub(crate) fn addr_s(s: wl::Service) -> (String, wl::Address) {
+    (
+        format!("{}/{}", s.namespace, s.hostname),
+        wl::Address {
+            r#type: Some(wl::address::Type::Service(s)),
+        },
+    )
 }

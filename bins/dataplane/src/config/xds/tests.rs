@@ -15,7 +15,7 @@ use mesh_xds::pb::workload as wl;
 use super::super::{MeshState, WaypointFor};
 use super::*;
 
-use super::test_support::store;
+use super::test_support::{addr_s, store, svc};
 
 fn wk(name: &str, ip: [u8; 4], services: &[(&str, u32, u32)]) -> wl::Workload {
     let mut map = HashMap::new();
@@ -49,34 +49,6 @@ fn addr_w(w: wl::Workload) -> (String, wl::Address) {
             r#type: Some(wl::address::Type::Workload(w)),
         },
     )
-}
-
-fn addr_s(s: wl::Service) -> (String, wl::Address) {
-    (
-        format!("{}/{}", s.namespace, s.hostname),
-        wl::Address {
-            r#type: Some(wl::address::Type::Service(s)),
-        },
-    )
-}
-
-fn svc(name: &str, vip: [u8; 4], port: u32, target: u32) -> wl::Service {
-    wl::Service {
-        name: name.into(),
-        namespace: "ns".into(),
-        hostname: format!("{name}.ns.svc.cluster.local"),
-        addresses: vec![wl::NetworkAddress {
-            network: String::new(),
-            address: vip.to_vec(),
-            length: None,
-        }],
-        ports: vec![wl::Port {
-            service_port: port,
-            target_port: target,
-            app_protocol: 0,
-        }],
-        ..Default::default()
-    }
 }
 
 #[test]

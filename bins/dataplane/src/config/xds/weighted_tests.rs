@@ -13,7 +13,7 @@ use mesh_xds::pb::workload as wl;
 use super::super::{MeshState, WaypointFor};
 use super::*;
 
-use super::test_support::store;
+use super::test_support::{addr_s, store, svc};
 
 fn workload(name: &str, ip: [u8; 4], service: Option<(&str, u32)>) -> (String, wl::Address) {
     let mut services = HashMap::new();
@@ -48,34 +48,6 @@ fn workload(name: &str, ip: [u8; 4], service: Option<(&str, u32)>) -> (String, w
     )
 }
 
-fn service(name: &str, vip: [u8; 4], port: u32) -> wl::Service {
-    wl::Service {
-        name: name.into(),
-        namespace: "ns".into(),
-        hostname: format!("{name}.ns.svc.cluster.local"),
-        addresses: vec![wl::NetworkAddress {
-            network: String::new(),
-            address: vip.to_vec(),
-            length: None,
-        }],
-        ports: vec![wl::Port {
-            service_port: port,
-            target_port: port,
-            app_protocol: 0,
-        }],
-        ..Default::default()
-    }
-}
-
-fn addr_s(s: wl::Service) -> (String, wl::Address) {
-    (
-        format!("{}/{}", s.namespace, s.hostname),
-        wl::Address {
-            r#type: Some(wl::address::Type::Service(s)),
-        },
-    )
-}
-
 fn by_host(host: &str) -> wl::GatewayAddress {
     wl::GatewayAddress {
         destination: Some(wl::gateway_address::Destination::Hostname(
@@ -102,14 +74,14 @@ fn weighted(entries: &[(&str, u32)]) -> Vec<wl::WeightedWaypoint> {
 /// service `web` (10.96.0.1:80, endpoint `a`) with `waypoint` and `weighted_waypoints`.
 fn mesh(waypoint: Option<&str>, entries: &[(&str, u32)]) -> (XdsStore, Vec<mesh_xds::Rejection>) {
     let mut s = store();
-    let mut web = service("web", [10, 96, 0, 1], 80);
+    let mut web = svc("web", [10, 96, 0, 1], 80, 80);
     web.waypoint = waypoint.map(by_host);
     web.weighted_waypoints = weighted(entries);
     let r = s.apply_addresses(
         vec![
             addr_s(web),
-            addr_s(service("wp1", [10, 96, 0, 3], 15008)),
-            addr_s(service("wp2", [10, 96, 0, 4], 15008)),
+            addr_s(svc("wp1", [10, 96, 0, 3], 15008, 15008)),
+            addr_s(svc("wp2", [10, 96, 0, 4], 15008, 15008)),
             workload(
                 "wp1",
                 [10, 1, 0, 3],
@@ -240,7 +212,7 @@ fn oversized_or_incomplete_tables_are_rejected_by_name() {
             .is_none()
     );
 
-    let mut web = service("web", [10, 96, 0, 1], 80);
+    let mut web = svc("web", [10, 96, 0, 1], 80, 80);
     web.weighted_waypoints = vec![wl::WeightedWaypoint {
         destination: None,
         weight: 1,
