@@ -166,6 +166,26 @@ pub fn service(
     }
 }
 
+/// An HTTP service in `ns` with port 9000 to 9000 (its protocol declared, so waypoints and
+/// sidecars proxy it per request), behind the waypoint `wp.ns.svc.cluster.local` when
+/// `waypoint`.
+pub fn http_service(name: &str, vip: std::net::IpAddr, waypoint: bool) -> pb::workload::Service {
+    let mut s = service(name, "ns", vip, &[(9000, 9000)]);
+    s.ports[0].app_protocol = pb::workload::AppProtocol::Http11 as i32;
+    if waypoint {
+        s.waypoint = Some(pb::workload::GatewayAddress {
+            destination: Some(pb::workload::gateway_address::Destination::Hostname(
+                pb::workload::NamespacedHostname {
+                    namespace: "ns".into(),
+                    hostname: "wp.ns.svc.cluster.local".into(),
+                },
+            )),
+            hbone_mtls_port: 15008,
+        });
+    }
+    s
+}
+
 pub fn ip_bytes(ip: std::net::IpAddr) -> Vec<u8> {
     match ip {
         std::net::IpAddr::V4(a) => a.octets().to_vec(),

@@ -23,8 +23,8 @@ use mesh_identity::istio_ca::pb::istio_certificate_service_server::{
 use mesh_identity::istio_ca::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use mesh_identity::{LocalCa, SpiffeId};
 use mesh_tests::istiod::{
-    ADDRESS_TYPE, AUTHORIZATION_TYPE, FakeIstiod, address_of_service, address_of_workload, service,
-    workload,
+    ADDRESS_TYPE, AUTHORIZATION_TYPE, FakeIstiod, address_of_service, address_of_workload,
+    http_service, service, workload,
 };
 use mesh_tests::vip_get::{self, Outcome, app, status};
 use mesh_tests::{Net, Proc, bin, http_app};
@@ -193,24 +193,6 @@ impl Fixture {
 
 fn ip(net: Net, rest: &str) -> IpAddr {
     format!("127.{}.{rest}", net.b).parse().unwrap()
-}
-
-/// An HTTP service (its protocol declared, so waypoints and sidecars proxy it per request).
-fn http_service(name: &str, vip: IpAddr, waypoint: bool) -> pb::workload::Service {
-    let mut s = service(name, "ns", vip, &[(9000, 9000)]);
-    s.ports[0].app_protocol = pb::workload::AppProtocol::Http11 as i32;
-    if waypoint {
-        s.waypoint = Some(pb::workload::GatewayAddress {
-            destination: Some(pb::workload::gateway_address::Destination::Hostname(
-                pb::workload::NamespacedHostname {
-                    namespace: "ns".into(),
-                    hostname: "wp.ns.svc.cluster.local".into(),
-                },
-            )),
-            hbone_mtls_port: 15008,
-        });
-    }
-    s
 }
 
 fn uid(name: &str) -> String {

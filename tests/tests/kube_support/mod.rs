@@ -13,11 +13,11 @@ use mesh_identity::LocalCa;
 use mesh_identity::testing::FakeCa;
 use mesh_tests::fake_kube::FakeKube;
 use mesh_tests::istiod::{
-    ADDRESS_TYPE, FakeIstiod, address_of_service, address_of_workload, service, workload,
+    ADDRESS_TYPE, FakeIstiod, address_of_service, address_of_workload, http_service, service,
+    workload,
 };
 pub use mesh_tests::vip_get::{self, Outcome, app, status};
 use mesh_tests::{Proc, bin, http_app};
-use mesh_xds::pb;
 use serde_json::{Value, json};
 
 /// One test's addresses in 127.226.0.0/16, from third octet `c` on: nodes, the waypoint, its
@@ -151,23 +151,6 @@ impl Mesh {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.start("waypoint", self.wp_ca.addr(), &args)
     }
-}
-
-fn http_service(name: &str, vip: IpAddr, waypoint: bool) -> pb::workload::Service {
-    let mut s = service(name, "ns", vip, &[(9000, 9000)]);
-    s.ports[0].app_protocol = pb::workload::AppProtocol::Http11 as i32;
-    if waypoint {
-        s.waypoint = Some(pb::workload::GatewayAddress {
-            destination: Some(pb::workload::gateway_address::Destination::Hostname(
-                pb::workload::NamespacedHostname {
-                    namespace: "ns".into(),
-                    hostname: "wp.ns.svc.cluster.local".into(),
-                },
-            )),
-            hbone_mtls_port: 15008,
-        });
-    }
-    s
 }
 
 /// The client on node a; `server` (through waypoint `ns/wp`) and `second` on node b; the
