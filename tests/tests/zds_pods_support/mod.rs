@@ -143,3 +143,17 @@ pub fn echo_pods(
     }
     Some((sw, pods, rts))
 }
+
+/// Asserts that `live` (a connection made on `rt`, a pod's runtime) is closed or reset within
+/// 5 s: a deleted pod's connection is cut after the drain timeout.
+pub fn assert_cut(rt: &tokio::runtime::Runtime, live: TcpStream) {
+    let cut = rt.block_on(rt.spawn(async move {
+        let mut live = live;
+        let mut buf = [0u8; 16];
+        tokio::time::timeout(Duration::from_secs(5), live.read(&mut buf)).await
+    }));
+    match cut.unwrap() {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("the deleted pod's connection was not cut: {other:?}"),
+    }
+}
