@@ -246,29 +246,11 @@ async fn ztunnel_serves_dns_on_its_node_address() {
     let net = mesh_tests::Net { b: 225 };
     let mut mesh = mesh_tests::inproc::InprocMesh::new(&net.config());
     let upstream_flag = up.addr.to_string();
-    mesh.ztunnel(
-        "a",
-        &[
-            "--socks5-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--readiness-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--dns-port",
-            "15053",
-            "--dns-upstream",
-            &upstream_flag,
-        ],
+    ztunnel_with_dns(
+        &mut mesh,
+        &["--dns-port", "15053", "--dns-upstream", &upstream_flag],
     )
     .await;
-    let kinds: Vec<_> = mesh.proxy("a").listening().iter().map(|l| l.kind).collect();
-    assert!(
-        kinds.contains(&mesh_dataplane::proxy::ListenerKind::Dns),
-        "{kinds:?}"
-    );
     let server = SocketAddr::new(net.node_a(), 15053);
     let client = net.client().to_string();
     // The mesh's service host, for the node's workload `ns/client`.

@@ -83,17 +83,9 @@ async fn pod_dns_is_answered_inside_its_namespace() {
 
     let path = pod.pod().path().display().to_string();
     let mut mesh = InprocMesh::new(&mesh(&path));
-    mesh.ztunnel(
-        "a",
+    ztunnel_with_dns(
+        &mut mesh,
         &[
-            "--socks5-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--readiness-port",
-            "0",
-            "--admin-port",
-            "0",
             "--dns-capture",
             "true",
             "--dns-upstream",
@@ -101,11 +93,6 @@ async fn pod_dns_is_answered_inside_its_namespace() {
         ],
     )
     .await;
-    let kinds: Vec<_> = mesh.proxy("a").listening().iter().map(|l| l.kind).collect();
-    assert!(
-        kinds.contains(&mesh_dataplane::proxy::ListenerKind::Dns),
-        "{kinds:?}"
-    );
 
     // 127.0.0.1:15053 inside the pod: the short name resolves in the pod's namespace (ns1).
     let dns: SocketAddr = "127.0.0.1:15053".parse().unwrap();

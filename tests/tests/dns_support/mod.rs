@@ -285,3 +285,25 @@ pub fn addrs(m: &Message) -> Vec<IpAddr> {
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
+
+/// Starts the ztunnel core of node `a` in `mesh` with its other ports off and `dns_flags`,
+/// and asserts that it opened a DNS listener.
+pub async fn ztunnel_with_dns(mesh: &mut mesh_tests::inproc::InprocMesh, dns_flags: &[&str]) {
+    let mut args = vec![
+        "--socks5-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--readiness-port",
+        "0",
+        "--admin-port",
+        "0",
+    ];
+    args.extend_from_slice(dns_flags);
+    mesh.ztunnel("a", &args).await;
+    let kinds: Vec<_> = mesh.proxy("a").listening().iter().map(|l| l.kind).collect();
+    assert!(
+        kinds.contains(&mesh_dataplane::proxy::ListenerKind::Dns),
+        "{kinds:?}"
+    );
+}
