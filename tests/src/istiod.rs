@@ -166,6 +166,32 @@ pub fn service(
     }
 }
 
+/// The command running binary `role` with `args`, following the fake istiod at `xds` with
+/// certificates from the CA at `ca`, trusting `root`, presenting the token in `token`, logging
+/// with the filter `log`.
+pub fn following(
+    role: &str,
+    args: &[&str],
+    xds: SocketAddr,
+    ca: SocketAddr,
+    root: &std::path::Path,
+    token: &std::path::Path,
+    log: &str,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(crate::bin(role));
+    cmd.args(args)
+        .arg("--xds-address")
+        .arg(format!("http://{xds}"))
+        .arg("--ca-address")
+        .arg(format!("http://{ca}"))
+        .arg("--xds-root-ca")
+        .arg(root)
+        .arg("--xds-token")
+        .arg(token)
+        .args(["--log", log]);
+    cmd
+}
+
 /// An HTTP service in `ns` with port 9000 to 9000 (its protocol declared, so waypoints and
 /// sidecars proxy it per request), behind the waypoint `wp.ns.svc.cluster.local` when
 /// `waypoint`.

@@ -24,7 +24,7 @@ use mesh_identity::istio_ca::pb::{IstioCertificateRequest, IstioCertificateRespo
 use mesh_identity::{LocalCa, SpiffeId};
 use mesh_tests::istiod::{
     ADDRESS_TYPE, AUTHORIZATION_TYPE, FakeIstiod, address_of_service, address_of_workload,
-    http_service, service, workload,
+    following, http_service, service, workload,
 };
 use mesh_tests::vip_get::{self, Outcome, app, status};
 use mesh_tests::{Net, Proc, bin, http_app};
@@ -162,17 +162,15 @@ impl Fixture {
 
     /// Starts binary `role` following the fake istiod, with certificates from `ca`.
     fn start(&self, role: &str, ca: SocketAddr, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(bin(role));
-        cmd.args(args)
-            .arg("--xds-address")
-            .arg(format!("http://{}", self.istiod.xds_addr))
-            .arg("--ca-address")
-            .arg(format!("http://{ca}"))
-            .arg("--xds-root-ca")
-            .arg(&self.root)
-            .arg("--xds-token")
-            .arg(&self.token)
-            .args(["--log", "debug,h2=info,rustls=info,hyper=info"]);
+        let cmd = following(
+            role,
+            args,
+            self.istiod.xds_addr,
+            ca,
+            &self.root,
+            &self.token,
+            "debug,h2=info,rustls=info,hyper=info",
+        );
         Proc::start(role, cmd, Some(&format!("{role} ready")))
     }
 

@@ -6,18 +6,17 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use mesh_identity::LocalCa;
 use mesh_identity::testing::FakeCa;
 use mesh_tests::fake_kube::FakeKube;
 use mesh_tests::istiod::{
-    ADDRESS_TYPE, FakeIstiod, address_of_service, address_of_workload, http_service, service,
-    workload,
+    ADDRESS_TYPE, FakeIstiod, address_of_service, address_of_workload, following, http_service,
+    service, workload,
 };
 pub use mesh_tests::vip_get::{self, Outcome, app, status};
-use mesh_tests::{Proc, bin, http_app};
+use mesh_tests::{Proc, http_app};
 use serde_json::{Value, json};
 
 /// One test's addresses in 127.226.0.0/16, from third octet `c` on: nodes, the waypoint, its
@@ -116,20 +115,15 @@ pub async fn mesh(b: Block, objects: &[(&str, Value)]) -> Mesh {
 
 impl Mesh {
     fn start(&self, role: &str, ca: SocketAddr, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(bin(role));
-        cmd.args(args)
-            .arg("--xds-address")
-            .arg(format!("http://{}", self.istiod.xds_addr))
-            .arg("--ca-address")
-            .arg(format!("http://{ca}"))
-            .arg("--xds-root-ca")
-            .arg(&self.root)
-            .arg("--xds-token")
-            .arg(&self.token)
-            .args([
-                "--log",
-                "debug,h2=info,rustls=info,hyper=info,kube=info,tower=info",
-            ]);
+        let cmd = following(
+            role,
+            args,
+            self.istiod.xds_addr,
+            ca,
+            &self.root,
+            &self.token,
+            "debug,h2=info,rustls=info,hyper=info,kube=info,tower=info",
+        );
         Proc::start(role, cmd, Some(&format!("{role} ready")))
     }
 
