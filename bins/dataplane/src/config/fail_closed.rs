@@ -41,26 +41,13 @@ mod tests {
     use mesh_xds::pb::security as sec;
     use mesh_xds::pb::workload as wl;
 
-    use super::super::xds::test_support::store;
+    use super::super::xds::test_support::{addr_w, pod, store};
 
     fn workload(name: &str, ip: [u8; 4], policies: &[&str]) -> (String, wl::Address) {
-        let w = wl::Workload {
-            uid: format!("c//Pod/ns/{name}"),
-            name: name.into(),
-            namespace: "ns".into(),
-            addresses: vec![ip.to_vec()],
-            tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
-            service_account: name.into(),
-            node: "n1".into(),
+        addr_w(wl::Workload {
             authorization_policies: policies.iter().map(|p| (*p).to_owned()).collect(),
-            ..Default::default()
-        };
-        (
-            w.uid.clone(),
-            wl::Address {
-                r#type: Some(wl::address::Type::Workload(w)),
-            },
-        )
+            ..pod(name, ip, "n1")
+        })
     }
 
     /// A DENY from `ns/evil`, as a selector policy; `bad` makes it unconvertible.

@@ -54,3 +54,27 @@ pub(crate) fn addr_s(s: wl::Service) -> (String, wl::Address) {
         },
     )
 }
+
+/// Pod `name` in `ns` (service account `name`) at `ip` on `node`, speaking HBONE.
+pub(crate) fn pod(name: &str, ip: [u8; 4], node: &str) -> wl::Workload {
+    wl::Workload {
+        uid: format!("c//Pod/ns/{name}"),
+        name: name.into(),
+        namespace: "ns".into(),
+        addresses: vec![ip.to_vec()],
+        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+        service_account: name.into(),
+        node: node.into(),
+        ..Default::default()
+    }
+}
+
+/// `w` as the `Address` istiod sends, keyed by its uid.
+pub(crate) fn addr_w(w: wl::Workload) -> (String, wl::Address) {
+    (
+        w.uid.clone(),
+        wl::Address {
+            r#type: Some(wl::address::Type::Workload(w)),
+        },
+    )
+}

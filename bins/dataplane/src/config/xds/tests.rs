@@ -15,7 +15,7 @@ use mesh_xds::pb::workload as wl;
 use super::super::{MeshState, WaypointFor};
 use super::*;
 
-use super::test_support::{addr_s, store, svc};
+use super::test_support::{addr_s, addr_w, pod, store, svc};
 
 fn wk(name: &str, ip: [u8; 4], services: &[(&str, u32, u32)]) -> wl::Workload {
     let mut map = HashMap::new();
@@ -30,25 +30,9 @@ fn wk(name: &str, ip: [u8; 4], services: &[(&str, u32, u32)]) -> wl::Workload {
             });
     }
     wl::Workload {
-        uid: format!("c//Pod/ns/{name}"),
-        name: name.into(),
-        namespace: "ns".into(),
-        addresses: vec![ip.to_vec()],
-        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
-        service_account: name.into(),
-        node: "n1".into(),
         services: map,
-        ..Default::default()
+        ..pod(name, ip, "n1")
     }
-}
-
-fn addr_w(w: wl::Workload) -> (String, wl::Address) {
-    (
-        w.uid.clone(),
-        wl::Address {
-            r#type: Some(wl::address::Type::Workload(w)),
-        },
-    )
 }
 
 #[test]

@@ -13,7 +13,7 @@ use mesh_xds::pb::workload as wl;
 use super::super::{MeshState, WaypointFor};
 use super::*;
 
-use super::test_support::{addr_s, store, svc};
+use super::test_support::{addr_s, addr_w, pod, store, svc};
 
 fn workload(name: &str, ip: [u8; 4], service: Option<(&str, u32)>) -> (String, wl::Address) {
     let mut services = HashMap::new();
@@ -29,23 +29,10 @@ fn workload(name: &str, ip: [u8; 4], service: Option<(&str, u32)>) -> (String, w
             },
         );
     }
-    let w = wl::Workload {
-        uid: format!("c//Pod/ns/{name}"),
-        name: name.into(),
-        namespace: "ns".into(),
-        addresses: vec![ip.to_vec()],
-        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
-        service_account: name.into(),
-        node: "n2".into(),
+    addr_w(wl::Workload {
         services,
-        ..Default::default()
-    };
-    (
-        w.uid.clone(),
-        wl::Address {
-            r#type: Some(wl::address::Type::Workload(w)),
-        },
-    )
+        ..pod(name, ip, "n2")
+    })
 }
 
 fn by_host(host: &str) -> wl::GatewayAddress {
