@@ -6,15 +6,10 @@
 
 use mesh_xds::pb::workload as wl;
 
-use super::test_support::store;
+use super::test_support::{addr_w, store};
 
 fn address(w: wl::Workload) -> Vec<(String, wl::Address)> {
-    vec![(
-        w.uid.clone(),
-        wl::Address {
-            r#type: Some(wl::address::Type::Workload(w)),
-        },
-    )]
+    vec![addr_w(w)]
 }
 
 // Istio's ztunnel (src/state.rs, pick_workload_destination_or_resolve): "If the user requested
