@@ -11,30 +11,14 @@ use mesh_identity::{SpiffeId, TrustDomain};
 use super::assemble::{Sourced, assemble};
 use super::model::*;
 use super::parse::{Named, Raw, is_hostname, parse_ip, parse_port};
+use super::placement::{Placement, place_on_nodes, place_sidecars};
 use super::waypoints::{Attach, compile_waypoints};
 use super::{
-    DEFAULT_CLUSTER_ID, DEFAULT_HBONE_PORT, DEFAULT_ROOT_NAMESPACE, Endpoint, MeshState, Node,
-    SIDECAR_LABEL, Service, ServicePort, WaypointFor, Workload, default_trust_domain,
-    sidecar_node_name, state,
+    DEFAULT_CLUSTER_ID, DEFAULT_ROOT_NAMESPACE, Endpoint, MeshState, Node, Service, ServicePort,
+    WaypointFor, Workload, default_trust_domain, state,
 };
 use crate::config::errors::Validator;
 use crate::config::protocol::{DECLARED, Protocol};
-
-/// `(namespace, name)` of a workload.
-type Key = (String, String);
-
-/// Where each workload runs, from the `Node`s (and sidecar labels) of the file.
-#[derive(Default)]
-struct Placement {
-    /// Workload → (node name, HBONE port).
-    node_of: HashMap<Key, (String, u16)>,
-    /// Workload → its network namespace (in-pod).
-    netns_of: HashMap<Key, std::path::PathBuf>,
-    /// Node address → node name.
-    node_addrs: HashMap<IpAddr, String>,
-    /// (name, address, HBONE port, service listeners) of each node.
-    specs: Vec<(String, Option<IpAddr>, Option<u16>, bool)>,
-}
 
 /// The workloads and services of the file, with their address indexes.
 #[derive(Default)]
@@ -113,119 +97,6 @@ fn settings(v: &mut Validator, raw: &Raw, state: &mut MeshState) {
             }
         },
     };
-}
-
-/// The `Node`s: their addresses and HBONE ports, and which workloads each runs.
-fn place_on_nodes(v: &mut Validator, raw: &Raw) -> Placement {
-    let mut place = Placement::default();
-    let Placement {
-        node_of,
-        netns_of,
-        node_addrs,
-        specs: node_specs,
-    } = &mut place;
-    let mut node_names = HashSet::new();
-    let wl_keys: HashSet<(String, String)> = raw
-        .workloads
-        .iter()
-        .map(|w| (w.namespace.clone(), w.name.clone()))
-        .collect();
-    for n in &raw.nodes {
-        if !node_names.insert(n.name.clone()) {
-            v.err(
-                &n.location,
-                "metadata.name",
-                format!("duplicate Node {:?}", n.name),
-            );
-        }
-        let addr = parse_ip(v, &n.location, "spec.address", &n.spec.address);
-        if let Some(a) = addr
-            && let Some(other) = node_addrs.insert(a, n.name.clone())
-        {
-            v.err(
-                &n.location,
-                "spec.address",
-                format!("{a} is also the address of Node {other:?}"),
-            );
-        }
-        let hbone_port = match n.spec.hbone_port {
-            None => Some(DEFAULT_HBONE_PORT),
-            Some(p) => parse_port(v, &n.location, "spec.hbonePort", p),
-        };
-        for (i, w) in n.spec.workloads.iter().enumerate() {
-            let (ns, name) = w.split_once('/').unwrap_or(("default", w.as_str()));
-            let key = (ns.to_owned(), name.to_owned());
-            let field = format!("spec.workloads[{i}]");
-            if !wl_keys.contains(&key) {
-                v.err(&n.location, field, format!("no WorkloadEntry {ns}/{name}"));
-            } else if let Some((other, _)) = node_of.get(&key) {
-                v.err(
-                    &n.location,
-                    field,
-                    format!("{ns}/{name} is already on Node {other:?}"),
-                );
-            } else {
-                node_of.insert(
-                    key,
-                    (n.name.clone(), hbone_port.unwrap_or(DEFAULT_HBONE_PORT)),
-                );
-            }
-        }
-        for (w, path) in &n.spec.netns {
-            let (ns, name) = w.split_once('/').unwrap_or(("default", w.as_str()));
-            let key = (ns.to_owned(), name.to_owned());
-            let field = format!("spec.netns.{w}");
-            if node_of.get(&key).map(|(node, _)| node.as_str()) != Some(n.name.as_str()) {
-                v.err(
-                    &n.location,
-                    field,
-                    format!("{ns}/{name} is not one of this node's workloads"),
-                );
-            } else if !path.starts_with('/') {
-                v.err(
-                    &n.location,
-                    field,
-                    format!("{path:?} is not an absolute path to a network namespace"),
-                );
-            } else {
-                netns_of.insert(key, std::path::PathBuf::from(path));
-            }
-        }
-        node_specs.push((n.name.clone(), addr, hbone_port, n.spec.service_listeners));
-    }
-    place
-}
-
-/// Workloads with a sidecar: each is its own node.
-fn place_sidecars(v: &mut Validator, raw: &Raw, place: &mut Placement) {
-    // A workload with a sidecar (Istio's `sidecar.istio.io/inject: "true"` label) is its own
-    // node: its sidecar serves only it, at its address, with HBONE on 15008 as a ztunnel would,
-    // so peers reach sidecar and ambient workloads alike.
-    for w in &raw.workloads {
-        if w.spec.labels.get(SIDECAR_LABEL).map(String::as_str) != Some("true") {
-            continue;
-        }
-        let key = (w.namespace.clone(), w.name.clone());
-        if let Some((other, _)) = place.node_of.get(&key) {
-            v.err(
-                &w.location,
-                format!("metadata.labels.{SIDECAR_LABEL}"),
-                format!(
-                    "{}/{} has a sidecar and cannot also be on Node {other:?}",
-                    w.namespace, w.name
-                ),
-            );
-            continue;
-        }
-        let name = sidecar_node_name(&w.namespace, &w.name);
-        place
-            .node_of
-            .insert(key, (name.clone(), DEFAULT_HBONE_PORT));
-        let addr = w.spec.address.parse::<IpAddr>().ok();
-        place
-            .specs
-            .push((name, addr, Some(DEFAULT_HBONE_PORT), false));
-    }
 }
 
 /// Labels of the `Namespace`s (`istio.io/use-waypoint`).

@@ -24,6 +24,7 @@ mod lookup;
 pub mod model;
 mod netindex;
 mod parse;
+mod placement;
 mod protocol;
 pub mod ratelimits;
 pub mod retry;
