@@ -10,7 +10,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +21,9 @@ use mesh_tests::{NetNs, connect_from};
 use mesh_xds::pb::workload as wl;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use workload_api_support::{address, service, workload};
+
+mod workload_api_support;
 
 /// Nodes `a` and `b` (the server's); everything else comes from the workload API.
 fn file_config(node_a: &str, node_b: &str, server: &str) -> String {
@@ -42,66 +44,6 @@ metadata: {{name: server, namespace: ns}}
 spec: {{address: {server}, serviceAccount: server}}
 "#
     )
-}
-
-fn ip_bytes(ip: &str) -> Vec<u8> {
-    match ip.parse::<IpAddr>().unwrap() {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-/// A workload of namespace `ns` serving `services` (host, port = target port).
-fn workload(name: &str, ip: &str, node: &str, services: &[(&str, u32)]) -> wl::Workload {
-    let services = services
-        .iter()
-        .map(|(host, port)| {
-            let ports = vec![wl::Port {
-                service_port: *port,
-                target_port: *port,
-                app_protocol: 0,
-            }];
-            (format!("ns/{host}"), wl::PortList { ports })
-        })
-        .collect::<HashMap<_, _>>();
-    wl::Workload {
-        uid: format!("Kubernetes//Pod/ns/{name}"),
-        name: name.into(),
-        namespace: "ns".into(),
-        addresses: vec![ip_bytes(ip)],
-        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
-        service_account: name.into(),
-        node: node.into(),
-        services,
-        ..Default::default()
-    }
-}
-
-fn service(name: &str, vip: &str, port: u32) -> wl::Service {
-    wl::Service {
-        name: name.into(),
-        namespace: "ns".into(),
-        hostname: format!("{name}.ns.svc.cluster.local"),
-        addresses: vec![wl::NetworkAddress {
-            network: String::new(),
-            address: ip_bytes(vip),
-            length: None,
-        }],
-        ports: vec![wl::Port {
-            service_port: port,
-            target_port: port,
-            app_protocol: wl::AppProtocol::Tcp as i32,
-        }],
-        ..Default::default()
-    }
-}
-
-fn address(a: wl::address::Type) -> (String, wl::Address) {
-    let name = match &a {
-        wl::address::Type::Workload(w) => w.uid.clone(),
-        wl::address::Type::Service(s) => format!("{}/{}", s.namespace, s.hostname),
-    };
-    (name, wl::Address { r#type: Some(a) })
 }
 
 /// Node `b`'s store: `server` at `server_ip` with `application_tunnel: PROXY` on `port`

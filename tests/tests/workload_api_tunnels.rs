@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +23,9 @@ use mesh_xds::pb::workload as wl;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use workload_api_support::{address, service, workload};
+
+mod workload_api_support;
 
 // Weighted-waypoint test: 127.224.0-3.x; application-tunnel test: the same + 10 in the third
 // octet (the tests run at once in one process).
@@ -66,59 +68,6 @@ spec: {{address: {server}, serviceAccount: server}}
     )
 }
 
-fn ip_bytes(ip: &str) -> Vec<u8> {
-    match ip.parse::<IpAddr>().unwrap() {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-fn workload(name: &str, ip: &str, node: &str, service: Option<(&str, u32)>) -> wl::Workload {
-    let mut services = HashMap::new();
-    if let Some((host, port)) = service {
-        services.insert(
-            format!("ns/{host}"),
-            wl::PortList {
-                ports: vec![wl::Port {
-                    service_port: port,
-                    target_port: port,
-                    app_protocol: 0,
-                }],
-            },
-        );
-    }
-    wl::Workload {
-        uid: format!("Kubernetes//Pod/ns/{name}"),
-        name: name.into(),
-        namespace: "ns".into(),
-        addresses: vec![ip_bytes(ip)],
-        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
-        service_account: name.into(),
-        node: node.into(),
-        services,
-        ..Default::default()
-    }
-}
-
-fn service(name: &str, vip: &str, port: u32) -> wl::Service {
-    wl::Service {
-        name: name.into(),
-        namespace: "ns".into(),
-        hostname: format!("{name}.ns.svc.cluster.local"),
-        addresses: vec![wl::NetworkAddress {
-            network: String::new(),
-            address: ip_bytes(vip),
-            length: None,
-        }],
-        ports: vec![wl::Port {
-            service_port: port,
-            target_port: port,
-            app_protocol: wl::AppProtocol::Tcp as i32,
-        }],
-        ..Default::default()
-    }
-}
-
 fn waypoint_ref(name: &str) -> wl::GatewayAddress {
     wl::GatewayAddress {
         destination: Some(wl::gateway_address::Destination::Hostname(
@@ -129,14 +78,6 @@ fn waypoint_ref(name: &str) -> wl::GatewayAddress {
         )),
         hbone_mtls_port: 15008,
     }
-}
-
-fn address(a: wl::address::Type) -> (String, wl::Address) {
-    let name = match &a {
-        wl::address::Type::Workload(w) => w.uid.clone(),
-        wl::address::Type::Service(s) => format!("{}/{}", s.namespace, s.hostname),
-    };
-    (name, wl::Address { r#type: Some(a) })
 }
 
 /// Node `a`'s xDS store holding the client, waypoints `wp1` (127.224.0.3) and `wp2`
@@ -166,24 +107,24 @@ fn store(weights: (u32, u32)) -> XdsStore {
     use wl::address::Type::{Service as S, Workload as W};
     let rejected = s.apply_addresses(
         vec![
-            address(W(workload("client", CLIENT, "a", None))),
+            address(W(workload("client", CLIENT, "a", &[]))),
             address(W(workload(
                 "server",
                 SERVER,
                 "b",
-                Some(("server.ns.svc.cluster.local", 9000)),
+                &[("server.ns.svc.cluster.local", 9000)],
             ))),
             address(W(workload(
                 "wp1",
                 "127.224.0.3",
                 "w",
-                Some(("wp1.ns.svc.cluster.local", 15008)),
+                &[("wp1.ns.svc.cluster.local", 15008)],
             ))),
             address(W(workload(
                 "wp2",
                 "127.224.0.4",
                 "w",
-                Some(("wp2.ns.svc.cluster.local", 15008)),
+                &[("wp2.ns.svc.cluster.local", 15008)],
             ))),
             address(S(service("wp1", "127.224.3.1", 15008))),
             address(S(service("wp2", "127.224.3.2", 15008))),
@@ -364,7 +305,7 @@ fn tunnel_store(node: &str, node_address: &str) -> XdsStore {
         "server",
         T_SERVER,
         "b",
-        Some(("server.ns.svc.cluster.local", 9000)),
+        &[("server.ns.svc.cluster.local", 9000)],
     );
     server.application_tunnel = Some(wl::ApplicationTunnel {
         protocol: wl::application_tunnel::Protocol::Proxy as i32,
@@ -373,7 +314,7 @@ fn tunnel_store(node: &str, node_address: &str) -> XdsStore {
     use wl::address::Type::{Service as S, Workload as W};
     let rejected = s.apply_addresses(
         vec![
-            address(W(workload("client", T_CLIENT, "a", None))),
+            address(W(workload("client", T_CLIENT, "a", &[]))),
             address(W(server)),
             address(S(service("server", "127.224.12.1", 9000))),
         ],
