@@ -17,6 +17,13 @@ pub(crate) struct BenchArgs {
         default_value = "direct,relay-pair,ztunnel-pair,waypoint"
     )]
     pub(super) topologies: Vec<Topology>,
+    /// Istio's ztunnel binary, for the `istio-ztunnel-pair` topology (built outside this
+    /// project: `../shared/PEER-ZTUNNEL.md`). Without it that topology is skipped.
+    #[arg(long, env = "ISTIO_ZTUNNEL", value_name = "PATH")]
+    pub(super) istio_ztunnel: Option<PathBuf>,
+    /// Measure the topologies this many times, alternating, and report each figure's median.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub(super) rounds: u32,
     /// A smoke run: short phases and few idle tunnels.
     #[arg(long)]
     pub(super) quick: bool,

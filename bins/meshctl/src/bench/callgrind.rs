@@ -73,6 +73,7 @@ fn run_under_callgrind(
                 out.display()
             ),
         ],
+        istio_ztunnel: None,
     };
     say!("== callgrind: {count} requests through {}", topo.name());
     let mut path = topology::setup(topo, dir, &opts)?;

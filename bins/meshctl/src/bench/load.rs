@@ -147,13 +147,13 @@ pub(crate) fn latency(
 }
 
 /// `streams` connections each pushing data for `duration`; returns Gb/s summed over streams
-/// (bytes the server read, over the time until it saw EOF).
+/// (bytes the server read, over the time until it saw EOF) and the bytes carried.
 pub(crate) fn throughput(
     src: IpAddr,
     dst: SocketAddr,
     streams: usize,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, u64)> {
     let threads: Vec<_> = (0..streams)
         .map(|_| {
             std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
@@ -177,12 +177,13 @@ pub(crate) fn throughput(
             })
         })
         .collect();
-    let mut gbps = 0.0;
+    let (mut gbps, mut total) = (0.0, 0);
     for t in threads {
         let (bytes, took) = t.join().map_err(|_| anyhow::anyhow!("thread panicked"))??;
         gbps += bytes as f64 * 8.0 / took.as_secs_f64() / 1e9;
+        total += bytes;
     }
-    Ok(gbps)
+    Ok((gbps, total))
 }
 
 /// New connection per request (`Connection: close`) from `workers` threads for `duration`.
@@ -237,19 +238,38 @@ pub(crate) fn churn(
     )
 }
 
-/// Opens `n` connections, each proven up by one request, and keeps them open.
-pub(crate) fn open_idle(src: IpAddr, dst: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
-    let mut buf = Vec::new();
+/// Opens `n` connections, each proven up by one request, and keeps them open; also returns
+/// each one's time from `connect` to its whole response, in microseconds.
+pub(crate) fn open_idle(
+    src: IpAddr,
+    dst: SocketAddr,
+    n: usize,
+) -> anyhow::Result<(Vec<TcpStream>, Vec<f64>)> {
     let mut conns = Vec::with_capacity(n);
+    let mut took = Vec::with_capacity(n);
     for i in 0..n {
-        let mut s = connect(src, dst).with_context(|| format!("idle connection {i}"))?;
-        let status = request(&mut s, GET, &mut buf)?;
-        if status != 200 {
-            bail!("idle connection {i}: status {status}");
-        }
+        let (s, t) = first_response(src, dst).with_context(|| format!("idle connection {i}"))?;
         conns.push(s);
+        took.push(t.as_secs_f64() * 1e6);
     }
-    Ok(conns)
+    Ok((conns, took))
+}
+
+/// A new connection and one request on it: the connection and the time from `connect` to the
+/// whole response (for a proxy: its admission, and the tunnel set-up or reuse, included).
+pub(crate) fn first_response(
+    src: IpAddr,
+    dst: SocketAddr,
+) -> anyhow::Result<(TcpStream, Duration)> {
+    let mut buf = Vec::new();
+    let start = Instant::now();
+    let mut s = connect(src, dst)?;
+    let status = request(&mut s, GET, &mut buf)?;
+    let took = start.elapsed();
+    if status != 200 {
+        bail!("status {status}");
+    }
+    Ok((s, took))
 }
 
 /// Closed-loop requests on one connection (for instruction counting).

@@ -30,6 +30,7 @@ pub(super) fn measure(
             topology: topo.name().into(),
             ..Default::default()
         };
+        cold_first_byte(path, &mut r);
         latency_phase(path, args, &mut r);
         throughput_phase(path, args, &mut r)?;
         churn_phase(path, args, &mut r);
@@ -42,6 +43,14 @@ pub(super) fn measure(
         p.stop();
     }
     Ok(r)
+}
+
+/// The first connection after start-up, before any warm-up.
+fn cold_first_byte(path: &RunningPath, r: &mut TopoResult) {
+    match load::first_response(path.client, path.http) {
+        Ok((_, took)) => r.first_byte_cold_ms = Some(took.as_secs_f64() * 1e3),
+        Err(e) => say!("   first connection failed: {e:#}"),
+    }
 }
 
 /// A warm-up, then the open-loop latency phase with the proxies' CPU and memory.
@@ -91,10 +100,18 @@ fn throughput_phase(
         "   throughput: 1 and 8 streams × {:?}",
         args.throughput_duration
     );
-    r.throughput_1_stream_gbps =
-        load::throughput(path.client, path.tcp, 1, args.throughput_duration)?;
-    r.throughput_8_streams_gbps =
+    let before = topology::total_stat(&path.procs);
+    let (gbps, bytes) = load::throughput(path.client, path.tcp, 1, args.throughput_duration)?;
+    let after = topology::total_stat(&path.procs);
+    r.throughput_1_stream_gbps = gbps;
+    if !path.procs.is_empty() && bytes > 0 {
+        r.cpu_s_per_gb = Some((after.cpu_s - before.cpu_s) / (bytes as f64 / 1e9));
+    }
+    (r.throughput_8_streams_gbps, _) =
         load::throughput(path.client, path.tcp, 8, args.throughput_duration)?;
+    if !path.procs.is_empty() {
+        r.rss_after_throughput_mb = Some(mb(topology::total_stat(&path.procs).rss));
+    }
     Ok(())
 }
 
@@ -126,7 +143,8 @@ fn idle_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) -> anyho
     // Let churned connections finish closing so they do not count.
     std::thread::sleep(Duration::from_millis(500));
     let before = topology::total_stat(&path.procs);
-    let conns = load::open_idle(path.client, path.http, args.idle_tunnels)?;
+    let (conns, mut took_us) = load::open_idle(path.client, path.http, args.idle_tunnels)?;
+    r.first_byte_new_conn_ms = Some(Percentiles::of(&mut took_us));
     std::thread::sleep(Duration::from_millis(500));
     let after = topology::total_stat(&path.procs);
     // Private memory: the binary's file pages do not grow with tunnels.

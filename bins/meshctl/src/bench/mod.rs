@@ -10,9 +10,11 @@
 mod args;
 mod callgrind;
 mod control;
+mod istio;
 mod load;
 mod measure;
 mod pods;
+mod ratios;
 mod report;
 mod resilience;
 mod scenarios;
@@ -135,6 +137,7 @@ fn run_bad_endpoint(args: &BenchArgs) -> anyhow::Result<()> {
         workers: args.workers,
         log: args.proxy_log.clone(),
         wrapper: Vec::new(),
+        istio_ztunnel: None,
     };
     let rows = resilience::bad_endpoint(dir.path(), &opts, args)?;
     if let Some(path) = &args.json {
@@ -158,7 +161,10 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         || args.topologies.iter().any(|t| {
             !matches!(
                 t,
-                Topology::DirectPods | Topology::SidecarPair | Topology::ZtunnelPairCapture
+                Topology::DirectPods
+                    | Topology::SidecarPair
+                    | Topology::ZtunnelPairCapture
+                    | Topology::IstioZtunnelPair
             )
         });
     if loopback {
@@ -168,15 +174,40 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         workers: args.workers,
         log: args.proxy_log.clone(),
         wrapper: Vec::new(),
+        istio_ztunnel: args.istio_ztunnel.clone(),
     };
-    let mut results = Vec::new();
-    for topo in &args.topologies {
-        say!("== {}: setting up", topo.name());
-        let r = measure::measure(*topo, dir.path(), &opts, args)
-            .with_context(|| format!("topology {}", topo.name()))?;
-        results.push(r);
+    let topologies: Vec<Topology> = args
+        .topologies
+        .iter()
+        .copied()
+        .filter(|t| {
+            let skip = *t == Topology::IstioZtunnelPair && args.istio_ztunnel.is_none();
+            if skip {
+                say!(
+                    "== istio-ztunnel-pair: skipped — give Istio's ztunnel binary with --istio-ztunnel PATH (or ISTIO_ZTUNNEL); ../shared/PEER-ZTUNNEL.md says how to build it"
+                );
+            }
+            !skip
+        })
+        .collect();
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let mut results = Vec::new();
+        for topo in &topologies {
+            say!(
+                "== {}: setting up (round {round} of {})",
+                topo.name(),
+                args.rounds
+            );
+            let r = measure::measure(*topo, dir.path(), &opts, args)
+                .with_context(|| format!("topology {}", topo.name()))?;
+            results.push(r);
+        }
+        added_latency(&mut results);
+        rounds.push(results);
     }
-    added_latency(&mut results);
+    let results = ratios::medians(&rounds)?;
+    let ratios = ratios::against_istio(&results);
     let instructions = match args.callgrind {
         Some(n) => instructions(dir.path(), args, n)?,
         None => Vec::new(),
@@ -194,7 +225,9 @@ fn run(args: &BenchArgs) -> anyhow::Result<()> {
         payload: args.payload,
         duration_s: args.duration.as_secs_f64(),
         workers: args.workers,
+        rounds: args.rounds,
         results,
+        ratios,
         instructions_per_request,
         instructions,
     };
@@ -222,7 +255,10 @@ fn added_latency(results: &mut [TopoResult]) {
         .iter_mut()
         .filter(|r| !r.topology.starts_with("direct"))
     {
-        let capture = matches!(r.topology.as_str(), "sidecar-pair" | "ztunnel-pair-capture");
+        let capture = matches!(
+            r.topology.as_str(),
+            "sidecar-pair" | "ztunnel-pair-capture" | "istio-ztunnel-pair"
+        );
         if let Some(base) = if capture { pods } else { direct } {
             r.added_latency_ms = Some(r.latency_ms.minus(&base));
         }

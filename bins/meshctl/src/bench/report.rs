@@ -8,7 +8,7 @@ use super::callgrind::Instructions;
 use super::control;
 
 /// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub(super) struct Percentiles {
     pub(super) p50: f64,
     pub(super) p90: f64,
@@ -45,7 +45,7 @@ impl Percentiles {
 }
 
 /// The figures of one topology.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub(super) struct TopoResult {
     pub(super) topology: String,
     pub(super) requests_ok: u64,
@@ -68,6 +68,15 @@ pub(super) struct TopoResult {
     /// Why the first failed churn connection failed.
     pub(super) churn_first_failure: Option<String>,
     pub(super) churn_cpu_s_per_1000_connections: Option<f64>,
+    /// Proxy CPU seconds per GB carried in the single-stream throughput phase.
+    pub(super) cpu_s_per_gb: Option<f64>,
+    /// RSS of the proxies right after the 8-stream throughput phase.
+    pub(super) rss_after_throughput_mb: Option<f64>,
+    /// The first connection after the proxies started: connect to whole response (ms), the
+    /// proxies' first tunnel (TLS and HTTP/2 handshakes, certificates) included.
+    pub(super) first_byte_cold_ms: Option<f64>,
+    /// New connections one after another (the idle phase's): connect to whole response (ms).
+    pub(super) first_byte_new_conn_ms: Option<Percentiles>,
 }
 
 /// Figures of the in-process micro-benchmarks.
@@ -89,7 +98,11 @@ pub(super) struct Report {
     pub(super) payload: usize,
     pub(super) duration_s: f64,
     pub(super) workers: usize,
+    /// Runs of every topology; each figure is the median over them.
+    pub(super) rounds: u32,
     pub(super) results: Vec<TopoResult>,
+    /// Our ztunnel pair against Istio's, when both were measured.
+    pub(super) ratios: Vec<super::ratios::Ratio>,
     pub(super) instructions_per_request: Option<f64>,
     /// Callgrind per topology (ztunnel-pair, waypoint when selected): instructions per request
     /// of each proxy of the path.
@@ -133,6 +146,7 @@ pub(super) fn print_table(r: &Report) {
         }
         out.push('\n');
     }
+    super::ratios::print(&r.ratios, &mut out);
     for i in &r.instructions {
         let per: Vec<String> = i
             .per_proxy
@@ -214,6 +228,26 @@ fn rows() -> Vec<Row> {
         (
             "churn proxy CPU s / 1000 conn",
             Box::new(move |c| opt(c.churn_cpu_s_per_1000_connections, 3)),
+        ),
+        (
+            "proxy CPU s / GB (1 stream)",
+            Box::new(move |c| opt(c.cpu_s_per_gb, 3)),
+        ),
+        (
+            "proxy RSS after throughput (MB)",
+            Box::new(move |c| opt(c.rss_after_throughput_mb, 1)),
+        ),
+        (
+            "first byte: cold / new conn p50 / p99 (ms)",
+            Box::new(move |c| {
+                let (p50, p99) = c.first_byte_new_conn_ms.map(|p| (p.p50, p.p99)).unzip();
+                format!(
+                    "{} / {} / {}",
+                    opt(c.first_byte_cold_ms, 3),
+                    opt(p50, 3),
+                    opt(p99, 3)
+                )
+            }),
         ),
     ]
 }

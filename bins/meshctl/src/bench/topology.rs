@@ -39,6 +39,9 @@ pub(crate) enum Topology {
     /// Client (pod A, captured) → in-pod ztunnel A → HBONE → in-pod ztunnel B → server (pod
     /// B): ztunnel-pair with capture in network namespaces. Needs root.
     ZtunnelPairCapture,
+    /// `ztunnel-pair-capture` with Istio's own ztunnel in each pod instead of ours: the peer
+    /// every figure is compared with (`--istio-ztunnel`; skipped without it). Needs root.
+    IstioZtunnelPair,
 }
 
 impl Topology {
@@ -52,6 +55,7 @@ impl Topology {
             Topology::DirectPods => "direct-pods",
             Topology::SidecarPair => "sidecar-pair",
             Topology::ZtunnelPairCapture => "ztunnel-pair-capture",
+            Topology::IstioZtunnelPair => "istio-ztunnel-pair",
         }
     }
 }
@@ -130,6 +134,11 @@ pub(crate) struct ProxyProc {
 }
 
 impl ProxyProc {
+    /// A started proxy process, stopped (SIGTERM, then SIGKILL) when dropped.
+    pub(crate) fn new(child: Child) -> ProxyProc {
+        ProxyProc { child }
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -257,6 +266,8 @@ pub(crate) struct ProxyOpts {
     /// Prefix command, e.g. `valgrind --tool=callgrind --callgrind-out-file=… `; `{node}` in
     /// an argument is replaced by the node name.
     pub(crate) wrapper: Vec<String>,
+    /// Istio's ztunnel binary, for `istio-ztunnel-pair`.
+    pub(crate) istio_ztunnel: Option<PathBuf>,
 }
 
 pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Result<RunningPath> {
@@ -266,7 +277,10 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
             SocketAddr::new(SERVER, TCP_PORT),
             Vec::new(),
         )),
-        Topology::DirectPods | Topology::SidecarPair | Topology::ZtunnelPairCapture => {
+        Topology::DirectPods
+        | Topology::SidecarPair
+        | Topology::ZtunnelPairCapture
+        | Topology::IstioZtunnelPair => {
             let sidecars = topo == Topology::SidecarPair;
             let pods = super::pods::Pods::create()
                 .with_context(|| format!("the {} topology", topo.name()))?;
@@ -284,6 +298,14 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
                     _servers: Some(servers),
                     _pods: Some(pods),
                 });
+            }
+            if topo == Topology::IstioZtunnelPair {
+                let bin = opts
+                    .istio_ztunnel
+                    .as_deref()
+                    .context("no --istio-ztunnel")?;
+                let procs = super::istio::setup(bin, &pods, dir, opts)?;
+                return Ok(super::istio::path(pods, servers, procs));
             }
             let ca = dir.join("ca");
             mesh_identity::LocalCa::load_or_create(&ca)?;
