@@ -556,6 +556,7 @@ pub fn meshctl(args: &[&str], cwd: &Path) -> (bool, String, String) {
         .args(args)
         .current_dir(cwd)
         .env("NO_COLOR", "1")
+        .env_remove("ISTIO_ZTUNNEL")
         .output()
         .unwrap();
     (

@@ -814,8 +814,10 @@ fn bench_measures_sidecar_pair_and_captured_ztunnels() {
         &[
             "bench",
             "--topologies",
-            "direct-pods,sidecar-pair,ztunnel-pair-capture",
+            "direct-pods,sidecar-pair,ztunnel-pair-capture,istio-ztunnel-pair",
             "--quick",
+            "--rounds",
+            "2",
             "--duration",
             "1s",
             "--rate",
@@ -828,10 +830,26 @@ fn bench_measures_sidecar_pair_and_captured_ztunnels() {
         dir.path(),
     );
     assert!(ok, "bench failed:\n{out}\n{err}");
+    // Without Istio's binary its topology is skipped, saying how to get it, and the rest runs.
+    assert!(
+        out.contains("istio-ztunnel-pair: skipped") && out.contains("--istio-ztunnel"),
+        "{out}"
+    );
+    assert!(out.contains("(round 2 of 2)"), "{out}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["rounds"], 2);
+    assert_eq!(report["ratios"].as_array().map(Vec::len), Some(0));
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
+    let ours = &results[2];
+    assert_eq!(ours["topology"], "ztunnel-pair-capture");
+    assert!(ours["cpu_s_per_gb"].as_f64().unwrap() > 0.0, "{ours}");
+    assert!(ours["rss_after_throughput_mb"].as_f64().unwrap() > 1.0, "{ours}");
+    assert!(ours["first_byte_cold_ms"].as_f64().unwrap() > 0.0, "{ours}");
+    let new_conn = &ours["first_byte_new_conn_ms"];
+    assert!(new_conn["p50"].as_f64().unwrap() > 0.0, "{ours}");
+    assert!(new_conn["p99"].as_f64() >= new_conn["p50"].as_f64(), "{ours}");
     for r in results {
         let name = r["topology"].as_str().unwrap();
         assert_eq!(r["requests_failed"], 0, "{name}");
