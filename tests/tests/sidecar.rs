@@ -845,11 +845,17 @@ fn bench_measures_sidecar_pair_and_captured_ztunnels() {
     let ours = &results[2];
     assert_eq!(ours["topology"], "ztunnel-pair-capture");
     assert!(ours["cpu_s_per_gb"].as_f64().unwrap() > 0.0, "{ours}");
-    assert!(ours["rss_after_throughput_mb"].as_f64().unwrap() > 1.0, "{ours}");
+    assert!(
+        ours["rss_after_throughput_mb"].as_f64().unwrap() > 1.0,
+        "{ours}"
+    );
     assert!(ours["first_byte_cold_ms"].as_f64().unwrap() > 0.0, "{ours}");
     let new_conn = &ours["first_byte_new_conn_ms"];
     assert!(new_conn["p50"].as_f64().unwrap() > 0.0, "{ours}");
-    assert!(new_conn["p99"].as_f64() >= new_conn["p50"].as_f64(), "{ours}");
+    assert!(
+        new_conn["p99"].as_f64() >= new_conn["p50"].as_f64(),
+        "{ours}"
+    );
     for r in results {
         let name = r["topology"].as_str().unwrap();
         assert_eq!(r["requests_failed"], 0, "{name}");
