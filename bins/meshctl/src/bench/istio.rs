@@ -140,7 +140,7 @@ fn start(
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("start {} in {ns}", bin.display()))?;
-    Ok(ProxyProc::new(child))
+    Ok(ProxyProc::new(child, format!("istio ztunnel {workload}")))
 }
 
 /// Polls the readiness endpoint inside `ns` until it answers 200 (60 s at most).

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::args::BenchArgs;
-use super::report::{Percentiles, TopoResult};
+use super::report::{Percentiles, ProxyShare, TopoResult};
 use super::topology::{self, ProxyOpts, RunningPath, Topology};
 use super::{load, pods};
 use crate::out::say;
@@ -32,10 +32,15 @@ pub(super) fn measure(
         };
         cold_first_byte(path, &mut r);
         latency_phase(path, args, &mut r);
+        // Idle tunnels before the bulk phases: an allocator that keeps freed memory (jemalloc)
+        // would otherwise serve the tunnels from what throughput left behind and show no growth.
+        if !path.procs.is_empty() {
+            idle_phase(path, args, &mut r)?;
+        }
         throughput_phase(path, args, &mut r)?;
         churn_phase(path, args, &mut r);
         if !path.procs.is_empty() {
-            idle_phase(path, args, &mut r)?;
+            r.rss_peak_mb = Some(mb(topology::total_stat(&path.procs).hwm));
         }
         Ok(r)
     })??;
@@ -68,6 +73,11 @@ fn latency_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) {
     );
 
     say!("   latency: {} rps × {:?}", args.rate, args.duration);
+    let each_before: Vec<_> = path
+        .procs
+        .iter()
+        .map(|p| topology::proc_stat(p.pid()))
+        .collect();
     let before = topology::total_stat(&path.procs);
     let mut lat = load::latency(
         client,
@@ -87,6 +97,20 @@ fn latency_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) {
         r.vcpu_at_rate = Some(cpu / args.duration.as_secs_f64());
         r.rss_steady_mb = Some(mb(after.rss));
         r.anon_steady_mb = Some(mb(after.anon));
+        let thousands = lat.ok as f64 / 1000.0;
+        r.per_proxy = path
+            .procs
+            .iter()
+            .zip(each_before)
+            .map(|(p, b)| {
+                let a = topology::proc_stat(p.pid());
+                ProxyShare {
+                    name: p.name.clone(),
+                    cpu_s_per_1000_requests: (a.cpu_s - b.cpu_s) / thousands,
+                    rss_mb: mb(a.rss),
+                }
+            })
+            .collect();
     }
 }
 
@@ -137,10 +161,10 @@ fn churn_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) {
     }
 }
 
-/// Private memory per open idle connection, then the proxies' peak RSS.
+/// Private memory per open idle connection, and each new connection's first response.
 fn idle_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) -> anyhow::Result<()> {
     say!("   idle tunnels: {}", args.idle_tunnels);
-    // Let churned connections finish closing so they do not count.
+    // Let the latency phase's connections finish closing so they do not count.
     std::thread::sleep(Duration::from_millis(500));
     let before = topology::total_stat(&path.procs);
     let (conns, mut took_us) = load::open_idle(path.client, path.http, args.idle_tunnels)?;
@@ -151,6 +175,5 @@ fn idle_phase(path: &RunningPath, args: &BenchArgs, r: &mut TopoResult) -> anyho
     r.idle_tunnel_kib =
         Some(after.anon.saturating_sub(before.anon) as f64 / 1024.0 / args.idle_tunnels as f64);
     drop(conns);
-    r.rss_peak_mb = Some(mb(topology::total_stat(&path.procs).hwm));
     Ok(())
 }

@@ -49,6 +49,12 @@ fn median_into(v: &mut Value, runs: &[Value]) {
                 median_into(child, &at);
             }
         }
+        Value::Array(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                let at: Vec<Value> = runs.iter().map(|r| r[i].clone()).collect();
+                median_into(child, &at);
+            }
+        }
         Value::Number(_) => {
             let mut xs: Vec<f64> = runs.iter().filter_map(Value::as_f64).collect();
             if xs.is_empty() {
@@ -228,6 +234,11 @@ mod tests {
             throughput_1_stream_gbps: gbps,
             requests_ok: ok,
             idle_tunnel_kib: Some(gbps),
+            per_proxy: vec![super::super::report::ProxyShare {
+                name: "p".into(),
+                cpu_s_per_1000_requests: gbps * 2.0,
+                rss_mb: 1.0,
+            }],
             ..Default::default()
         }
     }
@@ -244,6 +255,8 @@ mod tests {
         assert_eq!(m[0].topology, "a");
         assert_eq!(m[0].throughput_1_stream_gbps, 3.5);
         assert_eq!(m[0].idle_tunnel_kib, Some(3.5));
+        assert_eq!(m[0].per_proxy[0].cpu_s_per_1000_requests, 7.0);
+        assert_eq!(m[0].per_proxy[0].name, "p");
         assert_eq!(m[0].requests_ok, 21); // (20 + 21) / 2 rounded
         assert_eq!(m[1].throughput_1_stream_gbps, 6.25);
         assert_eq!(m[1].requests_ok, 3); // (2 + 3) / 2 = 2.5, rounded up

@@ -68,6 +68,8 @@ pub(super) struct TopoResult {
     /// Why the first failed churn connection failed.
     pub(super) churn_first_failure: Option<String>,
     pub(super) churn_cpu_s_per_1000_connections: Option<f64>,
+    /// Each proxy's share of the latency phase: CPU seconds per 1000 requests and steady RSS.
+    pub(super) per_proxy: Vec<ProxyShare>,
     /// Proxy CPU seconds per GB carried in the single-stream throughput phase.
     pub(super) cpu_s_per_gb: Option<f64>,
     /// RSS of the proxies right after the 8-stream throughput phase.
@@ -77,6 +79,14 @@ pub(super) struct TopoResult {
     pub(super) first_byte_cold_ms: Option<f64>,
     /// New connections one after another (the idle phase's): connect to whole response (ms).
     pub(super) first_byte_new_conn_ms: Option<Percentiles>,
+}
+
+/// One proxy's cost in the latency phase.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub(super) struct ProxyShare {
+    pub(super) name: String,
+    pub(super) cpu_s_per_1000_requests: f64,
+    pub(super) rss_mb: f64,
 }
 
 /// Figures of the in-process micro-benchmarks.
@@ -146,6 +156,15 @@ pub(super) fn print_table(r: &Report) {
         }
         out.push('\n');
     }
+    for c in &cols {
+        for p in &c.per_proxy {
+            out.push_str(&format!(
+                "\n{}: {} CPU s / 1000 req {:.4}, RSS {:.1} MB",
+                c.topology, p.name, p.cpu_s_per_1000_requests, p.rss_mb
+            ));
+        }
+    }
+    out.push('\n');
     super::ratios::print(&r.ratios, &mut out);
     for i in &r.instructions {
         let per: Vec<String> = i

@@ -131,12 +131,14 @@ spec:
 /// A proxy process of a topology.
 pub(crate) struct ProxyProc {
     child: Child,
+    /// Which proxy it is (`ztunnel a`, `waypoint bench/wp`, …), for per-proxy figures.
+    pub(crate) name: String,
 }
 
 impl ProxyProc {
     /// A started proxy process, stopped (SIGTERM, then SIGKILL) when dropped.
-    pub(crate) fn new(child: Child) -> ProxyProc {
-        ProxyProc { child }
+    pub(crate) fn new(child: Child, name: String) -> ProxyProc {
+        ProxyProc { child, name }
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -459,7 +461,12 @@ fn start_proxy(
         }
         let _ = tx.send(Err(seen.join("\n")));
     });
-    let proc = ProxyProc { child };
+    let name = match role {
+        Role::Ztunnel => format!("ztunnel {node}"),
+        Role::Waypoint => format!("waypoint {node}"),
+        Role::Sidecar(_) => format!("sidecar {node}"),
+    };
+    let proc = ProxyProc::new(child, name);
     match rx.recv_timeout(Duration::from_secs(120)) {
         Ok(Ok(())) => Ok(proc),
         Ok(Err(logs)) => bail!("{role:?} {node} exited before ready:\n{logs}"),
@@ -489,7 +496,7 @@ fn start_relay(listen: SocketAddr, to: SocketAddr, opts: &ProxyOpts) -> anyhow::
     if !line.contains("ready") {
         bail!("relay {listen} → {to} did not start");
     }
-    Ok(ProxyProc { child })
+    Ok(ProxyProc::new(child, format!("relay {listen}")))
 }
 
 /// CPU seconds (user + system) and RSS / peak RSS (bytes) of a process, from /proc.
