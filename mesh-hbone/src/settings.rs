@@ -62,8 +62,10 @@ impl Default for H2Settings {
             connection_window: 16 * 1024 * 1024,
             max_frame_size: 256 * 1024,
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
-            // Two of the byte pump's largest chunks (64 KiB): one being written, one queued.
-            max_send_buffer_size: 128 * 1024,
+            // Four of the byte pump's largest chunks (256 KiB), so the pump keeps reading while
+            // h2 writes (128 KiB, two chunks, left one side idle: 25% less single-stream
+            // throughput, BENCHMARKS.md). Istio: 4 MiB (client), 400 KiB (server).
+            max_send_buffer_size: 1024 * 1024,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 100,
             max_empty_frames: 100,

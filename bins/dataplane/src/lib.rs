@@ -14,6 +14,11 @@
 
 #![warn(missing_docs)]
 
+/// jemalloc as the global allocator, with the `jemalloc` feature.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod capture;
 pub mod config;
 pub mod dns;

@@ -2,10 +2,11 @@
 //! plain → tunnel reads straight into a connection-owned `BytesMut` that is frozen and handed to
 //! h2 without copying, and whose allocation is reclaimed once h2 has written it out; tunnel →
 //! plain writes h2's received `Bytes` as they are. The buffer starts at 1 KiB, so an idle tunnel
-//! costs little, and doubles up to 64 KiB while reads keep filling it, so bulk transfers make
-//! few, large reads. 64 KiB stays below glibc's mmap threshold: a buffer replaced while h2 still
-//! holds the previous one comes from the heap, not from fresh pages (measured: 256 KiB buffers
-//! spent ~7% of proxy CPU in page faults). Half-close is carried both ways: EOF on the plain side
+//! costs little, and doubles up to 256 KiB (as Istio's ztunnel) while reads keep filling it, so
+//! bulk transfers make few, large reads and few, large DATA frames. A buffer replaced while h2
+//! still holds the previous one is a fresh allocation: with jemalloc (the binaries' allocator)
+//! that is cheap; glibc serves 256 KiB from fresh pages (measured: ~7% of proxy CPU in page
+//! faults with 256 KiB buffers, so a glibc build is faster with 64 KiB). Half-close is carried both ways: EOF on the plain side
 //! ends the HTTP/2 stream (END_STREAM), and the end of the HTTP/2 stream shuts down the plain
 //! side's write half. How the tunnel's end is read and signalled: see the parent module.
 
@@ -21,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::tunnel::{H2Stream, Stop, graceful, graceful_end, h2_to_io, reset_io, stopped};
 
 const INITIAL_BUF: usize = 1024;
-const MAX_BUF: usize = 64 * 1024;
+const MAX_BUF: usize = 256 * 1024;
 /// How long a tunnel whose plain peer went away after sending everything is kept open, its
 /// incoming bytes discarded, so that what that peer sent leaves h2's queue before the stream
 /// ends (resetting it would discard the queue).
@@ -265,7 +266,8 @@ async fn discard_plain<R: AsyncRead + Unpin>(
 ) -> io::Result<Up> {
     shared.stopped_at.store(total, Ordering::Relaxed);
     shared.stopped.notify_one();
-    let mut buf = [0u8; 4096];
+    // On the heap: an array here would be part of every tunnel's future, for its whole life.
+    let mut buf = vec![0u8; 4096];
     while let Ok(n) = r.read(&mut buf).await {
         if n == 0 {
             break;

@@ -134,8 +134,14 @@ async fn proxy(
                 profile: super::profiles::Profile::client_side(src),
                 h2,
             };
-            // An HTTP connection that fails (an upstream cut mid-response) is reset.
-            return super::http::serve(super::reset::ResetOnDrop::new(tcp), stream).await;
+            // An HTTP connection that fails (an upstream cut mid-response) is reset. Boxed:
+            // an HTTP server connection is a large future, and an L4 tunnel's task must not
+            // carry its size for the tunnel's life (18.6 → see BENCHMARKS.md, issue 18).
+            return Box::pin(super::http::serve(
+                super::reset::ResetOnDrop::new(tcp),
+                stream,
+            ))
+            .await;
         }
         // Not HTTP after all (an undeclared port): carried as TCP below.
         return Box::pin(l4(ctx, tcp, peer, src, target, early, socks, start)).await;
@@ -148,7 +154,7 @@ async fn proxy(
 #[allow(clippy::too_many_arguments)]
 async fn l4(
     ctx: Arc<Ctx>,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     src: Arc<Workload>,
     target: Target,
@@ -159,39 +165,58 @@ async fn l4(
     let state = ctx.state.load_full();
     let decision = route(&state, &target, &src.namespace);
     drop(state);
-    match decision {
+    // One `tunnel` call for both HBONE routes: two inline calls could each take room in this
+    // future, which lives as long as the tunnel does.
+    let dest = match decision {
         Route::Hbone {
             workload,
             port,
             hbone_addr,
             service,
-        } => {
-            let dest = Dest {
-                identity: workload.identity.clone(),
-                hbone_addr,
-                authority: SocketAddr::new(workload.address, port),
-                workload: Some(workload),
-                service,
-                waypoint: None,
-            };
-            tunnel(&ctx, tcp, peer, &src, dest, early, socks, start).await;
-        }
+        } => Dest {
+            identity: workload.identity.clone(),
+            hbone_addr,
+            authority: SocketAddr::new(workload.address, port),
+            workload: Some(workload),
+            service,
+            waypoint: None,
+        },
         Route::Waypoint {
             waypoint,
             authority,
             service,
             workload,
-        } => {
-            let dest = Dest {
-                identity: waypoint.identity.clone(),
-                hbone_addr: waypoint.hbone_addr(),
-                authority,
-                workload,
-                service,
-                waypoint: Some(waypoint),
-            };
-            tunnel(&ctx, tcp, peer, &src, dest, early, socks, start).await;
+        } => Dest {
+            identity: waypoint.identity.clone(),
+            hbone_addr: waypoint.hbone_addr(),
+            authority,
+            workload,
+            service,
+            waypoint: Some(waypoint),
+        },
+        // Boxed: rare paths; inline, their state would size every tunnel's task.
+        other => {
+            let rest = not_tunneled(&ctx, tcp, peer, &src, other, early, socks, start);
+            return Box::pin(rest).await;
         }
+    };
+    tunnel(&ctx, tcp, peer, &src, dest, early, socks, start).await;
+}
+
+/// The routes of [`l4`] that are not an HBONE tunnel.
+#[allow(clippy::too_many_arguments)]
+async fn not_tunneled(
+    ctx: &Ctx,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    src: &Workload,
+    decision: Route,
+    early: Vec<u8>,
+    socks: bool,
+    start: tokio::time::Instant,
+) {
+    match decision {
+        Route::Hbone { .. } | Route::Waypoint { .. } => {}
         Route::Plain {
             addr,
             workload,
@@ -207,25 +232,11 @@ async fn l4(
             let host = service
                 .as_ref()
                 .and_then(|s| s.service.hosts.first().map(String::as_str));
-            // Boxed: a rare path; inline, its state would size every tunnel's task.
-            Box::pin(plain(
-                &ctx,
-                tcp,
-                peer,
-                &src,
-                addr,
-                Some((&workload, labels, host)),
-                early,
-                socks,
-                start,
-            ))
-            .await;
+            let dst = Some((&*workload, labels, host));
+            plain(ctx, tcp, peer, src, addr, dst, early, socks, start).await;
         }
         Route::Passthrough(addr) => {
-            Box::pin(plain(
-                &ctx, tcp, peer, &src, addr, None, early, socks, start,
-            ))
-            .await;
+            plain(ctx, tcp, peer, src, addr, None, early, socks, start).await;
         }
         Route::NoEndpoints(sp) => {
             warn!(service = %sp.service.name, port = sp.port, "service has no endpoints");
@@ -236,7 +247,7 @@ async fn l4(
             reply(&mut tcp, socks, Reply::HostUnreachable).await;
         }
         Route::OtherNetwork(addr, network) => {
-            other_network(&ctx, &src, peer, addr, &network, start);
+            other_network(ctx, src, peer, addr, &network, start);
             reply(&mut tcp, socks, Reply::HostUnreachable).await;
         }
     }
