@@ -9,14 +9,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use super::pods::{POD_A, POD_B, POD_VIP, Pods};
 use super::servers::{HTTP_PORT, TCP_PORT};
-use super::topology::{ProxyOpts, ProxyProc, RunningPath};
 
 /// The mark Istio's ztunnel sets on its own sockets (`PACKET_MARK`), excluded from capture.
 const MARK: u32 = 1337;
@@ -74,25 +73,53 @@ policies:
     c
 }
 
+/// How to run Istio's ztunnel: worker threads and log filter (`RUST_LOG`).
+pub(super) struct IstioOpts<'a> {
+    pub(super) workers: usize,
+    pub(super) log: &'a str,
+}
+
 /// Starts Istio's ztunnel `bin` in both pods and redirects pod A's traffic to the service into
-/// its ztunnel. The servers already run in pod B.
+/// its ztunnel; returns the processes with their names. The servers already run in pod B.
 pub(super) fn setup(
     bin: &Path,
     pods: &Pods,
     dir: &Path,
-    opts: &ProxyOpts,
-) -> anyhow::Result<Vec<ProxyProc>> {
+    opts: &IstioOpts,
+) -> anyhow::Result<Vec<(Child, String)>> {
     if !bin.is_file() {
         bail!("Istio's ztunnel binary {} does not exist", bin.display());
     }
     let config = dir.join("istio-ztunnel.yaml");
     std::fs::write(&config, local_config())?;
     let mut procs = Vec::new();
+    match start_both(bin, pods, &config, opts, &mut procs) {
+        Ok(()) => Ok(procs),
+        Err(e) => {
+            // Nothing left running after a failed set-up.
+            for (c, _) in &mut procs {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Both ztunnels, each ready before the next starts, then pod A's redirect rule.
+fn start_both(
+    bin: &Path,
+    pods: &Pods,
+    config: &Path,
+    opts: &IstioOpts,
+    procs: &mut Vec<(Child, String)>,
+) -> anyhow::Result<()> {
     for (ns, workload) in [
         (&pods.b, "bench/server/server"),
         (&pods.a, "bench/client/client"),
     ] {
-        procs.push(start(bin, ns, workload, &config, opts)?);
+        let child = start(bin, ns, workload, config, opts)?;
+        procs.push((child, format!("istio ztunnel {workload}")));
         wait_ready(ns).with_context(|| format!("Istio's ztunnel in {ns}"))?;
     }
     let rule = format!(
@@ -108,7 +135,7 @@ pub(super) fn setup(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(procs)
+    Ok(())
 }
 
 /// Istio's ztunnel for `workload` (`namespace/name/service-account`) inside `ns`.
@@ -117,8 +144,8 @@ fn start(
     ns: &str,
     workload: &str,
     config: &Path,
-    opts: &ProxyOpts,
-) -> anyhow::Result<ProxyProc> {
+    opts: &IstioOpts,
+) -> anyhow::Result<Child> {
     let log = std::env::var_os("MESH_BENCH_PROXY_LOGS")
         .and_then(|d| std::fs::File::create(Path::new(&d).join(format!("istio-{ns}.log"))).ok());
     let out = log.map_or_else(Stdio::null, Stdio::from);
@@ -134,13 +161,13 @@ fn start(
         .env("ENABLE_ORIG_SRC", "false")
         .env("PACKET_MARK", MARK.to_string())
         .env("ZTUNNEL_WORKER_THREADS", opts.workers.to_string())
-        .env("RUST_LOG", &opts.log)
+        .env("RUST_LOG", opts.log)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("start {} in {ns}", bin.display()))?;
-    Ok(ProxyProc::new(child, format!("istio ztunnel {workload}")))
+    Ok(child)
 }
 
 /// Polls the readiness endpoint inside `ns` until it answers 200 (60 s at most).
@@ -169,23 +196,6 @@ fn ready_status(addr: SocketAddr) -> anyhow::Result<u16> {
     s.read_exact(&mut head)?;
     let code = std::str::from_utf8(&head[9..12])?.parse()?;
     Ok(code)
-}
-
-/// The running path for Istio's pair: the client in pod A reaches the service VIP.
-pub(super) fn path(
-    pods: Pods,
-    servers: tokio::runtime::Runtime,
-    procs: Vec<ProxyProc>,
-) -> RunningPath {
-    RunningPath {
-        http: SocketAddr::new(POD_VIP, HTTP_PORT),
-        tcp: SocketAddr::new(POD_VIP, TCP_PORT),
-        procs,
-        client: POD_A,
-        client_netns: Some(pods.a.clone()),
-        _servers: Some(servers),
-        _pods: Some(pods),
-    }
 }
 
 #[cfg(test)]

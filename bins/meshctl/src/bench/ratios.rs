@@ -1,24 +1,9 @@
 //! Medians over rounds, and our in-pod ztunnel pair against Istio's (`istio-ztunnel-pair`),
 //! figure by figure, with the targets of the performance issue.
 
-use serde::Serialize;
 use serde_json::Value;
 
-use super::report::TopoResult;
-
-/// One figure of our pair against Istio's, measured in the same run.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct Ratio {
-    pub(super) figure: &'static str,
-    pub(super) ours: f64,
-    pub(super) istio: f64,
-    /// ours / istio.
-    pub(super) ratio: f64,
-    /// The target, e.g. `≥ 1.2×`; empty when the figure has none.
-    pub(super) target: &'static str,
-    /// Whether the target is met (`None`: no target).
-    pub(super) met: Option<bool>,
-}
+use super::report::{Ratio, TopoResult};
 
 /// Each topology's figures, the median of every number over the rounds (the first round's
 /// order and texts).
@@ -200,28 +185,6 @@ pub(super) fn against_istio(results: &[TopoResult]) -> Vec<Ratio> {
             })
         })
         .collect()
-}
-
-/// Appends the ratio table (markdown) to `out`.
-pub(super) fn print(ratios: &[Ratio], out: &mut String) {
-    if ratios.is_empty() {
-        return;
-    }
-    out.push_str(
-        "\nztunnel-pair-capture (ours) against istio-ztunnel-pair (Istio's), same run:\n\n",
-    );
-    out.push_str("| figure | ours | Istio's | ratio | target | |\n|---|---|---|---|---|---|\n");
-    for r in ratios {
-        let met = match r.met {
-            Some(true) => "met",
-            Some(false) => "**missed**",
-            None => "",
-        };
-        out.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.2}× | {} | {} |\n",
-            r.figure, r.ours, r.istio, r.ratio, r.target, met
-        ));
-    }
 }
 
 #[cfg(test)]

@@ -112,11 +112,47 @@ pub(super) struct Report {
     pub(super) rounds: u32,
     pub(super) results: Vec<TopoResult>,
     /// Our ztunnel pair against Istio's, when both were measured.
-    pub(super) ratios: Vec<super::ratios::Ratio>,
+    pub(super) ratios: Vec<Ratio>,
     pub(super) instructions_per_request: Option<f64>,
     /// Callgrind per topology (ztunnel-pair, waypoint when selected): instructions per request
     /// of each proxy of the path.
     pub(super) instructions: Vec<Instructions>,
+}
+
+/// One figure of our pair against Istio's, measured in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Ratio {
+    pub(super) figure: &'static str,
+    pub(super) ours: f64,
+    pub(super) istio: f64,
+    /// ours / istio.
+    pub(super) ratio: f64,
+    /// The target, e.g. `≥ 1.2×`; empty when the figure has none.
+    pub(super) target: &'static str,
+    /// Whether the target is met (`None`: no target).
+    pub(super) met: Option<bool>,
+}
+
+/// Appends the ratio table (markdown) to `out`.
+fn print_ratios(ratios: &[Ratio], out: &mut String) {
+    if ratios.is_empty() {
+        return;
+    }
+    out.push_str(
+        "\nztunnel-pair-capture (ours) against istio-ztunnel-pair (Istio's), same run:\n\n",
+    );
+    out.push_str("| figure | ours | Istio's | ratio | target | |\n|---|---|---|---|---|---|\n");
+    for r in ratios {
+        let met = match r.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "",
+        };
+        out.push_str(&format!(
+            "| {} | {:.4} | {:.4} | {:.2}× | {} | {} |\n",
+            r.figure, r.ours, r.istio, r.ratio, r.target, met
+        ));
+    }
 }
 
 /// The CPU's model name, from /proc/cpuinfo.
@@ -165,7 +201,7 @@ pub(super) fn print_table(r: &Report) {
         }
     }
     out.push('\n');
-    super::ratios::print(&r.ratios, &mut out);
+    print_ratios(&r.ratios, &mut out);
     for i in &r.instructions {
         let per: Vec<String> = i
             .per_proxy

@@ -306,8 +306,23 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
                     .istio_ztunnel
                     .as_deref()
                     .context("no --istio-ztunnel")?;
-                let procs = super::istio::setup(bin, &pods, dir, opts)?;
-                return Ok(super::istio::path(pods, servers, procs));
+                let istio = super::istio::IstioOpts {
+                    workers: opts.workers,
+                    log: &opts.log,
+                };
+                let procs = super::istio::setup(bin, &pods, dir, &istio)?;
+                return Ok(RunningPath {
+                    http: SocketAddr::new(super::pods::POD_VIP, HTTP_PORT),
+                    tcp: SocketAddr::new(super::pods::POD_VIP, TCP_PORT),
+                    procs: procs
+                        .into_iter()
+                        .map(|(c, name)| ProxyProc::new(c, name))
+                        .collect(),
+                    client: super::pods::POD_A,
+                    client_netns: Some(pods.a.clone()),
+                    _servers: Some(servers),
+                    _pods: Some(pods),
+                });
             }
             let ca = dir.join("ca");
             mesh_identity::LocalCa::load_or_create(&ca)?;
