@@ -64,7 +64,10 @@ impl Default for H2Settings {
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             // Four of the byte pump's largest chunks (256 KiB), so the pump keeps reading while
             // h2 writes (128 KiB, two chunks, left one side idle: 25% less single-stream
-            // throughput, BENCHMARKS.md). Istio: 4 MiB (client), 400 KiB (server).
+            // throughput, BENCHMARKS.md). Istio: 4 MiB (client), 400 KiB (server). Worst case
+            // per connection, a peer that stops reading its socket: max_concurrent_streams ×
+            // 1 MiB queued until the keepalive PING goes unanswered (interval + timeout, 40 s)
+            // and closes the connection (keepalive.rs).
             max_send_buffer_size: 1024 * 1024,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 100,

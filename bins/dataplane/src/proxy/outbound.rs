@@ -135,8 +135,8 @@ async fn proxy(
                 h2,
             };
             // An HTTP connection that fails (an upstream cut mid-response) is reset. Boxed:
-            // an HTTP server connection is a large future, and an L4 tunnel's task must not
-            // carry its size for the tunnel's life (18.6 → see BENCHMARKS.md, issue 18).
+            // an HTTP server connection is a large future that an L4 tunnel's task must not
+            // carry for the tunnel's life (task sizes: BENCHMARKS.md, issue 18).
             return Box::pin(super::http::serve(
                 super::reset::ResetOnDrop::new(tcp),
                 stream,
@@ -216,6 +216,7 @@ async fn not_tunneled(
     start: tokio::time::Instant,
 ) {
     match decision {
+        // Tunnelled by `l4`, which never passes them here.
         Route::Hbone { .. } | Route::Waypoint { .. } => {}
         Route::Plain {
             addr,

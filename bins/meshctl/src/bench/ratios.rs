@@ -66,8 +66,8 @@ fn median_into(v: &mut Value, runs: &[Value]) {
 
 /// A figure of a topology's results.
 type Figure = fn(&TopoResult) -> Option<f64>;
-/// Whether a ratio (ours / Istio's) meets the target.
-type Meets = Option<fn(f64) -> bool>;
+/// Whether a figure meets its target, given (ours, ours / Istio's).
+type Meets = Option<fn(f64, f64) -> bool>;
 
 /// The compared figures: name, how to read it, target (text, and whether ours/istio meets it).
 fn figures() -> Vec<(&'static str, Figure, &'static str, Meets)> {
@@ -76,7 +76,7 @@ fn figures() -> Vec<(&'static str, Figure, &'static str, Meets)> {
             "throughput, 1 stream",
             |r| Some(r.throughput_1_stream_gbps),
             "≥ 1.2×",
-            Some(|x| x >= 1.2),
+            Some(|_, x| x >= 1.2),
         ),
         (
             "throughput, 8 streams",
@@ -88,31 +88,31 @@ fn figures() -> Vec<(&'static str, Figure, &'static str, Meets)> {
             "proxy CPU per 1000 requests",
             |r| r.cpu_s_per_1000_requests,
             "≤ 0.7×",
-            Some(|x| x <= 0.7),
+            Some(|_, x| x <= 0.7),
         ),
         (
             "proxy CPU per GB (1 stream)",
             |r| r.cpu_s_per_gb,
             "≤ 0.8×",
-            Some(|x| x <= 0.8),
+            Some(|_, x| x <= 0.8),
         ),
         (
             "RSS of the pair, steady",
             |r| r.rss_steady_mb,
             "≤ 0.7×",
-            Some(|x| x <= 0.7),
+            Some(|_, x| x <= 0.7),
         ),
         (
             "RSS of the pair, after throughput",
             |r| r.rss_after_throughput_mb,
             "≤ 0.7×",
-            Some(|x| x <= 0.7),
+            Some(|_, x| x <= 0.7),
         ),
         (
             "added latency p50",
             |r| r.added_latency_ms.map(|l| l.p50),
             "≤ 1.0×",
-            Some(|x| x <= 1.0),
+            Some(|_, x| x <= 1.0),
         ),
         (
             "added latency p90",
@@ -130,31 +130,31 @@ fn figures() -> Vec<(&'static str, Figure, &'static str, Meets)> {
             "round-trip p99",
             |r| Some(r.latency_ms.p99),
             "≤ 1.0×",
-            Some(|x| x <= 1.0),
+            Some(|_, x| x <= 1.0),
         ),
         (
             "new connections per second",
             |r| Some(r.churn_connections_per_s),
             "≥ 1.2×",
-            Some(|x| x >= 1.2),
+            Some(|_, x| x >= 1.2),
         ),
         (
             "first byte, new connection p50",
             |r| r.first_byte_new_conn_ms.map(|p| p.p50),
             "≤ 1.0×",
-            Some(|x| x <= 1.0),
+            Some(|_, x| x <= 1.0),
         ),
         (
             "first byte, first connection (cold)",
             |r| r.first_byte_cold_ms,
             "≤ 1.0×",
-            Some(|x| x <= 1.0),
+            Some(|_, x| x <= 1.0),
         ),
         (
             "memory per idle tunnel",
             |r| r.idle_tunnel_kib,
             "ours ≤ 8 KiB",
-            None,
+            Some(|ours, _| ours <= 8.0),
         ),
     ]
 }
@@ -171,10 +171,7 @@ pub(super) fn against_istio(results: &[TopoResult]) -> Vec<Ratio> {
         .filter_map(|(figure, read, target, meets)| {
             let (o, i) = (read(ours)?, read(istio)?);
             let ratio = if i != 0.0 { o / i } else { f64::NAN };
-            let met = match figure {
-                "memory per idle tunnel" => Some(o <= 8.0),
-                _ => meets.map(|m| m(ratio)),
-            };
+            let met = meets.map(|m| m(o, ratio));
             Some(Ratio {
                 figure,
                 ours: o,
