@@ -32,7 +32,7 @@ pub use pool::{ConnectRequest, Pool, PoolConfig};
 pub use server::{ConnInfo, InboundConnect, accept_tls, serve_connection};
 pub use settings::{DEFAULT_MAX_HEADER_LIST_SIZE, H2Settings};
 pub use socket::{SocketSource, connect_tcp, set_mark};
-pub use stream::{ByteCounter, CopyStats, H2Stream, copy_bidirectional};
+pub use stream::{ByteCounter, CopyStats, H2Stream, PlainRead, copy_bidirectional};
 
 /// The HBONE port.
 pub const HBONE_PORT: u16 = 15008;

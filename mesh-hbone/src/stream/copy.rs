@@ -1,12 +1,14 @@
 //! The byte pump between a tunnel and a plain stream, [`copy_bidirectional`], the hot path:
 //! plain → tunnel reads straight into a connection-owned `BytesMut` that is frozen and handed to
 //! h2 without copying, and whose allocation is reclaimed once h2 has written it out; tunnel →
-//! plain writes h2's received `Bytes` as they are. The buffer starts at 1 KiB, so an idle tunnel
-//! costs little, and doubles up to 256 KiB (as Istio's ztunnel) while reads keep filling it, so
-//! bulk transfers make few, large reads and few, large DATA frames. A buffer replaced while h2
-//! still holds the previous one is a fresh allocation: with jemalloc (the binaries' allocator)
-//! that is cheap; glibc serves 256 KiB from fresh pages (measured: ~7% of proxy CPU in page
-//! faults with 256 KiB buffers, so a glibc build is faster with 64 KiB). Half-close is carried both ways: EOF on the plain side
+//! plain writes h2's received `Bytes` as they are. An idle tunnel holds no read buffer: after a
+//! read that did not fill it the buffer is dropped, and the next one is allocated when the
+//! plain side is readable again ([`PlainRead`]). The buffer starts at 1 KiB and doubles up to
+//! 256 KiB (as Istio's ztunnel) while reads keep filling it, so bulk transfers make few, large
+//! reads and few, large DATA frames. A buffer replaced while h2 still holds the previous one is
+//! a fresh allocation: with jemalloc (the binaries' allocator) that is cheap; glibc serves
+//! 256 KiB from fresh pages (measured: ~7% of proxy CPU in page faults with 256 KiB buffers, so
+//! a glibc build is faster with 64 KiB). Half-close is carried both ways: EOF on the plain side
 //! ends the HTTP/2 stream (END_STREAM), and the end of the HTTP/2 stream shuts down the plain
 //! side's write half. How the tunnel's end is read and signalled: see the parent module.
 
@@ -19,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::ready::PlainRead;
 use super::tunnel::{H2Stream, Stop, graceful, graceful_end, h2_to_io, reset_io, stopped};
 
 const INITIAL_BUF: usize = 1024;
@@ -73,7 +76,7 @@ pub async fn copy_bidirectional<R, W>(
     counter: &dyn ByteCounter,
 ) -> Result<CopyStats, io::Error>
 where
-    R: AsyncRead + Unpin,
+    R: PlainRead,
     W: AsyncWrite + Unpin,
 {
     tunnel.reset_on_drop = true;
@@ -181,7 +184,7 @@ enum Down {
     PlainGone(u64, io::Error),
 }
 
-async fn plain_to_tunnel<R: AsyncRead + Unpin>(
+async fn plain_to_tunnel<R: PlainRead>(
     r: &mut R,
     send: &mut SendStream<Bytes>,
     counter: &dyn ByteCounter,
@@ -191,11 +194,22 @@ async fn plain_to_tunnel<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::new();
     let mut size = INITIAL_BUF;
     let mut total = 0u64;
+    // After a read that did not fill the buffer the plain side has nothing more for now: the
+    // buffer is dropped and the next read waits for readiness first, so an idle tunnel holds
+    // no read buffer. A full read keeps the bulk path reading at once.
+    let mut idle = true;
     loop {
-        buf.reserve(size);
+        let read = async {
+            if idle {
+                buf = BytesMut::new();
+                r.readable().await?;
+            }
+            buf.reserve(size);
+            r.read_buf(&mut buf).await
+        };
         let n = tokio::select! {
             biased;
-            r = r.read_buf(&mut buf) => r?,
+            r = read => r?,
             // The peer reset the stream while we wait for plain bytes: stop reading.
             reason = std::future::poll_fn(|cx| send.poll_reset(cx)) => {
                 return match reason {
@@ -212,6 +226,7 @@ async fn plain_to_tunnel<R: AsyncRead + Unpin>(
             shared.plain_done.store(true, Ordering::Relaxed);
             return Ok(Up::Sent(total));
         }
+        idle = n < size;
         if n >= size && size < MAX_BUF {
             size *= 2;
         }

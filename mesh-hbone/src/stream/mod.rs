@@ -16,7 +16,9 @@
 //!   `NO_ERROR` only after its queued data).
 
 mod copy;
+mod ready;
 mod tunnel;
 
 pub use copy::{ByteCounter, CopyStats, copy_bidirectional};
+pub use ready::PlainRead;
 pub use tunnel::H2Stream;

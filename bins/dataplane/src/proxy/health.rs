@@ -285,8 +285,11 @@ pub(crate) fn outcome_of<B>(resp: &http::Response<B>) -> Option<Outcome> {
 /// `idleTimeout`; `activity` returns the bytes moved so far (both ways). `None`: a limit
 /// closed the connection (idle: no byte for a whole `idleTimeout`, checked once per period,
 /// so it closes between one and two periods after the last byte).
+///
+/// `fut` is pinned by the caller: a future taken by value and awaited is stored twice in this
+/// one (as the argument and as what is awaited), and the copy lives as long as the tunnel.
 pub(crate) async fn bounded<F: std::future::Future>(
-    fut: F,
+    mut fut: std::pin::Pin<&mut F>,
     pool: Option<&PoolPolicy>,
     activity: impl Fn() -> (u64, u64),
 ) -> Option<F::Output> {
@@ -294,19 +297,18 @@ pub(crate) async fn bounded<F: std::future::Future>(
         (p.max_connection_duration, p.tcp_idle_timeout)
     });
     if max.is_none() && idle.is_none() {
-        return Some(fut.await);
+        return Some(fut.as_mut().await);
     }
     let deadline = max.map(|d| Instant::now() + d);
-    tokio::pin!(fut);
     let mut last = activity();
     loop {
         let tick = idle.map(|i| Instant::now() + i);
         // At least one is set (checked above).
         let Some(wake) = [deadline, tick].into_iter().flatten().min() else {
-            return Some(fut.await);
+            return Some(fut.as_mut().await);
         };
         tokio::select! {
-            out = &mut fut => return Some(out),
+            out = fut.as_mut() => return Some(out),
             () = tokio::time::sleep_until(wake) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return None;

@@ -265,7 +265,7 @@ fn accept_loop<F, Fut>(
     (stop, force): (&CancellationToken, &CancellationToken),
     handler: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let tasks = s.tasks.clone();
@@ -281,6 +281,7 @@ fn accept_loop<F, Fut>(
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
     ));
     let refused = s.ctx.telemetry.connections_refused.clone();
+    let handler = Arc::new(handler);
     s.tasks.spawn(
         async move {
             loop {
@@ -315,13 +316,17 @@ fn accept_loop<F, Fut>(
                             }
                         };
                         let _ = tcp.set_nodelay(true);
-                        let conn = handler(tcp, peer);
+                        let handler = handler.clone();
                         let force = force.clone();
                         // debug level: an enabled span costs an enter/exit on every poll.
                         let span = tracing::debug_span!("conn", kind, %peer);
                         tasks.spawn(
                             async move {
                                 let _permits = permits;
+                                // Made here, not captured: a captured future that is moved
+                                // into the `select!` would take its room in this task twice,
+                                // for the connection's whole life (idle-tunnel memory).
+                                let conn = handler(tcp, peer);
                                 tokio::select! {
                                     () = force.cancelled() => {}
                                     () = conn => {}

@@ -320,7 +320,7 @@ async fn tunnel(
         .filter(|_| dest.waypoint.is_none())
         .and_then(|sp| ctx.health.for_service(&sp.service));
     let pool = health.as_deref().and_then(|h| h.pool());
-    let result = match super::health::bounded(copy, pool, || rec.totals()).await {
+    let result = match super::health::bounded(std::pin::pin!(copy), pool, || rec.totals()).await {
         Some(r) => r.map(|_| ()),
         None => {
             debug!(dst.addr = %dest.authority, "tunnel closed by connectionPool.tcp duration or idle limit");
@@ -433,7 +433,7 @@ async fn plain(
     let result = match &rec {
         Some(r) => {
             let copy = observe::copy_counted(&mut tcp, &mut upstream, r);
-            match super::health::bounded(copy, pool, || r.totals()).await {
+            match super::health::bounded(std::pin::pin!(copy), pool, || r.totals()).await {
                 Some(res) => res,
                 // Closed by maxConnectionDuration / idleTimeout: a clean close.
                 None => Ok((0, 0)),

@@ -311,7 +311,7 @@ async fn carry(
     let copy = observe::copy_counted(&mut downstream, &mut upstream, &rec);
     let pool = health.as_deref().and_then(|h| h.pool());
     // connectionPool.tcp maxConnectionDuration / idleTimeout: a clean close.
-    let result = super::health::bounded(copy, pool, || rec.totals())
+    let result = super::health::bounded(std::pin::pin!(copy), pool, || rec.totals())
         .await
         .unwrap_or(Ok((0, 0)));
     if result.is_err() {
@@ -423,7 +423,7 @@ async fn carry_tcp(
     drop(labels);
     let copy = observe::copy_counted(&mut io, &mut upstream, &counter);
     let pool = health.as_deref().and_then(|h| h.pool());
-    let result = super::health::bounded(copy, pool, || counter.totals())
+    let result = super::health::bounded(std::pin::pin!(copy), pool, || counter.totals())
         .await
         .unwrap_or(Ok((0, 0)));
     if result.is_err() {

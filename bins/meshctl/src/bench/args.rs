@@ -60,7 +60,8 @@ pub(crate) struct BenchArgs {
     /// Instruction-count mode: run the ztunnel pair (and the waypoint and sidecar-pair
     /// topologies when listed; sidecar-pair needs root) under callgrind and report
     /// instructions per request (from runs of N and 2N requests, so start-up cancels out).
-    /// Needs valgrind.
+    /// With `istio-ztunnel-pair` listed and Istio's binary given, our in-pod pair and Istio's
+    /// too, and their ratio (root). Needs valgrind.
     #[arg(long, value_name = "N")]
     pub(super) callgrind: Option<u64>,
     /// Keep the callgrind output files here (for `callgrind_annotate`), instead of a temp dir.

@@ -73,7 +73,7 @@ fn run_under_callgrind(
                 out.display()
             ),
         ],
-        istio_ztunnel: None,
+        istio_ztunnel: args.istio_ztunnel.clone(),
     };
     say!("== callgrind: {count} requests through {}", topo.name());
     let mut path = topology::setup(topo, dir, &opts)?;

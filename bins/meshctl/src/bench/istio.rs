@@ -73,10 +73,12 @@ policies:
     c
 }
 
-/// How to run Istio's ztunnel: worker threads and log filter (`RUST_LOG`).
+/// How to run Istio's ztunnel: worker threads, log filter (`RUST_LOG`) and the prefix command
+/// ours get too (`ProxyOpts::wrapper`, e.g. callgrind; `{node}` → a name of the instance).
 pub(super) struct IstioOpts<'a> {
     pub(super) workers: usize,
     pub(super) log: &'a str,
+    pub(super) wrapper: &'a [String],
 }
 
 /// Starts Istio's ztunnel `bin` in both pods and redirects pod A's traffic to the service into
@@ -149,8 +151,10 @@ fn start(
     let log = std::env::var_os("MESH_BENCH_PROXY_LOGS")
         .and_then(|d| std::fs::File::create(Path::new(&d).join(format!("istio-{ns}.log"))).ok());
     let out = log.map_or_else(Stdio::null, Stdio::from);
+    let name = format!("istio-{}", workload.split('/').nth(1).unwrap_or("ztunnel"));
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
+        .args(opts.wrapper.iter().map(|a| a.replace("{node}", &name)))
         .arg(bin)
         .env("FAKE_CA", "true")
         .env("XDS_ADDRESS", "")
@@ -170,12 +174,13 @@ fn start(
     Ok(child)
 }
 
-/// Polls the readiness endpoint inside `ns` until it answers 200 (60 s at most).
+/// Polls the readiness endpoint inside `ns` until it answers 200 (120 s at most: under
+/// callgrind it starts slowly).
 fn wait_ready(ns: &str) -> anyhow::Result<()> {
     super::pods::run_in(Some(ns), || -> anyhow::Result<()> {
         let addr = SocketAddr::from(([127, 0, 0, 1], READY));
         let mut last = String::from("no answer");
-        for _ in 0..600 {
+        for _ in 0..1200 {
             match ready_status(addr) {
                 Ok(200) => return Ok(()),
                 Ok(s) => last = format!("status {s}"),
@@ -183,7 +188,7 @@ fn wait_ready(ns: &str) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("not ready after 60 s ({last})")
+        bail!("not ready after 120 s ({last})")
     })?
 }
 

@@ -266,20 +266,34 @@ fn added_latency(results: &mut [TopoResult]) {
 }
 
 /// Instruction counts with `n` requests: the ztunnel pair, then the waypoint and sidecar-pair
-/// topologies when listed.
+/// topologies when listed; with Istio's ztunnel given and `istio-ztunnel-pair` listed, our
+/// in-pod pair and Istio's in the same pods (the instruction ratio is then printed).
 fn instructions(
     dir: &std::path::Path,
     args: &BenchArgs,
     n: u64,
 ) -> anyhow::Result<Vec<callgrind::Instructions>> {
+    let against_istio =
+        args.istio_ztunnel.is_some() && args.topologies.contains(&Topology::IstioZtunnelPair);
     let mut instructions = Vec::new();
     for topo in [
         Topology::ZtunnelPair,
         Topology::Waypoint,
         Topology::WaypointFull,
         Topology::SidecarPair,
+        Topology::ZtunnelPairCapture,
+        Topology::IstioZtunnelPair,
     ] {
-        if topo == Topology::ZtunnelPair || args.topologies.contains(&topo) {
+        let capture_pair = matches!(
+            topo,
+            Topology::ZtunnelPairCapture | Topology::IstioZtunnelPair
+        );
+        let listed = match topo {
+            Topology::ZtunnelPair => true,
+            _ if capture_pair => against_istio,
+            _ => args.topologies.contains(&topo),
+        };
+        if listed {
             instructions.push(callgrind::callgrind(dir, args, n, topo)?);
         }
     }

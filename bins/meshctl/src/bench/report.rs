@@ -215,6 +215,21 @@ pub(super) fn print_table(r: &Report) {
             per.join(", ")
         ));
     }
+    let total_of = |name: &str| {
+        r.instructions
+            .iter()
+            .find(|i| i.topology == name)
+            .map(|i| i.total)
+    };
+    if let (Some(ours), Some(istio)) = (
+        total_of("ztunnel-pair-capture"),
+        total_of("istio-ztunnel-pair"),
+    ) {
+        out.push_str(&format!(
+            "instructions per request, ours / Istio's ztunnel pair: {:.2}×\n",
+            ours / istio
+        ));
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
 }

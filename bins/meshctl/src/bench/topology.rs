@@ -309,6 +309,7 @@ pub(crate) fn setup(topo: Topology, dir: &Path, opts: &ProxyOpts) -> anyhow::Res
                 let istio = super::istio::IstioOpts {
                     workers: opts.workers,
                     log: &opts.log,
+                    wrapper: &opts.wrapper,
                 };
                 let procs = super::istio::setup(bin, &pods, dir, &istio)?;
                 return Ok(RunningPath {
