@@ -14,10 +14,31 @@
 
 #![warn(missing_docs)]
 
-/// jemalloc as the global allocator, with the `jemalloc` feature.
+/// Makes jemalloc the global allocator of the binary that invokes it (at its crate root), with
+/// the `jemalloc` feature; without it, nothing. A macro, not a `#[global_allocator]` here: a
+/// library must not choose the process's allocator for every program that links it (a test
+/// binary counting its allocations brings its own).
 #[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[macro_export]
+macro_rules! global_allocator {
+    () => {
+        #[global_allocator]
+        static GLOBAL: $crate::Jemalloc = $crate::Jemalloc;
+    };
+}
+
+/// Makes jemalloc the global allocator of the binary that invokes it, with the `jemalloc`
+/// feature; without it (this build), nothing.
+#[cfg(not(feature = "jemalloc"))]
+#[macro_export]
+macro_rules! global_allocator {
+    () => {};
+}
+
+/// The allocator [`global_allocator!`] installs.
+#[cfg(feature = "jemalloc")]
+#[doc(hidden)]
+pub use tikv_jemallocator::Jemalloc;
 
 pub mod capture;
 pub mod config;

@@ -17,6 +17,8 @@ use mesh_identity::{LocalCa, SpiffeId};
 
 use out::{fail, say};
 
+mesh_dataplane::global_allocator!();
+
 #[derive(Debug, Parser)]
 #[command(
     name = "meshctl",

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mesh_dataplane::global_allocator!();
+
 /// Per-workload proxy: HBONE (mTLS) in and out with the workload's identity only, captured
 /// outbound (15001) and plaintext inbound (15006) traffic, policies and telemetry. Exits on
 /// SIGTERM, SIGINT or `POST /quitquitquit` on the admin port.

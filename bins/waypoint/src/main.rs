@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mesh_dataplane::global_allocator!();
+
 /// Shared waypoint proxy: HBONE in with its own identity, endpoint choice, HBONE out to the
 /// endpoint's ztunnel.
 #[derive(Debug, Parser)]

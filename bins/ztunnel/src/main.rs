@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mesh_dataplane::global_allocator!();
+
 /// Node-level L4 proxy: mTLS (HBONE) between workloads on different nodes, with SOCKS5 and
 /// service-VIP listeners for local clients.
 #[derive(Debug, Parser)]

@@ -202,7 +202,7 @@ async fn plain_to_tunnel<R: PlainRead>(
         let read = async {
             if idle {
                 buf = BytesMut::new();
-                r.readable().await?;
+                std::future::poll_fn(|cx| r.poll_read_ready(cx)).await?;
             }
             buf.reserve(size);
             r.read_buf(&mut buf).await

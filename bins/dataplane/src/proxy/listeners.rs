@@ -258,6 +258,9 @@ pub(super) fn start(s: &Spawner<'_>, what: String, p: Pending) -> Result<Listene
 
 /// Spawns the accept loop of `listener` until `stop`; each connection runs `handler` on its
 /// own task, aborted when `force` (the drain deadline, or the listener's own abort) fires.
+/// The loop's task lives until its connections have ended (it is what a drain waits for);
+/// the connections are a `JoinSet` it aborts on `force`, so a connection's task never polls
+/// a cancellation token itself (a shared token's lock on every wake-up of every connection).
 fn accept_loop<F, Fut>(
     s: &Spawner<'_>,
     listener: TcpListener,
@@ -268,81 +271,116 @@ fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let tasks = s.tasks.clone();
     let stop = stop.clone();
     let force = force.clone();
     let addr = listener.local_addr().ok();
     let span = tracing::info_span!("listener", kind, addr = ?addr);
-    let proxy_permits = s.permits.clone();
-    let listener_permits = Arc::new(tokio::sync::Semaphore::new(
-        s.ctx
-            .cfg
-            .max_connections_per_listener
-            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-    ));
-    let refused = s.ctx.telemetry.connections_refused.clone();
+    let admit = Admit {
+        kind,
+        proxy: s.permits.clone(),
+        listener: Arc::new(tokio::sync::Semaphore::new(
+            s.ctx
+                .cfg
+                .max_connections_per_listener
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        refused: s.ctx.telemetry.connections_refused.clone(),
+    };
     let handler = Arc::new(handler);
     s.tasks.spawn(
         async move {
+            let mut listener = Some(listener);
+            let mut conns = tokio::task::JoinSet::new();
             loop {
-                let accepted = tokio::select! {
-                    () = stop.cancelled() => break,
-                    r = listener.accept() => r,
-                };
-                match accepted {
-                    Ok((tcp, peer)) => {
-                        // Limits first, before any work or memory for the connection.
-                        let permits = proxy_permits
-                            .clone()
-                            .try_acquire_owned()
-                            .map_err(|_| "proxy")
-                            .and_then(|p| {
-                                listener_permits
-                                    .clone()
-                                    .try_acquire_owned()
-                                    .map(|l| (p, l))
-                                    .map_err(|_| "listener")
-                            });
-                        let permits = match permits {
-                            Ok(p) => p,
-                            Err(limit) => {
-                                refused
-                                    .get_or_create(&[("listener", kind), ("limit", limit)])
-                                    .inc();
-                                debug!(%peer, limit, "connection limit reached: closed");
-                                // An RST, at once: no TIME_WAIT, the client learns now.
-                                let _ = tcp.set_zero_linger();
-                                continue;
-                            }
-                        };
-                        let _ = tcp.set_nodelay(true);
-                        let handler = handler.clone();
-                        let force = force.clone();
-                        // debug level: an enabled span costs an enter/exit on every poll.
-                        let span = tracing::debug_span!("conn", kind, %peer);
-                        tasks.spawn(
-                            async move {
-                                let _permits = permits;
-                                // Made here, not captured: a captured future that is moved
-                                // into the `select!` would take its room in this task twice,
-                                // for the connection's whole life (idle-tunnel memory).
-                                let conn = handler(tcp, peer);
-                                tokio::select! {
-                                    () = force.cancelled() => {}
-                                    () = conn => {}
+                tokio::select! {
+                    // Stop accepting (the socket closes); the connections go on.
+                    () = stop.cancelled(), if listener.is_some() => listener = None,
+                    r = accept(listener.as_ref()), if listener.is_some() => match r {
+                        Ok((tcp, peer)) => {
+                            let Some(permits) = admit.permits(&tcp, peer) else { continue };
+                            let _ = tcp.set_nodelay(true);
+                            let handler = handler.clone();
+                            // debug level: an enabled span costs an enter/exit on every poll.
+                            let span = tracing::debug_span!("conn", kind, %peer);
+                            conns.spawn(
+                                async move {
+                                    let _permits = permits;
+                                    handler(tcp, peer).await;
                                 }
-                            }
-                            .instrument(span),
-                        );
-                    }
-                    Err(e) => {
-                        // Typically EMFILE: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                                .instrument(span),
+                            );
+                        }
+                        Err(e) => {
+                            // Typically EMFILE: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                    () = force.cancelled() => {
+                        conns.abort_all();
+                        break;
                     }
                 }
+                if listener.is_none() && conns.is_empty() {
+                    break;
+                }
             }
+            // Aborted connections end (their state dropped) before the loop's task does.
+            while conns.join_next().await.is_some() {}
         }
         .instrument(span),
     );
+}
+
+async fn accept(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The connection limits of one listener.
+struct Admit {
+    kind: &'static str,
+    proxy: Arc<tokio::sync::Semaphore>,
+    listener: Arc<tokio::sync::Semaphore>,
+    refused: super::observe::ConnLimitFamily,
+}
+
+impl Admit {
+    /// Permits for a new connection, before any work or memory for it; `None`: over a
+    /// limit, counted, and the connection reset at once (no TIME_WAIT, the client learns now).
+    fn permits(
+        &self,
+        tcp: &TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    )> {
+        let permits = self
+            .proxy
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "proxy")
+            .and_then(|p| {
+                self.listener
+                    .clone()
+                    .try_acquire_owned()
+                    .map(|l| (p, l))
+                    .map_err(|_| "listener")
+            });
+        match permits {
+            Ok(p) => Some(p),
+            Err(limit) => {
+                self.refused
+                    .get_or_create(&[("listener", self.kind), ("limit", limit)])
+                    .inc();
+                debug!(%peer, limit, "connection limit reached: closed");
+                let _ = tcp.set_zero_linger();
+                None
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ mod istio;
 mod load;
 mod measure;
 mod pods;
+mod procs;
 mod ratios;
 mod report;
 mod resilience;
