@@ -329,6 +329,13 @@ impl Pool {
         let tick = (idle_timeout / 4).max(Duration::from_millis(100));
         let mut idle_for = Duration::ZERO;
         let mut last_opened = conn.opened.load(Ordering::Relaxed);
+        // Made once, not per turn of the loop (which runs on every wake-up of the connection,
+        // several per request): a fresh timer or cancellation future each time registers
+        // and unregisters it, under locks, per frame.
+        let cancel = self.inner.cancel.child_token();
+        let mut cancelled = std::pin::pin!(cancel.cancelled());
+        let mut tripped = std::pin::pin!(trip.tripped());
+        let mut check = std::pin::pin!(tokio::time::sleep(tick));
         loop {
             tokio::select! {
                 r = &mut h2conn => {
@@ -337,16 +344,17 @@ impl Pool {
                     }
                     break;
                 }
-                () = self.inner.cancel.cancelled() => break,
+                () = &mut cancelled => break,
                 e = keepalive.failed() => {
                     debug!(error = %e, "closing hbone connection");
                     break;
                 }
-                () = trip.tripped() => {
+                () = &mut tripped => {
                     debug!(flood = ?trip.what(), "server broke an HTTP/2 limit: closing");
                     break;
                 }
-                () = tokio::time::sleep(tick) => {
+                () = &mut check => {
+                    check.as_mut().reset(tokio::time::Instant::now() + tick);
                     let opened = conn.opened.load(Ordering::Relaxed);
                     if conn.active.load(Ordering::Acquire) == 0 && opened == last_opened {
                         idle_for += tick;

@@ -200,6 +200,12 @@ where
     let info = Arc::new(info);
     let mut tunnels = JoinSet::new();
     let mut shutting_down = false;
+    // Made once, not per turn of the loop (every wake-up of the connection): a fresh
+    // cancellation future registers and unregisters itself each time, and the shared token's
+    // lock would be taken by every connection on every frame; a child token's is its own.
+    let cancel = cancel.child_token();
+    let mut cancelled = std::pin::pin!(cancel.cancelled());
+    let mut tripped = std::pin::pin!(trip.tripped());
     let result = loop {
         tokio::select! {
             accepted = conn.accept() => match accepted {
@@ -242,7 +248,7 @@ where
                     idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
                 }
             }
-            () = cancel.cancelled(), if !shutting_down => {
+            () = &mut cancelled, if !shutting_down => {
                 shutting_down = true;
                 conn.graceful_shutdown();
             }
@@ -252,7 +258,7 @@ where
                 conn.graceful_shutdown();
             }
             e = keepalive.failed() => break Err(e),
-            () = trip.tripped() => {
+            () = &mut tripped => {
                 let (kind, frames) = trip.what().unwrap_or((crate::FloodKind::EmptyFrames, 0));
                 break Err(Error::Flood { kind, frames });
             }
