@@ -6,7 +6,8 @@
 //! - [`accept_tls`] + [`serve_connection`]: the server. Answers 400 itself for malformed
 //!   requests and hands each CONNECT to the caller to accept (200) or refuse (401, 503, …).
 //! - [`copy_bidirectional`]: the byte pump between a tunnel and a plain stream, half-close
-//!   aware, with connection-owned buffers (no per-chunk allocation).
+//!   aware, with connection-owned buffers (no per-chunk allocation) and none while idle (the
+//!   plain side's read half implements [`PlainRead`]: TCP and Unix streams and their halves).
 //! - [`H2Settings`]: the HTTP/2 limits both sides apply (header bytes, streams, resets, empty
 //!   frames, windows, keepalive, idle), enforced by h2 and by a frame guard below it.
 //!
